@@ -1,0 +1,136 @@
+"""Metrics checked against hand-worked answers and independent computations."""
+import numpy as np
+import pytest
+from sklearn.calibration import calibration_curve
+
+from trainer import metrics as M
+from trainer.errors import DataError
+
+
+def test_hand_worked_confusion_matrix_and_rates():
+    # 10 samples: 4 ALL (1), 6 normal (0)
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    pred = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])
+    # TP 3, FN 1, FP 1, TN 5
+    assert M.confusion_matrix(y, pred).tolist() == [[5, 1], [1, 3]]
+    assert M.accuracy(y, pred) == pytest.approx(8 / 10)
+    assert M.precision(y, pred) == pytest.approx(3 / 4)
+    assert M.recall(y, pred) == pytest.approx(3 / 4)
+    assert M.sensitivity(y, pred) == pytest.approx(3 / 4)
+    assert M.specificity(y, pred) == pytest.approx(5 / 6)
+    assert M.f1(y, pred) == pytest.approx(2 * 0.75 * 0.75 / 1.5)
+
+
+def test_perfect_classifier_auc_one_and_degenerate_ci():
+    y = np.array([0] * 20 + [1] * 20)
+    s = np.linspace(0, 1, 40)
+    ci = M.bootstrap_auc_ci(y, s, n=1000, seed=1)
+    assert ci["auc"] == 1.0
+    assert ci["ci_low"] == 1.0 and ci["ci_high"] == 1.0
+    assert ci["n_boot"] == 1000
+    assert M.average_precision(y, s) == pytest.approx(1.0)
+
+
+def test_random_classifier_auc_near_half_and_ci_covers_it():
+    rng = np.random.default_rng(0)
+    n = 4000
+    y = rng.integers(0, 2, n)
+    s = rng.random(n)
+    # sd of AUC under H0 ~ sqrt((n+1)/(12 n0 n1)) ~ 0.009; allow 4 sd
+    a = M.auc(y, s)
+    assert abs(a - 0.5) < 0.04
+    ci = M.bootstrap_auc_ci(y, s, n=1000, seed=0)
+    assert ci["ci_low"] < 0.5 < ci["ci_high"]
+    width = ci["ci_high"] - ci["ci_low"]
+    assert 0.02 < width < 0.05  # ~ 2 * 1.96 * 0.009
+
+
+def test_auc_counts_ties_as_half_like_hand_count():
+    y = np.array([0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.5, 0.5, 0.5, 0.9])
+    # pairs (pos, neg): 3 pos x 2 neg = 6; wins: 0.5>0.1 x2, 0.9>0.1, 0.9>0.5; ties 0.5=0.5 x2
+    assert M.auc(y, s) == pytest.approx((4 + 0.5 * 2) / 6)
+    boot = M._auc_rows(y[None, :], s[None, :])
+    assert boot[0] == pytest.approx(5 / 6)
+
+
+def test_bootstrap_is_seeded():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    s = y + rng.normal(size=200)
+    assert M.bootstrap_auc_ci(y, s, n=500, seed=7) == M.bootstrap_auc_ci(y, s, n=500, seed=7)
+    assert M.bootstrap_auc_ci(y, s, n=500, seed=7) != M.bootstrap_auc_ci(y, s, n=500, seed=8)
+
+
+def test_paired_bootstrap_diff_test():
+    rng = np.random.default_rng(1)
+    n = 600
+    y = rng.integers(0, 2, n)
+    strong = y * 2.0 + rng.normal(size=n)
+    weak = y * 0.3 + rng.normal(size=n)
+    r = M.bootstrap_auc_diff_test(y, strong, weak, n=1000, seed=0)
+    assert r["diff"] == pytest.approx(M.auc(y, strong) - M.auc(y, weak))
+    assert r["p_value"] < 1e-3 and r["ci_low"] > 0
+    # identical scores: no difference at all
+    same = M.bootstrap_auc_diff_test(y, strong, strong.copy(), n=200, seed=0)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+    # two equally informative, independent scorers: not significant
+    other = y * 2.0 + rng.normal(size=n)
+    eq = M.bootstrap_auc_diff_test(y, strong, other, n=1000, seed=0)
+    assert eq["p_value"] > 0.01
+
+
+def test_youden_known_point():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    # s >= 0.7: sens 3/4, spec 4/4 -> J 0.75 ; s >= 0.4: sens 1, spec 3/4 -> J 0.75 (tie:
+    # lower threshold wins, higher sensitivity); s >= 0.6: sens 3/4, spec 3/4 -> 0.5
+    t, se, sp = M.youden_threshold(y, s)
+    assert (t, se, sp) == (0.4, 1.0, 0.75)
+    pred = (s >= t).astype(int)
+    assert M.recall(y, pred) == se and M.specificity(y, pred) == sp
+
+
+def test_brier_of_constant_prediction():
+    y = np.array([1] * 30 + [0] * 70)
+    # constant p: Brier = prev (1-p)^2 + (1-prev) p^2
+    assert M.brier(y, np.full(100, 0.3)) == pytest.approx(0.3 * 0.49 + 0.7 * 0.09)
+    assert M.brier(y, np.full(100, 0.0)) == pytest.approx(0.3)
+
+
+def test_ece_near_zero_when_calibrated_and_large_when_not():
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    y = (rng.random(20000) < p).astype(int)
+    assert M.expected_calibration_error(y, p) < 0.02
+    # overconfident: push probabilities towards 0/1
+    p_bad = np.clip((p - 0.5) * 3 + 0.5, 0, 1)
+    assert M.expected_calibration_error(y, p_bad) > 0.08
+
+
+def test_reliability_curve_matches_sklearn():
+    rng = np.random.default_rng(2)
+    p = rng.random(500) ** 2
+    y = (rng.random(500) < p).astype(int)
+    c = M.reliability_curve(y, p, n_bins=10)
+    ok = c["count"] > 0
+    frac, mean = calibration_curve(y, p, n_bins=10)
+    np.testing.assert_allclose(c["fraction_positive"][ok], frac)
+    np.testing.assert_allclose(c["mean_predicted"][ok], mean)
+    assert c["count"].sum() == 500
+
+
+def test_binary_report_bundle_and_errors():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
+    r = M.binary_report(y, p, threshold=0.5, n_boot=200)
+    assert r["confusion_matrix"] == {"tn": 5, "fp": 1, "fn": 1, "tp": 3}
+    assert r["auc"] == pytest.approx(M.auc(y, p))
+    assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
+    assert r["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    with pytest.raises(DataError, match="both classes"):
+        M.auc(np.ones(5), np.linspace(0, 1, 5))
+    with pytest.raises(DataError, match="labels"):
+        M.auc(np.ones(5), np.linspace(0, 1, 4))
+    one_class = M.binary_report(np.ones(4), np.full(4, 0.9), n_boot=10)
+    assert one_class["auc"] is None and one_class["accuracy"] == 1.0
