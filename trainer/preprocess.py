@@ -1,0 +1,98 @@
+"""Pre-processing: gamma correction (paper eq. 1) and the torchvision v2 transforms.
+
+Transforms take one RGB uint8 image ``(H, W, 3)`` numpy array and return a float32 tensor
+``(3, size, size)`` normalised with the ImageNet mean and standard deviation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GAMMA_RANGE = (0.8, 1.2)
+
+# paper's augmentation settings
+ROTATION_DEGREES = 20.0
+FLIP_P = 0.5
+CONTRAST = 0.2      # contrast factor drawn from [1 - 0.2, 1 + 0.2]
+NOISE_SIGMA = 0.02  # Gaussian noise std on intensities in [0, 1]
+
+
+def _gamma_lut(gamma: float) -> np.ndarray:
+    x = np.arange(256, dtype=np.float64) / 255.0
+    return np.round(255.0 * x ** gamma).astype(np.uint8)
+
+
+def gamma_correct(img: np.ndarray, gamma: float) -> np.ndarray:
+    """Eq. 1: ``I' = I ** gamma`` on intensities scaled to [0, 1], per channel, via a lookup table.
+
+    ``img`` is uint8 of any shape; returns uint8 of the same shape. gamma must lie in [0.8, 1.2]
+    (gamma < 1 brightens, > 1 darkens); gamma = 1 returns an unchanged copy.
+    """
+    gamma = float(gamma)
+    if not (GAMMA_RANGE[0] - 1e-9 <= gamma <= GAMMA_RANGE[1] + 1e-9):
+        raise ValueError(f"gamma must be between {GAMMA_RANGE[0]} and {GAMMA_RANGE[1]}, got {gamma:g}")
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"gamma_correct expects a uint8 image, got {img.dtype}")
+    if gamma == 1.0:
+        return img.copy()
+    return _gamma_lut(gamma)[img]
+
+
+class GammaCorrect:
+    """Picklable transform step applying :func:`gamma_correct` to a uint8 numpy image."""
+
+    def __init__(self, gamma: float = 1.0) -> None:
+        gamma_correct(np.zeros(1, np.uint8), gamma)  # validate now
+        self.gamma = float(gamma)
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        img = np.ascontiguousarray(img)  # flipped views (e.g. BGR->RGB slices) have negative strides
+        return img if self.gamma == 1.0 else gamma_correct(img, self.gamma)
+
+    def __repr__(self) -> str:
+        return f"GammaCorrect(gamma={self.gamma:g})"
+
+
+def _head(size: int, gamma: float) -> list:
+    return [GammaCorrect(gamma), v2.ToImage(), v2.Resize((size, size), antialias=True)]
+
+
+def _tail() -> list:
+    return [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def eval_transform(size: int = 224, gamma: float = 1.0) -> v2.Compose:
+    """Deterministic: gamma, resize to ``size x size``, scale to [0, 1], ImageNet normalisation."""
+    return v2.Compose(_head(size, gamma) + [v2.ToDtype(torch.float32, scale=True)] + _tail())
+
+
+def train_transform(size: int = 224, gamma: float = 1.0) -> v2.Compose:
+    """Eval pipeline plus the paper's augmentations: rotation +-20 deg, horizontal and vertical flips
+    (p = 0.5 each), contrast jitter and additive Gaussian noise, before normalisation."""
+    return v2.Compose(
+        _head(size, gamma)
+        + [
+            v2.RandomRotation(ROTATION_DEGREES, interpolation=v2.InterpolationMode.BILINEAR, fill=0),
+            v2.RandomHorizontalFlip(FLIP_P),
+            v2.RandomVerticalFlip(FLIP_P),
+            v2.ColorJitter(contrast=CONTRAST),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.GaussianNoise(mean=0.0, sigma=NOISE_SIGMA, clip=True),
+        ]
+        + _tail()
+    )
+
+
+def to_tensor_batch(images: Sequence[np.ndarray], transform: Callable | None = None,
+                    size: int = 224) -> torch.Tensor:
+    """Stack RGB uint8 images into a float batch ``(N, 3, size, size)`` (eval transform by default)."""
+    t = transform if transform is not None else eval_transform(size)
+    if len(images) == 0:
+        raise ValueError("no images to stack")
+    return torch.stack([t(img) for img in images])
