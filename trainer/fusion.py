@@ -1,0 +1,68 @@
+"""Feature-level fusion (paper, Table 2): per-backbone standardisation, concatenation, L2, optional PCA."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+
+class FeatureFusion(TransformerMixin, BaseEstimator):
+    """Fuse concatenated backbone embeddings into the classifier input.
+
+    Parameters
+    ----------
+    dims : tuple of int
+        Width of each backbone's block in the input, in order (e.g. ``(1024, 512)``).
+    pca : bool
+        Apply PCA after the L2 normalisation.
+    variance : float
+        Fraction of variance PCA keeps (paper: 0.98).
+    seed : int
+        Random state for PCA's solver.
+
+    Input ``X`` is (N, sum(dims)); output is (N, D') with D' = sum(dims) or the PCA width.
+    Learned: ``scalers_`` (one StandardScaler per block, fitted on the training split),
+    ``pca_`` (PCA or None), ``n_features_in_``, ``n_components_``.
+    """
+
+    def __init__(self, dims: tuple[int, ...] = (1024, 512), pca: bool = True,
+                 variance: float = 0.98, seed: int = 0):
+        self.dims = dims
+        self.pca = pca
+        self.variance = variance
+        self.seed = seed
+
+    def _blocks(self, X: np.ndarray) -> list[np.ndarray]:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != int(sum(self.dims)):
+            raise ValueError(f"expected (N, {sum(self.dims)}) features, got {X.shape}")
+        edges = np.cumsum((0,) + tuple(self.dims))
+        return [X[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
+
+    def _scaled(self, X: np.ndarray) -> np.ndarray:
+        Z = np.hstack([s.transform(b) for s, b in zip(self.scalers_, self._blocks(X))])
+        norm = np.linalg.norm(Z, axis=1, keepdims=True)
+        return Z / np.maximum(norm, 1e-12)
+
+    def fit(self, X, y=None):
+        blocks = self._blocks(X)
+        self.scalers_ = [StandardScaler().fit(b) for b in blocks]
+        self.n_features_in_ = int(sum(self.dims))
+        Z = self._scaled(X)
+        if self.pca:
+            n_max = min(Z.shape) - 1 if min(Z.shape) > 1 else 1
+            self.pca_ = PCA(n_components=self.variance if n_max > 1 else 1,
+                            svd_solver="full", random_state=self.seed)
+            self.pca_.fit(Z)
+            self.n_components_ = int(self.pca_.n_components_)
+        else:
+            self.pca_ = None
+            self.n_components_ = Z.shape[1]
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "scalers_")
+        Z = self._scaled(X)
+        return self.pca_.transform(Z) if self.pca_ is not None else Z
