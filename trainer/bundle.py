@@ -1,0 +1,223 @@
+"""Model bundles: one zip file holding a fitted model, its config, model card and arrays.
+
+Layout (format ``allgui-model``, version 1)::
+
+    manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members
+    model.skops            the fitted :class:`trainer.model.AllModel` (skops: no code runs on load)
+    arrays.safetensors     numpy arrays (validation scores, probe features, test results)
+    backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
+
+Loading never unpickles: skops reconstructs only types on an allow-list (scikit-learn, numpy
+and this package's estimators) and safetensors holds raw tensors. Every member's hash is
+checked, so a truncated or altered file is refused with :class:`BundleError`. Writes go to a
+temporary file in the target folder and are moved into place atomically.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import BundleError
+
+FORMAT = "allgui-model"
+FORMAT_VERSION = 1
+SUFFIX = ".allmodel"
+MAX_MEMBER_BYTES = 4 << 30
+OWN_TYPES = frozenset({
+    "trainer.model.AllModel", "trainer.fusion.FeatureFusion",
+    "trainer.ensemble.WeightedVotingEnsemble", "trainer.calibration.ScoreCalibrator",
+})
+
+
+@dataclass
+class ModelBundle:
+    """A fitted model with everything needed to use and to describe it."""
+
+    model: Any                                    # trainer.model.AllModel
+    config: TrainConfig
+    card: dict[str, Any] = field(default_factory=dict)     # JSON-able model card
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    backbone_state: dict[str, dict[str, Any]] | None = None  # name -> state_dict (torch tensors)
+    path: Path | None = None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the libraries a bundle depends on."""
+    import sklearn
+    import torch
+    import torchvision
+
+    from . import __version__
+    return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
+    """Write ``bundle`` to ``path`` atomically; returns the path."""
+    import safetensors.numpy
+    import safetensors.torch
+    import skops.io
+
+    path = Path(path)
+    members: dict[str, bytes] = {"model.skops": skops.io.dumps(bundle.model)}
+    arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
+    members["arrays.safetensors"] = safetensors.numpy.save(arrays) if arrays else b""
+    if bundle.backbone_state:
+        flat = {f"{name}/{k}": v.detach().cpu().contiguous()
+                for name, sd in bundle.backbone_state.items() for k, v in sd.items()}
+        members["backbones.safetensors"] = safetensors.torch.save(flat)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": bundle.card.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": bundle.config.to_dict(), "card": bundle.card,
+        "versions": package_versions(),
+        "members": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in members.items()},
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default))
+        for name, data in members.items():
+            zf.writestr(name, data)
+    _atomic_write(path, buf.getvalue())
+    bundle.path = path
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest alone (cheap: no model is reconstructed). Raises BundleError."""
+    with _open_zip(Path(path)) as zf:
+        return _manifest(zf, Path(path))
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.is_file():
+        raise BundleError(f"Model file not found: {path}")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise BundleError(f"{path.name} is not an allgui model file (or it is truncated): {e}") from None
+
+
+def _manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(zf.read("manifest.json"))
+    except KeyError:
+        raise BundleError(f"{path.name} is not an allgui model file: it has no manifest.") from None
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise BundleError(f"{path.name}: the manifest is damaged ({e}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path.name} is not an allgui model file.")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path.name} uses model format version {manifest.get('format_version')}; "
+                          f"this allgui reads version {FORMAT_VERSION}.")
+    return manifest
+
+
+def _verified(zf: zipfile.ZipFile, manifest: dict, name: str, path: Path) -> bytes:
+    meta = manifest.get("members", {}).get(name)
+    if meta is None:
+        raise BundleError(f"{path.name} is incomplete: {name} is not listed in its manifest.")
+    try:
+        info = zf.getinfo(name)
+        if info.file_size > MAX_MEMBER_BYTES or info.file_size != meta.get("bytes"):
+            raise BundleError(f"{path.name} has been altered: {name} has the wrong size.")
+        data = zf.read(name)
+    except KeyError:
+        raise BundleError(f"{path.name} is incomplete: {name} is missing.") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise BundleError(f"{path.name} is damaged or truncated ({e}).") from None
+    if _sha256(data) != meta.get("sha256"):
+        raise BundleError(f"{path.name} has been altered or damaged: the checksum of {name} does not match.")
+    return data
+
+
+def _load_model(data: bytes, path: Path):
+    import skops.io
+
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as e:  # malformed skops payload
+        raise BundleError(f"{path.name}: the model part cannot be read ({e}).") from None
+    foreign = [t for t in untrusted if not (t.startswith("sklearn.") or t in OWN_TYPES)]
+    if foreign:
+        raise BundleError(f"{path.name} contains object types allgui does not load: "
+                          f"{', '.join(sorted(foreign)[:5])}. It was not written by allgui.")
+    try:
+        return skops.io.loads(data, trusted=untrusted)
+    except Exception as e:
+        raise BundleError(f"{path.name}: the model part cannot be reconstructed ({e}).") from None
+
+
+def load_bundle(path: str | os.PathLike) -> ModelBundle:
+    """Read and verify a bundle. Raises :class:`BundleError` with a clear message."""
+    import safetensors.numpy
+    import safetensors.torch
+
+    path = Path(path)
+    with _open_zip(path) as zf:
+        manifest = _manifest(zf, path)
+        model = _load_model(_verified(zf, manifest, "model.skops", path), path)
+        raw = _verified(zf, manifest, "arrays.safetensors", path)
+        backbones = (_verified(zf, manifest, "backbones.safetensors", path)
+                     if "backbones.safetensors" in manifest.get("members", {}) else None)
+    try:
+        arrays = safetensors.numpy.load(raw) if raw else {}
+        state = None
+        if backbones is not None:
+            state = {}
+            for key, t in safetensors.torch.load(backbones).items():
+                name, _, param = key.partition("/")
+                state.setdefault(name, {})[param] = t
+    except Exception as e:
+        raise BundleError(f"{path.name}: stored arrays cannot be read ({e}).") from None
+    from .model import AllModel
+    if not isinstance(model, AllModel):
+        raise BundleError(f"{path.name} does not hold an allgui model.")
+    return ModelBundle(model=model, config=TrainConfig.from_dict(manifest.get("config", {})),
+                       card=dict(manifest.get("card", {}), created=manifest.get("created"),
+                                 versions=manifest.get("versions", {})),
+                       arrays=arrays, backbone_state=state, path=path)
