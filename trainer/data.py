@@ -27,7 +27,8 @@ import numpy as np
 
 from trainer.errors import AllguiError, Cancelled, DataError
 from trainer.imageio import IMAGE_SUFFIXES, is_image_file, read_image
-from trainer.splits import cv_folds, default_protocol, split_train_val_test  # noqa: F401 (re-export)
+from trainer.splits import (  # noqa: F401 (re-exported)
+    cv_folds, default_protocol, split_train_val_test)
 
 #: Binary class names, index = label: 0 negative, 1 positive.
 CLASS_NAMES: tuple[str, str] = ("normal", "ALL")
@@ -156,7 +157,7 @@ def parse_cnmc_subject(name: str | os.PathLike) -> str:
 
 
 def detect_layout(root: str | os.PathLike) -> str:
-    """'cnmc' when the folder holds ``all``/``hem`` folders of C-NMC-named images, else 'folders'."""
+    """'cnmc' when ``root`` holds ``all``/``hem`` folders of C-NMC-named images, else 'folders'."""
     for d in _cnmc_dirs(Path(root)):
         for f in _files_in(d):
             if is_image_file(f) and _CNMC_NAME.match(f.stem):
@@ -329,7 +330,8 @@ def _class_mapping(classes: Iterable[str], positive: Sequence[str] | str | None)
                     "Name the positive classes (e.g. positive=Early,Pre,Pro).")
         return mapping
     lower = {c.strip().lower() for c in classes}
-    missing = sorted(pos - lower)
+    given = positive.split(",") if isinstance(positive, str) else list(positive)
+    missing = [str(p).strip() for p in given if str(p).strip().lower() not in lower]
     if missing:
         raise DataError(f"Positive class(es) {', '.join(missing)} not found; "
                         f"classes found: {found}.")
@@ -468,10 +470,10 @@ def _load_csv(root: Path, csv_path: Path, positive, group_column: str | None,
         vals = ", ".join(sorted(unknown))
         raise DataError(f"Cannot tell which labels in {csv_path.name} are ALL (positive): "
                         f"{vals}. Use 0/1 labels or name the positive classes.")
-    listed = len(seen)
-    on_disk = sum(1 for _, _, fs in os.walk(root) for f in fs if is_image_file(f))
-    if on_disk > listed:
-        warnings.append(f"{on_disk - listed} image file(s) under {root.name} are not listed "
+    unlisted = sum(1 for d, _, fs in os.walk(root) for f in fs if is_image_file(f)
+                   and os.path.normcase(os.path.abspath(os.path.join(d, f))) not in seen)
+    if unlisted:
+        warnings.append(f"{unlisted} image file(s) under {root.name} are not listed "
                         f"in {csv_path.name} and were left out.")
     if group_col and samples and any(s.group is None for s in samples):
         n = sum(s.group is None for s in samples)
