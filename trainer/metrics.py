@@ -20,7 +20,8 @@ from trainer.errors import DataError
 __all__ = [
     "accuracy", "precision", "recall", "sensitivity", "specificity", "f1", "confusion_matrix",
     "roc", "auc", "bootstrap_auc_ci", "bootstrap_auc_diff_test", "pr_curve", "average_precision",
-    "youden_threshold", "brier", "reliability_curve", "expected_calibration_error", "binary_report",
+    "youden_threshold", "brier", "reliability_curve", "expected_calibration_error",
+    "threshold_metrics", "binary_report",
 ]
 
 
@@ -287,26 +288,34 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = 10,
 
 
 # --------------------------------------------------------------------------- bundle
+def threshold_metrics(y: Any, pred: Any) -> dict[str, Any]:
+    """Accuracy, precision, recall (= sensitivity), specificity, F1 and the confusion matrix
+    ``{"tn", "fp", "fn", "tp"}`` of hard predictions, JSON-ready."""
+    y, pred = _preds(y, pred)
+    cm = confusion_matrix(y, pred)
+    return {"accuracy": accuracy(y, pred), "precision": precision(y, pred),
+            "recall": recall(y, pred), "sensitivity": recall(y, pred),
+            "specificity": specificity(y, pred), "f1": f1(y, pred),
+            "confusion_matrix": {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]),
+                                 "fn": int(cm[1, 0]), "tp": int(cm[1, 1])}}
+
+
 def binary_report(y: Any, s: Any, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0,
-                  probabilities: bool | None = None, n_bins: int = 10) -> dict[str, Any]:
+                  probabilities: bool | None = None, n_bins: int = 10,
+                  pred: Any = None) -> dict[str, Any]:
     """Every scalar metric for one score vector at one threshold, JSON-ready.
 
-    Threshold metrics use ``s >= threshold``. Ranking metrics (AUC with bootstrap CI when
+    Threshold metrics use ``s >= threshold``, or the hard predictions ``pred`` when given
+    (e.g. a classifier's own votes; ``threshold`` is then only recorded). Ranking metrics (AUC with bootstrap CI when
     ``n_boot > 0``, AP, Youden) are included when both classes are present, else None.
     Brier and ECE are included when the scores are probabilities (``probabilities`` None:
     auto-detect values in [0, 1]).
     """
     y, s = _pair(y, s)
-    pred = (s >= threshold).astype(np.int64)
-    cm = confusion_matrix(y, pred)
     out: dict[str, Any] = {
         "n": int(y.size), "n_positive": int(y.sum()), "prevalence": float(y.mean()),
         "threshold": float(threshold),
-        "accuracy": accuracy(y, pred), "precision": precision(y, pred),
-        "recall": recall(y, pred), "sensitivity": recall(y, pred),
-        "specificity": specificity(y, pred), "f1": f1(y, pred),
-        "confusion_matrix": {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]),
-                             "fn": int(cm[1, 0]), "tp": int(cm[1, 1])},
+        **threshold_metrics(y, (s >= threshold).astype(np.int64) if pred is None else pred),
         "auc": None, "auc_ci": None, "average_precision": None, "youden": None,
         "brier": None, "ece": None,
     }
