@@ -7,7 +7,7 @@ import pytest
 
 from trainer.data import Dataset, Sample, detect_layout, load_dataset, parse_cnmc_subject
 from trainer.errors import DataError
-from trainer.splits import cv_folds, default_protocol, split_train_val_test
+from trainer.splits import cv_folds, default_protocol, max_folds, split_train_val_test
 
 
 def _img(path, value=100, size=8):
@@ -302,4 +302,17 @@ def test_cv_folds_grouped():
         assert set(y[te]) == {0, 1} and set(y[tr]) == {0, 1}
     with pytest.raises(DataError, match="only 4 subject.*5 folds"):
         cv_folds(*_grouped(4), protocol="subject", n_splits=5)
+    assert max_folds(*_grouped(4), protocol="subject") == 4
     assert len(cv_folds(*_grouped(4), protocol="subject", n_splits=4)) == 4
+    assert max_folds(*_grouped(4), protocol="image") >= 8
+
+
+def test_cv_folds_grouped_mixed_groups_keep_every_class_in_every_fold():
+    # groups holding both classes; plain StratifiedGroupKFold leaves a class out of a fold here
+    per_group = [(3, 4), (5, 0), (1, 4), (5, 1), (1, 5), (2, 1)]   # (normal, ALL) images
+    y = np.concatenate([[0] * a + [1] * b for a, b in per_group])
+    g = np.concatenate([[f"p{k}"] * (a + b) for k, (a, b) in enumerate(per_group)])
+    folds = cv_folds(y, g, protocol="subject", n_splits=5, seed=0)
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(y)))
+    for tr, te in folds:
+        assert set(y[te]) == {0, 1} and not set(g[tr]) & set(g[te])

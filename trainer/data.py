@@ -28,7 +28,7 @@ import numpy as np
 from trainer.errors import AllguiError, Cancelled, DataError
 from trainer.imageio import IMAGE_SUFFIXES, is_image_file, read_image
 from trainer.splits import (  # noqa: F401 (re-exported)
-    cv_folds, default_protocol, split_train_val_test)
+    cv_folds, default_protocol, max_folds, split_train_val_test)
 
 #: Binary class names, index = label: 0 negative, 1 positive.
 CLASS_NAMES: tuple[str, str] = ("normal", "ALL")

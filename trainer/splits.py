@@ -61,9 +61,7 @@ def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None,
     if protocol == "image":
         assign = _image_assignment(y, fr, rng, labels)
     else:
-        g_codes, g_names = _encode_groups(groups)
-        counts = np.zeros((len(g_names), y.max() + 1))
-        np.add.at(counts, (g_codes, y), 1)
+        g_codes, counts = _group_counts(y, groups)
         _check_group_feasible(counts, int((fr > 0).sum()), labels, y,
                               what="train, validation and test each need one")
         g_assign = _assign_groups(counts, fr, rng)
@@ -85,7 +83,8 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
     latter leaves a class out of a test fold, a seeded greedy group assignment is used.
 
     Raises:
-        DataError: fewer images (image) or groups (subject) of a class than folds.
+        DataError: fewer images (image) or groups (subject) of a class than folds
+            (see :func:`max_folds`).
     """
     if isinstance(groups, (int, np.integer)) and not isinstance(groups, bool):
         raise TypeError("cv_folds: pass the number of folds as n_splits=...")
@@ -105,9 +104,7 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
         skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         return [(tr.astype(np.int64), te.astype(np.int64)) for tr, te in skf.split(idx, y)]
 
-    g_codes, g_names = _encode_groups(groups)
-    counts = np.zeros((len(g_names), y.max() + 1))
-    np.add.at(counts, (g_codes, y), 1)
+    g_codes, counts = _group_counts(y, groups)
     _check_group_feasible(counts, n_splits, labels, y,
                           what=f"each of the {n_splits} folds needs one")
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -124,6 +121,19 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
     assign = g_assign[g_codes]
     return [(np.flatnonzero(assign != k).astype(np.int64),
              np.flatnonzero(assign == k).astype(np.int64)) for k in range(n_splits)]
+
+
+def max_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
+              protocol: str | None = None) -> int:
+    """Most cross-validation folds possible with every class in every test fold: the fewest
+    images (image protocol) or subjects/groups (subject protocol) any class has."""
+    labels, groups = _labels_groups(data, groups)
+    protocol = _check_protocol(protocol, groups)
+    y = _encode(labels)
+    if protocol == "image":
+        return int(np.bincount(y).min())
+    g_codes, counts = _group_counts(y, groups)
+    return int((counts > 0).sum(0).min())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,9 +189,12 @@ def _encode(labels: np.ndarray) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _encode_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _group_counts(y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) group code of each sample and (G, K) images of each class in each group."""
     names, codes = np.unique(np.array([str(g) for g in groups]), return_inverse=True)
-    return codes.astype(np.int64), names
+    counts = np.zeros((len(names), int(y.max()) + 1))
+    np.add.at(counts, (codes, y), 1)
+    return codes.astype(np.int64), counts
 
 
 def _name(labels: np.ndarray, y: np.ndarray, c: int) -> str:

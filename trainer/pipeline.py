@@ -1,0 +1,219 @@
+"""End-to-end training: image folder -> deep features -> fitted, calibrated ensemble -> bundle.
+
+Plain functions in the style of torchvision's reference training script; one
+:class:`trainer.config.TrainConfig` drives everything and is stored in the bundle.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import fingerprint, metrics
+from .bundle import ModelBundle, save_bundle
+from .config import TrainConfig
+from .data import CLASS_NAMES, Dataset, load_dataset, split_train_val_test
+from .errors import Cancelled, DataError
+from .features import FeatureExtractor
+from .model import AllModel, fit_model
+
+Progress = Callable[[float, str], None]
+INTENDED_USE = ("Research and education only. Not a medical device and not for clinical diagnosis: "
+                "every result must be reviewed by a qualified haematologist or pathologist.")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    bundle_path: Path
+    model: AllModel
+    card: dict[str, Any]                       # the model card stored in the bundle
+    metrics: dict[str, Any]                    # test-split metrics per classifier and ensemble
+    evaluation: dict[str, np.ndarray] = field(default_factory=dict)  # arrays for plots
+    seconds: float = 0.0
+
+
+def stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
+    """Map a sub-task's 0..1 progress onto [lo, hi] of the caller's progress."""
+    if progress is None:
+        return None
+    return lambda f, msg: progress(lo + (hi - lo) * min(max(f, 0.0), 1.0), msg)
+
+
+def check_cancel(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("Training was cancelled; nothing was written.")
+
+
+def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Dataset:
+    """The dataset a config names, unreadable files skipped and reported."""
+    if not config.data:
+        raise DataError("No data folder was given.")
+    return load_dataset(config.data, layout=config.layout, positive=config.positive,
+                        labels_csv=config.labels_csv, group_column=config.group_column,
+                        check_readable=True, progress=progress, cancel=cancel)
+
+
+def make_extractor(config: TrainConfig, state_dicts=None, backbones=None) -> FeatureExtractor:
+    return FeatureExtractor(backbones=tuple(backbones or config.backbones), weights=config.weights,
+                            image_size=config.image_size, gamma=config.gamma,
+                            batch_size=config.batch_size, num_workers=config.num_workers,
+                            device=config.device, cache_dir=config.cache_dir,
+                            state_dicts=state_dicts, seed=config.seed)
+
+
+def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
+    if config.split == "auto":
+        return "subject" if dataset.groups is not None else "image"
+    if config.split not in ("subject", "image"):
+        raise DataError(f"Unknown split protocol '{config.split}'; use subject, image or auto.")
+    if config.split == "subject" and dataset.groups is None:
+        raise DataError("A subject-level split needs subject or group ids, and this data has none. "
+                        "Use --split image, or give a labels.csv with a group column.")
+    return config.split
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """SHA-256 over every sample's file name, size and label (cheap; no image is read)."""
+    h = hashlib.sha256()
+    for s in sorted(dataset.samples, key=lambda s: str(s.path)):
+        size = s.path.stat().st_size if s.path.exists() else -1
+        h.update(f"{Path(s.path).name}|{size}|{s.label}|{s.group}\n".encode())
+    return h.hexdigest()
+
+
+def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
+                   seed: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics of every classifier and of the ensemble on one split, plus its score arrays.
+
+    Classifiers are scored at 0.5 on their own probabilities; the ensemble at the model's
+    threshold on the calibrated probability (``ensemble``) and, for reference, its raw
+    weighted soft vote (``ensemble_raw``) and hard weighted vote (``ensemble_vote``).
+    """
+    det = model.predict_details(feats)
+    out: dict[str, Any] = {}
+    for j, name in enumerate(model.classifier_names_):
+        out[name] = metrics.binary_report(y, det["probabilities"][:, j], 0.5, n_boot=n_boot, seed=seed)
+    out["ensemble"] = metrics.binary_report(y, det["calibrated"], model.threshold_, n_boot=n_boot, seed=seed)
+    out["ensemble_raw"] = metrics.binary_report(y, det["raw"], 0.5, n_boot=n_boot, seed=seed)
+    out["ensemble_vote"] = metrics.binary_report(y, det["vote_share"], 0.5 + 1e-9, n_boot=0, seed=seed)
+    arrays = {"y": np.asarray(y, dtype=np.int64), "raw": det["raw"], "calibrated": det["calibrated"],
+              "vote_share": det["vote_share"], "probabilities": det["probabilities"]}
+    return out, arrays
+
+
+def train(config: TrainConfig, progress: Progress | None = None,
+          cancel: Callable[[], bool] | None = None) -> TrainResult:
+    """Train on ``config.data`` and write the bundle to ``config.output`` (atomically).
+
+    Nothing is written unless every step succeeds; a cancel raises :class:`Cancelled`.
+    """
+    t0 = time.perf_counter()
+    say = progress or (lambda f, m: None)
+    say(0.0, f"Reading {config.data}")
+    dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
+    protocol = resolve_protocol(config, dataset)
+    train_idx, val_idx, test_idx = split_train_val_test(
+        dataset.labels, dataset.groups if protocol == "subject" else None,
+        protocol=protocol, fractions=tuple(config.fractions), seed=config.seed)
+    say(0.05, f"{len(dataset)} images ({dataset.summary()}); {protocol}-level split "
+              f"{len(train_idx)}/{len(val_idx)}/{len(test_idx)}")
+    check_cancel(cancel)
+
+    state_dicts, finetune_history = None, None
+    lo = 0.05
+    if config.finetune:
+        from .finetune import finetune_backbones  # torch training code, only when asked for
+        state_dicts, finetune_history = finetune_backbones(
+            dataset, train_idx, val_idx, config, progress=stage(progress, 0.05, 0.5), cancel=cancel)
+        lo = 0.5
+    extractor = make_extractor(config, state_dicts)
+    feats = extractor.extract(dataset.paths, progress=stage(progress, lo, 0.85), cancel=cancel)
+    check_cancel(cancel)
+
+    y = dataset.labels
+    say(0.85, "Fitting the classifiers")
+    model = fit_model(feats, y, train_idx, val_idx, config, progress=stage(progress, 0.85, 0.93))
+    check_cancel(cancel)
+    say(0.93, "Evaluating on the held-out test split")
+    val_metrics, _ = evaluate_split(model, {k: v[val_idx] for k, v in feats.items()}, y[val_idx],
+                                    n_boot=0, seed=config.seed)
+    test_metrics, test_arrays = ({}, {})
+    if len(test_idx):
+        test_metrics, test_arrays = evaluate_split(model, {k: v[test_idx] for k, v in feats.items()},
+                                                   y[test_idx], seed=config.seed)
+    check_cancel(cancel)
+
+    say(0.97, "Saving the model")
+    arrays = fingerprint.compute(extractor)
+    arrays.update({f"validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
+    arrays.update({f"test/{k}": np.asarray(v) for k, v in test_arrays.items()})
+    card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), model,
+                      extractor, val_metrics, test_metrics, finetune_history)
+    bundle = ModelBundle(model=model, config=config, card=card, arrays=arrays,
+                         backbone_state=_embedded_weights(config, state_dicts))
+    check_cancel(cancel)
+    path = save_bundle(config.resolved_output(), bundle)
+    seconds = time.perf_counter() - t0
+    say(1.0, f"Saved {path} in {seconds:.0f} s")
+    return TrainResult(bundle_path=path, model=model, card=card, metrics=test_metrics,
+                       evaluation=test_arrays, seconds=seconds)
+
+
+def _embedded_weights(config: TrainConfig, state_dicts):
+    """Weights the bundle must carry: fine-tuned ones, or a local weights file's."""
+    if state_dicts:
+        return state_dicts
+    if config.weights not in ("none", "imagenet"):
+        from .backbones import build_backbone
+        return {b: build_backbone(b, config.weights).state_dict() for b in config.backbones}
+    return None
+
+
+def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, model: AllModel,
+               extractor: FeatureExtractor, val_metrics, test_metrics, finetune_history=None) -> dict:
+    """JSON-able description of a model: data, method, split, metrics, intended use."""
+    train_idx, val_idx, test_idx = splits
+    groups = dataset.groups
+    n_groups = None if groups is None else int(len(set(groups.tolist())))
+    ens = model.ensemble_
+    card = {
+        "name": Path(config.output).stem,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": INTENDED_USE,
+        "class_names": list(CLASS_NAMES),
+        "trained_on": {
+            "data": str(config.data), "layout": config.layout, "positive_classes": config.positive,
+            "n_images": len(dataset), "class_counts": dataset.class_counts,
+            "source_class_counts": dataset.source_class_counts, "n_groups": n_groups,
+            "skipped_files": [[str(p), r] for p, r in dataset.skipped][:50],
+            "n_skipped": len(dataset.skipped), "fingerprint": data_fingerprint(dataset),
+        },
+        "split": {"protocol": protocol, "seed": config.seed, "fractions": list(config.fractions),
+                  "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
+                  "n_test": int(len(test_idx))},
+        "method": {
+            "backbones": {b: extractor.identities()[b] for b in model.backbones},
+            "image_size": config.image_size, "gamma": config.gamma,
+            "fusion": "per-backbone standardisation, concatenation, L2"
+                      + (f", PCA {config.pca_variance:.0%} variance -> {model.fusion_.n_components_} components"
+                         if config.pca else ""),
+            "classifiers": list(model.classifier_names_),
+            "validation_accuracy": ens.val_accuracy_,
+            "ensemble_weights": dict(zip(ens.names_, map(float, ens.weights_))),
+            "calibration": model.calibrator_.method_,
+            "calibration_cv_brier": model.calibrator_.cv_brier_,
+            "threshold": float(model.threshold_), "threshold_rule": "Youden J on the validation split",
+            "finetuned": bool(config.finetune),
+        },
+        "metrics": {"validation": val_metrics, "test": test_metrics},
+    }
+    if finetune_history is not None:
+        card["finetune"] = finetune_history
+    return card
