@@ -1,0 +1,123 @@
+"""Fusion, classifiers, weighted voting, calibration and the fitted AllModel on known data."""
+import numpy as np
+import pytest
+
+from trainer.calibration import ScoreCalibrator
+from trainer.classifiers import make_classifiers, oversample
+from trainer.config import TrainConfig
+from trainer.ensemble import WeightedVotingEnsemble
+from trainer.fusion import FeatureFusion
+from trainer.model import fit_model
+
+
+def blobs(n=240, d=(40, 20), shift=0.6, seed=0, pos_frac=0.5):
+    """Two-backbone features where class 1 is shifted by ``shift`` in every dimension."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < pos_frac).astype(int)
+    feats = {"densenet121": rng.normal(5, 3, (n, d[0])) + shift * 3 * y[:, None],
+             "resnet34": rng.normal(-2, 0.1, (n, d[1])) + shift * 0.1 * y[:, None]}
+    return feats, y
+
+
+def test_fusion_standardises_each_block_then_l2_normalises():
+    feats, _ = blobs()
+    X = np.hstack([feats["densenet121"], feats["resnet34"]])
+    f = FeatureFusion(dims=(40, 20), pca=False).fit(X)
+    Z = f.transform(X)
+    assert Z.shape == (240, 60)
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, atol=1e-9)
+    # per-block standardisation: before L2 each block has mean 0 and unit variance, so both
+    # blocks carry comparable energy despite raw scales of 3 vs 0.1
+    energy = [np.mean(np.sum(Z[:, :40] ** 2, 1)), np.mean(np.sum(Z[:, 40:] ** 2, 1))]
+    assert energy[0] == pytest.approx(40 / 60, abs=0.05)
+    assert energy[1] == pytest.approx(20 / 60, abs=0.05)
+
+
+def test_fusion_pca_keeps_requested_variance():
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(200, 5))
+    X = np.hstack([latent @ rng.normal(size=(5, 30)), latent @ rng.normal(size=(5, 10))])
+    X += rng.normal(scale=1e-3, size=X.shape)
+    f = FeatureFusion(dims=(30, 10), pca=True, variance=0.98).fit(X)
+    assert f.n_components_ <= 5
+    assert f.pca_.explained_variance_ratio_.sum() >= 0.98
+    with pytest.raises(ValueError):
+        f.transform(X[:, :39])
+
+
+def test_oversample_balances_classes():
+    X = np.arange(10).reshape(-1, 1)
+    y = np.array([0] * 8 + [1] * 2)
+    Xb, yb = oversample(X, y, seed=0)
+    assert np.bincount(yb).tolist() == [8, 8]
+    assert set(Xb[yb == 1].ravel()) == {8, 9}
+
+
+def test_paper_classifier_settings():
+    c = make_classifiers(seed=0)
+    assert list(c) == ["svm", "knn", "rf", "adaboost", "mlp"]
+    assert c["knn"].n_neighbors == 5
+    assert c["rf"].n_estimators == 100
+    assert c["mlp"].hidden_layer_sizes == (64,) and c["mlp"].activation == "relu"
+    assert c["svm"].estimator.kernel == "rbf"
+    with pytest.raises(ValueError):
+        make_classifiers(names=("svm", "xgboost"))
+
+
+def test_ensemble_weights_are_normalised_validation_accuracies():
+    feats, y = blobs(n=300, shift=0.5)
+    X = np.hstack(list(feats.values()))
+    ens = WeightedVotingEnsemble(seed=0).fit(X[:200], y[:200], X[200:], y[200:])
+    acc = np.array([ens.val_accuracy_[n] for n in ens.names_])
+    np.testing.assert_allclose(ens.weights_, acc / acc.sum())
+    d = ens.predict_details(X[200:])
+    assert d["probabilities"].shape == (100, 5) and d["votes"].shape == (100, 5)
+    # eq. 8: the vote share is the weighted count of ALL votes
+    np.testing.assert_allclose(d["vote_share"], d["votes"] @ ens.weights_)
+    np.testing.assert_allclose(d["raw"], d["probabilities"] @ ens.weights_)
+    assert np.mean(ens.predict(X[200:]) == y[200:]) > 0.8
+
+
+def test_one_class_training_is_refused():
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(ValueError, match="one class"):
+        WeightedVotingEnsemble().fit(X, np.zeros(20, int))
+
+
+def test_calibrator_improves_brier_of_a_miscalibrated_score():
+    rng = np.random.default_rng(0)
+    p_true = rng.random(4000)
+    y = (rng.random(4000) < p_true).astype(int)
+    s = p_true ** 3  # systematically too low
+    cal = ScoreCalibrator("auto").fit(s[:2000], y[:2000])
+    before = np.mean((s[2000:] - y[2000:]) ** 2)
+    after = np.mean((cal.transform(s[2000:]) - y[2000:]) ** 2)
+    assert cal.method_ in ("platt", "isotonic")
+    assert set(cal.cv_brier_) == {"platt", "isotonic"}
+    assert after < before - 0.01
+    for m in ("platt", "isotonic"):
+        q = ScoreCalibrator(m).fit(s, y).transform(np.linspace(0, 1, 50))
+        assert np.all(np.diff(q) >= -1e-12) and q.min() >= 0 and q.max() <= 1
+
+
+def test_all_model_threshold_and_operating_point():
+    feats, y = blobs(n=300, shift=0.35, pos_frac=0.68, seed=3)
+    m = fit_model(feats, y, np.arange(180), np.arange(180, 240), TrainConfig(seed=0))
+    d = m.predict_details({k: v[240:] for k, v in feats.items()})
+    acc = np.mean((d["calibrated"] >= m.threshold_) == y[240:])
+    assert acc > 0.75
+    sens, spec = m.operating_point(m.threshold_)
+    yv, pv = y[180:240], m.validation_["calibrated"]
+    assert sens == pytest.approx(np.mean(pv[yv == 1] >= m.threshold_))
+    assert spec == pytest.approx(np.mean(pv[yv == 0] < m.threshold_))
+    # lowering the threshold can only raise sensitivity
+    assert m.operating_point(0.0)[0] == 1.0 and m.operating_point(1.01)[1] == 1.0
+    roc = m.validation_roc()
+    assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1
+
+
+def test_all_model_single_backbone_and_no_pca():
+    feats, y = blobs(n=200, shift=0.5)
+    m = fit_model(feats, y, np.arange(120), np.arange(120, 160), TrainConfig(), backbones=("resnet34",), pca=False)
+    assert m.fusion_.n_components_ == 20
+    assert m.predict_proba({"resnet34": feats["resnet34"][160:]}).shape == (40, 2)

@@ -1,0 +1,253 @@
+"""Command line: ``allgui-train train|evaluate|predict`` (also ``python -m trainer``)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
+from .errors import AllguiError, Cancelled
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "allgui", "features")
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("data", help="data folder: C-NMC layout (training_data/fold_*/{all,hem} or all/ + hem/) "
+                                "or one sub-folder per class")
+    g.add_argument("--layout", choices=("auto", "cnmc", "folders"), default="auto",
+                   help="folder layout (default: detect)")
+    g.add_argument("--positive", metavar="CLASSES",
+                   help="comma-separated class folders that are ALL, e.g. Early,Pre,Pro (folders layout)")
+    g.add_argument("--labels-csv", metavar="FILE",
+                   help="labels.csv with path, label or class, and group columns (default: DATA/labels.csv if present)")
+    g.add_argument("--group-column", metavar="NAME", help="column of labels.csv with subject/group ids")
+    g.add_argument("--split", choices=("auto", "subject", "image"), default="auto",
+                   help="subject: grouped 70/15/15 split, no subject on two sides (default where subject or "
+                        "group ids are known); image: the paper's stratified image-level split")
+    g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and classifiers")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("features and model")
+    g.add_argument("--weights", default="none",
+                   help="backbone weights: 'none' (random init), 'imagenet' (torchvision weights from the torch "
+                        "cache, downloaded there when online) or a local state_dict file (default: none)")
+    g.add_argument("--backbones", default=",".join(BACKBONE_NAMES),
+                   help=f"comma-separated backbones (default: {','.join(BACKBONE_NAMES)})")
+    g.add_argument("--image-size", type=int, default=224, help="network input size in pixels (default: 224)")
+    g.add_argument("--gamma", type=float, default=1.0, help="gamma correction in [0.8, 1.2] (default: 1.0)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--workers", type=int, default=None, help="data loader workers (default: automatic)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto uses a CUDA GPU when one is present")
+    g.add_argument("--no-pca", action="store_true", help="skip PCA (default: PCA keeping 98%% of the variance)")
+    g.add_argument("--classifiers", default=",".join(CLASSIFIER_NAMES),
+                   help=f"comma-separated subset of {','.join(CLASSIFIER_NAMES)}")
+    g.add_argument("--calibration", choices=("auto", "platt", "isotonic"), default="auto",
+                   help="auto keeps the method with the lower cross-validated Brier score on validation data")
+    g.add_argument("--cache-dir", default=default_cache_dir(),
+                   help="feature cache folder (default: %(default)s)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    g.add_argument("--finetune", action="store_true",
+                   help="fine-tune both backbones on the training split before extracting features")
+    g.add_argument("--epochs", type=int, default=50, help="fine-tuning epochs at most (default: 50)")
+    g.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        data=str(a.data), layout=a.layout, positive=_csv_list(a.positive), labels_csv=a.labels_csv,
+        group_column=a.group_column, split=a.split, seed=a.seed, weights=a.weights,
+        backbones=tuple(_csv_list(a.backbones) or BACKBONE_NAMES), image_size=a.image_size,
+        gamma=a.gamma, batch_size=a.batch_size, num_workers=a.workers, device=a.device,
+        pca=not a.no_pca, classifiers=tuple(_csv_list(a.classifiers) or CLASSIFIER_NAMES),
+        calibration=a.calibration, cache_dir=None if a.no_cache else a.cache_dir,
+        output=str(getattr(a, "output", "model.allmodel")), finetune=a.finetune,
+        finetune_epochs=a.epochs, finetune_patience=a.patience)
+
+
+class ProgressBar:
+    """tqdm bar fed by (fraction, message) callbacks; silent when ``quiet``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {desc}",
+                            file=sys.stderr)
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        self.bar.set_description_str(message[:70], refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(a) -> int:
+    from .pipeline import train
+    config = config_from_args(a)
+    bar = ProgressBar(a.quiet)
+    try:
+        result = train(config, progress=bar)
+    finally:
+        bar.close()
+    ens = result.metrics.get("ensemble") or result.card["metrics"]["validation"]["ensemble"]
+    print(f"Model written to {result.bundle_path} ({result.seconds:.0f} s)")
+    split = result.card["split"]
+    print(f"Split: {split['protocol']}-level, train/val/test = {split['n_train']}/{split['n_validation']}/{split['n_test']}")
+    print(f"Threshold (Youden, validation): {result.model.threshold_:.3f}; calibration: {result.model.calibrator_.method_}")
+    print(_table(result.metrics) if result.metrics else "No test split; validation metrics: "
+          f"accuracy {ens['accuracy']:.3f}")
+    return 0
+
+
+def _table(m: dict) -> str:
+    rows = ["classifier       acc    prec   recall spec   F1     AUC    Brier"]
+    for name, r in m.items():
+        auc = "  -  " if r.get("auc") is None else f"{r['auc']:.3f}"
+        brier = "  -  " if r.get("brier") is None else f"{r['brier']:.3f}"
+        rows.append(f"{name:15s} {r['accuracy']:.3f}  {r['precision']:.3f}  {r['recall']:.3f}  "
+                    f"{r['specificity']:.3f}  {r['f1']:.3f}  {auc}  {brier}")
+    return "\n".join(rows)
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluation import run_evaluation
+    config = config_from_args(a)
+    bar = ProgressBar(a.quiet)
+    try:
+        out = run_evaluation(config, a.out, progress=bar, n_folds=a.folds, n_boot=a.bootstrap,
+                             protocols=tuple(_csv_list(a.protocols) or ("subject", "image")),
+                             ablation=not a.no_ablation)
+    finally:
+        bar.close()
+    print(f"Report written to {out}")
+    return 0
+
+
+CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "circularity", "nc_ratio"]
+
+
+def cmd_predict(a) -> int:
+    from .imageio import IMAGE_SUFFIXES
+    from .predictor import Predictor
+    files: list[Path] = []
+    for p in map(Path, a.inputs):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(p)
+    if not files:
+        raise AllguiError("No images found in the given paths.")
+    predictor = Predictor.from_bundle(a.model, device=a.device)
+    threshold = predictor.threshold if a.threshold is None else a.threshold
+    names = predictor.classifier_names
+    fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "probability", "decision"]
+    out = open(a.output, "w", newline="") if a.output != "-" else sys.stdout
+    n_err = 0
+    try:
+        w = csv.DictWriter(out, fieldnames=fields + ["error"])
+        w.writeheader()
+        bar = ProgressBar(a.quiet or a.output == "-")
+        for i, f in enumerate(files):
+            bar(i / len(files), f.name)
+            try:
+                r = predictor.predict(f)
+            except AllguiError as e:
+                n_err += 1
+                w.writerow({"file": str(f), "error": str(e)})
+                continue
+            for c in [r.whole] + r.cells:
+                row = {"file": str(f), "kind": r.kind, "cell": "image" if c.index < 0 else c.index,
+                       "x": c.bbox[0], "y": c.bbox[1], "w": c.bbox[2], "h": c.bbox[3],
+                       "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
+                       "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
+                       "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
+                       "probability": round(c.probability, 4), "decision": c.decision(threshold)}
+                row.update({f"p_{v.name}": round(v.probability, 4) for v in c.votes})
+                w.writerow(row)
+        bar(1.0, "done")
+        bar.close()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"{len(files) - n_err} images classified at threshold {threshold:.3f}"
+          + (f", {n_err} could not be read" if n_err else "")
+          + ("" if a.output == "-" else f"; results in {a.output}"), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="allgui-train",
+        description="Train, evaluate and apply the allgui ALL-blast ensemble (DenseNet-121 + ResNet-34 deep "
+                    "features, SVM/KNN/RF/AdaBoost/MLP, weighted voting, calibration). Research use only.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict}")
+
+    t = sub.add_parser("train", help="train a model and write a bundle",
+                       description="Train on a labelled image folder; write a model bundle with its model card.")
+    add_data_options(t)
+    add_model_options(t)
+    t.add_argument("-o", "--output", default="model.allmodel", help="model bundle to write (default: %(default)s)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="full evaluation report (tables, figures, statistics)",
+                       description="Reproduce the paper's evaluation: held-out metrics with bootstrap CIs, ROC/PR, "
+                                   "calibration, 5-fold CV with paired tests, ablations, both split protocols.")
+    add_data_options(e)
+    add_model_options(e)
+    e.add_argument("--out", default="report", help="output folder for report.md, report.json and figures")
+    e.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default: 1000)")
+    e.add_argument("--protocols", default="subject,image",
+                   help="split protocols to compare (default: subject,image; subject needs group ids)")
+    e.add_argument("--no-ablation", action="store_true", help="skip the backbone / PCA ablation")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="classify images with a model bundle; write a CSV",
+                       description="Classify images or folders; one CSV row per image and one per white cell found.")
+    r.add_argument("inputs", nargs="+", help="image files or folders")
+    r.add_argument("-m", "--model", required=True, help="model bundle (.allmodel)")
+    r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
+    r.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as e:
+        print(f"allgui-train: {e}", file=sys.stderr)
+        return 130
+    except AllguiError as e:
+        print(f"allgui-train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("allgui-train: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
