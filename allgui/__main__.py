@@ -1,0 +1,71 @@
+"""Start the app: ``allgui`` or ``python -m allgui``.
+
+  allgui [--model BUNDLE] [--open PATH ...] [--screenshot FILE.png]
+
+Without options it loads the bundled default model and opens the bundled sample images.
+``--screenshot`` renders the window once the first result is on screen, saves it and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="allgui", description="ALL blast detection in blood-smear images "
+                                "(research use only, not for clinical diagnosis).")
+    p.add_argument("--model", help="model bundle (.allmodel) to load; default: the bundled model")
+    p.add_argument("--open", nargs="+", metavar="PATH", help="image files or folders to open")
+    p.add_argument("--screenshot", metavar="FILE", help="save a picture of the window once results are "
+                   "shown, then exit")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for results with --screenshot")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from PySide6.QtCore import QCoreApplication, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    QCoreApplication.setOrganizationName("allgui")
+    QCoreApplication.setApplicationName("allgui")
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+
+    from allgui.main_window import MainWindow
+    from allgui.resources import samples_dir
+
+    win = MainWindow(model=args.model)
+    if args.screenshot:
+        win.resize(1440, 900)
+    win.show()
+    targets = args.open or ([str(samples_dir())] if samples_dir().is_dir() else [])
+    dirs = [t for t in targets if Path(t).is_dir()]
+    files = [t for t in targets if not Path(t).is_dir()]
+    if dirs:
+        win.open_folder(dirs[0])
+    if files:
+        win.open_files(files)
+
+    if args.screenshot:
+        out = args.screenshot
+
+        def shoot() -> None:
+            win.grab().save(out)
+            print(out)
+            app.quit()
+
+        def ready() -> None:
+            if win.state.current and (win.state.prediction is not None or win.state.current in win.state.errors
+                                      or win.predictor is None and not win._model_loading):
+                QTimer.singleShot(400, shoot)
+            else:
+                QTimer.singleShot(100, ready)
+
+        QTimer.singleShot(300, ready)
+        QTimer.singleShot(int(args.timeout * 1000), shoot)
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Batch table of the opened images: thumbnail, file, cells found, calibrated probability, decision,
+flagged. Sortable; selecting a row makes that image current. Rows are computed from the state at
+the current threshold, so moving the slider only repaints."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
+
+from allgui.imaging import DECISION_COLOURS
+from allgui.state import AppState, Row
+
+COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged")
+SORT_ROLE = Qt.UserRole + 1
+CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
+              "vote_share", "decision", "flagged", "threshold", "band", "error")
+
+
+def to_qimage(image: np.ndarray) -> QImage:
+    """QImage (copy) of an (H, W, 3) uint8 RGB array."""
+    img = np.ascontiguousarray(image[..., :3], np.uint8)
+    h, w = img.shape[:2]
+    return QImage(img.data, w, h, 3 * w, QImage.Format_RGB888).copy()
+
+
+class BatchModel(QAbstractTableModel):
+    """Table model over ``state.paths``."""
+
+    def __init__(self, state: AppState, parent=None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.thumbs: dict[str, QPixmap] = {}
+        self._rows: list[Row] = []
+        self._index: dict[str, int] = {}
+        state.subscribe("images", self.reset)
+        state.subscribe("model", self.reset)
+        state.subscribe("prediction", self.update_path)
+        state.subscribe("threshold", self.update_all)
+
+    def set_thumbnail(self, path: str, image: np.ndarray) -> None:
+        self.thumbs[path] = QPixmap.fromImage(to_qimage(image))
+        if path in self._index:
+            i = self._index[path]
+            self.dataChanged.emit(self.index(i, 0), self.index(i, 0))
+
+    def reset(self) -> None:
+        self.beginResetModel()
+        self._rows = self.state.rows()
+        self._index = {r.path: i for i, r in enumerate(self._rows)}
+        self.endResetModel()
+
+    def update_path(self, path: str) -> None:
+        i = self._index.get(path)
+        if i is None:
+            return
+        self._rows[i] = self.state.row(path)
+        self.dataChanged.emit(self.index(i, 0), self.index(i, len(COLUMNS) - 1))
+
+    def update_all(self) -> None:
+        if not self._rows:
+            return
+        self._rows = self.state.rows()
+        self.dataChanged.emit(self.index(0, 2), self.index(len(self._rows) - 1, len(COLUMNS) - 1))
+
+    def row_at(self, i: int) -> Row:
+        return self._rows[i]
+
+    # ---- Qt model API -------------------------------------------------------------------------
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+        return len(COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
+        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: QModelIndex, role=Qt.DisplayRole):
+        if not index.isValid():
+            return None
+        r = self._rows[index.row()]
+        col = index.column()
+        if role == Qt.DecorationRole and col == 0:
+            return self.thumbs.get(r.path)
+        if role == Qt.DisplayRole:
+            if col == 1:
+                return r.file
+            if col == 2:
+                return "" if r.cells is None else str(r.cells)
+            if col == 3:
+                return "" if r.probability is None else f"{r.probability:.3f}"
+            if col == 4:
+                return r.decision
+            if col == 5:
+                return "yes" if r.flagged else ("" if r.decision == "pending" else "no")
+        if role == SORT_ROLE:
+            return (None, r.file, r.cells if r.cells is not None else -1,
+                    r.probability if r.probability is not None else -1.0, r.decision, int(r.flagged))[col]
+        if role == Qt.ToolTipRole:
+            return r.error or r.path
+        if role == Qt.ForegroundRole and col == 4 and r.decision in DECISION_COLOURS:
+            return QBrush(QColor(*DECISION_COLOURS[r.decision]))
+        if role == Qt.ForegroundRole and r.decision == "error":
+            return QBrush(QColor(160, 0, 0))
+        if role == Qt.TextAlignmentRole and col in (2, 3):
+            return int(Qt.AlignRight | Qt.AlignVCenter)
+        return None
+
+    # ---- export -------------------------------------------------------------------------------
+    def export_csv(self, path: str | Path) -> int:
+        """Write every row (at the current threshold) to ``path``; returns the number of rows."""
+        st = self.state
+        rows = st.rows()
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(CSV_FIELDS)
+            for r in rows:
+                w.writerow([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
+                            _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
+                            int(r.flagged), f"{st.threshold:.4f}", f"{st.band:.4f}", r.error])
+        return len(rows)
+
+
+def _v(x) -> str:
+    return "" if x is None else str(x)
+
+
+def _f(x) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+class BatchTable(QTableView):
+    """Sortable view of :class:`BatchModel`; selecting a row makes its image current."""
+
+    def __init__(self, state: AppState, parent=None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.batch = BatchModel(state, self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.batch)
+        self.proxy.setSortRole(SORT_ROLE)
+        self.setModel(self.proxy)
+        self.setSortingEnabled(True)
+        self.sortByColumn(-1, Qt.AscendingOrder)
+        self.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.verticalHeader().setDefaultSectionSize(52)
+        self.verticalHeader().setVisible(False)
+        hh = self.horizontalHeader()
+        hh.setSectionResizeMode(QHeaderView.Interactive)
+        hh.setStretchLastSection(True)
+        hh.setMinimumSectionSize(24)
+        for col, width in ((0, 54), (1, 150), (2, 44), (3, 56), (4, 112), (5, 56)):
+            self.setColumnWidth(col, width)
+        self.setWordWrap(True)
+        self.setTextElideMode(Qt.ElideMiddle)
+        self.setIconSize(self.iconSize().expandedTo(self.iconSize().__class__(48, 48)))
+        self.setAlternatingRowColors(True)
+        self.selectionModel().currentRowChanged.connect(self._on_row)
+        state.subscribe("current", self._select_current)
+
+    _syncing = False
+
+    def _on_row(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        if current.isValid() and not self._syncing:
+            src = self.proxy.mapToSource(current)
+            self.state.set_current(self.batch.row_at(src.row()).path)
+
+    def _select_current(self) -> None:
+        path = self.state.current
+        i = self.batch._index.get(path) if path else None
+        if i is None:
+            return
+        idx = self.proxy.mapFromSource(self.batch.index(i, 1))
+        if idx.isValid() and self.currentIndex().row() != idx.row():
+            self._syncing = True
+            try:
+                self.selectionModel().setCurrentIndex(
+                    idx, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+            finally:
+                self._syncing = False
+            self.scrollTo(idx)

@@ -1,0 +1,165 @@
+"""The image view: zoom (wheel), pan (drag), fit; nuclei outlines or translucent fill; cell picking.
+
+Observes :class:`allgui.state.AppState`; clicking a cell calls ``state.select_cell``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtGui import QColor, QPainterPath, QPen
+from PySide6.QtWidgets import QGraphicsPathItem
+
+from allgui.imaging import cell_regions, fill_overlay, probability_colour
+from allgui.state import AppState
+
+pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+
+
+class _CellItem(QGraphicsPathItem):
+    """One nucleus outline, pen colour = probability colour."""
+
+    def __init__(self, index: int, contour: np.ndarray) -> None:
+        path = QPainterPath()
+        path.moveTo(QPointF(float(contour[0, 0]) + 0.5, float(contour[0, 1]) + 0.5))
+        for x, y in contour[1:]:
+            path.lineTo(QPointF(float(x) + 0.5, float(y) + 0.5))
+        path.closeSubpath()
+        super().__init__(path)
+        self.index = index
+        self.contour = contour
+
+    def set_style(self, colour: tuple[int, int, int], width: float, dashed: bool, selected: bool) -> None:
+        pen = QPen(QColor(*colour))
+        pen.setCosmetic(True)                    # width in screen pixels, independent of zoom
+        pen.setWidthF(width + (1.5 if selected else 0.0))
+        pen.setStyle(Qt.DashLine if dashed else Qt.SolidLine)
+        self.setPen(pen)
+
+
+class ImageView(pg.GraphicsLayoutWidget):
+    """Shows the current image of the state with its overlay."""
+
+    cellClicked = Signal(int)
+
+    def __init__(self, state: AppState, parent=None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.setBackground("#202020")
+        self.viewbox: pg.ViewBox = self.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.fill_item = pg.ImageItem(axisOrder="row-major")
+        self.fill_item.setZValue(5)
+        self.viewbox.addItem(self.image_item)
+        self.viewbox.addItem(self.fill_item)
+        self.cell_items: list[_CellItem] = []
+        self.labels: list[pg.TextItem] = []
+        self.image: np.ndarray | None = None
+        self._shown_prediction = None
+        self.scene().sigMouseClicked.connect(self._on_click)
+        for topic, cb in (("current", self.refresh_all), ("prediction", self._on_prediction),
+                          ("threshold", self.restyle), ("selection", self.restyle),
+                          ("overlay", self.refresh_overlay), ("model", self.refresh_overlay)):
+            state.subscribe(topic, cb)
+
+    # ---- content ------------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray | None) -> None:
+        """Show ``image`` (H, W, 3) uint8 RGB and fit it to the view."""
+        self.image = image
+        if image is None:
+            self.image_item.clear()
+        else:
+            self.image_item.setImage(image, levels=(0, 255), autoLevels=False)
+            self.fit()
+        self.refresh_overlay()
+
+    def fit(self) -> None:
+        if self.image is not None:
+            h, w = self.image.shape[:2]
+            self.viewbox.setRange(xRange=(0, w), yRange=(0, h), padding=0.02)
+
+    def refresh_all(self) -> None:
+        self.refresh_overlay()
+
+    def _on_prediction(self, path: str) -> None:
+        if path == self.state.current:
+            self.refresh_overlay()
+
+    def _clear_overlay(self) -> None:
+        for it in self.cell_items:
+            self.viewbox.removeItem(it)
+        for it in self.labels:
+            self.viewbox.removeItem(it)
+        self.cell_items, self.labels = [], []
+        self.fill_item.clear()
+        self._shown_prediction = None
+
+    def refresh_overlay(self) -> None:
+        """Rebuild the outlines for the current prediction (new image, prediction or mode)."""
+        self._clear_overlay()
+        pred = self.state.prediction
+        if pred is None or self.image is None or tuple(pred.shape) != tuple(self.image.shape[:2]):
+            return
+        self._shown_prediction = pred
+        for index, contour, _ in cell_regions(pred):
+            item = _CellItem(index, contour)
+            item.setZValue(10)
+            self.viewbox.addItem(item)
+            self.cell_items.append(item)
+            if pred.kind == "field":
+                label = pg.TextItem("", anchor=(0, 1))
+                x, y = contour.min(axis=0)
+                label.setPos(float(x), float(y))
+                label.setZValue(11)
+                self.viewbox.addItem(label)
+                self.labels.append(label)
+        self.restyle()
+
+    def restyle(self) -> None:
+        """Recolour outlines, labels and fill for the current threshold / selection (no geometry)."""
+        pred = self._shown_prediction
+        if pred is None:
+            return
+        st = self.state
+        visible = st.overlay_visible
+        regions = cell_regions(pred)
+        for k, (item, (index, _, p)) in enumerate(zip(self.cell_items, regions)):
+            colour = probability_colour(p, st.threshold)
+            uncertain = abs(p - st.threshold) < st.band
+            selected = pred.kind == "field" and index == st.selected_cell
+            width = 3.0 if st.overlay_mode == "outline" else 1.5
+            item.set_style(colour, width, uncertain, selected)
+            item.setVisible(visible)
+            if k < len(self.labels):
+                self.labels[k].setText(f"{p:.2f}", color=QColor(*colour))
+                self.labels[k].setVisible(visible)
+        if visible and st.overlay_mode == "fill":
+            self.fill_item.setImage(fill_overlay(pred, st.threshold, st.overlay_opacity),
+                                    levels=(0, 255), autoLevels=False)
+            self.fill_item.setVisible(True)
+        else:
+            self.fill_item.setVisible(False)
+
+    # ---- picking ------------------------------------------------------------------------------
+    def cell_at(self, x: float, y: float) -> int | None:
+        """Index of the cell whose outline contains image point (x, y), the smallest if nested."""
+        import cv2
+
+        best, best_area = None, np.inf
+        for item in self.cell_items:
+            c = item.contour.reshape(-1, 1, 2).astype(np.float32)
+            if cv2.pointPolygonTest(c, (float(x), float(y)), False) >= 0:
+                area = cv2.contourArea(c)
+                if area < best_area:
+                    best, best_area = item.index, area
+        return best
+
+    def _on_click(self, event) -> None:
+        if event.button() != Qt.LeftButton or self._shown_prediction is None:
+            return
+        pt = self.viewbox.mapSceneToView(event.scenePos())
+        index = self.cell_at(pt.x(), pt.y())
+        if self._shown_prediction.kind != "field":
+            index = -1
+        self.state.select_cell(-1 if index is None else index)
+        self.cellClicked.emit(-1 if index is None else index)

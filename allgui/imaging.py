@@ -1,0 +1,116 @@
+"""Colours for probabilities and overlay drawing on numpy images (for display and export).
+
+Colour rule, shared by the view, the table and exported overlays: a diverging scale centred on
+the decision threshold, blue (normal) -> amber (at the threshold, uncertain) -> red (ALL blast).
+So moving the threshold recolours every cell without touching its probability.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from trainer.results import DECISION_ALL, DECISION_UNCERTAIN, ImagePrediction, decide
+
+BLUE = np.array([33, 113, 181], float)     # normal
+AMBER = np.array([253, 174, 45], float)    # at the threshold
+RED = np.array([215, 25, 28], float)       # ALL blast
+DECISION_COLOURS = {"ALL blast": (215, 25, 28), "normal": (33, 113, 181), "uncertain, review": (230, 140, 0)}
+
+
+def probability_colour(p: float, threshold: float) -> tuple[int, int, int]:
+    """RGB 0..255 for probability ``p`` on the blue-amber-red scale centred on ``threshold``."""
+    p = float(min(1.0, max(0.0, p)))
+    t = float(min(0.999, max(0.001, threshold)))
+    if p < t:
+        a = p / t
+        c = BLUE + (AMBER - BLUE) * a ** 1.5
+    else:
+        a = (p - t) / (1.0 - t)
+        c = AMBER + (RED - AMBER) * a ** 0.67
+    return tuple(int(round(v)) for v in c)
+
+
+def cell_regions(pred: ImagePrediction) -> list[tuple[int, np.ndarray, float]]:
+    """(cell index, contour (N,2) int32 x,y, probability) for each region drawn on the image.
+
+    Fields: one per detected white cell. Single-cell crops: the whole crop (index -1); if its
+    contour is empty, the outlines of the nucleus mask are used.
+    """
+    if pred.kind == "field" and pred.cells:
+        return [(c.index if c.index >= 0 else i, _contour(c.contour, c.bbox), c.probability)
+                for i, c in enumerate(pred.cells)]
+    contour = np.asarray(pred.whole.contour, dtype=np.int32).reshape(-1, 2)
+    if len(contour) >= 3:
+        return [(-1, contour, pred.whole.probability)]
+    out = []
+    for c in mask_contours(pred.nucleus_mask):
+        out.append((-1, c, pred.whole.probability))
+    return out
+
+
+def _contour(contour: np.ndarray, bbox) -> np.ndarray:
+    c = np.asarray(contour, dtype=np.int32).reshape(-1, 2)
+    if len(c) >= 3:
+        return c
+    x, y, w, h = (int(v) for v in bbox)
+    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.int32)
+
+
+def mask_contours(mask: np.ndarray, min_area: float = 4.0) -> list[np.ndarray]:
+    """Outer contours of a boolean mask, each (N,2) int32 x,y."""
+    if mask is None or not np.any(mask):
+        return []
+    cs, _ = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1, 2).astype(np.int32) for c in cs if cv2.contourArea(c) >= min_area]
+
+
+def fill_overlay(pred: ImagePrediction, threshold: float, opacity: float) -> np.ndarray:
+    """RGBA uint8 (H, W, 4): nuclei filled in their probability colour at ``opacity`` (0..1)."""
+    h, w = pred.shape
+    rgba = np.zeros((h, w, 4), np.uint8)
+    mask = np.asarray(pred.nucleus_mask, bool) if pred.nucleus_mask is not None else np.zeros((h, w), bool)
+    alpha = int(round(255 * opacity))
+    for _, contour, p in cell_regions(pred):
+        region = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(region, [contour.reshape(-1, 1, 2)], 1)
+        inside = region.astype(bool)
+        if mask.shape == (h, w) and np.any(mask & inside):
+            inside &= mask                   # fill the nucleus, not the whole polygon
+        rgba[inside, :3] = probability_colour(p, threshold)
+        rgba[inside, 3] = alpha
+    return rgba
+
+
+def draw_overlay(image: np.ndarray, pred: ImagePrediction, threshold: float, band: float,
+                 mode: str = "outline", opacity: float = 0.45, label: bool = True) -> np.ndarray:
+    """Image (H, W, 3) uint8 RGB with the nuclei drawn as the app shows them, for saving."""
+    out = np.ascontiguousarray(image[..., :3], np.uint8).copy()
+    if mode == "fill":
+        rgba = fill_overlay(pred, threshold, opacity).astype(np.float32)
+        a = rgba[..., 3:4] / 255.0
+        out = (out * (1 - a) + rgba[..., :3] * a).astype(np.uint8)
+    thick = max(1, round(max(pred.shape) / 220))
+    for idx, contour, p in cell_regions(pred):
+        colour = probability_colour(p, threshold)
+        if mode == "outline" or decide(p, threshold, band) != "normal":
+            cv2.polylines(out, [contour.reshape(-1, 1, 2)], True, colour, thick, cv2.LINE_AA)
+        if label:
+            x, y = contour.min(axis=0)
+            text = f"{p:.2f}"
+            cv2.putText(out, text, (int(x), max(10, int(y) - 3)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.35 * thick, colour, 1, cv2.LINE_AA)
+    return out
+
+
+def thumbnail(image: np.ndarray, size: int = 48) -> np.ndarray:
+    """Image shrunk so its longer side is ``size`` pixels (uint8 RGB, contiguous)."""
+    h, w = image.shape[:2]
+    s = size / max(h, w)
+    small = cv2.resize(image[..., :3], (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small, np.uint8)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """Short summary like '2 ALL blast, 1 uncertain, 5 normal'."""
+    return (f"{counts.get(DECISION_ALL, 0)} ALL blast, {counts.get(DECISION_UNCERTAIN, 0)} uncertain, "
+            f"{counts.get('normal', 0)} normal")

@@ -1,0 +1,311 @@
+"""Retraining from the app: the dialog (data folder, layout, positive classes, split protocol,
+weights, device), the training run in a child process, progress, log, Cancel, and on success the
+new model's evaluation with the question whether to switch to it.
+
+The new model is always written to a new file (never the loaded model's path); the trainer writes
+it atomically, so a cancelled or crashed run leaves the current model loaded and its file intact.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QElapsedTimer, QSettings, QStandardPaths, Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+    QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from allgui.evaluation_view import EvaluationView
+from allgui.workers import ProcessTask
+from trainer.config import TrainConfig
+
+
+def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
+                 cancel: Callable[[], bool], emit: Callable[[Any], None]) -> dict[str, Any]:
+    """Child-process entry: train with ``config`` (TrainConfig as dict); picklable summary back."""
+    from trainer.pipeline import train
+
+    cfg = TrainConfig.from_dict(config)
+    t0 = time.perf_counter()
+    result = train(cfg, progress=progress, cancel=cancel)
+    model = getattr(result, "model", None)
+    threshold = getattr(model, "threshold_", None)
+    return {"bundle_path": str(result.bundle_path), "metrics": _plain(getattr(result, "metrics", {})),
+            "evaluation": _plain(getattr(result, "evaluation", {})), "card": _plain(getattr(result, "card", {})),
+            "threshold": None if threshold is None else float(threshold),
+            "seconds": time.perf_counter() - t0}
+
+
+def _plain(x: Any) -> Any:
+    """Dicts / lists / arrays / numbers only (safe to pickle across processes)."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def models_dir() -> Path:
+    """Folder where retrained models are written (user data location)."""
+    base = QStandardPaths.writableLocation(QStandardPaths.AppDataLocation) or str(Path.home() / ".allgui")
+    d = Path(base) / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def new_model_path(folder: Path | None = None, avoid: str | None = None) -> Path:
+    """A fresh file name for a retrained model, never ``avoid`` (the loaded model)."""
+    folder = folder or models_dir()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        p = folder / (f"model-{stamp}.allmodel" if i == 0 else f"model-{stamp}-{i}.allmodel")
+        if not p.exists() and (avoid is None or Path(avoid).resolve() != p.resolve()):
+            return p
+    raise RuntimeError("could not find a free file name for the new model")
+
+
+class RetrainDialog(QDialog):
+    """Options, then progress with a log and Cancel, then the evaluation and a switch question.
+
+    Signals ``accepted_model(path)`` when the user chooses to switch to the new model.
+    """
+
+    accepted_model = Signal(str)
+
+    def __init__(self, current_model: str | None = None, parent: QWidget | None = None,
+                 output_dir: Path | None = None, base_config: TrainConfig | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Retrain model")
+        self.setMinimumWidth(560)
+        self.current_model = current_model
+        self.output_dir = output_dir
+        self.base = base_config or TrainConfig()
+        self.task: ProcessTask | None = None
+        self.result: dict[str, Any] | None = None
+        self.output: Path | None = None
+        self.settings = QSettings()
+        self._clock = QElapsedTimer()
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.data = QLineEdit(self.settings.value("retrain/data", "", str))
+        self.data.setPlaceholderText("folder with class sub-folders or a C-NMC style tree")
+        browse = QPushButton("Browse\u2026")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.data, 1)
+        row.addWidget(browse)
+        form.addRow("Data folder", row)
+        self.layout_box = QComboBox()
+        self.layout_box.addItems(["auto", "cnmc", "folders"])
+        self.layout_box.setToolTip("cnmc: all/ and hem/ folders; folders: one folder per class")
+        form.addRow("Layout", self.layout_box)
+        self.positive = QLineEdit(self.settings.value("retrain/positive", "", str))
+        self.positive.setPlaceholderText("e.g. Early, Pre, Pro (folders layout; empty = automatic)")
+        form.addRow("Positive (ALL) classes", self.positive)
+        self.split = QComboBox()
+        self.split.addItems(["auto", "subject", "image"])
+        self.split.setToolTip("subject: no patient in two splits (honest); image: the paper's random split")
+        form.addRow("Split protocol", self.split)
+        self.weights = QComboBox()
+        self.weights.setEditable(True)
+        self.weights.addItems(["imagenet", "none"])
+        self.weights.setToolTip("Backbone weights: imagenet (local cache), none (random, for tests), or a file")
+        form.addRow("Backbone weights", self.weights)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Device", self.device)
+        self.size = QSpinBox()
+        self.size.setRange(16, 512)
+        self.size.setValue(int(self.base.image_size))
+        self.size.setSuffix(" px")
+        form.addRow("Network input size", self.size)
+        lay.addLayout(form)
+        for box, key in ((self.layout_box, "layout"), (self.split, "split"), (self.weights, "weights"),
+                         (self.device, "device")):
+            box.setCurrentText(self.settings.value(f"retrain/{key}", getattr(self.base, key), str))
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setFormat("%p%")
+        self.stage = QLabel("Not started.")
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        self.log.setMinimumHeight(140)
+        lay.addWidget(self.stage)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.log, 1)
+        self.eval_holder = QVBoxLayout()
+        lay.addLayout(self.eval_holder)
+
+        self.buttons = QDialogButtonBox()
+        self.start_btn = self.buttons.addButton("Start training", QDialogButtonBox.AcceptRole)
+        self.cancel_btn = self.buttons.addButton("Cancel training", QDialogButtonBox.RejectRole)
+        self.close_btn = self.buttons.addButton("Close", QDialogButtonBox.DestructiveRole)
+        self.cancel_btn.setEnabled(False)
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.close_btn.clicked.connect(self.close)
+        lay.addWidget(self.buttons)
+
+    # ---- options ------------------------------------------------------------------------------
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Training data folder", self.data.text())
+        if d:
+            self.data.setText(d)
+
+    def config(self) -> TrainConfig:
+        """The TrainConfig the dialog's fields describe (output = a new file)."""
+        positive = [s.strip() for s in self.positive.text().replace(";", ",").split(",") if s.strip()]
+        cfg = TrainConfig.from_dict(self.base.to_dict())
+        cfg.data = self.data.text().strip()
+        cfg.layout = self.layout_box.currentText()
+        cfg.positive = positive or None
+        cfg.split = self.split.currentText()
+        cfg.weights = self.weights.currentText().strip() or "none"
+        cfg.device = self.device.currentText()
+        cfg.image_size = int(self.size.value())
+        self.output = new_model_path(self.output_dir, avoid=self.current_model)
+        cfg.output = str(self.output)
+        return cfg
+
+    def _set_editable(self, on: bool) -> None:
+        for w in (self.data, self.layout_box, self.positive, self.split, self.weights, self.device, self.size):
+            w.setEnabled(on)
+
+    # ---- run ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config()
+        if not cfg.data or not Path(cfg.data).is_dir():
+            QMessageBox.warning(self, "Retrain", "Choose an existing data folder to train on.")
+            return
+        for key, val in (("data", cfg.data), ("layout", cfg.layout), ("positive", self.positive.text()),
+                         ("split", cfg.split), ("weights", cfg.weights), ("device", cfg.device)):
+            self.settings.setValue(f"retrain/{key}", val)
+        self._clear_evaluation()
+        self.result = None
+        self.log.clear()
+        self._append(f"Training on {cfg.data} (layout {cfg.layout}, split {cfg.split}, weights {cfg.weights}, "
+                     f"device {cfg.device}); new model file: {cfg.output}")
+        self.task = ProcessTask(run_training, cfg.to_dict(), name="retrain")
+        self.task.progress.connect(self._on_progress)
+        self.task.log.connect(self._append)
+        self.task.finished.connect(self._on_finished)
+        self.task.failed.connect(self._on_failed)
+        self.task.cancelled.connect(self._on_cancelled)
+        self._set_editable(False)
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.progress.setValue(0)
+        self.stage.setText("Starting the training process\u2026")
+        self._clock.start()
+        self.task.start()
+
+    def running(self) -> bool:
+        return self.task is not None and self.task.running
+
+    def cancel(self) -> None:
+        if self.running():
+            self.task.cancel()
+
+    def _append(self, text: str) -> None:
+        self.log.appendPlainText(text.rstrip())
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.progress.setValue(int(round(1000 * max(0.0, min(1.0, fraction)))))
+        secs = self._clock.elapsed() / 1000
+        self.stage.setText(f"{message}  ({secs:.0f} s)" if message else f"{secs:.0f} s")
+
+    def _done(self) -> None:
+        self._set_editable(True)
+        self.start_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _remove_partial(self) -> None:
+        """Delete the new (never the current) model file left by an unfinished run."""
+        if self.output is not None and self.output.exists() and (
+                self.current_model is None or Path(self.current_model).resolve() != self.output.resolve()):
+            try:
+                self.output.unlink()
+            except OSError:
+                pass
+
+    def _on_cancelled(self) -> None:
+        self._done()
+        self._remove_partial()
+        self.stage.setText("Training cancelled. The current model is unchanged.")
+        self._append("Cancelled by the user; the current model stays loaded.")
+
+    def _on_failed(self, message: str) -> None:
+        self._done()
+        self._remove_partial()
+        self.stage.setText("Training failed. The current model is unchanged.")
+        self._append(message)
+        QMessageBox.critical(self, "Training failed", f"{message}\n\nThe current model stays loaded and unchanged.")
+
+    def _on_finished(self, result: dict[str, Any]) -> None:
+        self._done()
+        self.result = result
+        self.progress.setValue(1000)
+        secs = result.get("seconds", self._clock.elapsed() / 1000)
+        self.stage.setText(f"Training finished in {secs:.0f} s: {result['bundle_path']}")
+        self._append(f"New model written to {result['bundle_path']}")
+        threshold = _threshold_of(result)
+        self.show_evaluation(result.get("evaluation"), threshold)
+        if self.ask_switch():
+            self.accepted_model.emit(result["bundle_path"])
+
+    def _clear_evaluation(self) -> None:
+        while self.eval_holder.count():
+            w = self.eval_holder.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+
+    def show_evaluation(self, evaluation: dict | None, threshold: float) -> EvaluationView:
+        self._clear_evaluation()
+        self.evaluation_view = EvaluationView(evaluation, threshold)
+        self.eval_holder.addWidget(self.evaluation_view)
+        self.resize(max(self.width(), 760), max(self.height(), 820))
+        return self.evaluation_view
+
+    def ask_switch(self) -> bool:
+        """Ask whether to use the new model now (the old one stays on disk either way)."""
+        ans = QMessageBox.question(self, "Use the new model?",
+                                   "Training finished. Switch to the new model now?\n\n"
+                                   "The current model file is kept either way.",
+                                   QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return ans == QMessageBox.Yes
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        if self.running():
+            ans = QMessageBox.question(self, "Training is running", "Stop the training run and close?",
+                                       QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if ans != QMessageBox.Yes:
+                event.ignore()
+                return
+            self.cancel()
+        super().closeEvent(event)
+
+    def reject(self) -> None:  # Esc
+        self.close()
+
+
+def _threshold_of(result: dict[str, Any]) -> float:
+    """The new model's decision threshold from a training summary (0.5 if it is not there)."""
+    if isinstance(result.get("threshold"), (int, float)):
+        return float(result["threshold"])
+    method = (result.get("card") or {}).get("method") or {}
+    if isinstance(method.get("threshold"), (int, float)):
+        return float(method["threshold"])
+    return 0.5

@@ -1,0 +1,286 @@
+"""Side panel: decision in words, raw and calibrated probability, per-classifier votes (bar chart),
+the decision-threshold slider with validation sensitivity / specificity and a small ROC plot.
+
+Moving the slider only sets ``state.threshold``; every view re-decides from cached probabilities.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (
+    QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget,
+)
+
+from allgui.imaging import DECISION_COLOURS, probability_colour
+from allgui.state import AppState
+from trainer.results import DECISION_ALL, DECISION_NORMAL
+
+SLIDER_STEPS = 1000
+RESEARCH_NOTE = "Research use only \u2014 not for clinical diagnosis."
+
+
+class VotesChart(pg.PlotWidget):
+    """Bars: each classifier's P(ALL); colour = its vote; tick label carries its ensemble weight."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent, background="w")
+        self.setMinimumHeight(170)
+        self.setMaximumHeight(200)
+        self.setMouseEnabled(False, False)
+        self.hideButtons()
+        self.setYRange(0, 1, padding=0.02)
+        self.getPlotItem().setMenuEnabled(False)
+        self.getAxis("left").setLabel("P(ALL)")
+        self.getAxis("bottom").setHeight(40)
+        self.addItem(pg.InfiniteLine(0.5, angle=0, pen=pg.mkPen((120, 120, 120), style=Qt.DashLine)))
+        self.bars: pg.BarGraphItem | None = None
+        self.names: list[str] = []
+
+    def set_votes(self, votes) -> None:
+        if self.bars is not None:
+            self.removeItem(self.bars)
+            self.bars = None
+        self.names = [v.name for v in votes]
+        if not votes:
+            self.getAxis("bottom").setTicks([[]])
+            return
+        x = np.arange(len(votes))
+        brushes = [pg.mkBrush(*(DECISION_COLOURS[DECISION_ALL] if v.vote else DECISION_COLOURS[DECISION_NORMAL]))
+                   for v in votes]
+        # bar width shows the weight relative to an equal share
+        n = len(votes)
+        widths = [max(0.15, min(0.9, 0.6 * v.weight * n)) for v in votes]
+        self.bars = pg.BarGraphItem(x=x, height=[v.probability for v in votes], width=widths, brushes=brushes)
+        self.addItem(self.bars)
+        self.getAxis("bottom").setTicks([[(i, f"{v.name}\nw {v.weight:.2f}") for i, v in enumerate(votes)]])
+        self.setXRange(-0.6, len(votes) - 0.4, padding=0)
+
+
+class RocPlot(pg.PlotWidget):
+    """Validation ROC curve with the operating point of the current threshold."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent, background="w")
+        self.setMinimumHeight(160)
+        self.setMaximumHeight(200)
+        self.setMouseEnabled(False, False)
+        self.hideButtons()
+        self.getPlotItem().setMenuEnabled(False)
+        self.setXRange(0, 1, padding=0.02)
+        self.setYRange(0, 1, padding=0.02)
+        self.getAxis("bottom").setLabel("1 - specificity")
+        self.getAxis("left").setLabel("sensitivity")
+        self.plot([0, 1], [0, 1], pen=pg.mkPen((180, 180, 180), style=Qt.DashLine))
+        self.curve = self.plot([], [], pen=pg.mkPen((40, 40, 40), width=2))
+        self.point = pg.ScatterPlotItem(size=11, brush=pg.mkBrush(215, 25, 28), pen=pg.mkPen("k"))
+        self.addItem(self.point)
+
+    def set_curve(self, fpr, tpr) -> None:
+        self.curve.setData(np.asarray(fpr, float), np.asarray(tpr, float))
+
+    def set_point(self, sensitivity: float | None, specificity: float | None) -> None:
+        if sensitivity is None or specificity is None:
+            self.point.setData([], [])
+        else:
+            self.point.setData([1.0 - specificity], [sensitivity])
+
+
+class SidePanel(QWidget):
+    """The right-hand panel; observes the state."""
+
+    thresholdReset = Signal()
+
+    def __init__(self, state: AppState, parent=None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.operating_point: Callable[[float], tuple[float, float]] | None = None
+        self.setMinimumWidth(360)
+        lay = QVBoxLayout(self)
+
+        note = QLabel(RESEARCH_NOTE)
+        note.setObjectName("researchNote")
+        note.setStyleSheet("background:#fff3cd; color:#7a5b00; border:1px solid #e0c060; padding:4px;"
+                           "font-weight:bold;")
+        note.setAlignment(Qt.AlignCenter)
+        note.setWordWrap(True)
+        lay.addWidget(note)
+
+        res = QGroupBox("Result")
+        form = QFormLayout(res)
+        self.where = QLabel("\u2014")
+        self.where.setWordWrap(True)
+        self.decision = QLabel("\u2014")
+        f = QFont()
+        f.setPointSize(f.pointSize() + 5)
+        f.setBold(True)
+        self.decision.setFont(f)
+        self.calibrated = QLabel("\u2014")
+        self.raw = QLabel("\u2014")
+        self.vote_share = QLabel("\u2014")
+        self.counts = QLabel("\u2014")
+        self.morph = QLabel("\u2014")
+        for w in (self.raw, self.vote_share, self.counts, self.morph):
+            w.setWordWrap(True)
+        form.addRow("Showing", self.where)
+        form.addRow("Decision", self.decision)
+        form.addRow("Calibrated P(ALL)", self.calibrated)
+        form.addRow("Raw ensemble P", self.raw)
+        form.addRow("Weighted vote", self.vote_share)
+        form.addRow("Cells", self.counts)
+        form.addRow("Nucleus", self.morph)
+        lay.addWidget(res)
+
+        votes = QGroupBox("Classifier votes (bar width ~ ensemble weight)")
+        vl = QVBoxLayout(votes)
+        self.chart = VotesChart()
+        vl.addWidget(self.chart)
+        lay.addWidget(votes)
+
+        thr = QGroupBox("Decision threshold")
+        tl = QVBoxLayout(thr)
+        row = QHBoxLayout()
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, SLIDER_STEPS)
+        self.slider.setObjectName("thresholdSlider")
+        self.slider.setToolTip("Calibrated probability above which a cell is called ALL blast")
+        self.value = QLabel("0.500")
+        self.value.setMinimumWidth(44)
+        self.reset = QPushButton("Model default")
+        self.reset.clicked.connect(self.thresholdReset.emit)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.value)
+        row.addWidget(self.reset)
+        tl.addLayout(row)
+        brow = QHBoxLayout()
+        brow.addWidget(QLabel("Uncertain band \u00b1"))
+        self.band = QDoubleSpinBox()
+        self.band.setRange(0.0, 0.3)
+        self.band.setSingleStep(0.01)
+        self.band.setDecimals(2)
+        self.band.setValue(state.band)
+        self.band.valueChanged.connect(state.set_band)
+        brow.addWidget(self.band)
+        brow.addStretch(1)
+        tl.addLayout(brow)
+        legend = QLabel("Outline colour: <span style='color:#2171b5'>\u25a0 normal</span> \u2192 "
+                        "<span style='color:#e68c00'>\u25a0 at threshold</span> \u2192 "
+                        "<span style='color:#d7191c'>\u25a0 ALL blast</span>; dashed = uncertain, review")
+        legend.setWordWrap(True)
+        tl.addWidget(legend)
+        self.sens_spec = QLabel("\u2014")
+        self.sens_spec.setWordWrap(True)
+        tl.addWidget(self.sens_spec)
+        self.roc = RocPlot()
+        tl.addWidget(self.roc)
+        lay.addWidget(thr)
+        lay.addStretch(1)
+
+        self.slider.valueChanged.connect(lambda v: state.set_threshold(v / SLIDER_STEPS))
+        for topic, cb in (("current", self.refresh), ("prediction", self._on_prediction),
+                          ("selection", self.refresh), ("threshold", self.on_threshold), ("model", self.refresh)):
+            state.subscribe(topic, cb)
+        self.on_threshold()
+
+    # ---- model info ---------------------------------------------------------------------------
+    def set_model(self, roc: dict | None, operating_point: Callable[[float], tuple[float, float]] | None) -> None:
+        """Show the model's validation ROC; ``operating_point(t) -> (sens, spec)``."""
+        self.operating_point = operating_point
+        if roc:
+            self.roc.set_curve(roc.get("fpr", []), roc.get("tpr", []))
+        else:
+            self.roc.set_curve([], [])
+        self.on_threshold()
+
+    # ---- observers ----------------------------------------------------------------------------
+    def _on_prediction(self, path: str) -> None:
+        if path == self.state.current:
+            self.refresh()
+
+    def on_threshold(self) -> None:
+        st = self.state
+        pos = int(round(st.threshold * SLIDER_STEPS))
+        if self.slider.value() != pos:
+            self.slider.blockSignals(True)
+            self.slider.setValue(pos)
+            self.slider.blockSignals(False)
+        if abs(self.band.value() - st.band) > 1e-9:
+            self.band.blockSignals(True)
+            self.band.setValue(st.band)
+            self.band.blockSignals(False)
+        self.value.setText(f"{st.threshold:.3f}")
+        self.reset.setToolTip(f"Back to the model's validation (Youden) threshold {st.default_threshold:.3f}")
+        if self.operating_point is not None:
+            sens, spec = self.operating_point(st.threshold)
+            self.sens_spec.setText(f"On validation data at {st.threshold:.3f}: sensitivity {sens:.1%}, "
+                                   f"specificity {spec:.1%}")
+            self.roc.set_point(sens, spec)
+        else:
+            self.sens_spec.setText("No model loaded.")
+            self.roc.set_point(None, None)
+        self.refresh_decision()
+
+    def refresh(self) -> None:
+        st = self.state
+        pred = st.prediction
+        cell = st.selected
+        if st.current is None:
+            self._blank("No image open.")
+            return
+        if st.current in st.errors:
+            self._blank("Could not analyse this image.")
+            self.where.setText(st.errors[st.current])
+            return
+        if pred is None or cell is None:
+            self._blank("Analysing\u2026" if st.model_name else "No model loaded.")
+            return
+        if pred.kind == "field" and cell.index >= 0:
+            self.where.setText(f"cell {cell.index + 1} of {len(pred.cells)} (click the image background "
+                               "for the whole field)")
+        elif pred.kind == "field":
+            self.where.setText(f"whole field, {len(pred.cells)} white cells; most suspicious cell shown "
+                               "(click a cell to select it)")
+        else:
+            self.where.setText("single-cell crop")
+        shown = cell
+        if pred.kind == "field" and cell.index < 0 and pred.cells:
+            shown = max(pred.cells, key=lambda c: c.probability)
+        self.raw.setText(f"{shown.raw_probability:.3f}")
+        self.vote_share.setText(f"{shown.vote_share:.0%} of the weight votes ALL")
+        if shown.area_px:
+            nc = f", N:C {shown.nc_ratio:.2f}" if shown.nc_ratio is not None else ""
+            self.morph.setText(f"area {shown.area_px:.0f} px, circularity {shown.circularity:.2f}{nc}")
+        else:
+            self.morph.setText("\u2014")
+        self.chart.set_votes(shown.votes)
+        self.refresh_decision()
+
+    def _blank(self, text: str) -> None:
+        self.where.setText(text)
+        for w in (self.raw, self.vote_share, self.morph, self.counts, self.calibrated):
+            w.setText("\u2014")
+        self.decision.setText("\u2014")
+        self.decision.setStyleSheet("")
+        self.chart.set_votes([])
+
+    def refresh_decision(self) -> None:
+        """Decision, calibrated probability and counts at the current threshold (cheap)."""
+        st = self.state
+        pred = st.prediction
+        cell = st.selected
+        if pred is None or cell is None:
+            return
+        p = pred.probability if (pred.kind == "field" and cell.index < 0) else cell.probability
+        decision = st.decide(p)
+        self.decision.setText(decision)
+        r, g, b = DECISION_COLOURS[decision]
+        self.decision.setStyleSheet(f"color: rgb({r},{g},{b});")
+        cr, cg, cb = probability_colour(p, st.threshold)
+        self.calibrated.setText(f"<b style='color:rgb({cr},{cg},{cb})'>{p:.3f}</b>")
+        counts = pred.count(st.threshold, st.band)
+        n = sum(counts.values())
+        self.counts.setText(f"{n} analysed: {counts['ALL blast']} ALL blast, {counts['uncertain, review']} "
+                            f"uncertain, {counts[DECISION_NORMAL]} normal")

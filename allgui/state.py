@@ -1,0 +1,217 @@
+"""The application's state, free of Qt: images, cached predictions, selection, threshold, overlay.
+
+Views observe it through :meth:`AppState.subscribe`; they never keep their own copy. Moving the
+threshold only re-decides from cached probabilities: nothing here computes features.
+
+Topics emitted (callback arguments in brackets):
+  "images"     [] the list of opened images changed
+  "current"    [] another image became current (or it was cleared)
+  "prediction" [path] a prediction (or an error) arrived for ``path``
+  "selection"  [] the selected cell changed
+  "threshold"  [] threshold or uncertainty band changed
+  "overlay"    [] overlay visibility, mode or opacity changed
+  "model"      [] the model changed (all predictions were dropped)
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer.results import (
+    DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN, DEFAULT_UNCERTAINTY_BAND,
+    CellPrediction, ImagePrediction, decide,
+)
+
+OVERLAY_MODES = ("outline", "fill")
+
+
+@dataclass
+class Row:
+    """One line of the batch table (plain values, ready to show or export)."""
+
+    path: str
+    file: str
+    kind: str                    # "single_cell", "field", "" while pending, "error"
+    cells: int | None            # white cells found; None while pending / on error
+    n_all: int | None
+    n_uncertain: int | None
+    probability: float | None    # calibrated, image level
+    raw_probability: float | None
+    vote_share: float | None
+    decision: str                # decision in words, "pending" or "error"
+    flagged: bool                # any cell "ALL blast" or "uncertain, review", or an error
+    error: str = ""
+
+
+class AppState:
+    """Everything the window shows, in one observable object."""
+
+    def __init__(self, threshold: float = 0.5, band: float = DEFAULT_UNCERTAINTY_BAND) -> None:
+        self._subs: dict[str, list[Callable[..., Any]]] = defaultdict(list)
+        self.paths: list[str] = []
+        self.current: str | None = None
+        self.predictions: dict[str, ImagePrediction] = {}
+        self.errors: dict[str, str] = {}
+        self.selected_cell: int = -1          # -1 = the whole image
+        self.threshold: float = float(threshold)
+        self.default_threshold: float = float(threshold)
+        self.band: float = float(band)
+        self.overlay_visible: bool = True
+        self.overlay_mode: str = "outline"
+        self.overlay_opacity: float = 0.45   # fill alpha, 0..1
+        self.model_name: str = ""
+
+    # ---- observers -------------------------------------------------------------------------
+    def subscribe(self, topic: str, callback: Callable[..., Any]) -> None:
+        self._subs[topic].append(callback)
+
+    def unsubscribe(self, topic: str, callback: Callable[..., Any]) -> None:
+        if callback in self._subs.get(topic, []):
+            self._subs[topic].remove(callback)
+
+    def emit(self, topic: str, *args: Any) -> None:
+        for cb in list(self._subs.get(topic, [])):
+            cb(*args)
+
+    # ---- images ----------------------------------------------------------------------------
+    def set_images(self, paths: list[str | Path], current: str | Path | None = None) -> None:
+        """Replace the image list; keeps cached predictions of paths that stay."""
+        seen: set[str] = set()
+        self.paths = [p for p in (str(x) for x in paths) if not (p in seen or seen.add(p))]
+        self.emit("images")
+        self.set_current(str(current) if current is not None else (self.paths[0] if self.paths else None))
+
+    def add_images(self, paths: list[str | Path]) -> None:
+        new = [str(p) for p in paths if str(p) not in self.paths]
+        if new:
+            self.paths.extend(new)
+            self.emit("images")
+        if paths:
+            self.set_current(str(paths[0]))
+
+    def set_current(self, path: str | None) -> None:
+        if path is not None and path not in self.paths:
+            self.paths.append(path)
+            self.emit("images")
+        if path == self.current:
+            return
+        self.current = path
+        self.selected_cell = -1
+        self.emit("current")
+
+    def step(self, delta: int) -> None:
+        """Make the next (+1) or previous (-1) image current, wrapping around."""
+        if not self.paths:
+            return
+        i = self.paths.index(self.current) if self.current in self.paths else -1
+        self.set_current(self.paths[(i + delta) % len(self.paths)])
+
+    # ---- predictions -----------------------------------------------------------------------
+    def set_prediction(self, path: str, prediction: ImagePrediction) -> None:
+        self.predictions[path] = prediction
+        self.errors.pop(path, None)
+        self.emit("prediction", path)
+
+    def set_error(self, path: str, message: str) -> None:
+        self.predictions.pop(path, None)
+        self.errors[path] = message
+        self.emit("prediction", path)
+
+    def clear_predictions(self, model_name: str = "") -> None:
+        """Drop every prediction (the model changed)."""
+        self.predictions.clear()
+        self.errors.clear()
+        self.selected_cell = -1
+        self.model_name = model_name
+        self.emit("model")
+
+    @property
+    def prediction(self) -> ImagePrediction | None:
+        return self.predictions.get(self.current) if self.current else None
+
+    def pending(self) -> list[str]:
+        """Paths with neither a prediction nor an error yet, current image first."""
+        todo = [p for p in self.paths if p not in self.predictions and p not in self.errors]
+        if self.current in todo:
+            todo.remove(self.current)
+            todo.insert(0, self.current)
+        return todo
+
+    # ---- selection -------------------------------------------------------------------------
+    def select_cell(self, index: int) -> None:
+        if index != self.selected_cell:
+            self.selected_cell = index
+            self.emit("selection")
+
+    @property
+    def selected(self) -> CellPrediction | None:
+        """The selected cell of the current prediction, or its whole-image result."""
+        pred = self.prediction
+        if pred is None:
+            return None
+        if 0 <= self.selected_cell < len(pred.cells):
+            return pred.cells[self.selected_cell]
+        return pred.whole
+
+    # ---- threshold -------------------------------------------------------------------------
+    def set_threshold(self, threshold: float) -> None:
+        t = min(1.0, max(0.0, float(threshold)))
+        if t != self.threshold:
+            self.threshold = t
+            self.emit("threshold")
+
+    def set_band(self, band: float) -> None:
+        b = min(0.5, max(0.0, float(band)))
+        if b != self.band:
+            self.band = b
+            self.emit("threshold")
+
+    def decide(self, probability: float) -> str:
+        return decide(probability, self.threshold, self.band)
+
+    # ---- overlay ---------------------------------------------------------------------------
+    def set_overlay(self, visible: bool | None = None, mode: str | None = None,
+                    opacity: float | None = None) -> None:
+        if mode is not None and mode not in OVERLAY_MODES:
+            raise ValueError(f"overlay mode must be one of {OVERLAY_MODES}")
+        changed = False
+        for name, value in (("overlay_visible", visible), ("overlay_mode", mode),
+                            ("overlay_opacity", None if opacity is None else min(1.0, max(0.0, float(opacity))))):
+            if value is not None and getattr(self, name) != value:
+                setattr(self, name, value)
+                changed = True
+        if changed:
+            self.emit("overlay")
+
+    # ---- table rows ------------------------------------------------------------------------
+    def row(self, path: str) -> Row:
+        """The batch-table line for ``path`` at the current threshold."""
+        name = Path(path).name
+        if path in self.errors:
+            return Row(path, name, "error", None, None, None, None, None, None, "error", True, self.errors[path])
+        pred = self.predictions.get(path)
+        if pred is None:
+            return Row(path, name, "", None, None, None, None, None, None, "pending", False)
+        counts = pred.count(self.threshold, self.band)
+        image_level = _image_level(pred)
+        decision = self.decide(pred.probability)
+        flagged = counts[DECISION_ALL] > 0 or counts[DECISION_UNCERTAIN] > 0
+        n_cells = len(pred.cells) if pred.kind == "field" else 1
+        return Row(path, name, pred.kind, n_cells, counts[DECISION_ALL], counts[DECISION_UNCERTAIN],
+                   float(pred.probability), float(image_level.raw_probability),
+                   float(image_level.vote_share), decision, flagged)
+
+    def rows(self) -> list[Row]:
+        return [self.row(p) for p in self.paths]
+
+
+def _image_level(pred: ImagePrediction) -> CellPrediction:
+    """The cell that gives the image its probability (most suspicious cell on fields)."""
+    if pred.kind == "field" and pred.cells:
+        return max(pred.cells, key=lambda c: c.probability)
+    return pred.whole
+
+
+__all__ = ["AppState", "Row", "OVERLAY_MODES", "DECISION_ALL", "DECISION_NORMAL", "DECISION_UNCERTAIN"]
