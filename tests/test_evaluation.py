@@ -1,0 +1,180 @@
+"""Evaluation runner and report: every reported number against an independent computation."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from trainer.config import TrainConfig
+from trainer.data import Sample, split_train_val_test
+from trainer.errors import Cancelled
+from trainer.evaluation import (ENSEMBLE, ENSEMBLE_CAL, evaluate_ablation, evaluate_features,
+                                run_evaluation, write_report)
+from trainer.model import fit_model, subset
+
+CLASSIFIERS = ("svm", "knn", "mlp")  # the slow tree ensembles are left out to keep tests fast
+N_BOOT = 200
+
+
+def _grouped_features(n_groups=12, per_group=5, signal=0.0, seed=0):
+    """Features whose only structure is the group (subject) identity, plus optional class signal.
+
+    Every group is one class (like one patient's cells); with ``signal`` 0 the class can only be
+    "learned" by recognising subjects seen in training, i.e. by leakage.
+    """
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per_group)
+    y = (np.arange(n_groups) % 2)[g]
+    centres = rng.normal(size=(n_groups, 12)) * 3.0
+    base = centres[g] + rng.normal(size=(g.size, 12)) * 0.3
+    base[:, 0] += signal * y
+    feats = {"densenet121": base[:, :8].astype(np.float32),
+             "resnet34": base[:, 8:].astype(np.float32)}
+    samples = [Sample(Path(f"img{i:03d}.png"), int(y[i]), "ALL" if y[i] else "normal",
+                      f"subject{g[i]:02d}") for i in range(g.size)]
+    return feats, y, samples
+
+
+@pytest.fixture(scope="module")
+def leak_run():
+    feats, y, samples = _grouped_features()
+    cfg = TrainConfig(classifiers=CLASSIFIERS, seed=0, split="subject")
+    res = evaluate_features(feats, samples, cfg, n_boot=N_BOOT, n_folds=3, ablation=False)
+    return feats, y, samples, cfg, res
+
+
+def test_holdout_numbers_match_an_independent_refit(leak_run):
+    feats, y, samples, cfg, res = leak_run
+    h = res["protocols"]["image"]["holdout"]
+    tr, va, te = split_train_val_test(samples, protocol="image", fractions=cfg.fractions, seed=0)
+    assert h["split"]["n_test"] == te.size and h["split"]["n_train"] == tr.size
+    det = fit_model(feats, y, tr, va, cfg).predict_details(subset(feats, te))
+    yt = y[te]
+    for i, name in enumerate(h["classifier_names"]):
+        r = h["rows"][name]
+        assert r["auc"] == pytest.approx(roc_auc_score(yt, det["probabilities"][:, i]))
+        assert r["accuracy"] == pytest.approx(accuracy_score(yt, det["votes"][:, i]))
+        cm = r["confusion_matrix"]
+        assert cm["tp"] + cm["fn"] == yt.sum() and sum(cm.values()) == yt.size
+        assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
+    ens = h["rows"][ENSEMBLE]
+    assert ens["accuracy"] == pytest.approx(accuracy_score(yt, det["vote_share"] > 0.5))
+    assert ens["auc"] == pytest.approx(roc_auc_score(yt, det["raw"]))
+    cal = h["rows"][ENSEMBLE_CAL]
+    assert cal["accuracy"] == pytest.approx(accuracy_score(yt, det["calibrated"] >= h["threshold"]))
+    assert h["calibration"]["raw"]["brier"] == pytest.approx(np.mean((det["raw"] - yt) ** 2))
+    assert h["calibration"]["calibrated"]["brier"] == pytest.approx(
+        np.mean((det["calibrated"] - yt) ** 2))
+    t = h["auc_tests"]["svm"]
+    assert t["diff"] == pytest.approx(ens["auc"] - h["rows"]["svm"]["auc"])
+    assert 0 <= t["p_value"] <= 1
+
+
+def test_cv_summary_and_tests_match_scipy(leak_run):
+    *_, res = leak_run
+    cv = res["protocols"]["subject"]["cv"]
+    assert cv["n_folds"] == 3 and len(cv["folds"]) == 3
+    assert sum(f["n_test"] for f in cv["folds"]) == res["meta"]["n"]
+    acc_e = [f["metrics"][ENSEMBLE]["accuracy"] for f in cv["folds"]]
+    acc_s = [f["metrics"]["svm"]["accuracy"] for f in cv["folds"]]
+    s = cv["summary"][ENSEMBLE]["accuracy"]
+    assert s["mean"] == pytest.approx(np.mean(acc_e))
+    assert s["sd"] == pytest.approx(np.std(acc_e, ddof=1))
+    t = cv["tests"]["accuracy"]["svm"]
+    if np.ptp(np.subtract(acc_e, acc_s)) > 0:
+        assert t["t_test"]["p_value"] == pytest.approx(sps.ttest_rel(acc_e, acc_s).pvalue)
+    assert t["nadeau_bengio"]["n_test_over_n_train"] == pytest.approx(
+        cv["n_test_mean"] / cv["n_train_mean"])
+
+
+def test_image_split_leaks_subjects_and_flatters_scores(leak_run):
+    *_, res = leak_run
+    img, subj = res["protocols"]["image"], res["protocols"]["subject"]
+    assert subj["holdout"]["split"]["test_in_train_groups"] == 0.0
+    assert img["holdout"]["split"]["test_in_train_groups"] == 1.0
+    # no class signal at all: only the leaky split can look good
+    acc_img = img["cv"]["summary"]["knn"]["accuracy"]["mean"]
+    acc_subj = subj["cv"]["summary"]["knn"]["accuracy"]["mean"]
+    assert acc_img >= 0.85
+    assert acc_subj <= 0.7
+    assert acc_img - acc_subj >= 0.25
+    assert res["meta"]["primary_protocol"] == "subject"
+
+
+def test_subject_protocol_reported_unavailable_without_groups():
+    feats, y, samples = _grouped_features(n_groups=8, per_group=5, signal=4.0)
+    samples = [Sample(s.path, s.label, s.class_name, None) for s in samples]
+    cfg = TrainConfig(classifiers=("knn",), seed=1)
+    res = evaluate_features(feats, samples, cfg, protocols=("subject", "image"), n_boot=50,
+                            n_folds=2, ablation=False)
+    assert res["protocols"]["subject"]["available"] is False
+    assert "group" in res["protocols"]["subject"]["reason"]
+    assert res["meta"]["primary_protocol"] == "image"
+    assert res["protocols"]["image"]["holdout"]["rows"]["knn"]["accuracy"] > 0.8
+
+
+def test_ablation_uses_one_split_for_each_feature_set():
+    feats, y, samples = _grouped_features(n_groups=10, per_group=4, signal=5.0, seed=2)
+    cfg = TrainConfig(classifiers=("knn",), seed=0)
+    split = split_train_val_test(samples, protocol="subject", seed=0)
+    rows = evaluate_ablation(feats, y, split, cfg, n_boot=50)
+    got = [(tuple(r["backbones"]), r["pca"]) for r in rows]
+    assert got == [(("densenet121",), True), (("densenet121",), False), (("resnet34",), True),
+                   (("resnet34",), False), (("densenet121", "resnet34"), True),
+                   (("densenet121", "resnet34"), False)]
+    for r in rows:
+        assert r["rows"][ENSEMBLE]["n"] == split[2].size
+        assert r["feature_dim"] == sum(feats[b].shape[1] for b in r["backbones"])
+        if r["pca"]:
+            assert 1 <= r["n_components"] <= r["feature_dim"]
+        else:
+            assert r["n_components"] == r["feature_dim"]
+    # class signal lives in DenseNet column 0 only
+    dense = rows[1]["rows"][ENSEMBLE]["accuracy"]
+    assert dense >= rows[3]["rows"][ENSEMBLE]["accuracy"]
+
+
+def test_cancel_stops_the_evaluation():
+    feats, y, samples = _grouped_features(n_groups=6, per_group=4)
+    with pytest.raises(Cancelled):
+        evaluate_features(feats, samples, TrainConfig(classifiers=("knn",)), n_boot=10,
+                          cancel=lambda: True)
+
+
+def test_report_files_json_and_markdown_agree(leak_run, tmp_path):
+    *_, res = leak_run
+    paths = write_report(res, tmp_path)
+    data = json.loads(paths["json"].read_text())  # strict JSON: would fail on NaN
+    md = paths["markdown"].read_text()
+    h = data["protocols"]["subject"]["holdout"]
+    svm = h["rows"]["svm"]
+    row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
+    assert f"{100 * svm['accuracy']:.1f}" in row
+    assert f"{svm['auc']:.3f} ({svm['auc_ci'][0]:.3f}-{svm['auc_ci'][1]:.3f})" in row
+    assert "Nadeau-Bengio (p)" in md and "Wilcoxon (p)" in md
+    assert "Split protocols side by side" in md
+    for f in paths["figures"]:
+        assert f.exists() and f.stat().st_size > 5000
+        assert f"]({f.name})" in md
+    kinds = {f.name for f in paths["figures"]}
+    assert {"roc_subject.png", "pr_image.png", "reliability_subject.png", "confusion_image.png",
+            "protocols.png"} <= kinds
+
+
+def test_run_evaluation_end_to_end_on_synthetic_images(tmp_path):
+    from trainer.synthetic import write_dataset
+    root = write_dataset(tmp_path / "data", layout="cnmc", n_per_class=10, size=32, seed=0,
+                         n_subjects=5)
+    cfg = TrainConfig(data=str(root), backbones=("resnet34",), image_size=32, batch_size=8,
+                      num_workers=0, device="cpu", classifiers=("knn", "svm"), seed=0)
+    seen = []
+    out = run_evaluation(cfg, tmp_path / "report", progress=lambda f, m: seen.append(f),
+                         n_boot=100, n_folds=2, protocols=("subject",), ablation=False)
+    assert out.json_path.exists() and out.markdown_path.exists()
+    data = json.loads(out.json_path.read_text())
+    assert data["meta"]["n"] == 20 and data["meta"]["feature_dims"] == {"resnet34": 512}
+    assert data["protocols"]["subject"]["holdout"]["split"]["test_in_train_groups"] == 0.0
+    assert seen[-1] == 1.0 and all(a <= b + 1e-9 for a, b in zip(seen, seen[1:]))
+    assert str(out) == str(out.markdown_path)

@@ -1,0 +1,306 @@
+"""The evaluation itself, on pre-extracted deep features: held-out test metrics, 5-fold
+cross-validation with significance tests, backbone / PCA ablation, both split protocols.
+
+Everything returned is a JSON-ready dict of plain Python numbers and lists (see
+:func:`evaluate_features`). Models are fitted through :func:`trainer.model.fit_model`;
+splits come from :mod:`trainer.data` so evaluation and training split identically.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from trainer import metrics as M
+from trainer.config import TrainConfig
+from trainer.errors import AllguiError, Cancelled, DataError
+from trainer.stats import compare_folds
+
+Progress = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+
+ENSEMBLE = "ensemble"                # paper, eq. 8: weighted hard vote, score = weighted soft vote
+ENSEMBLE_CAL = "ensemble_calibrated"  # calibrated probability at the validation Youden threshold
+PROTOCOLS = ("image", "subject")
+PROTOCOL_LABELS = {"image": "image-level random split (paper)",
+                   "subject": "subject-level grouped split"}
+CV_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+MAX_CURVE_POINTS = 400
+
+
+class _Steps:
+    """Progress over a known number of model fits, with cancellation."""
+
+    def __init__(self, total: int, progress: Progress | None, cancel: CancelCheck | None,
+                 start: float = 0.0, stop: float = 1.0):
+        self.total, self.done = max(1, total), 0
+        self.progress, self.cancel, self.start, self.stop = progress, cancel, start, stop
+
+    def step(self, message: str) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+        if self.progress is not None:
+            frac = self.start + (self.stop - self.start) * min(1.0, self.done / self.total)
+            self.progress(frac, message)
+        self.done += 1
+
+
+# --------------------------------------------------------------------------- helpers
+def _thin(*arrays: np.ndarray, n: int = MAX_CURVE_POINTS) -> list[list[float]]:
+    """Keep at most ``n`` points of parallel curve arrays (always first and last)."""
+    k = len(arrays[0])
+    keep = np.unique(np.linspace(0, k - 1, n).round().astype(int)) if k > n else np.arange(k)
+    return [np.asarray(a, dtype=float)[keep].tolist() for a in arrays]
+
+
+def _curves(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+    fpr, tpr, _ = M.roc(y, s)
+    prec, rec, _ = M.pr_curve(y, s)
+    fpr, tpr = _thin(fpr, tpr)
+    prec, rec = _thin(prec, rec)
+    return {"roc": {"fpr": fpr, "tpr": tpr}, "pr": {"precision": prec, "recall": rec}}
+
+
+def _reliability(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    c = M.reliability_curve(y, p, n_bins)
+    return {"brier": M.brier(y, p), "ece": M.expected_calibration_error(y, p, n_bins),
+            "curve": {k: np.asarray(v).tolist() for k, v in c.items()}}
+
+
+def _both(y: np.ndarray) -> bool:
+    return 0 < int(y.sum()) < y.size
+
+
+def _group_leak(groups: np.ndarray | None, train: np.ndarray, test: np.ndarray) -> float | None:
+    """Fraction of test samples whose group also occurs in the training rows."""
+    if groups is None or len(test) == 0:
+        return None
+    seen = set(groups[train].tolist())
+    return float(np.mean([g in seen for g in groups[test]]))
+
+
+def _fit(feats, y, train, val, config, backbones=None, pca=None):
+    from trainer.model import fit_model
+    return fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
+
+
+def _subset_rows(feats: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v)[idx] for k, v in feats.items()}
+
+
+def _score_rows(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int, seed: int,
+                curves: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics per classifier and for the two ensemble read-outs; optionally their curves."""
+    names = list(model.classifier_names_)
+    rows: dict[str, Any] = {}
+    curve: dict[str, Any] = {}
+    both = _both(y)
+    for i, name in enumerate(names):
+        p = det["probabilities"][:, i]
+        rows[name] = M.binary_report(y, p, 0.5, n_boot, seed, pred=det["votes"][:, i])
+        if curves and both:
+            curve[name] = _curves(y, p)
+    rows[ENSEMBLE] = M.binary_report(y, det["raw"], 0.5, n_boot, seed,
+                                     pred=(det["vote_share"] > 0.5).astype(int))
+    rows[ENSEMBLE]["rule"] = "weighted hard vote > 0.5 (eq. 8); ranking metrics on the soft vote"
+    rows[ENSEMBLE_CAL] = M.binary_report(y, det["calibrated"], model.threshold_, n_boot, seed)
+    rows[ENSEMBLE_CAL]["rule"] = "calibrated probability >= validation Youden threshold"
+    if curves and both:
+        curve[ENSEMBLE] = _curves(y, det["raw"])
+    return rows, curve
+
+
+# --------------------------------------------------------------------------- held-out split
+def evaluate_holdout(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None,
+                     split: tuple[np.ndarray, np.ndarray, np.ndarray], config: TrainConfig,
+                     n_boot: int = 2000, backbones: Sequence[str] | None = None,
+                     pca: bool | None = None, curves: bool = True) -> dict[str, Any]:
+    """Fit on train (+ validation for weights, calibration, threshold); score the test rows.
+
+    Returns ``{"split", "classifier_names", "weights", "val_accuracy", "calibration_method",
+    "threshold", "n_components", "rows", "calibration", "auc_tests", "curves"}``. ``rows`` maps
+    each classifier and ``ensemble`` / ``ensemble_calibrated`` to :func:`metrics.binary_report`.
+    """
+    train, val, test = (np.asarray(a, dtype=int) for a in split)
+    model = _fit(feats, y, train, val, config, backbones, pca)
+    yt = y[test]
+    det = model.predict_details(_subset_rows(feats, test))
+    rows, curve = _score_rows(model, det, yt, n_boot, config.seed, curves)
+    out: dict[str, Any] = {
+        "split": {"n_train": int(train.size), "n_val": int(val.size), "n_test": int(test.size),
+                  "n_test_positive": int(yt.sum()),
+                  "test_in_train_groups": _group_leak(groups, train, test)},
+        "classifier_names": list(model.classifier_names_),
+        "weights": dict(zip(model.classifier_names_, np.asarray(det["weights"], float).tolist())),
+        "val_accuracy": {k: float(v) for k, v in model.ensemble_.val_accuracy_.items()},
+        "calibration_method": str(getattr(model.calibrator_, "method_", config.calibration)),
+        "threshold": float(model.threshold_),
+        "n_components": int(getattr(model.fusion_, "n_components_", 0)),
+        "rows": rows, "calibration": None, "auc_tests": {}, "curves": curve,
+    }
+    if _both(yt):
+        out["calibration"] = {"raw": _reliability(yt, det["raw"]),
+                              "calibrated": _reliability(yt, det["calibrated"])}
+        for i, name in enumerate(model.classifier_names_):
+            out["auc_tests"][name] = M.bootstrap_auc_diff_test(
+                yt, det["raw"], det["probabilities"][:, i], n=n_boot, seed=config.seed)
+    return out
+
+
+# --------------------------------------------------------------------------- cross-validation
+def _inner_split(samples, train: np.ndarray, protocol: str, fractions, seed: int):
+    """Split a CV training fold into (fit rows, validation rows) in the configured train :
+    validation proportion, with the same protocol (groups never straddle)."""
+    from trainer.data import split_train_val_test
+    f_tr, f_va = float(fractions[0]), float(fractions[1])
+    fit_i, val_i, _ = split_train_val_test([samples[i] for i in train], protocol=protocol,
+                                           fractions=(f_tr / (f_tr + f_va), f_va / (f_tr + f_va), 0.0),
+                                           seed=seed)
+    return train[fit_i], train[val_i]
+
+
+def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: int = 5,
+                steps: _Steps | None = None) -> dict[str, Any]:
+    """``n_folds``-fold CV: per-fold metrics, mean +- sd, ensemble vs each classifier tests.
+
+    Within each training fold a grouped/stratified inner split provides the validation rows
+    the ensemble weights, calibrator and threshold need. Tests (paired t, Wilcoxon,
+    Nadeau-Bengio) compare the ensemble's per-fold accuracy and AUC with each classifier's.
+    """
+    from trainer.data import cv_folds
+    folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed)
+    per_fold = []
+    names: list[str] = []
+    for k, (tr, te) in enumerate(folds):
+        if steps:
+            steps.step(f"{protocol} split: cross-validation fold {k + 1}/{len(folds)}")
+        tr, te = np.asarray(tr, dtype=int), np.asarray(te, dtype=int)
+        fit_i, val_i = _inner_split(samples, tr, protocol, config.fractions, config.seed)
+        model = _fit(feats, y, fit_i, val_i, config)
+        names = list(model.classifier_names_)
+        det = model.predict_details(_subset_rows(feats, te))
+        rows, _ = _score_rows(model, det, y[te], 0, config.seed, curves=False)
+        per_fold.append({"fold": k + 1, "n_train": int(tr.size), "n_test": int(te.size),
+                         "n_test_positive": int(y[te].sum()),
+                         "metrics": {n: {m: r[m] for m in CV_METRICS} for n, r in rows.items()}})
+    models = names + [ENSEMBLE, ENSEMBLE_CAL]
+    summary = {}
+    for n in models:
+        summary[n] = {}
+        for m in CV_METRICS:
+            vals = np.array([f["metrics"][n][m] for f in per_fold if f["metrics"][n][m] is not None],
+                            dtype=float)
+            summary[n][m] = {"mean": float(vals.mean()) if vals.size else None,
+                             "sd": float(vals.std(ddof=1)) if vals.size > 1 else None,
+                             "n": int(vals.size)}
+    n_train = float(np.mean([f["n_train"] for f in per_fold]))
+    n_test = float(np.mean([f["n_test"] for f in per_fold]))
+    tests: dict[str, Any] = {}
+    for m in ("accuracy", "auc"):
+        tests[m] = {}
+        for n in names:
+            a = [f["metrics"][ENSEMBLE][m] for f in per_fold]
+            b = [f["metrics"][n][m] for f in per_fold]
+            if any(v is None for v in a + b):
+                continue
+            tests[m][n] = compare_folds(a, b, n_train, n_test)
+    return {"n_folds": len(folds), "classifier_names": names, "folds": per_fold,
+            "summary": summary, "tests": tests, "n_train_mean": n_train, "n_test_mean": n_test}
+
+
+# --------------------------------------------------------------------------- ablation
+def evaluate_ablation(feats, y, split, config: TrainConfig, n_boot: int = 2000,
+                      steps: _Steps | None = None) -> list[dict[str, Any]]:
+    """Each single backbone and the fusion, with PCA on and off, on one identical split."""
+    avail = [b for b in config.backbones if b in feats]
+    sets = [(b,) for b in avail] + ([tuple(avail)] if len(avail) > 1 else [])
+    out = []
+    for bs in sets:
+        for pca in (True, False):
+            if steps:
+                steps.step(f"ablation: {' + '.join(bs)}, PCA {'on' if pca else 'off'}")
+            r = evaluate_holdout(feats, y, None, split, config, n_boot, backbones=bs, pca=pca,
+                                 curves=False)
+            out.append({"backbones": list(bs), "pca": pca, "n_components": r["n_components"],
+                        "feature_dim": int(sum(np.asarray(feats[b]).shape[1] for b in bs)),
+                        "rows": r["rows"]})
+    return out
+
+
+# --------------------------------------------------------------------------- everything
+def _primary(config: TrainConfig, has_groups: bool) -> str:
+    if config.split in PROTOCOLS:
+        return config.split
+    return "subject" if has_groups else "image"
+
+
+def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: TrainConfig,
+                      protocols: Sequence[str] = PROTOCOLS, n_boot: int = 2000, n_folds: int = 5,
+                      ablation: bool = True, progress: Progress | None = None,
+                      cancel: CancelCheck | None = None) -> dict[str, Any]:
+    """Full evaluation of one dataset's features.
+
+    ``feats``: backbone name -> (N, D) array, rows aligned with ``samples`` (objects with
+    ``label`` 0/1 and ``group``). Returns ``{"meta", "protocols": {protocol: {"available",
+    "reason", "holdout", "cv"}}, "ablation": {"protocol", "rows"}}``; the subject protocol is
+    reported unavailable (with the reason) when samples carry no groups.
+    """
+    from trainer.data import split_train_val_test
+    y = np.array([int(s.label) for s in samples], dtype=int)
+    gl = [getattr(s, "group", None) for s in samples]
+    groups = None if any(g in (None, "") for g in gl) else np.array(gl, dtype=object)
+    if not _both(y):
+        raise DataError("Evaluation needs images of both classes (normal and ALL).")
+    for b, f in feats.items():
+        if len(f) != len(samples):
+            raise DataError(f"{b} features have {len(f)} rows for {len(samples)} images.")
+    primary = _primary(config, groups is not None)
+    protocols = [p for p in protocols if p in PROTOCOLS]
+    if primary not in protocols:
+        protocols = [primary] + protocols
+    n_ab = 0
+    if ablation:
+        nb = len([b for b in config.backbones if b in feats])
+        n_ab = 2 * (nb + (1 if nb > 1 else 0))
+    steps = _Steps(len(protocols) * (1 + n_folds) + n_ab, progress, cancel)
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {"protocols": {}, "ablation": None}
+    timings: dict[str, float] = {}
+    primary_split = None
+    for proto in protocols:
+        entry: dict[str, Any] = {"label": PROTOCOL_LABELS[proto], "available": True, "reason": "",
+                                 "holdout": None, "cv": None}
+        res["protocols"][proto] = entry
+        if proto == "subject" and groups is None:
+            entry.update(available=False, reason="the images carry no subject/group ids")
+            continue
+        t = time.perf_counter()
+        try:
+            steps.step(f"{proto} split: held-out test set")
+            split = split_train_val_test(samples, protocol=proto, fractions=tuple(config.fractions),
+                                         seed=config.seed)
+            entry["holdout"] = evaluate_holdout(feats, y, groups, split, config, n_boot)
+            if proto == primary:
+                primary_split = split
+            entry["cv"] = evaluate_cv(feats, samples, y, proto, config, n_folds, steps)
+        except Cancelled:
+            raise
+        except (AllguiError, ValueError) as exc:
+            entry.update(available=entry["holdout"] is not None, reason=str(exc))
+        timings[proto] = time.perf_counter() - t
+    if ablation and primary_split is not None:
+        t = time.perf_counter()
+        res["ablation"] = {"protocol": primary,
+                           "rows": evaluate_ablation(feats, y, primary_split, config, n_boot, steps)}
+        timings["ablation"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    res["meta"] = {"n": int(y.size), "n_positive": int(y.sum()), "n_groups": n_groups,
+                   "primary_protocol": primary, "n_boot": int(n_boot), "n_folds": int(n_folds),
+                   "seed": int(config.seed), "backbones": [b for b in config.backbones if b in feats],
+                   "feature_dims": {b: int(np.asarray(f).shape[1]) for b, f in feats.items()},
+                   "config": config.to_dict(), "timings_s": timings}
+    if progress is not None:
+        progress(1.0, "evaluation finished")
+    return res

@@ -1,0 +1,333 @@
+"""Write an evaluation result as JSON (every number), Markdown (tables laid out like the paper's
+Tables 3, 4 and 5, plus confidence intervals, calibration and the protocol comparison) and PNGs.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.evaluation import figures as F
+from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
+
+PAPER_ORDER = ("knn", "adaboost", "svm", "rf", "mlp")
+ALPHA = 0.05
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN and infinities become None (strict JSON has neither)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+# --------------------------------------------------------------------------- formatting
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _p(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "undefined"
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _ms(s: dict[str, Any], pct: bool = True) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    k = 100 if pct else 1
+    sd = "" if s["sd"] is None else f" ± {k * s['sd']:.{1 if pct else 3}f}"
+    return f"{k * s['mean']:.{1 if pct else 3}f}{sd}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def _ordered(names: list[str]) -> list[str]:
+    return [n for n in PAPER_ORDER if n in names] + [n for n in names if n not in PAPER_ORDER]
+
+
+def _auc_ci(r: dict[str, Any]) -> str:
+    if r.get("auc") is None:
+        return "n/a"
+    ci = r.get("auc_ci")
+    return f"{r['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{r['auc']:.3f}"
+
+
+def _youden(r: dict[str, Any]) -> str:
+    y = r.get("youden")
+    if not y:
+        return "n/a"
+    return f"{y['threshold']:.3f} ({100 * y['sensitivity']:.1f} / {100 * y['specificity']:.1f})"
+
+
+# --------------------------------------------------------------------------- sections
+def _holdout_md(proto: str, e: dict[str, Any], figs: dict[str, str], n_boot: int) -> list[str]:
+    h = e["holdout"]
+    sp = h["split"]
+    lines = [f"## Held-out test set: {PROTOCOL_LABELS[proto]}", ""]
+    leak = sp.get("test_in_train_groups")
+    lines.append(f"Train {sp['n_train']}, validation {sp['n_val']}, test {sp['n_test']} images "
+                 f"({sp['n_test_positive']} ALL). "
+                 + ("" if leak is None else
+                    f"Test images whose subject/group also occurs in training: {100 * leak:.1f} %. "))
+    lines.append("")
+    lines.append("**Classification performance (layout of the paper's Table 3, plus the ensemble).** "
+                 "Classifiers at their own 0.5 rule; *Ensemble* = weighted hard vote (eq. 8) with "
+                 "AUC/AP/Brier from the weighted soft vote; *Ensemble, calibrated* = calibrated "
+                 f"probability >= {h['threshold']:.3f} (Youden threshold chosen on the validation "
+                 "split, the rule the app uses). AUC with 95 % stratified bootstrap CI "
+                 f"({n_boot} seeded resamples). Youden threshold (sensitivity / specificity %) is "
+                 "re-optimised on the test set as in the paper, hence optimistic.")
+    lines.append("")
+    rows = []
+    for n in _ordered(h["classifier_names"]) + [ENSEMBLE, ENSEMBLE_CAL]:
+        r = h["rows"][n]
+        rows.append([F.display(n), _pct(r["accuracy"]), _pct(r["precision"]), _pct(r["recall"]),
+                     _pct(r["specificity"]), _pct(r["f1"]), _auc_ci(r),
+                     _num(r["average_precision"]), _num(r["brier"]), _youden(r)])
+    lines += _table(["Model", "Accuracy (%)", "Precision (%)", "Recall (%)", "Specificity (%)",
+                     "F1 (%)", "AUC (95% CI)", "AP", "Brier", "Youden thr. (sens / spec %)"], rows)
+    w = ", ".join(f"{F.display(n)} {h['weights'][n]:.3f}" for n in _ordered(h["classifier_names"]))
+    lines += [f"Ensemble weights (validation accuracy, normalised): {w}. Fused features after "
+              f"PCA: {h['n_components']} dimensions.", ""]
+    if h["auc_tests"]:
+        lines += ["**Ensemble AUC vs each classifier (paired bootstrap on the test set, two-sided; "
+                  "the paper's test is the SVM row).**", ""]
+        rows = []
+        for n in _ordered(list(h["auc_tests"])):
+            t = h["auc_tests"][n]
+            rows.append([f"Ensemble vs {F.display(n)}", _num(t["auc1"]), _num(t["auc2"]),
+                         f"{t['diff']:+.3f} ({t['ci_low']:+.3f} to {t['ci_high']:+.3f})",
+                         _p(t["p_value"])])
+        lines += _table(["Comparison", "AUC ensemble", "AUC classifier", "Difference (95% CI)",
+                         "p"], rows)
+    if h["calibration"]:
+        c = h["calibration"]
+        lines += [f"**Calibration of the ensemble score on the test set** (method chosen on the "
+                  f"validation split: {h['calibration_method']}).", ""]
+        lines += _table(["Score", "Brier", "ECE (10 bins)"],
+                        [["Before (weighted soft vote)", _num(c["raw"]["brier"]), _num(c["raw"]["ece"])],
+                         ["After calibration", _num(c["calibrated"]["brier"]),
+                          _num(c["calibrated"]["ece"])]])
+    for key in ("roc", "pr", "reliability", "confusion"):
+        if key in figs:
+            lines += [f"![{key}]({figs[key]})", ""]
+    return lines
+
+
+def _cv_md(proto: str, cv: dict[str, Any], figs: dict[str, str]) -> list[str]:
+    names = _ordered(cv["classifier_names"])
+    models = names + [ENSEMBLE, ENSEMBLE_CAL]
+    lines = [f"## {cv['n_folds']}-fold cross-validation: {PROTOCOL_LABELS[proto]}", ""]
+    lines += ["**Per-fold accuracy (%)**", ""]
+    rows = [[str(f["fold"]), str(f["n_test"])] + [_pct(f["metrics"][n]["accuracy"]) for n in models]
+            for f in cv["folds"]]
+    lines += _table(["Fold", "Test images"] + [F.display(n) for n in models], rows)
+    lines += ["**Mean ± sd over folds (%)**", ""]
+    rows = [[F.display(n)] + [_ms(cv["summary"][n][m], pct=(m != "auc"))
+                              for m in ("accuracy", "precision", "recall", "specificity", "f1", "auc")]
+            for n in models]
+    lines += _table(["Model", "Accuracy", "Precision", "Recall", "Specificity", "F1", "AUC"], rows)
+    for m in ("accuracy", "auc"):
+        tests = cv["tests"].get(m) or {}
+        if not tests:
+            continue
+        lines += [f"**Ensemble vs each classifier on per-fold {m.upper() if m == 'auc' else m} "
+                  "(layout of the paper's Table 5).** Two-sided. Nadeau-Bengio corrects the t-test "
+                  "for the overlap of training folds "
+                  f"(n_test/n_train = {cv['n_test_mean'] / cv['n_train_mean']:.3f}); the verdict "
+                  "uses it.", ""]
+        rows = []
+        for n in _ordered(list(tests)):
+            t = tests[n]
+            k = 100 if m != "auc" else 1
+            nb = t["nadeau_bengio"]["p_value"]
+            d = t["t_test"]["mean_diff"]
+            sig = ("n/a" if nb is None or math.isnan(nb) else "Not significant" if nb >= ALPHA
+                   else f"Significant, ensemble {'better' if d > 0 else 'worse'}")
+            rows.append([f"Ensemble vs. {F.display(n)}",
+                         f"{k * t['t_test']['mean_diff']:+.{1 if k == 100 else 3}f}",
+                         _p(t["t_test"]["p_value"]), _p(t["wilcoxon"]["p_value"]),
+                         _p(nb), sig])
+        lines += _table(["Comparison", "Mean difference" + (" (points)" if m != "auc" else ""),
+                         "t-test (p)", "Wilcoxon (p)", "Nadeau-Bengio (p)", "Significance"], rows)
+        lines += [f"With {cv['n_folds']} folds the exact two-sided Wilcoxon test cannot give p "
+                  f"below 2/2^{cv['n_folds']} = {2 / 2 ** cv['n_folds']:.4f} (less with ties or zero "
+                  "differences), so it cannot reach significance at 0.05 with 5 folds.", ""]
+    if "cv" in figs:
+        lines += [f"![cv folds]({figs['cv']})", ""]
+    return lines
+
+
+def _ablation_md(ab: dict[str, Any], fig: str | None) -> list[str]:
+    lines = [f"## Ablation: feature sets and PCA (layout of the paper's Table 4)", "",
+             f"Same {PROTOCOL_LABELS[ab['protocol']]} train/validation/test split and settings for "
+             "every row; metrics of the ensemble (eq. 8) on the held-out test set, and the best "
+             "single classifier by accuracy.", ""]
+    rows = []
+    for r in ab["rows"]:
+        e = r["rows"][ENSEMBLE]
+        cls = {n: v for n, v in r["rows"].items() if n not in (ENSEMBLE, ENSEMBLE_CAL)}
+        best = max(cls, key=lambda n: cls[n]["accuracy"])
+        feats = " + ".join(F.BACKBONE_DISPLAY.get(b, b) for b in r["backbones"])
+        dims = f"{r['feature_dim']} -> {r['n_components']}" if r["pca"] else str(r["feature_dim"])
+        rows.append([feats, "on" if r["pca"] else "off", dims, _pct(e["accuracy"]),
+                     _pct(e["precision"]), _pct(e["recall"]), _pct(e["f1"]), _auc_ci(e),
+                     f"{F.display(best)} {_pct(cls[best]['accuracy'])}"])
+    lines += _table(["Features", "PCA 98%", "Dimensions", "Accuracy (%)", "Precision (%)",
+                     "Recall (%)", "F1 (%)", "AUC (95% CI)", "Best classifier, acc. (%)"], rows)
+    if fig:
+        lines += [f"![ablation]({fig})", ""]
+    return lines
+
+
+def _protocol_md(results: dict[str, Any], fig: str | None) -> list[str]:
+    protos = [p for p, e in results["protocols"].items() if e.get("holdout")]
+    lines = ["## Split protocols side by side", "",
+             "The paper splits images at random, so images of one subject can sit in both training "
+             "and test sets; the subject-level split keeps every subject/group on one side. The "
+             "difference is the optimism that leakage adds.", ""]
+    for p, e in results["protocols"].items():
+        if not e.get("available"):
+            lines += [f"- {PROTOCOL_LABELS[p]}: not evaluated ({e.get('reason')}).", ""]
+        elif e.get("reason"):
+            lines += [f"- {PROTOCOL_LABELS[p]}: partly evaluated ({e['reason']}).", ""]
+    if not protos:
+        return lines
+    names = _ordered(results["protocols"][protos[0]]["holdout"]["classifier_names"]) + [ENSEMBLE]
+    header = ["Model"]
+    for p in protos:
+        header += [f"{p}: held-out acc. (%)", f"{p}: CV acc. (%)", f"{p}: held-out AUC", f"{p}: CV AUC"]
+    rows = []
+    for n in names:
+        row = [F.display(n)]
+        for p in protos:
+            e = results["protocols"][p]
+            ho = e["holdout"]["rows"][n]
+            s = e["cv"]["summary"][n] if e.get("cv") else None
+            row += [_pct(ho["accuracy"]), _ms(s["accuracy"]) if s else "n/a",
+                    _num(ho["auc"]), _ms(s["auc"], pct=False) if s else "n/a"]
+        rows.append(row)
+    lines += _table(header, rows)
+    if fig:
+        lines += [f"![protocols]({fig})", ""]
+    return lines
+
+
+def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
+    """The human-readable report; ``figs`` maps section -> figure kind -> relative PNG path."""
+    meta = results["meta"]
+    cfg = meta.get("config", {})
+    ds = meta.get("dataset", {})
+    lines = ["# ALL blast detection: evaluation report", ""]
+    if ds:
+        lines.append(f"Data: `{ds.get('name', '')}`, {ds.get('summary', '')}.")
+    lines += [f"{meta['n']} images ({meta['n_positive']} ALL, {meta['n'] - meta['n_positive']} normal)"
+              f", {meta['n_groups']} subjects/groups. Backbones: "
+              + ", ".join(f"{F.BACKBONE_DISPLAY.get(b, b)} ({meta['feature_dims'][b]})"
+                          for b in meta["backbones"])
+              + f"; weights `{cfg.get('weights', '?')}`, input {cfg.get('image_size', '?')} px, "
+              f"gamma {cfg.get('gamma', '?')}, PCA {'on' if cfg.get('pca', True) else 'off'}, "
+              f"seed {meta['seed']}, bootstrap {meta['n_boot']} resamples, {meta['n_folds']} folds. "
+              f"Primary protocol: {PROTOCOL_LABELS[meta['primary_protocol']]}.", ""]
+    t = meta.get("timings_s", {})
+    if t:
+        lines += ["Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()), ""]
+    for note in meta.get("notes", []):
+        lines += [f"> {note}", ""]
+    if ds.get("n_skipped"):
+        lines += [f"{ds['n_skipped']} file(s) could not be read and were left out: "
+                  + "; ".join(f"{n} ({r})" for n, r in ds.get("skipped", [])[:10]), ""]
+    if str(cfg.get("weights", "")) == "none":
+        lines += ["> The backbones are randomly initialised (weights `none`): these numbers test "
+                  "the pipeline, they are not comparable with the paper's pretrained features.", ""]
+    order = [meta["primary_protocol"]] + [p for p in results["protocols"] if p != meta["primary_protocol"]]
+    for p in order:
+        e = results["protocols"].get(p)
+        if not e or not e.get("holdout"):
+            continue
+        lines += _holdout_md(p, e, figs.get(p, {}), meta["n_boot"])
+        if e.get("cv"):
+            lines += _cv_md(p, e["cv"], figs.get(p, {}))
+    if results.get("ablation"):
+        lines += _ablation_md(results["ablation"], figs.get("summary", {}).get("ablation"))
+    lines += _protocol_md(results, figs.get("summary", {}).get("protocols"))
+    return "\n".join(lines) + "\n"
+
+
+def write_figures(results: dict[str, Any], out_dir: Path) -> dict[str, dict[str, str]]:
+    """All PNGs into ``out_dir``; returns section -> kind -> file name."""
+    out: dict[str, dict[str, str]] = {}
+    for p, e in results["protocols"].items():
+        h = e.get("holdout")
+        if not h:
+            continue
+        label = PROTOCOL_LABELS[p]
+        n = h["split"]["n_test"]
+        out[p] = {}
+        if h["curves"]:
+            out[p]["roc"] = F.roc_figure(h, f"ROC, held-out test set (n={n})\n{label}",
+                                         out_dir / f"roc_{p}.png").name
+            out[p]["pr"] = F.pr_figure(h, f"Precision-recall, held-out test set (n={n})\n{label}",
+                                       out_dir / f"pr_{p}.png").name
+        if h["calibration"]:
+            out[p]["reliability"] = F.reliability_figure(
+                h, f"Reliability of the ensemble, held-out test set (n={n})\n{label}",
+                out_dir / f"reliability_{p}.png").name
+        out[p]["confusion"] = F.confusion_figure(
+            h, f"Confusion matrices, held-out test set (n={n}), {label}",
+            out_dir / f"confusion_{p}.png").name
+        if e.get("cv"):
+            out[p]["cv"] = F.cv_folds_figure(e["cv"], f"Per-fold accuracy, {label}",
+                                             out_dir / f"cv_folds_{p}.png").name
+    out["summary"] = {}
+    if results.get("ablation"):
+        ab = results["ablation"]
+        out["summary"]["ablation"] = F.ablation_figure(
+            ab, f"Ablation: ensemble on the held-out test set ({PROTOCOL_LABELS[ab['protocol']]})",
+            out_dir / "ablation.png").name
+    if any(e.get("cv") for e in results["protocols"].values()):
+        out["summary"]["protocols"] = F.protocol_figure(results, out_dir / "protocols.png").name
+    return out
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and the PNG figures into ``out_dir``.
+
+    Returns ``{"json": path, "markdown": path, "figures": [paths]}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = to_jsonable(results)
+    figs = write_figures(clean, out_dir)
+    clean.setdefault("meta", {})["figures"] = figs
+    json_path = out_dir / "report.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(clean, indent=1, allow_nan=False), encoding="utf-8")
+    tmp.replace(json_path)
+    md_path = out_dir / "report.md"
+    md_path.write_text(markdown(clean, figs), encoding="utf-8")
+    return {"json": json_path, "markdown": md_path,
+            "figures": [out_dir / f for sec in figs.values() for f in sec.values()]}
