@@ -33,7 +33,7 @@ PURPLE_MIN = 12.0         # cluster centres with min(a, -b) below this are never
 CROP_COLOUR_GAP = 12.0    # (L/2 lighter) + (purple score lower): a cluster this much paler is cytoplasm
 CROP_L_WEIGHT = 0.5
 MERGE_MAX_HULL = 1.6      # close nucleus parts merge if their hull is at most this x a typical one
-MAX_SAMPLES = 6000        # pixels used to fit the k-means centres
+MAX_SAMPLES = 4000        # pixels used to fit the k-means centres
 _SEED = 0
 
 
@@ -124,8 +124,11 @@ def _check(img: np.ndarray) -> np.ndarray:
 
 
 def to_lab(img: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> float32 CIE Lab (H, W, 3), L in [0, 100]."""
-    return cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    """RGB uint8 (H, W, 3) -> float32 CIE Lab (H, W, 3), L in [0, 100] (8-bit precision)."""
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2Lab).astype(np.float32)
+    lab[..., 0] *= 100.0 / 255.0
+    lab[..., 1:] -= 128.0
+    return lab
 
 
 def purple_score(lab: np.ndarray) -> np.ndarray:
@@ -133,7 +136,7 @@ def purple_score(lab: np.ndarray) -> np.ndarray:
     return np.minimum(lab[..., 1], -lab[..., 2])
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = _SEED, n_init: int = 3, max_iter: int = 50,
+def kmeans(x: np.ndarray, k: int, seed: int = _SEED, n_init: int = 2, max_iter: int = 40,
            ) -> tuple[np.ndarray, np.ndarray, float]:
     """Lloyd's k-means (eq. 2: minimise the within-cluster sum of squares), k-means++ seeding.
 
@@ -146,6 +149,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = _SEED, n_init: int = 3, max_iter: 
     if k < 1:
         raise ValueError("k-means needs at least one sample")
     rng = np.random.default_rng(seed)
+    xx = (x ** 2).sum(1)
     best = None
     for _ in range(n_init):
         centres = np.empty((k, x.shape[1]))
@@ -157,15 +161,15 @@ def kmeans(x: np.ndarray, k: int, seed: int = _SEED, n_init: int = 3, max_iter: 
             d2 = np.minimum(d2, ((x - centres[j]) ** 2).sum(1))
         labels = None
         for _it in range(max_iter):
-            dist = ((x[:, None, :] - centres[None]) ** 2).sum(2)
+            dist = xx[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
             new = dist.argmin(1)
             if labels is not None and np.array_equal(new, labels):
                 break
             labels = new
-            for j in range(k):
-                sel = labels == j
-                if sel.any():
-                    centres[j] = x[sel].mean(0)
+            counts = np.bincount(labels, minlength=k)
+            for d in range(x.shape[1]):
+                sums = np.bincount(labels, weights=x[:, d], minlength=k)
+                centres[counts > 0, d] = sums[counts > 0] / counts[counts > 0]
         inertia = float(((x - centres[labels]) ** 2).sum())
         if best is None or inertia < best[2] - 1e-9:
             best = (centres.copy(), labels.copy(), inertia)
@@ -183,8 +187,17 @@ def _crop_features(lab: np.ndarray) -> np.ndarray:
 
 
 def _assign(lab_pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    d = ((lab_pixels[:, None, :].astype(np.float32) - centres[None].astype(np.float32)) ** 2).sum(2)
-    return d.argmin(1)
+    """Index of the nearest centre for each row of ``lab_pixels`` (N, D)."""
+    x = lab_pixels.astype(np.float32, copy=False)
+    c = centres.astype(np.float32)
+    best = np.full(len(x), np.inf, np.float32)
+    idx = np.zeros(len(x), np.intp)
+    for j in range(len(c)):  # a loop over k beats argmin along a short axis
+        d = ((x - c[j]) ** 2).sum(1)
+        closer = d < best
+        best[closer] = d[closer]
+        idx[closer] = j
+    return idx
 
 
 def _subsample(n: int, m: int = MAX_SAMPLES) -> np.ndarray:
@@ -240,7 +253,11 @@ def measure(mask: np.ndarray, cell_area: float | None = None, offset: tuple[int,
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    return ndi.binary_fill_holes(mask)
+    """Fill background regions not connected to the image border (flood fill from outside)."""
+    pad = np.pad(mask.astype(np.uint8), 1)
+    outside = pad.copy()
+    cv2.floodFill(outside, None, (0, 0), 1)
+    return (pad | (outside == 0))[1:-1, 1:-1].astype(bool)
 
 
 # ----------------------------------------------------------------------------- crop vs field
