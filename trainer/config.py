@@ -43,6 +43,9 @@ class TrainConfig:
     finetune_patience: int = 10
     finetune_lr: float = 1e-4
     finetune_weight_decay: float = 1e-3
+    finetune_amp: bool = True           # mixed precision on CUDA (bf16 where supported, else fp16)
+    finetune_deterministic: bool = False  # deterministic algorithms (slower)
+    finetune_checkpoint_dir: str | None = None  # per-epoch checkpoints; a rerun resumes from them
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
