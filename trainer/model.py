@@ -66,7 +66,7 @@ class AllModel(BaseEstimator):
         det = self.ensemble_.predict_details(Xv)
         self.calibrator_ = ScoreCalibrator(self.calibration, seed=self.seed).fit(det["raw"], y_val)
         calibrated = self.calibrator_.transform(det["raw"])
-        self.threshold_ = float(youden_threshold(y_val, calibrated)[0])
+        self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_val, calibrated)[0])
         self.validation_ = {"y": y_val, "raw": det["raw"], "calibrated": calibrated,
                             "probabilities": det["probabilities"]}
         return self
@@ -94,6 +94,16 @@ class AllModel(BaseEstimator):
     def validation_roc(self) -> dict[str, np.ndarray]:
         fpr, tpr, thr = roc_curve(self.validation_["y"], self.validation_["calibrated"])
         return {"fpr": fpr, "tpr": tpr, "thresholds": np.minimum(thr, 1.0)}
+
+
+def _margin_threshold(scores: np.ndarray, t: float) -> float:
+    """Move a Youden threshold (one of ``scores``) half-way down to the next lower score.
+
+    The rule ``score >= threshold`` then classifies the validation split exactly as before,
+    but the threshold no longer sits on a validation case's own score.
+    """
+    below = scores[scores < t]
+    return float((t + below.max()) / 2) if below.size else float(t)
 
 
 def subset(feats: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:

@@ -122,7 +122,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
     train_idx, val_idx, test_idx = split_train_val_test(
         dataset.labels, dataset.groups if protocol == "subject" else None,
         protocol=protocol, fractions=tuple(config.fractions), seed=config.seed)
-    say(0.05, f"{len(dataset)} images ({dataset.summary()}); {protocol}-level split "
+    say(0.05, f"{dataset.summary()}; {protocol}-level split "
               f"{len(train_idx)}/{len(val_idx)}/{len(test_idx)}")
     check_cancel(cancel)
 
@@ -190,8 +190,8 @@ def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, mod
         "class_names": list(CLASS_NAMES),
         "trained_on": {
             "data": str(config.data), "layout": config.layout, "positive_classes": config.positive,
-            "n_images": len(dataset), "class_counts": dataset.class_counts,
-            "source_class_counts": dataset.source_class_counts, "n_groups": n_groups,
+            "n_images": len(dataset), "class_counts": dataset.class_counts(),
+            "source_class_counts": dataset.source_class_counts(), "n_groups": n_groups,
             "skipped_files": [[str(p), r] for p, r in dataset.skipped][:50],
             "n_skipped": len(dataset.skipped), "fingerprint": data_fingerprint(dataset),
         },

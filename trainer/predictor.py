@@ -102,7 +102,7 @@ class Predictor:
         for i, (p, img, single, cells, seg) in enumerate(prepared):
             rows = [r for r, (owner, _) in enumerate(owners) if owner == i]
             whole_row, cell_rows = rows[0], rows[1:]
-            main = _largest(seg.nuclei)
+            main = _largest(seg.nuclei) if single else None
             whole = self._cell_prediction(det, whole_row, -1, (0, 0, img.shape[1], img.shape[0]), main)
             cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus)
                           for k, r in enumerate(cell_rows)]
@@ -119,10 +119,10 @@ class Predictor:
 
     def _segment(self, img: np.ndarray):
         """(is_single_cell, cells to classify separately, Segmentation)."""
-        seg = segmentation.segment_nuclei(img)
-        if segmentation.is_single_cell_crop(img):
+        seg = segmentation.segment_nuclei(img, gamma=self.config.gamma)
+        if seg.kind == segmentation.KIND_SINGLE:
             return True, [], seg
-        return False, segmentation.find_cells(img, segmentation=seg), seg
+        return False, segmentation.cells_from_segmentation(seg, img.shape), seg
 
     def _cell_prediction(self, det, row: int, index: int, bbox, nucleus) -> CellPrediction:
         votes = [ClassifierVote(name=n, probability=float(det["probabilities"][row, j]),

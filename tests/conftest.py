@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny generated data sets and one real tiny model trained on them.
+
+Everything here is generated; no test needs the real data folders or any downloaded weights.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+
+TINY_SIZE = 48  # network input side for tests, pixels
+
+
+@pytest.fixture(scope="session")
+def tiny_cnmc(tmp_path_factory):
+    """A C-NMC-style folder (all/ + hem/, UID_ names): 12 images per class, 6 subjects each."""
+    from trainer.synthetic import write_dataset
+    return write_dataset(tmp_path_factory.mktemp("cnmc") / "data", layout="cnmc", n_per_class=12,
+                         size=64, seed=0, n_subjects=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_cnmc, tmp_path_factory):
+    from trainer.config import TrainConfig
+    out = tmp_path_factory.mktemp("model")
+    return TrainConfig(data=str(tiny_cnmc), image_size=TINY_SIZE, num_workers=0, batch_size=16,
+                       output=str(out / "tiny.allmodel"), cache_dir=str(out / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tiny_config):
+    """The result of a real training run on the tiny C-NMC-style data (random-init backbones)."""
+    import torch
+
+    from trainer.pipeline import train
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return train(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_training):
+    """Path of the tiny model bundle (do not modify it; copy it first)."""
+    return tiny_training.bundle_path
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_bundle):
+    """A Predictor on the tiny bundle, loaded once per test session."""
+    from trainer.predictor import Predictor
+    return Predictor.from_bundle(tiny_bundle)

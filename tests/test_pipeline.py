@@ -1,0 +1,154 @@
+"""End to end: generated folder -> train -> bundle -> load -> predict, and what goes wrong safely."""
+import dataclasses
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from trainer.bundle import load_bundle, read_manifest, save_bundle
+from trainer.errors import BundleError, Cancelled, DataError
+from trainer.pipeline import train
+from trainer.predictor import Predictor
+from trainer.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
+from trainer.synthetic import make_cell_image, make_smear_field
+
+
+def test_training_writes_a_complete_model_card(tiny_training, tiny_config):
+    card = tiny_training.card
+    assert card["trained_on"]["n_images"] == 24
+    assert card["trained_on"]["class_counts"] == {"normal": 12, "ALL": 12}
+    assert card["split"]["protocol"] == "subject"  # subject ids are known from the C-NMC names
+    assert card["split"]["n_train"] + card["split"]["n_validation"] + card["split"]["n_test"] == 24
+    assert card["method"]["backbones"] == {"densenet121": "none", "resnet34": "none"} or \
+        all(v.startswith("none") for v in card["method"]["backbones"].values())
+    assert set(card["metrics"]["test"]) >= {"svm", "knn", "rf", "adaboost", "mlp", "ensemble"}
+    assert 0.0 <= card["method"]["threshold"] <= 1.0
+    assert "not for clinical diagnosis" in card["intended_use"].lower()
+    manifest = read_manifest(tiny_training.bundle_path)
+    assert manifest["config"]["image_size"] == tiny_config.image_size
+
+
+def test_synthetic_classes_are_learned(tiny_predictor):
+    # held-out generated cells of both kinds: the calibrated ensemble separates them
+    p = tiny_predictor
+    rng = np.random.default_rng(123)
+    ys = np.array([0, 1] * 6)
+    images = [make_cell_image(64, malignant=bool(m), rng=rng)[0] for m in ys]
+    probs = np.array([r.whole.probability for r in p.predict_batch(images)])
+    assert probs[ys == 1].mean() > probs[ys == 0].mean() + 0.2
+    assert np.mean((probs >= p.threshold) == ys) >= 0.75
+
+
+def test_bundle_round_trip_gives_identical_probabilities(tiny_training, tiny_predictor, tmp_path):
+    p1 = tiny_predictor
+    copy = save_bundle(tmp_path / "copy.allmodel", load_bundle(tiny_training.bundle_path))
+    p2 = Predictor.from_bundle(copy)
+    img, _ = make_cell_image(64, malignant=True, rng=np.random.default_rng(5))
+    a, b = p1.predict(img).whole, p2.predict(img).whole
+    assert a.probability == b.probability and a.raw_probability == b.raw_probability
+    assert [v.probability for v in a.votes] == [v.probability for v in b.votes]
+    assert p1.threshold == p2.threshold
+
+
+def test_prediction_contents_single_cell_and_field(tiny_predictor):
+    p = tiny_predictor
+    img, mask = make_cell_image(64, malignant=False, rng=np.random.default_rng(9))
+    r = p.predict(img)
+    assert r.kind == "single_cell" and r.cells == []
+    assert r.nucleus_mask.shape == (64, 64)
+    assert len(r.whole.contour) >= 3 and r.whole.area_px == pytest.approx(mask.sum(), rel=0.35)
+    assert 0 < r.whole.nc_ratio < 1
+    assert [v.name for v in r.whole.votes] == ["svm", "knn", "rf", "adaboost", "mlp"]
+    assert sum(v.weight for v in r.whole.votes) == pytest.approx(1.0)
+    assert r.whole.raw_probability == pytest.approx(sum(v.weight * v.probability for v in r.whole.votes))
+
+    field, masks = make_smear_field(224, n_wbc=3, rng=np.random.default_rng(2))
+    f = p.predict(field)
+    assert f.kind == "field" and len(f.cells) == 3
+    for c in f.cells:
+        x, y, w, h = c.bbox
+        assert w > 0 and h > 0 and x + w <= 224 and y + h <= 224 and len(c.contour) >= 3
+    assert f.probability == max(c.probability for c in f.cells)
+    # the decision follows the threshold without any recomputation
+    t = f.cells[0].probability
+    assert f.cells[0].decision(t - 0.2) == DECISION_ALL
+    assert f.cells[0].decision(t + 0.2) == DECISION_NORMAL
+    assert f.cells[0].decision(t) == DECISION_UNCERTAIN
+    assert sum(f.count(0.5).values()) == 3
+
+
+def test_tampered_truncated_and_foreign_bundles_are_refused(tiny_bundle, tmp_path):
+    data = bytearray(tiny_bundle.read_bytes())
+    bad = tmp_path / "flipped.allmodel"
+    data[len(data) // 2] ^= 0x55
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BundleError):
+        Predictor.from_bundle(bad)
+    cut = tmp_path / "cut.allmodel"
+    cut.write_bytes(tiny_bundle.read_bytes()[: len(data) // 3])
+    with pytest.raises(BundleError, match="truncated|not an allgui"):
+        load_bundle(cut)
+    foreign = tmp_path / "foreign.allmodel"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(BundleError, match="not an allgui model"):
+        load_bundle(foreign)
+    # a consistent-looking bundle whose model part is replaced by a pickle is refused, not run
+    import hashlib, json, pickle  # noqa: E401
+    evil = pickle.dumps(print)
+    with zipfile.ZipFile(tiny_bundle) as z:
+        manifest = json.loads(z.read("manifest.json"))
+        members = {n: z.read(n) for n in z.namelist()}
+    members["model.skops"] = evil
+    manifest["members"]["model.skops"] = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    swapped = tmp_path / "swapped.allmodel"
+    with zipfile.ZipFile(swapped, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+    with pytest.raises(BundleError):
+        load_bundle(swapped)
+
+
+def test_backbones_that_do_not_match_the_fingerprint_are_refused(tiny_bundle):
+    b = load_bundle(tiny_bundle)
+    b.config = dataclasses.replace(b.config, seed=b.config.seed + 1)  # other random init
+    with pytest.raises(BundleError, match="does not give the features"):
+        Predictor(b)
+
+
+def test_cancel_and_failure_leave_the_previous_model_intact(tiny_config, tiny_bundle, tmp_path):
+    target = tmp_path / "current.allmodel"
+    shutil.copy(tiny_bundle, target)
+    before = target.read_bytes()
+    cfg = dataclasses.replace(tiny_config, output=str(target), cache_dir=None)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled):
+        train(cfg, cancel=cancel)
+    assert target.read_bytes() == before
+    with pytest.raises(DataError):
+        train(dataclasses.replace(cfg, data=str(tmp_path / "missing")))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["current.allmodel"]  # no temp files left
+
+
+def test_one_class_folder_and_unreadable_files(tiny_config, tmp_path):
+    from trainer.synthetic import write_dataset
+    root = write_dataset(tmp_path / "d", layout="cnmc", n_per_class=6, size=48, seed=1, n_subjects=3)
+    shutil.rmtree(root / "hem")
+    with pytest.raises(DataError, match="one class|only"):
+        train(dataclasses.replace(tiny_config, data=str(root), output=str(tmp_path / "m.allmodel")))
+
+    root2 = write_dataset(tmp_path / "e", layout="cnmc", n_per_class=6, size=48, seed=2, n_subjects=3)
+    (root2 / "all" / "UID_99_1_1_all.bmp").write_bytes(b"not an image")
+    result = train(dataclasses.replace(tiny_config, data=str(root2), output=str(tmp_path / "m.allmodel"),
+                                       cache_dir=None))
+    skipped = result.card["trained_on"]["skipped_files"]
+    assert result.card["trained_on"]["n_skipped"] == 1 and "UID_99_1_1_all.bmp" in skipped[0][0]
+    assert result.card["trained_on"]["n_images"] == 12
