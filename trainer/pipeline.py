@@ -130,8 +130,11 @@ def train(config: TrainConfig, progress: Progress | None = None,
     lo = 0.05
     if config.finetune:
         from .finetune import finetune_backbones  # torch training code, only when asked for
+        paths, y_all = dataset.paths, dataset.labels
         state_dicts, finetune_history = finetune_backbones(
-            dataset, train_idx, val_idx, config, progress=stage(progress, 0.05, 0.5), cancel=cancel)
+            [paths[i] for i in train_idx], y_all[train_idx], [paths[i] for i in val_idx], y_all[val_idx],
+            cfg=config, backbones=config.backbones, device=config.device,
+            progress=stage(progress, 0.05, 0.5), cancel=cancel)
         lo = 0.5
     extractor = make_extractor(config, state_dicts)
     feats = extractor.extract(dataset.paths, progress=stage(progress, lo, 0.85), cancel=cancel)
@@ -184,12 +187,14 @@ def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, mod
     n_groups = None if groups is None else int(len(set(groups.tolist())))
     ens = model.ensemble_
     card = {
-        "name": Path(config.output).stem,
+        "name": config.extra.get("name", Path(config.output).stem),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "intended_use": INTENDED_USE,
         "class_names": list(CLASS_NAMES),
         "trained_on": {
-            "data": str(config.data), "layout": config.layout, "positive_classes": config.positive,
+            "data": config.extra.get("data_description", str(config.data)),
+            "credits": config.extra.get("data_credits"),
+            "layout": config.layout, "positive_classes": config.positive,
             "n_images": len(dataset), "class_counts": dataset.class_counts(),
             "source_class_counts": dataset.source_class_counts(), "n_groups": n_groups,
             "skipped_files": [[str(p), r] for p, r in dataset.skipped][:50],
