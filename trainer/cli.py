@@ -82,6 +82,7 @@ class ProgressBar:
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.bar = None
+        self._last = float("-inf")
         if not quiet:
             from tqdm import tqdm
             self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {desc}",
@@ -90,6 +91,11 @@ class ProgressBar:
     def __call__(self, fraction: float, message: str) -> None:
         if self.bar is None:
             return
+        import time
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last < 0.2:  # keep logs and slow terminals readable
+            return
+        self._last = now
         self.bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
         self.bar.set_description_str(message[:70], refresh=False)
         self.bar.refresh()
