@@ -37,7 +37,7 @@ BACKBONES: dict[str, int] = {"densenet121": 1024, "resnet34": 512}
 _HEAD_PREFIX = {"densenet121": "classifier.", "resnet34": "fc."}
 _WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _OLD_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 
@@ -176,6 +176,9 @@ def _normalise_keys(name: str, state_dict: Mapping[str, torch.Tensor]) -> dict[s
 def _load_into(name: str, model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     sd = _normalise_keys(name, state_dict)
     expected = model.state_dict()
+    for k in expected:  # old checkpoints (torchvision's DenseNet) lack these eval-irrelevant counters
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = expected[k]
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong_shape = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
