@@ -74,16 +74,23 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 class MainWindow(QMainWindow):
-    """allgui's window. ``model`` None = the bundled default model; "" = start without a model."""
+    """allgui's window.
+
+    ``model``: bundle to load (None = the bundled default model, "" = none). ``settings``: where
+    preferences persist (default QSettings()). ``retrain_defaults``: TrainConfig the Retrain dialog
+    starts from. ``models_dir``: where retrained models are written (default: user data folder).
+    """
 
     modelLoaded = Signal(str)        # path of the newly loaded model
     predictionShown = Signal(str)    # path whose result is now on screen
 
     def __init__(self, model: str | None = None, settings: QSettings | None = None,
-                 retrain_defaults: TrainConfig | None = None, parent=None) -> None:
+                 retrain_defaults: TrainConfig | None = None, models_dir: str | Path | None = None,
+                 parent=None) -> None:
         super().__init__(parent)
-        self.settings = settings or QSettings()
+        self.settings = settings if settings is not None else QSettings()
         self.retrain_defaults = retrain_defaults
+        self.models_dir = Path(models_dir) if models_dir else None
         self.state = AppState()
         self.predictor = None
         self.model_path: str | None = None
@@ -349,7 +356,8 @@ class MainWindow(QMainWindow):
 
     def show_retrain(self) -> RetrainDialog:
         if self.retrain_dialog is None:
-            self.retrain_dialog = RetrainDialog(self.model_path, self, base_config=self.retrain_defaults)
+            self.retrain_dialog = RetrainDialog(self.model_path, self, output_dir=self.models_dir,
+                                                base_config=self.retrain_defaults, settings=self.settings)
             self.retrain_dialog.accepted_model.connect(self.load_model)
         self.retrain_dialog.current_model = self.model_path
         self.retrain_dialog.show()

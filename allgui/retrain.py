@@ -18,41 +18,9 @@ from PySide6.QtWidgets import (
 )
 
 from allgui.evaluation_view import EvaluationView
+from allgui.training_job import run_training
 from allgui.workers import ProcessTask
 from trainer.config import TrainConfig
-
-
-def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
-                 cancel: Callable[[], bool], emit: Callable[[Any], None]) -> dict[str, Any]:
-    """Child-process entry: train with ``config`` (TrainConfig as dict); picklable summary back."""
-    from trainer.pipeline import train
-
-    cfg = TrainConfig.from_dict(config)
-    t0 = time.perf_counter()
-    result = train(cfg, progress=progress, cancel=cancel)
-    model = getattr(result, "model", None)
-    threshold = getattr(model, "threshold_", None)
-    return {"bundle_path": str(result.bundle_path), "metrics": _plain(getattr(result, "metrics", {})),
-            "evaluation": _plain(getattr(result, "evaluation", {})), "card": _plain(getattr(result, "card", {})),
-            "threshold": None if threshold is None else float(threshold),
-            "seconds": time.perf_counter() - t0}
-
-
-def _plain(x: Any) -> Any:
-    """Dicts / lists / arrays / numbers only (safe to pickle across processes)."""
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x
-    if isinstance(x, (np.generic,)):
-        return x.item()
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def models_dir() -> Path:
@@ -83,7 +51,8 @@ class RetrainDialog(QDialog):
     accepted_model = Signal(str)
 
     def __init__(self, current_model: str | None = None, parent: QWidget | None = None,
-                 output_dir: Path | None = None, base_config: TrainConfig | None = None) -> None:
+                 output_dir: Path | None = None, base_config: TrainConfig | None = None,
+                 settings: QSettings | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Retrain model")
         self.setMinimumWidth(560)
@@ -93,7 +62,7 @@ class RetrainDialog(QDialog):
         self.task: ProcessTask | None = None
         self.result: dict[str, Any] | None = None
         self.output: Path | None = None
-        self.settings = QSettings()
+        self.settings = settings if settings is not None else QSettings()
         self._clock = QElapsedTimer()
 
         lay = QVBoxLayout(self)

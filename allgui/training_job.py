@@ -1,0 +1,40 @@
+"""The retraining job that runs in a child process: Qt-free and light to import."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from trainer.config import TrainConfig
+
+
+def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
+                 cancel: Callable[[], bool], emit: Callable[[Any], None]) -> dict[str, Any]:
+    """Child-process entry: train with ``config`` (TrainConfig as dict); picklable summary back."""
+    from trainer.pipeline import train
+
+    cfg = TrainConfig.from_dict(config)
+    t0 = time.perf_counter()
+    result = train(cfg, progress=progress, cancel=cancel)
+    model = getattr(result, "model", None)
+    threshold = getattr(model, "threshold_", None)
+    return {"bundle_path": str(result.bundle_path), "metrics": _plain(getattr(result, "metrics", {})),
+            "evaluation": _plain(getattr(result, "evaluation", {})), "card": _plain(getattr(result, "card", {})),
+            "threshold": None if threshold is None else float(threshold),
+            "seconds": time.perf_counter() - t0}
+
+
+def _plain(x: Any) -> Any:
+    """Dicts / lists / arrays / numbers only (safe to pickle across processes)."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)

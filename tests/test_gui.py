@@ -1,0 +1,294 @@
+"""The desktop app, driven as a user would (pytest-qt, offscreen), with a real tiny model."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QPointF, QSettings, Qt, QTimer  # noqa: E402
+from PySide6.QtWidgets import QMessageBox  # noqa: E402
+
+from allgui.main_window import MainWindow  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN  # noqa: E402
+from trainer.synthetic import make_cell_image, make_smear_field  # noqa: E402
+
+DECISIONS = {DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN}
+
+
+def _png(path: Path, rgb: np.ndarray) -> str:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return str(path)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def boxes(monkeypatch):
+    """Records QMessageBox calls instead of showing them; ``question`` answers ``boxes.answer``."""
+    class Boxes(list):
+        answer = QMessageBox.No
+
+    calls = Boxes()
+
+    def fake(kind):
+        def f(parent, title, text, *a, **k):
+            calls.append((kind, title, text))
+            return calls.answer if kind == "question" else QMessageBox.Ok
+        return staticmethod(f)
+
+    for kind in ("warning", "critical", "information", "question"):
+        monkeypatch.setattr(QMessageBox, kind, fake(kind))
+    return calls
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two single-cell crops (one malignant-looking) and one smear field with 3 white cells."""
+    rng = np.random.default_rng(3)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    blast, _ = make_cell_image(64, True, rng)
+    normal, _ = make_cell_image(64, False, rng)
+    field, _ = make_smear_field(160, 3, rng, malignant=True)
+    return {"blast": _png(d / "blast.png", blast), "normal": _png(d / "normal.png", normal),
+            "field": _png(d / "field.png", field), "dir": str(d)}
+
+
+@pytest.fixture
+def window(qtbot, tiny_bundle, tmp_path, boxes, tiny_config):
+    model = tmp_path / "current.allmodel"
+    shutil.copyfile(tiny_bundle, model)
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    defaults = TrainConfig(image_size=32, weights="none", device="cpu", batch_size=24, num_workers=0,
+                           backbones=("resnet34",))
+    win = MainWindow(model=str(model), settings=settings, retrain_defaults=defaults,
+                     models_dir=tmp_path / "models")
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
+        win.show()
+    yield win
+    if win.retrain_dialog is not None and win.retrain_dialog.running():
+        win.retrain_dialog.cancel()
+
+
+def _open_and_wait(qtbot, win, paths):
+    win.open_files(paths)
+    qtbot.waitUntil(lambda: all(p in win.state.predictions or p in win.state.errors for p in paths),
+                    timeout=60_000)
+
+
+def test_open_image_shows_overlay_and_votes(qtbot, window, images, boxes):
+    win = window
+    _open_and_wait(qtbot, win, [images["blast"]])
+    pred = win.state.prediction
+    assert pred is not None and pred.kind == "single_cell"
+    # the nucleus outline is on the image, coloured, and toggles with the overlay switch
+    assert len(win.image_view.cell_items) >= 1
+    assert all(it.isVisible() for it in win.image_view.cell_items)
+    win.act_overlay.trigger()
+    assert not any(it.isVisible() for it in win.image_view.cell_items)
+    win.act_overlay.trigger()
+    assert all(it.isVisible() for it in win.image_view.cell_items)
+    # fill mode paints the nucleus at the chosen opacity
+    win.state.set_overlay(mode="fill", opacity=0.5)
+    fill = win.image_view.fill_item.image
+    assert fill is not None and fill.shape[:2] == pred.shape and fill[..., 3].max() == round(255 * 0.5)
+    # five classifiers' votes with weights summing to one, and the decision in words
+    assert win.side.chart.names == win.predictor.classifier_names
+    assert abs(sum(v.weight for v in pred.whole.votes) - 1) < 1e-6
+    assert win.side.decision.text() in DECISIONS
+    assert win.side.decision.text() == win.state.decide(pred.probability)
+    assert float(win.side.calibrated.text().split(">")[1].split("<")[0]) == pytest.approx(pred.probability, abs=1e-3)
+    # the batch table row agrees
+    row = win.table.batch.row_at(0)
+    assert row.file == "blast.png" and row.probability == pytest.approx(pred.probability)
+    assert not boxes
+
+
+def test_field_cells_are_outlined_and_clickable(qtbot, window, images):
+    win = window
+    _open_and_wait(qtbot, win, [images["field"]])
+    pred = win.state.prediction
+    assert pred.kind == "field" and len(pred.cells) >= 2
+    assert len(win.image_view.cell_items) == len(pred.cells)
+    target = pred.cells[1]
+    cx, cy = (np.asarray(target.contour, float).mean(axis=0) if len(target.contour)
+              else (target.bbox[0] + target.bbox[2] / 2, target.bbox[1] + target.bbox[3] / 2))
+    assert win.image_view.cell_at(cx, cy) == target.index
+    # a real mouse click on that cell selects it and the side panel shows that cell
+    win.image_view.fit()
+    qtbot.wait(50)
+    scene_pt = win.image_view.viewbox.mapViewToScene(QPointF(cx, cy))
+    view_pt = win.image_view.mapFromScene(scene_pt)
+    qtbot.mouseClick(win.image_view.viewport(), Qt.LeftButton, pos=view_pt)
+    qtbot.waitUntil(lambda: win.state.selected_cell == target.index, timeout=2000)
+    assert f"cell {target.index + 1} of {len(pred.cells)}" in win.side.where.text()
+    assert win.side.raw.text() == f"{target.raw_probability:.3f}"
+
+
+def test_slider_redecides_without_computing_features(qtbot, window, images, monkeypatch):
+    win = window
+    paths = [images["blast"], images["normal"], images["field"]]
+    _open_and_wait(qtbot, win, paths)
+    calls = []
+    monkeypatch.setattr(win.predictor.extractor, "extract", lambda *a, **k: calls.append("extract"))
+    import trainer.predictor as tp
+    monkeypatch.setattr(tp.segmentation, "segment_nuclei", lambda *a, **k: calls.append("segment"))
+
+    probs = [win.state.predictions[p].probability for p in paths]
+    win.state.set_current(images["field"])
+    pens_before = [it.pen().color().name() for it in win.image_view.cell_items]
+    lo = max(0.0, min(probs) - 0.2)
+    win.side.slider.setValue(int(lo * 1000))          # the user drags the slider to the left
+    assert win.state.threshold == pytest.approx(lo, abs=1e-3)
+    low = [win.table.batch.row_at(i).decision for i in range(3)]
+    pens_low = [it.pen().color().name() for it in win.image_view.cell_items]
+    win.side.slider.setValue(1000)
+    high = [win.table.batch.row_at(i).decision for i in range(3)]
+    # every image is ALL blast (or uncertain) at a low threshold and normal / uncertain at 1.0
+    assert all(d in (DECISION_ALL, DECISION_UNCERTAIN) for d in low) and DECISION_ALL in low
+    assert all(d in (DECISION_NORMAL, DECISION_UNCERTAIN) for d in high)
+    assert win.side.decision.text() == win.state.decide(win.state.prediction.probability)
+    assert pens_low != [it.pen().color().name() for it in win.image_view.cell_items] or pens_low != pens_before
+    sens, spec = win.predictor.operating_point(1.0)
+    assert f"sensitivity {sens:.1%}" in win.side.sens_spec.text()
+    assert calls == []                                 # nothing was recomputed
+    win.side.reset.click()
+    assert win.state.threshold == pytest.approx(win.predictor.threshold)
+
+
+def test_threshold_and_opacity_persist_per_model(qtbot, window, tiny_bundle, tmp_path, boxes):
+    win = window
+    win.state.set_threshold(0.3)
+    win.state.set_overlay(opacity=0.7)
+    settings = win.settings
+    win.close()
+    win2 = MainWindow(model=win.model_path, settings=settings, models_dir=tmp_path / "models")
+    qtbot.addWidget(win2)
+    with qtbot.waitSignal(win2.modelLoaded, timeout=60_000):
+        pass
+    assert win2.state.threshold == pytest.approx(0.3)
+    assert win2.state.overlay_opacity == pytest.approx(0.7)
+
+
+def test_bad_image_gives_a_message_not_a_crash(qtbot, window, images, tmp_path, boxes):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
+    win = window
+    win.open_files([str(bad)])
+    qtbot.waitUntil(lambda: bool(boxes), timeout=10_000)
+    kind, _title, text = boxes[0]
+    assert kind == "warning" and "broken.png" in text
+    assert str(bad) in win.state.errors and win.table.batch.row_at(0).decision == "error"
+    # the window still works afterwards
+    _open_and_wait(qtbot, win, [images["normal"]])
+    assert win.state.prediction is not None
+
+
+def test_empty_folder_and_wrong_model_file_give_messages(qtbot, window, tmp_path, boxes):
+    win = window
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert win.open_folder(str(empty)) is False
+    assert boxes[-1][0] == "warning" and "No images found" in boxes[-1][2]
+    before = win.predictor
+    wrong = tmp_path / "notes.allmodel"
+    wrong.write_text("this is not a model bundle")
+    win.load_model(str(wrong))
+    qtbot.waitUntil(lambda: boxes[-1][0] == "critical", timeout=20_000)
+    assert "stays loaded" in boxes[-1][2]
+    assert win.predictor is before
+
+
+def test_export_csv_and_overlays(qtbot, window, images, tmp_path):
+    win = window
+    assert win.open_folder(images["dir"])
+    qtbot.waitUntil(lambda: not win.state.pending(), timeout=60_000)
+    out = tmp_path / "table.csv"
+    assert win.table.batch.export_csv(out) == 3
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("file,path,kind,cells") and len(lines) == 4
+    # sorting by probability orders the rows
+    win.table.sortByColumn(3, Qt.DescendingOrder)
+    shown = [float(win.table.proxy.index(r, 3).data()) for r in range(3)]
+    assert shown == sorted(shown, reverse=True)
+    # selecting a row shows that image
+    win.table.selectRow(2)
+    src = win.table.proxy.mapToSource(win.table.proxy.index(2, 1))
+    assert win.state.current == win.table.batch.row_at(src.row()).path
+    odir = tmp_path / "overlays"
+    odir.mkdir()
+    task = win.save_overlays(str(odir))
+    with qtbot.waitSignal(task.done, timeout=30_000):
+        pass
+    saved = sorted(p.name for p in odir.iterdir())
+    assert saved == ["blast_overlay.png", "field_overlay.png", "normal_overlay.png"]
+    # the overlay differs from the original image (outlines drawn)
+    orig = cv2.imread(images["field"])
+    over = cv2.imread(str(odir / "field_overlay.png"))
+    assert over.shape == orig.shape and (over != orig).any(axis=2).sum() > 50
+
+
+def test_retrain_from_menu_keeps_window_responsive_and_switches(qtbot, window, tiny_cnmc, boxes, images):
+    win = window
+    old = win.model_path
+    old_hash = _sha(old)
+    _open_and_wait(qtbot, win, [images["blast"]])
+    win.act_retrain.trigger()
+    dlg = win.retrain_dialog
+    assert dlg is not None and dlg.isVisible()
+    dlg.data.setText(str(tiny_cnmc))
+    boxes.answer = QMessageBox.Yes
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    dlg.start_btn.click()
+    assert dlg.running() and not dlg.start_btn.isEnabled()
+    with qtbot.waitSignal(dlg.task.finished, timeout=120_000):
+        pass
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 50 and gaps.max() < 0.5, f"event loop stalled {gaps.max():.3f} s"
+    assert dlg.progress.value() == 1000
+    ev = dlg.evaluation_view
+    assert list(ev.splits) == ["test"] and "AUC" in ev.summary.text()
+    new = dlg.result["bundle_path"]
+    assert any(k == "question" for k, *_ in boxes)
+    with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
+        pass
+    assert win.model_path == new and new != old
+    assert _sha(old) == old_hash                       # the old model file is untouched
+    qtbot.waitUntil(lambda: win.state.prediction is not None, timeout=60_000)
+
+
+def test_cancel_retrain_keeps_old_model_and_file(qtbot, window, tiny_cnmc, boxes):
+    win = window
+    old_pred, old_path = win.predictor, win.model_path
+    old_hash = _sha(old_path)
+    dlg = win.show_retrain()
+    dlg.data.setText(str(tiny_cnmc))
+    dlg.start_btn.click()
+    task = dlg.task
+    qtbot.waitUntil(lambda: dlg.progress.value() > 0 or not task.running, timeout=60_000)
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(task.cancelled, timeout=5_000):
+        dlg.cancel_btn.click()
+    assert time.perf_counter() - t0 < 3.0
+    assert not task._proc.is_alive()
+    assert "cancelled" in dlg.stage.text().lower()
+    assert win.predictor is old_pred and win.model_path == old_path
+    assert _sha(old_path) == old_hash
+    assert not dlg.output.exists()                   # no half-written new model left behind
+    assert dlg.start_btn.isEnabled()

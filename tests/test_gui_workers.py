@@ -1,0 +1,80 @@
+"""The one worker mechanism: thread tasks and child-process tasks report progress, results,
+errors, cancellation, and a crashing child never takes the window down."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from allgui.workers import ProcessTask, ThreadTask  # noqa: E402
+from trainer.errors import Cancelled, DataError  # noqa: E402
+
+
+def count_to(n, progress, cancel, emit):
+    for i in range(n):
+        if cancel():
+            raise Cancelled()
+        emit(i)
+        progress((i + 1) / n, f"step {i + 1}")
+        time.sleep(0.005)
+    return n * 10
+
+
+def bad_data(progress, cancel, emit):
+    raise DataError("The data folder has one class only.")
+
+
+def crash(progress, cancel, emit):
+    progress(0.5, "about to crash")
+    os._exit(3)
+
+
+def sleep_forever(progress, cancel, emit):
+    progress(0.1, "sleeping")
+    time.sleep(600)
+
+
+def test_thread_task_progress_partial_result(qtbot):
+    task = ThreadTask(count_to, 5)
+    got, prog = [], []
+    task.partial.connect(got.append)
+    task.progress.connect(lambda f, m: prog.append(f))
+    with qtbot.waitSignal(task.finished, timeout=10_000) as blocker:
+        task.start()
+    assert blocker.args == [50] and got == [0, 1, 2, 3, 4] and prog[-1] == 1.0
+    assert not task.running
+
+
+def test_thread_task_error_and_cancel(qtbot):
+    task = ThreadTask(bad_data)
+    with qtbot.waitSignal(task.failed, timeout=10_000) as blocker:
+        task.start()
+    assert blocker.args == ["The data folder has one class only."]
+    task = ThreadTask(count_to, 10_000)
+    with qtbot.waitSignal(task.cancelled, timeout=10_000):
+        task.start()
+        task.cancel()
+
+
+def test_process_task_crash_is_reported_not_fatal(qtbot):
+    task = ProcessTask(crash)
+    with qtbot.waitSignal(task.failed, timeout=60_000) as blocker:
+        task.start()
+    assert "exit code 3" in blocker.args[0] and "unchanged" in blocker.args[0]
+
+
+def test_process_task_error_message_and_cancel_is_immediate(qtbot):
+    task = ProcessTask(bad_data)
+    with qtbot.waitSignal(task.failed, timeout=60_000) as blocker:
+        task.start()
+    assert blocker.args == ["The data folder has one class only."]
+    task = ProcessTask(sleep_forever)
+    with qtbot.waitSignal(task.progress, timeout=60_000):
+        task.start()
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(task.cancelled, timeout=5_000):
+        task.cancel()
+    assert time.perf_counter() - t0 < 2.5 and not task._proc.is_alive()
