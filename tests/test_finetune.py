@@ -233,3 +233,23 @@ def test_cli_writes_weights(tmp_path, capsys):
     assert len(meta["history"]["densenet121"]["epoch"]) == 1
     assert "written to" in capsys.readouterr().out
     build_backbone("densenet121", state_dict=states["densenet121"])  # loads without missing keys
+
+
+def test_ablation_compares_frozen_and_finetuned_features(data, reference):
+    from trainer.finetune import frozen_vs_finetuned
+
+    sd, _, _ = reference
+    tr, ytr, va, yva = data
+    rng = np.random.default_rng(5)
+    te, yte = _cells(8, rng)
+    items, y = tr + va + te, np.array(ytr + yva + yte)
+    idx = np.arange(len(items))
+    config = TrainConfig(backbones=(NAME,), image_size=SIZE, seed=1, num_workers=0)
+    res = frozen_vs_finetuned(items, y, idx[:24], idx[24:32], idx[32:], config,
+                              state_dicts={NAME: sd}, classifiers=("logreg",), device="cpu")
+    for kind in ("frozen", "finetuned"):
+        m = res[kind]["logreg"]
+        assert 0.0 <= m["auc"] <= 1.0 and m["threshold"] == 0.5
+        assert m["accuracy"] * 8 == pytest.approx(round(m["accuracy"] * 8))  # a share of 8 test images
+    assert res["state_dicts"][NAME] is sd and res["histories"] == {}
+    assert res["frozen"] != res["finetuned"] or res["frozen"]["logreg"]["auc"] == 1.0

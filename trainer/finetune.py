@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -355,12 +356,13 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike, name: str) -> Path:
     return Path(checkpoint_dir) / f"finetune_{name}.pt"
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(fh)`` into a temporary file next to ``path``, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -547,24 +549,28 @@ def finetune_backbone(
     ckpt_file = checkpoint_path(checkpoint_dir, name) if checkpoint_dir is not None else None
     run_key = _run_key(name, cfg, info.world_size, _data_fingerprint(train_items, y_train),
                        _data_fingerprint(val_items, y_val))
-    if ckpt_file is not None and resume and ckpt_file.is_file():
-        try:
-            ckpt = load_checkpoint(ckpt_file)
-        except AllguiError as exc:
-            ckpt = None
-            if report:
-                report(0.0, f"{name}: starting afresh ({exc})")
-        if ckpt is not None and ckpt.get("run_key") != run_key:
-            if report:
-                report(0.0, f"{name}: the checkpoint is for other data or settings; starting afresh")
-            ckpt = None
-        ok = torch.tensor([1 if ckpt is not None else 0], device=dev if dev.type == "cuda" else "cpu")
-        if info.active:
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # resume only when every rank can
-        if ckpt is not None and int(ok.item()) == 1:
+    if ckpt_file is not None and resume:
+        ckpt = None
+        if ckpt_file.is_file():
+            try:
+                ckpt = load_checkpoint(ckpt_file)
+            except AllguiError as exc:
+                if report:
+                    report(0.0, f"{name}: starting afresh ({exc})")
+            if ckpt is not None and ckpt.get("run_key") != run_key:
+                if report:
+                    report(0.0, f"{name}: the checkpoint is for other data or settings; starting afresh")
+                ckpt = None
+        if info.active:  # every rank takes part, with or without a file: resume only if all can
+            ok = torch.tensor([0 if ckpt is None else 1], device=dev if dev.type == "cuda" else "cpu")
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            if int(ok.item()) == 0:
+                ckpt = None
+        if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+            if ckpt["scaler"] and scaler.is_enabled():  # empty when saved without fp16 scaling
+                scaler.load_state_dict(ckpt["scaler"])
             stopper.load_state_dict(ckpt["stopper"])
             history.update({k: list(v) for k, v in ckpt["history"].items() if k in history})
             best_state = ckpt["best_model"] if ckpt["best_model"] is not None else ckpt["model"]
@@ -659,7 +665,7 @@ def finetune_backbone(
                        f"{name}: epoch {epoch}/{epochs} train loss {train_loss:.4f}, "
                        f"validation loss {val_loss:.4f}, accuracy {val_acc:.3f}")
             if ckpt_file is not None and info.is_main:
-                _atomic_torch_save({
+                _atomic_write(ckpt_file, functools.partial(torch.save, {
                     "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": run_key,
                     "config": cfg.to_dict(), "epoch": epoch, "model": best_state if improved else _cpu_state(model),
                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -667,7 +673,7 @@ def finetune_backbone(
                     # None: the best weights are this epoch's ("model"), not stored twice
                     "best_model": None if improved else best_state,
                     "history": {k: list(v) for k, v in history.items()},
-                }, ckpt_file)
+                }))
             _barrier()
             if totals[5] > 0:  # distributed cancel: every rank stops after the same epoch
                 raise Cancelled(f"Fine-tuning {name} was cancelled.")
@@ -740,16 +746,7 @@ def save_state_dicts(path: str | os.PathLike, state_dicts: Mapping[str, Mapping[
             for name, sd in state_dicts.items() for k, v in sd.items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     data = save(flat, metadata=meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, lambda fh: fh.write(data))
     return path
 
 
@@ -816,7 +813,7 @@ def frozen_vs_finetuned(
     test_idx,
     config: Any,
     state_dicts: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-    classifier: str = "ensemble",
+    classifiers: Sequence[str] = ("ensemble",),
     device: str = "auto",
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
@@ -826,9 +823,10 @@ def frozen_vs_finetuned(
 
     Fine-tunes on ``train_idx`` / ``val_idx`` unless ``state_dicts`` are given. ``config`` is a
     TrainConfig (image_size, gamma, weights, seed, backbones, finetune_* and the classical-stage
-    options). Returns ``{'frozen': metrics, 'finetuned': metrics, 'histories': {...},
-    'state_dicts': {...}, 'seconds': {'finetune': s, 'features': s}}``; metrics as
-    ``classical_stage_scores`` on ``test_idx``.
+    options). ``classifiers``: classical stages to compare, each ``'ensemble'`` or ``'logreg'``
+    (see ``classical_stage_scores``). Returns ``{'frozen': {classifier: metrics}, 'finetuned':
+    {classifier: metrics}, 'histories': {...}, 'state_dicts': {...}, 'seconds': {'finetune': s,
+    'features': s, 'classical': s}}``; metrics on ``test_idx``.
     """
     from trainer.features import FeatureExtractor
 
@@ -856,14 +854,13 @@ def frozen_vs_finetuned(
     tuned = FeatureExtractor(weights=config.weights, state_dicts=state_dicts, **common).extract(
         items, stage(0.8, 0.9), cancel)
     t2 = time.perf_counter()
-    out = {
-        "frozen": classical_stage_scores(frozen, y, train_idx, val_idx, test_idx, config, classifier),
-        "finetuned": classical_stage_scores(tuned, y, train_idx, val_idx, test_idx, config, classifier),
-        "classifier": classifier,
-        "histories": histories,
-        "state_dicts": dict(state_dicts),
-        "seconds": {"finetune": t1 - t0, "features": t2 - t1},
+    out: dict[str, Any] = {
+        kind: {c: classical_stage_scores(feats, y, train_idx, val_idx, test_idx, config, c)
+               for c in classifiers}
+        for kind, feats in (("frozen", frozen), ("finetuned", tuned))
     }
+    out.update(histories=histories, state_dicts=dict(state_dicts),
+               seconds={"finetune": t1 - t0, "features": t2 - t1, "classical": time.perf_counter() - t2})
     if progress is not None:
         progress(1.0, "Ablation done")
     return out
@@ -949,6 +946,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Fine-tune the CNN backbones as ALL-vs-normal classifiers (the paper's setup) and "
                     "write their weights to a safetensors file. Run it under torchrun for several GPUs."))
     args = parser.parse_args(argv)
+    if args.deterministic:  # must be set before cuBLAS starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         return run_cli(args)
     except AllguiError as exc:
