@@ -16,6 +16,10 @@ from allgui.state import AppState, Row
 
 COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged")
 SORT_ROLE = Qt.UserRole + 1
+_DISPLAY, _SORT, _DECORATION = int(Qt.DisplayRole.value), int(SORT_ROLE), int(Qt.DecorationRole.value)
+_FOREGROUND, _TOOLTIP, _ALIGN = int(Qt.ForegroundRole.value), int(Qt.ToolTipRole.value), int(Qt.TextAlignmentRole.value)
+_ROLES = {_DISPLAY, _SORT, _DECORATION, _FOREGROUND, _TOOLTIP, _ALIGN}
+_RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
               "vote_share", "decision", "flagged", "threshold", "band", "error")
 
@@ -35,6 +39,7 @@ class BatchModel(QAbstractTableModel):
         self.state = state
         self.thumbs: dict[str, QPixmap] = {}
         self._rows: list[Row] = []
+        self._view: list[tuple] = []
         self._index: dict[str, int] = {}
         state.subscribe("images", self.reset)
         state.subscribe("model", self.reset)
@@ -47,9 +52,24 @@ class BatchModel(QAbstractTableModel):
             i = self._index[path]
             self.dataChanged.emit(self.index(i, 0), self.index(i, 0))
 
+    def _cells(self, r: Row) -> tuple:
+        """Pre-rendered (display, sort key, foreground) per column for one row: data() only looks up."""
+        display = ("", r.file, "" if r.cells is None else str(r.cells),
+                   "" if r.probability is None else f"{r.probability:.3f}", r.decision,
+                   "yes" if r.flagged else ("" if r.decision == "pending" else "no"))
+        sort = (0, r.file, r.cells if r.cells is not None else -1,
+                r.probability if r.probability is not None else -1.0, r.decision, int(r.flagged))
+        colour = DECISION_COLOURS.get(r.decision)
+        fg = QBrush(QColor(*colour)) if colour else (QBrush(QColor(160, 0, 0)) if r.decision == "error" else None)
+        return display, sort, fg
+
+    def _set_rows(self, rows: list[Row]) -> None:
+        self._rows = rows
+        self._view = [self._cells(r) for r in rows]
+
     def reset(self) -> None:
         self.beginResetModel()
-        self._rows = self.state.rows()
+        self._set_rows(self.state.rows())
         self._index = {r.path: i for i, r in enumerate(self._rows)}
         self.endResetModel()
 
@@ -58,12 +78,13 @@ class BatchModel(QAbstractTableModel):
         if i is None:
             return
         self._rows[i] = self.state.row(path)
+        self._view[i] = self._cells(self._rows[i])
         self.dataChanged.emit(self.index(i, 0), self.index(i, len(COLUMNS) - 1))
 
     def update_all(self) -> None:
         if not self._rows:
             return
-        self._rows = self.state.rows()
+        self._set_rows(self.state.rows())
         self.dataChanged.emit(self.index(0, 2), self.index(len(self._rows) - 1, len(COLUMNS) - 1))
 
     def row_at(self, i: int) -> Row:
@@ -77,39 +98,28 @@ class BatchModel(QAbstractTableModel):
         return len(COLUMNS)
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
-        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+        if orientation == Qt.Horizontal and role == _DISPLAY:
             return COLUMNS[section]
         return None
 
     def data(self, index: QModelIndex, role=Qt.DisplayRole):
-        if not index.isValid():
+        role = int(role)
+        if role not in _ROLES:
             return None
-        r = self._rows[index.row()]
-        col = index.column()
-        if role == Qt.DecorationRole and col == 0:
-            return self.thumbs.get(r.path)
-        if role == Qt.DisplayRole:
-            if col == 1:
-                return r.file
-            if col == 2:
-                return "" if r.cells is None else str(r.cells)
-            if col == 3:
-                return "" if r.probability is None else f"{r.probability:.3f}"
-            if col == 4:
-                return r.decision
-            if col == 5:
-                return "yes" if r.flagged else ("" if r.decision == "pending" else "no")
-        if role == SORT_ROLE:
-            return (None, r.file, r.cells if r.cells is not None else -1,
-                    r.probability if r.probability is not None else -1.0, r.decision, int(r.flagged))[col]
-        if role == Qt.ToolTipRole:
-            return r.error or r.path
-        if role == Qt.ForegroundRole and col == 4 and r.decision in DECISION_COLOURS:
-            return QBrush(QColor(*DECISION_COLOURS[r.decision]))
-        if role == Qt.ForegroundRole and r.decision == "error":
-            return QBrush(QColor(160, 0, 0))
-        if role == Qt.TextAlignmentRole and col in (2, 3):
-            return int(Qt.AlignRight | Qt.AlignVCenter)
+        i, col = index.row(), index.column()
+        display, sort, fg = self._view[i]
+        if role == _DISPLAY:
+            return display[col]
+        if role == _SORT:
+            return sort[col]
+        if role == _DECORATION:
+            return self.thumbs.get(self._rows[i].path) if col == 0 else None
+        if role == _FOREGROUND:
+            return fg if (col == 4 or self._rows[i].decision == "error") else None
+        if role == _TOOLTIP:
+            return self._rows[i].error or self._rows[i].path
+        if role == _ALIGN:
+            return _RIGHT if col in (2, 3) else None
         return None
 
     # ---- export -------------------------------------------------------------------------------

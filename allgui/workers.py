@@ -205,17 +205,30 @@ class ProcessTask(Task):
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> "ProcessTask":
+        """Start the child from a helper thread, so spawning never stalls the event loop."""
         self._queue = self._ctx.Queue()
         self._proc = self._ctx.Process(target=_child_main, args=(self.fn, self.args, self.kwargs, self._queue),
                                        daemon=True, name=f"allgui-{self.name}")
         self.running = True
-        self._proc.start()
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+
+        def launch() -> None:
+            try:
+                self._proc.start()
+            except BaseException as exc:  # noqa: BLE001
+                self._start_error = exc
+            self._started.set()
+
+        threading.Thread(target=launch, name=f"start-{self.name}", daemon=True).start()
         self._timer.start()
         return self
 
     def cancel(self) -> None:
         super().cancel()
-        if self._proc is not None and self._proc.is_alive():
+        if self._proc is not None and hasattr(self, "_started"):
+            self._started.wait(10.0)            # a child being spawned is terminated once it exists
+        if self._proc is not None and self._proc.pid is not None and self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(2.0)
             if self._proc.is_alive():
@@ -229,13 +242,16 @@ class ProcessTask(Task):
             self._queue.cancel_join_thread()
             self._queue.close()
             self._queue = None
-        if self._proc is not None and not self._proc.is_alive():
+        if self._proc is not None and self._proc.pid is not None and not self._proc.is_alive():
             self._proc.join(0.1)
         self._finish(kind, payload)
 
     @Slot()
     def _poll(self) -> None:
-        if self._queue is None:
+        if self._queue is None or not self._started.is_set():
+            return
+        if self._start_error is not None:
+            self._stop("failed", f"Could not start the training process: {error_message(self._start_error)}")
             return
         for _ in range(200):                 # bounded so one tick never stalls the loop
             try:

@@ -1,0 +1,165 @@
+"""GUI latency benchmark for allgui.
+
+Measures, in a real window (offscreen by default; run under an X server for on-screen numbers):
+  open      median time from opening a 450x450 crop to its result painted (goal <= 250 ms on 2 cores)
+  slider    median time from a threshold-slider move to the repainted window (goal < 16 ms)
+  stall     longest event-loop stall while a retrain runs in the background (goal < 100 ms)
+
+  python benchmarks/gui_latency.py [--model BUNDLE] [--image CROP.png] [--repeats 15]
+
+Without --model the bundled default model is used; if there is none, a model with the same
+architecture (two backbones, 224 px input, random weights: same cost as ImageNet weights) is
+trained on generated data first. The retrain for the stall measure uses generated data too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _tiny_data(root: Path, size: int = 64, n: int = 12) -> Path:
+    from trainer.synthetic import write_dataset
+
+    return write_dataset(root, layout="cnmc", n_per_class=n, size=size, seed=0, n_subjects=6)
+
+
+def _make_model(tmp: Path, image_size: int) -> str:
+    from trainer.config import TrainConfig
+    from trainer.pipeline import train
+
+    data = _tiny_data(tmp / "model_data", size=96)
+    cfg = TrainConfig(data=str(data), image_size=image_size, weights="none", num_workers=0, batch_size=16,
+                      output=str(tmp / "bench.allmodel"))
+    return str(train(cfg).bundle_path)
+
+
+def _default_image() -> str:
+    samples = sorted((ROOT / "resources" / "samples").glob("*_all.png"))
+    if samples:
+        return str(samples[0])
+    raise SystemExit("no sample crop found; pass --image")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model")
+    ap.add_argument("--image")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--slider-moves", type=int, default=60)
+    ap.add_argument("--image-size", type=int, default=224, help="input size of the stand-in model")
+    ap.add_argument("--no-retrain", action="store_true")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    app = QApplication.instance() or QApplication([])
+    from allgui.main_window import MainWindow
+    from allgui.resources import default_model_path
+    from trainer.config import TrainConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="allgui_bench_"))
+    out: dict = {"platform": app.platformName(), "cpus": os.cpu_count()}
+    try:
+        model = args.model or (str(default_model_path()) if default_model_path().exists() else None)
+        if model is None:
+            t0 = time.perf_counter()
+            model = _make_model(tmp, args.image_size)
+            out["stand_in_model_train_s"] = round(time.perf_counter() - t0, 1)
+        out["model"] = Path(model).name
+        image = args.image or _default_image()
+        settings = QSettings(str(tmp / "settings.ini"), QSettings.IniFormat)
+        win = MainWindow(model=model, settings=settings, models_dir=tmp / "models",
+                         retrain_defaults=TrainConfig(image_size=64, weights="none", num_workers=0,
+                                                      batch_size=16))
+        win.resize(1440, 900)
+        win.show()
+        _wait(app, lambda: win.predictor is not None, 120)
+
+        # open -> result painted
+        shown: dict[str, float] = {}
+        win.predictionShown.connect(lambda p: shown.setdefault(p, time.perf_counter()))
+        times = []
+        for i in range(args.repeats + 1):
+            p = tmp / f"crop_{i:03d}{Path(image).suffix}"
+            shutil.copyfile(image, p)
+            t0 = time.perf_counter()
+            win.open_files([str(p)])
+            _wait(app, lambda: str(p) in shown or str(p) in win.state.errors, 60)
+            win.repaint()                       # paint the result synchronously
+            t1 = time.perf_counter()
+            if i:                               # the first run warms up the networks
+                times.append(t1 - t0)
+        out["open_to_result_ms_median"] = round(1000 * statistics.median(times), 1)
+        out["open_to_result_ms_min"] = round(1000 * min(times), 1)
+        out["predict_ms_median"] = round(1000 * statistics.median(
+            win.state.predictions[p].seconds for p in win.state.predictions), 1)
+
+        # slider -> repaint: (a) the updates Qt schedules, (b) forcing the whole window to repaint
+        win.open_folder(str(Path(image).parent))
+        _wait(app, lambda: not win.state.pending(), 300)
+        out["table_rows"] = len(win.state.paths)
+        for key, paint in (("slider_to_repaint", app.processEvents), ("slider_full_window_repaint", win.repaint)):
+            moves = []
+            for k in range(args.slider_moves):
+                v = 200 + (k * 37) % 600
+                t0 = time.perf_counter()
+                win.side.slider.setValue(v)
+                paint()
+                moves.append(time.perf_counter() - t0)
+            out[f"{key}_ms_median"] = round(1000 * statistics.median(moves), 2)
+            out[f"{key}_ms_max"] = round(1000 * max(moves), 2)
+
+        # event-loop stall during a retrain (child process)
+        if not args.no_retrain:
+            data = _tiny_data(tmp / "retrain_data")
+            QMessageBox.question = staticmethod(lambda *a, **k: QMessageBox.No)
+            QMessageBox.critical = staticmethod(lambda *a, **k: print("retrain failed:", a[2]) or QMessageBox.Ok)
+            dlg = win.show_retrain()
+            dlg.data.setText(str(data))
+            dlg.weights.setCurrentText("none")
+            dlg.device.setCurrentText("cpu")
+            ticks: list[float] = []
+            timer = QTimer()
+            timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+            timer.start(5)
+            t0 = time.perf_counter()
+            dlg.start()
+            _wait(app, lambda: not dlg.running(), 600)
+            timer.stop()
+            gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+            worst = sorted(range(len(gaps)), key=gaps.__getitem__)[-3:]
+            out["retrain_worst_stalls_at_s"] = [(round(ticks[i] - t0, 2), round(1000 * gaps[i], 1)) for i in worst]
+            out["retrain_s"] = round(time.perf_counter() - t0, 1)
+            out["retrain_ok"] = dlg.result is not None
+            out["retrain_max_stall_ms"] = round(1000 * max(gaps), 1)
+            out["retrain_p99_stall_ms"] = round(1000 * sorted(gaps)[int(0.99 * (len(gaps) - 1))], 1)
+        win.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(out, indent=2))
+    return out
+
+
+def _wait(app, cond, timeout_s: float) -> None:
+    end = time.perf_counter() + timeout_s
+    while not cond():
+        if time.perf_counter() > end:
+            raise TimeoutError("timed out")
+        app.processEvents()
+        time.sleep(0.001)
+
+
+if __name__ == "__main__":
+    main()
