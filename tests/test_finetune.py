@@ -232,7 +232,9 @@ def test_cli_writes_weights(tmp_path, capsys):
     assert meta["finetune_config"]["epochs"] == 1
     assert len(meta["history"]["densenet121"]["epoch"]) == 1
     assert "written to" in capsys.readouterr().out
-    build_backbone("densenet121", state_dict=states["densenet121"])  # loads without missing keys
+    # the file works as ``--weights`` (bundle layout ``<backbone>/<param>``): same weights as loaded
+    from_file = build_backbone("densenet121", weights=str(out)).state_dict()
+    assert all(torch.equal(from_file[k], states["densenet121"][k]) for k in from_file)
 
 
 def test_ablation_compares_frozen_and_finetuned_features(data, reference):

@@ -155,6 +155,9 @@ def _read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _normalise_keys(name: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes, drop classifier-head keys, rename old DenseNet keys."""
+    own = f"{name}/"
+    if any(k.startswith(own) for k in state_dict):  # several backbones in one file: ``<name>/<param>``
+        state_dict = {k[len(own):]: v for k, v in state_dict.items() if k.startswith(own)}
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         changed = True
