@@ -483,7 +483,8 @@ def finetune_backbone(
     backbone's weights only (CPU tensors, loadable by ``build_backbone(name, state_dict=...)``) and a
     history dict with per-epoch lists ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``,
     ``seconds``, ``train_images_per_s`` and ``best_epoch``, ``best_val_loss``, ``stopped_early``,
-    ``resumed_from_epoch``, ``pos_weight``, ``device``, ``amp``, ``config``.
+    ``resumed_from_epoch``, ``pos_weight``, ``device``, ``amp``, ``init`` (the initial weights: ImageNet
+    when asked for and available, else from scratch), ``config``.
 
     Raises ``Cancelled`` (the last finished epoch stays in the checkpoint), ``DataError`` for empty or
     one-class splits, ``AllguiError`` when training diverges.
@@ -526,7 +527,17 @@ def finetune_backbone(
     val_loader = _loader(val_ds, val_sampler, bs, int(workers), dev, False)
 
     # ---- model, loss, optimiser
-    model = build_classifier_model(name, cfg.weights, num_classes=1, seed=cfg.seed)
+    init = str(cfg.weights)
+    try:
+        model = build_classifier_model(name, cfg.weights, num_classes=1, seed=cfg.seed)
+    except AllguiError as exc:
+        if init.lower() != "imagenet":
+            raise
+        # the rule: ImageNet weights when available, from scratch otherwise
+        init = f"none (ImageNet weights unavailable: {exc})"
+        if report:
+            report(0.0, f"{name}: ImageNet weights unavailable, fine-tuning from scratch")
+        model = build_classifier_model(name, "none", num_classes=1, seed=cfg.seed)
     for p in model.parameters():
         p.requires_grad_(True)
     if info.active and cfg.sync_bn and dev.type == "cuda":
@@ -683,6 +694,7 @@ def finetune_backbone(
     backbone_state = {k[len("backbone."):]: v for k, v in best_state.items() if k.startswith("backbone.")}
     history.update({
         "backbone": name,
+        "init": init,
         "best_epoch": stopper.best_epoch,
         "best_val_loss": stopper.best,
         "stopped_early": stopper.should_stop and len(history["epoch"]) < epochs,
