@@ -178,3 +178,12 @@ def test_run_evaluation_end_to_end_on_synthetic_images(tmp_path):
     assert data["protocols"]["subject"]["holdout"]["split"]["test_in_train_groups"] == 0.0
     assert seen[-1] == 1.0 and all(a <= b + 1e-9 for a, b in zip(seen, seen[1:]))
     assert str(out) == str(out.markdown_path)
+
+
+def test_cv_folds_reduced_to_what_the_subjects_allow():
+    feats, y, samples = _grouped_features(n_groups=6, per_group=4, signal=5.0, seed=3)
+    res = evaluate_features(feats, samples, TrainConfig(classifiers=("knn",)), n_boot=50,
+                            n_folds=5, protocols=("subject",), ablation=False)
+    cv = res["protocols"]["subject"]["cv"]
+    assert cv["n_folds"] == 3 and len(cv["folds"]) == 3
+    assert "5 folds requested, 3 used" in cv["note"]

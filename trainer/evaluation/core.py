@@ -168,7 +168,14 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
     the ensemble weights, calibrator and threshold need. Tests (paired t, Wilcoxon,
     Nadeau-Bengio) compare the ensemble's per-fold accuracy and AUC with each classifier's.
     """
-    from trainer.data import cv_folds
+    from trainer.data import cv_folds, max_folds
+    note = ""
+    feasible = max_folds(samples, protocol=protocol)
+    if feasible < n_folds:
+        unit = "subjects/groups" if protocol == "subject" else "images"
+        note = (f"{n_folds} folds requested, {feasible} used: the smaller class has only "
+                f"{feasible} {unit}, and every test fold needs both classes.")
+        n_folds = feasible
     folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed)
     per_fold = []
     names: list[str] = []
@@ -205,7 +212,7 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
             if any(v is None for v in a + b):
                 continue
             tests[m][n] = compare_folds(a, b, n_train, n_test)
-    return {"n_folds": len(folds), "classifier_names": names, "folds": per_fold,
+    return {"n_folds": len(folds), "note": note, "classifier_names": names, "folds": per_fold,
             "summary": summary, "tests": tests, "n_train_mean": n_train, "n_test_mean": n_test}
 
 

@@ -93,21 +93,22 @@ def reliability_figure(holdout: dict[str, Any], title: str, path: Path) -> Path:
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="Perfect calibration")
     edges = np.asarray(cal["raw"]["curve"]["bin_edges"])
     width = np.diff(edges)
-    for key, label, color, off in (("raw", "Before (weighted soft vote)", "#1f77b4", 0.0),
+    for key, label, color, off in (("raw", "Before (weighted soft vote)", "#1f77b4", 0.28),
                                    ("calibrated", f"After ({holdout['calibration_method']})",
-                                    "#d62728", 0.5)):
+                                    "#d62728", 0.72)):
         c = cal[key]["curve"]
         mp = np.array([np.nan if v is None else v for v in c["mean_predicted"]], dtype=float)
         fp = np.array([np.nan if v is None else v for v in c["fraction_positive"]], dtype=float)
         ok = np.isfinite(mp)
         ax.plot(mp[ok], fp[ok], "o-", color=color,
                 label=f"{label}: Brier {cal[key]['brier']:.3f}, ECE {cal[key]['ece']:.3f}")
-        axh.bar(edges[:-1] + width * off / 2 + width * 0.25, c["count"], width=width * 0.45,
+        axh.bar(edges[:-1] + width * off, c["count"], width=width * 0.42,
                 color=color, alpha=0.7, label=label.split(":")[0])
     ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="Observed fraction ALL",
            title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8.5)
     axh.set(xlabel="Predicted probability of ALL (10 equal-width bins)", ylabel="Test images")
     axh.grid(alpha=0.3)
     return _save(fig, path)
@@ -160,10 +161,10 @@ def ablation_figure(ablation: dict[str, Any], title: str, path: Path) -> Path:
         vals = [100 * (r["rows"][ENSEMBLE][m] or 0.0) for r in rows]
         bars = ax.bar(x + (k - 2) * w, vals, w, label=m.upper() if m == "auc" else m.capitalize())
         for b, v in zip(bars, vals):
-            ax.text(b.get_x() + b.get_width() / 2, v + 0.5, f"{v:.0f}", ha="center",
-                    va="bottom", fontsize=6.5)
+            ax.text(b.get_x() + b.get_width() / 2, v + 1, f"{v:.1f}", ha="center",
+                    va="bottom", fontsize=6.5, rotation=90)
     ax.set_xticks(x, [ablation_label(r) for r in rows], fontsize=8)
-    ax.set(ylim=(0, 109), ylabel="Ensemble, held-out test (%)", title=title)
+    ax.set(ylim=(0, 118), ylabel="Ensemble, held-out test (%)", title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(ncol=5, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17))
     return _save(fig, path)

@@ -141,6 +141,8 @@ def _cv_md(proto: str, cv: dict[str, Any], figs: dict[str, str]) -> list[str]:
     names = _ordered(cv["classifier_names"])
     models = names + [ENSEMBLE, ENSEMBLE_CAL]
     lines = [f"## {cv['n_folds']}-fold cross-validation: {PROTOCOL_LABELS[proto]}", ""]
+    if cv.get("note"):
+        lines += [f"> {cv['note']}", ""]
     lines += ["**Per-fold accuracy (%)**", ""]
     rows = [[str(f["fold"]), str(f["n_test"])] + [_pct(f["metrics"][n]["accuracy"]) for n in models]
             for f in cv["folds"]]
@@ -174,8 +176,10 @@ def _cv_md(proto: str, cv: dict[str, Any], figs: dict[str, str]) -> list[str]:
         lines += _table(["Comparison", "Mean difference" + (" (points)" if m != "auc" else ""),
                          "t-test (p)", "Wilcoxon (p)", "Nadeau-Bengio (p)", "Significance"], rows)
         lines += [f"With {cv['n_folds']} folds the exact two-sided Wilcoxon test cannot give p "
-                  f"below 2/2^{cv['n_folds']} = {2 / 2 ** cv['n_folds']:.4f} (less with ties or zero "
-                  "differences), so it cannot reach significance at 0.05 with 5 folds.", ""]
+                  f"below 2/2^{cv['n_folds']} = {2 / 2 ** cv['n_folds']:.4f} (higher still with zero "
+                  "differences)"
+                  + (", so it cannot reach significance at 0.05." if cv["n_folds"] <= 5 else ".")
+                  + " Wilcoxon p-values below that, as in the paper's Table 5, are not possible.", ""]
     if "cv" in figs:
         lines += [f"![cv folds]({figs['cv']})", ""]
     return lines
@@ -183,8 +187,8 @@ def _cv_md(proto: str, cv: dict[str, Any], figs: dict[str, str]) -> list[str]:
 
 def _ablation_md(ab: dict[str, Any], fig: str | None) -> list[str]:
     lines = [f"## Ablation: feature sets and PCA (layout of the paper's Table 4)", "",
-             f"Same {PROTOCOL_LABELS[ab['protocol']]} train/validation/test split and settings for "
-             "every row; metrics of the ensemble (eq. 8) on the held-out test set, and the best "
+             f"One train/validation/test split ({PROTOCOL_LABELS[ab['protocol']]}) and the same "
+             "settings for every row; metrics of the ensemble (eq. 8) on the held-out test set, and the best "
              "single classifier by accuracy.", ""]
     rows = []
     for r in ab["rows"]:
@@ -242,9 +246,7 @@ def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
     cfg = meta.get("config", {})
     ds = meta.get("dataset", {})
     lines = ["# ALL blast detection: evaluation report", ""]
-    if ds:
-        lines.append(f"Data: `{ds.get('name', '')}`, {ds.get('summary', '')}.")
-    lines += [f"{meta['n']} images ({meta['n_positive']} ALL, {meta['n'] - meta['n_positive']} normal)"
+    lines += [(f"Data: `{ds['name']}`, " if ds.get("name") else "") + f"{meta['n']} images ({meta['n_positive']} ALL, {meta['n'] - meta['n_positive']} normal)"
               f", {meta['n_groups']} subjects/groups. Backbones: "
               + ", ".join(f"{F.BACKBONE_DISPLAY.get(b, b)} ({meta['feature_dims'][b]})"
                           for b in meta["backbones"])
