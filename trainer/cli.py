@@ -58,10 +58,25 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=default_cache_dir(),
                    help="feature cache folder (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
-    g.add_argument("--finetune", action="store_true",
-                   help="fine-tune both backbones on the training split before extracting features")
+    g.add_argument("--finetune", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="fine-tune both backbones on the training split before extracting features; "
+                        "auto (default) = on when training on a CUDA GPU, off on the CPU")
     g.add_argument("--epochs", type=int, default=50, help="fine-tuning epochs at most (default: 50)")
     g.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
+    g.add_argument("--finetune-lr", type=float, default=1e-4, help="Adam learning rate for fine-tuning (default: 1e-4)")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="fine-tuning checkpoints, one per epoch; a rerun resumes from them")
+    g.add_argument("--deterministic", action="store_true", help="deterministic fine-tuning (slower)")
+    g.add_argument("--no-amp", action="store_true", help="no mixed precision when fine-tuning on CUDA")
+
+
+def _finetune_wanted(choice: str, device: str) -> bool:
+    if choice != "auto":
+        return choice == "on"
+    if device == "cpu":
+        return False
+    import torch
+    return bool(torch.cuda.is_available())
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
@@ -72,8 +87,10 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         gamma=a.gamma, batch_size=a.batch_size, num_workers=a.workers, device=a.device,
         pca=not a.no_pca, classifiers=tuple(_csv_list(a.classifiers) or CLASSIFIER_NAMES),
         calibration=a.calibration, cache_dir=None if a.no_cache else a.cache_dir,
-        output=str(getattr(a, "output", "model.allmodel")), finetune=a.finetune,
-        finetune_epochs=a.epochs, finetune_patience=a.patience)
+        output=str(getattr(a, "output", "model.allmodel")), finetune=_finetune_wanted(a.finetune, a.device),
+        finetune_epochs=a.epochs, finetune_patience=a.patience, finetune_lr=a.finetune_lr,
+        finetune_checkpoint_dir=a.checkpoint_dir, finetune_deterministic=a.deterministic,
+        finetune_amp=not a.no_amp)
 
 
 class ProgressBar:
@@ -113,6 +130,8 @@ def cmd_train(a) -> int:
         result = train(config, progress=bar)
     finally:
         bar.close()
+    if result is None:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     ens = result.metrics.get("ensemble") or result.card["metrics"]["validation"]["ensemble"]
     print(f"Model written to {result.bundle_path} ({result.seconds:.0f} s)")
     split = result.card["split"]

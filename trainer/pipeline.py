@@ -113,6 +113,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     """Train on ``config.data`` and write the bundle to ``config.output`` (atomically).
 
     Nothing is written unless every step succeeds; a cancel raises :class:`Cancelled`.
+    Under ``torchrun`` with ``config.finetune`` every process fine-tunes, and only rank 0
+    continues (the others return None).
     """
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
@@ -135,6 +137,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
             [paths[i] for i in train_idx], y_all[train_idx], [paths[i] for i in val_idx], y_all[val_idx],
             cfg=config, backbones=config.backbones, device=config.device,
             progress=stage(progress, 0.05, 0.5), cancel=cancel)
+        from .finetune import is_main_process
+        if not is_main_process():  # under torchrun only rank 0 builds and saves the model
+            return None  # type: ignore[return-value]
         lo = 0.5
     extractor = make_extractor(config, state_dicts)
     feats = extractor.extract(dataset.paths, progress=stage(progress, lo, 0.85), cancel=cancel)
