@@ -152,3 +152,23 @@ def test_one_class_folder_and_unreadable_files(tiny_config, tmp_path):
     skipped = result.card["trained_on"]["skipped_files"]
     assert result.card["trained_on"]["n_skipped"] == 1 and "UID_99_1_1_all.bmp" in skipped[0][0]
     assert result.card["trained_on"]["n_images"] == 12
+
+
+def test_finetuned_backbones_travel_in_the_bundle(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, image_size=32, finetune=True, finetune_epochs=1,
+                              output=str(tmp_path / "ft.allmodel"), cache_dir=None,
+                              classifiers=("svm", "knn"))
+    result = train(cfg)
+    assert result.card["method"]["finetuned"] is True
+    assert set(result.card["finetune"]) == {"densenet121", "resnet34"}
+    bundle = load_bundle(result.bundle_path)
+    assert set(bundle.backbone_state) == {"densenet121", "resnet34"}
+    assert all(v.startswith("finetuned:") for v in result.card["method"]["backbones"].values())
+    # loading verifies the probe features computed at training time: the fine-tuned weights
+    # from the bundle reproduce them, the random initialisation they started from does not
+    p = Predictor.from_bundle(result.bundle_path)
+    img, _ = make_cell_image(64, malignant=True, rng=np.random.default_rng(11))
+    assert 0.0 <= p.predict(img).whole.probability <= 1.0
+    bundle.backbone_state = None
+    with pytest.raises(BundleError, match="does not give the features"):
+        Predictor(bundle)

@@ -111,7 +111,9 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default))
         for name, data in members.items():
-            zf.writestr(name, data)
+            # float weights do not deflate; storing them keeps saving fast
+            zf.writestr(name, data, compress_type=zipfile.ZIP_STORED if name == "backbones.safetensors"
+                        else zipfile.ZIP_DEFLATED)
     _atomic_write(path, buf.getvalue())
     bundle.path = path
     return path
