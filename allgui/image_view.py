@@ -107,7 +107,7 @@ class ImageView(pg.GraphicsLayoutWidget):
             self.viewbox.addItem(item)
             self.cell_items.append(item)
             if pred.kind == "field":
-                label = pg.TextItem("", anchor=(0, 1))
+                label = pg.TextItem("", anchor=(0, 1), fill=pg.mkBrush(255, 255, 255, 190))
                 x, y = contour.min(axis=0)
                 label.setPos(float(x), float(y))
                 label.setZValue(11)
@@ -124,17 +124,17 @@ class ImageView(pg.GraphicsLayoutWidget):
         visible = st.overlay_visible
         regions = cell_regions(pred)
         for k, (item, (index, _, p)) in enumerate(zip(self.cell_items, regions)):
-            colour = probability_colour(p, st.threshold)
+            colour = probability_colour(p, st.threshold, st.band)
             uncertain = abs(p - st.threshold) < st.band
             selected = pred.kind == "field" and index == st.selected_cell
             width = 3.0 if st.overlay_mode == "outline" else 1.5
             item.set_style(colour, width, uncertain, selected)
             item.setVisible(visible)
             if k < len(self.labels):
-                self.labels[k].setText(f"{p:.2f}", color=QColor(*colour))
+                self.labels[k].setText(f"#{index + 1}  {p:.2f}", color=QColor(*colour))
                 self.labels[k].setVisible(visible)
         if visible and st.overlay_mode == "fill":
-            self.fill_item.setImage(fill_overlay(pred, st.threshold, st.overlay_opacity),
+            self.fill_item.setImage(fill_overlay(pred, st.threshold, st.overlay_opacity, st.band),
                                     levels=(0, 255), autoLevels=False)
             self.fill_item.setVisible(True)
         else:

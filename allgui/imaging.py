@@ -1,8 +1,9 @@
 """Colours for probabilities and overlay drawing on numpy images (for display and export).
 
-Colour rule, shared by the view, the table and exported overlays: a diverging scale centred on
-the decision threshold, blue (normal) -> amber (at the threshold, uncertain) -> red (ALL blast).
-So moving the threshold recolours every cell without touching its probability.
+Colour rule, shared by the view and exported overlays: the colour says the decision at the current
+threshold and its shade how sure the probability is: blue (normal, darker = lower probability),
+amber (inside the uncertain band), red (ALL blast, darker = higher probability). Moving the
+threshold recolours every cell without touching its probability.
 """
 from __future__ import annotations
 
@@ -11,22 +12,27 @@ import numpy as np
 
 from trainer.results import DECISION_ALL, DECISION_UNCERTAIN, ImagePrediction, decide
 
-BLUE = np.array([33, 113, 181], float)     # normal
-AMBER = np.array([253, 174, 45], float)    # at the threshold
-RED = np.array([215, 25, 28], float)       # ALL blast
+BLUE = np.array([8, 69, 148], float)        # p = 0, surely normal
+LIGHT_BLUE = np.array([90, 160, 215], float)  # normal, just below the uncertain band
+AMBER = np.array([240, 150, 0], float)       # inside the uncertain band around the threshold
+ORANGE_RED = np.array([240, 80, 40], float)  # ALL blast, just above the band
+RED = np.array([165, 0, 38], float)          # p = 1, surely ALL blast
 DECISION_COLOURS = {"ALL blast": (215, 25, 28), "normal": (33, 113, 181), "uncertain, review": (230, 140, 0)}
 
 
-def probability_colour(p: float, threshold: float) -> tuple[int, int, int]:
-    """RGB 0..255 for probability ``p`` on the blue-amber-red scale centred on ``threshold``."""
+def probability_colour(p: float, threshold: float, band: float = 0.05) -> tuple[int, int, int]:
+    """RGB 0..255 for probability ``p``: blue shades below the uncertain band (darker = surer
+    normal), amber inside ``threshold +- band``, red shades above it (darker = surer ALL)."""
     p = float(min(1.0, max(0.0, p)))
-    t = float(min(0.999, max(0.001, threshold)))
-    if p < t:
-        a = p / t
-        c = BLUE + (AMBER - BLUE) * a ** 1.5
+    lo, hi = max(0.0, threshold - band), min(1.0, threshold + band)
+    if abs(p - threshold) < band:
+        c = AMBER
+    elif p < threshold:
+        a = 1.0 - p / lo if lo > 0 else 1.0
+        c = LIGHT_BLUE + (BLUE - LIGHT_BLUE) * a
     else:
-        a = (p - t) / (1.0 - t)
-        c = AMBER + (RED - AMBER) * a ** 0.67
+        a = (p - hi) / (1.0 - hi) if hi < 1 else 1.0
+        c = ORANGE_RED + (RED - ORANGE_RED) * a
     return tuple(int(round(v)) for v in c)
 
 
@@ -64,7 +70,7 @@ def mask_contours(mask: np.ndarray, min_area: float = 4.0) -> list[np.ndarray]:
     return [c.reshape(-1, 2).astype(np.int32) for c in cs if cv2.contourArea(c) >= min_area]
 
 
-def fill_overlay(pred: ImagePrediction, threshold: float, opacity: float) -> np.ndarray:
+def fill_overlay(pred: ImagePrediction, threshold: float, opacity: float, band: float = 0.05) -> np.ndarray:
     """RGBA uint8 (H, W, 4): nuclei filled in their probability colour at ``opacity`` (0..1)."""
     h, w = pred.shape
     rgba = np.zeros((h, w, 4), np.uint8)
@@ -76,7 +82,7 @@ def fill_overlay(pred: ImagePrediction, threshold: float, opacity: float) -> np.
         inside = region.astype(bool)
         if mask.shape == (h, w) and np.any(mask & inside):
             inside &= mask                   # fill the nucleus, not the whole polygon
-        rgba[inside, :3] = probability_colour(p, threshold)
+        rgba[inside, :3] = probability_colour(p, threshold, band)
         rgba[inside, 3] = alpha
     return rgba
 
@@ -86,12 +92,12 @@ def draw_overlay(image: np.ndarray, pred: ImagePrediction, threshold: float, ban
     """Image (H, W, 3) uint8 RGB with the nuclei drawn as the app shows them, for saving."""
     out = np.ascontiguousarray(image[..., :3], np.uint8).copy()
     if mode == "fill":
-        rgba = fill_overlay(pred, threshold, opacity).astype(np.float32)
+        rgba = fill_overlay(pred, threshold, opacity, band).astype(np.float32)
         a = rgba[..., 3:4] / 255.0
         out = (out * (1 - a) + rgba[..., :3] * a).astype(np.uint8)
     thick = max(1, round(max(pred.shape) / 220))
     for idx, contour, p in cell_regions(pred):
-        colour = probability_colour(p, threshold)
+        colour = probability_colour(p, threshold, band)
         if mode == "outline" or decide(p, threshold, band) != "normal":
             cv2.polylines(out, [contour.reshape(-1, 1, 2)], True, colour, thick, cv2.LINE_AA)
         if label:

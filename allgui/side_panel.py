@@ -166,9 +166,10 @@ class SidePanel(QWidget):
         brow.addWidget(self.band)
         brow.addStretch(1)
         tl.addLayout(brow)
-        legend = QLabel("Outline colour: <span style='color:#2171b5'>\u25a0 normal</span> \u2192 "
-                        "<span style='color:#e68c00'>\u25a0 at threshold</span> \u2192 "
-                        "<span style='color:#d7191c'>\u25a0 ALL blast</span>; dashed = uncertain, review")
+        legend = QLabel("Outlines: <span style='color:#08458f'>\u25a0</span><span style='color:#5aa0d7'>\u25a0</span>"
+                        " normal \u00b7 <span style='color:#f09600'>\u25a0</span> uncertain, review (dashed) \u00b7 "
+                        "<span style='color:#f05028'>\u25a0</span><span style='color:#a50026'>\u25a0</span> ALL blast"
+                        "; darker = further from the threshold")
         legend.setWordWrap(True)
         tl.addWidget(legend)
         self.sens_spec = QLabel("\u2014")
@@ -278,7 +279,7 @@ class SidePanel(QWidget):
         self.decision.setText(decision)
         r, g, b = DECISION_COLOURS[decision]
         self.decision.setStyleSheet(f"color: rgb({r},{g},{b});")
-        cr, cg, cb = probability_colour(p, st.threshold)
+        cr, cg, cb = probability_colour(p, st.threshold, st.band)
         self.calibrated.setText(f"<b style='color:rgb({cr},{cg},{cb})'>{p:.3f}</b>")
         counts = pred.count(st.threshold, st.band)
         n = sum(counts.values())

@@ -147,19 +147,24 @@ def test_slider_redecides_without_computing_features(qtbot, window, images, monk
 
     probs = [win.state.predictions[p].probability for p in paths]
     win.state.set_current(images["field"])
-    pens_before = [it.pen().color().name() for it in win.image_view.cell_items]
     lo = max(0.0, min(probs) - 0.2)
     win.side.slider.setValue(int(lo * 1000))          # the user drags the slider to the left
     assert win.state.threshold == pytest.approx(lo, abs=1e-3)
     low = [win.table.batch.row_at(i).decision for i in range(3)]
-    pens_low = [it.pen().color().name() for it in win.image_view.cell_items]
+    pens_low = [it.pen().color() for it in win.image_view.cell_items]
     win.side.slider.setValue(1000)
     high = [win.table.batch.row_at(i).decision for i in range(3)]
     # every image is ALL blast (or uncertain) at a low threshold and normal / uncertain at 1.0
     assert all(d in (DECISION_ALL, DECISION_UNCERTAIN) for d in low) and DECISION_ALL in low
     assert all(d in (DECISION_NORMAL, DECISION_UNCERTAIN) for d in high)
     assert win.side.decision.text() == win.state.decide(win.state.prediction.probability)
-    assert pens_low != [it.pen().color().name() for it in win.image_view.cell_items] or pens_low != pens_before
+    # outline colours follow: red shades for ALL blast at the low threshold, blue for normal at 1.0
+    field = win.state.prediction
+    for cell, item_low, item_high in zip(field.cells, pens_low, win.image_view.cell_items):
+        if cell.probability > lo + win.state.band:
+            assert item_low.red() > item_low.blue()
+        if cell.probability < 1.0 - win.state.band:
+            assert item_high.pen().color().blue() > item_high.pen().color().red()
     sens, spec = win.predictor.operating_point(1.0)
     assert f"sensitivity {sens:.1%}" in win.side.sens_spec.text()
     assert calls == []                                 # nothing was recomputed
