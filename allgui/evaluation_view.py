@@ -84,7 +84,7 @@ class EvaluationView(QWidget):
         grid = QGridLayout()
         self.roc = _plot("ROC", "1 - specificity", "sensitivity")
         self.pr = _plot("Precision-recall", "recall", "precision")
-        self.cal = _plot("Calibration", "mean predicted P(ALL)", "fraction ALL")
+        self.cal = _plot("Calibration (10 bins; dot size ~ images in bin)", "mean predicted P(ALL)", "fraction ALL")
         self.cm = QLabel()
         self.cm.setAlignment(Qt.AlignCenter)
         self.cm.setMinimumSize(260, 220)
@@ -123,8 +123,9 @@ class EvaluationView(QWidget):
         rc = M.reliability_curve(y, p, n_bins=10)
         ok = rc["count"] > 0
         self.cal.plot([0, 1], [0, 1], pen=pg.mkPen((180, 180, 180), style=Qt.DashLine))
-        self.cal.plot(rc["mean_predicted"][ok], rc["fraction_positive"][ok], pen=pg.mkPen((215, 25, 28), width=2),
-                      symbol="o", symbolSize=6, symbolBrush=(215, 25, 28))
+        sizes = 5 + 14 * np.sqrt(rc["count"][ok] / rc["count"].max())
+        self.cal.plot(rc["mean_predicted"][ok], rc["fraction_positive"][ok], pen=pg.mkPen((215, 25, 28), width=1.5),
+                      symbol="o", symbolSize=list(sizes), symbolBrush=(215, 25, 28))
         cm = tm["confusion_matrix"]
         self.cm.setText(
             f"<b>Confusion matrix</b> at threshold {t:.3f} ({name}, n = {len(y)})"

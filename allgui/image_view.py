@@ -8,7 +8,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QColor, QPainterPath, QPen
-from PySide6.QtWidgets import QGraphicsPathItem
+from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsRectItem
 
 from allgui.imaging import cell_regions, fill_overlay, probability_colour
 from allgui.state import AppState
@@ -52,6 +52,15 @@ class ImageView(pg.GraphicsLayoutWidget):
         self.fill_item.setZValue(5)
         self.viewbox.addItem(self.image_item)
         self.viewbox.addItem(self.fill_item)
+        self.selection_box = QGraphicsRectItem()
+        pen = QPen(QColor(20, 20, 20))
+        pen.setCosmetic(True)
+        pen.setWidthF(1.5)
+        pen.setStyle(Qt.DashLine)
+        self.selection_box.setPen(pen)
+        self.selection_box.setZValue(12)
+        self.selection_box.hide()
+        self.viewbox.addItem(self.selection_box)
         self.cell_items: list[_CellItem] = []
         self.labels: list[pg.TextItem] = []
         self.image: np.ndarray | None = None
@@ -92,6 +101,7 @@ class ImageView(pg.GraphicsLayoutWidget):
             self.viewbox.removeItem(it)
         self.cell_items, self.labels = [], []
         self.fill_item.clear()
+        self.selection_box.hide()
         self._shown_prediction = None
 
     def refresh_overlay(self) -> None:
@@ -133,6 +143,12 @@ class ImageView(pg.GraphicsLayoutWidget):
             if k < len(self.labels):
                 self.labels[k].setText(f"#{index + 1}  {p:.2f}", color=QColor(*colour))
                 self.labels[k].setVisible(visible)
+        self.selection_box.hide()
+        if pred.kind == "field" and 0 <= st.selected_cell < len(pred.cells):
+            x, y, w, h = pred.cells[st.selected_cell].bbox
+            m = max(3, 0.08 * max(w, h))
+            self.selection_box.setRect(x - m, y - m, w + 2 * m, h + 2 * m)
+            self.selection_box.show()
         if visible and st.overlay_mode == "fill":
             self.fill_item.setImage(fill_overlay(pred, st.threshold, st.overlay_opacity, st.band),
                                     levels=(0, 255), autoLevels=False)

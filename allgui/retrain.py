@@ -121,6 +121,9 @@ class RetrainDialog(QDialog):
         self.buttons = QDialogButtonBox()
         self.start_btn = self.buttons.addButton("Start training", QDialogButtonBox.AcceptRole)
         self.cancel_btn = self.buttons.addButton("Cancel training", QDialogButtonBox.RejectRole)
+        self.use_btn = self.buttons.addButton("Use the new model", QDialogButtonBox.ApplyRole)
+        self.use_btn.setEnabled(False)
+        self.use_btn.clicked.connect(lambda: self.result and self.accepted_model.emit(self.result["bundle_path"]))
         self.close_btn = self.buttons.addButton("Close", QDialogButtonBox.DestructiveRole)
         self.cancel_btn.setEnabled(False)
         self.start_btn.clicked.connect(self.start)
@@ -164,6 +167,7 @@ class RetrainDialog(QDialog):
             self.settings.setValue(f"retrain/{key}", val)
         self._clear_evaluation()
         self.result = None
+        self.use_btn.setEnabled(False)
         self.log.clear()
         self._append(f"Training on {cfg.data} (layout {cfg.layout}, split {cfg.split}, weights {cfg.weights}, "
                      f"device {cfg.device}); new model file: {cfg.output}")
@@ -232,6 +236,7 @@ class RetrainDialog(QDialog):
         self._append(f"New model written to {result['bundle_path']}")
         threshold = _threshold_of(result)
         self.show_evaluation(result.get("evaluation"), threshold)
+        self.use_btn.setEnabled(True)
         if self.ask_switch():
             self.accepted_model.emit(result["bundle_path"])
 

@@ -133,6 +133,8 @@ def test_field_cells_are_outlined_and_clickable(qtbot, window, images):
     qtbot.mouseClick(win.image_view.viewport(), Qt.LeftButton, pos=view_pt)
     qtbot.waitUntil(lambda: win.state.selected_cell == target.index, timeout=2000)
     assert f"cell {target.index + 1} of {len(pred.cells)}" in win.side.where.text()
+    assert win.image_view.selection_box.isVisible()
+    assert win.image_view.selection_box.rect().contains(QPointF(cx, cy))
     assert win.side.raw.text() == f"{target.raw_probability:.3f}"
 
 
@@ -266,7 +268,7 @@ def test_retrain_from_menu_keeps_window_responsive_and_switches(qtbot, window, t
     timer.stop()
     gaps = np.diff(ticks)
     assert len(ticks) > 50 and gaps.max() < 0.5, f"event loop stalled {gaps.max():.3f} s"
-    assert dlg.progress.value() == 1000
+    assert dlg.progress.value() == 1000 and dlg.use_btn.isEnabled()
     ev = dlg.evaluation_view
     assert list(ev.splits) == ["test"] and "AUC" in ev.summary.text()
     new = dlg.result["bundle_path"]
