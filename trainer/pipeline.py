@@ -79,6 +79,24 @@ def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
     return config.split
 
 
+def split_dataset(dataset: Dataset, protocol: str, config: TrainConfig):
+    """Train / validation / test indices, stratified by source class where possible.
+
+    Stratifying on the classes found in the data (e.g. Benign, Early, Pre, Pro, or the data
+    sources of a combined set) puts every subtype into every part; when the groups make that
+    impossible, the split is stratified on the binary label alone.
+    """
+    groups = dataset.groups if protocol == "subject" else None
+    kw = dict(protocol=protocol, fractions=tuple(config.fractions), seed=config.seed)
+    strata = np.array([f"{s.label}:{s.class_name}" for s in dataset.samples])
+    if len(set(strata.tolist())) > 2:
+        try:
+            return split_train_val_test(strata, groups, **kw)
+        except DataError:
+            pass
+    return split_train_val_test(dataset.labels, groups, **kw)
+
+
 def data_fingerprint(dataset: Dataset) -> str:
     """SHA-256 over every sample's file name, size and label (cheap; no image is read)."""
     h = hashlib.sha256()
@@ -121,9 +139,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
     say(0.0, f"Reading {config.data}")
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
     protocol = resolve_protocol(config, dataset)
-    train_idx, val_idx, test_idx = split_train_val_test(
-        dataset.labels, dataset.groups if protocol == "subject" else None,
-        protocol=protocol, fractions=tuple(config.fractions), seed=config.seed)
+    train_idx, val_idx, test_idx = split_dataset(dataset, protocol, config)
     say(0.05, f"{dataset.summary()}; {protocol}-level split "
               f"{len(train_idx)}/{len(val_idx)}/{len(test_idx)}")
     check_cancel(cancel)

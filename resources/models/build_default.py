@@ -60,6 +60,47 @@ def combined_folder(cnmc: Path, aria: Path, dest: Path) -> Path:
     return dest
 
 
+LIMITATIONS = [
+    "Backbones are randomly initialised (no ImageNet weights could be used when it was built): the "
+    "deep features are generic, so accuracy is far below the paper's.",
+    "Most training images are Aria et al. smear fields; only 55 C-NMC single-cell crops were used. "
+    "On C-NMC-style crops its output is not validated (see test_by_source) and should not be trusted.",
+    "Validation and test splits hold few subjects/groups (the Aria set has four benign groups), so the "
+    "threshold chosen on validation transfers poorly: check sensitivity and specificity at the threshold "
+    "you use.",
+    "Per-cell probabilities on smear fields come from a model trained on whole fields.",
+]
+
+
+def annotate(bundle_path: Path, root: Path) -> dict:
+    """Add per-source test metrics and the limitations to the bundle's model card (rewritten atomically)."""
+    import numpy as np
+
+    from trainer import metrics
+    from trainer.bundle import load_bundle, save_bundle
+    from trainer.data import load_dataset
+    from trainer.pipeline import split_dataset
+
+    bundle = load_bundle(bundle_path)
+    cfg = bundle.config
+    ds = load_dataset(root, layout=cfg.layout, positive=cfg.positive, group_column=cfg.group_column)
+    _, _, test_idx = split_dataset(ds, "subject", cfg)
+    y, p = bundle.arrays["test/y"], bundle.arrays["test/calibrated"]
+    if not np.array_equal(y, ds.labels[test_idx]):
+        raise SystemExit("the data do not match the bundle's test split")
+    source = np.array([ds.paths[i].parent.name for i in test_idx])
+    by_source = {}
+    for src in ("aria", "cnmc"):
+        m = source == src
+        if m.any():
+            by_source[src] = metrics.binary_report(y[m], p[m], bundle.model.threshold_, n_boot=1000,
+                                                   seed=cfg.seed)
+    bundle.card["metrics"]["test_by_source"] = by_source
+    bundle.card["limitations"] = LIMITATIONS
+    save_bundle(bundle_path, bundle)
+    return by_source
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cnmc", type=Path, required=True, help="C-NMC folder with all/ and hem/")
@@ -67,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "default.allmodel")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None, help="feature cache folder (default: none)")
     a = ap.parse_args(argv)
 
     from trainer.cli import ProgressBar
@@ -77,13 +119,14 @@ def main(argv=None) -> int:
         root = combined_folder(a.cnmc, a.aria, Path(tmp))
         config = TrainConfig(data=str(root), layout="folders", positive=["ALL", "all"] + sorted(ARIA_POSITIVE),
                              group_column="group", split="subject", weights="none",
-                             image_size=a.image_size, seed=a.seed, output=str(a.out), cache_dir=None,
+                             image_size=a.image_size, seed=a.seed, output=str(a.out), cache_dir=a.cache_dir,
                              extra={"name": "allgui default model (random-init backbones)",
                                     "data_description": DESCRIPTION, "data_credits": CREDITS})
         bar = ProgressBar()
         result = train(config, progress=bar)
         bar.close()
-    print(json.dumps(result.card["metrics"]["test"]["ensemble"], indent=1))
+        by_source = annotate(result.bundle_path, root)
+    print(json.dumps({"all": result.card["metrics"]["test"]["ensemble"], **by_source}, indent=1))
     print(f"written {result.bundle_path}")
     return 0
 
