@@ -118,15 +118,16 @@ class MainWindow(QMainWindow):
         self.state.subscribe("images", self._update_status)
         self._restore_settings()
 
+        reason = ""
         if model is None:
             model = str(default_model_path())
             if not Path(model).exists():
-                self._no_model(f"The bundled default model was not found ({Path(model).name}).")
+                reason = f"The bundled default model was not found ({Path(model).name})."
                 model = ""
         if model:
             self.load_model(model)
         else:
-            self._no_model("")
+            self._no_model(reason)
 
     # ---- UI -----------------------------------------------------------------------------------
     def _build_ui(self) -> None:

@@ -40,7 +40,45 @@ def card_html(card: dict[str, Any], path: str | None = None) -> str:
         head += f"<p><small>{html.escape(path)}</small></p>"
     head += ("<p style='background:#fff3cd;padding:4px'><b>Research use only \u2014 not for clinical "
              "diagnosis.</b></p>")
-    return head + _table(card)
+    return head + _headline(card) + "<h3>All fields</h3>" + _table(card)
+
+
+HEADLINE = (("accuracy", "accuracy", "{:.1%}"), ("auc", "AUC", "{:.3f}"), ("sensitivity", "sensitivity", "{:.1%}"),
+            ("specificity", "specificity", "{:.1%}"), ("brier", "Brier score", "{:.3f}"))
+
+
+def _headline(card: dict[str, Any]) -> str:
+    """Ensemble metrics per held-out split, and what the model was trained on, in one small table."""
+    metrics = card.get("metrics") or {}
+    rows = []
+    for split in ("validation", "test"):
+        ens = (metrics.get(split) or {}).get("ensemble") or {}
+        if not ens:
+            continue
+        cells = []
+        for key, _, fmt in HEADLINE:
+            v = ens.get(key)
+            text = fmt.format(v) if isinstance(v, (int, float)) else "\u2014"
+            ci = ens.get(f"{key}_ci")
+            if key == "auc" and isinstance(ci, (list, tuple)) and len(ci) == 2:
+                text += f" ({ci[0]:.2f}\u2013{ci[1]:.2f})"
+            cells.append(f"<td align='center'>{text}</td>")
+        n = ens.get("n", "")
+        rows.append(f"<tr><th align='left'>{split}{f' (n = {n})' if n else ''}</th>{''.join(cells)}</tr>")
+    out = ""
+    trained = card.get("trained_on") or {}
+    if trained:
+        counts = trained.get("class_counts") or {}
+        split = card.get("split") or {}
+        out += (f"<p><b>Trained on</b> {trained.get('n_images', '?')} images "
+                f"({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+                f"{html.escape(str(split.get('protocol', '?')))}-level split "
+                f"{split.get('n_train', '?')}/{split.get('n_validation', '?')}/{split.get('n_test', '?')}.</p>")
+    if rows:
+        head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE)
+        out += ("<p><b>Ensemble at the model threshold</b></p><table border='1' cellspacing='0' cellpadding='4'>"
+                f"<tr><th></th>{head}</tr>{''.join(rows)}</table>")
+    return out
 
 
 class ModelCardDialog(QDialog):

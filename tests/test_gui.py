@@ -299,3 +299,28 @@ def test_cancel_retrain_keeps_old_model_and_file(qtbot, window, tiny_cnmc, boxes
     assert _sha(old_path) == old_hash
     assert not dlg.output.exists()                   # no half-written new model left behind
     assert dlg.start_btn.isEnabled()
+
+
+def test_drop_recent_shortcuts_and_model_card(qtbot, window, images):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from allgui.model_card import card_html
+
+    win = window
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(images["normal"]), QUrl.fromLocalFile(images["blast"])])
+    win.dropEvent(QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+    assert win.state.paths == [images["normal"], images["blast"]] and win.state.current == images["normal"]
+    recent = [a.text() for a in win.recent_menu.actions()]
+    assert recent[:2] == [images["blast"], images["normal"]]
+    win.act_next.trigger()
+    assert win.state.current == images["blast"]
+    win.act_prev.trigger()
+    assert win.state.current == images["normal"]
+    assert win.act_overlay.shortcut().toString() == "O" and win.act_open.shortcut().toString() == "Ctrl+O"
+    card = win.predictor.model_card
+    text = card_html(card, win.model_path)
+    n_test = card["metrics"]["test"]["ensemble"]["n"]
+    assert f"test (n = {n_test})" in text and "Research use only" in text
+    assert f"{card['trained_on']['n_images']} images" in text
