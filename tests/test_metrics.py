@@ -70,10 +70,12 @@ def test_paired_bootstrap_diff_test():
     weak = y * 0.3 + rng.normal(size=n)
     r = M.bootstrap_auc_diff_test(y, strong, weak, n=1000, seed=0)
     assert r["diff"] == pytest.approx(M.auc(y, strong) - M.auc(y, weak))
-    assert r["p_value"] < 1e-3 and r["ci_low"] > 0
+    # every resample favours the strong scorer: the smallest p the bootstrap can give
+    assert r["p_value"] == pytest.approx(2 / (r["n_boot"] + 1)) and r["ci_low"] > 0
+    assert r["p_value_normal"] < 1e-3
     # identical scores: no difference at all
     same = M.bootstrap_auc_diff_test(y, strong, strong.copy(), n=200, seed=0)
-    assert same["diff"] == 0 and same["p_value"] == 1.0
+    assert same["diff"] == 0 and same["p_value"] == 1.0 and same["p_value_normal"] == 1.0
     # two equally informative, independent scorers: not significant
     other = y * 2.0 + rng.normal(size=n)
     eq = M.bootstrap_auc_diff_test(y, strong, other, n=1000, seed=0)

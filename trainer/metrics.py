@@ -177,12 +177,12 @@ def bootstrap_auc_diff_test(y: Any, s1: Any, s2: Any, n: int = 2000, seed: int =
                             alpha: float = 0.05, stratified: bool = True) -> dict[str, float]:
     """Paired bootstrap test of AUC(s1) - AUC(s2) on the same samples (two-sided).
 
-    Both score sets are evaluated on the same ``n`` resamples. As in pROC's bootstrap
-    ``roc.test``: ``z = diff / sd(bootstrap diffs)``, ``p = 2 * (1 - Phi(|z|))``. Also returns
-    the percentile CI of the difference and the percentile p-value
-    ``min(1, 2 * min(P*(d <= 0), P*(d >= 0)))`` with the (count + 1) / (B + 1) correction.
-    When every resample gives the same difference (sd 0) the p-value is 1 if it is 0, else the
-    percentile p-value.
+    Both score sets are evaluated on the same ``n`` resamples. ``p_value`` is the percentile
+    bootstrap p-value ``min(1, 2 * min(P*(d <= 0), P*(d >= 0)))`` with the (count + 1) / (B + 1)
+    correction, so it agrees with the percentile CI ``[ci_low, ci_high]`` of the difference
+    (p < alpha exactly when the CI excludes 0, up to ties); its smallest value is 2 / (B + 1).
+    ``p_value_normal`` is pROC's bootstrap ``roc.test`` variant: ``z = diff / sd(d)``,
+    ``p = 2 * (1 - Phi(|z|))`` (1 when sd is 0 and diff is 0).
     """
     y, s1 = _pair(y, s1)
     _, s2 = _pair(y, s2)
@@ -196,13 +196,13 @@ def bootstrap_auc_diff_test(y: Any, s1: Any, s2: Any, n: int = 2000, seed: int =
     sd = float(np.std(d, ddof=1)) if b > 1 else 0.0
     if sd > 1e-12:
         z = diff / sd
-        p = float(2.0 * stats.norm.sf(abs(z)))
+        p_norm = float(2.0 * stats.norm.sf(abs(z)))
     else:
         z = 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
-        p = 1.0 if diff == 0 else p_pct
+        p_norm = 1.0 if diff == 0 else 0.0
     lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return {"auc1": a1, "auc2": a2, "diff": float(diff), "ci_low": float(lo), "ci_high": float(hi),
-            "sd": sd, "z": float(z), "p_value": p, "p_value_percentile": float(p_pct),
+            "sd": sd, "z": float(z), "p_value": float(p_pct), "p_value_normal": p_norm,
             "n_boot": int(b), "seed": int(seed)}
 
 

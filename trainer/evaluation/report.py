@@ -114,7 +114,9 @@ def _holdout_md(proto: str, e: dict[str, Any], figs: dict[str, str], n_boot: int
               f"PCA: {h['n_components']} dimensions.", ""]
     if h["auc_tests"]:
         lines += ["**Ensemble AUC vs each classifier (paired bootstrap on the test set, two-sided; "
-                  "the paper's test is the SVM row).**", ""]
+                  "the paper's test is the SVM row).** p is the percentile bootstrap p-value, "
+                  "consistent with the CI (smallest possible: 2/(resamples+1)); the normal-"
+                  "approximation p of pROC is in the JSON (`p_value_normal`).", ""]
         rows = []
         for n in _ordered(list(h["auc_tests"])):
             t = h["auc_tests"][n]
