@@ -22,7 +22,7 @@ def test_training_writes_a_complete_model_card(tiny_training, tiny_config):
     assert card["split"]["n_train"] + card["split"]["n_validation"] + card["split"]["n_test"] == 24
     assert card["method"]["backbones"] == {"densenet121": "none", "resnet34": "none"} or \
         all(v.startswith("none") for v in card["method"]["backbones"].values())
-    assert set(card["metrics"]["test"]) >= {"svm", "knn", "rf", "adaboost", "mlp", "ensemble"}
+    assert set(card["metrics"]["test"]) >= {"svm", "knn", "rf", "adaboost", "mlp", "ensemble", "ensemble_calibrated"}
     assert 0.0 <= card["method"]["threshold"] <= 1.0
     assert "not for clinical diagnosis" in card["intended_use"].lower()
     manifest = read_manifest(tiny_training.bundle_path)

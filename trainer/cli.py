@@ -132,7 +132,7 @@ def cmd_train(a) -> int:
         bar.close()
     if result is None:  # a non-zero torchrun rank: rank 0 reports
         return 0
-    ens = result.metrics.get("ensemble") or result.card["metrics"]["validation"]["ensemble"]
+    ens = result.metrics.get("ensemble_calibrated") or result.card["metrics"]["validation"]["ensemble_calibrated"]
     print(f"Model written to {result.bundle_path} ({result.seconds:.0f} s)")
     split = result.card["split"]
     print(f"Split: {split['protocol']}-level, train/val/test = {split['n_train']}/{split['n_validation']}/{split['n_test']}")

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         result = train(config, progress=bar)
         bar.close()
         by_source = annotate(result.bundle_path, root)
-    print(json.dumps({"all": result.card["metrics"]["test"]["ensemble"], **by_source}, indent=1))
+    print(json.dumps({"all": result.card["metrics"]["test"]["ensemble_calibrated"], **by_source}, indent=1))
     print(f"written {result.bundle_path}")
     return 0
 
