@@ -103,6 +103,7 @@ class MainWindow(QMainWindow):
         self.last_seconds: float | None = None
         self.retrain_dialog: RetrainDialog | None = None
         self._model_loading = False
+        self._closed = False                 # after close no new analysis starts
 
         self.setWindowTitle("allgui \u2014 ALL blast detection (research use only)")
         if icon_path().exists():
@@ -278,6 +279,7 @@ class MainWindow(QMainWindow):
         s.setValue("threshold/band", self.state.band)
         self._save_threshold()
         s.sync()
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
         super().closeEvent(event)
@@ -440,7 +442,7 @@ class MainWindow(QMainWindow):
     # ---- analysis -----------------------------------------------------------------------------
     def _analyse_next(self) -> None:
         """Start the next pending prediction (current image first), one at a time."""
-        if self.predictor is None or (self._task is not None and self._task.running):
+        if self.predictor is None or self._closed or (self._task is not None and self._task.running):
             return
         todo = self.state.pending()
         if not todo:
@@ -475,11 +477,12 @@ class MainWindow(QMainWindow):
     def _on_predict_failed(self, path: str, message: str, generation: int) -> None:
         if generation != self._generation:
             return
+        already_shown = path in self.state.errors      # the display read failed first
         self.state.set_error(path, message)
         if path in self._explicit:
             self._explicit.discard(path)
             QMessageBox.warning(self, "Cannot analyse image", message)
-        else:
+        elif not already_shown:
             self._batch_errors.append(message)
 
     def _report_batch_errors(self) -> None:
@@ -502,6 +505,7 @@ class MainWindow(QMainWindow):
             self.image_view.set_image(None)
             self._update_status()
             return
+        self._analyse_next()                 # start inference first; it reads the file on its own thread
         image = self._images.get(path)
         if image is None and path not in self.state.errors:
             try:
@@ -519,7 +523,6 @@ class MainWindow(QMainWindow):
         self._update_status()
         if path in self.state.predictions:
             self.predictionShown.emit(path)
-        self._analyse_next()
 
     def _on_prediction(self, path: str) -> None:
         if path == self.state.current:

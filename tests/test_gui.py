@@ -197,9 +197,11 @@ def test_bad_image_gives_a_message_not_a_crash(qtbot, window, images, tmp_path, 
     kind, _title, text = boxes[0]
     assert kind == "warning" and "broken.png" in text
     assert str(bad) in win.state.errors and win.table.batch.row_at(0).decision == "error"
-    # the window still works afterwards
+    # the window still works afterwards, and the user was told once
     _open_and_wait(qtbot, win, [images["normal"]])
     assert win.state.prediction is not None
+    qtbot.wait(200)
+    assert len(boxes) == 1
 
 
 def test_empty_folder_and_wrong_model_file_give_messages(qtbot, window, tmp_path, boxes):
