@@ -52,7 +52,8 @@ def _headline(card: dict[str, Any]) -> str:
     metrics = card.get("metrics") or {}
     rows = []
     for split in ("validation", "test"):
-        ens = (metrics.get(split) or {}).get("ensemble") or {}
+        m = metrics.get(split) or {}
+        ens = m.get("ensemble_calibrated") or m.get("ensemble") or {}   # the app's rule first
         if not ens:
             continue
         cells = []
@@ -76,7 +77,7 @@ def _headline(card: dict[str, Any]) -> str:
                 f"{split.get('n_train', '?')}/{split.get('n_validation', '?')}/{split.get('n_test', '?')}.</p>")
     if rows:
         head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE)
-        out += ("<p><b>Ensemble at the model threshold</b></p><table border='1' cellspacing='0' cellpadding='4'>"
+        out += ("<p><b>Calibrated ensemble probability at the model threshold (the app's decision rule)</b></p><table border='1' cellspacing='0' cellpadding='4'>"
                 f"<tr><th></th>{head}</tr>{''.join(rows)}</table>")
     return out
 
