@@ -341,6 +341,7 @@ class MainWindow(QMainWindow):
         self.state.clear_predictions(model_name=name)
         self.state.set_threshold(float(saved) if saved is not None else float(predictor.threshold))
         self.side.set_model(getattr(predictor, "validation_roc", None), predictor.operating_point)
+        self.side.set_training_kinds((card.get("trained_on") or {}).get("image_kinds"))
         self.banner.hide()
         self.model_label.setText(f"model: {name}")
         self.statusBar().showMessage(f"Model {name} loaded", 5000)

@@ -21,6 +21,7 @@ from trainer.results import DECISION_ALL, DECISION_NORMAL
 
 SLIDER_STEPS = 1000
 RESEARCH_NOTE = "Research use only \u2014 not for clinical diagnosis."
+RARE_KIND_SHARE = 0.10  # warn when fewer of the training images were of the shown image's kind
 
 
 class VotesChart(pg.PlotWidget):
@@ -109,6 +110,14 @@ class SidePanel(QWidget):
         note.setWordWrap(True)
         lay.addWidget(note)
 
+        self.caution = QLabel()
+        self.caution.setObjectName("kindCaution")
+        self.caution.setStyleSheet("background:#fde2e1; color:#8a1c12; border:1px solid #e0a09a; padding:4px;")
+        self.caution.setWordWrap(True)
+        self.caution.hide()
+        lay.addWidget(self.caution)
+        self.training_kinds: dict = {}
+
         res = QGroupBox("Result")
         form = QFormLayout(res)
         self.where = QLabel("\u2014")
@@ -196,6 +205,21 @@ class SidePanel(QWidget):
             self.roc.set_curve([], [])
         self.on_threshold()
 
+    def set_training_kinds(self, kinds: dict | None) -> None:
+        """Shares of single-cell crops / smear fields in the model's training data (model card)."""
+        self.training_kinds = dict(kinds or {})
+        self.refresh()
+
+    def _update_caution(self, kind: str | None) -> None:
+        share = self.training_kinds.get(kind) if kind else None
+        if share is None or share >= RARE_KIND_SHARE:
+            self.caution.hide()
+            return
+        what = "single-cell crops" if kind == "single_cell" else "smear fields"
+        self.caution.setText(f"Caution: only {share:.0%} of this model's training images were {what}. "
+                             f"Its output on {what} is not validated; see the model card.")
+        self.caution.show()
+
     # ---- observers ----------------------------------------------------------------------------
     def _on_prediction(self, path: str) -> None:
         if path == self.state.current:
@@ -238,6 +262,7 @@ class SidePanel(QWidget):
         if pred is None or cell is None:
             self._blank("Analysing\u2026" if st.model_name else "No model loaded.")
             return
+        self._update_caution(pred.kind)
         if pred.kind == "field" and cell.index >= 0:
             self.where.setText(f"cell {cell.index + 1} of {len(pred.cells)} (click the image background "
                                "for the whole field)")
@@ -260,6 +285,7 @@ class SidePanel(QWidget):
         self.refresh_decision()
 
     def _blank(self, text: str) -> None:
+        self.caution.hide()
         self.where.setText(text)
         for w in (self.raw, self.vote_share, self.morph, self.counts, self.calibrated):
             w.setText("\u2014")

@@ -115,6 +115,18 @@ def test_open_image_shows_overlay_and_votes(qtbot, window, images, boxes):
     assert not boxes
 
 
+def test_caution_when_the_model_hardly_saw_this_kind_of_image(qtbot, window, images):
+    win = window
+    # the tiny model was trained on single-cell crops only, and its card says so
+    assert win.predictor.model_card["trained_on"]["image_kinds"]["single_cell"] == 1.0
+    _open_and_wait(qtbot, win, [images["blast"]])
+    assert win.side.caution.isHidden()
+    _open_and_wait(qtbot, win, [images["field"]])
+    assert win.state.prediction.kind == "field"
+    assert not win.side.caution.isHidden()
+    assert "0% of this model's training images were smear fields" in win.side.caution.text()
+
+
 def test_field_cells_are_outlined_and_clickable(qtbot, window, images):
     win = window
     _open_and_wait(qtbot, win, [images["field"]])

@@ -97,6 +97,28 @@ def split_dataset(dataset: Dataset, protocol: str, config: TrainConfig):
     return split_train_val_test(dataset.labels, groups, **kw)
 
 
+def image_kinds(paths, n_max: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Share of single-cell crops and smear fields among (up to ``n_max`` sampled) images.
+
+    Stored in the model card so the app can warn when an image is of a kind the model hardly saw.
+    """
+    from .imageio import read_image
+    from .segmentation import is_single_cell_crop
+
+    paths = list(paths)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(paths), size=min(n_max, len(paths)), replace=False) if paths else []
+    single = checked = 0
+    for i in pick:
+        try:
+            single += is_single_cell_crop(read_image(paths[int(i)]))
+            checked += 1
+        except Exception:  # unreadable files were reported already
+            continue
+    share = single / checked if checked else 0.0
+    return {"single_cell": share, "field": 1.0 - share if checked else 0.0, "n_checked": checked}
+
+
 def data_fingerprint(dataset: Dataset) -> str:
     """SHA-256 over every sample's file name, size and label (cheap; no image is read)."""
     h = hashlib.sha256()
@@ -223,6 +245,7 @@ def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, mod
             "source_class_counts": dataset.source_class_counts(), "n_groups": n_groups,
             "skipped_files": [[str(p), r] for p, r in dataset.skipped][:50],
             "n_skipped": len(dataset.skipped), "fingerprint": data_fingerprint(dataset),
+            "image_kinds": image_kinds([dataset.paths[i] for i in train_idx], seed=config.seed),
         },
         "split": {"protocol": protocol, "seed": config.seed, "fractions": list(config.fractions),
                   "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
