@@ -266,13 +266,16 @@ class SidePanel(QWidget):
         if pred.kind == "field" and cell.index >= 0:
             self.where.setText(f"cell {cell.index + 1} of {len(pred.cells)} (click the image background "
                                "for the whole field)")
-        elif pred.kind == "field":
+        elif pred.field_by_cells:
             self.where.setText(f"whole field, {len(pred.cells)} white cells; most suspicious cell shown "
                                "(click a cell to select it)")
+        elif pred.kind == "field":
+            self.where.setText(f"whole field ({len(pred.cells)} white cells found; this model judges whole "
+                               "fields, click a cell to see its own result)")
         else:
             self.where.setText("single-cell crop")
         shown = cell
-        if pred.kind == "field" and cell.index < 0 and pred.cells:
+        if pred.field_by_cells and cell.index < 0:
             shown = max(pred.cells, key=lambda c: c.probability)
         self.raw.setText(f"{shown.raw_probability:.3f}")
         self.vote_share.setText(f"{shown.vote_share:.0%} of the weight votes ALL")

@@ -197,7 +197,9 @@ class AppState:
         counts = pred.count(self.threshold, self.band)
         image_level = _image_level(pred)
         decision = self.decide(pred.probability)
-        flagged = counts[DECISION_ALL] > 0 or counts[DECISION_UNCERTAIN] > 0
+        flagged = decision != DECISION_NORMAL
+        if pred.field_by_cells or pred.kind != "field":
+            flagged = flagged or counts[DECISION_ALL] > 0 or counts[DECISION_UNCERTAIN] > 0
         n_cells = len(pred.cells) if pred.kind == "field" else 1
         return Row(path, name, pred.kind, n_cells, counts[DECISION_ALL], counts[DECISION_UNCERTAIN],
                    float(pred.probability), float(image_level.raw_probability),
@@ -208,8 +210,8 @@ class AppState:
 
 
 def _image_level(pred: ImagePrediction) -> CellPrediction:
-    """The cell that gives the image its probability (most suspicious cell on fields)."""
-    if pred.kind == "field" and pred.cells:
+    """The cell that gives the image its probability (most suspicious cell on fields decided by cells)."""
+    if pred.field_by_cells:
         return max(pred.cells, key=lambda c: c.probability)
     return pred.whole
 

@@ -172,3 +172,19 @@ def test_finetuned_backbones_travel_in_the_bundle(tiny_config, tmp_path):
     bundle.backbone_state = None
     with pytest.raises(BundleError, match="does not give the features"):
         Predictor(bundle)
+
+
+def test_fields_are_judged_by_the_unit_the_model_was_trained_on(tiny_bundle, tiny_predictor):
+    field, _ = make_smear_field(224, n_wbc=3, rng=np.random.default_rng(8))
+    # trained on single-cell crops: a field is as suspicious as its most suspicious cell
+    assert tiny_predictor.field_unit == "cells"
+    by_cells = tiny_predictor.predict(field)
+    assert by_cells.field_by_cells and by_cells.probability == max(c.probability for c in by_cells.cells)
+    # trained on smear fields: the whole field decides, the cells are there for review
+    b = load_bundle(tiny_bundle)
+    b.card["trained_on"]["image_kinds"] = {"single_cell": 0.05, "field": 0.95, "n_checked": 200}
+    p = Predictor(b)
+    by_image = p.predict(field)
+    assert p.field_unit == "image" and not by_image.field_by_cells
+    assert by_image.probability == by_image.whole.probability
+    assert [c.probability for c in by_image.cells] == [c.probability for c in by_cells.cells]

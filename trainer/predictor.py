@@ -49,6 +49,10 @@ class Predictor:
                                            map(float, self.model.ensemble_.weights_)))
         self.model_card = dict(bundle.card)
         self.validation_roc = self.model.validation_roc()
+        kinds = (self.model_card.get("trained_on") or {}).get("image_kinds") or {}
+        #: how a smear field is decided: a model trained mostly on fields judges the whole field
+        #: (its cells are shown for review); one trained on single-cell crops judges each cell
+        self.field_unit = "image" if kinds.get("field", 0.0) >= 0.5 else "cells"
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None) -> "Predictor":
@@ -109,7 +113,7 @@ class Predictor:
             results.append(ImagePrediction(
                 path=p, shape=(int(img.shape[0]), int(img.shape[1])),
                 kind="single_cell" if single else "field", nucleus_mask=seg.mask,
-                whole=whole, cells=cell_preds))
+                whole=whole, cells=cell_preds, unit=self.field_unit))
         elapsed = time.perf_counter() - t0
         for r in results:
             r.seconds = elapsed / max(len(results), 1)

@@ -67,11 +67,19 @@ class ImagePrediction:
     whole: CellPrediction             # the whole image classified as one crop
     cells: list[CellPrediction] = field(default_factory=list)  # one per white cell (fields)
     seconds: float = 0.0              # wall time of the prediction
+    unit: str = "cells"               # what decides a field: "cells" (its most suspicious cell) or
+                                      # "image" (the whole field), whichever the model was trained on
+
+    @property
+    def field_by_cells(self) -> bool:
+        """True when a field's image-level result is its most suspicious cell's."""
+        return self.kind == "field" and bool(self.cells) and self.unit == "cells"
 
     @property
     def probability(self) -> float:
-        """Image-level probability: the most suspicious cell for fields, else the whole crop."""
-        if self.kind == "field" and self.cells:
+        """Image-level probability: the whole image, or for a field decided by cells, the most
+        suspicious cell."""
+        if self.field_by_cells:
             return max(c.probability for c in self.cells)
         return self.whole.probability
 
