@@ -135,13 +135,14 @@ class ImageView(pg.GraphicsLayoutWidget):
         regions = cell_regions(pred)
         for k, (item, (index, _, p)) in enumerate(zip(self.cell_items, regions)):
             colour = probability_colour(p, st.threshold, st.band)
-            uncertain = abs(p - st.threshold) < st.band
+            uncertain = p is not None and abs(p - st.threshold) < st.band
             selected = pred.kind == "field" and index == st.selected_cell
             width = 3.0 if st.overlay_mode == "outline" else 1.5
             item.set_style(colour, width, uncertain, selected)
             item.setVisible(visible)
             if k < len(self.labels):
-                self.labels[k].setText(f"#{index + 1}  {p:.2f}", color=QColor(*colour))
+                self.labels[k].setText(f"#{index + 1}" if p is None else f"#{index + 1}  {p:.2f}",
+                                       color=QColor(*colour))
                 self.labels[k].setVisible(visible)
         self.selection_box.hide()
         if pred.kind == "field" and 0 <= st.selected_cell < len(pred.cells):

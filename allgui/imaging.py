@@ -17,12 +17,16 @@ LIGHT_BLUE = np.array([90, 160, 215], float)  # normal, just below the uncertain
 AMBER = np.array([240, 150, 0], float)       # inside the uncertain band around the threshold
 ORANGE_RED = np.array([240, 80, 40], float)  # ALL blast, just above the band
 RED = np.array([165, 0, 38], float)          # p = 1, surely ALL blast
+NEUTRAL = (70, 70, 70)                       # cells outlined for review only (field judged whole)
 DECISION_COLOURS = {"ALL blast": (215, 25, 28), "normal": (33, 113, 181), "uncertain, review": (230, 140, 0)}
 
 
-def probability_colour(p: float, threshold: float, band: float = 0.05) -> tuple[int, int, int]:
+def probability_colour(p: float | None, threshold: float, band: float = 0.05) -> tuple[int, int, int]:
     """RGB 0..255 for probability ``p``: blue shades below the uncertain band (darker = surer
-    normal), amber inside ``threshold +- band``, red shades above it (darker = surer ALL)."""
+    normal), amber inside ``threshold +- band``, red shades above it (darker = surer ALL);
+    neutral grey for None (a cell shown for review whose own score does not decide)."""
+    if p is None:
+        return NEUTRAL
     p = float(min(1.0, max(0.0, p)))
     lo, hi = max(0.0, threshold - band), min(1.0, threshold + band)
     if abs(p - threshold) < band:
@@ -36,14 +40,16 @@ def probability_colour(p: float, threshold: float, band: float = 0.05) -> tuple[
     return tuple(int(round(v)) for v in c)
 
 
-def cell_regions(pred: ImagePrediction) -> list[tuple[int, np.ndarray, float]]:
+def cell_regions(pred: ImagePrediction) -> list[tuple[int, np.ndarray, float | None]]:
     """(cell index, contour (N,2) int32 x,y, probability) for each region drawn on the image.
 
-    Fields: one per detected white cell. Single-cell crops: the whole crop (index -1); if its
-    contour is empty, the outlines of the nucleus mask are used.
+    Fields: one per detected white cell; its probability is None when the model judges whole
+    fields (cell scores are then shown only when a cell is selected, not as colours). Single-cell
+    crops: the whole crop (index -1); if its contour is empty, the nucleus mask's outlines.
     """
     if pred.kind == "field" and pred.cells:
-        return [(c.index if c.index >= 0 else i, _contour(c.contour, c.bbox), c.probability)
+        return [(c.index if c.index >= 0 else i, _contour(c.contour, c.bbox),
+                 c.probability if pred.field_by_cells else None)
                 for i, c in enumerate(pred.cells)]
     contour = np.asarray(pred.whole.contour, dtype=np.int32).reshape(-1, 2)
     if len(contour) >= 3:
@@ -98,11 +104,11 @@ def draw_overlay(image: np.ndarray, pred: ImagePrediction, threshold: float, ban
     thick = max(1, round(max(pred.shape) / 220))
     for idx, contour, p in cell_regions(pred):
         colour = probability_colour(p, threshold, band)
-        if mode == "outline" or decide(p, threshold, band) != "normal":
+        if mode == "outline" or p is None or decide(p, threshold, band) != "normal":
             cv2.polylines(out, [contour.reshape(-1, 1, 2)], True, colour, thick, cv2.LINE_AA)
         if label:
             x, y = contour.min(axis=0)
-            text = f"{p:.2f}"
+            text = f"#{idx + 1}" if p is None else f"{p:.2f}"
             cv2.putText(out, text, (int(x), max(10, int(y) - 3)), cv2.FONT_HERSHEY_SIMPLEX,
                         0.35 * thick, colour, 1, cv2.LINE_AA)
     return out

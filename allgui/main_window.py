@@ -566,9 +566,13 @@ class MainWindow(QMainWindow):
         text = f"{i}/{len(st.paths)}  {name}"
         if pred is not None:
             c = pred.count(st.threshold, st.band)
-            kind = "field" if pred.kind == "field" else "single-cell crop"
-            text += (f"  \u2014 {kind}: {c['ALL blast']} ALL blast, {c['uncertain, review']} uncertain, "
-                     f"{c['normal']} normal at threshold {st.threshold:.3f}")
+            if pred.kind == "field" and not pred.field_by_cells:
+                text += (f"  \u2014 field judged whole ({len(pred.cells)} white cells found): "
+                         f"{st.decide(pred.probability)} at threshold {st.threshold:.3f}")
+            else:
+                kind = "field" if pred.kind == "field" else "single-cell crop"
+                text += (f"  \u2014 {kind}: {c['ALL blast']} ALL blast, {c['uncertain, review']} uncertain, "
+                         f"{c['normal']} normal at threshold {st.threshold:.3f}")
             if pred.seconds:
                 text += f"  ({pred.seconds * 1000:.0f} ms)"
         elif st.current in st.errors:

@@ -310,6 +310,13 @@ class SidePanel(QWidget):
         self.decision.setStyleSheet(f"color: rgb({r},{g},{b});")
         cr, cg, cb = probability_colour(p, st.threshold, st.band)
         self.calibrated.setText(f"<b style='color:rgb({cr},{cg},{cb})'>{p:.3f}</b>")
+        if pred.kind == "field" and not pred.field_by_cells:
+            self.counts.setText(f"{len(pred.cells)} white cells found, outlined for review; this model "
+                                "judges the whole field")
+            if cell.index >= 0:
+                self.counts.setText("This cell's own result, from a model trained on whole fields: "
+                                    "for review only, not validated")
+            return
         counts = pred.count(st.threshold, st.band)
         n = sum(counts.values())
         self.counts.setText(f"{n} analysed: {counts['ALL blast']} ALL blast, {counts['uncertain, review']} "

@@ -127,6 +127,28 @@ def test_caution_when_the_model_hardly_saw_this_kind_of_image(qtbot, window, ima
     assert "0% of this model's training images were smear fields" in win.side.caution.text()
 
 
+def test_field_judged_whole_shows_cells_for_review_only(qtbot, window, images, tiny_bundle):
+    from allgui.imaging import NEUTRAL
+    from trainer.bundle import load_bundle
+    from trainer.predictor import Predictor
+    b = load_bundle(tiny_bundle)
+    b.card["trained_on"]["image_kinds"] = {"single_cell": 0.0, "field": 1.0, "n_checked": 24}
+    win = window
+    win.set_predictor(Predictor(b), str(tiny_bundle))
+    _open_and_wait(qtbot, win, [images["field"]])
+    pred = win.state.prediction
+    assert pred.kind == "field" and len(pred.cells) == 3 and not pred.field_by_cells
+    # the whole field decides; cells are outlined in a neutral colour without scores
+    assert win.side.decision.text() == win.state.decide(pred.whole.probability)
+    assert all(it.pen().color().getRgb()[:3] == NEUTRAL for it in win.image_view.cell_items)
+    assert [lab.textItem.toPlainText() for lab in win.image_view.labels] == ["#1", "#2", "#3"]
+    assert "judges the whole field" in win.side.counts.text()
+    # a selected cell still shows its own result, marked as not validated
+    win.state.select_cell(1)
+    assert "not validated" in win.side.counts.text()
+    assert win.side.decision.text() == win.state.decide(pred.cells[1].probability)
+
+
 def test_field_cells_are_outlined_and_clickable(qtbot, window, images):
     win = window
     _open_and_wait(qtbot, win, [images["field"]])

@@ -84,8 +84,9 @@ class ImagePrediction:
         return self.whole.probability
 
     def count(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> dict[str, int]:
-        """Number of cells per decision at ``threshold`` (the whole crop counts as one cell)."""
-        cells = self.cells if (self.kind == "field" and self.cells) else [self.whole]
+        """Number of deciding units per decision at ``threshold``: the cells of a field decided by
+        cells, else the whole image as one."""
+        cells = self.cells if self.field_by_cells else [self.whole]
         out = {DECISION_ALL: 0, DECISION_NORMAL: 0, DECISION_UNCERTAIN: 0}
         for c in cells:
             out[c.decision(threshold, band)] += 1
