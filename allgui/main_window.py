@@ -89,6 +89,9 @@ class MainWindow(QMainWindow):
                  parent=None) -> None:
         super().__init__(parent)
         self.settings = settings if settings is not None else QSettings()
+        if retrain_defaults is None:  # features cached per user: a retrain re-extracts only new images
+            from trainer.cli import default_cache_dir
+            retrain_defaults = TrainConfig(cache_dir=default_cache_dir())
         self.retrain_defaults = retrain_defaults
         self.models_dir = Path(models_dir) if models_dir else None
         self.state = AppState()

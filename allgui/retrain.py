@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 from allgui.evaluation_view import EvaluationView
 from allgui.training_job import run_training
 from allgui.workers import ProcessTask
+from trainer.cli import finetune_wanted
 from trainer.config import TrainConfig
 
 
@@ -99,10 +100,17 @@ class RetrainDialog(QDialog):
         self.size.setValue(int(self.base.image_size))
         self.size.setSuffix(" px")
         form.addRow("Network input size", self.size)
+        self.finetune = QComboBox()
+        self.finetune.addItems(["auto", "on", "off"])
+        self.finetune.setToolTip("Fine-tune both backbones on the training split first (the paper's set-up: "
+                                 "Adam 1e-4, early stopping). auto = on when training on a CUDA GPU; slow on a CPU.")
+        form.addRow("Fine-tune backbones", self.finetune)
         lay.addLayout(form)
         for box, key in ((self.layout_box, "layout"), (self.split, "split"), (self.weights, "weights"),
                          (self.device, "device")):
             box.setCurrentText(self.settings.value(f"retrain/{key}", getattr(self.base, key), str))
+        self.finetune.setCurrentText(self.settings.value("retrain/finetune",
+                                                         "on" if self.base.finetune else "auto", str))
 
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -148,12 +156,14 @@ class RetrainDialog(QDialog):
         cfg.weights = self.weights.currentText().strip() or "none"
         cfg.device = self.device.currentText()
         cfg.image_size = int(self.size.value())
+        cfg.finetune = finetune_wanted(self.finetune.currentText(), cfg.device)
         self.output = new_model_path(self.output_dir, avoid=self.current_model)
         cfg.output = str(self.output)
         return cfg
 
     def _set_editable(self, on: bool) -> None:
-        for w in (self.data, self.layout_box, self.positive, self.split, self.weights, self.device, self.size):
+        for w in (self.data, self.layout_box, self.positive, self.split, self.weights, self.device, self.size,
+                  self.finetune):
             w.setEnabled(on)
 
     # ---- run ----------------------------------------------------------------------------------
@@ -163,7 +173,8 @@ class RetrainDialog(QDialog):
             QMessageBox.warning(self, "Retrain", "Choose an existing data folder to train on.")
             return
         for key, val in (("data", cfg.data), ("layout", cfg.layout), ("positive", self.positive.text()),
-                         ("split", cfg.split), ("weights", cfg.weights), ("device", cfg.device)):
+                         ("split", cfg.split), ("weights", cfg.weights), ("device", cfg.device),
+                         ("finetune", self.finetune.currentText())):
             self.settings.setValue(f"retrain/{key}", val)
         self._clear_evaluation()
         self.result = None

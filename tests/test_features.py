@@ -205,3 +205,19 @@ def test_invalid_settings_are_clear_errors():
         with pytest.raises(AllguiError, match="cuda"):
             make(device="cuda").extract([np.zeros((40, 40, 3), np.uint8)])
     assert make().extract([])["resnet34"].shape == (0, 512)
+
+
+def test_precision_modes(images):
+    fp32 = make(precision="fp32").extract(images)
+    assert make().preprocessing_tag().endswith("fp32")  # auto is float32 on the CPU
+    fast = make(precision="bf16")
+    if not feats_mod.cpu_has_bf16():
+        assert fast.preprocessing_tag().endswith("fp32")  # no native bfloat16: stays exact
+        return
+    assert fast.preprocessing_tag().endswith("amp-bfloat16")  # its own cache entries
+    bf16 = fast.extract(images)
+    for name in fp32:
+        err = np.linalg.norm(bf16[name] - fp32[name]) / np.linalg.norm(fp32[name])
+        assert 0 < err < 0.02  # close to float32 (well inside the bundle fingerprint's tolerance), not equal
+    with pytest.raises(AllguiError, match="precision"):
+        make(precision="fp8").extract(images)

@@ -50,6 +50,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None, help="data loader workers (default: automatic)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto uses a CUDA GPU when one is present")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="feature extraction arithmetic: auto = mixed precision on CUDA, float32 on the CPU; "
+                        "bf16 = bfloat16 also on CPUs with native support (about 2x faster, features within "
+                        "~0.5%% of float32)")
     g.add_argument("--no-pca", action="store_true", help="skip PCA (default: PCA keeping 98%% of the variance)")
     g.add_argument("--classifiers", default=",".join(CLASSIFIER_NAMES),
                    help=f"comma-separated subset of {','.join(CLASSIFIER_NAMES)}")
@@ -70,7 +74,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-amp", action="store_true", help="no mixed precision when fine-tuning on CUDA")
 
 
-def _finetune_wanted(choice: str, device: str) -> bool:
+def finetune_wanted(choice: str, device: str) -> bool:
+    """Resolve --finetune auto|on|off: auto fine-tunes when training will run on a CUDA GPU."""
     if choice != "auto":
         return choice == "on"
     if device == "cpu":
@@ -84,10 +89,10 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         data=str(a.data), layout=a.layout, positive=_csv_list(a.positive), labels_csv=a.labels_csv,
         group_column=a.group_column, split=a.split, seed=a.seed, weights=a.weights,
         backbones=tuple(_csv_list(a.backbones) or BACKBONE_NAMES), image_size=a.image_size,
-        gamma=a.gamma, batch_size=a.batch_size, num_workers=a.workers, device=a.device,
+        gamma=a.gamma, batch_size=a.batch_size, num_workers=a.workers, device=a.device, precision=a.precision,
         pca=not a.no_pca, classifiers=tuple(_csv_list(a.classifiers) or CLASSIFIER_NAMES),
         calibration=a.calibration, cache_dir=None if a.no_cache else a.cache_dir,
-        output=str(getattr(a, "output", "model.allmodel")), finetune=_finetune_wanted(a.finetune, a.device),
+        output=str(getattr(a, "output", "model.allmodel")), finetune=finetune_wanted(a.finetune, a.device),
         finetune_epochs=a.epochs, finetune_patience=a.patience, finetune_lr=a.finetune_lr,
         finetune_checkpoint_dir=a.checkpoint_dir, finetune_deterministic=a.deterministic,
         finetune_amp=not a.no_amp)

@@ -31,6 +31,7 @@ class TrainConfig:
     batch_size: int = 32
     num_workers: int | None = None      # DataLoader workers; None = automatic
     device: str = "auto"                # "auto", "cpu" or "cuda"
+    precision: str = "auto"             # feature extraction: "auto", "fp32" or "bf16" (see FeatureExtractor)
     pca: bool = True                    # PCA keeping `pca_variance` of the variance
     pca_variance: float = 0.98
     classifiers: tuple[str, ...] = CLASSIFIER_NAMES

@@ -65,7 +65,7 @@ def make_extractor(config: TrainConfig, state_dicts=None, backbones=None) -> Fea
                             image_size=config.image_size, gamma=config.gamma,
                             batch_size=config.batch_size, num_workers=config.num_workers,
                             device=config.device, cache_dir=config.cache_dir,
-                            state_dicts=state_dicts, seed=config.seed)
+                            state_dicts=state_dicts, seed=config.seed, precision=config.precision)
 
 
 def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:

@@ -40,7 +40,8 @@ class Predictor:
         self.extractor = FeatureExtractor(
             backbones=tuple(self.model.backbones), weights=cfg.weights, image_size=cfg.image_size,
             gamma=cfg.gamma, batch_size=cfg.batch_size, num_workers=0, device=device,
-            cache_dir=cache_dir, state_dicts=bundle.backbone_state, seed=cfg.seed)
+            cache_dir=cache_dir, state_dicts=bundle.backbone_state, seed=cfg.seed,
+            precision=cfg.precision)
         if verify:
             fingerprint.verify(self.extractor, bundle.arrays)
         self.threshold = float(self.model.threshold_)
