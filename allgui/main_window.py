@@ -24,12 +24,14 @@ from allgui.batch_table import BatchTable
 from allgui.image_view import ImageView
 from allgui.imaging import draw_overlay, thumbnail
 from allgui.model_card import ModelCardDialog
+from allgui.report_view import ReportDialog
 from allgui.resources import default_model_path, icon_path
 from allgui.retrain import RetrainDialog
 from allgui.side_panel import RESEARCH_NOTE, SidePanel
 from allgui.state import AppState
 from allgui.workers import ThreadTask
 from trainer.config import TrainConfig
+from trainer.errors import AllguiError
 from trainer.imageio import IMAGE_SUFFIXES, read_image
 
 MAX_RECENT = 10
@@ -239,6 +241,7 @@ class MainWindow(QMainWindow):
         self.act_load_model = self._action(m, "&Load model\u2026", self.load_model_dialog, "Ctrl+L")
         self.act_card = self._action(m, "Model &card\u2026", self.show_model_card, "Ctrl+I")
         self.act_retrain = self._action(m, "&Retrain\u2026", self.show_retrain, "Ctrl+R")
+        self.act_report = self._action(m, "Evaluation &report\u2026", self.open_report_dialog)
         h = mb.addMenu("&Help")
         self._action(h, "&About allgui", self.about)
         self._rebuild_recent()
@@ -360,6 +363,23 @@ class MainWindow(QMainWindow):
             QMessageBox.information(self, "Model card", "No model is loaded.")
             return
         ModelCardDialog(getattr(self.predictor, "model_card", {}) or {}, self.model_path, self).exec()
+
+    def open_report_dialog(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Folder written by 'allgui-train evaluate --out'",
+                                             str(self.settings.value("dirs/report", "", str)))
+        if d:
+            self.settings.setValue("dirs/report", d)
+            self.show_report(d)
+
+    def show_report(self, path: str) -> ReportDialog | None:
+        """Open an evaluation report folder; a clear message when it is not one."""
+        try:
+            dlg = ReportDialog(path, self)
+        except AllguiError as e:
+            QMessageBox.warning(self, "Evaluation report", str(e))
+            return None
+        dlg.show()
+        return dlg
 
     def show_retrain(self) -> RetrainDialog:
         if self.retrain_dialog is None:

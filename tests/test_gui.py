@@ -360,3 +360,22 @@ def test_drop_recent_shortcuts_and_model_card(qtbot, window, images):
     n_test = card["metrics"]["test"]["ensemble"]["n"]
     assert f"test (n = {n_test})" in text and "Research use only" in text
     assert f"{card['trained_on']['n_images']} images" in text
+
+
+def test_evaluation_report_opens_with_its_numbers(qtbot, window, tmp_path, boxes):
+    d = tmp_path / "report"
+    d.mkdir()
+    fig = np.zeros((20, 30, 3), np.uint8)
+    fig[:, :, 0] = 200
+    _png(d / "roc_subject.png", fig)
+    (d / "report.md").write_text("# ALL blast detection: evaluation report\n\n| Model | AUC |\n|---|---|\n"
+                                 "| Ensemble | 0.966 (0.938-0.987) |\n\n![roc](roc_subject.png)\n")
+    dlg = window.show_report(str(d))
+    qtbot.addWidget(dlg)
+    text = dlg.browser.toPlainText()
+    assert "evaluation report" in text and "0.966 (0.938-0.987)" in text
+    # the figure resolves relative to the report folder
+    img = dlg.browser.document().resource(3, "roc_subject.png")  # QTextDocument.ImageResource
+    assert img is not None and not img.isNull()
+    assert window.show_report(str(tmp_path)) is None
+    assert boxes and boxes[-1][0] == "warning" and "report.md" in boxes[-1][2]
