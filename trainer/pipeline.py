@@ -79,22 +79,26 @@ def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
     return config.split
 
 
-def split_dataset(dataset: Dataset, protocol: str, config: TrainConfig):
-    """Train / validation / test indices, stratified by source class where possible.
+def split_dataset(samples, protocol: str, config: TrainConfig):
+    """Train / validation / test indices of a Dataset (or list of Samples), stratified by source
+    class where possible.
 
     Stratifying on the classes found in the data (e.g. Benign, Early, Pre, Pro, or the data
     sources of a combined set) puts every subtype into every part; when the groups make that
-    impossible, the split is stratified on the binary label alone.
+    impossible, the split is stratified on the binary label alone. Training and the evaluation
+    report use this same split.
     """
-    groups = dataset.groups if protocol == "subject" else None
+    samples = list(samples)
+    labels = np.array([s.label for s in samples])
+    groups = np.array([s.group for s in samples], dtype=object) if protocol == "subject" else None
     kw = dict(protocol=protocol, fractions=tuple(config.fractions), seed=config.seed)
-    strata = np.array([f"{s.label}:{s.class_name}" for s in dataset.samples])
+    strata = np.array([f"{s.label}:{getattr(s, 'class_name', '')}" for s in samples])
     if len(set(strata.tolist())) > 2:
         try:
             return split_train_val_test(strata, groups, **kw)
         except DataError:
             pass
-    return split_train_val_test(dataset.labels, groups, **kw)
+    return split_train_val_test(labels, groups, **kw)
 
 
 def image_kinds(paths, n_max: int = 200, seed: int = 0) -> dict[str, Any]:

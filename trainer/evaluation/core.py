@@ -253,7 +253,7 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     "reason", "holdout", "cv"}}, "ablation": {"protocol", "rows"}}``; the subject protocol is
     reported unavailable (with the reason) when samples carry no groups.
     """
-    from trainer.data import split_train_val_test
+    from trainer.pipeline import split_dataset
     y = np.array([int(s.label) for s in samples], dtype=int)
     gl = [getattr(s, "group", None) for s in samples]
     groups = None if any(g in (None, "") for g in gl) else np.array(gl, dtype=object)
@@ -285,8 +285,7 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
         t = time.perf_counter()
         try:
             steps.step(f"{proto} split: held-out test set")
-            split = split_train_val_test(samples, protocol=proto, fractions=tuple(config.fractions),
-                                         seed=config.seed)
+            split = split_dataset(samples, proto, config)  # the split `allgui-train train` uses
             entry["holdout"] = evaluate_holdout(feats, y, groups, split, config, n_boot)
             if proto == primary:
                 primary_split = split
