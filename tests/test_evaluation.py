@@ -187,3 +187,24 @@ def test_cv_folds_reduced_to_what_the_subjects_allow():
     cv = res["protocols"]["subject"]["cv"]
     assert cv["n_folds"] == 3 and len(cv["folds"]) == 3
     assert "5 folds requested, 3 used" in cv["note"]
+
+
+def test_report_compares_frozen_and_finetuned_features(tmp_path):
+    from trainer.synthetic import write_dataset
+    root = write_dataset(tmp_path / "data", layout="cnmc", n_per_class=10, size=32, seed=1,
+                         n_subjects=5)
+    cfg = TrainConfig(data=str(root), backbones=("resnet34",), image_size=32, batch_size=8,
+                      num_workers=0, device="cpu", classifiers=("knn", "svm"), seed=0,
+                      finetune_epochs=1)
+    out = run_evaluation(cfg, tmp_path / "report", n_boot=50, n_folds=2, protocols=("subject",),
+                         ablation=False, finetune_ablation=True)
+    ft = json.loads(out.json_path.read_text())["finetune_ablation"]
+    assert ft["protocol"] == "subject" and ft["classifiers"] == ["ensemble", "logreg"]
+    assert set(ft["histories"]) == {"resnet34"} and len(ft["histories"]["resnet34"]["epoch"]) == 1
+    for kind in ("frozen", "finetuned"):
+        for clf in ("ensemble", "logreg"):
+            assert 0.0 <= ft[kind][clf]["accuracy"] <= 1.0
+    md = out.markdown_path.read_text()
+    assert "## Ablation: frozen vs fine-tuned backbone features" in md
+    acc = f"{100 * ft['finetuned']['logreg']['accuracy']:.1f}"
+    assert f"| Logistic regression | fine-tuned | {acc} |" in md

@@ -164,7 +164,7 @@ def cmd_evaluate(a) -> int:
     try:
         out = run_evaluation(config, a.out, progress=bar, n_folds=a.folds, n_boot=a.bootstrap,
                              protocols=tuple(_csv_list(a.protocols) or ("subject", "image")),
-                             ablation=not a.no_ablation)
+                             ablation=not a.no_ablation, finetune_ablation=a.finetune_ablation)
     finally:
         bar.close()
     print(f"Report written to {out}")
@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocols", default="subject,image",
                    help="split protocols to compare (default: subject,image; subject needs group ids)")
     e.add_argument("--no-ablation", action="store_true", help="skip the backbone / PCA ablation")
+    e.add_argument("--finetune-ablation", action="store_true",
+                   help="add frozen vs fine-tuned backbone features on the primary split (fine-tunes both "
+                        "backbones with --epochs/--patience/--finetune-lr; slow on a CPU)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)
 

@@ -209,6 +209,30 @@ def _ablation_md(ab: dict[str, Any], fig: str | None) -> list[str]:
     return lines
 
 
+def _finetune_md(ft: dict[str, Any]) -> list[str]:
+    """Frozen vs fine-tuned backbone features, same split, same classical stages."""
+    lines = ["## Ablation: frozen vs fine-tuned backbone features", "",
+             f"One split ({PROTOCOL_LABELS[ft['protocol']]}); both backbones fine-tuned on its training "
+             f"part (early stopping on its validation part) from weights `{ft['weights']}`, then the same "
+             "classical stages on frozen and on fine-tuned features; test-set metrics. *Ensemble* is the "
+             "full calibrated pipeline at its validation Youden threshold, *logistic regression* a plain "
+             "linear probe at 0.5.", ""]
+    rows = []
+    for clf in ft["classifiers"]:
+        for kind in ("frozen", "finetuned"):
+            m = ft[kind][clf]
+            rows.append([{"ensemble": "Ensemble, calibrated", "logreg": "Logistic regression"}.get(clf, clf),
+                         "fine-tuned" if kind == "finetuned" else "frozen", _pct(m["accuracy"]),
+                         _pct(m["balanced_accuracy"]), _num(m["auc"])])
+    lines += _table(["Classical stage", "Backbone features", "Accuracy (%)", "Balanced accuracy (%)", "AUC"],
+                    rows)
+    epochs = ", ".join(f"{F.BACKBONE_DISPLAY.get(b, b)}: best epoch {h['best_epoch']} of {len(h['epoch'])}"
+                       for b, h in ft.get("histories", {}).items())
+    sec = ft.get("seconds", {})
+    lines += [f"Fine-tuning: {epochs}. Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sec.items()), ""]
+    return lines
+
+
 def _protocol_md(results: dict[str, Any], fig: str | None) -> list[str]:
     protos = [p for p, e in results["protocols"].items() if e.get("holdout")]
     lines = ["## Split protocols side by side", "",
@@ -277,6 +301,8 @@ def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
             lines += _cv_md(p, e["cv"], figs.get(p, {}))
     if results.get("ablation"):
         lines += _ablation_md(results["ablation"], figs.get("summary", {}).get("ablation"))
+    if results.get("finetune_ablation"):
+        lines += _finetune_md(results["finetune_ablation"])
     lines += _protocol_md(results, figs.get("summary", {}).get("protocols"))
     return "\n".join(lines) + "\n"
 

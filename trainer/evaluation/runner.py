@@ -28,11 +28,27 @@ class EvaluationOutput:
         return str(self.markdown_path)
 
 
+def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, cancel) -> dict[str, Any]:
+    """Frozen vs fine-tuned features on the pipeline's split, JSON-ready (no weights)."""
+    from trainer.finetune import frozen_vs_finetuned
+    from trainer.pipeline import split_dataset
+
+    tr, va, te = split_dataset(dataset.samples, protocol, config)
+    classifiers = ("ensemble", "logreg")
+    out = frozen_vs_finetuned(dataset.paths, dataset.labels, tr, va, te, config, classifiers=classifiers,
+                              device=config.device, progress=progress, cancel=cancel,
+                              checkpoint_dir=config.finetune_checkpoint_dir)
+    histories = {b: {k: v for k, v in h.items() if k != "config"} for b, h in out["histories"].items()}
+    return {"protocol": protocol, "weights": str(config.weights), "classifiers": list(classifiers),
+            "frozen": out["frozen"], "finetuned": out["finetuned"], "histories": histories,
+            "seconds": out["seconds"], "epochs": config.finetune_epochs}
+
+
 def run_evaluation(config: TrainConfig, out_dir: str | Path,
                    progress: Callable[[float, str], None] | None = None,
                    cancel: Callable[[], bool] | None = None, n_boot: int = 2000,
                    n_folds: int = 5, protocols: Sequence[str] = PROTOCOLS,
-                   ablation: bool = True) -> EvaluationOutput:
+                   ablation: bool = True, finetune_ablation: bool = False) -> EvaluationOutput:
     """Evaluate the configured pipeline on ``config.data`` and write the report to ``out_dir``.
 
     Steps: read the data folder (unreadable files skipped and listed), extract the deep
@@ -40,7 +56,9 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     :func:`~trainer.evaluation.core.evaluate_features` and
     :func:`~trainer.evaluation.report.write_report`. Progress: 0-5 % reading, 5-50 %
     features, 50-97 % model fits, then the report. Raises ``Cancelled`` when ``cancel()``
-    turns True, ``DataError`` / ``ImageReadError`` for unusable data.
+    turns True, ``DataError`` / ``ImageReadError`` for unusable data. ``finetune_ablation``
+    adds frozen vs fine-tuned backbone features on the primary split (fine-tunes both backbones:
+    slow on a CPU).
     """
     from trainer.pipeline import load_config_dataset, make_extractor, stage
 
@@ -60,6 +78,11 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
                                 progress=stage(progress, 0.5, 0.97), cancel=cancel)
     meta = results["meta"]
     meta["timings_s"] = {"features": t_feat, **meta["timings_s"]}
+    if finetune_ablation:
+        t = time.perf_counter()
+        results["finetune_ablation"] = _finetune_ablation(dataset, config, meta["primary_protocol"],
+                                                          stage(progress, 0.97, 0.99), cancel)
+        meta["timings_s"]["finetune_ablation"] = time.perf_counter() - t
     meta["dataset"] = {"name": Path(config.data).name, "summary": dataset.summary(),
                        "class_counts": dataset.class_counts(),
                        "source_class_counts": dataset.source_class_counts(),
