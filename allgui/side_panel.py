@@ -210,15 +210,16 @@ class SidePanel(QWidget):
         self.training_kinds = dict(kinds or {})
         self.refresh()
 
-    def _update_caution(self, kind: str | None) -> None:
+    def _update_caution(self, kind: str | None, notes: list[str] | tuple = ()) -> None:
+        """Show the image's own notes and a warning when the model hardly saw this kind of image."""
+        lines = [f"Caution: {n}" for n in notes]
         share = self.training_kinds.get(kind) if kind else None
-        if share is None or share >= RARE_KIND_SHARE:
-            self.caution.hide()
-            return
-        what = "single-cell crops" if kind == "single_cell" else "smear fields"
-        self.caution.setText(f"Caution: only {share:.0%} of this model's training images were {what}. "
-                             f"Its output on {what} is not validated; see the model card.")
-        self.caution.show()
+        if share is not None and share < RARE_KIND_SHARE:
+            what = "single-cell crops" if kind == "single_cell" else "smear fields"
+            lines.append(f"Caution: only {share:.0%} of this model's training images were {what}. "
+                         f"Its output on {what} is not validated; see the model card.")
+        self.caution.setText("\n".join(lines))
+        self.caution.setVisible(bool(lines))
 
     # ---- observers ----------------------------------------------------------------------------
     def _on_prediction(self, path: str) -> None:
@@ -262,7 +263,7 @@ class SidePanel(QWidget):
         if pred is None or cell is None:
             self._blank("Analysing\u2026" if st.model_name else "No model loaded.")
             return
-        self._update_caution(pred.kind)
+        self._update_caution(pred.kind, pred.notes)
         if pred.kind == "field" and cell.index >= 0:
             self.where.setText(f"cell {cell.index + 1} of {len(pred.cells)} (click the image background "
                                "for the whole field)")

@@ -125,6 +125,9 @@ def test_caution_when_the_model_hardly_saw_this_kind_of_image(qtbot, window, ima
     assert win.state.prediction.kind == "field"
     assert not win.side.caution.isHidden()
     assert "0% of this model's training images were smear fields" in win.side.caution.text()
+    blank = _png(Path(images["dir"]) / "blank.png", np.full((80, 80, 3), 255, np.uint8))
+    _open_and_wait(qtbot, win, [blank])
+    assert "No white cell was found" in win.side.caution.text()
 
 
 def test_field_judged_whole_shows_cells_for_review_only(qtbot, window, images, tiny_bundle):

@@ -188,3 +188,16 @@ def test_fields_are_judged_by_the_unit_the_model_was_trained_on(tiny_bundle, tin
     assert p.field_unit == "image" and not by_image.field_by_cells
     assert by_image.probability == by_image.whole.probability
     assert [c.probability for c in by_image.cells] == [c.probability for c in by_cells.cells]
+
+
+def test_odd_images_get_clear_messages_or_notes(tiny_predictor):
+    from trainer.errors import ImageReadError
+    with pytest.raises(ImageReadError, match="too small"):
+        tiny_predictor.predict(np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(ImageReadError):
+        tiny_predictor.predict(np.zeros((4, 4, 4, 4), np.uint8))
+    gray = tiny_predictor.predict(make_cell_image(64, malignant=False, rng=np.random.default_rng(3))[0][..., 1])
+    assert gray.shape == (64, 64)  # grey arrays are accepted as RGB
+    empty = tiny_predictor.predict(np.full((80, 80, 3), 255, np.uint8))
+    assert empty.kind == "field" and empty.cells == []
+    assert empty.notes and "No white cell was found" in empty.notes[0]

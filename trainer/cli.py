@@ -188,7 +188,8 @@ def cmd_predict(a) -> int:
     predictor = Predictor.from_bundle(a.model, device=a.device)
     threshold = predictor.threshold if a.threshold is None else a.threshold
     names = predictor.classifier_names
-    fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "probability", "decision"]
+    fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "probability", "decision",
+                                                        "notes"]
     out = open(a.output, "w", newline="") if a.output != "-" else sys.stdout
     n_err = 0
     try:
@@ -209,7 +210,8 @@ def cmd_predict(a) -> int:
                        "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
                        "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
                        "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
-                       "probability": round(c.probability, 4), "decision": c.decision(threshold)}
+                       "probability": round(c.probability, 4), "decision": c.decision(threshold),
+                       "notes": " ".join(r.notes) if c.index < 0 else ""}
                 row.update({f"p_{v.name}": round(v.probability, 4) for v in c.votes})
                 w.writerow(row)
         bar(1.0, "done")

@@ -18,9 +18,13 @@ from . import fingerprint
 from .bundle import ModelBundle, load_bundle
 from .errors import Cancelled
 from .features import FeatureExtractor
-from .imageio import read_image
+from .errors import ImageReadError
+from .imageio import as_rgb_uint8, read_image
 from .results import CellPrediction, ClassifierVote, ImagePrediction, decide  # noqa: F401
 from . import segmentation
+
+
+MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
 
 
 class Predictor:
@@ -88,7 +92,10 @@ class Predictor:
                 p = p or str(item)
                 img = read_image(item)
             else:
-                img = np.asarray(item)
+                img = as_rgb_uint8(item)
+            if min(img.shape[:2]) < MIN_SIDE:
+                raise ImageReadError(f"{Path(p).name if p else 'The image'} is too small to analyse "
+                                     f"({img.shape[1]}x{img.shape[0]} pixels; at least {MIN_SIDE} are needed).")
             single, cells, seg = self._segment(img)
             prepared.append((p, img, single, cells, seg))
             crops.append(img)
@@ -111,10 +118,14 @@ class Predictor:
             whole = self._cell_prediction(det, whole_row, -1, (0, 0, img.shape[1], img.shape[0]), main)
             cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus)
                           for k, r in enumerate(cell_rows)]
+            notes = []
+            if not seg.nuclei:
+                notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
+                             "No white cell was found in this image: the result is not meaningful.")
             results.append(ImagePrediction(
                 path=p, shape=(int(img.shape[0]), int(img.shape[1])),
                 kind="single_cell" if single else "field", nucleus_mask=seg.mask,
-                whole=whole, cells=cell_preds, unit=self.field_unit))
+                whole=whole, cells=cell_preds, unit=self.field_unit, notes=notes))
         elapsed = time.perf_counter() - t0
         for r in results:
             r.seconds = elapsed / max(len(results), 1)

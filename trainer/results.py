@@ -69,6 +69,7 @@ class ImagePrediction:
     seconds: float = 0.0              # wall time of the prediction
     unit: str = "cells"               # what decides a field: "cells" (its most suspicious cell) or
                                       # "image" (the whole field), whichever the model was trained on
+    notes: list[str] = field(default_factory=list)  # warnings for the reader (e.g. no cell found)
 
     @property
     def field_by_cells(self) -> bool:
