@@ -61,6 +61,11 @@ class ImageView(pg.GraphicsLayoutWidget):
         self.selection_box.setZValue(12)
         self.selection_box.hide()
         self.viewbox.addItem(self.selection_box)
+        # frame in the decision colour when the model judges the whole field (cells are grey then)
+        self.field_frame = QGraphicsRectItem()
+        self.field_frame.setZValue(9)
+        self.field_frame.hide()
+        self.viewbox.addItem(self.field_frame)
         self.cell_items: list[_CellItem] = []
         self.labels: list[pg.TextItem] = []
         self.image: np.ndarray | None = None
@@ -95,6 +100,7 @@ class ImageView(pg.GraphicsLayoutWidget):
             self.refresh_overlay()
 
     def _clear_overlay(self) -> None:
+        self.field_frame.hide()
         for it in self.cell_items:
             self.viewbox.removeItem(it)
         for it in self.labels:
@@ -144,6 +150,17 @@ class ImageView(pg.GraphicsLayoutWidget):
                 self.labels[k].setText(f"#{index + 1}" if p is None else f"#{index + 1}  {p:.2f}",
                                        color=QColor(*colour))
                 self.labels[k].setVisible(visible)
+        self.field_frame.hide()
+        if pred.kind == "field" and not pred.field_by_cells and visible:
+            h, w = pred.shape
+            pen = QPen(QColor(*probability_colour(pred.probability, st.threshold, st.band)))
+            pen.setCosmetic(True)
+            pen.setWidthF(5.0)
+            uncertain = abs(pred.probability - st.threshold) < st.band
+            pen.setStyle(Qt.DashLine if uncertain else Qt.SolidLine)
+            self.field_frame.setPen(pen)
+            self.field_frame.setRect(0, 0, w, h)
+            self.field_frame.show()
         self.selection_box.hide()
         if pred.kind == "field" and 0 <= st.selected_cell < len(pred.cells):
             x, y, w, h = pred.cells[st.selected_cell].bbox

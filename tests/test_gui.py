@@ -146,6 +146,12 @@ def test_field_judged_whole_shows_cells_for_review_only(qtbot, window, images, t
     assert all(it.pen().color().getRgb()[:3] == NEUTRAL for it in win.image_view.cell_items)
     assert [lab.textItem.toPlainText() for lab in win.image_view.labels] == ["#1", "#2", "#3"]
     assert "judges the whole field" in win.side.counts.text()
+    # the field's own decision frames the image in its colour, and follows the threshold
+    from allgui.imaging import probability_colour
+    frame = win.image_view.field_frame
+    assert frame.isVisible() and frame.rect().width() == pred.shape[1]
+    win.state.set_threshold(1.0)
+    assert frame.pen().color().getRgb()[:3] == probability_colour(pred.probability, 1.0, win.state.band)
     # a selected cell still shows its own result, marked as not validated
     win.state.select_cell(1)
     assert "not validated" in win.side.counts.text()
