@@ -51,9 +51,11 @@ def _headline(card: dict[str, Any]) -> str:
     """Ensemble metrics per held-out split, and what the model was trained on, in one small table."""
     metrics = card.get("metrics") or {}
     rows = []
-    for split in ("validation", "test"):
-        m = metrics.get(split) or {}
-        ens = m.get("ensemble_calibrated") or m.get("ensemble") or {}   # the app's rule first
+    blocks = [(split, (metrics.get(split) or {}).get("ensemble_calibrated")
+               or (metrics.get(split) or {}).get("ensemble") or {})   # the app's rule first
+              for split in ("validation", "test")]
+    blocks += [(f"test, {source} only", m) for source, m in (metrics.get("test_by_source") or {}).items()]
+    for split, ens in blocks:
         if not ens:
             continue
         cells = []
@@ -79,6 +81,9 @@ def _headline(card: dict[str, Any]) -> str:
         head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE)
         out += ("<p><b>Calibrated ensemble probability at the model threshold (the app's decision rule)</b></p><table border='1' cellspacing='0' cellpadding='4'>"
                 f"<tr><th></th>{head}</tr>{''.join(rows)}</table>")
+    limits = card.get("limitations") or []
+    if limits:
+        out += "<p><b>Limitations</b></p><ul>" + "".join(f"<li>{html.escape(str(x))}</li>" for x in limits) + "</ul>"
     return out
 
 
