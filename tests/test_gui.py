@@ -388,3 +388,16 @@ def test_evaluation_report_opens_with_its_numbers(qtbot, window, tmp_path, boxes
     assert img is not None and not img.isNull()
     assert window.show_report(str(tmp_path)) is None
     assert boxes and boxes[-1][0] == "warning" and "report.md" in boxes[-1][2]
+
+
+def test_model_card_headline_shows_sources_and_limitations():
+    from allgui.model_card import card_html
+    m = {"n": 8, "accuracy": 0.5, "auc": 0.9375, "auc_ci": [0.75, 1.0], "sensitivity": 0.0,
+         "specificity": 1.0, "brier": 0.365}
+    card = {"name": "m", "metrics": {"test": {"ensemble_calibrated": dict(m, n=208, accuracy=0.933)},
+                                     "test_by_source": {"cnmc": m}},
+            "limitations": ["Not validated on single-cell crops."]}
+    text = card_html(card)
+    assert "test (n = 208)" in text and "93.3%" in text
+    assert "test, cnmc only (n = 8)" in text and "0.938 (0.75\u20131.00)" in text
+    assert "<li>Not validated on single-cell crops.</li>" in text
