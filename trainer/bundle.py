@@ -20,7 +20,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .config import TrainConfig
 from .errors import BundleError
 
@@ -69,26 +69,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically; returns the path."""
     import safetensors.numpy
@@ -117,7 +97,7 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
             # float weights do not deflate; storing them keeps saving fast
             zf.writestr(name, data, compress_type=zipfile.ZIP_STORED if name == "backbones.safetensors"
                         else zipfile.ZIP_DEFLATED)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
     bundle.path = path
     return path
 

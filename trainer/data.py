@@ -27,6 +27,7 @@ import numpy as np
 
 from trainer.errors import AllguiError, Cancelled, DataError
 from trainer.imageio import IMAGE_SUFFIXES, is_image_file, read_image
+from trainer.progress import Progress
 from trainer.splits import (  # noqa: F401 (re-exported)
     cv_folds, default_protocol, max_folds, split_train_val_test)
 
@@ -48,7 +49,6 @@ _LABEL_COLUMNS = ("label", "target", "y")
 _GROUP_COLUMNS = ("group", "subject_id", "subject", "patient_id", "patient", "group_id")
 _IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini", "labels.csv"})
 
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -20,15 +19,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainer.atomic import atomic_write
 from trainer.backbones import BACKBONES, build_backbone, weights_identity
 from trainer.errors import AllguiError, Cancelled, ImageReadError
 from trainer.imageio import as_rgb_uint8, content_hash, read_image
+from trainer.progress import Progress
 
 #: Bump when the evaluation pre-processing changes (resize method, mean/std): old cache entries
 #: then stop matching.
 PREPROCESS_VERSION = "eval-v1-imagenet-norm"
 
-Progress = Callable[[float, str], None]
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -249,12 +249,9 @@ class FeatureExtractor:
 
     def _cache_save(self, name: str, key: str, vec: np.ndarray) -> None:
         path = self._cache_path(name, key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(vec, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
+        data = np.ascontiguousarray(vec, dtype=np.float32)
+        try:  # no fsync: a lost cache entry is simply recomputed
+            atomic_write(path, lambda fh: np.save(fh, data, allow_pickle=False), fsync=False)
         except OSError as exc:
             raise AllguiError(f"Cannot write the feature cache in {self.cache_dir}: {exc}") from exc
 

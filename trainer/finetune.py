@@ -42,11 +42,10 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -54,10 +53,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trainer.atomic import atomic_write
 from trainer.errors import AllguiError, Cancelled, DataError
-
-Progress = Callable[[float, str], None]
-CancelCheck = Callable[[], bool]
+from trainer.progress import CancelCheck, Progress
+from trainer.progress import stage as progress_stage
 
 CHECKPOINT_FORMAT = "allgui-finetune-checkpoint/1"
 
@@ -354,22 +353,6 @@ class EarlyStopping:
 def checkpoint_path(checkpoint_dir: str | os.PathLike, name: str) -> Path:
     """Where the checkpoint of backbone ``name`` lives."""
     return Path(checkpoint_dir) / f"finetune_{name}.pt"
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(fh)`` into a temporary file next to ``path``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -676,7 +659,7 @@ def finetune_backbone(
                        f"{name}: epoch {epoch}/{epochs} train loss {train_loss:.4f}, "
                        f"validation loss {val_loss:.4f}, accuracy {val_acc:.3f}")
             if ckpt_file is not None and info.is_main:
-                _atomic_write(ckpt_file, functools.partial(torch.save, {
+                atomic_write(ckpt_file, functools.partial(torch.save, {
                     "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": run_key,
                     "config": cfg.to_dict(), "epoch": epoch, "model": best_state if improved else _cpu_state(model),
                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -758,7 +741,7 @@ def save_state_dicts(path: str | os.PathLike, state_dicts: Mapping[str, Mapping[
             for name, sd in state_dicts.items() for k, v in sd.items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     data = save(flat, metadata=meta)
-    _atomic_write(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data))
     return path
 
 
@@ -847,24 +830,20 @@ def frozen_vs_finetuned(
     train_idx, val_idx, test_idx = (np.asarray(i, dtype=int) for i in (train_idx, val_idx, test_idx))
     backbones = tuple(config.backbones)
 
-    def stage(lo: float, hi: float) -> Progress | None:
-        if progress is None:
-            return None
-        return lambda f, msg: progress(lo + (hi - lo) * f, msg)
-
     histories: dict[str, Any] = {}
     t0 = time.perf_counter()
     if state_dicts is None:
         state_dicts, histories = finetune_backbones(
             [items[i] for i in train_idx], y[train_idx], [items[i] for i in val_idx], y[val_idx],
-            config, backbones, device, stage(0.0, 0.7), cancel, checkpoint_dir)
+            config, backbones, device, progress_stage(progress, 0.0, 0.7), cancel, checkpoint_dir)
     t1 = time.perf_counter()
     common = dict(backbones=backbones, image_size=config.image_size, gamma=config.gamma,
                   batch_size=config.batch_size, num_workers=config.num_workers, device=device,
                   seed=config.seed)
-    frozen = FeatureExtractor(weights=config.weights, **common).extract(items, stage(0.7, 0.8), cancel)
+    frozen = FeatureExtractor(weights=config.weights, **common).extract(
+        items, progress_stage(progress, 0.7, 0.8), cancel)
     tuned = FeatureExtractor(weights=config.weights, state_dicts=state_dicts, **common).extract(
-        items, stage(0.8, 0.9), cancel)
+        items, progress_stage(progress, 0.8, 0.9), cancel)
     t2 = time.perf_counter()
     out: dict[str, Any] = {
         kind: {c: classical_stage_scores(feats, y, train_idx, val_idx, test_idx, config, c)

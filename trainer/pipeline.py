@@ -21,8 +21,8 @@ from .data import CLASS_NAMES, Dataset, load_dataset, split_train_val_test
 from .errors import Cancelled, DataError
 from .features import FeatureExtractor
 from .model import AllModel, fit_model
+from .progress import Progress, stage
 
-Progress = Callable[[float, str], None]
 INTENDED_USE = ("Research and education only. Not a medical device and not for clinical diagnosis: "
                 "every result must be reviewed by a qualified haematologist or pathologist.")
 
@@ -37,13 +37,6 @@ class TrainResult:
     metrics: dict[str, Any]                    # test-split metrics per classifier and ensemble
     evaluation: dict[str, np.ndarray] = field(default_factory=dict)  # arrays for plots
     seconds: float = 0.0
-
-
-def stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
-    """Map a sub-task's 0..1 progress onto [lo, hi] of the caller's progress."""
-    if progress is None:
-        return None
-    return lambda f, msg: progress(lo + (hi - lo) * min(max(f, 0.0), 1.0), msg)
 
 
 def check_cancel(cancel: Callable[[], bool] | None) -> None:

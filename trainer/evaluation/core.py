@@ -8,7 +8,7 @@ splits come from :mod:`trainer.data` so evaluation and training split identicall
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -16,9 +16,8 @@ from trainer import metrics as M
 from trainer.config import TrainConfig
 from trainer.errors import AllguiError, Cancelled, DataError
 from trainer.stats import compare_folds
+from trainer.progress import CancelCheck, Progress
 
-Progress = Callable[[float, str], None]
-CancelCheck = Callable[[], bool]
 
 ENSEMBLE = "ensemble"                # paper, eq. 8: weighted hard vote, score = weighted soft vote
 ENSEMBLE_CAL = "ensemble_calibrated"  # calibrated probability at the validation Youden threshold

@@ -188,7 +188,7 @@ def _cv_md(proto: str, cv: dict[str, Any], figs: dict[str, str]) -> list[str]:
 
 
 def _ablation_md(ab: dict[str, Any], fig: str | None) -> list[str]:
-    lines = [f"## Ablation: feature sets and PCA (layout of the paper's Table 4)", "",
+    lines = ["## Ablation: feature sets and PCA (layout of the paper's Table 4)", "",
              f"One train/validation/test split ({PROTOCOL_LABELS[ab['protocol']]}) and the same "
              "settings for every row; metrics of the ensemble (eq. 8) on the held-out test set, and the best "
              "single classifier by accuracy.", ""]

@@ -60,7 +60,8 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     adds frozen vs fine-tuned backbone features on the primary split (fine-tunes both backbones:
     slow on a CPU).
     """
-    from trainer.pipeline import load_config_dataset, make_extractor, stage
+    from trainer.pipeline import load_config_dataset, make_extractor
+    from trainer.progress import stage
 
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
