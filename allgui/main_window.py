@@ -108,6 +108,7 @@ class MainWindow(QMainWindow):
         self.last_seconds: float | None = None
         self.retrain_dialog: RetrainDialog | None = None
         self._model_loading = False
+        self._load_seq = 0                   # numbers model loads; only the latest may switch
         self._closed = False                 # after close no new analysis starts
 
         self.setWindowTitle("allgui \u2014 ALL blast detection (research use only)")
@@ -314,9 +315,11 @@ class MainWindow(QMainWindow):
         """Load a model bundle in the background; on failure the current model stays."""
         self.statusBar().showMessage(f"Loading model {Path(path).name}\u2026")
         self._model_loading = True
+        self._load_seq += 1
+        seq = self._load_seq  # only the latest request may switch the model (loads can overlap)
         task = ThreadTask(_load_predictor, str(path), pool=QThreadPool.globalInstance(), name="load-model")
-        task.finished.connect(lambda pred, p=str(path): self.set_predictor(pred, p))
-        task.failed.connect(lambda msg, p=str(path): self._model_failed(p, msg))
+        task.finished.connect(lambda pred, p=str(path), n=seq: n == self._load_seq and self.set_predictor(pred, p))
+        task.failed.connect(lambda msg, p=str(path), n=seq: n == self._load_seq and self._model_failed(p, msg))
         self._model_task = task
         return task.start()
 
@@ -332,6 +335,7 @@ class MainWindow(QMainWindow):
     def set_predictor(self, predictor, path: str | None = None) -> None:
         """Switch to ``predictor``: drop cached results, restore this model's threshold, re-analyse."""
         self._model_loading = False
+        self._load_seq += 1  # a load still in flight must not switch back to an older model
         if self._task is not None:
             self._task.cancel()
         self._save_threshold()
@@ -346,7 +350,8 @@ class MainWindow(QMainWindow):
         saved = self.settings.value(f"threshold/{self._model_key}")
         self.state.clear_predictions(model_name=name)
         self.state.set_threshold(float(saved) if saved is not None else float(predictor.threshold))
-        self.side.set_model(getattr(predictor, "validation_roc", None), predictor.operating_point)
+        self.side.set_model(getattr(predictor, "validation_roc", None), predictor.operating_point,
+                            getattr(predictor, "test_operating_point", None))
         self.side.set_training_kinds((card.get("trained_on") or {}).get("image_kinds"))
         self.banner.hide()
         self.model_label.setText(f"model: {name}")

@@ -48,7 +48,8 @@ HEADLINE = (("accuracy", "accuracy", "{:.1%}"), ("auc", "AUC", "{:.3f}"), ("sens
 
 
 def _headline(card: dict[str, Any]) -> str:
-    """Ensemble metrics per held-out split, and what the model was trained on, in one small table."""
+    """Ensemble metrics on the validation split (in-sample for the threshold and calibration) and
+    the held-out test split, and what the model was trained on, in one small table."""
     metrics = card.get("metrics") or {}
     rows = []
     blocks = [(split, (metrics.get(split) or {}).get("ensemble_calibrated")
@@ -67,7 +68,8 @@ def _headline(card: dict[str, Any]) -> str:
                 text += f" ({ci[0]:.2f}\u2013{ci[1]:.2f})"
             cells.append(f"<td align='center'>{text}</td>")
         n = ens.get("n", "")
-        rows.append(f"<tr><th align='left'>{split}{f' (n = {n})' if n else ''}</th>{''.join(cells)}</tr>")
+        label = "validation (set the threshold)" if split == "validation" else split
+        rows.append(f"<tr><th align='left'>{label}{f' (n = {n})' if n else ''}</th>{''.join(cells)}</tr>")
     out = ""
     trained = card.get("trained_on") or {}
     if trained:

@@ -96,7 +96,7 @@ class RetrainDialog(QDialog):
         self.device.addItems(["auto", "cpu", "cuda"])
         form.addRow("Device", self.device)
         self.size = QSpinBox()
-        self.size.setRange(16, 512)
+        self.size.setRange(32, 512)  # the smallest input both backbones accept
         self.size.setValue(int(self.base.image_size))
         self.size.setSuffix(" px")
         form.addRow("Network input size", self.size)

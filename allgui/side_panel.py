@@ -99,6 +99,7 @@ class SidePanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.operating_point: Callable[[float], tuple[float, float]] | None = None
+        self.test_point: Callable[[float], tuple[float, float] | None] | None = None
         self.setMinimumWidth(360)
         lay = QVBoxLayout(self)
 
@@ -196,9 +197,12 @@ class SidePanel(QWidget):
         self.on_threshold()
 
     # ---- model info ---------------------------------------------------------------------------
-    def set_model(self, roc: dict | None, operating_point: Callable[[float], tuple[float, float]] | None) -> None:
-        """Show the model's validation ROC; ``operating_point(t) -> (sens, spec)``."""
+    def set_model(self, roc: dict | None, operating_point: Callable[[float], tuple[float, float]] | None,
+                  test_point: Callable[[float], tuple[float, float] | None] | None = None) -> None:
+        """Show the model's validation ROC; ``operating_point(t) -> (sens, spec)`` on validation,
+        ``test_point(t)`` the same on the held-out test split (or None)."""
         self.operating_point = operating_point
+        self.test_point = test_point
         if roc:
             self.roc.set_curve(roc.get("fpr", []), roc.get("tpr", []))
         else:
@@ -241,8 +245,12 @@ class SidePanel(QWidget):
         self.reset.setToolTip(f"Back to the model's validation (Youden) threshold {st.default_threshold:.3f}")
         if self.operating_point is not None:
             sens, spec = self.operating_point(st.threshold)
-            self.sens_spec.setText(f"On validation data at {st.threshold:.3f}: sensitivity {sens:.1%}, "
-                                   f"specificity {spec:.1%}")
+            text = (f"At {st.threshold:.3f}, validation split (it also set the threshold): sensitivity "
+                    f"{sens:.1%}, specificity {spec:.1%}")
+            held_out = self.test_point(st.threshold) if self.test_point is not None else None
+            if held_out is not None:
+                text += f"; held-out test split: sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}"
+            self.sens_spec.setText(text)
             self.roc.set_point(sens, spec)
         else:
             self.sens_spec.setText("No model loaded.")

@@ -84,7 +84,7 @@ class AppState:
         self.set_current(str(current) if current is not None else (self.paths[0] if self.paths else None))
 
     def add_images(self, paths: list[str | Path]) -> None:
-        new = [str(p) for p in paths if str(p) not in self.paths]
+        new = list(dict.fromkeys(str(p) for p in paths if str(p) not in self.paths))  # no duplicates
         if new:
             self.paths.extend(new)
             self.emit("images")

@@ -22,12 +22,11 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_new_file_replaces_old_with_ordinary_permissions(tmp_path):
+    from trainer import atomic
     target = tmp_path / "sub" / "f.bin"
-    old = os.umask(0o022)
-    try:
-        atomic_write(target, lambda fh: fh.write(b"new"))
-        atomic_write(target, lambda fh: fh.write(b"newer"), fsync=False)
-    finally:
-        os.umask(old)
+    atomic_write(target, lambda fh: fh.write(b"new"))
+    atomic_write(target, lambda fh: fh.write(b"newer"), fsync=False)
     assert target.read_bytes() == b"newer"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    mode = stat.S_IMODE(target.stat().st_mode)
+    assert mode == 0o666 & ~atomic._UMASK  # the umask decides, not mkstemp's 0600
+    assert atomic._UMASK == os.umask(atomic._UMASK)  # the process umask was left as it was

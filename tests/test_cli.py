@@ -41,6 +41,12 @@ def test_predict_writes_a_row_per_image_and_per_cell(tiny_bundle, tiny_cnmc, tmp
         assert 0 <= p <= 1
         expected = "uncertain, review" if abs(p - 0.5) < 0.05 else ("ALL blast" if p >= 0.5 else "normal")
         assert r["decision"] == expected
+    # the tiny model was trained on crops: a field is as suspicious as its most suspicious cell
+    field_rows = by_file["field.png"]
+    cell_p = [float(r["probability"]) for r in field_rows[1:]]
+    assert float(field_rows[0]["probability"]) == max(cell_p)
+    assert field_rows[0]["decided_by"] == f"cell {cell_p.index(max(cell_p))}"
+    assert by_file[crop.name][0]["decided_by"] == "whole image"
     assert "1 could not be read" in capsys.readouterr().err
     assert read_image(crop).shape[2] == 3
 

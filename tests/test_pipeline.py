@@ -201,3 +201,13 @@ def test_odd_images_get_clear_messages_or_notes(tiny_predictor):
     empty = tiny_predictor.predict(np.full((80, 80, 3), 255, np.uint8))
     assert empty.kind == "field" and empty.cells == []
     assert empty.notes and "No white cell was found" in empty.notes[0]
+
+
+def test_operating_points_on_validation_and_held_out_test(tiny_training, tiny_predictor):
+    t = tiny_predictor.threshold
+    yv, pv = tiny_training.model.validation_["y"], tiny_training.model.validation_["calibrated"]
+    assert tiny_predictor.operating_point(t) == (np.mean(pv[yv == 1] >= t), np.mean(pv[yv == 0] < t))
+    yt, pt = tiny_training.evaluation["y"], tiny_training.evaluation["calibrated"]
+    sens, spec = tiny_predictor.test_operating_point(t)
+    assert sens == pytest.approx(np.mean(pt[yt == 1] >= t)) and spec == pytest.approx(np.mean(pt[yt == 0] < t))
+    assert tiny_predictor.test_operating_point(0.0) == (1.0, 0.0)

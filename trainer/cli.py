@@ -177,6 +177,7 @@ CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "ci
 def cmd_predict(a) -> int:
     from .imageio import IMAGE_SUFFIXES
     from .predictor import Predictor
+    from .results import decide
     files: list[Path] = []
     for p in map(Path, a.inputs):
         if p.is_dir():
@@ -188,8 +189,8 @@ def cmd_predict(a) -> int:
     predictor = Predictor.from_bundle(a.model, device=a.device)
     threshold = predictor.threshold if a.threshold is None else a.threshold
     names = predictor.classifier_names
-    fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "probability", "decision",
-                                                        "notes"]
+    fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
+                                                        "probability", "decision", "decided_by", "notes"]
     out = open(a.output, "w", newline="") if a.output != "-" else sys.stdout
     n_err = 0
     try:
@@ -205,12 +206,21 @@ def cmd_predict(a) -> int:
                 w.writerow({"file": str(f), "error": str(e)})
                 continue
             for c in [r.whole] + r.cells:
+                image_row = c.index < 0
+                # the image row carries the image-level result the app shows: the whole image, or for a
+                # field decided by cells its most suspicious cell (named in decided_by)
+                p_img = r.probability if image_row else c.probability
+                if image_row and r.field_by_cells:
+                    decided_by = f"cell {max(r.cells, key=lambda x: x.probability).index}"
+                else:
+                    decided_by = "whole image" if image_row else ""
                 row = {"file": str(f), "kind": r.kind, "cell": "image" if c.index < 0 else c.index,
                        "x": c.bbox[0], "y": c.bbox[1], "w": c.bbox[2], "h": c.bbox[3],
                        "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
                        "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
                        "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
-                       "probability": round(c.probability, 4), "decision": c.decision(threshold),
+                       "probability": round(p_img, 4), "decision": decide(p_img, threshold),
+                       "decided_by": decided_by, "crop_probability": round(c.probability, 4),
                        "notes": " ".join(r.notes) if c.index < 0 else ""}
                 row.update({f"p_{v.name}": round(v.probability, 4) for v in c.votes})
                 w.writerow(row)
@@ -258,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify images with a model bundle; write a CSV",
-                       description="Classify images or folders; one CSV row per image and one per white cell found.")
+                       description="Classify images or folders; one CSV row per image and one per white cell found. "
+                                   "The image row holds the image-level result the app shows (probability, "
+                                   "decision, decided_by); crop_probability is the model's output for the "
+                                   "row's own region.")
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("-m", "--model", required=True, help="model bundle (.allmodel)")
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")

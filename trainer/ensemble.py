@@ -7,6 +7,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .classifiers import fit_balanced, make_classifiers
 from .config import CLASSIFIER_NAMES
+from .errors import DataError
 
 
 class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
@@ -29,6 +30,9 @@ class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
         y = np.asarray(y).astype(int)
         if len(np.unique(y)) < 2:
             raise ValueError("the training split holds only one class")
+        if np.bincount(y).min() < 2:
+            raise DataError("The training split needs at least 2 images of each class; add images or use "
+                            "the image-level split.")
         self.classes_ = np.array([0, 1])
         self.names_ = list(self.classifiers)
         unfitted = make_classifiers(self.seed, self.names_, n_train=int(np.bincount(y).min()))

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.atomic import atomic_write
@@ -227,8 +228,13 @@ class FeatureExtractor:
         return f"size={int(self.image_size)}|gamma={float(self.gamma):.6g}|{PREPROCESS_VERSION}|{precision}"
 
     def cache_key(self, image_hash: str, name: str) -> str:
-        """Hex key of one (image, backbone) vector in the cache."""
-        text = f"{image_hash}|{name}|{self.identities()[name]}|{self.preprocessing_tag()}"
+        """Hex key of one (image, backbone) vector in the cache.
+
+        Includes the torch and torchvision versions: a seeded random initialisation or a
+        kernel may change between releases, and old vectors must then not be mixed in.
+        """
+        text = (f"{image_hash}|{name}|{self.identities()[name]}|{self.preprocessing_tag()}|"
+                f"torch={torch.__version__}|torchvision={torchvision.__version__}")
         return hashlib.sha256(text.encode()).hexdigest()
 
     # ------------------------------------------------------------------- cache

@@ -892,14 +892,16 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def run_cli(args: argparse.Namespace) -> int:
     """Load the data, split it, fine-tune, write ``--output`` (rank 0). Returns an exit code."""
     from trainer.data import load_dataset
-    from trainer.splits import split_train_val_test
-
     info = setup_distributed(args.device)
     say = (lambda msg: print(msg, flush=True)) if info.is_main else (lambda msg: None)
     ds = load_dataset(args.data, layout=args.layout, positive=args.positive,
                       labels_csv=args.labels_csv, group_column=args.group_column)
-    protocol = None if args.split == "auto" else args.split
-    tr, va, _ = split_train_val_test(ds, protocol=protocol, seed=args.seed)
+    from trainer.config import TrainConfig
+    from trainer.pipeline import resolve_protocol, split_dataset
+
+    # the very split `allgui-train train/evaluate` use, so their test images are never fine-tuned on
+    protocol = resolve_protocol(TrainConfig(split=args.split), ds)
+    tr, va, _ = split_dataset(ds.samples, protocol, TrainConfig(seed=args.seed))
     paths, y = ds.paths, ds.labels
     cfg = FinetuneConfig(epochs=args.epochs, patience=args.patience, lr=args.lr,
                          weight_decay=args.weight_decay, batch_size=args.batch_size,

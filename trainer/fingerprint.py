@@ -24,8 +24,13 @@ def probe_images() -> list[np.ndarray]:
 
 
 def compute(extractor) -> dict[str, np.ndarray]:
-    """``{'probe/<backbone>': (2, D) float32}`` from a FeatureExtractor."""
-    feats = extractor.extract(probe_images())
+    """``{'probe/<backbone>': (2, D) float32}`` from a FeatureExtractor, computed afresh (never
+    read from its feature cache: the fingerprint must show what the networks compute now)."""
+    cache_dir, extractor.cache_dir = extractor.cache_dir, None
+    try:
+        feats = extractor.extract(probe_images())
+    finally:
+        extractor.cache_dir = cache_dir
     return {f"probe/{name}": v for name, v in feats.items()}
 
 

@@ -69,8 +69,19 @@ class Predictor:
         return self.bundle.path
 
     def operating_point(self, threshold: float) -> tuple[float, float]:
-        """(sensitivity, specificity) the model had on its validation split at ``threshold``."""
+        """(sensitivity, specificity) the model had on its validation split at ``threshold``.
+
+        The validation split also chose the threshold and the calibration, so these are optimistic;
+        :meth:`test_operating_point` gives the held-out view."""
         return self.model.operating_point(threshold)
+
+    def test_operating_point(self, threshold: float) -> tuple[float, float] | None:
+        """(sensitivity, specificity) on the held-out test split at ``threshold``; None without one."""
+        y, p = self.bundle.arrays.get("test/y"), self.bundle.arrays.get("test/calibrated")
+        if y is None or p is None or len(y) == 0 or len(np.unique(y)) < 2:
+            return None
+        pred = p >= threshold
+        return float(np.mean(pred[y == 1])), float(np.mean(~pred[y == 0]))
 
     # ------------------------------------------------------------------ predict
     def predict(self, image_or_path, path: str | None = None) -> ImagePrediction:
