@@ -211,3 +211,12 @@ def test_operating_points_on_validation_and_held_out_test(tiny_training, tiny_pr
     sens, spec = tiny_predictor.test_operating_point(t)
     assert sens == pytest.approx(np.mean(pt[yt == 1] >= t)) and spec == pytest.approx(np.mean(pt[yt == 0] < t))
     assert tiny_predictor.test_operating_point(0.0) == (1.0, 0.0)
+
+
+def test_bundle_with_a_foreign_classifier_is_refused(tiny_bundle, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    b = load_bundle(tiny_bundle)
+    b.model.ensemble_.estimators_["svm"] = LogisticRegression()
+    bad = save_bundle(tmp_path / "foreign_clf.allmodel", b)
+    with pytest.raises(BundleError, match="LogisticRegression"):
+        load_bundle(bad)

@@ -7,8 +7,9 @@ Layout (format ``allgui-model``, version 1)::
     arrays.safetensors     numpy arrays (validation scores, probe features, test results)
     backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
 
-Loading never unpickles: skops reconstructs only types on an allow-list (scikit-learn, numpy
-and this package's estimators) and safetensors holds raw tensors. Every member's hash is
+Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
+allow-list (four scikit-learn internals and this package's estimators), the base classifiers must be
+of the five kinds allgui writes, and safetensors holds raw tensors. Every member's hash is
 checked, so a truncated or altered file is refused with :class:`BundleError`. Writes go to a
 temporary file in the target folder and are moved into place atomically.
 """
@@ -38,6 +39,17 @@ MAX_MEMBER_BYTES = 4 << 30
 OWN_TYPES = frozenset({
     "trainer.model.AllModel", "trainer.fusion.FeatureFusion",
     "trainer.ensemble.WeightedVotingEnsemble", "trainer.calibration.ScoreCalibrator",
+})
+#: scikit-learn internals an AllModel holds that skops does not trust by default; nothing else is
+#: accepted beyond skops' own defaults (plain estimators, numpy, builtins).
+SKLEARN_INTERNALS = frozenset({
+    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer", "sklearn.tree._tree.Tree",
+})
+#: the classes each base classifier of a model written by allgui may have
+CLASSIFIER_TYPES = frozenset({
+    "CalibratedClassifierCV", "KNeighborsClassifier", "RandomForestClassifier",
+    "AdaBoostClassifier", "MLPClassifier",
 })
 
 
@@ -167,7 +179,7 @@ def _load_model(data: bytes, path: Path):
         untrusted = skops.io.get_untrusted_types(data=data)
     except Exception as e:  # malformed skops payload
         raise BundleError(f"{path.name}: the model part cannot be read ({e}).") from None
-    foreign = [t for t in untrusted if not (t.startswith("sklearn.") or t in OWN_TYPES)]
+    foreign = [t for t in untrusted if t not in OWN_TYPES and t not in SKLEARN_INTERNALS]
     if foreign:
         raise BundleError(f"{path.name} contains object types allgui does not load: "
                           f"{', '.join(sorted(foreign)[:5])}. It was not written by allgui.")
@@ -202,6 +214,10 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     from .model import AllModel
     if not isinstance(model, AllModel):
         raise BundleError(f"{path.name} does not hold an allgui model.")
+    estimators = getattr(getattr(model, "ensemble_", None), "estimators_", {}) or {}
+    odd = sorted({type(e).__name__ for e in estimators.values()} - CLASSIFIER_TYPES)
+    if odd:
+        raise BundleError(f"{path.name} holds classifiers allgui does not write ({', '.join(odd)}); refused.")
     return ModelBundle(model=model, config=TrainConfig.from_dict(manifest.get("config", {})),
                        card=dict(manifest.get("card", {}), created=manifest.get("created"),
                                  versions=manifest.get("versions", {})),

@@ -32,7 +32,9 @@ def make_classifiers(seed: int = 0, names=CLASSIFIER_NAMES, n_train: int | None 
         "svm": CalibratedClassifierCV(SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced",
                                           random_state=seed),
                                       method="sigmoid", cv=cv, ensemble=False),
-        "knn": KNeighborsClassifier(n_neighbors=k),
+        # exact brute-force search: what 'auto' picks for fused features anyway, and it stores no
+        # KD/ball tree, so a saved model holds only types the bundle loader allows
+        "knn": KNeighborsClassifier(n_neighbors=k, algorithm="brute"),
         "rf": RandomForestClassifier(n_estimators=100, class_weight="balanced", random_state=seed,
                                      n_jobs=1),
         "adaboost": AdaBoostClassifier(n_estimators=100, random_state=seed),
