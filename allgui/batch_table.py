@@ -4,6 +4,7 @@ the current threshold, so moving the slider only repaints."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from allgui.imaging import DECISION_COLOURS
 from allgui.state import AppState, Row
+from trainer.atomic import atomic_write
 
 COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged")
 SORT_ROLE = Qt.UserRole + 1
@@ -127,13 +129,14 @@ class BatchModel(QAbstractTableModel):
         """Write every row (at the current threshold) to ``path``; returns the number of rows."""
         st = self.state
         rows = st.rows()
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(CSV_FIELDS)
-            for r in rows:
-                w.writerow([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
-                            _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
-                            int(r.flagged), f"{st.threshold:.4f}", f"{st.band:.4f}", r.error])
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(CSV_FIELDS)
+        for r in rows:
+            w.writerow([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
+                        _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
+                        int(r.flagged), f"{st.threshold:.4f}", f"{st.band:.4f}", r.error])
+        atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))  # never a half-written CSV
         return len(rows)
 
 

@@ -30,6 +30,7 @@ from allgui.retrain import RetrainDialog
 from allgui.side_panel import RESEARCH_NOTE, SidePanel
 from allgui.state import AppState
 from allgui.workers import ThreadTask
+from trainer.atomic import atomic_write
 from trainer.config import TrainConfig
 from trainer.errors import AllguiError
 from trainer.imageio import IMAGE_SUFFIXES, read_image
@@ -57,16 +58,30 @@ def _save_overlays(items: list[tuple[str, Any]], folder: str, threshold: float, 
     import cv2
 
     n = 0
+    used: set[str] = set()
     for i, (path, pred) in enumerate(items):
         if cancel():
             break
         img = draw_overlay(read_image(path), pred, threshold, band, mode, opacity)
-        out = Path(folder) / f"{Path(path).stem}_overlay.png"
-        if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"Could not write {out}")
+        out = Path(folder) / _overlay_name(path, used)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OSError(f"Could not encode the overlay of {Path(path).name}")
+        atomic_write(out, lambda fh, data=png.tobytes(): fh.write(data), fsync=False)
         n += 1
         progress((i + 1) / len(items), out.name)
     return n
+
+
+def _overlay_name(path: str, used: set[str]) -> str:
+    """``<stem>_overlay.png``, numbered when two images share a stem (e.g. from sub-folders)."""
+    stem, k = Path(path).stem, 1
+    name = f"{stem}_overlay.png"
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}_overlay.png"
+    used.add(name)
+    return name
 
 
 def list_images(folder: str | Path) -> list[str]:

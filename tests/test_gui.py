@@ -405,3 +405,10 @@ def test_model_card_headline_shows_sources_and_limitations():
     assert "test (n = 208)" in text and "93.3%" in text
     assert "test, cnmc only (n = 8)" in text and "0.938 (0.75\u20131.00)" in text
     assert "<li>Not validated on single-cell crops.</li>" in text
+
+
+def test_overlay_names_do_not_collide():
+    from allgui.main_window import _overlay_name
+    used: set[str] = set()
+    names = [_overlay_name(p, used) for p in ("a/1.png", "b/1.png", "c/2.png", "d/1.png")]
+    assert names == ["1_overlay.png", "1_2_overlay.png", "2_overlay.png", "1_3_overlay.png"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.atomic import atomic_write
 from trainer.evaluation import figures as F
 from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
 
@@ -354,10 +355,10 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     figs = write_figures(clean, out_dir)
     clean.setdefault("meta", {})["figures"] = figs
     json_path = out_dir / "report.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=1, allow_nan=False), encoding="utf-8")
-    tmp.replace(json_path)
+    data = json.dumps(clean, indent=1, allow_nan=False).encode("utf-8")
+    atomic_write(json_path, lambda fh: fh.write(data))
     md_path = out_dir / "report.md"
-    md_path.write_text(markdown(clean, figs), encoding="utf-8")
+    text = markdown(clean, figs).encode("utf-8")
+    atomic_write(md_path, lambda fh: fh.write(text))
     return {"json": json_path, "markdown": md_path,
             "figures": [out_dir / f for sec in figs.values() for f in sec.values()]}
