@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from pathlib import Path
 
+from .atomic import atomic_write
 from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
 from .errors import AllguiError, Cancelled
 
@@ -191,9 +193,10 @@ def cmd_predict(a) -> int:
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
                                                         "probability", "decision", "decided_by", "notes"]
-    out = open(a.output, "w", newline="") if a.output != "-" else sys.stdout
     n_err = 0
-    try:
+
+    def write_rows(out) -> None:
+        nonlocal n_err
         w = csv.DictWriter(out, fieldnames=fields + ["error"])
         w.writeheader()
         bar = ProgressBar(a.quiet or a.output == "-")
@@ -226,9 +229,17 @@ def cmd_predict(a) -> int:
                 w.writerow(row)
         bar(1.0, "done")
         bar.close()
-    finally:
-        if out is not sys.stdout:
-            out.close()
+
+    if a.output == "-":
+        write_rows(sys.stdout)
+    else:  # written to a temporary file and renamed: an interrupted run leaves no half CSV
+        def write_text(fh) -> None:
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            write_rows(text)
+            text.flush()
+            text.detach()  # leave the binary file open for atomic_write to sync and rename
+
+        atomic_write(a.output, write_text)
     print(f"{len(files) - n_err} images classified at threshold {threshold:.3f}"
           + (f", {n_err} could not be read" if n_err else "")
           + ("" if a.output == "-" else f"; results in {a.output}"), file=sys.stderr)
