@@ -551,18 +551,19 @@ class MainWindow(QMainWindow):
             return
         self._analyse_next()                 # start inference first; it reads the file on its own thread
         image = self._images.get(path)
-        if image is None and path not in self.state.errors:
+        if image is None:  # also after a failed analysis: the picture may still be readable
             try:
                 image = read_image(path)
                 self._cache_image(path, image)
             except Exception as exc:  # noqa: BLE001 - shown to the user
                 from allgui.workers import error_message
 
-                msg = error_message(exc)
-                self.state.set_error(path, msg)
-                if path in self._explicit:
-                    self._explicit.discard(path)
-                    QMessageBox.warning(self, "Cannot open image", msg)
+                if path not in self.state.errors:  # report each unreadable file once
+                    msg = error_message(exc)
+                    self.state.set_error(path, msg)
+                    if path in self._explicit:
+                        self._explicit.discard(path)
+                        QMessageBox.warning(self, "Cannot open image", msg)
         self.image_view.set_image(image)
         self._update_status()
         if path in self.state.predictions:
