@@ -121,3 +121,12 @@ def test_all_model_single_backbone_and_no_pca():
     m = fit_model(feats, y, np.arange(120), np.arange(120, 160), TrainConfig(), backbones=("resnet34",), pca=False)
     assert m.fusion_.n_components_ == 20
     assert m.predict_proba({"resnet34": feats["resnet34"][160:]}).shape == (40, 2)
+
+
+def test_votes_are_each_classifiers_own_predictions():
+    feats, y = blobs(n=300, shift=0.3, seed=5)
+    X = np.hstack(list(feats.values()))
+    ens = WeightedVotingEnsemble(seed=0).fit(X[:200], y[:200], X[200:250], y[200:250])
+    d = ens.predict_details(X[250:])
+    for j, name in enumerate(ens.names_):
+        np.testing.assert_array_equal(d["votes"][:, j], ens.estimators_[name].predict(X[250:]))
