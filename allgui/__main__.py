@@ -3,7 +3,8 @@
   allgui [--model BUNDLE] [--open PATH ...] [--screenshot FILE.png]
 
 Without options it loads the bundled default model and opens the bundled sample images.
-``--screenshot`` renders the window once the first result is on screen, saves it and exits.
+``--screenshot`` renders the window once the first result is on screen, saves it and exits (status 1
+if no result came within ``--timeout`` seconds).
 """
 from __future__ import annotations
 
@@ -50,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         out = args.screenshot
 
-        def shoot() -> None:
+        def shoot(code: int = 0) -> None:
             win.grab().save(out)
             print(out)
-            app.quit()
+            if code:
+                print(f"allgui: no result within {args.timeout:.0f} s; saved the window as it was",
+                      file=sys.stderr)
+            app.exit(code)
 
         def ready() -> None:
             if win.state.current and (win.state.prediction is not None or win.state.current in win.state.errors
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 QTimer.singleShot(100, ready)
 
         QTimer.singleShot(300, ready)
-        QTimer.singleShot(int(args.timeout * 1000), shoot)
+        QTimer.singleShot(int(args.timeout * 1000), lambda: shoot(1))  # exit status 1: timed out
     return app.exec()
 
 
