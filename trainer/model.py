@@ -85,15 +85,20 @@ class AllModel(BaseEstimator):
 
     def operating_point(self, threshold: float) -> tuple[float, float]:
         """(sensitivity, specificity) on the validation split at a calibrated-probability threshold."""
-        y, p = self.validation_["y"], self.validation_["calibrated"]
-        pred = p >= threshold
-        sens = float(np.mean(pred[y == 1])) if np.any(y == 1) else float("nan")
-        spec = float(np.mean(~pred[y == 0])) if np.any(y == 0) else float("nan")
-        return sens, spec
+        return operating_point(self.validation_["y"], self.validation_["calibrated"], threshold)
 
     def validation_roc(self) -> dict[str, np.ndarray]:
         fpr, tpr, thr = roc_curve(self.validation_["y"], self.validation_["calibrated"])
         return {"fpr": fpr, "tpr": tpr, "thresholds": np.minimum(thr, 1.0)}
+
+
+def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of the rule ``p >= threshold`` against labels ``y`` (N,);
+    NaN for a class that is absent. Plain numpy: the app calls it on every slider move."""
+    y, pred = np.asarray(y), np.asarray(p) >= threshold
+    sens = float(np.mean(pred[y == 1])) if np.any(y == 1) else float("nan")
+    spec = float(np.mean(~pred[y == 0])) if np.any(y == 0) else float("nan")
+    return sens, spec
 
 
 def _margin_threshold(scores: np.ndarray, t: float) -> float:

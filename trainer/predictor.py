@@ -20,6 +20,7 @@ from .errors import Cancelled
 from .features import FeatureExtractor
 from .errors import ImageReadError
 from .imageio import as_rgb_uint8, read_image
+from .model import operating_point
 from .results import CellPrediction, ClassifierVote, ImagePrediction, decide  # noqa: F401
 from . import segmentation
 
@@ -80,8 +81,7 @@ class Predictor:
         y, p = self.bundle.arrays.get("test/y"), self.bundle.arrays.get("test/calibrated")
         if y is None or p is None or len(y) == 0 or len(np.unique(y)) < 2:
             return None
-        pred = p >= threshold
-        return float(np.mean(pred[y == 1])), float(np.mean(~pred[y == 0]))
+        return operating_point(y, p, threshold)
 
     # ------------------------------------------------------------------ predict
     def predict(self, image_or_path, path: str | None = None) -> ImagePrediction:
