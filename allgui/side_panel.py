@@ -283,9 +283,7 @@ class SidePanel(QWidget):
                                "fields, click a cell to see its own result)")
         else:
             self.where.setText("single-cell crop")
-        shown = cell
-        if pred.field_by_cells and cell.index < 0:
-            shown = max(pred.cells, key=lambda c: c.probability)
+        shown = pred.deciding if cell.index < 0 else cell
         self.raw.setText(f"{shown.raw_probability:.3f}")
         self.vote_share.setText(f"{shown.vote_share:.0%} of the weight votes ALL")
         if shown.area_px:

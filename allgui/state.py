@@ -195,7 +195,7 @@ class AppState:
         if pred is None:
             return Row(path, name, "", None, None, None, None, None, None, "pending", False)
         counts = pred.count(self.threshold, self.band)
-        image_level = _image_level(pred)
+        image_level = pred.deciding
         decision = self.decide(pred.probability)
         flagged = decision != DECISION_NORMAL
         if pred.field_by_cells or pred.kind != "field":
@@ -207,13 +207,6 @@ class AppState:
 
     def rows(self) -> list[Row]:
         return [self.row(p) for p in self.paths]
-
-
-def _image_level(pred: ImagePrediction) -> CellPrediction:
-    """The cell that gives the image its probability (most suspicious cell on fields decided by cells)."""
-    if pred.field_by_cells:
-        return max(pred.cells, key=lambda c: c.probability)
-    return pred.whole
 
 
 __all__ = ["AppState", "Row", "OVERLAY_MODES", "DECISION_ALL", "DECISION_NORMAL", "DECISION_UNCERTAIN"]

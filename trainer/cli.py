@@ -214,7 +214,7 @@ def cmd_predict(a) -> int:
                 # field decided by cells its most suspicious cell (named in decided_by)
                 p_img = r.probability if image_row else c.probability
                 if image_row and r.field_by_cells:
-                    decided_by = f"cell {max(r.cells, key=lambda x: x.probability).index}"
+                    decided_by = f"cell {r.deciding.index}"
                 else:
                     decided_by = "whole image" if image_row else ""
                 row = {"file": str(f), "kind": r.kind, "cell": "image" if c.index < 0 else c.index,

@@ -77,12 +77,17 @@ class ImagePrediction:
         return self.kind == "field" and bool(self.cells) and self.unit == "cells"
 
     @property
-    def probability(self) -> float:
-        """Image-level probability: the whole image, or for a field decided by cells, the most
-        suspicious cell."""
+    def deciding(self) -> CellPrediction:
+        """The prediction that gives the image its result: the most suspicious cell of a field
+        decided by cells, else the whole image."""
         if self.field_by_cells:
-            return max(c.probability for c in self.cells)
-        return self.whole.probability
+            return max(self.cells, key=lambda c: c.probability)
+        return self.whole
+
+    @property
+    def probability(self) -> float:
+        """Image-level probability (see :attr:`deciding`)."""
+        return self.deciding.probability
 
     def count(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> dict[str, int]:
         """Number of deciding units per decision at ``threshold``: the cells of a field decided by
