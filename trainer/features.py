@@ -21,6 +21,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.atomic import atomic_write
+from trainer import handcrafted
 from trainer.backbones import BACKBONES, build_backbone, weights_identity
 from trainer.errors import AllguiError, Cancelled, ImageReadError
 from trainer.imageio import as_rgb_uint8, content_hash, read_image
@@ -33,6 +34,11 @@ PREPROCESS_VERSION = "eval-v1-imagenet-norm"
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+#: the hand-crafted nucleus block (see :mod:`trainer.handcrafted`), extracted beside the networks
+NUCLEUS = "nucleus"
+#: every feature block an extractor can produce: block name -> dimension D
+BLOCKS: dict[str, int] = {**BACKBONES, NUCLEUS: handcrafted.NUCLEUS_DIM}
 
 
 def cpu_has_bf16() -> bool:
@@ -69,14 +75,24 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class _Images(Dataset):
-    """Decode + gamma + eval transform of the selected items; (index, tensor CHW | None, error | None)."""
+    """Decode, stain-normalise and prepare the selected items.
 
-    def __init__(self, items: Sequence, indices: Sequence[int], image_size: int, gamma: float) -> None:
+    Each item gives ``(index, tensor CHW | None, nucleus features | None, error | None)``: the
+    network input (gamma, resize, scale, normalise) when ``tensor`` is set and the hand-crafted
+    nucleus block when ``nucleus`` is set.
+    """
+
+    def __init__(self, items: Sequence, indices: Sequence[int], image_size: int, gamma: float,
+                 stain_reference=None, tensor: bool = True, nucleus: bool = False) -> None:
         from trainer.preprocess import eval_transform
 
         self.items = items
         self.indices = list(indices)
         self.transform = eval_transform(image_size, gamma)  # gamma, resize, scale, normalise
+        self.gamma = float(gamma)
+        self.stain_reference = None if stain_reference is None else np.asarray(stain_reference, float)
+        self.tensor = tensor
+        self.nucleus = nucleus
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -86,20 +102,33 @@ class _Images(Dataset):
         item = self.items[i]
         try:
             img = as_rgb_uint8(item) if isinstance(item, np.ndarray) else read_image(item)
-            return i, self.transform(img), None
+            if self.stain_reference is not None:
+                from trainer.stain import reinhard
+
+                img = reinhard(img, self.stain_reference)
+            x = self.transform(img) if self.tensor else None
+            hand = None
+            if self.nucleus:
+                from trainer.preprocess import gamma_correct
+
+                hand = torch.from_numpy(handcrafted.nucleus_features(
+                    img if self.gamma == 1.0 else gamma_correct(img, self.gamma)))
+            return i, x, hand, None
         except AllguiError as exc:
-            return i, None, str(exc)
+            return i, None, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - reported to the user with the image named
             name = "array" if isinstance(item, np.ndarray) else Path(item).name
-            return i, None, f"Cannot prepare image '{name}': {exc}"
+            return i, None, None, f"Cannot prepare image '{name}': {exc}"
 
 
 def _collate(batch):
-    errors = [err for _, _, err in batch if err]
+    errors = [err for _, _, _, err in batch if err]
     if errors:
-        return None, None, errors[0]
-    idx = torch.tensor([i for i, _, _ in batch], dtype=torch.long)
-    return idx, torch.stack([x for _, x, _ in batch]), None
+        return None, None, None, errors[0]
+    idx = torch.tensor([i for i, _, _, _ in batch], dtype=torch.long)
+    x = torch.stack([x for _, x, _, _ in batch]) if batch[0][1] is not None else None
+    hand = torch.stack([h for _, _, h, _ in batch]) if batch[0][2] is not None else None
+    return idx, x, hand, None
 
 
 def _worker_init(_: int) -> None:
@@ -116,7 +145,8 @@ class FeatureExtractor:
 
     Parameters
     ----------
-    backbones: names from ``trainer.backbones.BACKBONES``.
+    backbones: feature blocks: network names from ``trainer.backbones.BACKBONES`` and/or
+        ``"nucleus"`` (the hand-crafted block of :mod:`trainer.handcrafted`).
     weights: ``'none'``, ``'imagenet'`` or a path to a state_dict file (see ``build_backbone``).
     image_size: network input side, pixels (images are resized to image_size x image_size).
     gamma: gamma correction (eq. 1) in [0.8, 1.2], applied before resizing; 1.0 = none.
@@ -130,6 +160,9 @@ class FeatureExtractor:
     precision: ``'auto'`` (autocast on CUDA, float32 on the CPU), ``'fp32'`` (never autocast) or
         ``'bf16'`` (bfloat16 autocast also on CPUs that compute it natively: about 2x faster there,
         features within ~0.5 % relative of float32). Part of the cache key.
+    stain_reference: optional Reinhard reference (6,): Lab mean and std that every image's
+        foreground is mapped to before any block is computed (see :mod:`trainer.stain`).
+        Part of the cache key.
     """
 
     def __init__(
@@ -145,6 +178,7 @@ class FeatureExtractor:
         state_dicts: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
         seed: int = 0,
         precision: str = "auto",
+        stain_reference: Sequence[float] | None = None,
     ) -> None:
         self.backbones = tuple(backbones)
         self.weights = weights
@@ -157,6 +191,8 @@ class FeatureExtractor:
         self.state_dicts = state_dicts
         self.seed = seed
         self.precision = precision
+        self.stain_reference = (None if stain_reference is None
+                                else tuple(float(v) for v in np.asarray(stain_reference).ravel()))
         self._models: dict[str, torch.nn.Module] | None = None
         self._identities: dict[str, str] | None = None
         self._device: torch.device | None = None
@@ -166,8 +202,10 @@ class FeatureExtractor:
         if not self.backbones:
             raise AllguiError("No backbone selected for feature extraction.")
         for name in self.backbones:
-            if name not in BACKBONES:
-                raise AllguiError(f"Unknown backbone {name!r}; choose from: {', '.join(BACKBONES)}.")
+            if name not in BLOCKS:
+                raise AllguiError(f"Unknown backbone or feature block {name!r}; choose from: {', '.join(BLOCKS)}.")
+        if self.stain_reference is not None and len(self.stain_reference) != 6:
+            raise AllguiError("A stain reference is six numbers (Lab mean and standard deviation).")
         if int(self.image_size) < 32:
             raise AllguiError(f"Image size must be at least 32 pixels, not {self.image_size}.")
         from trainer.preprocess import GAMMA_RANGE
@@ -179,8 +217,13 @@ class FeatureExtractor:
 
     @property
     def dims(self) -> dict[str, int]:
-        """Feature dimension D of each backbone."""
-        return {name: BACKBONES[name] for name in self.backbones}
+        """Feature dimension D of each block."""
+        return {name: BLOCKS[name] for name in self.backbones}
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The blocks computed by a network (all but the hand-crafted one)."""
+        return tuple(b for b in self.backbones if b in BACKBONES)
 
     @property
     def torch_device(self) -> torch.device:
@@ -204,7 +247,9 @@ class FeatureExtractor:
         """``{backbone: weights identity}`` (see ``trainer.backbones.weights_identity``)."""
         if self._identities is None:
             sds = self.state_dicts or {}
-            ids = {name: weights_identity(name, self.weights, sds.get(name)) for name in self.backbones}
+            ids = {name: weights_identity(name, self.weights, sds.get(name)) for name in self.networks}
+            if NUCLEUS in self.backbones:
+                ids[NUCLEUS] = handcrafted.VERSION
             # random weights differ by seed
             self._identities = {k: f"none:seed={self.seed}" if v == "none" else v for k, v in ids.items()}
         return dict(self._identities)
@@ -215,17 +260,28 @@ class FeatureExtractor:
             self._validate()
             sds = self.state_dicts or {}
             models = {}
-            for name in self.backbones:
+            for name in self.networks:
                 m = build_backbone(name, self.weights, state_dict=sds.get(name), seed=self.seed)
                 models[name] = m.to(self.torch_device, memory_format=torch.channels_last).eval()
             self._models = models
         return self._models
 
+    def use_networks_of(self, other: "FeatureExtractor") -> None:
+        """Share ``other``'s built networks (same backbones and weights) instead of building copies."""
+        own = set(self.networks)
+        self._models = {k: v for k, v in other.models().items() if k in own}
+        missing = own - set(self._models)
+        if missing:
+            raise AllguiError(f"Cannot share networks: {', '.join(sorted(missing))} not built.")
+
     def preprocessing_tag(self) -> str:
-        """The pre-processing part of the cache key (size, gamma, normalisation, precision)."""
+        """The pre-processing part of the cache key (size, gamma, normalisation, precision, stain)."""
         amp = self._amp_dtype()
         precision = "fp32" if amp is None else f"amp-{str(amp).replace('torch.', '')}"
-        return f"size={int(self.image_size)}|gamma={float(self.gamma):.6g}|{PREPROCESS_VERSION}|{precision}"
+        tag = f"size={int(self.image_size)}|gamma={float(self.gamma):.6g}|{PREPROCESS_VERSION}|{precision}"
+        if self.stain_reference is not None:
+            tag += "|reinhard=" + ",".join(f"{v:.6g}" for v in self.stain_reference)
+        return tag
 
     def cache_key(self, image_hash: str, name: str) -> str:
         """Hex key of one (image, backbone) vector in the cache.
@@ -249,7 +305,7 @@ class FeatureExtractor:
             vec = np.load(path, allow_pickle=False)
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed
             return None
-        if vec.shape != (BACKBONES[name],) or vec.dtype != np.float32 or not np.all(np.isfinite(vec)):
+        if vec.shape != (BLOCKS[name],) or vec.dtype != np.float32 or not np.all(np.isfinite(vec)):
             return None
         return vec
 
@@ -276,7 +332,7 @@ class FeatureExtractor:
         self._validate()
         items = list(items)
         n = len(items)
-        out = {name: np.zeros((n, BACKBONES[name]), dtype=np.float32) for name in self.backbones}
+        out = {name: np.zeros((n, BLOCKS[name]), dtype=np.float32) for name in self.backbones}
         if n == 0:
             return out
 
@@ -310,12 +366,15 @@ class FeatureExtractor:
         # 2. one decode per image, one batch through every backbone that still needs it
         check_cancel()
         models = self.models()
+        need_tensor = any(missing[name][todo].any() for name in self.networks)
+        need_nucleus = NUCLEUS in self.backbones and bool(missing[NUCLEUS][todo].any())
         device = self.torch_device
         workers = self.num_workers
         if workers is None:
             workers = auto_workers(device, len(todo), int(self.batch_size))
         loader = DataLoader(
-            _Images(items, todo, self.image_size, self.gamma),
+            _Images(items, todo, self.image_size, self.gamma, self.stain_reference,
+                    tensor=need_tensor, nucleus=need_nucleus),
             batch_size=int(self.batch_size),
             shuffle=False,
             num_workers=int(workers),
@@ -331,12 +390,20 @@ class FeatureExtractor:
         iterator = iter(loader)
         try:
             with torch.inference_mode(), autocast:
-                for idx, x, err in iterator:
+                for idx, x, hand, err in iterator:
                     check_cancel()
                     if err is not None:
                         raise ImageReadError(err)
-                    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                     rows = idx.numpy()
+                    if hand is not None:
+                        need = missing[NUCLEUS][rows]
+                        vecs = hand.numpy()[need]
+                        out[NUCLEUS][rows[need]] = vecs
+                        if self.cache_dir is not None:
+                            for r, vec in zip(rows[need], vecs):
+                                self._cache_save(NUCLEUS, keys[NUCLEUS][r], vec)
+                    if x is not None:
+                        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                     for name, model in models.items():
                         need = missing[name][rows]
                         if not need.any():
