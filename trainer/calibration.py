@@ -5,8 +5,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
+
+from .stacking import inner_folds
 
 METHODS = ("platt", "isotonic")
 
@@ -34,9 +35,9 @@ class ScoreCalibrator(BaseEstimator):
     """Map an uncalibrated score in [0, 1] to a calibrated P(ALL).
 
     ``method="auto"`` compares Platt scaling and isotonic regression by the Brier score of
-    their out-of-fold predictions on the calibration data (stratified k-fold, so isotonic's
-    flexibility is not rewarded for memorising), keeps the lower one and refits it on all
-    the data. Learned: ``method_``, ``model_``, ``cv_brier_`` (method -> Brier, where compared).
+    their out-of-fold predictions on the calibration data (stratified k-fold, grouped by subject
+    where ``groups`` are given, so isotonic's flexibility is not rewarded for memorising a
+    subject), keeps the lower one and refits it on all the data. Learned: ``method_``, ``model_``, ``cv_brier_`` (method -> Brier, where compared).
     """
 
     def __init__(self, method: str = "auto", n_splits: int = 5, seed: int = 0):
@@ -44,16 +45,15 @@ class ScoreCalibrator(BaseEstimator):
         self.n_splits = n_splits
         self.seed = seed
 
-    def fit(self, s, y):
+    def fit(self, s, y, groups=None):
         s = np.asarray(s, dtype=float).ravel()
         y = np.asarray(y).astype(int).ravel()
         if len(np.unique(y)) < 2:
             raise ValueError("calibration data hold only one class")
         self.cv_brier_ = {}
         if self.method == "auto":
-            k = int(min(self.n_splits, np.bincount(y).min()))
-            if k >= 2:
-                folds = StratifiedKFold(k, shuffle=True, random_state=self.seed).split(s, y)
+            folds = inner_folds(y, groups, self.n_splits, self.seed)
+            if folds:
                 oof = {m: np.empty_like(s) for m in METHODS}
                 for tr, te in folds:
                     for m in METHODS:

@@ -10,6 +10,7 @@ from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_sample_weight
 
 from .config import CLASSIFIER_NAMES
+from .stacking import inner_folds
 
 DISPLAY_NAMES = {"svm": "SVM", "knn": "KNN", "rf": "Random forest",
                  "adaboost": "AdaBoost", "mlp": "MLP (BPN)"}
@@ -47,8 +48,18 @@ def make_classifiers(seed: int = 0, names=CLASSIFIER_NAMES, n_train: int | None 
     return {n: all_[n] for n in names}
 
 
-def fit_balanced(name: str, estimator, X: np.ndarray, y: np.ndarray, seed: int = 0):
-    """Fit ``estimator`` on (X, y) with the imbalance handling that suits it; returns it."""
+def fit_balanced(name: str, estimator, X: np.ndarray, y: np.ndarray, seed: int = 0,
+                 groups: np.ndarray | None = None):
+    """Fit ``estimator`` on (X, y) with the imbalance handling that suits it; returns it.
+
+    ``groups`` (N,) subject ids, where known, keep a subject on one side of the SVM's internal
+    Platt-scaling folds.
+    """
+    if name == "svm" and groups is not None:
+        folds = inner_folds(y, groups, int(estimator.cv), seed)
+        if folds:
+            estimator.set_params(cv=folds).fit(X, y)
+            return estimator.set_params(cv=len(folds))  # the fitted model keeps no index lists
     if name in ("adaboost", "mlp"):
         return estimator.fit(X, y, sample_weight=compute_sample_weight("balanced", y))
     if name == "knn":

@@ -25,7 +25,8 @@ class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
         self.classifiers = classifiers
         self.seed = seed
 
-    def fit(self, X, y, X_val=None, y_val=None, progress=None):
+    def fit(self, X, y, X_val=None, y_val=None, progress=None, groups=None):
+        """Fit on (X (N, D), y (N,)); weights from (X_val, y_val); ``groups`` (N,) subject ids."""
         X = np.asarray(X)
         y = np.asarray(y).astype(int)
         if len(np.unique(y)) < 2:
@@ -40,7 +41,7 @@ class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
         for i, name in enumerate(self.names_):
             if progress:
                 progress(i / len(self.names_), f"fitting {name}")
-            self.estimators_[name] = fit_balanced(name, unfitted[name], X, y, self.seed)
+            self.estimators_[name] = fit_balanced(name, unfitted[name], X, y, self.seed, groups)
         if X_val is not None and len(y_val):
             y_val = np.asarray(y_val).astype(int)
             votes = self._votes(np.asarray(X_val))
@@ -52,7 +53,7 @@ class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
         self.weights_ = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
         return self
 
-    def _probabilities_and_votes(self, X) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities_and_votes(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(N, C) P(class 1) and (N, C) 0/1 votes of every classifier from one predict_proba each.
 
         Each of the five classifiers' ``predict`` is the argmax of its ``predict_proba`` (ties to
@@ -66,7 +67,7 @@ class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
 
     def _votes(self, X) -> np.ndarray:
         """(N, n_classifiers) each classifier's own 0/1 decision."""
-        return self._probabilities_and_votes(X)[1]
+        return self.probabilities_and_votes(X)[1]
 
     def predict_details(self, X) -> dict[str, np.ndarray]:
         """Every classifier's probability and vote plus the two ensemble scores.
@@ -77,7 +78,7 @@ class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "estimators_")
         X = np.asarray(X)
-        P, V = self._probabilities_and_votes(X)
+        P, V = self.probabilities_and_votes(X)
         return {"probabilities": P, "votes": V, "weights": self.weights_.copy(),
                 "vote_share": V @ self.weights_, "raw": P @ self.weights_}
 

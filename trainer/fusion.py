@@ -21,6 +21,9 @@ class FeatureFusion(TransformerMixin, BaseEstimator):
         Fraction of variance PCA keeps (paper: 0.98).
     seed : int
         Random state for PCA's solver.
+    block_l2 : bool
+        Also L2-normalise each standardised block before concatenation, so every block (e.g.
+        a 1024-d network block and an 85-d hand-crafted block) carries the same weight.
 
     Input ``X`` is (N, sum(dims)); output is (N, D') with D' = sum(dims) or the PCA width.
     Learned: ``scalers_`` (one StandardScaler per block, fitted on the training split),
@@ -28,11 +31,12 @@ class FeatureFusion(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, dims: tuple[int, ...] = (1024, 512), pca: bool = True,
-                 variance: float = 0.98, seed: int = 0):
+                 variance: float = 0.98, seed: int = 0, block_l2: bool = False):
         self.dims = dims
         self.pca = pca
         self.variance = variance
         self.seed = seed
+        self.block_l2 = block_l2
 
     def _blocks(self, X: np.ndarray) -> list[np.ndarray]:
         X = np.asarray(X, dtype=np.float64)
@@ -42,7 +46,10 @@ class FeatureFusion(TransformerMixin, BaseEstimator):
         return [X[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
 
     def _scaled(self, X: np.ndarray) -> np.ndarray:
-        Z = np.hstack([s.transform(b) for s, b in zip(self.scalers_, self._blocks(X))])
+        blocks = [s.transform(b) for s, b in zip(self.scalers_, self._blocks(X))]
+        if getattr(self, "block_l2", False):
+            blocks = [b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks]
+        Z = np.hstack(blocks)
         norm = np.linalg.norm(Z, axis=1, keepdims=True)
         return Z / np.maximum(norm, 1e-12)
 
