@@ -1,10 +1,15 @@
 """Model bundles: one zip file holding a fitted model, its config, model card and arrays.
 
-Layout (format ``allgui-model``, version 1)::
+Layout (format ``allgui-model``, version 2)::
 
     manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members
-    model.skops            the fitted :class:`trainer.model.AllModel` (skops: no code runs on load)
-    arrays.safetensors     numpy arrays (validation scores, probe features, test results)
+    model.skops            a :class:`trainer.model.KindModels`: one fitted AllModel per image kind
+                           (skops: no code runs on load)
+    arrays.safetensors     numpy arrays, per model key ``<key>/validation/...``, ``<key>/test/...``,
+                           ``<key>/stain_reference``; ``probe/<backbone>`` fingerprints
+
+Version 1 bundles (one AllModel, arrays ``validation/...`` and ``test/...``) still load: they come
+back as a KindModels with the single key ``"any"``.
     backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
 
 Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
@@ -33,11 +38,13 @@ from .config import TrainConfig
 from .errors import BundleError
 
 FORMAT = "allgui-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SUFFIX = ".allmodel"
 MAX_MEMBER_BYTES = 4 << 30
 OWN_TYPES = frozenset({
-    "trainer.model.AllModel", "trainer.fusion.FeatureFusion",
+    "trainer.model.AllModel", "trainer.model.KindModels", "trainer.stacking.StackedCombiner",
+    "trainer.fusion.FeatureFusion",
     "trainer.ensemble.WeightedVotingEnsemble", "trainer.calibration.ScoreCalibrator",
 })
 #: scikit-learn internals an AllModel holds that skops does not trust by default; nothing else is
@@ -148,9 +155,9 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
         raise BundleError(f"{path.name}: the manifest is damaged ({e}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path.name} is not an allgui model file.")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(f"{path.name} uses model format version {manifest.get('format_version')}; "
-                          f"this allgui reads version {FORMAT_VERSION}.")
+                          f"this allgui reads versions {', '.join(map(str, READABLE_VERSIONS))}.")
     return manifest
 
 
@@ -211,14 +218,28 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
                 state.setdefault(name, {})[param] = t
     except Exception as e:
         raise BundleError(f"{path.name}: stored arrays cannot be read ({e}).") from None
-    from .model import AllModel
-    if not isinstance(model, AllModel):
-        raise BundleError(f"{path.name} does not hold an allgui model.")
-    estimators = getattr(getattr(model, "ensemble_", None), "estimators_", {}) or {}
-    odd = sorted({type(e).__name__ for e in estimators.values()} - CLASSIFIER_TYPES)
-    if odd:
-        raise BundleError(f"{path.name} holds classifiers allgui does not write ({', '.join(odd)}); refused.")
+    model, arrays = _as_kind_models(model, arrays, path)
     return ModelBundle(model=model, config=TrainConfig.from_dict(manifest.get("config", {})),
                        card=dict(manifest.get("card", {}), created=manifest.get("created"),
                                  versions=manifest.get("versions", {})),
                        arrays=arrays, backbone_state=state, path=path)
+
+
+def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
+    """(KindModels, arrays) of a loaded model: a version-1 AllModel becomes the single model
+    ``"any"`` with its arrays re-keyed; every model's base classifiers are checked."""
+    from .model import AllModel, KindModels
+
+    if isinstance(model, AllModel):
+        model = KindModels(models={"any": model})
+        arrays = {(k if k.startswith("probe/") else f"any/{k}"): v for k, v in arrays.items()}
+    models = getattr(model, "models", None) if isinstance(model, KindModels) else None
+    if not isinstance(models, dict) or not models or not all(
+            isinstance(k, str) and isinstance(m, AllModel) for k, m in models.items()):
+        raise BundleError(f"{path.name} does not hold an allgui model.")
+    for m in models.values():
+        estimators = getattr(getattr(m, "ensemble_", None), "estimators_", {}) or {}
+        odd = sorted({type(e).__name__ for e in estimators.values()} - CLASSIFIER_TYPES)
+        if odd:
+            raise BundleError(f"{path.name} holds classifiers allgui does not write ({', '.join(odd)}); refused.")
+    return model, arrays

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
+from .stacking import COMBINERS
+from .stain import STAIN_METHODS
 from .errors import AllguiError, Cancelled
 
 
@@ -24,8 +26,9 @@ def _csv_list(text: str | None) -> list[str] | None:
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("data", help="data folder: C-NMC layout (training_data/fold_*/{all,hem} or all/ + hem/) "
-                                "or one sub-folder per class")
+    g.add_argument("data", nargs="+", help="data folder(s): C-NMC layout (training_data/fold_*/{all,hem} or "
+                                           "all/ + hem/) or one sub-folder per class; several folders are "
+                                           "merged by subject id (identical images once)")
     g.add_argument("--layout", choices=("auto", "cnmc", "folders"), default="auto",
                    help="folder layout (default: detect)")
     g.add_argument("--positive", metavar="CLASSES",
@@ -61,6 +64,22 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated subset of {','.join(CLASSIFIER_NAMES)}")
     g.add_argument("--calibration", choices=("auto", "platt", "isotonic"), default="auto",
                    help="auto keeps the method with the lower cross-validated Brier score on validation data")
+    d = TrainConfig()
+    g.add_argument("--combiner", choices=COMBINERS, default=d.combiner,
+                   help="ensemble score: weighted = the paper's eq. 8 weights (validation accuracy); stacked = "
+                        "a logistic regression on the classifiers' out-of-fold probabilities "
+                        "(default: %(default)s)")
+    g.add_argument("--nucleus-features", choices=("on", "off"), default="on" if d.nucleus_features else "off",
+                   help="add the hand-crafted nucleus block (morphology, GLCM/LBP texture, colour) beside "
+                        "the networks (default: %(default)s)")
+    g.add_argument("--block-l2", choices=("on", "off"), default="on" if d.block_l2 else "off",
+                   help="L2-normalise each feature block before fusion (default: %(default)s)")
+    g.add_argument("--stain", choices=STAIN_METHODS, default=d.stain,
+                   help="colour normalisation before feature extraction, reference fitted on the training "
+                        "images: none or reinhard (default: %(default)s)")
+    g.add_argument("--per-kind", choices=("on", "off"), default="on" if d.per_kind else "off",
+                   help="one calibrated model per image kind (single-cell crops, smear fields) "
+                        "(default: %(default)s)")
     g.add_argument("--cache-dir", default=default_cache_dir(),
                    help="feature cache folder (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
@@ -88,12 +107,14 @@ def finetune_wanted(choice: str, device: str) -> bool:
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        data=str(a.data), layout=a.layout, positive=_csv_list(a.positive), labels_csv=a.labels_csv,
+        data=str(a.data[0]) if len(a.data) == 1 else [str(d) for d in a.data], layout=a.layout, positive=_csv_list(a.positive), labels_csv=a.labels_csv,
         group_column=a.group_column, split=a.split, seed=a.seed, weights=a.weights,
         backbones=tuple(_csv_list(a.backbones) or BACKBONE_NAMES), image_size=a.image_size,
         gamma=a.gamma, batch_size=a.batch_size, num_workers=a.workers, device=a.device, precision=a.precision,
         pca=not a.no_pca, classifiers=tuple(_csv_list(a.classifiers) or CLASSIFIER_NAMES),
         calibration=a.calibration, cache_dir=None if a.no_cache else a.cache_dir,
+        combiner=a.combiner, nucleus_features=a.nucleus_features == "on", block_l2=a.block_l2 == "on",
+        stain=a.stain, per_kind=a.per_kind == "on",
         output=str(getattr(a, "output", "model.allmodel")), finetune=finetune_wanted(a.finetune, a.device),
         finetune_epochs=a.epochs, finetune_patience=a.patience, finetune_lr=a.finetune_lr,
         finetune_checkpoint_dir=a.checkpoint_dir, finetune_deterministic=a.deterministic,
@@ -139,13 +160,23 @@ def cmd_train(a) -> int:
         bar.close()
     if result is None:  # a non-zero torchrun rank: rank 0 reports
         return 0
-    ens = result.metrics.get("ensemble_calibrated") or result.card["metrics"]["validation"]["ensemble_calibrated"]
     print(f"Model written to {result.bundle_path} ({result.seconds:.0f} s)")
     split = result.card["split"]
     print(f"Split: {split['protocol']}-level, train/val/test = {split['n_train']}/{split['n_validation']}/{split['n_test']}")
-    print(f"Threshold (Youden, validation): {result.model.threshold_:.3f}; calibration: {result.model.calibrator_.method_}")
-    print(_table(result.metrics) if result.metrics else "No test split; validation metrics: "
-          f"accuracy {ens['accuracy']:.3f}")
+    for note in result.card.get("notes", []):
+        print(note)
+    for key, model in result.model.models.items():
+        section = result.card["models"][key]
+        data = section["data"]
+        print(f"\n{section['name'].capitalize()}: {data['n_train']}/{data['n_validation']}/{data['n_test']} images, "
+              f"test subjects/groups: {data['n_groups']['test']}; threshold (Youden, validation) "
+              f"{model.threshold_:.3f}; combiner {model.combiner_}; calibration {model.calibrator_.method_}")
+        test = result.per_model.get(key) or {}
+        if test:
+            print(_table(test))
+        else:
+            val = section["metrics"]["validation"]["ensemble_calibrated"]
+            print(f"No test split; validation accuracy {val['accuracy']:.3f}")
     return 0
 
 
@@ -179,7 +210,7 @@ CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "ci
 def cmd_predict(a) -> int:
     from .imageio import IMAGE_SUFFIXES
     from .predictor import Predictor
-    from .results import decide
+    from .results import MODEL_NAMES, decide
     files: list[Path] = []
     for p in map(Path, a.inputs):
         if p.is_dir():
@@ -189,10 +220,11 @@ def cmd_predict(a) -> int:
     if not files:
         raise AllguiError("No images found in the given paths.")
     predictor = Predictor.from_bundle(a.model, device=a.device)
-    threshold = predictor.threshold if a.threshold is None else a.threshold
+    thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
-                                                        "probability", "decision", "decided_by", "notes"]
+                                                        "probability", "decision", "decided_by", "model",
+                                                        "threshold", "notes"]
     n_err = 0
 
     def write_rows(out) -> None:
@@ -222,7 +254,8 @@ def cmd_predict(a) -> int:
                        "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
                        "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
                        "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
-                       "probability": round(p_img, 4), "decision": decide(p_img, threshold),
+                       "probability": round(p_img, 4), "decision": decide(p_img, thresholds[r.model]),
+                       "model": r.model_name, "threshold": round(thresholds[r.model], 4),
                        "decided_by": decided_by, "crop_probability": round(c.probability, 4),
                        "notes": " ".join(r.notes) if c.index < 0 else ""}
                 row.update({f"p_{v.name}": round(v.probability, 4) for v in c.votes})
@@ -240,7 +273,8 @@ def cmd_predict(a) -> int:
             text.detach()  # leave the binary file open for atomic_write to sync and rename
 
         atomic_write(a.output, write_text)
-    print(f"{len(files) - n_err} images classified at threshold {threshold:.3f}"
+    at = ", ".join(f"{MODEL_NAMES[k]} {t:.3f}" for k, t in thresholds.items())
+    print(f"{len(files) - n_err} images classified at threshold {at}"
           + (f", {n_err} could not be read" if n_err else "")
           + ("" if a.output == "-" else f"; results in {a.output}"), file=sys.stderr)
     return 0
@@ -286,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("-m", "--model", required=True, help="model bundle (.allmodel)")
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
-    r.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
+    r.add_argument("--threshold", type=float, default=None, help="decision threshold for every model (default: each model's own Youden threshold)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_predict)

@@ -17,7 +17,7 @@ class TrainConfig:
     Paths are kept as strings so the config round-trips through JSON unchanged.
     """
 
-    data: str = ""                      # dataset root folder
+    data: str | list[str] = ""          # dataset root folder, or several merged by subject id
     layout: str = "auto"                # "auto", "cnmc" or "folders"
     positive: list[str] | None = None   # class folder names counted as ALL (folders layout)
     labels_csv: str | None = None       # optional labels.csv (path, label/class, group)
@@ -36,6 +36,11 @@ class TrainConfig:
     pca_variance: float = 0.98
     classifiers: tuple[str, ...] = CLASSIFIER_NAMES
     calibration: str = "auto"           # "auto" (lower validation Brier), "platt" or "isotonic"
+    combiner: str = "weighted"          # ensemble score: "weighted" (eq. 8) or "stacked" (see trainer.stacking)
+    block_l2: bool = False              # L2-normalise each feature block before fusion
+    nucleus_features: bool = False      # add the hand-crafted nucleus block (trainer.handcrafted)
+    stain: str = "none"                 # colour normalisation before every block: "none" or "reinhard"
+    per_kind: bool = True               # one model per image kind (single-cell crops, smear fields)
     seed: int = 0
     cache_dir: str | None = None        # feature cache; None = no disk cache
     output: str = "model.allmodel"      # where the model bundle is written

@@ -516,3 +516,41 @@ def _check_dataset(ds: Dataset) -> None:
         present = ", ".join(f"{k} {v}" for k, v in ds.source_class_counts().items())
         raise DataError(f"Only one class in {ds.root}: no '{missing[0]}' images "
                         f"(found {present}). Both normal and ALL images are needed.")
+
+
+def merge_datasets(datasets: Sequence[Dataset]) -> Dataset:
+    """One Dataset of several folders' images, merged by subject id.
+
+    Samples keep their group ids, so a subject found in two folders (e.g. C-NMC subject 16 in
+    two releases) is one group. An image whose pixels already came from an earlier folder is
+    left out (listed in ``skipped``), so no image can sit on two sides of a split. Pixels are
+    compared, not file bytes: the same crop as BMP in one folder and PNG in another is one image.
+    """
+    from .errors import ImageReadError
+    from .imageio import content_hash, read_image
+
+    datasets = list(datasets)
+    if len(datasets) == 1:
+        return datasets[0]
+    seen: dict[str, Path] = {}
+    samples: list[Sample] = []
+    skipped: list[tuple[Path, str]] = []
+    warnings: list[str] = []
+    for ds in datasets:
+        skipped.extend(ds.skipped)
+        warnings.extend(ds.warnings)
+        for s in ds.samples:
+            try:
+                h = content_hash(read_image(s.path))
+            except ImageReadError as exc:
+                skipped.append((s.path, str(exc)))
+                continue
+            if h in seen:
+                skipped.append((s.path, f"same file as {seen[h]}"))
+                continue
+            seen[h] = s.path
+            samples.append(s)
+    merged = Dataset(samples, CLASS_NAMES, skipped, datasets[0].root, "+".join(d.layout for d in datasets),
+                     warnings)
+    _check_dataset(merged)
+    return merged

@@ -11,38 +11,50 @@ from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
 from .ensemble import WeightedVotingEnsemble
 from .fusion import FeatureFusion
 from .metrics import youden_threshold
+from .stacking import StackedCombiner, inner_folds
 
-FEATURE_DIMS = {"densenet121": 1024, "resnet34": 512}
+STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
 
 
 class AllModel(BaseEstimator):
     """Classical stage of the paper's pipeline on pre-extracted deep features.
 
-    ``fit(feats, y, val_feats, y_val)`` where ``feats`` maps backbone name -> (N, D) array.
-    The fusion and classifiers are fitted on the training split; ensemble weights, the
+    ``fit(feats, y, val_feats, y_val, groups, val_groups)`` where ``feats`` maps feature block
+    name (a backbone or ``"nucleus"``) -> (N, D) array and the optional ``groups`` are subject
+    ids. The fusion and classifiers are fitted on the training split; ensemble weights, the
     calibrator and the Youden threshold on the validation split.
 
-    Learned: ``fusion_``, ``ensemble_``, ``calibrator_``, ``threshold_`` (on calibrated
-    probability), ``classifier_names_``, ``validation_`` (dict of validation arrays: ``y``,
-    ``raw``, ``calibrated``, ``probabilities``; used for the ROC and operating points).
+    ``combiner`` picks the continuous ensemble score the calibrator maps: ``"weighted"`` is the
+    paper's eq. 8 weights on the members' probabilities (soft vote); ``"stacked"`` a
+    :class:`trainer.stacking.StackedCombiner` fitted on the members' out-of-fold probabilities
+    of the training rows (``STACK_FOLDS`` internal folds, grouped by subject). The eq. 8 hard
+    vote is reported either way.
+
+    Learned: ``fusion_``, ``ensemble_``, ``stacker_`` (StackedCombiner or None), ``calibrator_``,
+    ``threshold_`` (on calibrated probability), ``classifier_names_``, ``validation_`` (dict of
+    validation arrays: ``y``, ``raw``, ``calibrated``, ``probabilities``; used for the ROC and
+    operating points).
     """
 
     def __init__(self, backbones: tuple[str, ...] = BACKBONE_NAMES, pca: bool = True,
                  pca_variance: float = 0.98, classifiers: tuple[str, ...] = CLASSIFIER_NAMES,
-                 calibration: str = "auto", seed: int = 0):
+                 calibration: str = "auto", seed: int = 0, combiner: str = "weighted",
+                 block_l2: bool = False):
         self.backbones = backbones
         self.pca = pca
         self.pca_variance = pca_variance
         self.classifiers = classifiers
         self.calibration = calibration
         self.seed = seed
+        self.combiner = combiner
+        self.block_l2 = block_l2
 
     @classmethod
     def from_config(cls, config: TrainConfig, backbones=None, pca=None) -> "AllModel":
         return cls(backbones=tuple(backbones or config.backbones),
                    pca=config.pca if pca is None else pca, pca_variance=config.pca_variance,
                    classifiers=tuple(config.classifiers), calibration=config.calibration,
-                   seed=config.seed)
+                   seed=config.seed, combiner=config.combiner, block_l2=config.block_l2)
 
     def _stack(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         missing = [b for b in self.backbones if b not in feats]
@@ -50,32 +62,63 @@ class AllModel(BaseEstimator):
             raise ValueError(f"features missing for backbone(s) {missing}")
         return np.hstack([np.asarray(feats[b], dtype=np.float32) for b in self.backbones])
 
-    def fit(self, feats, y, val_feats, y_val, progress=None):
+    def fit(self, feats, y, val_feats, y_val, progress=None, groups=None, val_groups=None):
         y = np.asarray(y).astype(int)
         y_val = np.asarray(y_val).astype(int)
+        if self.combiner not in ("weighted", "stacked"):
+            raise ValueError(f"unknown combiner {self.combiner!r}; use 'weighted' or 'stacked'")
         for name, labels in (("training", y), ("validation", y_val)):
             if len(np.unique(labels)) < 2:
                 raise ValueError(f"the {name} split holds only one class; add images of both classes")
         dims = tuple(int(np.asarray(feats[b]).shape[1]) for b in self.backbones)
         self.fusion_ = FeatureFusion(dims=dims, pca=self.pca, variance=self.pca_variance,
-                                     seed=self.seed).fit(self._stack(feats))
+                                     seed=self.seed, block_l2=self.block_l2).fit(self._stack(feats))
         X, Xv = self.fusion_.transform(self._stack(feats)), self.fusion_.transform(self._stack(val_feats))
         self.ensemble_ = WeightedVotingEnsemble(self.classifiers, self.seed).fit(
-            X, y, Xv, y_val, progress=progress)
+            X, y, Xv, y_val, progress=progress, groups=groups)
         self.classifier_names_ = list(self.ensemble_.names_)
-        det = self.ensemble_.predict_details(Xv)
-        self.calibrator_ = ScoreCalibrator(self.calibration, seed=self.seed).fit(det["raw"], y_val)
+        self.stacker_ = self._fit_stacker(X, y, groups) if self.combiner == "stacked" else None
+        det = self._details(Xv)
+        self.calibrator_ = ScoreCalibrator(self.calibration, seed=self.seed).fit(det["raw"], y_val,
+                                                                                 groups=val_groups)
         calibrated = self.calibrator_.transform(det["raw"])
         self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_val, calibrated)[0])
         self.validation_ = {"y": y_val, "raw": det["raw"], "calibrated": calibrated,
                             "probabilities": det["probabilities"]}
         return self
 
+    def _fit_stacker(self, X: np.ndarray, y: np.ndarray, groups) -> StackedCombiner | None:
+        """A combiner fitted on out-of-fold member probabilities of the training rows."""
+        folds = inner_folds(y, groups, STACK_FOLDS, self.seed)
+        if not folds:
+            return None  # too few images or subjects: the eq. 8 weights stay in charge
+        P = np.zeros((len(y), len(self.classifier_names_)))
+        for tr, te in folds:
+            members = WeightedVotingEnsemble(self.classifiers, self.seed).fit(
+                X[tr], y[tr], groups=None if groups is None else np.asarray(groups)[tr])
+            P[te] = members.probabilities_and_votes(X[te])[0]
+        return StackedCombiner().fit(P, y)
+
+    def _details(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        det = self.ensemble_.predict_details(X)
+        det["weighted"] = det["raw"]
+        stacker = getattr(self, "stacker_", None)  # None in models saved before stacking existed
+        if stacker is not None:
+            det["raw"] = stacker.combine(det["probabilities"])
+        return det
+
+    @property
+    def combiner_(self) -> str:
+        """The combiner in use: ``"stacked"`` or ``"weighted"`` (eq. 8)."""
+        return "stacked" if getattr(self, "stacker_", None) is not None else "weighted"
+
     def predict_details(self, feats) -> dict[str, np.ndarray]:
         """Per-classifier ``probabilities`` (N, C) and ``votes`` (N, C) in ``classifier_names_``
-        order, ``weights`` (C,), ``vote_share`` (N,), ``raw`` (N,) and ``calibrated`` (N,)."""
+        order, ``weights`` (C,), ``vote_share`` (N,) (eq. 8 hard vote), ``weighted`` (N,)
+        (eq. 8 weights on the probabilities), ``raw`` (N,) (the combiner's score: ``weighted``
+        or the stacked one) and ``calibrated`` (N,)."""
         check_is_fitted(self, "ensemble_")
-        det = self.ensemble_.predict_details(self.fusion_.transform(self._stack(feats)))
+        det = self._details(self.fusion_.transform(self._stack(feats)))
         det["calibrated"] = self.calibrator_.transform(det["raw"])
         return det
 
@@ -117,8 +160,36 @@ def subset(feats: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
 
 
 def fit_model(feats, y, train_idx, val_idx, config: TrainConfig, backbones=None, pca=None,
-              progress=None) -> AllModel:
-    """Fit an :class:`AllModel` on rows ``train_idx`` with validation rows ``val_idx``."""
+              progress=None, groups=None) -> AllModel:
+    """Fit an :class:`AllModel` on rows ``train_idx`` with validation rows ``val_idx``;
+    ``groups`` (N,) subject ids of all rows, or None."""
     y = np.asarray(y)
+    g = None if groups is None else np.asarray(groups)
     return AllModel.from_config(config, backbones, pca).fit(
-        subset(feats, train_idx), y[train_idx], subset(feats, val_idx), y[val_idx], progress=progress)
+        subset(feats, train_idx), y[train_idx], subset(feats, val_idx), y[val_idx], progress=progress,
+        groups=None if g is None else g[train_idx], val_groups=None if g is None else g[val_idx])
+
+
+class KindModels(BaseEstimator):
+    """One fitted :class:`AllModel` per image kind, as a model bundle stores them.
+
+    ``models`` maps a model key to its AllModel: ``"single_cell"`` (single-cell crops),
+    ``"field"`` (smear fields), or ``"any"`` (one model for every image, as in bundles written
+    before per-kind models).
+    """
+
+    def __init__(self, models: dict | None = None):
+        self.models = models
+
+    def keys(self) -> list[str]:
+        return list(self.models or {})
+
+    def route(self, image_kind: str) -> str:
+        """The key of the model that judges an image of ``image_kind``: the model of that kind
+        where there is one, else the only (or first) model."""
+        models = self.models or {}
+        if image_kind in models:
+            return image_kind
+        if "any" in models:
+            return "any"
+        return next(iter(models))

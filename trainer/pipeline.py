@@ -17,11 +17,12 @@ import numpy as np
 from . import fingerprint, metrics
 from .bundle import ModelBundle, save_bundle
 from .config import TrainConfig
-from .data import CLASS_NAMES, Dataset, load_dataset, split_train_val_test
+from .data import CLASS_NAMES, Dataset, load_dataset, merge_datasets, split_train_val_test
 from .errors import Cancelled, DataError
 from .features import FeatureExtractor
-from .model import AllModel, fit_model
+from .model import AllModel, KindModels, fit_model, subset
 from .progress import Progress, stage
+from .results import MODEL_NAMES
 
 INTENDED_USE = ("Research and education only. Not a medical device and not for clinical diagnosis: "
                 "every result must be reviewed by a qualified haematologist or pathologist.")
@@ -35,8 +36,9 @@ class TrainResult:
     model: AllModel
     card: dict[str, Any]                       # the model card stored in the bundle
     metrics: dict[str, Any]                    # test-split metrics per classifier and ensemble
-    evaluation: dict[str, np.ndarray] = field(default_factory=dict)  # arrays for plots
+    evaluation: dict[str, np.ndarray] = field(default_factory=dict)  # arrays for plots (first model)
     seconds: float = 0.0
+    per_model: dict[str, Any] = field(default_factory=dict)  # test metrics of each per-kind model
 
 
 def check_cancel(cancel: Callable[[], bool] | None) -> None:
@@ -45,20 +47,29 @@ def check_cancel(cancel: Callable[[], bool] | None) -> None:
 
 
 def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Dataset:
-    """The dataset a config names, unreadable files skipped and reported."""
-    if not config.data:
+    """The dataset a config names (one folder, or several merged by subject id), unreadable files
+    skipped and reported."""
+    roots = [config.data] if isinstance(config.data, (str, Path)) else list(config.data or [])
+    if not roots or not all(roots):
         raise DataError("No data folder was given.")
-    return load_dataset(config.data, layout=config.layout, positive=config.positive,
-                        labels_csv=config.labels_csv, group_column=config.group_column,
-                        check_readable=True, progress=progress, cancel=cancel)
+    parts = [load_dataset(r, layout=config.layout, positive=config.positive,
+                          labels_csv=config.labels_csv if len(roots) == 1 else None,
+                          group_column=config.group_column, check_readable=True,
+                          progress=stage(progress, i / len(roots), (i + 1) / len(roots)), cancel=cancel)
+             for i, r in enumerate(roots)]
+    return merge_datasets(parts)
 
 
-def make_extractor(config: TrainConfig, state_dicts=None, backbones=None) -> FeatureExtractor:
+def make_extractor(config: TrainConfig, state_dicts=None, backbones=None,
+                   stain_reference=None) -> FeatureExtractor:
+    """The feature extractor a config describes (``backbones``: feature blocks; default the
+    config's networks)."""
     return FeatureExtractor(backbones=tuple(backbones or config.backbones), weights=config.weights,
                             image_size=config.image_size, gamma=config.gamma,
                             batch_size=config.batch_size, num_workers=config.num_workers,
                             device=config.device, cache_dir=config.cache_dir,
-                            state_dicts=state_dicts, seed=config.seed, precision=config.precision)
+                            state_dicts=state_dicts, seed=config.seed, precision=config.precision,
+                            stain_reference=stain_reference)
 
 
 def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
@@ -148,10 +159,87 @@ def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
     return out, arrays
 
 
+MIN_KIND_IMAGES = 2  # per class in each of the training and validation rows of a kind's model
+
+
+def detect_kinds(paths, progress: Progress | None = None, cancel=None) -> np.ndarray:
+    """(N,) str: ``"single_cell"`` or ``"field"`` for each image (unreadable ones: ``"field"``)."""
+    from .imageio import read_image
+    from .segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
+
+    out = np.empty(len(paths), dtype=object)
+    for i, p in enumerate(paths):
+        if i % 64 == 0:
+            check_cancel(cancel)
+            if progress is not None:
+                progress(i / max(len(paths), 1), f"Image kinds: {i}/{len(paths)}")
+        try:
+            out[i] = KIND_SINGLE if is_single_cell_crop(read_image(p)) else KIND_FIELD
+        except Exception:  # unreadable files were reported when the data was read
+            out[i] = KIND_FIELD
+    return out.astype(str)
+
+
+def kind_parts(kinds: np.ndarray, y: np.ndarray, splits, per_kind: bool = True) -> tuple[dict, list[str]]:
+    """``{model key: (train, val, test) index arrays}`` and notes on kinds left without a model.
+
+    With ``per_kind`` every image kind that has at least ``MIN_KIND_IMAGES`` images of each class
+    in its training and validation rows gets its own model; images of a kind too small for
+    one are left out of both models, with a note. Without ``per_kind`` (or when no kind
+    qualifies) one model (``"any"``) takes every image.
+    """
+    splits = [np.asarray(a, dtype=int) for a in splits]
+    if not per_kind:
+        return {"any": tuple(splits)}, []
+    parts, notes = {}, []
+    for kind in ("single_cell", "field"):
+        rows = [a[kinds[a] == kind] for a in splits]
+        if sum(len(r) for r in rows) == 0:
+            continue
+        ok = all(np.sum(y[rows[j]] == c) >= MIN_KIND_IMAGES for j in (0, 1) for c in (0, 1))
+        if ok:
+            parts[kind] = tuple(rows)
+        else:
+            notes.append(f"{MODEL_NAMES[kind].capitalize()} not trained: its {sum(len(r) for r in rows)} "
+                         f"images have fewer than {MIN_KIND_IMAGES} of each class in the training or "
+                         f"validation split; those images are left out.")
+    if not parts:
+        return {"any": tuple(splits)}, notes
+    return parts, notes
+
+
+def stain_reference(config: TrainConfig, paths, progress=None, cancel=None) -> np.ndarray | None:
+    """The Reinhard reference (6,) fitted on ``paths`` (training images), or None without stain
+    normalisation."""
+    if config.stain == "none":
+        return None
+    if config.stain != "reinhard":
+        raise DataError(f"Unknown stain normalisation '{config.stain}'; use none or reinhard.")
+    from .imageio import read_image
+    from .stain import ReinhardNormalizer, lab_stats
+
+    stats = []
+    for i, p in enumerate(paths):
+        if i % 64 == 0:
+            check_cancel(cancel)
+            if progress is not None:
+                progress(i / max(len(paths), 1), f"Stain reference: {i}/{len(paths)} training images")
+        stats.append(lab_stats(read_image(p)))
+    return ReinhardNormalizer().fit(np.array(stats)).reference_
+
+
+def feature_blocks(config: TrainConfig) -> tuple[str, ...]:
+    """The feature blocks a config asks for: its backbones, plus ``"nucleus"`` where enabled."""
+    from .features import NUCLEUS
+    return tuple(config.backbones) + ((NUCLEUS,) if config.nucleus_features else ())
+
+
 def train(config: TrainConfig, progress: Progress | None = None,
           cancel: Callable[[], bool] | None = None) -> TrainResult:
     """Train on ``config.data`` and write the bundle to ``config.output`` (atomically).
 
+    With ``config.per_kind`` each image kind (single-cell crops, smear fields) in the data gets
+    its own calibrated model on the rows of that kind of one shared subject-level split.
     Nothing is written unless every step succeeds; a cancel raises :class:`Cancelled`.
     Under ``torchrun`` with ``config.finetune`` every process fine-tunes, and only rank 0
     continues (the others return None).
@@ -179,37 +267,61 @@ def train(config: TrainConfig, progress: Progress | None = None,
         if not is_main_process():  # under torchrun only rank 0 builds and saves the model
             return None  # type: ignore[return-value]
         lo = 0.5
-    extractor = make_extractor(config, state_dicts)
-    feats = extractor.extract(dataset.paths, progress=stage(progress, lo, 0.85), cancel=cancel)
-    check_cancel(cancel)
-
-    y = dataset.labels
-    say(0.85, "Fitting the classifiers")
-    model = fit_model(feats, y, train_idx, val_idx, config, progress=stage(progress, 0.85, 0.93))
-    check_cancel(cancel)
-    say(0.93, "Evaluating on the held-out test split")
-    val_metrics, _ = evaluate_split(model, {k: v[val_idx] for k, v in feats.items()}, y[val_idx],
-                                    n_boot=0, seed=config.seed)
-    test_metrics, test_arrays = ({}, {})
-    if len(test_idx):
-        test_metrics, test_arrays = evaluate_split(model, {k: v[test_idx] for k, v in feats.items()},
-                                                   y[test_idx], seed=config.seed)
+    y, paths = dataset.labels, dataset.paths
+    groups = dataset.groups
+    kinds = (detect_kinds(paths, stage(progress, lo, lo + 0.03), cancel) if config.per_kind
+             else np.full(len(paths), "any"))
+    parts, notes = kind_parts(kinds, y, (train_idx, val_idx, test_idx), config.per_kind)
+    for note in notes:
+        say(lo + 0.03, note)
+    models, sections, arrays, test_all = {}, {}, {}, {}
+    span = (0.93 - (lo + 0.03)) / len(parts)
+    for j, (key, (tr, va, te)) in enumerate(parts.items()):
+        a = lo + 0.03 + j * span
+        name = MODEL_NAMES[key]
+        ref = stain_reference(config, [paths[i] for i in tr], stage(progress, a, a + 0.05 * span), cancel)
+        extractor = make_extractor(config, state_dicts, backbones=feature_blocks(config), stain_reference=ref)
+        rows = np.concatenate([tr, va, te])
+        feats = extractor.extract([paths[i] for i in rows], progress=stage(progress, a + 0.05 * span, a + 0.8 * span),
+                                  cancel=cancel)
+        local = np.arange(len(rows))
+        ltr, lva, lte = local[:len(tr)], local[len(tr):len(tr) + len(va)], local[len(tr) + len(va):]
+        check_cancel(cancel)
+        say(a + 0.8 * span, f"Fitting the {name}'s classifiers")
+        g = None if groups is None else groups[rows]
+        model = fit_model(feats, y[rows], ltr, lva, config, backbones=feature_blocks(config),
+                          progress=stage(progress, a + 0.8 * span, a + 0.95 * span), groups=g)
+        check_cancel(cancel)
+        val_metrics, _ = evaluate_split(model, subset(feats, lva), y[va], n_boot=0, seed=config.seed)
+        test_metrics, test_arrays = ({}, {})
+        if len(te):
+            test_metrics, test_arrays = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed)
+        models[key] = model
+        if ref is not None:
+            arrays[f"{key}/stain_reference"] = np.asarray(ref, dtype=np.float64)
+        arrays.update({f"{key}/validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
+        arrays.update({f"{key}/test/{k}": np.asarray(v) for k, v in test_arrays.items()})
+        sections[key] = model_section(key, config, (tr, va, te), dataset, model, extractor, val_metrics,
+                                      test_metrics, ref)
+        test_all[key] = (test_metrics, test_arrays)
     check_cancel(cancel)
 
     say(0.97, "Saving the model")
-    arrays = fingerprint.compute(extractor)
-    arrays.update({f"validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
-    arrays.update({f"test/{k}": np.asarray(v) for k, v in test_arrays.items()})
-    card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), model,
-                      extractor, val_metrics, test_metrics, finetune_history)
-    bundle = ModelBundle(model=model, config=config, card=card, arrays=arrays,
+    probe = make_extractor(config, state_dicts)  # the networks alone: their fingerprint
+    arrays.update(fingerprint.compute(probe))
+    kind_model = KindModels(models=models)
+    card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), probe, sections,
+                      finetune_history, notes)
+    bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,
                          backbone_state=_embedded_weights(config, state_dicts))
     check_cancel(cancel)
     path = save_bundle(config.resolved_output(), bundle)
     seconds = time.perf_counter() - t0
     say(1.0, f"Saved {path} in {seconds:.0f} s")
-    return TrainResult(bundle_path=path, model=model, card=card, metrics=test_metrics,
-                       evaluation=test_arrays, seconds=seconds)
+    first = next(iter(test_all))
+    return TrainResult(bundle_path=path, model=kind_model, card=card, metrics=test_all[first][0],
+                       evaluation=test_all[first][1], seconds=seconds,
+                       per_model={k: v[0] for k, v in test_all.items()})
 
 
 def _embedded_weights(config: TrainConfig, state_dicts):
@@ -222,13 +334,58 @@ def _embedded_weights(config: TrainConfig, state_dicts):
     return None
 
 
-def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, model: AllModel,
-               extractor: FeatureExtractor, val_metrics, test_metrics, finetune_history=None) -> dict:
-    """JSON-able description of a model: data, method, split, metrics, intended use."""
+def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model: AllModel,
+                  extractor: FeatureExtractor, val_metrics, test_metrics, stain_ref=None) -> dict:
+    """The model card's part for one per-kind model: its data, method and metrics."""
+    tr, va, te = splits
+    groups = dataset.groups
+    ens = model.ensemble_
+
+    def n_groups(idx):
+        return None if groups is None else int(len(set(groups[idx].tolist())))
+
+    return {
+        "name": MODEL_NAMES[key], "image_kind": key,
+        "data": {"n_images": int(len(tr) + len(va) + len(te)),
+                 "class_counts": {CLASS_NAMES[c]: int(np.sum(dataset.labels[np.concatenate([tr, va, te])] == c))
+                                  for c in (0, 1)},
+                 "n_train": int(len(tr)), "n_validation": int(len(va)), "n_test": int(len(te)),
+                 "n_groups": {"train": n_groups(tr), "validation": n_groups(va), "test": n_groups(te)}},
+        "method": {
+            "feature_blocks": {b: extractor.identities()[b] for b in model.backbones},
+            "stain_normalisation": "none" if stain_ref is None else
+            "Reinhard (Lab mean/std of the training images: "
+            + ", ".join(f"{v:.2f}" for v in np.asarray(stain_ref)) + ")",
+            "fusion": "per-block standardisation" + (", per-block L2" if model.block_l2 else "")
+                      + ", concatenation, L2"
+                      + (f", PCA {config.pca_variance:.0%} variance -> {model.fusion_.n_components_} components"
+                         if model.pca else ""),
+            "classifiers": list(model.classifier_names_),
+            "validation_accuracy": ens.val_accuracy_,
+            "ensemble_weights": dict(zip(ens.names_, map(float, ens.weights_))),
+            "combiner": model.combiner_,
+            "stacked_coefficients": (None if model.stacker_ is None else
+                                     dict(zip(model.classifier_names_, map(float, model.stacker_.coef_)))),
+            "calibration": model.calibrator_.method_,
+            "calibration_cv_brier": model.calibrator_.cv_brier_,
+            "threshold": float(model.threshold_), "threshold_rule": "Youden J on the validation split",
+        },
+        "metrics": {"validation": val_metrics, "test": test_metrics},
+    }
+
+
+def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, extractor: FeatureExtractor,
+               sections: dict[str, dict], finetune_history=None, notes=()) -> dict:
+    """JSON-able description of a model: data, method, split, per-kind models, intended use.
+
+    ``sections`` maps each model key (``"single_cell"``, ``"field"`` or ``"any"``) to its
+    :func:`model_section`. The top-level ``method`` and ``metrics`` repeat the first model's, so
+    readers of single-model cards keep working.
+    """
     train_idx, val_idx, test_idx = splits
     groups = dataset.groups
     n_groups = None if groups is None else int(len(set(groups.tolist())))
-    ens = model.ensemble_
+    first = next(iter(sections.values()))
     card = {
         "name": config.extra.get("name", Path(config.output).stem),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -247,22 +404,13 @@ def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, mod
         "split": {"protocol": protocol, "seed": config.seed, "fractions": list(config.fractions),
                   "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
                   "n_test": int(len(test_idx))},
-        "method": {
-            "backbones": {b: extractor.identities()[b] for b in model.backbones},
-            "image_size": config.image_size, "gamma": config.gamma,
-            "fusion": "per-backbone standardisation, concatenation, L2"
-                      + (f", PCA {config.pca_variance:.0%} variance -> {model.fusion_.n_components_} components"
-                         if config.pca else ""),
-            "classifiers": list(model.classifier_names_),
-            "validation_accuracy": ens.val_accuracy_,
-            "ensemble_weights": dict(zip(ens.names_, map(float, ens.weights_))),
-            "calibration": model.calibrator_.method_,
-            "calibration_cv_brier": model.calibrator_.cv_brier_,
-            "threshold": float(model.threshold_), "threshold_rule": "Youden J on the validation split",
-            "finetuned": bool(config.finetune),
-        },
-        "metrics": {"validation": val_metrics, "test": test_metrics},
+        "models": sections,
+        "method": dict(first["method"], backbones={b: extractor.identities()[b] for b in config.backbones},
+                       image_size=config.image_size, gamma=config.gamma, finetuned=bool(config.finetune)),
+        "metrics": first["metrics"],
     }
+    if notes:
+        card["notes"] = list(notes)
     if finetune_history is not None:
         card["finetune"] = finetune_history
     return card

@@ -17,11 +17,12 @@ import numpy as np
 from . import fingerprint
 from .bundle import ModelBundle, load_bundle
 from .errors import Cancelled
+from .backbones import BACKBONES
 from .features import FeatureExtractor
 from .errors import ImageReadError
 from .imageio import as_rgb_uint8, read_image
 from .model import operating_point
-from .results import CellPrediction, ClassifierVote, ImagePrediction, decide  # noqa: F401
+from .results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction, decide  # noqa: F401
 from . import segmentation
 
 
@@ -31,34 +32,54 @@ MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meanin
 class Predictor:
     """A loaded model ready to classify images.
 
-    Attributes: ``threshold`` (default decision threshold on the calibrated probability:
-    Youden's J optimum on the validation split), ``classifier_names``, ``classifier_weights``
-    (name -> ensemble weight), ``model_card`` (JSON-able dict), ``validation_roc``
-    (``fpr``, ``tpr``, ``thresholds`` arrays on the validation split).
+    A bundle holds one model per image kind (``"single_cell"`` crops, ``"field"`` smear fields)
+    or, for older bundles, one model for every image (``"any"``); each image is judged by the
+    model of its detected kind (see :meth:`route`).
+
+    Attributes: ``models`` (model key -> fitted AllModel), ``thresholds`` (model key -> default
+    decision threshold on the calibrated probability: Youden's J optimum on that model's
+    validation split), ``threshold`` (the first model's), ``classifier_names``,
+    ``classifier_weights`` (name -> the first model's ensemble weight), ``model_card``
+    (JSON-able dict), ``validation_roc`` (the first model's ``fpr``, ``tpr``, ``thresholds``).
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", cache_dir=None, verify: bool = True):
         self.bundle = bundle
-        self.model = bundle.model
-        self.config = bundle.config
-        cfg = bundle.config
-        self.extractor = FeatureExtractor(
-            backbones=tuple(self.model.backbones), weights=cfg.weights, image_size=cfg.image_size,
-            gamma=cfg.gamma, batch_size=cfg.batch_size, num_workers=0, device=device,
-            cache_dir=cache_dir, state_dicts=bundle.backbone_state, seed=cfg.seed,
-            precision=cfg.precision)
+        self.kind_models = bundle.model
+        self.models = dict(bundle.model.models)
+        self.config = cfg = bundle.config
+        networks = tuple(dict.fromkeys(b for m in self.models.values() for b in m.backbones if b in BACKBONES))
+
+        def extractor(blocks, reference=None) -> FeatureExtractor:
+            return FeatureExtractor(
+                backbones=blocks, weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
+                batch_size=cfg.batch_size, num_workers=0, device=device, cache_dir=cache_dir,
+                state_dicts=bundle.backbone_state, seed=cfg.seed, precision=cfg.precision,
+                stain_reference=reference)
+
+        base = extractor(networks)
         if verify:
-            fingerprint.verify(self.extractor, bundle.arrays)
-        self.threshold = float(self.model.threshold_)
-        self.classifier_names = list(self.model.classifier_names_)
-        self.classifier_weights = dict(zip(self.classifier_names,
-                                           map(float, self.model.ensemble_.weights_)))
+            fingerprint.verify(base, bundle.arrays)
+        self.extractors: dict[str, FeatureExtractor] = {}
+        for key, model in self.models.items():
+            ex = extractor(tuple(model.backbones), bundle.arrays.get(f"{key}/stain_reference"))
+            ex.use_networks_of(base)
+            self.extractors[key] = ex
+        self.extractor = self.extractors[self.keys[0]]
+        self.thresholds = {k: float(m.threshold_) for k, m in self.models.items()}
+        self.threshold = self.thresholds[self.keys[0]]
+        first = self.models[self.keys[0]]
+        self.model = first
+        self.classifier_names = list(first.classifier_names_)
+        self.classifier_weights = dict(zip(self.classifier_names, map(float, first.ensemble_.weights_)))
         self.model_card = dict(bundle.card)
-        self.validation_roc = self.model.validation_roc()
+        self.validation_roc = first.validation_roc()
         kinds = (self.model_card.get("trained_on") or {}).get("image_kinds") or {}
-        #: how a smear field is decided: a model trained mostly on fields judges the whole field
-        #: (its cells are shown for review); one trained on single-cell crops judges each cell
-        self.field_unit = "image" if kinds.get("field", 0.0) >= 0.5 else "cells"
+        #: how a smear field is decided, per model key: a model trained mostly on fields judges the
+        #: whole field (its cells are shown for review); one trained on crops judges each cell
+        self.field_units = {k: ("image" if k == "field" or (k == "any" and kinds.get("field", 0.0) >= 0.5)
+                                else "cells") for k in self.models}
+        self.field_unit = self.field_units[self.route("field")]
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None) -> "Predictor":
@@ -69,16 +90,38 @@ class Predictor:
     def path(self) -> Path | None:
         return self.bundle.path
 
-    def operating_point(self, threshold: float) -> tuple[float, float]:
-        """(sensitivity, specificity) the model had on its validation split at ``threshold``.
+    @property
+    def keys(self) -> list[str]:
+        """Model keys in bundle order (``"single_cell"``, ``"field"`` or ``"any"``)."""
+        return list(self.models)
+
+    def route(self, image_kind: str) -> str:
+        """Key of the model that judges an image of ``image_kind`` ("single_cell" or "field")."""
+        return self.kind_models.route(image_kind)
+
+    def has_model_for(self, image_kind: str) -> bool:
+        """True when the bundle has a model trained for ``image_kind`` (or one for every kind)."""
+        return image_kind in self.models or "any" in self.models
+
+    def _key(self, key: str | None) -> str:
+        return self.keys[0] if key is None or key not in self.models else key
+
+    def validation_roc_for(self, key: str | None = None) -> dict[str, np.ndarray]:
+        """ROC (``fpr``, ``tpr``, ``thresholds``) of model ``key`` on its validation split."""
+        return self.models[self._key(key)].validation_roc()
+
+    def operating_point(self, threshold: float, key: str | None = None) -> tuple[float, float]:
+        """(sensitivity, specificity) model ``key`` had on its validation split at ``threshold``.
 
         The validation split also chose the threshold and the calibration, so these are optimistic;
         :meth:`test_operating_point` gives the held-out view."""
-        return self.model.operating_point(threshold)
+        return self.models[self._key(key)].operating_point(threshold)
 
-    def test_operating_point(self, threshold: float) -> tuple[float, float] | None:
-        """(sensitivity, specificity) on the held-out test split at ``threshold``; None without one."""
-        y, p = self.bundle.arrays.get("test/y"), self.bundle.arrays.get("test/calibrated")
+    def test_operating_point(self, threshold: float, key: str | None = None) -> tuple[float, float] | None:
+        """(sensitivity, specificity) of model ``key`` on its held-out test split at ``threshold``;
+        None without one."""
+        key = self._key(key)
+        y, p = self.bundle.arrays.get(f"{key}/test/y"), self.bundle.arrays.get(f"{key}/test/calibrated")
         if y is None or p is None or len(y) == 0 or len(np.unique(y)) < 2:
             return None
         return operating_point(y, p, threshold)
@@ -117,26 +160,47 @@ class Predictor:
                 owners.append((i, k))
             if progress is not None:
                 progress(0.3 * (i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
-        feats = self.extractor.extract(
-            crops, cancel=cancel,
-            progress=(lambda f, m: progress(0.3 + 0.65 * f, m)) if progress is not None else None)
-        det = self.model.predict_details(feats)
+        # one pass per model: each image (and its cells) through the model of its kind
+        keys = [self.route("single_cell" if single else "field") for (_, _, single, _, _) in prepared]
+        dets: dict[str, dict] = {}
+        where: list[tuple[str, int]] = []          # crop row -> (model key, row in that model's batch)
+        counts: dict[str, int] = {}
+        for owner, _ in owners:
+            key = keys[owner]
+            where.append((key, counts.get(key, 0)))
+            counts[key] = counts.get(key, 0) + 1
+        done = 0
+        for key in counts:
+            rows = [r for r, (k, _) in enumerate(where) if k == key]
+            lo = 0.3 + 0.65 * done / len(crops)
+            hi = 0.3 + 0.65 * (done + len(rows)) / len(crops)
+            feats = self.extractors[key].extract(
+                [crops[r] for r in rows], cancel=cancel,
+                progress=(lambda f, m, lo=lo, hi=hi: progress(lo + (hi - lo) * f, m)) if progress is not None else None)
+            dets[key] = self.models[key].predict_details(feats)
+            done += len(rows)
         results = []
         for i, (p, img, single, cells, seg) in enumerate(prepared):
             rows = [r for r, (owner, _) in enumerate(owners) if owner == i]
-            whole_row, cell_rows = rows[0], rows[1:]
+            key = keys[i]
+            det = dets[key]
+            whole_row, cell_rows = where[rows[0]][1], [where[r][1] for r in rows[1:]]
             main = _largest(seg.nuclei) if single else None
-            whole = self._cell_prediction(det, whole_row, -1, (0, 0, img.shape[1], img.shape[0]), main)
-            cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus)
+            whole = self._cell_prediction(det, whole_row, -1, (0, 0, img.shape[1], img.shape[0]), main, key)
+            cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus, key)
                           for k, r in enumerate(cell_rows)]
             notes = []
             if not seg.nuclei:
                 notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
                              "No white cell was found in this image: the result is not meaningful.")
+            kind = "single_cell" if single else "field"
+            if not self.has_model_for(kind):
+                notes.append(f"This bundle has no model for {'single-cell crops' if single else 'smear fields'}: "
+                             f"the {MODEL_NAMES[key]} judged it, outside what it was trained on.")
             results.append(ImagePrediction(
                 path=p, shape=(int(img.shape[0]), int(img.shape[1])),
-                kind="single_cell" if single else "field", nucleus_mask=seg.mask,
-                whole=whole, cells=cell_preds, unit=self.field_unit, notes=notes))
+                kind=kind, nucleus_mask=seg.mask,
+                whole=whole, cells=cell_preds, unit=self.field_units[key], notes=notes, model=key))
         elapsed = time.perf_counter() - t0
         for r in results:
             r.seconds = elapsed / max(len(results), 1)
@@ -151,10 +215,10 @@ class Predictor:
             return True, [], seg
         return False, segmentation.cells_from_segmentation(seg, img.shape), seg
 
-    def _cell_prediction(self, det, row: int, index: int, bbox, nucleus) -> CellPrediction:
+    def _cell_prediction(self, det, row: int, index: int, bbox, nucleus, key: str) -> CellPrediction:
         votes = [ClassifierVote(name=n, probability=float(det["probabilities"][row, j]),
                                 vote=int(det["votes"][row, j]), weight=float(det["weights"][j]))
-                 for j, n in enumerate(self.classifier_names)]
+                 for j, n in enumerate(self.models[key].classifier_names_)]
         out = CellPrediction(index=index, bbox=tuple(int(v) for v in bbox),
                              contour=np.zeros((0, 2), np.int32), votes=votes,
                              vote_share=float(det["vote_share"][row]), raw_probability=float(det["raw"][row]),

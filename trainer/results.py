@@ -13,6 +13,8 @@ DECISION_ALL = "ALL blast"
 DECISION_NORMAL = "normal"
 DECISION_UNCERTAIN = "uncertain, review"
 DEFAULT_UNCERTAINTY_BAND = 0.05
+#: display names of the models a bundle may hold, by model key (see trainer.model.KindModels)
+MODEL_NAMES = {"single_cell": "crop model", "field": "field model", "any": "model"}
 
 
 def decide(probability: float, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
@@ -70,6 +72,12 @@ class ImagePrediction:
     unit: str = "cells"               # what decides a field: "cells" (its most suspicious cell) or
                                       # "image" (the whole field), whichever the model was trained on
     notes: list[str] = field(default_factory=list)  # warnings for the reader (e.g. no cell found)
+    model: str = "any"                # key of the model that judged it: "single_cell", "field" or "any"
+
+    @property
+    def model_name(self) -> str:
+        """The deciding model in words, e.g. "crop model"."""
+        return MODEL_NAMES.get(self.model, self.model)
 
     @property
     def field_by_cells(self) -> bool:

@@ -174,22 +174,24 @@ def write_dataset(root, layout: str = "cnmc", n_per_class: int = 8, size: int = 
     ``layout='cnmc'``: ``all/UID_<s>_<i>_<c>_all.bmp`` (malignant) and ``hem/UID_H<s>_<i>_<c>_hem.bmp``
     (normal), subjects 1..n_subjects per class. ``layout='folders'``: ``Benign/`` (normal) and ``Pro/``
     (malignant) PNG files plus ``labels.csv`` with columns path, class, label, group (group = subject).
-    ``kind='cell'`` writes single-cell crops, ``kind='field'`` smear fields (2 white cells each).
+    ``kind='cell'`` writes single-cell crops, ``kind='field'`` smear fields (2 white cells each),
+    ``kind='mixed'`` both, each subject having both kinds (crops of side ``size``, fields of side ``max(2 * size, 128)``).
     """
     if layout not in ("cnmc", "folders"):
         raise ValueError(f"layout must be 'cnmc' or 'folders', not {layout!r}")
-    if kind not in ("cell", "field"):
-        raise ValueError(f"kind must be 'cell' or 'field', not {kind!r}")
+    if kind not in ("cell", "field", "mixed"):
+        raise ValueError(f"kind must be 'cell', 'field' or 'mixed', not {kind!r}")
     root = Path(root)
     g = np.random.default_rng(seed)
     rows = []
     for malignant in (True, False):
         for i in range(n_per_class):
             subject = 1 + i % max(1, n_subjects)
-            if kind == "cell":
+            if kind == "cell" or (kind == "mixed" and (i // max(1, n_subjects)) % 2 == 0):
                 img, _ = make_cell_image(size, malignant, g)
             else:
-                img, _ = make_smear_field(size, 2, g, malignant=malignant)
+                img, _ = make_smear_field(size if kind == "field" else max(2 * size, 128), 2, g,
+                                          malignant=malignant)
             if layout == "cnmc":
                 name = f"UID_{subject}_{i}_1_all.bmp" if malignant else f"UID_H{subject}_{i}_1_hem.bmp"
                 rel = Path("all" if malignant else "hem") / name
