@@ -16,14 +16,14 @@ from allgui.imaging import DECISION_COLOURS
 from allgui.state import AppState, Row
 from trainer.atomic import atomic_write
 
-COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged")
+COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged", "Model")
 SORT_ROLE = Qt.UserRole + 1
 _DISPLAY, _SORT, _DECORATION = int(Qt.DisplayRole.value), int(SORT_ROLE), int(Qt.DecorationRole.value)
 _FOREGROUND, _TOOLTIP, _ALIGN = int(Qt.ForegroundRole.value), int(Qt.ToolTipRole.value), int(Qt.TextAlignmentRole.value)
 _ROLES = {_DISPLAY, _SORT, _DECORATION, _FOREGROUND, _TOOLTIP, _ALIGN}
 _RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
-              "vote_share", "decision", "flagged", "threshold", "band", "error")
+              "vote_share", "decision", "flagged", "threshold", "band", "model", "error")
 
 
 def to_qimage(image: np.ndarray) -> QImage:
@@ -58,9 +58,9 @@ class BatchModel(QAbstractTableModel):
         """Pre-rendered (display, sort key, foreground) per column for one row: data() only looks up."""
         display = ("", r.file, "" if r.cells is None else str(r.cells),
                    "" if r.probability is None else f"{r.probability:.3f}", r.decision,
-                   "yes" if r.flagged else ("" if r.decision == "pending" else "no"))
+                   "yes" if r.flagged else ("" if r.decision == "pending" else "no"), r.model)
         sort = (0, r.file, r.cells if r.cells is not None else -1,
-                r.probability if r.probability is not None else -1.0, r.decision, int(r.flagged))
+                r.probability if r.probability is not None else -1.0, r.decision, int(r.flagged), r.model)
         colour = DECISION_COLOURS.get(r.decision)
         fg = QBrush(QColor(*colour)) if colour else (QBrush(QColor(160, 0, 0)) if r.decision == "error" else None)
         return display, sort, fg
@@ -135,7 +135,7 @@ class BatchModel(QAbstractTableModel):
         for r in rows:
             w.writerow([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
                         _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
-                        int(r.flagged), f"{st.threshold:.4f}", f"{st.band:.4f}", r.error])
+                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error])
         atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))  # never a half-written CSV
         return len(rows)
 

@@ -137,11 +137,12 @@ class ImageView(pg.GraphicsLayoutWidget):
         if pred is None:
             return
         st = self.state
+        threshold = st.threshold_for(pred)
         visible = st.overlay_visible
         regions = cell_regions(pred)
         for k, (item, (index, _, p)) in enumerate(zip(self.cell_items, regions)):
-            colour = probability_colour(p, st.threshold, st.band)
-            uncertain = p is not None and abs(p - st.threshold) < st.band
+            colour = probability_colour(p, threshold, st.band)
+            uncertain = p is not None and abs(p - threshold) < st.band
             selected = pred.kind == "field" and index == st.selected_cell
             width = 3.0 if st.overlay_mode == "outline" else 1.5
             item.set_style(colour, width, uncertain, selected)
@@ -153,10 +154,10 @@ class ImageView(pg.GraphicsLayoutWidget):
         self.field_frame.hide()
         if pred.kind == "field" and not pred.field_by_cells and visible:
             h, w = pred.shape
-            pen = QPen(QColor(*probability_colour(pred.probability, st.threshold, st.band)))
+            pen = QPen(QColor(*probability_colour(pred.probability, threshold, st.band)))
             pen.setCosmetic(True)
             pen.setWidthF(5.0)
-            uncertain = abs(pred.probability - st.threshold) < st.band
+            uncertain = abs(pred.probability - threshold) < st.band
             pen.setStyle(Qt.DashLine if uncertain else Qt.SolidLine)
             self.field_frame.setPen(pen)
             self.field_frame.setRect(0, 0, w, h)
@@ -168,7 +169,7 @@ class ImageView(pg.GraphicsLayoutWidget):
             self.selection_box.setRect(x - m, y - m, w + 2 * m, h + 2 * m)
             self.selection_box.show()
         if visible and st.overlay_mode == "fill":
-            self.fill_item.setImage(fill_overlay(pred, st.threshold, st.overlay_opacity, st.band),
+            self.fill_item.setImage(fill_overlay(pred, threshold, st.overlay_opacity, st.band),
                                     levels=(0, 255), autoLevels=False)
             self.fill_item.setVisible(True)
         else:

@@ -53,13 +53,14 @@ def _load_predictor(path: str, progress, cancel, emit):
     return Predictor.from_bundle(path)
 
 
-def _save_overlays(items: list[tuple[str, Any]], folder: str, threshold: float, band: float, mode: str,
+def _save_overlays(items: list[tuple[str, Any, float]], folder: str, band: float, mode: str,
                    opacity: float, progress, cancel, emit) -> int:
+    """Write an overlay PNG per (path, prediction, threshold) item; returns how many."""
     import cv2
 
     n = 0
     used: set[str] = set()
-    for i, (path, pred) in enumerate(items):
+    for i, (path, pred, threshold) in enumerate(items):
         if cancel():
             break
         img = draw_overlay(read_image(path), pred, threshold, band, mode, opacity)
@@ -308,7 +309,8 @@ class MainWindow(QMainWindow):
 
     def _save_threshold(self) -> None:
         if self._model_key:
-            self.settings.setValue(f"threshold/{self._model_key}", self.state.threshold)
+            for key, t in self.state.thresholds.items():
+                self.settings.setValue(f"threshold/{self._model_key}/{key}", t)
 
     # ---- model --------------------------------------------------------------------------------
     def _no_model(self, reason: str) -> None:
@@ -361,12 +363,12 @@ class MainWindow(QMainWindow):
         name = str(card.get("name") or (Path(path).stem if path else "model"))
         ident = f"{name}|{card.get('created', '')}|{Path(path).name if path else ''}"
         self._model_key = hashlib.sha1(ident.encode()).hexdigest()[:16]
-        self.state.default_threshold = float(predictor.threshold)
-        saved = self.settings.value(f"threshold/{self._model_key}")
+        defaults = dict(getattr(predictor, "thresholds", None) or {"any": float(predictor.threshold)})
+        saved = {k: float(v) for k in defaults
+                 if (v := self.settings.value(f"threshold/{self._model_key}/{k}")) is not None}
         self.state.clear_predictions(model_name=name)
-        self.state.set_threshold(float(saved) if saved is not None else float(predictor.threshold))
-        self.side.set_model(getattr(predictor, "validation_roc", None), predictor.operating_point,
-                            getattr(predictor, "test_operating_point", None))
+        self.state.set_models(defaults, saved)
+        self.side.set_model(predictor)
         self.side.set_training_kinds((card.get("trained_on") or {}).get("image_kinds"))
         self.banner.hide()
         self.model_label.setText(f"model: {name}")
@@ -609,14 +611,16 @@ class MainWindow(QMainWindow):
         pred = st.prediction
         text = f"{i}/{len(st.paths)}  {name}"
         if pred is not None:
-            c = pred.count(st.threshold, st.band)
+            t = st.threshold_for(pred)
+            c = pred.count(t, st.band)
             if pred.kind == "field" and not pred.field_by_cells:
                 text += (f"  \u2014 field judged whole ({len(pred.cells)} white cells found): "
-                         f"{st.decide(pred.probability)} at threshold {st.threshold:.3f}")
+                         f"{st.decide(pred.probability, pred)} at threshold {t:.3f}")
             else:
                 kind = "field" if pred.kind == "field" else "single-cell crop"
                 text += (f"  \u2014 {kind}: {c['ALL blast']} ALL blast, {c['uncertain, review']} uncertain, "
-                         f"{c['normal']} normal at threshold {st.threshold:.3f}")
+                         f"{c['normal']} normal at threshold {t:.3f}")
+            text += f"  [{pred.model_name}]"
             if pred.seconds:
                 text += f"  ({pred.seconds * 1000:.0f} ms)"
         elif st.current in st.errors:
@@ -652,8 +656,9 @@ class MainWindow(QMainWindow):
 
     def save_overlays(self, folder: str) -> ThreadTask:
         st = self.state
-        items = [(p, st.predictions[p]) for p in st.paths if p in st.predictions]
-        task = ThreadTask(_save_overlays, items, folder, st.threshold, st.band, st.overlay_mode,
+        items = [(p, st.predictions[p], st.threshold_for(st.predictions[p])) for p in st.paths
+                 if p in st.predictions]
+        task = ThreadTask(_save_overlays, items, folder, st.band, st.overlay_mode,
                           st.overlay_opacity, pool=QThreadPool.globalInstance(), name="save-overlays")
         task.finished.connect(lambda n: self.statusBar().showMessage(f"Saved {n} overlay images to {folder}", 8000))
         task.failed.connect(lambda msg: QMessageBox.critical(self, "Save overlays", msg))

@@ -7,8 +7,8 @@ from typing import Any
 
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout, QWidget
 
-FIRST = ("name", "created", "intended_use", "trained_on", "split", "split_protocol", "metrics", "threshold",
-         "config", "versions", "notes")
+FIRST = ("name", "created", "intended_use", "trained_on", "split", "split_protocol", "models", "metrics",
+         "threshold", "config", "versions", "notes")
 
 
 def _fmt(v: Any) -> str:
@@ -47,10 +47,8 @@ HEADLINE = (("accuracy", "accuracy", "{:.1%}"), ("auc", "AUC", "{:.3f}"), ("sens
             ("specificity", "specificity", "{:.1%}"), ("brier", "Brier score", "{:.3f}"))
 
 
-def _headline(card: dict[str, Any]) -> str:
-    """Ensemble metrics on the validation split (in-sample for the threshold and calibration) and
-    the held-out test split, and what the model was trained on, in one small table."""
-    metrics = card.get("metrics") or {}
+def _metric_rows(metrics: dict[str, Any], prefix: str = "", groups: dict | None = None) -> list[str]:
+    """Headline table rows (validation, test, test per source) of one model's metrics."""
     rows = []
     blocks = [(split, (metrics.get(split) or {}).get("ensemble_calibrated")
                or (metrics.get(split) or {}).get("ensemble") or {})   # the app's rule first
@@ -69,7 +67,27 @@ def _headline(card: dict[str, Any]) -> str:
             cells.append(f"<td align='center'>{text}</td>")
         n = ens.get("n", "")
         label = "validation (set the threshold)" if split == "validation" else split
-        rows.append(f"<tr><th align='left'>{label}{f' (n = {n})' if n else ''}</th>{''.join(cells)}</tr>")
+        size = [f"n = {n}"] if n else []
+        g = (groups or {}).get(split)
+        if g:
+            size.append(f"{g} subjects")
+        label = html.escape(prefix + label) + (f" ({', '.join(size)})" if size else "")
+        rows.append(f"<tr><th align='left'>{label}</th>{''.join(cells)}</tr>")
+    return rows
+
+
+def _headline(card: dict[str, Any]) -> str:
+    """Ensemble metrics of each model (crop model, field model) on the validation split
+    (in-sample for the threshold and calibration) and the held-out test split, and what the
+    model was trained on, in one small table."""
+    sections = card.get("models") or {}
+    rows = []
+    if sections:
+        for sec in sections.values():
+            data = sec.get("data") or {}
+            rows += _metric_rows(sec.get("metrics") or {}, f"{sec.get('name', 'model')}: ", data.get("n_groups"))
+    else:
+        rows = _metric_rows(card.get("metrics") or {})
     out = ""
     trained = card.get("trained_on") or {}
     if trained:
@@ -79,10 +97,16 @@ def _headline(card: dict[str, Any]) -> str:
                 f"({', '.join(f'{k} {v}' for k, v in counts.items())}); "
                 f"{html.escape(str(split.get('protocol', '?')))}-level split "
                 f"{split.get('n_train', '?')}/{split.get('n_validation', '?')}/{split.get('n_test', '?')}.</p>")
+    if len(sections) > 1 or (sections and "any" not in sections):
+        names = ", ".join(html.escape(str(sec.get("name", k))) for k, sec in sections.items())
+        out += (f"<p><b>Models:</b> {names}. Each image is judged by the model of its kind (single-cell crop "
+                "or smear field), with that model's own calibration and threshold.</p>")
     if rows:
         head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE)
         out += ("<p><b>Calibrated ensemble probability at the model threshold (the app's decision rule)</b></p><table border='1' cellspacing='0' cellpadding='4'>"
                 f"<tr><th></th>{head}</tr>{''.join(rows)}</table>")
+    for note in card.get("notes") or []:
+        out += f"<p><i>{html.escape(str(note))}</i></p>"
     limits = card.get("limitations") or []
     if limits:
         out += "<p><b>Limitations</b></p><ul>" + "".join(f"<li>{html.escape(str(x))}</li>" for x in limits) + "</ul>"

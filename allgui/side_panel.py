@@ -5,7 +5,6 @@ Moving the slider only sets ``state.threshold``; every view re-decides from cach
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 import pyqtgraph as pg
@@ -17,7 +16,7 @@ from PySide6.QtWidgets import (
 
 from allgui.imaging import DECISION_COLOURS, probability_colour
 from allgui.state import AppState
-from trainer.results import DECISION_ALL, DECISION_NORMAL
+from trainer.results import DECISION_ALL, DECISION_NORMAL, MODEL_NAMES
 
 SLIDER_STEPS = 1000
 RESEARCH_NOTE = "Research use only \u2014 not for clinical diagnosis."
@@ -98,8 +97,8 @@ class SidePanel(QWidget):
     def __init__(self, state: AppState, parent=None) -> None:
         super().__init__(parent)
         self.state = state
-        self.operating_point: Callable[[float], tuple[float, float]] | None = None
-        self.test_point: Callable[[float], tuple[float, float] | None] | None = None
+        self.predictor = None  # the loaded model (trainer.predictor.Predictor or alike), or None
+        self._roc_key: str | None = None
         self.setMinimumWidth(360)
         lay = QVBoxLayout(self)
 
@@ -133,10 +132,15 @@ class SidePanel(QWidget):
         self.vote_share = QLabel("\u2014")
         self.counts = QLabel("\u2014")
         self.morph = QLabel("\u2014")
+        self.model = QLabel("\u2014")
+        self.model.setObjectName("decidingModel")
+        self.model.setToolTip("The calibrated model that judged this image: the crop model for single-cell "
+                              "crops, the field model for smear fields")
         for w in (self.raw, self.vote_share, self.counts, self.morph):
             w.setWordWrap(True)
         form.addRow("Showing", self.where)
         form.addRow("Decision", self.decision)
+        form.addRow("Decided by", self.model)
         form.addRow("Calibrated P(ALL)", self.calibrated)
         form.addRow("Raw ensemble P", self.raw)
         form.addRow("Weighted vote", self.vote_share)
@@ -151,6 +155,7 @@ class SidePanel(QWidget):
         lay.addWidget(votes)
 
         thr = QGroupBox("Decision threshold")
+        self.threshold_box = thr
         tl = QVBoxLayout(thr)
         row = QHBoxLayout()
         self.slider = QSlider(Qt.Horizontal)
@@ -197,17 +202,24 @@ class SidePanel(QWidget):
         self.on_threshold()
 
     # ---- model info ---------------------------------------------------------------------------
-    def set_model(self, roc: dict | None, operating_point: Callable[[float], tuple[float, float]] | None,
-                  test_point: Callable[[float], tuple[float, float] | None] | None = None) -> None:
-        """Show the model's validation ROC; ``operating_point(t) -> (sens, spec)`` on validation,
-        ``test_point(t)`` the same on the held-out test split (or None)."""
-        self.operating_point = operating_point
-        self.test_point = test_point
+    def set_model(self, predictor) -> None:
+        """Show ``predictor``'s validation ROC and operating points (None: no model).
+
+        Uses ``predictor.validation_roc_for(key)``, ``operating_point(t, key)`` and
+        ``test_operating_point(t, key)`` of the active model key (the current image's model)."""
+        self.predictor = predictor
+        self._roc_key = None
+        self.on_threshold()
+
+    def _show_roc(self, key: str) -> None:
+        if key == self._roc_key:
+            return
+        self._roc_key = key
+        roc = self.predictor.validation_roc_for(key) if self.predictor is not None else None
         if roc:
             self.roc.set_curve(roc.get("fpr", []), roc.get("tpr", []))
         else:
             self.roc.set_curve([], [])
-        self.on_threshold()
 
     def set_training_kinds(self, kinds: dict | None) -> None:
         """Shares of single-cell crops / smear fields in the model's training data (model card)."""
@@ -242,18 +254,25 @@ class SidePanel(QWidget):
             self.band.setValue(st.band)
             self.band.blockSignals(False)
         self.value.setText(f"{st.threshold:.3f}")
-        self.reset.setToolTip(f"Back to the model's validation (Youden) threshold {st.default_threshold:.3f}")
-        if self.operating_point is not None:
-            sens, spec = self.operating_point(st.threshold)
+        key = st.active_model
+        name = MODEL_NAMES.get(key, key)
+        several = len(st.thresholds) > 1
+        self.threshold_box.setTitle(f"Decision threshold \u2014 {name}" if several else "Decision threshold")
+        self.reset.setToolTip(f"Back to the {name}'s validation (Youden) threshold {st.default_threshold:.3f}")
+        if self.predictor is not None:
+            self._show_roc(key)
+            sens, spec = self.predictor.operating_point(st.threshold, key)
             text = (f"At {st.threshold:.3f}, validation split (it also set the threshold): sensitivity "
                     f"{sens:.1%}, specificity {spec:.1%}")
-            held_out = self.test_point(st.threshold) if self.test_point is not None else None
+            held_out = self.predictor.test_operating_point(st.threshold, key)
             if held_out is not None:
                 text += f"; held-out test split: sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}"
             self.sens_spec.setText(text)
             self.roc.set_point(sens, spec)
         else:
             self.sens_spec.setText("No model loaded.")
+            self.roc.set_curve([], [])
+            self._roc_key = None
             self.roc.set_point(None, None)
         self.refresh_decision()
 
@@ -272,6 +291,9 @@ class SidePanel(QWidget):
             self._blank("Analysing\u2026" if st.model_name else "No model loaded.")
             return
         self._update_caution(pred.kind, pred.notes)
+        self.model.setText(pred.model_name)
+        if pred.model in self.state.thresholds and pred.model != self._roc_key:
+            self.on_threshold()  # another model's threshold, ROC and operating points
         if pred.kind == "field" and cell.index >= 0:
             self.where.setText(f"cell {cell.index + 1} of {len(pred.cells)} (click the image background "
                                "for the whole field)")
@@ -297,7 +319,7 @@ class SidePanel(QWidget):
     def _blank(self, text: str) -> None:
         self.caution.hide()
         self.where.setText(text)
-        for w in (self.raw, self.vote_share, self.morph, self.counts, self.calibrated):
+        for w in (self.raw, self.vote_share, self.morph, self.counts, self.calibrated, self.model):
             w.setText("\u2014")
         self.decision.setText("\u2014")
         self.decision.setStyleSheet("")

@@ -3,6 +3,11 @@
 Views observe it through :meth:`AppState.subscribe`; they never keep their own copy. Moving the
 threshold only re-decides from cached probabilities: nothing here computes features.
 
+A model bundle may hold one model per image kind (crop model, field model), each with its own
+threshold: ``thresholds`` maps model key -> threshold, and :attr:`AppState.threshold` is the one of
+the *active* model (the model that judged the current image). :meth:`AppState.threshold_for`
+gives the threshold that decides any prediction.
+
 Topics emitted (callback arguments in brackets):
   "images"     [] the list of opened images changed
   "current"    [] another image became current (or it was cleared)
@@ -43,6 +48,8 @@ class Row:
     decision: str                # decision in words, "pending" or "error"
     flagged: bool                # any cell "ALL blast" or "uncertain, review", or an error
     error: str = ""
+    model: str = ""              # the model that judged it, e.g. "crop model"
+    threshold: float | None = None  # the threshold that decided it
 
 
 class AppState:
@@ -55,8 +62,8 @@ class AppState:
         self.predictions: dict[str, ImagePrediction] = {}
         self.errors: dict[str, str] = {}
         self.selected_cell: int = -1          # -1 = the whole image
-        self.threshold: float = float(threshold)
-        self.default_threshold: float = float(threshold)
+        self.thresholds: dict[str, float] = {"any": float(threshold)}
+        self.default_thresholds: dict[str, float] = {"any": float(threshold)}
         self.band: float = float(band)
         self.overlay_visible: bool = True
         self.overlay_mode: str = "outline"
@@ -156,10 +163,41 @@ class AppState:
         return pred.whole
 
     # ---- threshold -------------------------------------------------------------------------
-    def set_threshold(self, threshold: float) -> None:
+    def set_models(self, defaults: dict[str, float], saved: dict[str, float] | None = None) -> None:
+        """The loaded model's keys with their default thresholds, and any saved by the user."""
+        self.default_thresholds = {k: float(v) for k, v in defaults.items()}
+        saved = saved or {}
+        self.thresholds = {k: min(1.0, max(0.0, float(saved.get(k, v)))) for k, v in self.default_thresholds.items()}
+        self.emit("threshold")
+
+    @property
+    def active_model(self) -> str:
+        """Key of the model whose threshold the slider shows: the current image's model, else the first."""
+        pred = self.prediction
+        if pred is not None and pred.model in self.thresholds:
+            return pred.model
+        return next(iter(self.thresholds))
+
+    @property
+    def threshold(self) -> float:
+        """The active model's threshold."""
+        return self.thresholds[self.active_model]
+
+    @property
+    def default_threshold(self) -> float:
+        return self.default_thresholds.get(self.active_model, self.threshold)
+
+    def threshold_for(self, pred: ImagePrediction | str | None) -> float:
+        """The threshold that decides ``pred`` (a prediction or a model key)."""
+        key = pred if isinstance(pred, str) or pred is None else pred.model
+        return self.thresholds.get(key, self.threshold) if key is not None else self.threshold
+
+    def set_threshold(self, threshold: float, model: str | None = None) -> None:
+        """Set the threshold of ``model`` (default: the active model)."""
+        key = model if model in self.thresholds else self.active_model
         t = min(1.0, max(0.0, float(threshold)))
-        if t != self.threshold:
-            self.threshold = t
+        if t != self.thresholds[key]:
+            self.thresholds[key] = t
             self.emit("threshold")
 
     def set_band(self, band: float) -> None:
@@ -168,8 +206,9 @@ class AppState:
             self.band = b
             self.emit("threshold")
 
-    def decide(self, probability: float) -> str:
-        return decide(probability, self.threshold, self.band)
+    def decide(self, probability: float, model: ImagePrediction | str | None = None) -> str:
+        """Decision in words at the threshold of ``model`` (default: the active model's)."""
+        return decide(probability, self.threshold_for(model), self.band)
 
     # ---- overlay ---------------------------------------------------------------------------
     def set_overlay(self, visible: bool | None = None, mode: str | None = None,
@@ -194,16 +233,18 @@ class AppState:
         pred = self.predictions.get(path)
         if pred is None:
             return Row(path, name, "", None, None, None, None, None, None, "pending", False)
-        counts = pred.count(self.threshold, self.band)
+        threshold = self.threshold_for(pred)
+        counts = pred.count(threshold, self.band)
         image_level = pred.deciding
-        decision = self.decide(pred.probability)
+        decision = self.decide(pred.probability, pred)
         flagged = decision != DECISION_NORMAL
         if pred.field_by_cells or pred.kind != "field":
             flagged = flagged or counts[DECISION_ALL] > 0 or counts[DECISION_UNCERTAIN] > 0
         n_cells = len(pred.cells) if pred.kind == "field" else 1
         return Row(path, name, pred.kind, n_cells, counts[DECISION_ALL], counts[DECISION_UNCERTAIN],
                    float(pred.probability), float(image_level.raw_probability),
-                   float(image_level.vote_share), decision, flagged)
+                   float(image_level.vote_share), decision, flagged, model=pred.model_name,
+                   threshold=threshold)
 
     def rows(self) -> list[Row]:
         return [self.row(p) for p in self.paths]
