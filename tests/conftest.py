@@ -50,3 +50,12 @@ def tiny_predictor(tiny_bundle):
     """A Predictor on the tiny bundle, loaded once per test session."""
     from trainer.predictor import Predictor
     return Predictor.from_bundle(tiny_bundle)
+
+
+def as_single_model(bundle):
+    """``bundle`` turned into a bundle of one model for every image kind (key ``"any"``), as bundles
+    were before per-kind models."""
+    (key, model), = bundle.model.models.items()
+    bundle.model.models = {"any": model}
+    bundle.arrays = {k.replace(f"{key}/", "any/", 1): v for k, v in bundle.arrays.items()}
+    return bundle

@@ -134,7 +134,9 @@ def test_field_judged_whole_shows_cells_for_review_only(qtbot, window, images, t
     from allgui.imaging import NEUTRAL
     from trainer.bundle import load_bundle
     from trainer.predictor import Predictor
-    b = load_bundle(tiny_bundle)
+    from conftest import as_single_model
+    # one model for every kind of image (as before per-kind models), trained on fields
+    b = as_single_model(load_bundle(tiny_bundle))
     b.card["trained_on"]["image_kinds"] = {"single_cell": 0.0, "field": 1.0, "n_checked": 24}
     win = window
     win.set_predictor(Predictor(b), str(tiny_bundle))
@@ -371,7 +373,7 @@ def test_drop_recent_shortcuts_and_model_card(qtbot, window, images):
     card = win.predictor.model_card
     text = card_html(card, win.model_path)
     n_test = card["metrics"]["test"]["ensemble"]["n"]
-    assert f"test (n = {n_test})" in text and "Research use only" in text
+    assert f"crop model: test (n = {n_test}" in text and "Research use only" in text
     assert f"{card['trained_on']['n_images']} images" in text
 
 

@@ -180,8 +180,10 @@ def test_fields_are_judged_by_the_unit_the_model_was_trained_on(tiny_bundle, tin
     assert tiny_predictor.field_unit == "cells"
     by_cells = tiny_predictor.predict(field)
     assert by_cells.field_by_cells and by_cells.probability == max(c.probability for c in by_cells.cells)
-    # trained on smear fields: the whole field decides, the cells are there for review
-    b = load_bundle(tiny_bundle)
+    # one model for every kind (bundles before per-kind models) trained on smear fields: the whole
+    # field decides, the cells are there for review
+    from conftest import as_single_model
+    b = as_single_model(load_bundle(tiny_bundle))
     b.card["trained_on"]["image_kinds"] = {"single_cell": 0.05, "field": 0.95, "n_checked": 200}
     p = Predictor(b)
     by_image = p.predict(field)
@@ -205,7 +207,8 @@ def test_odd_images_get_clear_messages_or_notes(tiny_predictor):
 
 def test_operating_points_on_validation_and_held_out_test(tiny_training, tiny_predictor):
     t = tiny_predictor.threshold
-    yv, pv = tiny_training.model.validation_["y"], tiny_training.model.validation_["calibrated"]
+    crop_model = tiny_training.model.models["single_cell"]
+    yv, pv = crop_model.validation_["y"], crop_model.validation_["calibrated"]
     assert tiny_predictor.operating_point(t) == (np.mean(pv[yv == 1] >= t), np.mean(pv[yv == 0] < t))
     yt, pt = tiny_training.evaluation["y"], tiny_training.evaluation["calibrated"]
     sens, spec = tiny_predictor.test_operating_point(t)
@@ -216,7 +219,7 @@ def test_operating_points_on_validation_and_held_out_test(tiny_training, tiny_pr
 def test_bundle_with_a_foreign_classifier_is_refused(tiny_bundle, tmp_path):
     from sklearn.linear_model import LogisticRegression
     b = load_bundle(tiny_bundle)
-    b.model.ensemble_.estimators_["svm"] = LogisticRegression()
+    b.model.models["single_cell"].ensemble_.estimators_["svm"] = LogisticRegression()
     bad = save_bundle(tmp_path / "foreign_clf.allmodel", b)
     with pytest.raises(BundleError, match="LogisticRegression"):
         load_bundle(bad)
