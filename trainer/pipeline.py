@@ -126,8 +126,11 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
-                   seed: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                   seed: int = 0, groups=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of every classifier and of the ensemble on one split, plus its score arrays.
+
+    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects (group bootstrap,
+    see :func:`trainer.metrics.bootstrap_auc_ci`), else images.
 
     Names follow the evaluation report: each classifier at its own decision rule; ``ensemble``
     is the paper's weighted hard vote (eq. 8) with AUC, AP and Brier from the weighted soft
@@ -138,11 +141,11 @@ def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
     out: dict[str, Any] = {}
     for j, name in enumerate(model.classifier_names_):
         out[name] = metrics.binary_report(y, det["probabilities"][:, j], 0.5, n_boot=n_boot, seed=seed,
-                                          pred=det["votes"][:, j])
+                                          pred=det["votes"][:, j], groups=groups)
     out["ensemble"] = metrics.binary_report(y, det["raw"], 0.5, n_boot=n_boot, seed=seed,
-                                            pred=(det["vote_share"] > 0.5).astype(int))
+                                            pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
     out["ensemble_calibrated"] = metrics.binary_report(y, det["calibrated"], model.threshold_,
-                                                       n_boot=n_boot, seed=seed)
+                                                       n_boot=n_boot, seed=seed, groups=groups)
     arrays = {"y": np.asarray(y, dtype=np.int64), "raw": det["raw"], "calibrated": det["calibrated"],
               "vote_share": det["vote_share"], "probabilities": det["probabilities"]}
     return out, arrays
@@ -192,8 +195,10 @@ def train(config: TrainConfig, progress: Progress | None = None,
                                     n_boot=0, seed=config.seed)
     test_metrics, test_arrays = ({}, {})
     if len(test_idx):
+        groups = dataset.groups
         test_metrics, test_arrays = evaluate_split(model, {k: v[test_idx] for k, v in feats.items()},
-                                                   y[test_idx], seed=config.seed)
+                                                   y[test_idx], seed=config.seed,
+                                                   groups=None if groups is None else groups[test_idx])
     check_cancel(cancel)
 
     say(0.97, "Saving the model")
