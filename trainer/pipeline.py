@@ -165,6 +165,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
     protocol = resolve_protocol(config, dataset)
     train_idx, val_idx, test_idx = split_dataset(dataset, protocol, config)
+    from .finetune import finetune_overlap
+    overlap = finetune_overlap(config.weights, [dataset.paths[i] for i in test_idx],
+                               allow=config.allow_finetune_overlap, what="held-out test")
     say(0.05, f"{dataset.summary()}; {protocol}-level split "
               f"{len(train_idx)}/{len(val_idx)}/{len(test_idx)}")
     check_cancel(cancel)
@@ -207,6 +210,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     arrays.update({f"test/{k}": np.asarray(v) for k, v in test_arrays.items()})
     card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), model,
                       extractor, val_metrics, test_metrics, finetune_history)
+    if overlap is not None:
+        card["finetune_overlap"] = overlap
     bundle = ModelBundle(model=model, config=config, card=card, arrays=arrays,
                          backbone_state=_embedded_weights(config, state_dicts))
     check_cancel(cancel)

@@ -254,7 +254,8 @@ def _finetune_md(ft: dict[str, Any]) -> list[str]:
              f"part (early stopping on its validation part) from weights `{ft['weights']}`, then the same "
              "classical stages on frozen and on fine-tuned features; test-set metrics. *Ensemble* is the "
              "full calibrated pipeline at its validation Youden threshold, *logistic regression* a plain "
-             "linear probe at 0.5.", ""]
+             "linear probe at 0.5. Caveat: with fine-tuning, the classical stages are fitted on features "
+             "of images the CNN was trained on, which it separates better than unseen test images.", ""]
     rows = []
     for clf in ft["classifiers"]:
         for kind in ("frozen", "finetuned"):
