@@ -316,3 +316,56 @@ def test_cv_folds_grouped_mixed_groups_keep_every_class_in_every_fold():
     assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(y)))
     for tr, te in folds:
         assert set(y[te]) == {0, 1} and not set(g[tr]) & set(g[te])
+
+
+def _two_sources():
+    """C-NMC-like crops (hem / all, 8 subjects each) and Aria-like fields with few normal subjects
+    (Benign, 3 small groups) and 4 ALL (Pre) groups: each source has both classes."""
+    from pathlib import Path
+    spec = [("hem", 0, 8, 6), ("all", 1, 8, 6), ("Benign", 0, 3, 3), ("Pre", 1, 4, 6)]
+    return [Sample(Path(f"{name}{g}_{i}.png"), lab, name, f"{name}-{g}")
+            for name, lab, n_groups, per in spec for g in range(n_groups) for i in range(per)]
+
+
+def test_cv_and_inner_splits_stratified_by_source_class():
+    from trainer.config import TrainConfig
+    from trainer.evaluation.core import cv_plan
+    from trainer.splits import one_sided_strata, source_strata
+    samples = _two_sources()
+    strata = source_strata(samples)
+    groups = np.array([s.group for s in samples])
+    assert sorted(set(strata)) == ["0:Benign", "0:hem", "1:Pre", "1:all"]
+    assert source_strata([s for s in samples if s.class_name in ("hem", "all")]) is None
+    n_plans = 0
+    for seed in range(6):
+        plan, warnings = cv_plan(samples, "subject", 5, TrainConfig(seed=seed))
+        for fit, val, te in plan:
+            n_plans += 1
+            assert not set(groups[np.concatenate([fit, val])]) & set(groups[te])
+            assert not set(groups[fit]) & set(groups[val])
+            # never a source's images all in validation with none to fit on (label-only
+            # stratification did this in 19 of 50 such training folds)
+            assert one_sided_strata(strata, fit, val)["only_b"] == []
+            for cell in ("0:hem", "1:all", "1:Pre"):  # enough subjects: on both sides
+                assert cell in set(strata[fit]) and cell in set(strata[val])
+        # 3 Benign subjects cannot reach 5 test folds: said so
+        assert any("no normal 'Benign'" in w and "test part" in w for w in warnings)
+    assert n_plans == 30
+    # image level: every source class with >= 5 images reaches every test fold
+    plan, _ = cv_plan(samples, "image", 5, TrainConfig(seed=0))
+    for fit, val, te in plan:
+        assert set(strata[te]) == set(strata)
+
+
+def test_split_with_strata_keeps_small_source_classes_in_training():
+    from trainer.splits import source_strata
+    samples = _two_sources()[:-18]  # Pre keeps 1 subject: too few for train, validation and test
+    strata = source_strata(samples)
+    groups = np.array([s.group for s in samples])
+    for seed in range(5):
+        tr, va, te = split_train_val_test(samples, protocol="subject", seed=seed, strata=strata)
+        assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(len(samples)))
+        assert "1:Pre" in set(strata[tr]) and "1:Pre" not in set(strata[va]) | set(strata[te])
+        for part in (tr, va, te):
+            assert {"0:hem", "1:all"} <= set(strata[part])
+        assert not set(groups[tr]) & set(groups[te]) and not set(groups[va]) & set(groups[te])

@@ -152,8 +152,12 @@ def test_report_files_json_and_markdown_agree(leak_run, tmp_path):
     svm = h["rows"]["svm"]
     row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
     assert f"{100 * svm['accuracy']:.1f}" in row
-    assert f"{svm['auc']:.3f} ({svm['auc_ci'][0]:.3f}-{svm['auc_ci'][1]:.3f})" in row
-    assert "Nadeau-Bengio (p)" in md and "Wilcoxon (p)" in md
+    k = svm["n_groups"]
+    assert svm["ci_method"] == "group"
+    assert (f"{svm['auc']:.3f} ({svm['auc_ci'][0]:.3f}-{svm['auc_ci'][1]:.3f}; "
+            f"{k['0']}/{k['1']} groups)") in row
+    assert "group (cluster) bootstrap" in md
+    assert "Nadeau-Bengio (p / Holm)" in md and "Wilcoxon (p / Holm)" in md
     assert "Split protocols side by side" in md
     for f in paths["figures"]:
         assert f.exists() and f.stat().st_size > 5000
@@ -208,3 +212,43 @@ def test_report_compares_frozen_and_finetuned_features(tmp_path):
     assert "## Ablation: frozen vs fine-tuned backbone features" in md
     acc = f"{100 * ft['finetuned']['logreg']['accuracy']:.1f}"
     assert f"| Logistic regression | fine-tuned | {acc} |" in md
+
+
+def test_group_bootstrap_holm_and_source_warnings_reach_results_and_report(tmp_path):
+    feats, y, samples = _grouped_features(n_groups=16, per_group=4, signal=3.0, seed=4)
+    # two sources, each with normal and ALL subjects; the second has only 2 normal subjects
+    source = {k: ("Benign", "Pre") if k >= 12 else ("hem", "all") for k in range(16)}
+    samples = [Sample(s.path, s.label, source[int(s.group[-2:])][s.label], s.group) for s in samples]
+    cfg = TrainConfig(classifiers=("knn", "svm"), seed=0, split="subject")
+    res = evaluate_features(feats, samples, cfg, protocols=("subject",), n_boot=N_BOOT,
+                            n_folds=4, ablation=False)
+    e = res["protocols"]["subject"]
+    h, cv = e["holdout"], e["cv"]
+    from trainer.pipeline import split_dataset
+    _, _, te = split_dataset(samples, "subject", cfg)
+    g_test = np.array([s.group for s in samples])[te]
+    y_test = y[te]
+    n0 = len(set(g_test[y_test == 0]))
+    n1 = len(set(g_test[y_test == 1]))
+    for name, r in h["rows"].items():
+        assert r["ci_method"] == "group" and r["n_groups"] == {"0": n0, "1": n1}
+    t = h["auc_tests"]["svm"]
+    assert t["ci_method"] == "group" and t["p_value_holm"] >= t["p_value"]
+    # Holm over 2 classifiers x 2 metrics, for each kind of test
+    fam = [cv["tests"][m][n]["nadeau_bengio"] for m in ("accuracy", "auc") for n in ("knn", "svm")
+           if n in cv["tests"][m]]
+    assert cv["n_comparisons"] == len(fam) == 4
+    from trainer.stats import holm
+    assert [f["p_value_holm"] for f in fam] == pytest.approx(holm([f["p_value"] for f in fam]),
+                                                             nan_ok=True)
+    # the cells that cannot be split are named, in the results and the report
+    assert cv["warnings"] and all(w in res["warnings"] for w in cv["warnings"])
+    assert any("'Benign'" in w for w in res["warnings"])
+    paths = write_report(res, tmp_path)
+    md = paths["markdown"].read_text()
+    data = json.loads(paths["json"].read_text())
+    assert data["protocols"]["subject"]["holdout"]["rows"]["svm"]["n_groups"] == {"0": n0, "1": n1}
+    assert "**Warnings**" in md and cv["warnings"][0] in md
+    row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
+    assert f"; {n0}/{n1} groups)" in row
+    assert "Holm p" in md

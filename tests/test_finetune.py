@@ -255,3 +255,57 @@ def test_ablation_compares_frozen_and_finetuned_features(data, reference):
         assert m["accuracy"] * 8 == pytest.approx(round(m["accuracy"] * 8))  # a share of 8 test images
     assert res["state_dicts"][NAME] is sd and res["histories"] == {}
     assert res["frozen"] != res["finetuned"] or res["frozen"]["logreg"]["auc"] == 1.0
+
+
+def test_weights_record_their_finetuning_images_and_tests_on_them_are_refused(tmp_path, capsys):
+    """The weights file lists the content hashes of its fine-tuning images; evaluating or training
+    with it refuses test images among them unless explicitly allowed, and then says so."""
+    import dataclasses
+    import json
+
+    from trainer.cli import main as train_main
+    from trainer.data import load_dataset
+    from trainer.evaluation import run_evaluation
+    from trainer.imageio import content_hash
+    from trainer.pipeline import split_dataset, train
+
+    root = write_dataset(tmp_path / "data", layout="cnmc", n_per_class=8, size=SIZE, seed=2,
+                         n_subjects=4)
+    out = tmp_path / "ft.safetensors"
+    assert main([str(root), "--backbones", "resnet34", "--image-size", str(SIZE), "--epochs", "1",
+                 "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--split", "subject",
+                 "--output", str(out)]) == 0
+    ds = load_dataset(root)
+    tr, va, te = split_dataset(ds.samples, "subject", TrainConfig(split="subject"))
+    _, meta = load_state_dicts(out)
+    assert meta["finetune_images"]["train"] == sorted(content_hash(ds.paths[i]) for i in tr)
+    assert meta["finetune_images"]["validation"] == sorted(content_hash(ds.paths[i]) for i in va)
+
+    cfg = TrainConfig(data=str(root), backbones=("resnet34",), weights=str(out), image_size=SIZE,
+                      batch_size=8, num_workers=0, device="cpu", classifiers=("knn",), seed=0,
+                      output=str(tmp_path / "m.allmodel"))
+    # evaluation: every image is a CV test image, and most were fine-tuned on
+    with pytest.raises(DataError, match=rf"{len(tr) + len(va)} of the 16 evaluated.*"
+                                        "--allow-finetune-overlap"):
+        run_evaluation(cfg, tmp_path / "report", n_boot=20, n_folds=2, protocols=("subject",),
+                       ablation=False)
+    assert train_main(["evaluate", str(root), "--weights", str(out), "--backbones", "resnet34",
+                       "--image-size", str(SIZE), "--no-cache", "--device", "cpu", "-q",
+                       "--out", str(tmp_path / "r")]) == 2
+    assert "fine-tune the backbone weights ft.safetensors" in capsys.readouterr().err
+    # the image-level split of `train` puts fine-tuning images into its test split
+    img = dataclasses.replace(cfg, split="image")
+    with pytest.raises(DataError, match="held-out test images were used to fine-tune"):
+        train(img)
+    # the same split as the fine-tuning run: its test images were never fine-tuned on
+    ok = train(dataclasses.replace(cfg, split="subject"))
+    assert ok.card["finetune_overlap"]["n_train"] + ok.card["finetune_overlap"]["n_validation"] == 0
+    # allowed explicitly: evaluated, and the report states it
+    rep = run_evaluation(dataclasses.replace(cfg, allow_finetune_overlap=True), tmp_path / "report",
+                         n_boot=20, n_folds=2, protocols=("subject",), ablation=False)
+    data = json.loads(rep.json_path.read_text())
+    ov = data["meta"]["finetune_overlap"]
+    assert ov["allowed"] and (ov["n_train"], ov["n_validation"]) == (len(tr), len(va))
+    md = rep.markdown_path.read_text()
+    assert f"{len(tr) + len(va)} of the 16 evaluated images were used to fine-tune" in md
+    assert "--allow-finetune-overlap" in md and "Design caveat of fine-tuning" in md

@@ -136,3 +136,89 @@ def test_binary_report_bundle_and_errors():
         M.auc(np.ones(5), np.linspace(0, 1, 4))
     one_class = M.binary_report(np.ones(4), np.full(4, 0.9), n_boot=10)
     assert one_class["auc"] is None and one_class["accuracy"] == 1.0
+
+
+def _clustered(n_groups=9, per_group=20, seed=0):
+    """Scores dominated by a per-subject effect: images of one subject are far from independent."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per_group)
+    y = (np.arange(n_groups) % 2)[g]
+    effect = rng.normal(size=n_groups) * 1.0 + 0.8 * (np.arange(n_groups) % 2)
+    s = effect[g] + rng.normal(size=g.size) * 0.2
+    return y, s, np.array([f"subject{k}" for k in g])
+
+
+def test_group_bootstrap_resamples_whole_subjects():
+    # 9 subjects, each 5 identical copies of one image: resampling subjects (with all their images)
+    # gives the AUCs of resampling the 9 distinct images, exactly, draw for draw
+    rng = np.random.default_rng(4)
+    y9 = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0])
+    s9 = y9 * 0.7 + rng.normal(size=9)
+    y, s = np.repeat(y9, 5), np.repeat(s9, 5)
+    g = np.repeat([f"g{k}" for k in range(9)], 5)
+    grouped = M.bootstrap_auc_ci(y, s, n=1000, seed=3, groups=g)
+    unique = M.bootstrap_auc_ci(y9, s9, n=1000, seed=3)
+    assert grouped["ci_low"] == pytest.approx(unique["ci_low"], abs=1e-12)
+    assert grouped["ci_high"] == pytest.approx(unique["ci_high"], abs=1e-12)
+    assert grouped["ci_method"] == "group" and grouped["n_groups"] == {"0": 5, "1": 4}
+    assert unique["ci_method"] == "image" and unique["n_groups"] is None
+    # the image bootstrap of the 45 rows treats copies as independent evidence: far too narrow
+    naive = M.bootstrap_auc_ci(y, s, n=1000, seed=3)
+    assert naive["ci_high"] - naive["ci_low"] < 0.6 * (grouped["ci_high"] - grouped["ci_low"])
+
+
+def test_group_bootstrap_with_one_image_per_group_is_the_image_bootstrap():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    s = y + rng.normal(size=300)
+    g = [f"{i:04d}" for i in range(300)]  # sorted like the rows
+    a = M.bootstrap_auc_ci(y, s, n=600, seed=5, groups=g)
+    b = M.bootstrap_auc_ci(y, s, n=600, seed=5)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((b["ci_low"], b["ci_high"]), abs=1e-12)
+
+
+def test_group_bootstrap_wider_on_clustered_scores_and_warns_on_few_groups():
+    y, s, g = _clustered()
+    img = M.bootstrap_auc_ci(y, s, n=2000, seed=0)
+    grp = M.bootstrap_auc_ci(y, s, n=2000, seed=0, groups=g)
+    assert grp["auc"] == img["auc"]
+    assert grp["ci_high"] - grp["ci_low"] > 2.0 * (img["ci_high"] - img["ci_low"])
+    assert grp["n_groups"] == {"0": 5, "1": 4} and grp["warning"] is None
+    few = M.bootstrap_auc_ci(y[:100], s[:100], n=200, seed=0, groups=g[:100])  # 3 normal, 2 ALL
+    assert few["n_groups"] == {"0": 3, "1": 2}
+    assert "2 ALL" in few["warning"] and "unreliable" in few["warning"]
+    # a subject with images of both classes goes with its majority class, all its images along
+    mixed = g.copy()
+    y2 = y.copy()
+    y2[:3] = 1  # subject0 (normal) now has 3 ALL images of 20
+    r = M.bootstrap_auc_ci(y2, s, n=200, seed=0, groups=mixed)
+    assert r["n_groups"] == {"0": 5, "1": 4} and r["ci_low"] <= r["auc"] <= r["ci_high"]
+    with pytest.raises(DataError, match="group ids"):
+        M.bootstrap_auc_ci(y, s, groups=g[:10])
+
+
+def test_paired_group_bootstrap_test_and_binary_report_record_the_method():
+    y, s, g = _clustered()
+    rng = np.random.default_rng(1)
+    s2 = s + rng.normal(size=s.size) * 0.8
+    img = M.bootstrap_auc_diff_test(y, s, s2, n=1000, seed=0)
+    grp = M.bootstrap_auc_diff_test(y, s, s2, n=1000, seed=0, groups=g)
+    assert grp["diff"] == img["diff"] and grp["sd"] > img["sd"]
+    assert grp["ci_method"] == "group" and grp["n_groups"] == {"0": 5, "1": 4}
+    r = M.binary_report(y, 1 / (1 + np.exp(-s)), n_boot=300, groups=g)
+    assert r["ci_method"] == "group" and r["n_groups"] == {"0": 5, "1": 4}
+    ci = M.bootstrap_auc_ci(y, 1 / (1 + np.exp(-s)), n=300, seed=0, groups=g)
+    assert r["auc_ci"] == [ci["ci_low"], ci["ci_high"]]
+    plain = M.binary_report(y, 1 / (1 + np.exp(-s)), n_boot=300)
+    assert plain["ci_method"] == "image" and plain["n_groups"] is None
+
+
+def test_group_bootstrap_is_fast():
+    import time
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 60, 4000)
+    y = g % 2
+    s = y + rng.normal(size=4000)
+    t = time.perf_counter()
+    M.bootstrap_auc_ci(y, s, n=2000, seed=0, groups=g)
+    assert time.perf_counter() - t < 5.0  # about 0.3 s on one core

@@ -223,3 +223,16 @@ def test_bundle_with_a_foreign_classifier_is_refused(tiny_bundle, tmp_path):
     bad = save_bundle(tmp_path / "foreign_clf.allmodel", b)
     with pytest.raises(BundleError, match="LogisticRegression"):
         load_bundle(bad)
+
+
+def test_model_card_intervals_resample_test_subjects(tiny_training, tiny_config):
+    from trainer.data import load_dataset
+    from trainer.pipeline import split_dataset
+    ds = load_dataset(tiny_config.data)
+    _, _, te = split_dataset(ds.samples, "subject", tiny_config)
+    g, y = ds.groups[te], ds.labels[te]
+    k = {"0": len(set(g[y == 0])), "1": len(set(g[y == 1]))}
+    for name, r in tiny_training.card["metrics"]["test"].items():
+        assert r["ci_method"] == "group" and r["n_groups"] == k, name
+        assert (r["ci_warning"] is not None) == (min(k.values()) < 3)
+    assert tiny_training.card["metrics"]["validation"]["svm"]["ci_method"] is None  # no interval

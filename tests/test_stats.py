@@ -68,3 +68,17 @@ def test_degenerate_inputs():
         paired_t_test([1, 2, 3], [1, 2])
     with pytest.raises(DataError, match="at least 2"):
         wilcoxon_test([1], [2])
+
+
+def test_holm_known_answer():
+    from trainer.stats import holm
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> monotone 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])          # one test: unchanged
+    out = holm([0.01, None, float("nan"), 0.02])          # untestable entries kept, not counted
+    assert out[0] == pytest.approx(0.02) and out[3] == pytest.approx(0.02)
+    assert out[1] is None and np.isnan(out[2])
+    assert holm([]) == []
+    with pytest.raises(DataError):
+        holm([1.5])

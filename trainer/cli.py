@@ -93,6 +93,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="fine-tuning checkpoints, one per epoch; a rerun resumes from them")
     g.add_argument("--deterministic", action="store_true", help="deterministic fine-tuning (slower)")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision when fine-tuning on CUDA")
+    g.add_argument("--allow-finetune-overlap", action="store_true",
+                   help="test even on images the --weights file was fine-tuned on (refused by default; "
+                        "the report and model card say so)")
 
 
 def finetune_wanted(choice: str, device: str) -> bool:
@@ -118,7 +121,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         output=str(getattr(a, "output", "model.allmodel")), finetune=finetune_wanted(a.finetune, a.device),
         finetune_epochs=a.epochs, finetune_patience=a.patience, finetune_lr=a.finetune_lr,
         finetune_checkpoint_dir=a.checkpoint_dir, finetune_deterministic=a.deterministic,
-        finetune_amp=not a.no_amp)
+        finetune_amp=not a.no_amp, allow_finetune_overlap=a.allow_finetune_overlap)
 
 
 class ProgressBar:

@@ -52,6 +52,7 @@ class TrainConfig:
     finetune_amp: bool = True           # mixed precision on CUDA (bf16 where supported, else fp16)
     finetune_deterministic: bool = False  # deterministic algorithms (slower)
     finetune_checkpoint_dir: str | None = None  # per-epoch checkpoints; a rerun resumes from them
+    allow_finetune_overlap: bool = False  # test on images the weights file was fine-tuned on (stated)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

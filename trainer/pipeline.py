@@ -137,8 +137,11 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
-                   seed: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                   seed: int = 0, groups=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of every classifier and of the ensemble on one split, plus its score arrays.
+
+    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects (group bootstrap,
+    see :func:`trainer.metrics.bootstrap_auc_ci`), else images.
 
     Names follow the evaluation report: each classifier at its own decision rule; ``ensemble``
     is the paper's weighted hard vote (eq. 8) with AUC, AP and Brier from the weighted soft
@@ -149,11 +152,11 @@ def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
     out: dict[str, Any] = {}
     for j, name in enumerate(model.classifier_names_):
         out[name] = metrics.binary_report(y, det["probabilities"][:, j], 0.5, n_boot=n_boot, seed=seed,
-                                          pred=det["votes"][:, j])
+                                          pred=det["votes"][:, j], groups=groups)
     out["ensemble"] = metrics.binary_report(y, det["raw"], 0.5, n_boot=n_boot, seed=seed,
-                                            pred=(det["vote_share"] > 0.5).astype(int))
+                                            pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
     out["ensemble_calibrated"] = metrics.binary_report(y, det["calibrated"], model.threshold_,
-                                                       n_boot=n_boot, seed=seed)
+                                                       n_boot=n_boot, seed=seed, groups=groups)
     arrays = {"y": np.asarray(y, dtype=np.int64), "raw": det["raw"], "calibrated": det["calibrated"],
               "vote_share": det["vote_share"], "probabilities": det["probabilities"]}
     return out, arrays
@@ -250,6 +253,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
     protocol = resolve_protocol(config, dataset)
     train_idx, val_idx, test_idx = split_dataset(dataset, protocol, config)
+    from .finetune import finetune_overlap
+    overlap = finetune_overlap(config.weights, [dataset.paths[i] for i in test_idx],
+                               allow=config.allow_finetune_overlap, what="held-out test")
     say(0.05, f"{dataset.summary()}; {protocol}-level split "
               f"{len(train_idx)}/{len(val_idx)}/{len(test_idx)}")
     check_cancel(cancel)
@@ -295,7 +301,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
         val_metrics, _ = evaluate_split(model, subset(feats, lva), y[va], n_boot=0, seed=config.seed)
         test_metrics, test_arrays = ({}, {})
         if len(te):
-            test_metrics, test_arrays = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed)
+            test_metrics, test_arrays = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed,
+                                                       groups=None if groups is None else groups[te])
         models[key] = model
         if ref is not None:
             arrays[f"{key}/stain_reference"] = np.asarray(ref, dtype=np.float64)
@@ -312,6 +319,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     kind_model = KindModels(models=models)
     card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), probe, sections,
                       finetune_history, notes)
+    if overlap is not None:
+        card["finetune_overlap"] = overlap
     bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,
                          backbone_state=_embedded_weights(config, state_dicts))
     check_cancel(cancel)

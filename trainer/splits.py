@@ -38,7 +38,8 @@ def default_protocol(groups: Sequence | np.ndarray | None) -> str:
 def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None, *,
                          protocol: str | None = None,
                          fractions: Sequence[float] = (0.70, 0.15, 0.15),
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         seed: int = 0, strata: Sequence | np.ndarray | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split into train, validation and test indices.
 
     Args:
@@ -49,12 +50,20 @@ def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None,
         fractions: train, validation, test shares (summing to 1; validation or test may be 0,
             giving an empty array).
         seed: the same seed and data give the same split.
+        strata: (N,) finer classes to stratify on, e.g. ``"label:source class"`` (see
+            :func:`source_strata`); every non-empty part then holds every stratum. When the
+            groups make that impossible, the split is stratified on the labels alone.
 
     Raises:
         DataError: a non-empty part would miss a class, or groups are missing for 'subject'.
     """
     labels, groups = _labels_groups(data, groups)
     protocol = _check_protocol(protocol, groups)
+    if strata is not None:
+        out = _split_by_strata(labels, groups, _check_strata(strata, labels), protocol,
+                               fractions, seed)
+        if out is not None:
+            return out
     fr = _check_fractions(fractions)
     y = _encode(labels)
     rng = np.random.default_rng(seed)
@@ -73,14 +82,17 @@ def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None,
 
 
 def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
-             protocol: str | None = None, n_splits: int = 5,
-             seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+             protocol: str | None = None, n_splits: int = 5, seed: int = 0,
+             strata: Sequence | np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified (image) or stratified-grouped (subject) K-fold cross-validation.
 
     Returns ``n_splits`` (train_idx, test_idx) pairs; every index is in exactly one test fold
     and, for 'subject', no group is in a fold's train and test part. Every test fold holds
     every class. Uses StratifiedKFold / StratifiedGroupKFold (shuffled with ``seed``); if the
     latter leaves a class out of a test fold, a seeded greedy group assignment is used.
+    ``strata`` (N,): finer classes (e.g. ``"label:source class"``, see :func:`source_strata`)
+    to stratify on, so every source's images of each class spread over the folds; where the
+    groups make that impossible, the folds are stratified on the labels alone.
 
     Raises:
         DataError: fewer images (image) or groups (subject) of a class than folds
@@ -90,6 +102,20 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
         raise TypeError("cv_folds: pass the number of folds as n_splits=...")
     labels, groups = _labels_groups(data, groups)
     protocol = _check_protocol(protocol, groups)
+    if strata is not None and int(n_splits) >= 2:
+        s = _check_strata(strata, labels)
+        units = _units(groups, protocol, len(s))
+        small = _small_cells(s, units, int(n_splits))
+        for c in small:  # too few subjects to reach every fold: pooled with its label's largest cell
+            same = [d for d in np.unique(s[labels == labels[s == c][0]]) if d not in small]
+            if same:
+                s = np.where(s == c, max(same, key=lambda d: len(set(units[s == d]))), s)
+        try:
+            folds = cv_folds(s, groups, protocol=protocol, n_splits=n_splits, seed=seed)
+            if all(len(np.unique(labels[te])) == len(np.unique(labels)) for _, te in folds):
+                return folds
+        except DataError:
+            pass
     if int(n_splits) < 2:
         raise DataError(f"Cross-validation needs at least 2 folds, not {n_splits}.")
     n_splits = int(n_splits)
@@ -136,7 +162,87 @@ def max_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
     return int((counts > 0).sum(0).min())
 
 
+def source_strata(data: Any) -> np.ndarray | None:
+    """(N,) strata ``"<label>:<class name>"`` of a Dataset or Samples whose labels each cover
+    several source classes (e.g. C-NMC 'hem' and Aria 'Benign' both normal); None when each label
+    has one class name, where stratifying on the label is the same."""
+    samples = getattr(data, "samples", data)
+    strata = np.array([f"{s.label}:{getattr(s, 'class_name', '')}" for s in samples])
+    labels = {str(s.label) for s in samples}
+    return strata if len(set(strata.tolist())) > len(labels) else None
+
+
+def stratum_name(stratum: str) -> str:
+    """``"0:Benign"`` -> ``"normal 'Benign'"``."""
+    label, _, name = str(stratum).partition(":")
+    try:
+        label = _BINARY_NAMES.get(int(label), label)
+    except ValueError:
+        pass
+    return f"{label} '{name}'" if name else str(label)
+
+
+def one_sided_strata(strata: Sequence | np.ndarray, a: np.ndarray,
+                     b: np.ndarray) -> dict[str, list[str]]:
+    """Strata of the rows ``a`` and ``b`` whose rows all fall in one of them.
+
+    Returns ``{"only_a": [...], "only_b": [...]}``, sorted stratum values (e.g. "0:Benign")
+    present in ``a`` but not ``b`` and the reverse.
+    """
+    s = np.asarray(strata)
+    in_a = set(s[np.asarray(a, dtype=int)].tolist())
+    in_b = set(s[np.asarray(b, dtype=int)].tolist())
+    return {"only_a": sorted(in_a - in_b), "only_b": sorted(in_b - in_a)}
+
+
 # ---------------------------------------------------------------------------------------------
+
+def _units(groups, protocol: str, n: int) -> np.ndarray:
+    """What a split keeps together: the group of each row (subject) or the row itself (image)."""
+    if protocol == "subject":
+        return np.array([str(g) for g in groups])
+    return np.arange(n).astype(str)
+
+
+def _small_cells(s: np.ndarray, units: np.ndarray, n_parts: int) -> list[str]:
+    """Strata with fewer units (subjects or images) than parts: they cannot reach every part."""
+    return [c for c in np.unique(s).tolist() if len(set(units[s == c].tolist())) < n_parts]
+
+
+def _split_by_strata(labels, groups, s, protocol, fractions, seed):
+    """Train/validation/test stratified on ``s``; None when the groups do not allow it.
+
+    Strata too small to reach every part (fewer subjects, or images, than non-empty parts) go to
+    training whole, with every subject that has images of them, rather than wherever the
+    greedy assignment happens to put them (e.g. a source's only normal subject all in
+    validation); the other rows are split stratified on ``s``.
+    """
+    fr = _check_fractions(fractions)
+    units = _units(groups, protocol, len(s))
+    small = _small_cells(s, units, int((fr > 0).sum()))
+    pinned = np.isin(units, units[np.isin(s, small)])
+    keep = np.flatnonzero(~pinned)
+    if len(np.unique(s[keep])) < 2:
+        return None
+    try:
+        parts = split_train_val_test(s[keep], None if groups is None else groups[keep],
+                                     protocol=protocol, fractions=fractions, seed=seed)
+    except DataError:
+        return None
+    out = (np.sort(np.concatenate([keep[parts[0]], np.flatnonzero(pinned)])).astype(np.int64),
+           keep[parts[1]].astype(np.int64), keep[parts[2]].astype(np.int64))
+    n_classes = len(np.unique(labels))
+    if any(len(p) and len(np.unique(labels[p])) < n_classes for p in out):
+        return None
+    return out
+
+
+def _check_strata(strata, labels: np.ndarray) -> np.ndarray:
+    s = np.asarray([str(x) for x in strata])
+    if s.shape != labels.shape:
+        raise ValueError(f"{len(s)} strata for {len(labels)} labels.")
+    return s
+
 
 def _labels_groups(data: Any, groups) -> tuple[np.ndarray, np.ndarray | None]:
     samples = getattr(data, "samples", None)

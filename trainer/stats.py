@@ -15,7 +15,7 @@ from scipy import stats
 
 from trainer.errors import DataError
 
-__all__ = ["paired_t_test", "wilcoxon_test", "nadeau_bengio_test", "compare_folds"]
+__all__ = ["paired_t_test", "wilcoxon_test", "nadeau_bengio_test", "compare_folds", "holm"]
 
 
 def _diffs(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
@@ -111,3 +111,25 @@ def compare_folds(a: Sequence[float], b: Sequence[float], n_train: float,
     """All three tests: ``{"t_test", "wilcoxon", "nadeau_bengio"}``."""
     return {"t_test": paired_t_test(a, b), "wilcoxon": wilcoxon_test(a, b),
             "nadeau_bengio": nadeau_bengio_test(a, b, n_train, n_test)}
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (family-wise error control).
+
+    The i-th smallest of the m valid p-values becomes ``max over j <= i of min(1, (m - j + 1) *
+    p_(j))``; adjusted values are returned in the input order. None or NaN entries (tests that could
+    not run) are returned as they are and do not count towards m.
+    """
+    p = np.array([np.nan if v is None else float(v) for v in pvalues], dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(p))
+    out: list[float | None] = list(pvalues)
+    if ok.size == 0:
+        return out
+    if np.any((p[ok] < 0) | (p[ok] > 1)):
+        raise DataError("p-values must lie in [0, 1].")
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = ok.size
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    for i, v in zip(order, adj):
+        out[int(i)] = float(v)
+    return out

@@ -7,6 +7,7 @@ splits come from :mod:`trainer.data` so evaluation and training split identicall
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Sequence
 
@@ -15,8 +16,11 @@ import numpy as np
 from trainer import metrics as M
 from trainer.config import TrainConfig
 from trainer.errors import AllguiError, Cancelled, DataError
-from trainer.stats import compare_folds
+from trainer.stats import compare_folds, holm
 from trainer.progress import CancelCheck, Progress
+from trainer.splits import one_sided_strata, source_strata, stratum_name
+
+log = logging.getLogger(__name__)
 
 
 ENSEMBLE = "ensemble"                # paper, eq. 8: weighted hard vote, score = weighted soft vote
@@ -89,21 +93,23 @@ def _subset_rows(feats: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.
 
 
 def _score_rows(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int, seed: int,
-                curves: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics per classifier and for the two ensemble read-outs; optionally their curves."""
+                curves: bool, groups: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics per classifier and for the two ensemble read-outs; optionally their curves.
+    ``groups`` (len(y),) subject ids make every AUC interval a group bootstrap."""
     names = list(model.classifier_names_)
     rows: dict[str, Any] = {}
     curve: dict[str, Any] = {}
     both = _both(y)
     for i, name in enumerate(names):
         p = det["probabilities"][:, i]
-        rows[name] = M.binary_report(y, p, 0.5, n_boot, seed, pred=det["votes"][:, i])
+        rows[name] = M.binary_report(y, p, 0.5, n_boot, seed, pred=det["votes"][:, i], groups=groups)
         if curves and both:
             curve[name] = _curves(y, p)
     rows[ENSEMBLE] = M.binary_report(y, det["raw"], 0.5, n_boot, seed,
-                                     pred=(det["vote_share"] > 0.5).astype(int))
+                                     pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
     rows[ENSEMBLE]["rule"] = "weighted hard vote > 0.5 (eq. 8); ranking metrics on the soft vote"
-    rows[ENSEMBLE_CAL] = M.binary_report(y, det["calibrated"], model.threshold_, n_boot, seed)
+    rows[ENSEMBLE_CAL] = M.binary_report(y, det["calibrated"], model.threshold_, n_boot, seed,
+                                         groups=groups)
     rows[ENSEMBLE_CAL]["rule"] = "calibrated probability >= validation Youden threshold"
     if curves and both:
         curve[ENSEMBLE] = _curves(y, det["raw"])
@@ -120,12 +126,15 @@ def evaluate_holdout(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.nda
     Returns ``{"split", "classifier_names", "weights", "val_accuracy", "calibration_method",
     "threshold", "n_components", "rows", "calibration", "auc_tests", "curves"}``. ``rows`` maps
     each classifier and ``ensemble`` / ``ensemble_calibrated`` to :func:`metrics.binary_report`.
+    With ``groups`` (N,) every interval and the paired AUC tests resample test subjects (group
+    bootstrap); ``auc_tests`` carry Holm-adjusted p-values (``p_value_holm``) over the classifiers.
     """
     train, val, test = (np.asarray(a, dtype=int) for a in split)
     model = _fit(feats, y, train, val, config, backbones, pca)
     yt = y[test]
+    gt = None if groups is None else np.asarray(groups, dtype=object)[test]
     det = model.predict_details(_subset_rows(feats, test))
-    rows, curve = _score_rows(model, det, yt, n_boot, config.seed, curves)
+    rows, curve = _score_rows(model, det, yt, n_boot, config.seed, curves, gt)
     out: dict[str, Any] = {
         "split": {"n_train": int(train.size), "n_val": int(val.size), "n_test": int(test.size),
                   "n_test_positive": int(yt.sum()),
@@ -143,20 +152,81 @@ def evaluate_holdout(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.nda
                               "calibrated": _reliability(yt, det["calibrated"])}
         for i, name in enumerate(model.classifier_names_):
             out["auc_tests"][name] = M.bootstrap_auc_diff_test(
-                yt, det["raw"], det["probabilities"][:, i], n=n_boot, seed=config.seed)
+                yt, det["raw"], det["probabilities"][:, i], n=n_boot, seed=config.seed, groups=gt)
+        _holm_into(list(out["auc_tests"].values()), "p_value")
     return out
+
+
+def _holm_into(tests: list[dict[str, Any]], key: str) -> None:
+    """Add ``<key>_holm``: Holm's adjustment of ``t[key]`` over the family ``tests``."""
+    for t, adj in zip(tests, holm([t.get(key) for t in tests])):
+        t[f"{key}_holm"] = adj
 
 
 # --------------------------------------------------------------------------- cross-validation
 def _inner_split(samples, train: np.ndarray, protocol: str, fractions, seed: int):
     """Split a CV training fold into (fit rows, validation rows) in the configured train :
-    validation proportion, with the same protocol (groups never straddle)."""
+    validation proportion, with the same protocol (groups never straddle), stratified by label x
+    source class where the groups allow it (as the held-out split is)."""
     from trainer.data import split_train_val_test
     f_tr, f_va = float(fractions[0]), float(fractions[1])
-    fit_i, val_i, _ = split_train_val_test([samples[i] for i in train], protocol=protocol,
+    part = [samples[i] for i in train]
+    fit_i, val_i, _ = split_train_val_test(part, protocol=protocol,
                                            fractions=(f_tr / (f_tr + f_va), f_va / (f_tr + f_va), 0.0),
-                                           seed=seed)
+                                           seed=seed, strata=source_strata(part))
     return train[fit_i], train[val_i]
+
+
+def _cell_list(cells: list[str]) -> str:
+    return ", ".join(stratum_name(c) for c in cells)
+
+
+def split_warnings(strata: np.ndarray, what: str, fit: np.ndarray, val: np.ndarray,
+                   test: np.ndarray) -> list[str]:
+    """Sentences naming each source x class cell of ``strata`` that falls entirely on one side of
+    (fit + validation) vs test, or of fit vs validation."""
+    out = []
+    outer = one_sided_strata(strata, np.concatenate([fit, val]), test)
+    if outer["only_b"]:
+        out.append(f"{what}: all {_cell_list(outer['only_b'])} images are in the test part; the "
+                   "training rows have none of them.")
+    if outer["only_a"]:
+        out.append(f"{what}: no {_cell_list(outer['only_a'])} image in the test part.")
+    inner = one_sided_strata(strata, fit, val)
+    if inner["only_b"]:
+        out.append(f"{what}: all {_cell_list(inner['only_b'])} images are in the validation rows, "
+                   "none in the rows the classifiers are fitted on; validation may learn the "
+                   "image source.")
+    if inner["only_a"]:
+        out.append(f"{what}: no {_cell_list(inner['only_a'])} image in the validation rows "
+                   "(ensemble weights, calibration and threshold never see them).")
+    return out
+
+
+def cv_plan(samples, protocol: str, n_folds: int, config: TrainConfig
+            ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], list[str]]:
+    """The CV folds and their inner splits: ``([(fit, val, test) rows per fold], warnings)``.
+
+    Folds and inner splits are stratified by label x source class (``"label:class_name"``) where
+    the groups allow it, else by label. ``warnings`` names every source x class cell that falls
+    entirely on one side: all in a test fold (that fold trains on none of it), absent from a test
+    fold, or, within a training fold, all in the fit or all in the validation rows.
+    """
+    from trainer.data import cv_folds
+    strata = source_strata(samples)
+    folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed, strata=strata)
+    plan, warnings = [], []
+    for tr, te in folds:
+        tr, te = np.asarray(tr, dtype=int), np.asarray(te, dtype=int)
+        fit_i, val_i = _inner_split(samples, tr, protocol, config.fractions, config.seed)
+        plan.append((fit_i, val_i, te))
+    if strata is None:
+        return plan, warnings
+    for k, (fit_i, val_i, te) in enumerate(plan, start=1):
+        warnings += split_warnings(strata, f"{protocol} CV fold {k}", fit_i, val_i, te)
+    for w in warnings:
+        log.warning(w)
+    return plan, warnings
 
 
 def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: int = 5,
@@ -164,10 +234,12 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
     """``n_folds``-fold CV: per-fold metrics, mean +- sd, ensemble vs each classifier tests.
 
     Within each training fold a grouped/stratified inner split provides the validation rows
-    the ensemble weights, calibrator and threshold need. Tests (paired t, Wilcoxon,
-    Nadeau-Bengio) compare the ensemble's per-fold accuracy and AUC with each classifier's.
+    the ensemble weights, calibrator and threshold need (see :func:`cv_plan`; its warnings are
+    returned as ``warnings``). Tests (paired t, Wilcoxon, Nadeau-Bengio) compare the ensemble's
+    per-fold accuracy and AUC with each classifier's; each test's p-values are also given
+    Holm-adjusted (``p_value_holm``) over the family of classifiers x metrics.
     """
-    from trainer.data import cv_folds, max_folds
+    from trainer.data import max_folds
     note = ""
     feasible = max_folds(samples, protocol=protocol)
     if feasible < n_folds:
@@ -175,14 +247,13 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
         note = (f"{n_folds} folds requested, {feasible} used: the smaller class has only "
                 f"{feasible} {unit}, and every test fold needs both classes.")
         n_folds = feasible
-    folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed)
+    folds, warnings = cv_plan(samples, protocol, n_folds, config)
     per_fold = []
     names: list[str] = []
-    for k, (tr, te) in enumerate(folds):
+    for k, (fit_i, val_i, te) in enumerate(folds):
         if steps:
             steps.step(f"{protocol} split: cross-validation fold {k + 1}/{len(folds)}")
-        tr, te = np.asarray(tr, dtype=int), np.asarray(te, dtype=int)
-        fit_i, val_i = _inner_split(samples, tr, protocol, config.fractions, config.seed)
+        tr = np.concatenate([fit_i, val_i])
         model = _fit(feats, y, fit_i, val_i, config)
         names = list(model.classifier_names_)
         det = model.predict_details(_subset_rows(feats, te))
@@ -211,14 +282,20 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
             if any(v is None for v in a + b):
                 continue
             tests[m][n] = compare_folds(a, b, n_train, n_test)
+    family = [t for m in tests for t in tests[m].values()]
+    for kind in ("t_test", "wilcoxon", "nadeau_bengio"):
+        _holm_into([t[kind] for t in family], "p_value")
     return {"n_folds": len(folds), "note": note, "classifier_names": names, "folds": per_fold,
-            "summary": summary, "tests": tests, "n_train_mean": n_train, "n_test_mean": n_test}
+            "summary": summary, "tests": tests, "n_train_mean": n_train, "n_test_mean": n_test,
+            "n_comparisons": len(family), "warnings": warnings}
 
 
 # --------------------------------------------------------------------------- ablation
 def evaluate_ablation(feats, y, split, config: TrainConfig, n_boot: int = 2000,
-                      steps: _Steps | None = None) -> list[dict[str, Any]]:
-    """Each single backbone and the fusion, with PCA on and off, on one identical split."""
+                      steps: _Steps | None = None, groups: np.ndarray | None = None
+                      ) -> list[dict[str, Any]]:
+    """Each single backbone and the fusion, with PCA on and off, on one identical split
+    (``groups``: subject ids for group-bootstrap intervals)."""
     avail = [b for b in config.backbones if b in feats]
     sets = [(b,) for b in avail] + ([tuple(avail)] if len(avail) > 1 else [])
     out = []
@@ -226,7 +303,7 @@ def evaluate_ablation(feats, y, split, config: TrainConfig, n_boot: int = 2000,
         for pca in (True, False):
             if steps:
                 steps.step(f"ablation: {' + '.join(bs)}, PCA {'on' if pca else 'off'}")
-            r = evaluate_holdout(feats, y, None, split, config, n_boot, backbones=bs, pca=pca,
+            r = evaluate_holdout(feats, y, groups, split, config, n_boot, backbones=bs, pca=pca,
                                  curves=False)
             out.append({"backbones": list(bs), "pca": pca, "n_components": r["n_components"],
                         "feature_dim": int(sum(np.asarray(feats[b]).shape[1] for b in bs)),
@@ -250,7 +327,10 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     ``feats``: backbone name -> (N, D) array, rows aligned with ``samples`` (objects with
     ``label`` 0/1 and ``group``). Returns ``{"meta", "protocols": {protocol: {"available",
     "reason", "holdout", "cv"}}, "ablation": {"protocol", "rows"}}``; the subject protocol is
-    reported unavailable (with the reason) when samples carry no groups.
+    reported unavailable (with the reason) when samples carry no groups. ``"warnings"`` lists
+    source x class cells that fall entirely on one side of a split (see :func:`cv_plan`) and test
+    sets with fewer than 3 subjects of a class; each protocol entry has its own ``"warnings"``.
+    With subject/group ids, every interval and paired AUC test is a group bootstrap.
     """
     from trainer.pipeline import split_dataset
     y = np.array([int(s.label) for s in samples], dtype=int)
@@ -262,6 +342,7 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
         if len(f) != len(samples):
             raise DataError(f"{b} features have {len(f)} rows for {len(samples)} images.")
     primary = _primary(config, groups is not None)
+    strata = source_strata(samples)
     protocols = [p for p in protocols if p in PROTOCOLS]
     if primary not in protocols:
         protocols = [primary] + protocols
@@ -276,7 +357,7 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     primary_split = None
     for proto in protocols:
         entry: dict[str, Any] = {"label": PROTOCOL_LABELS[proto], "available": True, "reason": "",
-                                 "holdout": None, "cv": None}
+                                 "holdout": None, "cv": None, "warnings": []}
         res["protocols"][proto] = entry
         if proto == "subject" and groups is None:
             entry.update(available=False, reason="the images carry no subject/group ids")
@@ -285,10 +366,15 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
         try:
             steps.step(f"{proto} split: held-out test set")
             split = split_dataset(samples, proto, config)  # the split `allgui-train train` uses
+            if strata is not None:
+                for w in split_warnings(strata, f"{proto} held-out split", *split):
+                    log.warning(w)
+                    entry["warnings"].append(w)
             entry["holdout"] = evaluate_holdout(feats, y, groups, split, config, n_boot)
             if proto == primary:
                 primary_split = split
             entry["cv"] = evaluate_cv(feats, samples, y, proto, config, n_folds, steps)
+            entry["warnings"] += entry["cv"]["warnings"]
         except Cancelled:
             raise
         except (AllguiError, ValueError) as exc:
@@ -297,9 +383,16 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     if ablation and primary_split is not None:
         t = time.perf_counter()
         res["ablation"] = {"protocol": primary,
-                           "rows": evaluate_ablation(feats, y, primary_split, config, n_boot, steps)}
+                           "rows": evaluate_ablation(feats, y, primary_split, config, n_boot, steps,
+                                                     groups)}
         timings["ablation"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
+    res["warnings"] = [w for e in res["protocols"].values() for w in e["warnings"]]
+    for p, e in res["protocols"].items():
+        h = e.get("holdout")
+        if h:
+            res["warnings"] += sorted({f"{p} held-out test set: {r['ci_warning']}"
+                                       for r in h["rows"].values() if r.get("ci_warning")})
     n_groups = len(set(groups.tolist())) if groups is not None else 0
     res["meta"] = {"n": int(y.size), "n_positive": int(y.sum()), "n_groups": n_groups,
                    "primary_protocol": primary, "n_boot": int(n_boot), "n_folds": int(n_folds),

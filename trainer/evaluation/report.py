@@ -51,6 +51,13 @@ def _p(v: float | None) -> str:
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
+def _p_holm(t: dict[str, Any]) -> str:
+    """Raw and Holm-adjusted p of one test, "0.030 / 0.150"."""
+    if "p_value_holm" not in t:
+        return _p(t.get("p_value"))
+    return f"{_p(t.get('p_value'))} / {_p(t.get('p_value_holm'))}"
+
+
 def _ms(s: dict[str, Any], pct: bool = True) -> str:
     if s["mean"] is None:
         return "n/a"
@@ -69,11 +76,31 @@ def _ordered(names: list[str]) -> list[str]:
     return [n for n in PAPER_ORDER if n in names] + [n for n in names if n not in PAPER_ORDER]
 
 
+def _ci_units(r: dict[str, Any]) -> str:
+    """How an interval was resampled: "5/4 groups" (normal/ALL subjects) or "images"."""
+    k = r.get("n_groups")
+    if r.get("ci_method") == "group" and k:
+        return f"{k['0']}/{k['1']} groups"
+    return "images"
+
+
 def _auc_ci(r: dict[str, Any]) -> str:
     if r.get("auc") is None:
         return "n/a"
     ci = r.get("auc_ci")
-    return f"{r['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{r['auc']:.3f}"
+    return f"{r['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}; {_ci_units(r)})" if ci else f"{r['auc']:.3f}"
+
+
+def _ci_method_text(rows: list[dict[str, Any]], n_boot: int) -> str:
+    if any(r.get("ci_method") == "group" for r in rows):
+        return (f"95 % group (cluster) bootstrap CI, {n_boot} seeded resamples: the test subjects/"
+                "groups of each class (a group counts for the class most of its images have) are "
+                "resampled with replacement and all images of a drawn group come along, because "
+                "images of one subject are not independent; beside each CI the number of normal/ALL "
+                "groups it rests on")
+    return (f"95 % stratified image bootstrap CI ({n_boot} seeded resamples; no subject ids, so "
+            "images are treated as independent and the CI is too narrow if several come from "
+            "one subject)")
 
 
 def _youden(r: dict[str, Any]) -> str:
@@ -98,8 +125,9 @@ def _holdout_md(proto: str, e: dict[str, Any], figs: dict[str, str], n_boot: int
                  "Classifiers at their own 0.5 rule; *Ensemble* = weighted hard vote (eq. 8) with "
                  "AUC/AP/Brier from the weighted soft vote; *Ensemble, calibrated* = calibrated "
                  f"probability >= {h['threshold']:.3f} (Youden threshold chosen on the validation "
-                 "split, the rule the app uses). AUC with 95 % stratified bootstrap CI "
-                 f"({n_boot} seeded resamples). Youden threshold (sensitivity / specificity %) is "
+                 "split, the rule the app uses). AUC with "
+                 + _ci_method_text(list(h["rows"].values()), n_boot)
+                 + ". Youden threshold (sensitivity / specificity %) is "
                  "re-optimised on the test set as in the paper, hence optimistic.")
     lines.append("")
     rows = []
@@ -114,18 +142,22 @@ def _holdout_md(proto: str, e: dict[str, Any], figs: dict[str, str], n_boot: int
     lines += [f"Ensemble weights (validation accuracy, normalised): {w}. Fused features after "
               f"PCA: {h['n_components']} dimensions.", ""]
     if h["auc_tests"]:
-        lines += ["**Ensemble AUC vs each classifier (paired bootstrap on the test set, two-sided; "
-                  "the paper's test is the SVM row).** p is the percentile bootstrap p-value, "
-                  "consistent with the CI (smallest possible: 2/(resamples+1)); the normal-"
+        first = next(iter(h["auc_tests"].values()))
+        unit = ("subjects/groups (" + _ci_units(first) + ")" if first.get("ci_method") == "group"
+                else "images")
+        lines += ["**Ensemble AUC vs each classifier (paired bootstrap on the test set, resampling "
+                  f"{unit}, two-sided; the paper's test is the SVM row).** p is the percentile "
+                  "bootstrap p-value, consistent with the CI (smallest possible: 2/(resamples+1)); "
+                  f"Holm p adjusts it for the {len(h['auc_tests'])} comparisons; the normal-"
                   "approximation p of pROC is in the JSON (`p_value_normal`).", ""]
         rows = []
         for n in _ordered(list(h["auc_tests"])):
             t = h["auc_tests"][n]
             rows.append([f"Ensemble vs {F.display(n)}", _num(t["auc1"]), _num(t["auc2"]),
                          f"{t['diff']:+.3f} ({t['ci_low']:+.3f} to {t['ci_high']:+.3f})",
-                         _p(t["p_value"])])
+                         _p(t["p_value"]), _p(t.get("p_value_holm"))])
         lines += _table(["Comparison", "AUC ensemble", "AUC classifier", "Difference (95% CI)",
-                         "p"], rows)
+                         "p", "Holm p"], rows)
     if h["calibration"]:
         c = h["calibration"]
         lines += [f"**Calibration of the ensemble score on the test set** (method chosen on the "
@@ -159,25 +191,30 @@ def _cv_md(proto: str, cv: dict[str, Any], figs: dict[str, str]) -> list[str]:
         tests = cv["tests"].get(m) or {}
         if not tests:
             continue
+        n_cmp = cv.get("n_comparisons")
         lines += [f"**Ensemble vs each classifier on per-fold {m.upper() if m == 'auc' else m} "
                   "(layout of the paper's Table 5).** Two-sided. Nadeau-Bengio corrects the t-test "
                   "for the overlap of training folds "
-                  f"(n_test/n_train = {cv['n_test_mean'] / cv['n_train_mean']:.3f}); the verdict "
-                  "uses it.", ""]
+                  f"(n_test/n_train = {cv['n_test_mean'] / cv['n_train_mean']:.3f}). Each cell is "
+                  "raw p / Holm-adjusted p"
+                  + (f" (Holm over the {n_cmp} comparisons: classifiers x accuracy and AUC)"
+                     if n_cmp else "")
+                  + "; the verdict uses the Holm-adjusted Nadeau-Bengio p.", ""]
         rows = []
         for n in _ordered(list(tests)):
             t = tests[n]
             k = 100 if m != "auc" else 1
-            nb = t["nadeau_bengio"]["p_value"]
+            nb = t["nadeau_bengio"].get("p_value_holm", t["nadeau_bengio"]["p_value"])
             d = t["t_test"]["mean_diff"]
             sig = ("n/a" if nb is None or math.isnan(nb) else "Not significant" if nb >= ALPHA
                    else f"Significant, ensemble {'better' if d > 0 else 'worse'}")
             rows.append([f"Ensemble vs. {F.display(n)}",
                          f"{k * t['t_test']['mean_diff']:+.{1 if k == 100 else 3}f}",
-                         _p(t["t_test"]["p_value"]), _p(t["wilcoxon"]["p_value"]),
-                         _p(nb), sig])
+                         _p_holm(t["t_test"]), _p_holm(t["wilcoxon"]), _p_holm(t["nadeau_bengio"]),
+                         sig])
         lines += _table(["Comparison", "Mean difference" + (" (points)" if m != "auc" else ""),
-                         "t-test (p)", "Wilcoxon (p)", "Nadeau-Bengio (p)", "Significance"], rows)
+                         "t-test (p / Holm)", "Wilcoxon (p / Holm)", "Nadeau-Bengio (p / Holm)",
+                         "Significance"], rows)
         lines += [f"With {cv['n_folds']} folds the exact two-sided Wilcoxon test cannot give p "
                   f"below 2/2^{cv['n_folds']} = {2 / 2 ** cv['n_folds']:.4f} (higher still with zero "
                   "differences)"
@@ -217,7 +254,8 @@ def _finetune_md(ft: dict[str, Any]) -> list[str]:
              f"part (early stopping on its validation part) from weights `{ft['weights']}`, then the same "
              "classical stages on frozen and on fine-tuned features; test-set metrics. *Ensemble* is the "
              "full calibrated pipeline at its validation Youden threshold, *logistic regression* a plain "
-             "linear probe at 0.5.", ""]
+             "linear probe at 0.5. Caveat: with fine-tuning, the classical stages are fitted on features "
+             "of images the CNN was trained on, which it separates better than unseen test images.", ""]
     rows = []
     for clf in ft["classifiers"]:
         for kind in ("frozen", "finetuned"):
@@ -286,6 +324,8 @@ def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
         lines += ["Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()), ""]
     for note in meta.get("notes", []):
         lines += [f"> {note}", ""]
+    if results.get("warnings"):
+        lines += ["**Warnings**", ""] + [f"- {w}" for w in results["warnings"]] + [""]
     if ds.get("n_skipped"):
         lines += [f"{ds['n_skipped']} file(s) could not be read and were left out: "
                   + "; ".join(f"{n} ({r})" for n, r in ds.get("skipped", [])[:10]), ""]

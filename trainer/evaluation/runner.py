@@ -70,6 +70,10 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     if cancel is not None and cancel():
         raise Cancelled("Evaluation was cancelled; nothing was written.")
     say(0.05, dataset.summary())
+    from trainer.finetune import finetune_overlap
+    # every image is a test image in some CV fold: none may be among the fine-tuning images
+    overlap = finetune_overlap(config.weights, dataset.paths, allow=config.allow_finetune_overlap,
+                               what="evaluated (held-out and cross-validation test)")
     t = time.perf_counter()
     feats = make_extractor(config).extract(dataset.paths, progress=stage(progress, 0.05, 0.5),
                                            cancel=cancel)
@@ -90,9 +94,25 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
                        "n_skipped": len(dataset.skipped),
                        "skipped": [[Path(p).name, r] for p, r in dataset.skipped][:50]}
     meta["notes"] = []
+    meta["finetune_overlap"] = overlap
+    if overlap and overlap["n_train"] + overlap["n_validation"]:
+        meta["notes"].append(
+            f"{overlap['n_train'] + overlap['n_validation']} of the {overlap['n_checked']} evaluated "
+            f"images were used to fine-tune the backbone weights {overlap['weights']} "
+            f"({overlap['n_train']} training, {overlap['n_validation']} validation images); "
+            "allowed by --allow-finetune-overlap. Test metrics on them are optimistic.")
+    elif overlap:
+        meta["notes"].append(f"The backbone weights {overlap['weights']} record their fine-tuning "
+                             "images; none of them is among the evaluated images.")
     if config.finetune:
         meta["notes"].append("Backbone fine-tuning is not repeated per split; the evaluation uses "
                              "the backbones as configured (weights '%s')." % config.weights)
+    if finetune_ablation or config.finetune or overlap:
+        meta["notes"].append(
+            "Design caveat of fine-tuning: the classifiers are fitted on deep features of images "
+            "the CNN was itself trained on, where it separates the classes better than on new "
+            "images, so the classifiers and the ensemble weights, calibration and threshold tuned "
+            "on them can be over-confident on unseen images.")
     import numpy
     import sklearn
     import torch
