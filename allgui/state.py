@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.results import (
+    DECISION_NOT_ASSESSABLE,
     DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN, DEFAULT_UNCERTAINTY_BAND,
     CellPrediction, ImagePrediction, decide,
 )
@@ -40,8 +41,8 @@ class Row:
     probability: float | None    # calibrated, image level
     raw_probability: float | None
     vote_share: float | None
-    decision: str                # decision in words, "pending" or "error"
-    flagged: bool                # any cell "ALL blast" or "uncertain, review", or an error
+    decision: str                # decision in words ("not assessable" without a nucleus), "pending" or "error"
+    flagged: bool                # any cell "ALL blast" or "uncertain, review", not assessable, or an error
     error: str = ""
 
 
@@ -194,6 +195,8 @@ class AppState:
         pred = self.predictions.get(path)
         if pred is None:
             return Row(path, name, "", None, None, None, None, None, None, "pending", False)
+        if not pred.assessable:  # no nucleus / white cell: no class, and a person should look
+            return Row(path, name, pred.kind, 0, 0, 0, None, None, None, DECISION_NOT_ASSESSABLE, True)
         counts = pred.count(self.threshold, self.band)
         image_level = pred.deciding
         decision = self.decide(pred.probability)
@@ -209,4 +212,5 @@ class AppState:
         return [self.row(p) for p in self.paths]
 
 
-__all__ = ["AppState", "Row", "OVERLAY_MODES", "DECISION_ALL", "DECISION_NORMAL", "DECISION_UNCERTAIN"]
+__all__ = ["AppState", "Row", "OVERLAY_MODES", "DECISION_ALL", "DECISION_NORMAL", "DECISION_UNCERTAIN",
+           "DECISION_NOT_ASSESSABLE"]
