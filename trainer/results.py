@@ -95,8 +95,8 @@ class ImagePrediction:
     @property
     def assessable(self) -> bool:
         """False when no nucleus (no white cell) was found: the image then gets no class, only
-        :data:`DECISION_NOT_ASSESSABLE`."""
-        return bool(np.any(self.nucleus_mask))
+        :data:`DECISION_NOT_ASSESSABLE`. White cells of a field are found from their nuclei."""
+        return bool(self.cells) or bool(np.any(self.nucleus_mask))
 
     def decision(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
         """The image-level decision: :data:`DECISION_NOT_ASSESSABLE` without a nucleus, else
