@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,8 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
         manifest = json.loads(_read_member(zf, info, path))
     except KeyError:
         raise BundleError(f"{path.name} is not an allgui model file: it has no manifest.") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, RecursionError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, RecursionError,
+            NotImplementedError) as e:
         raise BundleError(f"{path.name}: the manifest is damaged ({e}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path.name} is not an allgui model file.")
@@ -208,7 +210,7 @@ def _verified(zf: zipfile.ZipFile, manifest: dict, name: str, path: Path) -> byt
         data = _read_member(zf, info, path, digest)
     except KeyError:
         raise BundleError(f"{path.name} is incomplete: {name} is missing.") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
         raise BundleError(f"{path.name} is damaged or truncated ({e}).") from None
     if digest.hexdigest() != meta.get("sha256"):
         raise BundleError(f"{path.name} has been altered or damaged: the checksum of {name} does not match.")
