@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 from allgui.imaging import DECISION_COLOURS
 from allgui.state import AppState, Row
 from trainer.atomic import atomic_write
+from trainer.csvsafe import safe_row
 
 COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged", "Model")
 SORT_ROLE = Qt.UserRole + 1
@@ -132,10 +133,10 @@ class BatchModel(QAbstractTableModel):
         buf = io.StringIO(newline="")
         w = csv.writer(buf)
         w.writerow(CSV_FIELDS)
-        for r in rows:
-            w.writerow([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
+        for r in rows:  # names a spreadsheet would run as formulas are neutralised; odd bytes escaped
+            w.writerow(safe_row([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
                         _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
-                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error])
+                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error]))
         atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))  # never a half-written CSV
         return len(rows)
 

@@ -18,7 +18,8 @@ AMBER = np.array([240, 150, 0], float)       # inside the uncertain band around 
 ORANGE_RED = np.array([240, 80, 40], float)  # ALL blast, just above the band
 RED = np.array([165, 0, 38], float)          # p = 1, surely ALL blast
 NEUTRAL = (70, 70, 70)                       # cells outlined for review only (field judged whole)
-DECISION_COLOURS = {"ALL blast": (215, 25, 28), "normal": (33, 113, 181), "uncertain, review": (230, 140, 0)}
+DECISION_COLOURS = {"ALL blast": (215, 25, 28), "normal": (33, 113, 181), "uncertain, review": (230, 140, 0),
+                    "not assessable": (110, 110, 110)}
 
 
 def probability_colour(p: float | None, threshold: float, band: float = 0.05) -> tuple[int, int, int]:

@@ -613,7 +613,9 @@ class MainWindow(QMainWindow):
         if pred is not None:
             t = st.threshold_for(pred)
             c = pred.count(t, st.band)
-            if pred.kind == "field" and not pred.field_by_cells:
+            if not pred.assessable:
+                text += "  \u2014 not assessable: no nucleus or white cell was found"
+            elif pred.kind == "field" and not pred.field_by_cells:
                 text += (f"  \u2014 field judged whole ({len(pred.cells)} white cells found): "
                          f"{st.decide(pred.probability, pred)} at threshold {t:.3f}")
             else:
@@ -641,6 +643,10 @@ class MainWindow(QMainWindow):
                 n = self.table.batch.export_csv(path)
             except OSError as exc:
                 QMessageBox.critical(self, "Export", f"Could not write {path}: {exc.strerror or exc}")
+                return
+            except Exception as exc:  # never fail silently: the user asked for a file
+                from allgui.workers import error_message
+                QMessageBox.critical(self, "Export", f"Could not write {path}: {error_message(exc)}")
                 return
             self.statusBar().showMessage(f"Exported {n} rows to {path}", 8000)
 

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 
 from allgui.imaging import DECISION_COLOURS, probability_colour
 from allgui.state import AppState
-from trainer.results import DECISION_ALL, DECISION_NORMAL, MODEL_NAMES
+from trainer.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
 
 SLIDER_STEPS = 1000
 RESEARCH_NOTE = "Research use only \u2014 not for clinical diagnosis."
@@ -331,6 +331,14 @@ class SidePanel(QWidget):
         pred = st.prediction
         cell = st.selected
         if pred is None or cell is None:
+            return
+        if not pred.assessable:
+            self.decision.setText(DECISION_NOT_ASSESSABLE)
+            r, g, b = DECISION_COLOURS[DECISION_NOT_ASSESSABLE]
+            self.decision.setStyleSheet(f"color: rgb({r},{g},{b});")
+            self.calibrated.setText("\u2014")
+            self.counts.setText("No nucleus or white cell was found: the image gets no class "
+                                "(check focus, staining and that it shows blood cells)")
             return
         p = pred.probability if (pred.kind == "field" and cell.index < 0) else cell.probability
         decision = st.decide(p)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.results import (
+    DECISION_NOT_ASSESSABLE,
     DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN, DEFAULT_UNCERTAINTY_BAND,
     CellPrediction, ImagePrediction, decide,
 )
@@ -45,8 +46,8 @@ class Row:
     probability: float | None    # calibrated, image level
     raw_probability: float | None
     vote_share: float | None
-    decision: str                # decision in words, "pending" or "error"
-    flagged: bool                # any cell "ALL blast" or "uncertain, review", or an error
+    decision: str                # decision in words ("not assessable" without a nucleus), "pending" or "error"
+    flagged: bool                # any cell "ALL blast" or "uncertain, review", not assessable, or an error
     error: str = ""
     model: str = ""              # the model that judged it, e.g. "crop model"
     threshold: float | None = None  # the threshold that decided it
@@ -233,6 +234,9 @@ class AppState:
         pred = self.predictions.get(path)
         if pred is None:
             return Row(path, name, "", None, None, None, None, None, None, "pending", False)
+        if not pred.assessable:  # no nucleus / white cell: no class, and a person should look
+            return Row(path, name, pred.kind, 0, 0, 0, None, None, None, DECISION_NOT_ASSESSABLE, True,
+                       model=pred.model_name)
         threshold = self.threshold_for(pred)
         counts = pred.count(threshold, self.band)
         image_level = pred.deciding
@@ -250,4 +254,5 @@ class AppState:
         return [self.row(p) for p in self.paths]
 
 
-__all__ = ["AppState", "Row", "OVERLAY_MODES", "DECISION_ALL", "DECISION_NORMAL", "DECISION_UNCERTAIN"]
+__all__ = ["AppState", "Row", "OVERLAY_MODES", "DECISION_ALL", "DECISION_NORMAL", "DECISION_UNCERTAIN",
+           "DECISION_NOT_ASSESSABLE"]

@@ -100,7 +100,7 @@ def test_checkpoint_is_safe_to_load_and_complete(reference):
     assert ckpt["epoch"] == 3 and ckpt["history"]["epoch"] == [1, 2, 3]
     assert ckpt["config"]["lr"] == pytest.approx(3e-4)
     assert set(ckpt) >= {"model", "optimizer", "scaler", "stopper", "best_model"}
-    assert not list(ckdir.glob("*.tmp"))
+    assert not list(ckdir.glob("*.tmp")) and not list(ckdir.glob("*tmp"))
 
 
 def test_resume_continues_and_matches_uninterrupted(data, reference, interrupted):

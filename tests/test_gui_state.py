@@ -14,8 +14,9 @@ def _pred(path, probs, kind="field"):
                               votes=votes, vote_share=0.6 * (p >= 0.5), raw_probability=p, probability=p)
     cells = [cell(i, p) for i, p in enumerate(probs)] if kind == "field" else []
     whole = cell(-1, max(probs))
-    return ImagePrediction(path=path, shape=(32, 64), kind=kind, nucleus_mask=np.zeros((32, 64), bool),
-                           whole=whole, cells=cells)
+    mask = np.zeros((32, 64), bool)
+    mask[2:6, 2:6] = True  # a nucleus was found (an image without one is not assessable)
+    return ImagePrediction(path=path, shape=(32, 64), kind=kind, nucleus_mask=mask, whole=whole, cells=cells)
 
 
 def test_state_is_qt_free():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -16,6 +17,46 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()  # read once at import: os.umask is process-wide and would race with threads
 
+#: Temporary files are named ``.<target name>.<pid>.<random>.allgui-tmp`` next to the target, so a
+#: temporary left by a killed process (kill -9, power cut) is recognised and removed by the next write
+#: of the same target.
+TMP_SUFFIX = ".allgui-tmp"
+
+
+def temporary_prefix(path: str | os.PathLike) -> str:
+    """Prefix of the temporary files of a write to ``path`` by this process."""
+    return f".{Path(path).name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its file alone
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporaries of writes to ``path`` whose process no longer runs; returns them."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^/]*" + re.escape(TMP_SUFFIX) + "$")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for e in entries:
+        m = pattern.match(e.name)
+        if m and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+    return removed
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], fsync: bool = True) -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path``, then rename it over ``path``.
@@ -26,7 +67,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], f
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,15 @@ import numpy as np
 from .atomic import atomic_write
 from .config import TrainConfig
 from .errors import BundleError
+from .limits import (MAX_BUNDLE_BYTES, MAX_BUNDLE_MEMBER_BYTES, MAX_COMPRESSION_RATIO, MAX_MANIFEST_BYTES,
+                     RATIO_FLOOR_BYTES, check_regular_file, format_bytes)
+from .manifest_schema import check_manifest
 
 FORMAT = "allgui-model"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 SUFFIX = ".allmodel"
-MAX_MEMBER_BYTES = 4 << 30
+MAX_MEMBER_BYTES = MAX_BUNDLE_MEMBER_BYTES  # kept for callers of the old name
 OWN_TYPES = frozenset({
     "trainer.model.AllModel", "trainer.model.KindModels", "trainer.stacking.StackedCombiner",
     "trainer.fusion.FeatureFusion",
@@ -139,42 +143,83 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.is_file():
+        if path.exists():
+            raise BundleError(f"{path.name} is not a model file: it is not a regular file.")
         raise BundleError(f"Model file not found: {path}")
     try:
+        check_regular_file(path, MAX_BUNDLE_BYTES)  # no FIFO or device; bounded size
+    except ValueError as e:
+        raise BundleError(f"{path.name} is not an allgui model file: {e}.") from None
+    except OSError as e:
+        raise BundleError(f"{path.name} cannot be read: {e.strerror or e}.") from None
+    try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise BundleError(f"{path.name} is not an allgui model file (or it is truncated): {e}") from None
+
+
+def _bounded_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path):
+    """Refuse a member whose declared size is over ``limit`` or whose compression ratio is over
+    MAX_COMPRESSION_RATIO, before anything is inflated."""
+    if info.file_size > limit:
+        raise BundleError(f"{path.name} is not an allgui model file: {info.filename} would inflate to "
+                          f"{format_bytes(info.file_size)} (at most {format_bytes(limit)}).")
+    if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise BundleError(f"{path.name} is not an allgui model file: {info.filename} is compressed "
+                          f"{info.file_size // max(info.compress_size, 1)}:1 (a zip bomb?); refused.")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, digest=None) -> bytes:
+    """The member's bytes, read in chunks and never more than its declared size."""
+    chunks, total = [], 0
+    with zf.open(info) as fh:
+        while True:
+            chunk = fh.read(min(1 << 20, info.file_size + 1 - total))
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > info.file_size:
+                raise BundleError(f"{path.name} is damaged: {info.filename} is longer than declared.")
+            if digest is not None:
+                digest.update(chunk)
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads(zf.read("manifest.json"))
+        info = zf.getinfo("manifest.json")
+        _bounded_member(zf, info, MAX_MANIFEST_BYTES, path)
+        manifest = json.loads(_read_member(zf, info, path))
     except KeyError:
         raise BundleError(f"{path.name} is not an allgui model file: it has no manifest.") from None
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, RecursionError,
+            NotImplementedError) as e:
         raise BundleError(f"{path.name}: the manifest is damaged ({e}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path.name} is not an allgui model file.")
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(f"{path.name} uses model format version {manifest.get('format_version')}; "
                           f"this allgui reads versions {', '.join(map(str, READABLE_VERSIONS))}.")
-    return manifest
+    return check_manifest(manifest, path.name)
 
 
 def _verified(zf: zipfile.ZipFile, manifest: dict, name: str, path: Path) -> bytes:
     meta = manifest.get("members", {}).get(name)
     if meta is None:
         raise BundleError(f"{path.name} is incomplete: {name} is not listed in its manifest.")
+    digest = hashlib.sha256()
     try:
         info = zf.getinfo(name)
-        if info.file_size > MAX_MEMBER_BYTES or info.file_size != meta.get("bytes"):
+        if info.file_size != meta.get("bytes"):
             raise BundleError(f"{path.name} has been altered: {name} has the wrong size.")
-        data = zf.read(name)
+        _bounded_member(zf, info, MAX_BUNDLE_MEMBER_BYTES, path)
+        data = _read_member(zf, info, path, digest)
     except KeyError:
         raise BundleError(f"{path.name} is incomplete: {name} is missing.") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
         raise BundleError(f"{path.name} is damaged or truncated ({e}).") from None
-    if _sha256(data) != meta.get("sha256"):
+    if digest.hexdigest() != meta.get("sha256"):
         raise BundleError(f"{path.name} has been altered or damaged: the checksum of {name} does not match.")
     return data
 

@@ -2,17 +2,107 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from .atomic import atomic_write
 from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
+from .csvsafe import printable, safe_dict
 from .stacking import COMBINERS
 from .stain import STAIN_METHODS
 from .errors import AllguiError, Cancelled
+
+#: Images classified together by ``predict`` (one pass through the networks); the rows of a batch are
+#: written as soon as it is done, so an interrupted run keeps them.
+PREDICT_BATCH = 8
+
+
+class UsageError(AllguiError):
+    """An argument or output path that cannot work, found before any work is done."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {v}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {v}")
+    return v
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {v}")
+    return v
+
+
+def _nearest_existing(p: Path) -> Path:
+    p = Path(os.path.abspath(p))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise UsageError(f"{what}: {printable(str(base))} is a file, not a folder.")
+    import tempfile
+    try:  # a real probe: permissions, read-only mounts and special file systems all show here
+        fd, probe = tempfile.mkstemp(prefix=".allgui-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot write in {printable(str(base))} "
+                         f"({exc.strerror or 'permission denied or read-only'}).") from None
+
+
+def check_output_file(path: str, what: str) -> None:
+    """Refuse, before any work, an output file that is a folder or lies where nothing can be written."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {printable(path)} is an existing folder; give a file name.")
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{what} {printable(path)} is not a regular file.")
+    _writable_folder(p.parent if str(p.parent) else Path("."), what)
+
+
+def check_output_dir(path: str, what: str) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created/written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{what} {printable(path)} is a file; give a folder.")
+    _writable_folder(p, what)
+
+
+def check_names(text: str | None, allowed: tuple[str, ...], what: str) -> None:
+    names = _csv_list(text) or []
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise UsageError(f"Unknown {what}: {', '.join(unknown)}; choose from {', '.join(allowed)}.")
+    if text is not None and not names:
+        raise UsageError(f"No {what} given; choose from {', '.join(allowed)}.")
 
 
 def default_cache_dir() -> str:
@@ -49,9 +139,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "cache, downloaded there when online) or a local state_dict file (default: none)")
     g.add_argument("--backbones", default=",".join(BACKBONE_NAMES),
                    help=f"comma-separated backbones (default: {','.join(BACKBONE_NAMES)})")
-    g.add_argument("--image-size", type=int, default=224, help="network input size in pixels (default: 224)")
+    g.add_argument("--image-size", type=_positive_int, default=224, help="network input size in pixels (default: 224)")
     g.add_argument("--gamma", type=float, default=1.0, help="gamma correction in [0.8, 1.2] (default: 1.0)")
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--batch-size", type=_positive_int, default=32)
     g.add_argument("--workers", type=int, default=None, help="data loader workers (default: automatic)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto uses a CUDA GPU when one is present")
@@ -86,16 +176,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                    help="fine-tune both backbones on the training split before extracting features; "
                         "auto (default) = on when training on a CUDA GPU, off on the CPU")
-    g.add_argument("--epochs", type=int, default=50, help="fine-tuning epochs at most (default: 50)")
+    g.add_argument("--epochs", type=_positive_int, default=50, help="fine-tuning epochs at most (default: 50)")
     g.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default: 10)")
     g.add_argument("--finetune-lr", type=float, default=1e-4, help="Adam learning rate for fine-tuning (default: 1e-4)")
     g.add_argument("--checkpoint-dir", default=None,
                    help="fine-tuning checkpoints, one per epoch; a rerun resumes from them")
     g.add_argument("--deterministic", action="store_true", help="deterministic fine-tuning (slower)")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision when fine-tuning on CUDA")
-    g.add_argument("--allow-finetune-overlap", action="store_true",
-                   help="test even on images the --weights file was fine-tuned on (refused by default; "
-                        "the report and model card say so)")
 
 
 def finetune_wanted(choice: str, device: str) -> bool:
@@ -121,7 +208,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         output=str(getattr(a, "output", "model.allmodel")), finetune=finetune_wanted(a.finetune, a.device),
         finetune_epochs=a.epochs, finetune_patience=a.patience, finetune_lr=a.finetune_lr,
         finetune_checkpoint_dir=a.checkpoint_dir, finetune_deterministic=a.deterministic,
-        finetune_amp=not a.no_amp, allow_finetune_overlap=a.allow_finetune_overlap)
+        finetune_amp=not a.no_amp)
 
 
 class ProgressBar:
@@ -153,8 +240,20 @@ class ProgressBar:
             self.bar.close()
 
 
+def check_model_args(a) -> None:
+    """Everything about the model options that can be checked before data is read."""
+    check_names(a.classifiers, CLASSIFIER_NAMES, "classifiers")
+    check_names(a.backbones, BACKBONE_NAMES, "backbones")
+    if not 0.8 <= a.gamma <= 1.2:
+        raise UsageError(f"--gamma must be between 0.8 and 1.2, not {a.gamma}.")
+    if a.weights not in ("none", "imagenet") and not Path(a.weights).is_file():
+        raise UsageError(f"--weights: no such file {printable(a.weights)} (or use 'none' or 'imagenet').")
+
+
 def cmd_train(a) -> int:
     from .pipeline import train
+    check_model_args(a)
+    check_output_file(a.output, "-o/--output")
     config = config_from_args(a)
     bar = ProgressBar(a.quiet)
     try:
@@ -195,6 +294,9 @@ def _table(m: dict) -> str:
 
 def cmd_evaluate(a) -> int:
     from .evaluation import run_evaluation
+    check_model_args(a)
+    check_output_dir(a.out, "--out")
+    check_names(a.protocols, ("subject", "image"), "protocols")
     config = config_from_args(a)
     bar = ProgressBar(a.quiet)
     try:
@@ -210,16 +312,125 @@ def cmd_evaluate(a) -> int:
 CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "circularity", "nc_ratio"]
 
 
-def cmd_predict(a) -> int:
+def _input_files(inputs: list[str]) -> list[Path]:
     from .imageio import IMAGE_SUFFIXES
-    from .predictor import Predictor
-    from .results import MODEL_NAMES, decide
     files: list[Path] = []
-    for p in map(Path, a.inputs):
+    for p in map(Path, inputs):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = []
+            for d, dirs, names in os.walk(p):
+                dirs.sort()
+                found += [Path(d) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+            files += sorted(found)
         else:
-            files.append(p)
+            files.append(p)  # a missing or unreadable file becomes an error row
+    return files
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM is handled like Ctrl-C (temporary files removed, completed work kept and reported)."""
+    try:
+        old = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    except (ValueError, OSError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _rows_for(r, f: Path, threshold: float) -> list[dict]:
+    """CSV rows of one image's result (image row, then one per cell) at ``threshold``."""
+    from .results import decide
+    rows = []
+    decision = r.decision(threshold)
+    for c in [r.whole] + r.cells:
+        image_row = c.index < 0
+        # the image row carries the image-level result the app shows: the whole image, or for a
+        # field decided by cells its most suspicious cell (named in decided_by)
+        p_img = r.probability if image_row else c.probability
+        if image_row and r.field_by_cells:
+            decided_by = f"cell {r.deciding.index}"
+        else:
+            decided_by = "whole image" if image_row else ""
+        row = {"file": str(f), "kind": r.kind, "cell": "image" if image_row else c.index,
+               "x": c.bbox[0], "y": c.bbox[1], "w": c.bbox[2], "h": c.bbox[3],
+               "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
+               "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
+               "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
+               "probability": round(p_img, 4), "decision": decide(p_img, threshold),
+               "decided_by": decided_by, "crop_probability": round(c.probability, 4),
+               "model": r.model_name, "threshold": round(threshold, 4),
+               "notes": " ".join(r.notes) if image_row else ""}
+        if image_row and not r.assessable:  # no nucleus: no class and no image-level probability
+            row.update(probability="", decision=decision, decided_by="")
+        row.update({f"p_{v.name}": round(v.probability, 4) for v in c.votes})
+        rows.append(row)
+    return rows
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, AllguiError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Not enough memory to analyse this image."
+    return f"Unexpected error ({type(exc).__name__}): {exc}"
+
+
+def classify_files(predictor, files: list[Path], thresholds: dict[str, float], emit,
+                   progress=None) -> tuple[int, int, bool]:
+    """Classify ``files`` in batches of PREDICT_BATCH through ``predictor.predict_batch``, each image
+    decided at the threshold of the model that judged it (``thresholds``: model key -> threshold); call
+    ``emit(rows)`` with the CSV rows of each batch as soon as it is done. A batch that fails is
+    redone one image at a time, so one bad file costs only its own error row.
+
+    Returns (images classified, images with an error, interrupted). Ctrl-C / SIGTERM stop the run
+    after the batches already emitted.
+    """
+    n_ok = n_err = 0
+    try:
+        for start in range(0, len(files), PREDICT_BATCH):
+            batch = files[start:start + PREDICT_BATCH]
+            if progress is not None:
+                progress(start / len(files), printable(batch[0].name))
+            try:
+                results = list(zip(batch, predictor.predict_batch(batch)))
+            except (KeyboardInterrupt, Cancelled):
+                raise
+            except Exception:  # one bad file: redo this batch image by image
+                results = []
+                for f in batch:
+                    try:
+                        results.append((f, predictor.predict(f)))
+                    except (KeyboardInterrupt, Cancelled):
+                        raise
+                    except Exception as exc:
+                        results.append((f, exc))
+            rows = []
+            for f, r in results:
+                if isinstance(r, BaseException):
+                    n_err += 1
+                    rows.append({"file": str(f), "error": _error_text(r)})
+                else:
+                    n_ok += 1
+                    rows += _rows_for(r, f, thresholds[r.model])
+            emit(rows)
+    except KeyboardInterrupt:
+        return n_ok, n_err, True
+    return n_ok, n_err, False
+
+
+def cmd_predict(a) -> int:
+    from .predictor import Predictor
+    if a.output != "-":
+        check_output_file(a.output, "-o/--output")
+    files = _input_files(a.inputs)
     if not files:
         raise AllguiError("No images found in the given paths.")
     predictor = Predictor.from_bundle(a.model, device=a.device)
@@ -228,58 +439,52 @@ def cmd_predict(a) -> int:
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
                                                         "probability", "decision", "decided_by", "model",
                                                         "threshold", "notes"]
-    n_err = 0
+    outcome = {}
 
     def write_rows(out) -> None:
-        nonlocal n_err
-        w = csv.DictWriter(out, fieldnames=fields + ["error"])
-        w.writeheader()
+        header = io.StringIO(newline="")
+        csv.DictWriter(header, fieldnames=fields + ["error"]).writeheader()
+        out.write(header.getvalue())
+
+        def emit(rows: list[dict]) -> None:
+            buf = io.StringIO(newline="")  # one write per batch: an interruption never cuts a row
+            w = csv.DictWriter(buf, fieldnames=fields + ["error"])
+            for row in rows:  # formula-like names neutralised, undecodable bytes escaped
+                w.writerow(safe_dict(row))
+            out.write(buf.getvalue())
+            out.flush()
+
         bar = ProgressBar(a.quiet or a.output == "-")
-        for i, f in enumerate(files):
-            bar(i / len(files), f.name)
-            try:
-                r = predictor.predict(f)
-            except AllguiError as e:
-                n_err += 1
-                w.writerow({"file": str(f), "error": str(e)})
-                continue
-            for c in [r.whole] + r.cells:
-                image_row = c.index < 0
-                # the image row carries the image-level result the app shows: the whole image, or for a
-                # field decided by cells its most suspicious cell (named in decided_by)
-                p_img = r.probability if image_row else c.probability
-                if image_row and r.field_by_cells:
-                    decided_by = f"cell {r.deciding.index}"
-                else:
-                    decided_by = "whole image" if image_row else ""
-                row = {"file": str(f), "kind": r.kind, "cell": "image" if c.index < 0 else c.index,
-                       "x": c.bbox[0], "y": c.bbox[1], "w": c.bbox[2], "h": c.bbox[3],
-                       "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
-                       "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
-                       "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
-                       "probability": round(p_img, 4), "decision": decide(p_img, thresholds[r.model]),
-                       "model": r.model_name, "threshold": round(thresholds[r.model], 4),
-                       "decided_by": decided_by, "crop_probability": round(c.probability, 4),
-                       "notes": " ".join(r.notes) if c.index < 0 else ""}
-                row.update({f"p_{v.name}": round(v.probability, 4) for v in c.votes})
-                w.writerow(row)
-        bar(1.0, "done")
-        bar.close()
+        try:
+            outcome["result"] = classify_files(predictor, files, thresholds, emit, bar)
+        finally:
+            bar.close()
 
-    if a.output == "-":
-        write_rows(sys.stdout)
-    else:  # written to a temporary file and renamed: an interrupted run leaves no half CSV
-        def write_text(fh) -> None:
-            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-            write_rows(text)
-            text.flush()
-            text.detach()  # leave the binary file open for atomic_write to sync and rename
+    with _sigterm_interrupts():
+        if a.output == "-":
+            write_rows(sys.stdout)
+        else:  # written to a temporary file and renamed: never a half-written row
+            def write_text(fh) -> None:
+                text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+                write_rows(text)
+                text.flush()
+                text.detach()  # leave the binary file open for atomic_write to sync and rename
 
-        atomic_write(a.output, write_text)
-    at = ", ".join(f"{MODEL_NAMES[k]} {t:.3f}" for k, t in thresholds.items())
-    print(f"{len(files) - n_err} images classified at threshold {at}"
-          + (f", {n_err} could not be read" if n_err else "")
-          + ("" if a.output == "-" else f"; results in {a.output}"), file=sys.stderr)
+            atomic_write(a.output, write_text)
+    n_ok, n_err, interrupted = outcome["result"]
+    where = "" if a.output == "-" else f"; results in {printable(a.output)}"
+    if interrupted:
+        print(f"allgui-train: interrupted after {n_ok + n_err} of {len(files)} images; the rows of the "
+              f"{n_ok} classified" + (f" and {n_err} unreadable" if n_err else "") + f" were kept{where}.",
+              file=sys.stderr)
+        return 130
+    from .results import MODEL_NAMES
+    at = ", ".join(f"{MODEL_NAMES.get(k, k)} {t:.3f}" for k, t in thresholds.items())
+    print(f"{n_ok} images classified at threshold {at}"
+          + (f", {n_err} could not be read" if n_err else "") + where, file=sys.stderr)
+    if n_ok == 0:
+        print("allgui-train: error: no image could be classified (see the error column).", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -304,8 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(e)
     add_model_options(e)
     e.add_argument("--out", default="report", help="output folder for report.md, report.json and figures")
-    e.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
-    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default: 1000)")
+    e.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default: 5)")
+    e.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="bootstrap resamples for CIs (default: 1000)")
     e.add_argument("--protocols", default="subject,image",
                    help="split protocols to compare (default: subject,image; subject needs group ids)")
     e.add_argument("--no-ablation", action="store_true", help="skip the backbone / PCA ablation")
@@ -323,26 +528,51 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("-m", "--model", required=True, help="model bundle (.allmodel)")
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
-    r.add_argument("--threshold", type=float, default=None, help="decision threshold for every model (default: each model's own Youden threshold)")
+    r.add_argument("--threshold", type=_probability, default=None, help="decision threshold for every model (default: each model's own Youden threshold)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_predict)
     return p
 
 
+class _ConsoleLog(logging.Handler):
+    """Data warnings (skipped files and why) printed on stderr while the CLI runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            print(f"allgui-train: {printable(record.getMessage())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log = logging.getLogger("trainer.data")
+    handler = _ConsoleLog()
+    log.addHandler(handler)
+    old_level = log.level
+    log.setLevel(logging.INFO)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_interrupts():
+            return int(args.func(args) or 0)
     except Cancelled as e:
         print(f"allgui-train: {e}", file=sys.stderr)
         return 130
     except AllguiError as e:
-        print(f"allgui-train: error: {e}", file=sys.stderr)
+        print(f"allgui-train: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("allgui-train: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only folder, a vanished file: one line, no traceback
+        where = f": {printable(str(e.filename))}" if e.filename else ""
+        print(f"allgui-train: error: {printable(e.strerror or str(e))}{where}", file=sys.stderr)
+        return 1
+    except (ValueError, MemoryError) as e:
+        text = "not enough memory" if isinstance(e, MemoryError) else printable(str(e))
+        print(f"allgui-train: error: {text}", file=sys.stderr)
+        return 2
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
 
 
 if __name__ == "__main__":

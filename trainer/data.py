@@ -16,6 +16,8 @@ and are re-exported here.
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import os
 import re
 from collections import Counter
@@ -48,6 +50,9 @@ _CLASS_COLUMNS = ("class", "class_name", "classname", "category", "diagnosis")
 _LABEL_COLUMNS = ("label", "target", "y")
 _GROUP_COLUMNS = ("group", "subject_id", "subject", "patient_id", "patient", "group_id")
 _IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini", "labels.csv"})
+#: skipped files and data warnings are logged here (the command line prints them on the console)
+log = logging.getLogger("trainer.data")
+_LOGGED_SKIPS = 20
 
 
 
@@ -230,11 +235,78 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
     samples = kept
     if check_readable:
         samples = _readable(samples, skipped, progress, cancel)
+    samples = _drop_conflicting_duplicates(samples, skipped, warnings)
 
     samples.sort(key=lambda s: str(s.path))
     ds = Dataset(samples, CLASS_NAMES, skipped, root, layout, warnings)
+    _log_skipped(ds)
     _check_dataset(ds)
     return ds
+
+
+def _log_skipped(ds: Dataset) -> None:
+    for path, why in ds.skipped[:_LOGGED_SKIPS]:
+        log.info("skipped %s: %s", path, why)
+    if len(ds.skipped) > _LOGGED_SKIPS:
+        log.info("... and %d more skipped file(s)", len(ds.skipped) - _LOGGED_SKIPS)
+    for w in ds.warnings:
+        log.info("warning: %s", w)
+
+
+def _digest(path: Path, head_only: bool) -> str | None:
+    """SHA-256 of a file (or of its first and last 64 KiB: a cheap first pass); None if unreadable."""
+    from trainer.imageio import content_hash
+    from trainer.errors import ImageReadError
+    if not head_only:
+        try:
+            return content_hash(path)
+        except ImageReadError:
+            return None
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            h.update(fh.read(1 << 16))
+            fh.seek(-min(1 << 16, max(os.fstat(fh.fileno()).st_size, 0)), os.SEEK_END)
+            h.update(fh.read(1 << 16))
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _drop_conflicting_duplicates(samples: list[Sample], skipped: list, warnings: list) -> list[Sample]:
+    """Leave out every copy of an image that appears (byte for byte) under both labels: such a
+    training set teaches nothing but noise, and the user must decide which label is right."""
+    by_size: dict[int, list[Sample]] = {}
+    for s in samples:
+        try:
+            by_size.setdefault(s.path.stat().st_size, []).append(s)
+        except OSError:
+            continue
+    conflicted: dict[Path, Sample] = {}
+    for group in by_size.values():
+        if len({s.label for s in group}) < 2:
+            continue
+        for head_only in (True, False):  # cheap digest first, full hash only where that matches
+            by_digest: dict[str, list[Sample]] = {}
+            for s in group:
+                d = _digest(s.path, head_only)
+                if d is not None:
+                    by_digest.setdefault(d, []).append(s)
+            group = [s for g in by_digest.values() if len({x.label for x in g}) > 1 for s in g]
+            if not group:
+                break
+        if group:
+            for g in by_digest.values():
+                if len({x.label for x in g}) > 1:
+                    names = ", ".join(sorted(x.path.name for x in g)[:4])
+                    for x in g:
+                        conflicted[x.path] = x
+                        skipped.append((x.path, f"the same image is labelled both ALL and normal ({names}); "
+                                                "left out"))
+    if conflicted:
+        warnings.append(f"{len(conflicted)} file(s) hold identical images under both labels and were left "
+                        "out; check their labels.")
+    return [s for s in samples if s.path not in conflicted]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,8 +513,10 @@ def _load_csv(root: Path, csv_path: Path, positive, group_column: str | None,
         rel = (r.get(path_col) or "").strip()
         if not rel:
             continue
-        p = Path(rel)
-        p = p if p.is_absolute() else base / p
+        if _escapes(rel):  # confined by the path as written: links inside the folder may point anywhere
+            skipped.append((Path(rel), f"outside the data folder (listed in {csv_path.name}); refused"))
+            continue
+        p = base / rel
         value = (r.get(value_col) or "").strip()
         if not value:
             skipped.append((p, f"no {value_col} in {csv_path.name}"))
@@ -480,6 +554,15 @@ def _load_csv(root: Path, csv_path: Path, positive, group_column: str | None,
         warnings.append(f"{n} row(s) in {csv_path.name} have no {group_col}; "
                         "subject-level splitting is not possible.")
     return samples
+
+
+def _escapes(rel: str) -> bool:
+    """True for a labels.csv path that is absolute or climbs out of the csv's folder with '..'."""
+    text = rel.replace("\\", "/")
+    if text.startswith("/") or os.path.isabs(rel) or re.match(r"^[A-Za-z]:", text):
+        return True
+    norm = os.path.normpath(text)
+    return norm == ".." or norm.startswith("../")
 
 
 def _readable(samples: list[Sample], skipped: list, progress: Progress | None,

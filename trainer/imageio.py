@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from trainer.errors import ImageReadError
+from trainer.limits import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, NotARegularFile, read_regular_file
 
 #: File name endings (lower case) that are treated as images.
 IMAGE_SUFFIXES: tuple[str, ...] = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -42,14 +45,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     p = Path(path)
     name = p.name or str(p)
-    if not p.exists():
+    if not os.path.lexists(p):
         raise ImageReadError(f"Cannot read image '{name}': file not found ({p}).")
+    if not p.exists():
+        raise ImageReadError(f"Cannot read image '{name}': it is a link to a file that does not exist.")
     if p.is_dir():
         raise ImageReadError(f"Cannot read image '{name}': it is a folder, not a file.")
-    try:
-        data = p.read_bytes()
+    try:  # regular files only (no FIFO, no /dev/zero), at most MAX_IMAGE_FILE_BYTES
+        data = read_regular_file(p, MAX_IMAGE_FILE_BYTES)
+    except ValueError as exc:
+        raise ImageReadError(f"Cannot read image '{name}': {exc}.") from None
     except OSError as exc:
-        raise ImageReadError(f"Cannot read image '{name}': {exc.strerror or exc}.") from exc
+        raise ImageReadError(f"Cannot read image '{name}': {exc.strerror or exc}.") from None
     if not data:
         raise ImageReadError(f"Cannot read image '{name}': the file is empty (0 bytes).")
     return _decode(data, name, p.suffix.lower())
@@ -62,7 +69,105 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     return _decode(bytes(data), name, Path(name).suffix.lower())
 
 
+def image_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared in the header of PNG, JPEG, BMP or TIFF bytes, read without
+    decoding; None when the bytes are none of these formats.
+
+    Raises:
+        ValueError: the header of a recognised format is truncated or malformed.
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            if data[12:16] != b"IHDR":
+                raise ValueError("the PNG header is damaged")
+            return struct.unpack(">II", data[16:24])
+        if data[:2] == b"BM":
+            (dib,) = struct.unpack("<I", data[14:18])
+            if dib == 12:  # OS/2 core header
+                return struct.unpack("<HH", data[18:22])
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            return _tiff_size(data)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+    except struct.error:
+        raise ValueError("the image header is truncated") from None
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    e = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    if big:
+        (ifd,) = struct.unpack(e + "Q", data[8:16])
+        (n,) = struct.unpack(e + "Q", data[ifd:ifd + 8])
+        start, size, count_fmt = ifd + 8, 20, "Q"
+    else:
+        (ifd,) = struct.unpack(e + "I", data[4:8])
+        (n,) = struct.unpack(e + "H", data[ifd:ifd + 2])
+        start, size, count_fmt = ifd + 2, 12, "I"
+    dims = {}
+    for i in range(min(n, 4096)):
+        off = start + i * size
+        tag, typ = struct.unpack(e + "HH", data[off:off + 4])
+        if tag in (256, 257):
+            value_at = off + 4 + struct.calcsize(count_fmt)
+            fmt = {3: "H", 4: "I", 16: "Q"}.get(typ)
+            if fmt is None:
+                raise ValueError("the TIFF header is damaged")
+            (dims[tag],) = struct.unpack(e + fmt, data[value_at:value_at + struct.calcsize(fmt)])
+    if 256 not in dims or 257 not in dims:
+        raise ValueError("the TIFF header has no image size")
+    return dims[256], dims[257]
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise ValueError("the JPEG header is damaged")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in _SOF:
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        if marker in (0xD9, 0xDA):
+            break
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        i += 2 + length
+    raise ValueError("the JPEG file has no frame header (truncated or not a JPEG)")
+
+
+def _check_header(data: bytes, name: str) -> None:
+    """Refuse, before decoding, an image whose header declares more than MAX_IMAGE_PIXELS pixels."""
+    try:
+        size = image_header_size(data)
+    except ValueError as exc:
+        raise ImageReadError(f"Cannot read image '{name}': {exc}.") from None
+    if size is None:
+        raise ImageReadError(
+            f"Cannot read image '{name}': not a readable image (not a BMP, PNG, JPEG or TIFF file; "
+            f"supported: {', '.join(IMAGE_SUFFIXES)}).")
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageReadError(f"Cannot read image '{name}': its header declares {w}x{h} pixels.")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            f"Cannot read image '{name}': it is too large to analyse ({w}x{h} = {w * h / 1e6:.0f} "
+            f"megapixels; at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are read).")
+
+
 def _decode(data: bytes, name: str, suffix: str) -> np.ndarray:
+    _check_header(data, name)
     if suffix in _JPEG_SUFFIXES or data[:2] == b"\xff\xd8":
         # A JPEG must end with an EOI marker (possibly followed by a little padding).
         if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9", max(0, len(data) - 65536)) == -1:
@@ -170,7 +275,10 @@ def content_hash(source: str | os.PathLike | np.ndarray | bytes) -> str:
         return h.hexdigest()
     p = Path(source)
     try:
-        with open(p, "rb") as fh:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would never end
+                raise NotARegularFile(0, "not a regular file")
             for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
                 h.update(chunk)
     except OSError as exc:

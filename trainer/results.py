@@ -12,6 +12,9 @@ import numpy as np
 DECISION_ALL = "ALL blast"
 DECISION_NORMAL = "normal"
 DECISION_UNCERTAIN = "uncertain, review"
+#: The decision for an image in which no nucleus (no white cell) was found: the classifiers' output
+#: on such an image means nothing (a blank white image scores p = 0.97), so no class is given.
+DECISION_NOT_ASSESSABLE = "not assessable"
 DEFAULT_UNCERTAINTY_BAND = 0.05
 #: display names of the models a bundle may hold, by model key (see trainer.model.KindModels)
 MODEL_NAMES = {"single_cell": "crop model", "field": "field model", "any": "model"}
@@ -97,11 +100,27 @@ class ImagePrediction:
         """Image-level probability (see :attr:`deciding`)."""
         return self.deciding.probability
 
+    @property
+    def assessable(self) -> bool:
+        """False when no nucleus (no white cell) was found: the image then gets no class, only
+        :data:`DECISION_NOT_ASSESSABLE`. White cells of a field are found from their nuclei."""
+        return bool(self.cells) or bool(np.any(self.nucleus_mask))
+
+    def decision(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
+        """The image-level decision: :data:`DECISION_NOT_ASSESSABLE` without a nucleus, else
+        :func:`decide` on :attr:`probability`."""
+        if not self.assessable:
+            return DECISION_NOT_ASSESSABLE
+        return decide(self.probability, threshold, band)
+
     def count(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> dict[str, int]:
         """Number of deciding units per decision at ``threshold``: the cells of a field decided by
         cells, else the whole image as one."""
         cells = self.cells if self.field_by_cells else [self.whole]
-        out = {DECISION_ALL: 0, DECISION_NORMAL: 0, DECISION_UNCERTAIN: 0}
+        out = {DECISION_ALL: 0, DECISION_NORMAL: 0, DECISION_UNCERTAIN: 0, DECISION_NOT_ASSESSABLE: 0}
+        if not self.assessable:
+            out[DECISION_NOT_ASSESSABLE] = 1
+            return out
         for c in cells:
             out[c.decision(threshold, band)] += 1
         return out

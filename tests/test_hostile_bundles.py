@@ -1,0 +1,113 @@
+"""Hostile model bundles: zip bombs, padded manifests and wrongly typed manifest fields are refused
+with a clear BundleError before much memory is spent."""
+import hashlib
+import io
+import json
+import shutil
+import time
+import tracemalloc
+import zipfile
+
+import pytest
+
+from trainer import bundle
+from trainer.bundle import load_bundle, read_manifest
+from trainer.errors import BundleError
+
+
+def _manifest(members: dict[str, bytes], **extra) -> dict:
+    m = {"format": bundle.FORMAT, "format_version": bundle.FORMAT_VERSION, "created": "2024-01-01",
+         "config": {}, "card": {}, "versions": {},
+         "members": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in members.items()}}
+    m.update(extra)
+    return m
+
+
+def _zip(path, manifest, members: dict[str, bytes], manifest_text=None, compress=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, "w", compression=compress) as zf:
+        zf.writestr("manifest.json", manifest_text if manifest_text is not None else json.dumps(manifest))
+        for n, d in members.items():
+            zf.writestr(n, d)
+    return path
+
+
+def test_compressed_member_that_would_inflate_hugely_is_refused_before_inflating(tmp_path):
+    bomb = b"\x00" * (64 << 20)  # 64 MiB of zeros deflate to ~64 KiB
+    f = _zip(tmp_path / "bomb.allmodel", _manifest({"model.skops": bomb, "arrays.safetensors": b""}),
+             {"model.skops": bomb, "arrays.safetensors": b""})
+    del bomb
+    assert f.stat().st_size < 1 << 20
+    import safetensors.numpy, safetensors.torch, skops.io  # noqa: E401,F401 (imports are not the bundle's cost)
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        with pytest.raises(BundleError, match="zip bomb"):
+            load_bundle(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20 and time.perf_counter() - t < 5
+
+
+def test_member_declared_larger_than_the_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle, "MAX_BUNDLE_MEMBER_BYTES", 1000)
+    data = bytes(range(256)) * 8
+    f = _zip(tmp_path / "big.allmodel", _manifest({"model.skops": data}), {"model.skops": data},
+             compress=zipfile.ZIP_STORED)
+    with pytest.raises(BundleError, match="would inflate"):
+        load_bundle(f)
+
+
+def test_padded_manifest_is_refused(tmp_path, monkeypatch):
+    text = json.dumps(_manifest({})) + " " * (32 << 20)  # 32 MiB of padding deflates to ~32 KiB
+    f = _zip(tmp_path / "padded.allmodel", None, {}, manifest_text=text)
+    t = time.perf_counter()
+    with pytest.raises(BundleError):
+        read_manifest(f)
+    assert time.perf_counter() - t < 2
+    # stored without compression (no ratio to catch), the size cap still refuses it
+    monkeypatch.setattr(bundle, "MAX_MANIFEST_BYTES", 4096)
+    f2 = _zip(tmp_path / "padded2.allmodel", None, {}, manifest_text=json.dumps(_manifest({})) + " " * 5000,
+              compress=zipfile.ZIP_STORED)
+    with pytest.raises(BundleError, match="manifest.json would inflate"):
+        read_manifest(f2)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"members": ["model.skops"]}, "members"),
+    ({"members": {"model.skops": {"sha256": 5, "bytes": 3}}}, "checksum"),
+    ({"members": {"model.skops": {"sha256": "0" * 64, "bytes": "3"}}}, "size"),
+    ({"config": {"image_size": "big"}}, "image_size"),
+    ({"config": {"classifiers": "svm"}}, "classifiers"),
+    ({"config": {"pca": 1}}, "pca"),
+    ({"config": []}, "config"),
+    ({"card": {"trained_on": ["x"]}}, "trained_on"),
+    ({"card": {"trained_on": {"image_kinds": {"field": "most"}}}}, "image_kinds"),
+    ({"card": "hello"}, "card"),
+    ({"versions": {"torch": 2}}, "versions"),
+    ({"format_version": "1"}, "version"),
+])
+def test_manifest_fields_of_the_wrong_type_are_refused(tmp_path, change, words):
+    m = _manifest({})
+    m.update(change)
+    f = _zip(tmp_path / "typed.allmodel", m, {})
+    with pytest.raises(BundleError, match=words):
+        load_bundle(f)
+
+
+@pytest.mark.timeout(20)
+def test_fifo_named_like_a_bundle_is_refused_without_hanging(tmp_path):
+    import os
+    fifo = tmp_path / "hang.allmodel"
+    os.mkfifo(fifo)
+    with pytest.raises(BundleError, match="not a regular file"):
+        load_bundle(fifo)
+
+
+def test_the_real_bundle_passes_the_checks(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        for info in zf.infolist():  # allgui's own members stay far below the ratio cap
+            assert info.file_size <= bundle.MAX_COMPRESSION_RATIO * max(info.compress_size, 1) \
+                or info.file_size <= bundle.RATIO_FLOOR_BYTES
+    assert set(m["members"]) >= {"model.skops", "arrays.safetensors"}
