@@ -262,7 +262,7 @@ class SidePanel(QWidget):
         if self.predictor is not None:
             self._show_roc(key)
             sens, spec = self.predictor.operating_point(st.threshold, key)
-            text = (f"At {st.threshold:.3f}, validation split (it also set the threshold): sensitivity "
+            text = (f"At {st.threshold:.3f}, validation data (they also set the threshold): sensitivity "
                     f"{sens:.1%}, specificity {spec:.1%}")
             held_out = self.predictor.test_operating_point(st.threshold, key)
             if held_out is not None:

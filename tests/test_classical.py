@@ -107,13 +107,27 @@ def test_all_model_threshold_and_operating_point():
     acc = np.mean((d["calibrated"] >= m.threshold_) == y[240:])
     assert acc > 0.75
     sens, spec = m.operating_point(m.threshold_)
-    yv, pv = y[180:240], m.validation_["calibrated"]
+    # cross-fit (default): out-of-fold scores of the 180 training rows and the 60 validation rows
+    # set the calibration and the threshold, and are what the operating point is read on
+    assert m.calibrated_on_ == "cross-fit" and len(m.validation_["y"]) == 240
+    assert np.array_equal(m.validation_["y"], np.concatenate([y[:180], y[180:240]]))
+    yv, pv = m.validation_["y"], m.validation_["calibrated"]
     assert sens == pytest.approx(np.mean(pv[yv == 1] >= m.threshold_))
     assert spec == pytest.approx(np.mean(pv[yv == 0] < m.threshold_))
     # lowering the threshold can only raise sensitivity
     assert m.operating_point(0.0)[0] == 1.0 and m.operating_point(1.01)[1] == 1.0
     roc = m.validation_roc()
     assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1
+
+
+def test_calibration_on_the_validation_split_alone():
+    feats, y = blobs(n=300, shift=0.35, pos_frac=0.68, seed=3)
+    cfg = TrainConfig(seed=0, calibrate_on="validation", combiner="weighted")
+    m = fit_model(feats, y, np.arange(180), np.arange(180, 240), cfg)
+    assert m.calibrated_on_ == "validation" and m.combiner_ == "weighted"
+    assert np.array_equal(m.validation_["y"], y[180:240])
+    d = m.predict_details({k: v[240:] for k, v in feats.items()})
+    assert np.allclose(d["raw"], d["probabilities"] @ d["weights"])  # eq. 8 soft vote
 
 
 def test_all_model_single_backbone_and_no_pca():

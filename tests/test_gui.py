@@ -213,7 +213,7 @@ def test_slider_redecides_without_computing_features(qtbot, window, images, monk
         if cell.probability < 1.0 - win.state.band:
             assert item_high.pen().color().blue() > item_high.pen().color().red()
     sens, spec = win.predictor.operating_point(1.0)
-    assert f"validation split (it also set the threshold): sensitivity {sens:.1%}" in win.side.sens_spec.text()
+    assert f"validation data (they also set the threshold): sensitivity {sens:.1%}" in win.side.sens_spec.text()
     held_out = win.predictor.test_operating_point(1.0)
     assert held_out is not None  # the tiny model has a test split with both classes
     assert f"held-out test split: sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}" \

@@ -25,10 +25,14 @@ def _fit_one(method: str, s: np.ndarray, y: np.ndarray):
     raise ValueError(f"unknown calibration method {method!r}; choose auto, platt or isotonic")
 
 
+TIE_BREAK = 1e-6  # isotonic plateaus are ordered by the raw score, so calibration keeps the ranking
+
+
 def _apply(model, s: np.ndarray) -> np.ndarray:
     if isinstance(model, LogisticRegression):
         return model.predict_proba(_logit(s))[:, 1]
-    return model.predict(np.asarray(s, dtype=float))
+    s = np.asarray(s, dtype=float)
+    return model.predict(s) + TIE_BREAK * (np.clip(s, 0.0, 1.0) - 0.5)
 
 
 class ScoreCalibrator(BaseEstimator):

@@ -14,6 +14,7 @@ from pathlib import Path
 from .atomic import atomic_write
 from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
 from .csvsafe import printable, safe_dict
+from .model import CALIBRATE_ON
 from .stacking import COMBINERS
 from .stain import STAIN_METHODS
 from .errors import AllguiError, Cancelled
@@ -167,6 +168,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stain", choices=STAIN_METHODS, default=d.stain,
                    help="colour normalisation before feature extraction, reference fitted on the training "
                         "images: none or reinhard (default: %(default)s)")
+    g.add_argument("--calibrate-on", choices=CALIBRATE_ON, default=d.calibrate_on,
+                   help="data that set the calibration and the Youden threshold: cross-fit = out-of-fold scores "
+                        "of the training split plus the validation split; validation = the validation split "
+                        "alone (default: %(default)s)")
     g.add_argument("--per-kind", choices=("on", "off"), default="on" if d.per_kind else "off",
                    help="one calibrated model per image kind (single-cell crops, smear fields) "
                         "(default: %(default)s)")
@@ -204,7 +209,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         pca=not a.no_pca, classifiers=tuple(_csv_list(a.classifiers) or CLASSIFIER_NAMES),
         calibration=a.calibration, cache_dir=None if a.no_cache else a.cache_dir,
         combiner=a.combiner, nucleus_features=a.nucleus_features == "on", block_l2=a.block_l2 == "on",
-        stain=a.stain, per_kind=a.per_kind == "on",
+        stain=a.stain, per_kind=a.per_kind == "on", calibrate_on=a.calibrate_on,
         output=str(getattr(a, "output", "model.allmodel")), finetune=finetune_wanted(a.finetune, a.device),
         finetune_epochs=a.epochs, finetune_patience=a.patience, finetune_lr=a.finetune_lr,
         finetune_checkpoint_dir=a.checkpoint_dir, finetune_deterministic=a.deterministic,

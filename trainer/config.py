@@ -36,9 +36,10 @@ class TrainConfig:
     pca_variance: float = 0.98
     classifiers: tuple[str, ...] = CLASSIFIER_NAMES
     calibration: str = "auto"           # "auto" (lower validation Brier), "platt" or "isotonic"
-    combiner: str = "weighted"          # ensemble score: "weighted" (eq. 8) or "stacked" (see trainer.stacking)
+    combiner: str = "stacked"           # ensemble score: "stacked" (see trainer.stacking) or "weighted" (eq. 8)
     block_l2: bool = False              # L2-normalise each feature block before fusion
-    nucleus_features: bool = False      # add the hand-crafted nucleus block (trainer.handcrafted)
+    calibrate_on: str = "cross-fit"     # calibration + threshold data: "cross-fit" (OOF + validation) or "validation"
+    nucleus_features: bool = True       # add the hand-crafted nucleus block (trainer.handcrafted)
     stain: str = "none"                 # colour normalisation before every block: "none" or "reinhard"
     per_kind: bool = True               # one model per image kind (single-cell crops, smear fields)
     seed: int = 0

@@ -14,6 +14,9 @@ from .metrics import youden_threshold
 from .stacking import StackedCombiner, inner_folds
 
 STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
+#: what sets the calibration and the Youden threshold: the validation split alone, or the
+#: out-of-fold scores of the training rows together with it ("cross-fit")
+CALIBRATE_ON = ("validation", "cross-fit")
 
 
 class AllModel(BaseEstimator):
@@ -24,6 +27,10 @@ class AllModel(BaseEstimator):
     ids. The fusion and classifiers are fitted on the training split; ensemble weights, the
     calibrator and the Youden threshold on the validation split.
 
+    ``calibrate_on="cross-fit"`` fits the calibrator and the threshold on the out-of-fold scores of
+    the training rows together with the validation split (as scikit-learn's CalibratedClassifierCV
+    does with ``ensemble=False``), so many more subjects set them than the validation split holds.
+
     ``combiner`` picks the continuous ensemble score the calibrator maps: ``"weighted"`` is the
     paper's eq. 8 weights on the members' probabilities (soft vote); ``"stacked"`` a
     :class:`trainer.stacking.StackedCombiner` fitted on the members' out-of-fold probabilities
@@ -31,15 +38,15 @@ class AllModel(BaseEstimator):
     vote is reported either way.
 
     Learned: ``fusion_``, ``ensemble_``, ``stacker_`` (StackedCombiner or None), ``calibrator_``,
-    ``threshold_`` (on calibrated probability), ``classifier_names_``, ``validation_`` (dict of
-    validation arrays: ``y``, ``raw``, ``calibrated``, ``probabilities``; used for the ROC and
-    operating points).
+    ``threshold_`` (on calibrated probability), ``classifier_names_``, ``calibrated_on_``,
+    ``validation_`` (dict of the arrays that set the calibration and threshold: ``y``, ``raw``,
+    ``calibrated``, ``probabilities``; used for the ROC and operating points).
     """
 
     def __init__(self, backbones: tuple[str, ...] = BACKBONE_NAMES, pca: bool = True,
                  pca_variance: float = 0.98, classifiers: tuple[str, ...] = CLASSIFIER_NAMES,
                  calibration: str = "auto", seed: int = 0, combiner: str = "weighted",
-                 block_l2: bool = False):
+                 block_l2: bool = False, calibrate_on: str = "validation"):
         self.backbones = backbones
         self.pca = pca
         self.pca_variance = pca_variance
@@ -48,13 +55,15 @@ class AllModel(BaseEstimator):
         self.seed = seed
         self.combiner = combiner
         self.block_l2 = block_l2
+        self.calibrate_on = calibrate_on
 
     @classmethod
     def from_config(cls, config: TrainConfig, backbones=None, pca=None) -> "AllModel":
         return cls(backbones=tuple(backbones or config.backbones),
                    pca=config.pca if pca is None else pca, pca_variance=config.pca_variance,
                    classifiers=tuple(config.classifiers), calibration=config.calibration,
-                   seed=config.seed, combiner=config.combiner, block_l2=config.block_l2)
+                   seed=config.seed, combiner=config.combiner, block_l2=config.block_l2,
+                   calibrate_on=config.calibrate_on)
 
     def _stack(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         missing = [b for b in self.backbones if b not in feats]
@@ -67,6 +76,8 @@ class AllModel(BaseEstimator):
         y_val = np.asarray(y_val).astype(int)
         if self.combiner not in ("weighted", "stacked"):
             raise ValueError(f"unknown combiner {self.combiner!r}; use 'weighted' or 'stacked'")
+        if self.calibrate_on not in CALIBRATE_ON:
+            raise ValueError(f"unknown calibrate_on {self.calibrate_on!r}; use one of {CALIBRATE_ON}")
         for name, labels in (("training", y), ("validation", y_val)):
             if len(np.unique(labels)) < 2:
                 raise ValueError(f"the {name} split holds only one class; add images of both classes")
@@ -77,34 +88,49 @@ class AllModel(BaseEstimator):
         self.ensemble_ = WeightedVotingEnsemble(self.classifiers, self.seed).fit(
             X, y, Xv, y_val, progress=progress, groups=groups)
         self.classifier_names_ = list(self.ensemble_.names_)
-        self.stacker_ = self._fit_stacker(X, y, groups) if self.combiner == "stacked" else None
+        need_oof = self.combiner == "stacked" or self.calibrate_on == "cross-fit"
+        oof = self._oof_probabilities(X, y, groups) if need_oof else None
+        self.stacker_ = StackedCombiner().fit(oof, y) if self.combiner == "stacked" and oof is not None else None
         det = self._details(Xv)
-        self.calibrator_ = ScoreCalibrator(self.calibration, seed=self.seed).fit(det["raw"], y_val,
-                                                                                 groups=val_groups)
-        calibrated = self.calibrator_.transform(det["raw"])
-        self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_val, calibrated)[0])
-        self.validation_ = {"y": y_val, "raw": det["raw"], "calibrated": calibrated,
-                            "probabilities": det["probabilities"]}
+        s_cal, y_cal, g_cal, P_cal = det["raw"], y_val, val_groups, det["probabilities"]
+        self.calibrated_on_ = "validation"
+        if self.calibrate_on == "cross-fit" and oof is not None:
+            # out-of-fold training scores beside the validation scores: more subjects set the
+            # calibration and the threshold than the validation split alone holds
+            s_oof = self._combine(oof)
+            s_cal, y_cal, P_cal = np.concatenate([s_oof, s_cal]), np.concatenate([y, y_val]), np.vstack([oof, P_cal])
+            g_cal = (None if groups is None or val_groups is None
+                     else np.concatenate([np.asarray(groups), np.asarray(val_groups)]))
+            self.calibrated_on_ = "cross-fit"
+        self.calibrator_ = ScoreCalibrator(self.calibration, seed=self.seed).fit(s_cal, y_cal, groups=g_cal)
+        calibrated = self.calibrator_.transform(s_cal)
+        self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_cal, calibrated)[0])
+        self.validation_ = {"y": y_cal, "raw": s_cal, "calibrated": calibrated, "probabilities": P_cal}
         return self
 
-    def _fit_stacker(self, X: np.ndarray, y: np.ndarray, groups) -> StackedCombiner | None:
-        """A combiner fitted on out-of-fold member probabilities of the training rows."""
+    def _oof_probabilities(self, X: np.ndarray, y: np.ndarray, groups) -> np.ndarray | None:
+        """(N, C) out-of-fold member probabilities of the training rows (``STACK_FOLDS`` folds,
+        grouped by subject), or None when there are too few images or subjects for folds."""
         folds = inner_folds(y, groups, STACK_FOLDS, self.seed)
         if not folds:
-            return None  # too few images or subjects: the eq. 8 weights stay in charge
+            return None  # the eq. 8 weights and the validation split stay in charge
         P = np.zeros((len(y), len(self.classifier_names_)))
         for tr, te in folds:
             members = WeightedVotingEnsemble(self.classifiers, self.seed).fit(
                 X[tr], y[tr], groups=None if groups is None else np.asarray(groups)[tr])
             P[te] = members.probabilities_and_votes(X[te])[0]
-        return StackedCombiner().fit(P, y)
+        return P
+
+    def _combine(self, P: np.ndarray) -> np.ndarray:
+        """(N,) the combiner's score of (N, C) member probabilities."""
+        stacker = getattr(self, "stacker_", None)
+        return stacker.combine(P) if stacker is not None else P @ self.ensemble_.weights_
 
     def _details(self, X: np.ndarray) -> dict[str, np.ndarray]:
         det = self.ensemble_.predict_details(X)
         det["weighted"] = det["raw"]
-        stacker = getattr(self, "stacker_", None)  # None in models saved before stacking existed
-        if stacker is not None:
-            det["raw"] = stacker.combine(det["probabilities"])
+        if getattr(self, "stacker_", None) is not None:  # absent in models saved before stacking
+            det["raw"] = self._combine(det["probabilities"])
         return det
 
     @property

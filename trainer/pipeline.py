@@ -377,7 +377,10 @@ def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model
                                      dict(zip(model.classifier_names_, map(float, model.stacker_.coef_)))),
             "calibration": model.calibrator_.method_,
             "calibration_cv_brier": model.calibrator_.cv_brier_,
-            "threshold": float(model.threshold_), "threshold_rule": "Youden J on the validation split",
+            "threshold": float(model.threshold_),
+            "threshold_rule": ("Youden J on the out-of-fold training scores and the validation split"
+                               if getattr(model, "calibrated_on_", "validation") == "cross-fit"
+                               else "Youden J on the validation split"),
         },
         "metrics": {"validation": val_metrics, "test": test_metrics},
     }
