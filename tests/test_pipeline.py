@@ -61,7 +61,10 @@ def test_prediction_contents_single_cell_and_field(tiny_predictor):
     assert 0 < r.whole.nc_ratio < 1
     assert [v.name for v in r.whole.votes] == ["svm", "knn", "rf", "adaboost", "mlp"]
     assert sum(v.weight for v in r.whole.votes) == pytest.approx(1.0)
-    assert r.whole.raw_probability == pytest.approx(sum(v.weight * v.probability for v in r.whole.votes))
+    # the raw ensemble score is the model's combiner (stacked, or the eq. 8 weights) of the votes shown
+    m = p.models[r.model]
+    expected = m._combine(np.array([[v.probability for v in r.whole.votes]]))[0]
+    assert r.whole.raw_probability == pytest.approx(expected)
 
     field, masks = make_smear_field(224, n_wbc=3, rng=np.random.default_rng(2))
     f = p.predict(field)

@@ -112,8 +112,8 @@ class AllModel(BaseEstimator):
         """(N, C) out-of-fold member probabilities of the training rows (``STACK_FOLDS`` folds,
         grouped by subject), or None when there are too few images or subjects for folds."""
         folds = inner_folds(y, groups, STACK_FOLDS, self.seed)
-        if not folds:
-            return None  # the eq. 8 weights and the validation split stay in charge
+        if not folds or min(np.bincount(y[tr], minlength=2).min() for tr, _ in folds) < 2:
+            return None  # too few images: the eq. 8 weights and the validation split stay in charge
         P = np.zeros((len(y), len(self.classifier_names_)))
         for tr, te in folds:
             members = WeightedVotingEnsemble(self.classifiers, self.seed).fit(
