@@ -252,3 +252,39 @@ def test_group_bootstrap_holm_and_source_warnings_reach_results_and_report(tmp_p
     row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
     assert f"; {n0}/{n1} groups)" in row
     assert "Holm p" in md
+
+
+def test_variant_ablation_is_scored_per_image_kind_with_subject_intervals():
+    """Every variant row of the grouped-CV ablation, for crops and fields separately, with AUC
+    intervals that resample subjects, and the report's table."""
+    from trainer.evaluation.report import _variants_md
+    from trainer.evaluation.variants import VARIANTS, evaluate_variants
+
+    rng = np.random.default_rng(0)
+    n = 120
+    y = np.array([i % 2 for i in range(n)])
+    groups = np.array([f"{'A' if y[i] else 'N'}{(i // 2) % 6}" for i in range(n)])
+    kinds = np.array(["single_cell" if i < 60 else "field" for i in range(n)])
+    samples = [Sample(path=None, label=int(y[i]), class_name="all" if y[i] else "hem", group=str(groups[i]))
+               for i in range(n)]
+    subject_effect = {g: rng.normal(0, 0.3) for g in set(groups)}
+    base = np.array([y[i] * 1.0 + subject_effect[groups[i]] for i in range(n)])[:, None]
+    sets = {"networks": {"resnet34": (base + rng.normal(0, 1.0, (n, 16))).astype(np.float32)},
+            "nucleus": {"nucleus": (base + rng.normal(0, 0.5, (n, 8))).astype(np.float32)}}
+    cfg = TrainConfig(seed=0, classifiers=("svm", "knn", "mlp"))
+    out = evaluate_variants(sets, samples, kinds, cfg, n_folds=3, n_boot=200)
+    assert set(out["kinds"]) == {"single_cell", "field"}
+    for kind, e in out["kinds"].items():
+        assert e["n"] == 60 and e["n_groups"] == {"0": 6, "1": 6}
+        # the Reinhard rows are skipped: no stain-normalised nucleus block was given
+        labels = [r["variant"] for r in e["rows"]]
+        assert labels == [v[0] for v in VARIANTS if "nucleus_stain" not in v[1]]
+        for r in e["rows"]:
+            assert r["ci_method"] == "group" and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
+            assert r["n"] == 60 and 0 <= r["balanced_accuracy"] <= 1
+        # the informative nucleus block helps on this data
+        paper = e["rows"][0]["auc"]
+        with_nucleus = next(r for r in e["rows"] if r["variant"] == "+ nucleus block, eq. 8")["auc"]
+        assert with_nucleus > paper
+    text = "\n".join(_variants_md(out))
+    assert "single-cell crops: 60 images, 6 ALL / 6 normal subjects" in text and "group)" in text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
@@ -49,33 +48,56 @@ def inner_folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int = 5, see
 
 
 class StackedCombiner(BaseEstimator):
-    """Logistic regression on the logits of C member probabilities.
+    """Logistic regression with non-negative weights on the logits of C member probabilities.
 
     Parameters
     ----------
     C : float
-        Inverse L2 regularisation strength of the logistic regression.
+        Inverse L2 regularisation strength of the weights.
 
-    ``fit(P, y)`` with ``P`` (N, C) out-of-fold member probabilities of P(ALL) and ``y`` (N,).
-    Learned: ``model_`` (LogisticRegression), ``coef_`` (C,), ``intercept_`` (float).
+    ``fit(P, y)`` with ``P`` (N, C) out-of-fold member probabilities of P(ALL) and ``y`` (N,),
+    classes weighted to balance. The weights are constrained to be >= 0 (Breiman's
+    non-negative stacking): correlated members then cannot cancel each other with large
+    weights of opposite sign, which fits the out-of-fold subjects and fails on new ones.
+    Learned: ``coef_`` (C,) >= 0, ``intercept_`` (float).
     """
 
     def __init__(self, C: float = 1.0):
         self.C = C
 
     def fit(self, P, y) -> "StackedCombiner":
+        from scipy.optimize import minimize
+
         P = np.asarray(P, dtype=np.float64)
         y = np.asarray(y).astype(int)
         if P.ndim != 2 or len(P) != len(y):
             raise ValueError(f"expected (N, C) probabilities for {len(y)} labels, got {P.shape}")
         if len(np.unique(y)) < 2:
             raise ValueError("the stacked combiner needs both classes")
-        self.model_ = LogisticRegression(C=self.C, class_weight="balanced", max_iter=1000).fit(logit(P), y)
-        self.coef_ = self.model_.coef_.ravel().copy()
-        self.intercept_ = float(self.model_.intercept_[0])
+        Z = logit(P)
+        sw = np.where(y == 1, 0.5 / max(y.mean(), 1e-12), 0.5 / max(1 - y.mean(), 1e-12))
+        sw = sw / sw.sum()
+        sign = 2.0 * y - 1.0
+        c = Z.shape[1]
+
+        def loss(theta):
+            w, b = theta[:c], theta[c]
+            m = sign * (Z @ w + b)
+            # balanced log-loss and its gradient; log(1 + e^-m) computed stably
+            l = np.sum(sw * np.logaddexp(0.0, -m)) + 0.5 / (self.C * len(y)) * (w @ w)
+            g = -sw * sign * (1.0 - 1.0 / (1.0 + np.exp(-m)))  # d loss / d (Z w + b)
+            grad = np.concatenate([Z.T @ g + w / (self.C * len(y)), [g.sum()]])
+            return l, grad
+
+        theta0 = np.concatenate([np.full(c, 1.0 / c), [0.0]])
+        res = minimize(loss, theta0, jac=True, method="L-BFGS-B",
+                       bounds=[(0.0, None)] * c + [(None, None)])
+        self.coef_ = np.asarray(res.x[:c], dtype=np.float64)
+        self.intercept_ = float(res.x[c])
         return self
 
     def combine(self, P) -> np.ndarray:
         """(N,) combined P(ALL) of (N, C) member probabilities."""
-        check_is_fitted(self, "model_")
-        return self.model_.predict_proba(logit(P))[:, 1]
+        check_is_fitted(self, "coef_")
+        z = logit(P) @ self.coef_ + self.intercept_
+        return 1.0 / (1.0 + np.exp(-z))
