@@ -12,11 +12,8 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_write
-from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
+from .config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, COMBINERS, STAIN_METHODS, TrainConfig
 from .csvsafe import printable, safe_dict
-from .model import CALIBRATE_ON
-from .stacking import COMBINERS
-from .stain import STAIN_METHODS
 from .errors import AllguiError, Cancelled
 
 #: Images classified together by ``predict`` (one pass through the networks); the rows of a batch are
@@ -438,7 +435,7 @@ def cmd_predict(a) -> int:
     files = _input_files(a.inputs)
     if not files:
         raise AllguiError("No images found in the given paths.")
-    predictor = Predictor.from_bundle(a.model, device=a.device)
+    predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision)
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
@@ -535,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
     r.add_argument("--threshold", type=_probability, default=None, help="decision threshold for every model (default: each model's own Youden threshold)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="forward-pass arithmetic: auto (default) = bfloat16 on CPUs that compute it natively "
+                        "(AVX512-BF16/AMX), else float32; fp32 = always float32")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_predict)
     return p

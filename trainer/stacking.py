@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-COMBINERS = ("weighted", "stacked")
+from .config import COMBINERS  # noqa: E402  (one definition, light to import)
 _EPS = 1e-4
 
 
