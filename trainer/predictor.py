@@ -155,27 +155,44 @@ class Predictor:
         """Classify one image (an RGB uint8 array or a file path). Raises ImageReadError."""
         return self.predict_batch([image_or_path], paths=[path])[0]
 
+    def prepare(self, item, path: str | None = None) -> tuple:
+        """The work before the networks for one image: decode (a path) and segment. Thread-safe,
+        so the next images can be prepared while the networks judge the current ones; pass the
+        results to :meth:`predict_batch` as ``prepared``. Raises ImageReadError."""
+        if isinstance(item, (str, os.PathLike)):
+            path = path or str(item)
+            img = read_image(item)
+        else:
+            img = as_rgb_uint8(item)
+        if min(img.shape[:2]) < MIN_SIDE:
+            raise ImageReadError(f"{Path(path).name if path else 'The image'} is too small to analyse "
+                                 f"({img.shape[1]}x{img.shape[0]} pixels; at least {MIN_SIDE} are needed).")
+        single, cells, seg = self._segment(img)
+        return (path, img, single, cells, seg)
+
     def predict_batch(self, items: Iterable, paths: list | None = None,
                       progress: Callable[[float, str], None] | None = None,
-                      cancel: Callable[[], bool] | None = None) -> list[ImagePrediction]:
-        """Classify many images; crops of all of them go through the networks together."""
+                      cancel: Callable[[], bool] | None = None,
+                      prepared: list | None = None) -> list[ImagePrediction]:
+        """Classify many images; crops of all of them go through the networks together.
+
+        ``prepared`` may hold, per item, what :meth:`prepare` returned for it (or the exception it
+        raised, raised here): the images are then not read or segmented again."""
         items = list(items)
         paths = list(paths) if paths is not None else [None] * len(items)
         t0 = time.perf_counter()
-        prepared, crops, owners = [], [], []
+        given, prepared, crops, owners = prepared, [], [], []
         for i, (item, p) in enumerate(zip(items, paths)):
             if cancel is not None and cancel():
                 raise Cancelled()
-            if isinstance(item, (str, os.PathLike)):
-                p = p or str(item)
-                img = read_image(item)
+            if given is not None:
+                if isinstance(given[i], BaseException):
+                    raise given[i]
+                prep = given[i]
             else:
-                img = as_rgb_uint8(item)
-            if min(img.shape[:2]) < MIN_SIDE:
-                raise ImageReadError(f"{Path(p).name if p else 'The image'} is too small to analyse "
-                                     f"({img.shape[1]}x{img.shape[0]} pixels; at least {MIN_SIDE} are needed).")
-            single, cells, seg = self._segment(img)
-            prepared.append((p, img, single, cells, seg))
+                prep = self.prepare(item, p)
+            prepared.append(prep)
+            p, img, single, cells, seg = prep
             crops.append(img)
             owners.append((i, -1))
             for k, cell in enumerate(cells):
