@@ -291,8 +291,9 @@ def inference_precision(requested: str | None = None, device: str = "auto") -> s
     return "bf16" if AUTO_BF16 and cpu_has_bf16() else "fp32"
 
 
-#: whether ``"auto"`` predicts in bfloat16 on CPUs that have it (see benchmarks/predict_throughput.py
-#: ``--agreement`` for the decisions it was checked against float32 on)
+#: whether ``"auto"`` predicts in bfloat16 on CPUs that have it. Checked with
+#: ``benchmarks/predict_throughput.py --agreement 200`` (shipped model, 100 real crops + 100 real
+#: fields): 100 % identical decisions, mean |p_bf16 - p_fp32| 0.012, largest 0.15 (a calibration step)
 AUTO_BF16 = True
 
 
