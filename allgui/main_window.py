@@ -50,7 +50,9 @@ def _predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.
 def _load_predictor(path: str, progress, cancel, emit):
     from trainer.predictor import Predictor
 
-    return Predictor.from_bundle(path)
+    predictor = Predictor.from_bundle(path)
+    predictor.warm_up()  # here, off the GUI thread: the first image opened gets a warm network
+    return predictor
 
 
 def _save_overlays(items: list[tuple[str, Any, float]], folder: str, band: float, mode: str,

@@ -1,4 +1,12 @@
 """allgui trainer: the ML core (pre-processing, segmentation, deep features, ensemble, calibration,
 evaluation) and its command-line interface. Knows nothing of Qt."""
+import os as _os
 
 __version__ = "0.1.0"
+
+# OpenMP threads that wait for work by sleeping, not spinning: on a desktop with few cores that
+# is also running the GUI, decoding, segmentation or another program, spinning threads turn every
+# parallel region of a forward pass into a fight for the cores (measured: one DenseNet-121 pass
+# 50x slower on 2 busy cores). Read by the OpenMP runtime when torch loads, so it is set before;
+# an explicit setting in the environment wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -12,16 +12,13 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_write
-from .config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
+from .config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, COMBINERS, STAIN_METHODS, TrainConfig
 from .csvsafe import printable, safe_dict
-from .model import CALIBRATE_ON
-from .stacking import COMBINERS
-from .stain import STAIN_METHODS
 from .errors import AllguiError, Cancelled
 
 #: Images classified together by ``predict`` (one pass through the networks); the rows of a batch are
 #: written as soon as it is done, so an interrupted run keeps them.
-PREDICT_BATCH = 8
+PREDICT_BATCH = 16
 
 
 class UsageError(AllguiError):
@@ -399,13 +396,36 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
     after the batches already emitted.
     """
     n_ok = n_err = 0
+    batches = [files[s:s + PREDICT_BATCH] for s in range(0, len(files), PREDICT_BATCH)]
+    prepare = getattr(predictor, "prepare", None)
+    pool = None
+    if prepare is not None and len(batches) > 1:
+        # decoding and segmentation of the next batch overlap the networks' work on this one
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+
+    def prepare_all(batch):
+        out = []
+        for f in batch:
+            try:
+                out.append(prepare(f))
+            except Exception as exc:  # noqa: BLE001 - raised again by predict_batch, then redone alone
+                out.append(exc)
+        return out
+
+    ahead = pool.submit(prepare_all, batches[0]) if pool is not None else None
     try:
-        for start in range(0, len(files), PREDICT_BATCH):
-            batch = files[start:start + PREDICT_BATCH]
+        for b, batch in enumerate(batches):
+            start = b * PREDICT_BATCH
             if progress is not None:
                 progress(start / len(files), printable(batch[0].name))
+            kwargs = {}
+            if ahead is not None:
+                kwargs["prepared"] = ahead.result()
+                ahead = pool.submit(prepare_all, batches[b + 1]) if b + 1 < len(batches) else None
             try:
-                results = list(zip(batch, predictor.predict_batch(batch)))
+                results = list(zip(batch, predictor.predict_batch(batch, **kwargs)))
             except (KeyboardInterrupt, Cancelled):
                 raise
             except Exception:  # one bad file: redo this batch image by image
@@ -428,6 +448,11 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
             emit(rows)
     except KeyboardInterrupt:
         return n_ok, n_err, True
+    finally:
+        if pool is not None:
+            if ahead is not None:
+                ahead.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
     return n_ok, n_err, False
 
 
@@ -438,7 +463,7 @@ def cmd_predict(a) -> int:
     files = _input_files(a.inputs)
     if not files:
         raise AllguiError("No images found in the given paths.")
-    predictor = Predictor.from_bundle(a.model, device=a.device)
+    predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision)
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
@@ -535,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
     r.add_argument("--threshold", type=_probability, default=None, help="decision threshold for every model (default: each model's own Youden threshold)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="forward-pass arithmetic: auto (default) = bfloat16 on CPUs that compute it natively "
+                        "(AVX512-BF16/AMX), else float32; fp32 = always float32")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_predict)
     return p

@@ -8,6 +8,10 @@ from typing import Any
 
 CLASSIFIER_NAMES = ("svm", "knn", "rf", "adaboost", "mlp")
 BACKBONE_NAMES = ("densenet121", "resnet34")
+#: choices of TrainConfig fields, kept here (no heavy imports) for the command line
+CALIBRATE_ON = ("validation", "cross-fit")   # trainer.model
+COMBINERS = ("weighted", "stacked")          # trainer.stacking
+STAIN_METHODS = ("none", "reinhard")         # trainer.stain
 
 
 @dataclass

@@ -83,7 +83,8 @@ class _Images(Dataset):
     """
 
     def __init__(self, items: Sequence, indices: Sequence[int], image_size: int, gamma: float,
-                 stain_reference=None, tensor: bool = True, nucleus: bool = False) -> None:
+                 stain_reference=None, tensor: bool = True, nucleus: bool = False,
+                 segs: Sequence | None = None) -> None:
         from trainer.preprocess import eval_transform
 
         self.items = items
@@ -93,6 +94,9 @@ class _Images(Dataset):
         self.stain_reference = None if stain_reference is None else np.asarray(stain_reference, float)
         self.tensor = tensor
         self.nucleus = nucleus
+        # segmentations made already (of the gamma-corrected image): the nucleus block reuses them;
+        # only valid without stain normalisation, which changes the colours it segments
+        self.segs = segs if stain_reference is None else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -111,8 +115,9 @@ class _Images(Dataset):
             if self.nucleus:
                 from trainer.preprocess import gamma_correct
 
+                seg = self.segs[i] if self.segs is not None else None
                 hand = torch.from_numpy(handcrafted.nucleus_features(
-                    img if self.gamma == 1.0 else gamma_correct(img, self.gamma)))
+                    img if self.gamma == 1.0 else gamma_correct(img, self.gamma), seg=seg))
             return i, x, hand, None
         except AllguiError as exc:
             return i, None, None, str(exc)
@@ -323,11 +328,15 @@ class FeatureExtractor:
         items: Iterable,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
+        segs: Sequence | None = None,
     ) -> dict[str, np.ndarray]:
         """Features of every item: ``{backbone: (N, D) float32}``, rows in the order of ``items``.
 
-        ``items`` are image paths or RGB uint8 arrays (H, W, 3). Raises ``ImageReadError`` naming
-        the first image that cannot be read, ``Cancelled`` when ``cancel()`` turns True.
+        ``items`` are image paths or RGB uint8 arrays (H, W, 3). ``segs`` may give, per item, the
+        :func:`trainer.segmentation.segment_nuclei` result of that image made with this
+        extractor's gamma (or None): the nucleus block then does not segment it again (ignored
+        with a stain reference). Raises ``ImageReadError`` naming the first image that cannot be
+        read, ``Cancelled`` when ``cancel()`` turns True.
         """
         self._validate()
         items = list(items)
@@ -374,7 +383,8 @@ class FeatureExtractor:
             workers = auto_workers(device, len(todo), int(self.batch_size))
         loader = DataLoader(
             _Images(items, todo, self.image_size, self.gamma, self.stain_reference,
-                    tensor=need_tensor, nucleus=need_nucleus),
+                    tensor=need_tensor, nucleus=need_nucleus,
+                    segs=None if segs is None else list(segs)),
             batch_size=int(self.batch_size),
             shuffle=False,
             num_workers=int(workers),

@@ -16,7 +16,7 @@ from .stacking import StackedCombiner, inner_folds
 STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
 #: what sets the calibration and the Youden threshold: the validation split alone, or the
 #: out-of-fold scores of the training rows together with it ("cross-fit")
-CALIBRATE_ON = ("validation", "cross-fit")
+from .config import CALIBRATE_ON  # noqa: E402  (one definition, light to import)
 
 
 class AllModel(BaseEstimator):

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-COMBINERS = ("weighted", "stacked")
+from .config import COMBINERS  # noqa: E402  (one definition, light to import)
 _EPS = 1e-4
 
 

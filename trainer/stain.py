@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .segmentation import BLACK_LEVEL
 
-STAIN_METHODS = ("none", "reinhard")
+from .config import STAIN_METHODS  # noqa: E402  (one definition, light to import)
 _MIN_STD = 1e-3  # Lab units; guards flat images
 
 

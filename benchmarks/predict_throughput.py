@@ -1,0 +1,232 @@
+"""Prediction speed, start-up, memory and bfloat16 agreement, each with its baseline in the same run.
+
+  python benchmarks/predict_throughput.py --crops DIR --fields DIR [--model BUNDLE] [--n 32]
+         [--agreement 300] [--rss 300] [--startup]
+
+Measures (ratios against a baseline taken in the same process, never absolute goals):
+
+  raw        images/s of the two networks alone, float32, batches of 32 of ready tensors (baseline)
+  crops      images/s of ``allgui-train predict``'s path (``cli.classify_files``) on N crops,
+             default precision, and its ratio to ``raw`` (goal >= 1.0)
+  fields     network passes/s (each field + each white cell found = one pass) on N fields through
+             the same path, and its ratio to ``raw`` (goal >= 0.9)
+  open       one crop opened -> result (``Predictor.predict`` on a warm model), median, against one
+             batch-of-one forward pass of the two networks (goal <= 1.3x)
+  startup    (``--startup``) ``python -m trainer predict`` of one crop, start to exit, seconds
+             (goal <= 4 s), with ``python -c "import torch"`` as its floor
+  agreement  (``--agreement K``) K images predicted in float32 and in bfloat16: share of identical
+             decisions and the largest probability difference (bfloat16 is the default only where
+             this is >= 99.5 %)
+  rss        (``--rss K``) resident memory after every batch of K fields through the CLI path:
+             growth after the first 100 images (goal: flat)
+
+Without ``--model`` a stand-in bundle of the shipped architecture (DenseNet-121 + ResNet-34,
+224 px, nucleus block, one model per image kind) is trained on generated data first: speed does not
+depend on what the classifiers learnt. Keep N small on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# --code DIR measures the trainer package in DIR instead (e.g. an export of an older commit)
+CODE = Path(sys.argv[sys.argv.index("--code") + 1]).resolve() if "--code" in sys.argv else ROOT
+sys.path.insert(0, str(CODE))
+
+import trainer  # noqa: E402,F401  (OpenMP wait policy before torch)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def images_in(folder: str, n: int, seed: int = 0) -> list[Path]:
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(files))[:n]
+    return [files[i] for i in sorted(pick)]
+
+
+def stand_in_bundle(tmp: Path) -> str:
+    from trainer.config import TrainConfig
+    from trainer.pipeline import train
+    from trainer.synthetic import write_dataset
+
+    data = write_dataset(tmp / "data", layout="folders", n_per_class=12, size=64, seed=0, n_subjects=4,
+                         kind="mixed")
+    cfg = TrainConfig(data=str(data), layout="folders", image_size=224, weights="none", num_workers=0,
+                      batch_size=16, output=str(tmp / "stand_in.allmodel"), calibrate_on="validation")
+    return str(train(cfg).bundle_path)
+
+
+def load(model: str, precision: str | None):
+    from trainer.predictor import Predictor
+
+    try:
+        return Predictor.from_bundle(model, device="cpu", precision=precision)
+    except TypeError:  # a version without precision= (to measure the code before a change)
+        return Predictor.from_bundle(model, device="cpu")
+
+
+def raw_rate(predictor, batch: int = 32, repeats: int = 2) -> float:
+    ex = predictor.extractor
+    models = ex.models()
+    x = torch.randn(batch, 3, ex.image_size, ex.image_size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for m in models.values():
+            m(x[:2])
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for m in models.values():
+                m(x)
+    return batch * repeats / (time.perf_counter() - t0)
+
+
+def one_forward(predictor, repeats: int = 5) -> float:
+    ex = predictor.extractor
+    models = ex.models()
+    x = torch.randn(1, 3, ex.image_size, ex.image_size).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for m in models.values():
+                m(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cli_path(predictor, files: list[Path]) -> tuple[float, int, list]:
+    """(seconds, network passes, rows) of cli.classify_files on ``files``."""
+    from trainer.cli import classify_files
+
+    rows: list = []
+    t0 = time.perf_counter()
+    n_ok, n_err, _ = classify_files(predictor, files, dict(predictor.thresholds), rows.extend)
+    secs = time.perf_counter() - t0
+    passes = sum(1 for r in rows if "error" not in r)
+    return secs, passes, rows
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model")
+    ap.add_argument("--crops", required=True, help="folder of single-cell crops")
+    ap.add_argument("--fields", help="folder of smear fields")
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--precision", default=None, help="prediction precision (default: auto)")
+    ap.add_argument("--agreement", type=int, default=0)
+    ap.add_argument("--rss", type=int, default=0)
+    ap.add_argument("--startup", action="store_true")
+    ap.add_argument("--code", help="folder holding the trainer package to measure (default: this checkout)")
+    a = ap.parse_args(argv)
+
+    from trainer import cli
+    from trainer.features import cpu_has_bf16
+    out: dict = {"cpu_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads()}
+    tmp = Path(tempfile.mkdtemp(prefix="predict_bench_"))
+    model = a.model or stand_in_bundle(tmp)
+    out["model"] = model
+    pred = load(model, a.precision)
+    getattr(pred, "warm_up", lambda: None)()
+    out["precision"] = getattr(pred, "precision", "fp32")
+    fp32 = load(model, "fp32")
+
+    out["raw_fp32_img_s"] = raw = raw_rate(fp32)
+    crops = images_in(a.crops, a.n)
+    pred.predict(crops[0])
+    secs, passes, _ = cli_path(pred, crops)
+    out["crops_img_s"] = len(crops) / secs
+    out["crops_ratio_to_raw"] = out["crops_img_s"] / raw
+    if a.fields:
+        fields = images_in(a.fields, a.n)
+        secs, passes, _ = cli_path(pred, fields)
+        out["fields_passes_s"] = passes / secs
+        out["fields_ratio_to_raw"] = out["fields_passes_s"] / raw
+        out["fields_img_s"] = len(fields) / secs
+
+    from trainer.imageio import read_image
+
+    img = read_image(crops[0])
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        pred.predict(img)
+        times.append(time.perf_counter() - t0)
+    out["open_s"] = statistics.median(times)
+    out["one_forward_s"] = one_forward(pred)
+    out["one_forward_fp32_s"] = one_forward(fp32)
+    out["open_ratio_to_one_forward"] = out["open_s"] / out["one_forward_s"]
+
+    if a.agreement:
+        from trainer.results import decide  # noqa: F401
+
+        files = images_in(a.crops, a.agreement // 2, seed=1) + (
+            images_in(a.fields, a.agreement - a.agreement // 2, seed=1) if a.fields else [])
+        bf = load(model, "bf16")
+        same, diffs = 0, []
+        for start in range(0, len(files), cli.PREDICT_BATCH):
+            batch = files[start:start + cli.PREDICT_BATCH]
+            for r32, r16 in zip(fp32.predict_batch(batch), bf.predict_batch(batch)):
+                p32, p16 = r32.whole.probability, r16.whole.probability
+                diffs.append(abs(p32 - p16))
+                t = fp32.thresholds[r32.model]
+                same += (p32 >= t) == (p16 >= t)
+        out["agreement_images"] = len(files)
+        out["agreement_identical_decisions"] = same / len(files)
+        out["agreement_max_prob_diff"] = float(max(diffs))
+        out["agreement_mean_prob_diff"] = float(np.mean(diffs))
+
+    if a.rss and a.fields:
+        from trainer.cli import classify_files
+
+        files = images_in(a.fields, a.rss, seed=2)
+        trace = []
+
+        def emit(rows, seen=[0]):
+            seen[0] += sum(1 for r in rows if r.get("cell", "image") == "image" or "error" in r)
+            trace.append((seen[0], rss_mb()))
+
+        classify_files(pred, files, dict(pred.thresholds), emit)
+        after100 = [m for n, m in trace if n >= 100] or [trace[-1][1]]
+        out["rss_mb_at_100"] = after100[0]
+        out["rss_mb_end"] = trace[-1][1]
+        out["rss_images"] = trace[-1][0]
+        out["rss_growth_after_100_mb"] = trace[-1][1] - after100[0]
+
+    if a.startup:
+        env = dict(os.environ, PYTHONPATH=str(CODE))
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True, env=env)
+        out["startup_import_torch_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "trainer", "predict", "-m", model, str(crops[0]), "-o",
+                        str(tmp / "one.csv"), "-q"], check=True, env=env, capture_output=True)
+        out["startup_predict_one_s"] = time.perf_counter() - t0
+
+    for k, v in out.items():
+        print(f"{k:34s} {v:.4g}" if isinstance(v, float) else f"{k:34s} {v}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
