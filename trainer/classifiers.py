@@ -64,7 +64,9 @@ def fit_balanced(name: str, estimator, X: np.ndarray, y: np.ndarray, seed: int =
         return estimator.fit(X, y, sample_weight=compute_sample_weight("balanced", y))
     if name == "knn":
         Xb, yb = oversample(X, y, seed)
-        return estimator.fit(Xb, yb)
+        # KNN keeps its (oversampled) training rows: stored in float32 they take half the space in a
+        # model bundle, and distances to them differ only by float32 rounding
+        return estimator.fit(np.asarray(Xb, dtype=np.float32), yb)
     return estimator.fit(X, y)
 
 
