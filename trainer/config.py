@@ -40,7 +40,7 @@ class TrainConfig:
     pca_variance: float = 0.98
     classifiers: tuple[str, ...] = CLASSIFIER_NAMES
     calibration: str = "auto"           # "auto" (lower validation Brier), "platt" or "isotonic"
-    combiner: str = "stacked"           # ensemble score: "stacked" (see trainer.stacking) or "weighted" (eq. 8)
+    combiner: str = "weighted"          # ensemble score: "weighted" (eq. 8) or "stacked" (see trainer.stacking)
     block_l2: bool = False              # L2-normalise each feature block before fusion
     calibrate_on: str = "cross-fit"     # calibration + threshold data: "cross-fit" (OOF + validation) or "validation"
     nucleus_features: bool = True       # add the hand-crafted nucleus block (trainer.handcrafted)
