@@ -102,12 +102,12 @@ def test_calibrator_improves_brier_of_a_miscalibrated_score():
 
 def test_all_model_threshold_and_operating_point():
     feats, y = blobs(n=300, shift=0.35, pos_frac=0.68, seed=3)
-    m = fit_model(feats, y, np.arange(180), np.arange(180, 240), TrainConfig(seed=0))
+    m = fit_model(feats, y, np.arange(180), np.arange(180, 240), TrainConfig(seed=0, calibrate_on="cross-fit"))
     d = m.predict_details({k: v[240:] for k, v in feats.items()})
     acc = np.mean((d["calibrated"] >= m.threshold_) == y[240:])
     assert acc > 0.75
     sens, spec = m.operating_point(m.threshold_)
-    # cross-fit (default): out-of-fold scores of the 180 training rows and the 60 validation rows
+    # cross-fit: out-of-fold scores of the 180 training rows and the 60 validation rows
     # set the calibration and the threshold, and are what the operating point is read on
     assert m.calibrated_on_ == "cross-fit" and len(m.validation_["y"]) == 240
     assert np.array_equal(m.validation_["y"], np.concatenate([y[:180], y[180:240]]))
@@ -122,7 +122,7 @@ def test_all_model_threshold_and_operating_point():
 
 def test_calibration_on_the_validation_split_alone():
     feats, y = blobs(n=300, shift=0.35, pos_frac=0.68, seed=3)
-    cfg = TrainConfig(seed=0, calibrate_on="validation", combiner="weighted")
+    cfg = TrainConfig(seed=0)  # the defaults: eq. 8 weights, calibrated on the validation split
     m = fit_model(feats, y, np.arange(180), np.arange(180, 240), cfg)
     assert m.calibrated_on_ == "validation" and m.combiner_ == "weighted"
     assert np.array_equal(m.validation_["y"], y[180:240])
