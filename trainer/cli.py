@@ -42,6 +42,12 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _switch(group, flag: str, default: bool, help: str) -> None:
+    """An ``on|off`` option whose default comes from the config."""
+    group.add_argument(flag, choices=("on", "off"), default="on" if default else "off",
+                       help=f"{help} (default: %(default)s)")
+
+
 def _probability(text: str) -> float:
     try:
         v = float(text)
@@ -152,13 +158,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g.add_argument("--combiner", choices=COMBINERS, default=d.combiner,
                    help="ensemble score: weighted = the paper's eq. 8 weights (validation accuracy); stacked = "
-                        "a logistic regression on the classifiers' out-of-fold probabilities "
-                        "(default: %(default)s)")
-    g.add_argument("--nucleus-features", choices=("on", "off"), default="on" if d.nucleus_features else "off",
-                   help="add the hand-crafted nucleus block (morphology, GLCM/LBP texture, colour) beside "
-                        "the networks (default: %(default)s)")
-    g.add_argument("--block-l2", choices=("on", "off"), default="on" if d.block_l2 else "off",
-                   help="L2-normalise each feature block before fusion (default: %(default)s)")
+                        "a logistic regression with non-negative weights on the classifiers' out-of-fold "
+                        "probabilities (default: %(default)s)")
+    _switch(g, "--nucleus-features", d.nucleus_features,
+            "add the hand-crafted nucleus block (morphology, GLCM/LBP texture, colour) beside the networks")
+    _switch(g, "--block-l2", d.block_l2, "L2-normalise each feature block before fusion")
     g.add_argument("--stain", choices=STAIN_METHODS, default=d.stain,
                    help="colour normalisation before feature extraction, reference fitted on the training "
                         "images: none or reinhard (default: %(default)s)")
@@ -166,9 +170,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="data that set the calibration and the Youden threshold: cross-fit = out-of-fold scores "
                         "of the training split plus the validation split; validation = the validation split "
                         "alone (default: %(default)s)")
-    g.add_argument("--per-kind", choices=("on", "off"), default="on" if d.per_kind else "off",
-                   help="one calibrated model per image kind (single-cell crops, smear fields) "
-                        "(default: %(default)s)")
+    _switch(g, "--per-kind", d.per_kind, "one calibrated model per image kind (single-cell crops, smear fields)")
     g.add_argument("--cache-dir", default=default_cache_dir(),
                    help="feature cache folder (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")

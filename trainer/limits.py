@@ -64,12 +64,7 @@ def read_regular_file(path: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     except IsADirectoryError:
         raise NotARegularFile(errno.EISDIR, "it is a folder, not a file") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotARegularFile(errno.EINVAL, f"it is {_kind(st.st_mode)}, not a regular file")
-        if st.st_size > max_bytes:
-            raise ValueError(f"the file is too large ({format_bytes(st.st_size)}; "
-                             f"at most {format_bytes(max_bytes)} are read)")
+        _check_stat(os.fstat(fd), max_bytes)
         chunks, total = [], 0
         while True:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
@@ -87,7 +82,12 @@ def read_regular_file(path: str | os.PathLike | bytes, max_bytes: int) -> bytes:
 def check_regular_file(path: str | os.PathLike, max_bytes: int) -> int:
     """Size of ``path`` when it is a regular file of at most ``max_bytes``; raises like
     :func:`read_regular_file` otherwise (nothing is read, FIFOs are not opened)."""
-    st = os.stat(path)
+    return _check_stat(os.stat(path), max_bytes)
+
+
+def _check_stat(st: os.stat_result, max_bytes: int) -> int:
+    """``st.st_size`` when ``st`` is a regular file of at most ``max_bytes``; raises
+    NotARegularFile or ValueError otherwise."""
     if not stat.S_ISREG(st.st_mode):
         raise NotARegularFile(errno.EINVAL, f"it is {_kind(st.st_mode)}, not a regular file")
     if st.st_size > max_bytes:
