@@ -127,6 +127,12 @@ def image_kinds(paths, n_max: int = 200, seed: int = 0) -> dict[str, Any]:
     return {"single_cell": share, "field": 1.0 - share if checked else 0.0, "n_checked": checked}
 
 
+def _kind_shares(kinds: np.ndarray) -> dict[str, Any]:
+    """:func:`image_kinds`'s shares from already detected kinds (N,)."""
+    share = float(np.mean(kinds == "single_cell")) if kinds.size else 0.0
+    return {"single_cell": share, "field": 1.0 - share if kinds.size else 0.0, "n_checked": int(kinds.size)}
+
+
 def data_fingerprint(dataset: Dataset) -> str:
     """SHA-256 over every sample's file name, size and label (cheap; no image is read)."""
     h = hashlib.sha256()
@@ -315,10 +321,11 @@ def train(config: TrainConfig, progress: Progress | None = None,
 
     say(0.97, "Saving the model")
     probe = make_extractor(config, state_dicts)  # the networks alone: their fingerprint
+    probe.use_networks_of(extractor)             # the same networks, already built
     arrays.update(fingerprint.compute(probe))
     kind_model = KindModels(models=models)
     card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), probe, sections,
-                      finetune_history, notes)
+                      finetune_history, notes, kinds=kinds if config.per_kind else None)
     if overlap is not None:
         card["finetune_overlap"] = overlap
     bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,
@@ -387,12 +394,13 @@ def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model
 
 
 def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, extractor: FeatureExtractor,
-               sections: dict[str, dict], finetune_history=None, notes=()) -> dict:
+               sections: dict[str, dict], finetune_history=None, notes=(), kinds=None) -> dict:
     """JSON-able description of a model: data, method, split, per-kind models, intended use.
 
     ``sections`` maps each model key (``"single_cell"``, ``"field"`` or ``"any"``) to its
     :func:`model_section`. The top-level ``method`` and ``metrics`` repeat the first model's, so
-    readers of single-model cards keep working.
+    readers of single-model cards keep working. ``kinds`` (N,): each image's detected kind, when
+    already known; otherwise a sample of the training images is read to count them.
     """
     train_idx, val_idx, test_idx = splits
     groups = dataset.groups
@@ -411,7 +419,8 @@ def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, ext
             "source_class_counts": dataset.source_class_counts(), "n_groups": n_groups,
             "skipped_files": [[str(p), r] for p, r in dataset.skipped][:50],
             "n_skipped": len(dataset.skipped), "fingerprint": data_fingerprint(dataset),
-            "image_kinds": image_kinds([dataset.paths[i] for i in train_idx], seed=config.seed),
+            "image_kinds": (image_kinds([dataset.paths[i] for i in train_idx], seed=config.seed) if kinds is None
+                            else _kind_shares(np.asarray(kinds)[train_idx])),
         },
         "split": {"protocol": protocol, "seed": config.seed, "fractions": list(config.fractions),
                   "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
