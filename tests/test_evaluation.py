@@ -269,7 +269,7 @@ def test_variant_ablation_is_scored_per_image_kind_with_subject_intervals():
                for i in range(n)]
     subject_effect = {g: rng.normal(0, 0.3) for g in set(groups)}
     base = np.array([y[i] * 1.0 + subject_effect[groups[i]] for i in range(n)])[:, None]
-    sets = {"networks": {"resnet34": (base + rng.normal(0, 1.0, (n, 16))).astype(np.float32)},
+    sets = {"networks": {"resnet34": (0.3 * base + rng.normal(0, 1.0, (n, 16))).astype(np.float32)},
             "nucleus": {"nucleus": (base + rng.normal(0, 0.5, (n, 8))).astype(np.float32)}}
     cfg = TrainConfig(seed=0, classifiers=("svm", "knn", "mlp"))
     out = evaluate_variants(sets, samples, kinds, cfg, n_folds=3, n_boot=200)
