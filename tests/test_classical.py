@@ -122,7 +122,7 @@ def test_all_model_threshold_and_operating_point():
 
 def test_calibration_on_the_validation_split_alone():
     feats, y = blobs(n=300, shift=0.35, pos_frac=0.68, seed=3)
-    cfg = TrainConfig(seed=0)  # the defaults: eq. 8 weights, calibrated on the validation split
+    cfg = TrainConfig(seed=0, calibrate_on="validation")  # eq. 8 weights (default), validation split only
     m = fit_model(feats, y, np.arange(180), np.arange(180, 240), cfg)
     assert m.calibrated_on_ == "validation" and m.combiner_ == "weighted"
     assert np.array_equal(m.validation_["y"], y[180:240])

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import platform
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -225,19 +226,18 @@ def _verified(zf: zipfile.ZipFile, manifest: dict, name: str, path: Path) -> byt
 
 
 def _load_model(data: bytes, path: Path):
+    """Rebuild the pickled-free model part; only allgui's own types, the scikit-learn internals it
+    needs and skops' defaults are accepted (one pass: skops audits the types while loading)."""
     import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
-        untrusted = skops.io.get_untrusted_types(data=data)
-    except Exception as e:  # malformed skops payload
-        raise BundleError(f"{path.name}: the model part cannot be read ({e}).") from None
-    foreign = [t for t in untrusted if t not in OWN_TYPES and t not in SKLEARN_INTERNALS]
-    if foreign:
+        return skops.io.loads(data, trusted=sorted(OWN_TYPES | SKLEARN_INTERNALS))
+    except UntrustedTypesFoundException as e:
+        found = re.findall(r"'([^']+)'", str(e)) or [str(e)]
         raise BundleError(f"{path.name} contains object types allgui does not load: "
-                          f"{', '.join(sorted(foreign)[:5])}. It was not written by allgui.")
-    try:
-        return skops.io.loads(data, trusted=untrusted)
-    except Exception as e:
+                          f"{', '.join(sorted(found)[:5])}. It was not written by allgui.") from None
+    except Exception as e:  # malformed skops payload
         raise BundleError(f"{path.name}: the model part cannot be reconstructed ({e}).") from None
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     calibration: str = "auto"           # "auto" (lower validation Brier), "platt" or "isotonic"
     combiner: str = "weighted"          # ensemble score: "weighted" (eq. 8) or "stacked" (see trainer.stacking)
     block_l2: bool = False              # L2-normalise each feature block before fusion
-    calibrate_on: str = "validation"    # calibration + threshold data: "validation" or "cross-fit" (OOF + validation)
+    calibrate_on: str = "cross-fit"     # calibration + threshold data: "validation" or "cross-fit" (OOF + validation)
     nucleus_features: bool = True       # add the hand-crafted nucleus block (trainer.handcrafted)
     stain: str = "none"                 # colour normalisation before every block: "none" or "reinhard"
     per_kind: bool = True               # one model per image kind (single-cell crops, smear fields)

@@ -46,7 +46,7 @@ class AllModel(BaseEstimator):
     def __init__(self, backbones: tuple[str, ...] = BACKBONE_NAMES, pca: bool = True,
                  pca_variance: float = 0.98, classifiers: tuple[str, ...] = CLASSIFIER_NAMES,
                  calibration: str = "auto", seed: int = 0, combiner: str = "weighted",
-                 block_l2: bool = False, calibrate_on: str = "validation"):
+                 block_l2: bool = False, calibrate_on: str = "cross-fit"):
         self.backbones = backbones
         self.pca = pca
         self.pca_variance = pca_variance
