@@ -5,18 +5,26 @@ Moving the slider only sets ``state.threshold``; every view re-decides from cach
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
-    QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
 )
 
 from allgui.imaging import DECISION_COLOURS, probability_colour
-from allgui.state import AppState
-from trainer.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
+from allgui.qtutil import signals_blocked
+from allgui.state import AppState, Topic
+from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
 
 SLIDER_STEPS = 1000
 RESEARCH_NOTE = "Research use only \u2014 not for clinical diagnosis."
@@ -97,7 +105,7 @@ class SidePanel(QWidget):
     def __init__(self, state: AppState, parent=None) -> None:
         super().__init__(parent)
         self.state = state
-        self.predictor = None  # the loaded model (trainer.predictor.Predictor or alike), or None
+        self.predictor = None  # the loaded model (trainer.inference.predictor.Predictor or alike), or None
         self._roc_key: str | None = None
         self.setMinimumWidth(360)
         lay = QVBoxLayout(self)
@@ -196,8 +204,8 @@ class SidePanel(QWidget):
         lay.addStretch(1)
 
         self.slider.valueChanged.connect(lambda v: state.set_threshold(v / SLIDER_STEPS))
-        for topic, cb in (("current", self.refresh), ("prediction", self._on_prediction),
-                          ("selection", self.refresh), ("threshold", self.on_threshold), ("model", self.refresh)):
+        for topic, cb in ((Topic.CURRENT, self.refresh), (Topic.PREDICTION, self._on_prediction),
+                          (Topic.SELECTION, self.refresh), (Topic.THRESHOLD, self.on_threshold), (Topic.MODEL, self.refresh)):
             state.subscribe(topic, cb)
         self.on_threshold()
 
@@ -246,13 +254,11 @@ class SidePanel(QWidget):
         st = self.state
         pos = int(round(st.threshold * SLIDER_STEPS))
         if self.slider.value() != pos:
-            self.slider.blockSignals(True)
-            self.slider.setValue(pos)
-            self.slider.blockSignals(False)
+            with signals_blocked(self.slider):
+                self.slider.setValue(pos)
         if abs(self.band.value() - st.band) > 1e-9:
-            self.band.blockSignals(True)
-            self.band.setValue(st.band)
-            self.band.blockSignals(False)
+            with signals_blocked(self.band):
+                self.band.setValue(st.band)
         self.value.setText(f"{st.threshold:.3f}")
         key = st.active_model
         name = MODEL_NAMES.get(key, key)

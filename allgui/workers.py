@@ -4,7 +4,7 @@ a child process (retraining: Cancel terminates it at once and a crash cannot tak
 
 The work is a plain function ``fn(*args, progress=..., cancel=..., emit=...)``:
   progress(fraction 0..1, message)   report progress
-  cancel() -> bool                   True once the user asked to stop (raise trainer.errors.Cancelled)
+  cancel() -> bool                   True once the user asked to stop (raise trainer.util.errors.Cancelled)
   emit(obj)                          hand a partial result to the window (signal ``partial``)
 Its return value arrives with ``finished``; an exception arrives as ``failed(message)``
 (the message of an AllguiError as it is, anything else with its type), Cancelled as ``cancelled``.
@@ -16,11 +16,12 @@ import multiprocessing as mp
 import queue as queue_mod
 import threading
 import traceback
+import warnings
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Qt, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal, Slot
 
-from trainer.errors import AllguiError, Cancelled
+from trainer.util.errors import AllguiError, Cancelled
 
 
 def error_message(exc: BaseException) -> str:
@@ -54,6 +55,17 @@ class Task(QObject):
 
     def is_cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    def disconnect_all(self) -> None:
+        """Disconnect every receiver: a superseded task runs out unheard, its result dropped."""
+        for signal in (self.progress, self.log, self.partial, self.finished, self.failed, self.cancelled,
+                       self.done):
+            with warnings.catch_warnings():  # PySide6 warns when a signal had no receiver
+                warnings.simplefilter("ignore", RuntimeWarning)
+                try:
+                    signal.disconnect()
+                except (RuntimeError, TypeError):
+                    pass
 
     def start(self) -> "Task":
         raise NotImplementedError
