@@ -8,7 +8,7 @@ from scipy import stats as sps
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from trainer.classical.model import fit_model, subset
-from trainer.config import TrainConfig
+from trainer.config import FinetuneConfig, TrainConfig
 from trainer.evaluation import (
     ENSEMBLE,
     ENSEMBLE_CAL,
@@ -205,7 +205,7 @@ def test_report_compares_frozen_and_finetuned_features(tmp_path):
                          n_subjects=5)
     cfg = TrainConfig(data=str(root), backbones=("resnet34",), image_size=32, batch_size=8,
                       num_workers=0, device="cpu", classifiers=("knn", "svm"), seed=0,
-                      finetune_epochs=1)
+                      finetuning=FinetuneConfig(epochs=1))
     out = run_evaluation(cfg, tmp_path / "report", n_boot=50, n_folds=2, protocols=("subject",),
                          ablation=False, finetune_ablation=True)
     ft = json.loads(out.json_path.read_text())["finetune_ablation"]

@@ -5,10 +5,8 @@ import csv
 import io
 import json
 import os
-import shutil
 import time
 import zipfile
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -13,8 +13,6 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from trainer.config import COMBINERS  # noqa: E402  (one definition, light to import)
-
 _EPS = 1e-4
 
 

@@ -23,7 +23,7 @@ def run(a) -> int:
     from trainer.training.pipeline import train  # torch and the models load only when training
     check_model_args(a)
     check_output_file(a.output, "-o/--output")
-    config = config_from_args(a)
+    config = config_from_args(a).validate()
     bar = ProgressBar(a.quiet)
     try:
         result = train(config, progress=bar)

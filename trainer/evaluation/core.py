@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainer.config import TrainConfig
+from trainer.config import PROTOCOLS, TrainConfig
 from trainer.io.splits import one_sided_strata, source_strata, stratum_name
 from trainer.stats import metrics as M
 from trainer.stats.significance import compare_folds, holm
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"                # paper, eq. 8: weighted hard vote, score = weighted soft vote
 ENSEMBLE_CAL = "ensemble_calibrated"  # calibrated probability at the validation Youden threshold
-PROTOCOLS = ("image", "subject")
 PROTOCOL_LABELS = {"image": "image-level random split (paper)",
                    "subject": "subject-level grouped split"}
 CV_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")

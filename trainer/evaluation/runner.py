@@ -37,11 +37,11 @@ def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, ca
     classifiers = ("ensemble", "logreg")
     out = frozen_vs_finetuned(dataset.paths, dataset.labels, tr, va, te, config, classifiers=classifiers,
                               device=config.device, progress=progress, cancel=cancel,
-                              checkpoint_dir=config.finetune_checkpoint_dir)
+                              checkpoint_dir=config.finetuning.checkpoint_dir)
     histories = {b: {k: v for k, v in h.items() if k != "config"} for b, h in out["histories"].items()}
     return {"protocol": protocol, "weights": str(config.weights), "classifiers": list(classifiers),
             "frozen": out["frozen"], "finetuned": out["finetuned"], "histories": histories,
-            "seconds": out["seconds"], "epochs": config.finetune_epochs}
+            "seconds": out["seconds"], "epochs": config.finetuning.epochs}
 
 
 def _variant_ablation(dataset, feats, config: TrainConfig, protocol: str, n_folds: int, n_boot: int,
@@ -98,6 +98,7 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     from trainer.util.progress import stage
 
     t0 = time.perf_counter()
+    config.validate()
     say = progress or (lambda f, m: None)
     say(0.0, f"Reading {Path(config.data).name}")
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)

@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from trainer.config import PROTOCOLS
 from trainer.util.errors import DataError
 
-PROTOCOLS: tuple[str, ...] = ("subject", "image")
 _SPLIT_NAMES = ("train", "validation", "test")
 _BINARY_NAMES = {0: "normal", 1: "ALL"}
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.config import FinetuneConfig
 from trainer.util.errors import AllguiError
 
 CHECKPOINT_FORMAT = "allgui-finetune-checkpoint/1"
@@ -88,8 +87,10 @@ def data_fingerprint(items: Sequence, labels: Sequence[int]) -> str:
     return h.hexdigest()
 
 
-def run_key(name: str, cfg: FinetuneConfig, world_size: int, train_fp: str, val_fp: str) -> str:
-    d = cfg.to_dict()
+def run_key(name: str, settings: Mapping[str, Any], world_size: int, train_fp: str, val_fp: str) -> str:
+    """What identifies a run: backbone, world size, data and the settings that change its result
+    (``settings``: :meth:`trainer.config.TrainConfig.finetune_summary`)."""
+    d = settings
     text = json.dumps({"backbone": name, "world_size": world_size, "train": train_fp, "val": val_fp,
                        **{k: d[k] for k in RUN_FIELDS}}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -39,6 +39,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -46,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.config import FinetuneConfig, as_finetune_config
+from trainer.config import MIN_IMAGE_SIZE, ConfigError, FinetuneConfig, TrainConfig, as_train_config
 from trainer.training.checkpoints import (
     CHECKPOINT_FORMAT,
     EarlyStopping,
@@ -159,7 +160,7 @@ def _labels(train_labels, val_labels) -> tuple[np.ndarray, np.ndarray, int, int]
     return y_train, y_val, n_pos, n_neg
 
 
-def _network(name: str, cfg: FinetuneConfig, report: Progress | None) -> tuple[nn.Module, str]:
+def _network(name: str, cfg: SimpleNamespace, report: Progress | None) -> tuple[nn.Module, str]:
     """Backbone + Linear(D, 1) head, trainable, and what it started from: ImageNet weights when asked
     for and available, else from scratch (the issue's rule)."""
     init = str(cfg.weights)
@@ -202,10 +203,10 @@ class _Run:
         self.best_state = ckpt["best_model"] if ckpt["best_model"] is not None else ckpt["model"]
         self.epoch = int(ckpt["epoch"])
 
-    def checkpoint(self, name: str, key: str, cfg: FinetuneConfig, improved: bool) -> dict[str, Any]:
+    def checkpoint(self, name: str, key: str, settings: dict[str, Any], improved: bool) -> dict[str, Any]:
         """Everything :meth:`resume` needs, tensors and plain containers only."""
         return {
-            "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": key, "config": cfg.to_dict(),
+            "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": key, "config": settings,
             "epoch": self.epoch, "model": self.best_state if improved else cpu_state(self.model),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "stopper": self.stopper.state_dict(),
@@ -246,7 +247,7 @@ def finetune_backbone(
     train_labels: Sequence[int],
     val_items: Sequence,
     val_labels: Sequence[int],
-    cfg: FinetuneConfig | Any = None,
+    cfg: TrainConfig | FinetuneConfig | Any = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
@@ -266,8 +267,10 @@ def finetune_backbone(
         Image paths or RGB uint8 arrays (H, W, 3).
     train_labels, val_labels : sequence of int
         0 = normal, 1 = ALL.
-    cfg : FinetuneConfig, TrainConfig or dict, optional
-        The run's settings (default: the paper's).
+    cfg : TrainConfig, FinetuneConfig or dict, optional
+        The run's settings: the config's ``finetuning`` part with its image size, gamma, initial
+        weights, seed and workers (a FinetuneConfig alone: with the default TrainConfig; default:
+        the paper's set-up).
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"`` or a device.
     progress, cancel : callable, optional
@@ -297,8 +300,12 @@ def finetune_backbone(
     AllguiError
         When training diverges.
     """
-    cfg = as_finetune_config(cfg)
-    cfg.validate()
+    config = as_train_config(cfg)
+    config.finetuning.validate()
+    if int(config.image_size) < MIN_IMAGE_SIZE:
+        raise ConfigError(f"Image size must be at least {MIN_IMAGE_SIZE} pixels, not {config.image_size}.")
+    settings = config.finetune_summary()
+    cfg = SimpleNamespace(**settings)  # the flat settings of this run, read below
     if name not in BACKBONES:
         raise AllguiError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
     y_train, y_val, n_pos, n_neg = _labels(train_labels, val_labels)
@@ -335,7 +342,7 @@ def finetune_backbone(
 
     # ---- resume
     ckpt_file = checkpoint_path(checkpoint_dir, name) if checkpoint_dir is not None else None
-    key = run_key(name, cfg, info.world_size, data_fingerprint(train_items, y_train),
+    key = run_key(name, settings, info.world_size, data_fingerprint(train_items, y_train),
                   data_fingerprint(val_items, y_val))
     ckpt = _checkpoint_to_resume(ckpt_file, key, resume, info, dev, name, report)
     if ckpt is not None:
@@ -378,7 +385,7 @@ def finetune_backbone(
             improved = _end_epoch(run, name, totals, n_images * info.world_size, time.perf_counter() - t0,
                                   epochs, report)
             if ckpt_file is not None and info.is_main:
-                atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, cfg, improved)))
+                atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, settings, improved)))
             barrier()
             if totals[5] > 0:  # distributed cancel: every rank stops after the same epoch
                 raise Cancelled(f"Fine-tuning {name} was cancelled.")
@@ -391,7 +398,7 @@ def finetune_backbone(
         "stopped_early": run.stopper.should_stop and len(run.history["epoch"]) < epochs,
         "resumed_from_epoch": resumed_from, "pos_weight": n_neg / n_pos, "device": str(dev),
         "amp": str(amp).replace("torch.", "") if amp is not None else "off",
-        "world_size": info.world_size, "config": cfg.to_dict(),
+        "world_size": info.world_size, "config": settings,
     })
     return backbone_state, run.history
 
@@ -426,7 +433,7 @@ def finetune_backbones(
     train_labels: Sequence[int],
     val_items: Sequence,
     val_labels: Sequence[int],
-    cfg: FinetuneConfig | Any = None,
+    cfg: TrainConfig | FinetuneConfig | Any = None,
     backbones: Sequence[str] | None = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
@@ -437,11 +444,11 @@ def finetune_backbones(
     """Fine-tune every backbone in turn; returns ``({name: state_dict}, {name: history})``.
 
     ``backbones`` defaults to ``cfg.backbones`` for a TrainConfig, else both paper backbones.
-    ``checkpoint_dir`` defaults to a TrainConfig's ``finetune_checkpoint_dir``. Under torchrun the
+    ``checkpoint_dir`` defaults to the config's ``finetuning.checkpoint_dir``. Under torchrun the
     process group is joined first (see ``setup_distributed``).
     """
     if checkpoint_dir is None:
-        checkpoint_dir = getattr(cfg, "finetune_checkpoint_dir", None)
+        checkpoint_dir = getattr(getattr(cfg, "finetuning", cfg), "checkpoint_dir", None)
     if backbones is None:
         backbones = tuple(getattr(cfg, "backbones", None) or ("densenet121", "resnet34"))
     setup_distributed(str(device))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from trainer.classical.model import AllModel, KindModels, fit_model, subset
-from trainer.config import TrainConfig
+from trainer.config import PROTOCOLS, TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import CLASS_NAMES, Dataset, load_dataset, merge_datasets, split_train_val_test
@@ -79,7 +79,7 @@ def make_extractor(config: TrainConfig, state_dicts=None, backbones=None,
 def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
     if config.split == "auto":
         return "subject" if dataset.groups is not None else "image"
-    if config.split not in ("subject", "image"):
+    if config.split not in PROTOCOLS:
         raise DataError(f"Unknown split protocol '{config.split}'; use subject, image or auto.")
     if config.split == "subject" and dataset.groups is None:
         raise DataError("A subject-level split needs subject or group ids, and this data has none. "
@@ -258,6 +258,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
     continues (the others return None).
     """
     t0 = time.perf_counter()
+    config.validate()
     say = progress or (lambda f, m: None)
     say(0.0, f"Reading {config.data}")
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)

@@ -14,7 +14,6 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from trainer.config import STAIN_METHODS  # noqa: E402  (one definition, light to import)
 from trainer.vision.segmentation import BLACK_LEVEL
 
 _MIN_STD = 1e-3  # Lab units; guards flat images
