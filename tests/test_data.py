@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.io.data import Dataset, Sample, detect_layout, load_dataset, parse_cnmc_subject
+from trainer.io.data import detect_layout, load_dataset, parse_cnmc_subject
+from trainer.io.samples import Dataset, Sample
 from trainer.io.splits import cv_folds, default_protocol, max_folds, split_train_val_test
 from trainer.util.errors import DataError
 

@@ -17,7 +17,8 @@ from trainer.evaluation import (
     run_evaluation,
     write_report,
 )
-from trainer.io.data import Sample, split_train_val_test
+from trainer.io.samples import Sample
+from trainer.io.splits import split_train_val_test
 from trainer.util.errors import Cancelled
 
 CLASSIFIERS = ("svm", "knn", "mlp")  # the slow tree ensembles are left out to keep tests fast

@@ -167,7 +167,7 @@ def _inner_split(samples, train: np.ndarray, protocol: str, fractions, seed: int
     """Split a CV training fold into (fit rows, validation rows) in the configured train :
     validation proportion, with the same protocol (groups never straddle), stratified by label x
     source class where the groups allow it (as the held-out split is)."""
-    from trainer.io.data import split_train_val_test
+    from trainer.io.splits import split_train_val_test
     f_tr, f_va = float(fractions[0]), float(fractions[1])
     part = [samples[i] for i in train]
     fit_i, val_i, _ = split_train_val_test(part, protocol=protocol,
@@ -211,7 +211,7 @@ def cv_plan(samples, protocol: str, n_folds: int, config: TrainConfig
     entirely on one side: all in a test fold (that fold trains on none of it), absent from a test
     fold, or, within a training fold, all in the fit or all in the validation rows.
     """
-    from trainer.io.data import cv_folds
+    from trainer.io.splits import cv_folds
     strata = source_strata(samples)
     folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed, strata=strata)
     plan, warnings = [], []
@@ -238,7 +238,7 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
     per-fold accuracy and AUC with each classifier's; each test's p-values are also given
     Holm-adjusted (``p_value_holm``) over the family of classifiers x metrics.
     """
-    from trainer.io.data import max_folds
+    from trainer.io.splits import max_folds
     note = ""
     feasible = max_folds(samples, protocol=protocol)
     if feasible < n_folds:

@@ -7,8 +7,8 @@ Two protocols:
 * ``'subject'``: grouped by subject/group id, no group on two sides, each side as close to the
   class proportions as the groups allow.
 
-All functions take labels as an array, a list of :class:`trainer.io.data.Sample` or a
-:class:`trainer.io.data.Dataset` (then the groups come from it too), and return sorted int64
+All functions take labels as an array, a list of :class:`trainer.io.samples.Sample` or a
+:class:`trainer.io.samples.Dataset` (then the groups come from it too), and return sorted int64
 index arrays into it.
 """
 from __future__ import annotations

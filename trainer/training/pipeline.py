@@ -18,7 +18,9 @@ from trainer.classical.model import AllModel, KindModels, fit_model, subset
 from trainer.config import PROTOCOLS, TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
 from trainer.inference.results import MODEL_NAMES
-from trainer.io.data import CLASS_NAMES, Dataset, load_dataset, merge_datasets, split_train_val_test
+from trainer.io.data import load_dataset, merge_datasets
+from trainer.io.samples import CLASS_NAMES, Dataset
+from trainer.io.splits import split_train_val_test
 from trainer.stats import metrics
 from trainer.training.distributed import is_main_process
 from trainer.training.finetune import finetune_backbones
