@@ -1,5 +1,6 @@
 """Data folders (C-NMC and class-folder layouts, labels.csv) and the seeded splits."""
 import csv
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -376,3 +377,15 @@ def test_split_with_strata_keeps_small_source_classes_in_training():
         for part in (tr, va, te):
             assert {"0:hem", "1:all"} <= set(strata[part])
         assert not set(groups[tr]) & set(groups[te]) and not set(groups[va]) & set(groups[te])
+
+
+def test_one_answer_to_whether_every_sample_has_a_group():
+    from trainer.io.samples import Sample, group_ids, sample_groups
+    from trainer.io.splits import default_protocol
+
+    assert list(group_ids(["a", "b"])) == ["a", "b"]
+    for missing in ([], ["a", None], ["a", ""], ["a", float("nan")], None):
+        assert group_ids(missing) is None
+        assert default_protocol(missing) == "image"
+    s = [Sample(Path("x.png"), 1, "ALL", "s1"), Sample(Path("y.png"), 0, "hem", None)]
+    assert sample_groups(s) is None and sample_groups(s[:1]).tolist() == ["s1"]

@@ -295,3 +295,13 @@ def test_variant_ablation_is_scored_per_image_kind_with_subject_intervals():
         assert with_nucleus > paper
     text = "\n".join(_variants_md(out))
     assert "single-cell crops: 60 images, 6 ALL / 6 normal subjects" in text and "group)" in text
+
+
+def test_one_conversion_to_plain_values_for_json_and_for_the_app():
+    from trainer.util.plain import to_jsonable, to_plain
+
+    a = np.array([1.0, np.nan])
+    data = {1: (np.int64(2), np.float32(np.inf), a, np.bool_(True), Path("p"))}
+    assert to_jsonable(data) == {"1": [2, None, [1.0, None], True, "p"]}
+    kept = to_plain(data, keep_arrays=True, strict_json=False)["1"]
+    assert kept[2] is a and kept[1] == float("inf")

@@ -13,7 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from trainer.classical.model import fit_model, subset
+from trainer.classical.scoring import ENSEMBLE, ENSEMBLE_CAL, score_report
 from trainer.config import PROTOCOLS, TrainConfig
+from trainer.io.samples import sample_groups
 from trainer.io.splits import one_sided_strata, source_strata, stratum_name
 from trainer.stats import metrics as M
 from trainer.stats.significance import compare_folds, holm
@@ -23,8 +26,6 @@ from trainer.util.progress import CancelCheck, Progress
 log = logging.getLogger(__name__)
 
 
-ENSEMBLE = "ensemble"                # paper, eq. 8: weighted hard vote, score = weighted soft vote
-ENSEMBLE_CAL = "ensemble_calibrated"  # calibrated probability at the validation Youden threshold
 PROTOCOL_LABELS = {"image": "image-level random split (paper)",
                    "subject": "subject-level grouped split"}
 CV_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -82,35 +83,17 @@ def _group_leak(groups: np.ndarray | None, train: np.ndarray, test: np.ndarray) 
     return float(np.mean([g in seen for g in groups[test]]))
 
 
-def _fit(feats, y, train, val, config, backbones=None, pca=None):
-    from trainer.classical.model import fit_model
-    return fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
-
-
-def _subset_rows(feats: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v)[idx] for k, v in feats.items()}
-
-
 def _score_rows(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int, seed: int,
                 curves: bool, groups: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics per classifier and for the two ensemble read-outs; optionally their curves.
     ``groups`` (len(y),) subject ids make every AUC interval a group bootstrap."""
-    names = list(model.classifier_names_)
-    rows: dict[str, Any] = {}
-    curve: dict[str, Any] = {}
-    both = _both(y)
-    for i, name in enumerate(names):
-        p = det["probabilities"][:, i]
-        rows[name] = M.binary_report(y, p, 0.5, n_boot, seed, pred=det["votes"][:, i], groups=groups)
-        if curves and both:
-            curve[name] = _curves(y, p)
-    rows[ENSEMBLE] = M.binary_report(y, det["raw"], 0.5, n_boot, seed,
-                                     pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
+    rows = score_report(model, det, y, n_boot, seed, groups)
     rows[ENSEMBLE]["rule"] = "weighted hard vote > 0.5 (eq. 8); ranking metrics on the soft vote"
-    rows[ENSEMBLE_CAL] = M.binary_report(y, det["calibrated"], model.threshold_, n_boot, seed,
-                                         groups=groups)
     rows[ENSEMBLE_CAL]["rule"] = "calibrated probability >= validation Youden threshold"
-    if curves and both:
+    curve: dict[str, Any] = {}
+    if curves and _both(y):
+        for i, name in enumerate(model.classifier_names_):
+            curve[name] = _curves(y, det["probabilities"][:, i])
         curve[ENSEMBLE] = _curves(y, det["raw"])
     return rows, curve
 
@@ -129,10 +112,10 @@ def evaluate_holdout(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.nda
     bootstrap); ``auc_tests`` carry Holm-adjusted p-values (``p_value_holm``) over the classifiers.
     """
     train, val, test = (np.asarray(a, dtype=int) for a in split)
-    model = _fit(feats, y, train, val, config, backbones, pca)
+    model = fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
     yt = y[test]
     gt = None if groups is None else np.asarray(groups, dtype=object)[test]
-    det = model.predict_details(_subset_rows(feats, test))
+    det = model.predict_details(subset(feats, test))
     rows, curve = _score_rows(model, det, yt, n_boot, config.seed, curves, gt)
     out: dict[str, Any] = {
         "split": {"n_train": int(train.size), "n_val": int(val.size), "n_test": int(test.size),
@@ -253,9 +236,9 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
         if steps:
             steps.step(f"{protocol} split: cross-validation fold {k + 1}/{len(folds)}")
         tr = np.concatenate([fit_i, val_i])
-        model = _fit(feats, y, fit_i, val_i, config)
+        model = fit_model(feats, y, fit_i, val_i, config)
         names = list(model.classifier_names_)
-        det = model.predict_details(_subset_rows(feats, te))
+        det = model.predict_details(subset(feats, te))
         rows, _ = _score_rows(model, det, y[te], 0, config.seed, curves=False)
         per_fold.append({"fold": k + 1, "n_train": int(tr.size), "n_test": int(te.size),
                          "n_test_positive": int(y[te].sum()),
@@ -333,8 +316,7 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     """
     from trainer.training.pipeline import split_dataset
     y = np.array([int(s.label) for s in samples], dtype=int)
-    gl = [getattr(s, "group", None) for s in samples]
-    groups = None if any(g in (None, "") for g in gl) else np.array(gl, dtype=object)
+    groups = sample_groups(samples)
     if not _both(y):
         raise DataError("Evaluation needs images of both classes (normal and ALL).")
     for b, f in feats.items():

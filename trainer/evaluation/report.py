@@ -8,32 +8,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trainer.evaluation import figures as F
 from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
 from trainer.util.atomic import atomic_write
+from trainer.util.plain import to_jsonable
 
 PAPER_ORDER = ("knn", "adaboost", "svm", "rf", "mlp")
 ALPHA = 0.05
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types; NaN and infinities become None (strict JSON has neither)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    return obj
 
 
 # --------------------------------------------------------------------------- formatting

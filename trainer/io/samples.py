@@ -13,6 +13,24 @@ import numpy as np
 CLASS_NAMES: tuple[str, str] = ("normal", "ALL")
 
 
+def group_ids(groups: Iterable | None) -> np.ndarray | None:
+    """(N,) object array of subject/group ids, or None unless every one is known (not None, "" or NaN).
+
+    The one answer to "do all samples have groups?": splits, training and evaluation all ask it here.
+    """
+    if groups is None:
+        return None
+    g = list(groups)
+    if not g or any(x is None or x == "" or (isinstance(x, float) and np.isnan(x)) for x in g):
+        return None
+    return np.array(g, dtype=object)
+
+
+def sample_groups(samples: Iterable) -> np.ndarray | None:
+    """:func:`group_ids` of the ``group`` of each sample (objects with a ``group`` attribute)."""
+    return group_ids([getattr(s, "group", None) for s in samples])
+
+
 @dataclass(frozen=True)
 class Sample:
     """One labelled image.
@@ -64,10 +82,7 @@ class Dataset:
     @property
     def groups(self) -> np.ndarray | None:
         """(N,) object array of group ids, or None unless every sample has one."""
-        g = [s.group for s in self.samples]
-        if not g or any(x is None or x == "" for x in g):
-            return None
-        return np.array(g, dtype=object)
+        return sample_groups(self.samples)
 
     def class_counts(self) -> dict[str, int]:
         """Images per binary class, e.g. ``{'normal': 200, 'ALL': 1000}``."""

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from trainer.config import PROTOCOLS
+from trainer.io.samples import group_ids, sample_groups
 from trainer.util.errors import DataError
 
 _SPLIT_NAMES = ("train", "validation", "test")
@@ -27,12 +28,7 @@ _BINARY_NAMES = {0: "normal", 1: "ALL"}
 
 def default_protocol(groups: Sequence | np.ndarray | None) -> str:
     """'subject' when every sample has a group id, else 'image'."""
-    if groups is None:
-        return "image"
-    g = list(groups)
-    if not g or any(x is None or (isinstance(x, float) and np.isnan(x)) or x == "" for x in g):
-        return "image"
-    return "subject"
+    return "image" if group_ids(groups) is None else "subject"
 
 
 def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None, *,
@@ -251,8 +247,7 @@ def _labels_groups(data: Any, groups) -> tuple[np.ndarray, np.ndarray | None]:
     if samples is not None:
         labels = np.array([s.label for s in samples])
         if groups is None:
-            g = [s.group for s in samples]
-            groups = None if default_protocol(g) == "image" else np.array(g, dtype=object)
+            groups = sample_groups(samples)
     else:
         labels = np.asarray(data)
     if labels.ndim != 1 or len(labels) == 0:

@@ -15,13 +15,13 @@ from typing import Any, Callable
 import numpy as np
 
 from trainer.classical.model import AllModel, KindModels, fit_model, subset
+from trainer.classical.scoring import score_report
 from trainer.config import PROTOCOLS, TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import load_dataset, merge_datasets
 from trainer.io.samples import CLASS_NAMES, Dataset
 from trainer.io.splits import split_train_val_test
-from trainer.stats import metrics
 from trainer.training.distributed import is_main_process
 from trainer.training.finetune import finetune_backbones
 from trainer.training.weights import finetune_overlap
@@ -150,25 +150,13 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
                    seed: int = 0, groups=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics of every classifier and of the ensemble on one split, plus its score arrays.
+    """Metrics of every classifier and of the ensemble on one split (the evaluation report's
+    :func:`~trainer.classical.scoring.score_report`), plus its score arrays.
 
-    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects (group bootstrap,
-    see :func:`trainer.stats.metrics.bootstrap_auc_ci`), else images.
-
-    Names follow the evaluation report: each classifier at its own decision rule; ``ensemble``
-    is the paper's weighted hard vote (eq. 8) with AUC, AP and Brier from the weighted soft
-    vote; ``ensemble_calibrated`` is the calibrated probability at the model's threshold, the
-    rule the app applies.
+    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects, else images.
     """
     det = model.predict_details(feats)
-    out: dict[str, Any] = {}
-    for j, name in enumerate(model.classifier_names_):
-        out[name] = metrics.binary_report(y, det["probabilities"][:, j], 0.5, n_boot=n_boot, seed=seed,
-                                          pred=det["votes"][:, j], groups=groups)
-    out["ensemble"] = metrics.binary_report(y, det["raw"], 0.5, n_boot=n_boot, seed=seed,
-                                            pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
-    out["ensemble_calibrated"] = metrics.binary_report(y, det["calibrated"], model.threshold_,
-                                                       n_boot=n_boot, seed=seed, groups=groups)
+    out = score_report(model, det, y, n_boot=n_boot, seed=seed, groups=groups)
     arrays = {"y": np.asarray(y, dtype=np.int64), "raw": det["raw"], "calibrated": det["calibrated"],
               "vote_share": det["vote_share"], "probabilities": det["probabilities"]}
     return out, arrays
