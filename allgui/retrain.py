@@ -1,6 +1,8 @@
-"""Retraining from the app: the dialog (data folder, layout, positive classes, split protocol,
-weights, device), the training run in a child process, progress, log, Cancel, and on success the
-new model's evaluation with the question whether to switch to it.
+"""Retraining from the app.
+
+The dialog (data folder, layout, positive classes, split protocol, weights, device), the training run in a
+child process, progress, log, Cancel, and on success the new model's evaluation with the question whether to
+switch to it.
 
 The new model is always written to a new file (never the loaded model's path); the trainer writes
 it atomically, so a cancelled or crashed run leaves the current model loaded and its file intact.
@@ -288,7 +290,7 @@ class RetrainDialog(QDialog):
                                    QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         return ans == QMessageBox.Yes
 
-    def closeEvent(self, event) -> None:  # noqa: N802
+    def closeEvent(self, event) -> None:
         if self.running():
             ans = QMessageBox.question(self, "Training is running", "Stop the training run and close?",
                                        QMessageBox.Yes | QMessageBox.No, QMessageBox.No)

@@ -146,8 +146,8 @@ def test_folders_need_a_mapping_unless_names_say_it(tmp_path):
 def test_folders_labels_csv_with_groups(tmp_path):
     _folders(tmp_path, {"Benign": 4, "Early": 4})
     _img(tmp_path / "Early" / "extra.png")
-    rows = [("Benign/Benign_%02d.png" % i, "Benign", 0, f"b{i // 2}") for i in range(4)]
-    rows += [("Early/Early_%02d.png" % i, "Early", 1, f"e{i // 2}") for i in range(4)]
+    rows = [(f"Benign/Benign_{i:02d}.png", "Benign", 0, f"b{i // 2}") for i in range(4)]
+    rows += [(f"Early/Early_{i:02d}.png", "Early", 1, f"e{i // 2}") for i in range(4)]
     rows += [("Early/gone.png", "Early", 1, "e9")]
     with open(tmp_path / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)

@@ -157,7 +157,7 @@ def test_report_files_json_and_markdown_agree(leak_run, tmp_path):
     md = paths["markdown"].read_text()
     h = data["protocols"]["subject"]["holdout"]
     svm = h["rows"]["svm"]
-    row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
+    row = next(line for line in md.splitlines() if line.startswith("| SVM |"))
     assert f"{100 * svm['accuracy']:.1f}" in row
     k = svm["n_groups"]
     assert svm["ci_method"] == "group"
@@ -256,7 +256,7 @@ def test_group_bootstrap_holm_and_source_warnings_reach_results_and_report(tmp_p
     data = json.loads(paths["json"].read_text())
     assert data["protocols"]["subject"]["holdout"]["rows"]["svm"]["n_groups"] == {"0": n0, "1": n1}
     assert "**Warnings**" in md and cv["warnings"][0] in md
-    row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
+    row = next(line for line in md.splitlines() if line.startswith("| SVM |"))
     assert f"; {n0}/{n1} groups)" in row
     assert "Holm p" in md
 

@@ -99,7 +99,7 @@ def test_tampered_truncated_and_foreign_bundles_are_refused(tiny_bundle, tmp_pat
     with pytest.raises(BundleError, match="not an allgui model"):
         load_bundle(foreign)
     # a consistent-looking bundle whose model part is replaced by a pickle is refused, not run
-    import hashlib  # noqa: E401
+    import hashlib
     import json
     import pickle
     evil = pickle.dumps(print)

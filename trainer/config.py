@@ -1,5 +1,6 @@
-"""The one source of truth for settings: :class:`TrainConfig` with its fine-tuning part nested as
-:class:`FinetuneConfig`.
+"""The one source of truth for settings.
+
+:class:`TrainConfig` with its fine-tuning part nested as :class:`FinetuneConfig`.
 
 Every default, every set of choices and every short description lives here, in the dataclass
 fields (``metadata`` keys ``choices`` and ``help``). The command line builds its options from them
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from trainer.util.errors import AllguiError
 
@@ -70,8 +72,9 @@ def finetune_wanted(choice: str, device: str) -> bool:
 
 @dataclass
 class FinetuneConfig:
-    """How the backbones are fine-tuned (defaults: the paper's set-up), nested in
-    :class:`TrainConfig` as ``finetuning``.
+    """How the backbones are fine-tuned (defaults.
+
+    The paper's set-up), nested in :class:`TrainConfig` as ``finetuning``.
 
     Image size, gamma, initial weights, seed, workers and (unless ``batch_size`` is set) the batch
     size are the enclosing TrainConfig's: they are not restated here.
@@ -181,8 +184,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """A config from :meth:`to_dict`'s output; fields of other versions are ignored and the flat
-        ``finetune_*`` keys of older bundles land in ``finetuning``."""
+        """A config from :meth:`to_dict`'s output.
+
+        Fields of other versions are ignored and the flat ``finetune_*`` keys of older bundles land in
+        ``finetuning``.
+        """
         names = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         nested: dict[str, Any] = {LEGACY_FINETUNE_KEYS[k]: v for k, v in d.items() if k in LEGACY_FINETUNE_KEYS}

@@ -1,5 +1,8 @@
-"""How a fitted model scores on labelled rows: the metrics of each classifier and of the two
-ensemble read-outs, as training (the model card) and the evaluation report both state them."""
+"""How a fitted model scores on labelled rows.
+
+The metrics of each classifier and of the two ensemble read-outs, as training (the model card) and the
+evaluation report both state them.
+"""
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,4 @@
-"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and
-SIGTERM handling."""
+"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and SIGTERM handling."""
 from __future__ import annotations
 
 import argparse

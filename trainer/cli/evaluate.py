@@ -17,7 +17,8 @@ def register(sub) -> argparse.ArgumentParser:
     add_model_options(e)
     e.add_argument("--out", default="report", help="output folder for report.md, report.json and figures")
     e.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)")
-    e.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for CIs (default: 1000)")
+    e.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                   help="bootstrap resamples for CIs (default: 1000)")
     e.add_argument("--protocols", default=",".join(PROTOCOLS),
                    help="split protocols to compare (default: %(default)s; subject needs group ids)")
     e.add_argument("--no-ablation", action="store_true", help="skip the backbone / PCA ablation")

@@ -1,11 +1,14 @@
-"""``allgui-train finetune`` (also ``python -m trainer.finetune``): fine-tune the CNN backbones on the
-training split and write their weights to a safetensors file; under ``torchrun`` on several GPUs."""
+"""``allgui-train finetune`` (also ``python -m trainer.finetune``).
+
+Fine-tune the CNN backbones on the training split and write their weights to a safetensors file; under
+``torchrun`` on several GPUs.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from trainer.cli.options import setting
 from trainer.config import FinetuneConfig, TrainConfig, default, describe

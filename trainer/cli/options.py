@@ -64,8 +64,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     setting(g, "--workers", "num_workers", type=int)
     setting(g, "--device", "device")
     setting(g, "--precision", "precision")
-    g.add_argument("--no-pca", action="store_true",
-                   help=f"skip PCA (default: PCA keeping {default('pca_variance'):.0%} of the variance)".replace("%", "%%"))
+    keep = f"{default('pca_variance'):.0%}".replace("%", "%%")
+    g.add_argument("--no-pca", action="store_true", help=f"skip PCA (default: PCA keeping {keep} of the variance)")
     setting(g, "--classifiers", "classifiers", choices=None, default=",".join(default("classifiers")),
             help=f"comma-separated subset of {','.join(CLASSIFIER_NAMES)}")
     setting(g, "--calibration", "calibration")

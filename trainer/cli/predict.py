@@ -28,7 +28,8 @@ def register(sub) -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("-m", "--model", required=True, help="model bundle (.allmodel)")
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
-    r.add_argument("--threshold", type=probability, default=None, help="decision threshold for every model (default: each model's own Youden threshold)")
+    r.add_argument("--threshold", type=probability, default=None,
+                   help="decision threshold for every model (default: each model's own Youden threshold)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="forward-pass arithmetic: auto (default) = bfloat16 on CPUs that compute it natively "
@@ -97,9 +98,10 @@ def _error_text(exc: BaseException) -> str:
 
 def classify_files(predictor, files: list[Path], thresholds: dict[str, float], emit,
                    progress=None) -> tuple[int, int, bool]:
-    """Classify ``files`` in batches of PREDICT_BATCH through ``predictor.predict_batch``, each image
-    decided at the threshold of the model that judged it (``thresholds``: model key -> threshold); call
-    ``emit(rows)`` with the CSV rows of each batch as soon as it is done. A batch that fails is
+    """Classify ``files`` in batches of PREDICT_BATCH through ``predictor.predict_batch``.
+
+    Each image is decided at the threshold of the model that judged it (``thresholds``: model key ->
+    threshold); ``emit(rows)`` gets the CSV rows of each batch as soon as it is done. A batch that fails is
     redone one image at a time, so one bad file costs only its own error row.
 
     Returns (images classified, images with an error, interrupted). Ctrl-C / SIGTERM stop the run
@@ -120,7 +122,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
         for f in batch:
             try:
                 out.append(prepare(f))
-            except Exception as exc:  # noqa: BLE001 - raised again by predict_batch, then redone alone
+            except Exception as exc:  # raised again by predict_batch, then redone alone
                 out.append(exc)
         return out
 

@@ -33,7 +33,8 @@ def run(a) -> int:
         return 0
     print(f"Model written to {result.bundle_path} ({result.seconds:.0f} s)")
     split = result.card["split"]
-    print(f"Split: {split['protocol']}-level, train/val/test = {split['n_train']}/{split['n_validation']}/{split['n_test']}")
+    print(f"Split: {split['protocol']}-level, train/val/test = "
+          f"{split['n_train']}/{split['n_validation']}/{split['n_test']}")
     for note in result.card.get("notes", []):
         print(note)
     for key, model in result.model.models.items():

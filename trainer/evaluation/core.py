@@ -1,5 +1,7 @@
-"""The evaluation itself, on pre-extracted deep features: held-out test metrics, 5-fold
-cross-validation with significance tests, backbone / PCA ablation, both split protocols.
+"""The evaluation itself, on pre-extracted deep features.
+
+Held-out test metrics, 5-fold cross-validation with significance tests, backbone / PCA ablation, both split
+protocols.
 
 Everything returned is a JSON-ready dict of plain Python numbers and lists (see
 :func:`evaluate_features`). Models are fitted through :func:`trainer.classical.model.fit_model`;
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +89,9 @@ def _group_leak(groups: np.ndarray | None, train: np.ndarray, test: np.ndarray) 
 def _score_rows(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int, seed: int,
                 curves: bool, groups: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics per classifier and for the two ensemble read-outs; optionally their curves.
-    ``groups`` (len(y),) subject ids make every AUC interval a group bootstrap."""
+
+    ``groups`` (len(y),) subject ids make every AUC interval a group bootstrap.
+    """
     rows = score_report(model, det, y, n_boot, seed, groups)
     rows[ENSEMBLE]["rule"] = "weighted hard vote > 0.5 (eq. 8); ranking metrics on the soft vote"
     rows[ENSEMBLE_CAL]["rule"] = "calibrated probability >= validation Youden threshold"
@@ -147,9 +152,11 @@ def _holm_into(tests: list[dict[str, Any]], key: str) -> None:
 
 # --------------------------------------------------------------------------- cross-validation
 def _inner_split(samples, train: np.ndarray, protocol: str, fractions, seed: int):
-    """Split a CV training fold into (fit rows, validation rows) in the configured train :
-    validation proportion, with the same protocol (groups never straddle), stratified by label x
-    source class where the groups allow it (as the held-out split is)."""
+    """Split a CV training fold into (fit rows, validation rows) in the configured train .
+
+    Validation proportion, with the same protocol (groups never straddle), stratified by label x source
+    class where the groups allow it (as the held-out split is).
+    """
     from trainer.io.splits import split_train_val_test
     f_tr, f_va = float(fractions[0]), float(fractions[1])
     part = [samples[i] for i in train]
@@ -165,8 +172,10 @@ def _cell_list(cells: list[str]) -> str:
 
 def split_warnings(strata: np.ndarray, what: str, fit: np.ndarray, val: np.ndarray,
                    test: np.ndarray) -> list[str]:
-    """Sentences naming each source x class cell of ``strata`` that falls entirely on one side of
-    (fit + validation) vs test, or of fit vs validation."""
+    """Sentences naming each source x class cell that falls on one side of a split.
+
+    Cells of ``strata`` entirely on one side of (fit + validation) vs test, or of fit vs validation.
+    """
     out = []
     outer = one_sided_strata(strata, np.concatenate([fit, val]), test)
     if outer["only_b"]:
@@ -276,8 +285,10 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
 def evaluate_ablation(feats, y, split, config: TrainConfig, n_boot: int = 2000,
                       steps: _Steps | None = None, groups: np.ndarray | None = None
                       ) -> list[dict[str, Any]]:
-    """Each single backbone and the fusion, with PCA on and off, on one identical split
-    (``groups``: subject ids for group-bootstrap intervals)."""
+    """Each single backbone and the fusion, with PCA on and off, on one identical split (``groups``.
+
+    Subject ids for group-bootstrap intervals).
+    """
     avail = [b for b in config.backbones if b in feats]
     sets = [(b,) for b in avail] + ([tuple(avail)] if len(avail) > 1 else [])
     out = []

@@ -1,11 +1,15 @@
-"""The frozen-vs-fine-tuned ablation: the classical stage on the features of the backbones as they
-are (``config.weights``) against the same stage on fine-tuned backbones."""
+"""The frozen-vs-fine-tuned ablation.
+
+The classical stage on the features of the backbones as they are (``config.weights``) against the same stage
+on fine-tuned backbones.
+"""
 from __future__ import annotations
 
 import math
 import os
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +32,11 @@ def _scores_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[
 
 def classical_stage_scores(feats: Mapping[str, np.ndarray], y: Sequence[int], train_idx, val_idx,
                            test_idx, config: Any, classifier: str = "ensemble") -> dict[str, float]:
-    """Test metrics of the classical stage fitted on ``feats`` rows ``train_idx`` (validation rows
-    ``val_idx``): ``classifier='ensemble'`` is ``trainer.classical.model.fit_model`` (fusion, five classifiers,
-    weighted vote, calibration, Youden threshold); ``'logreg'`` a standardised logistic regression
-    on the concatenated features at threshold 0.5. Returns accuracy, balanced_accuracy, auc, threshold.
+    """Test metrics of the classical stage fitted on ``feats`` rows ``train_idx`` (validation ``val_idx``).
+
+    ``classifier='ensemble'`` is ``trainer.classical.model.fit_model`` (fusion, five classifiers, weighted
+    vote, calibration, Youden threshold); ``'logreg'`` a standardised logistic regression on the
+    concatenated features at threshold 0.5. Returns accuracy, balanced_accuracy, auc, threshold.
     """
     y = np.asarray(y, dtype=int)
     names = [b for b in getattr(config, "backbones", feats.keys()) if b in feats]

@@ -1,5 +1,7 @@
-"""Write an evaluation result as JSON (every number), Markdown (tables laid out like the paper's
-Tables 3, 4 and 5, plus confidence intervals, calibration and the protocol comparison) and PNGs.
+"""Write an evaluation result as JSON, Markdown and PNG figures.
+
+JSON holds every number; the Markdown has tables laid out like the paper's Tables 3, 4 and 5, plus
+confidence intervals, calibration and the protocol comparison.
 """
 from __future__ import annotations
 
@@ -324,8 +326,9 @@ def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
     cfg = meta.get("config", {})
     ds = meta.get("dataset", {})
     lines = ["# ALL blast detection: evaluation report", ""]
-    lines += [(f"Data: `{ds['name']}`, " if ds.get("name") else "") + f"{meta['n']} images ({meta['n_positive']} ALL, {meta['n'] - meta['n_positive']} normal)"
-              f", {meta['n_groups']} subjects/groups. Backbones: "
+    counts = f"{meta['n']} images ({meta['n_positive']} ALL, {meta['n'] - meta['n_positive']} normal)"
+    lines += [(f"Data: `{ds['name']}`, " if ds.get("name") else "") + counts
+              + f", {meta['n_groups']} subjects/groups. Backbones: "
               + ", ".join(f"{F.BACKBONE_DISPLAY.get(b, b)} ({meta['feature_dims'][b]})"
                           for b in meta["backbones"])
               + f"; weights `{cfg.get('weights', '?')}`, input {cfg.get('image_size', '?')} px, "

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from trainer.config import TrainConfig
 from trainer.evaluation.core import PROTOCOLS, evaluate_features
@@ -146,7 +147,7 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
                              "images; none of them is among the evaluated images.")
     if config.finetune:
         meta["notes"].append("Backbone fine-tuning is not repeated per split; the evaluation uses "
-                             "the backbones as configured (weights '%s')." % config.weights)
+                             f"the backbones as configured (weights '{config.weights}').")
     if finetune_ablation or config.finetune or overlap:
         meta["notes"].append(
             "Design caveat of fine-tuning: the classifiers are fitted on deep features of images "

@@ -173,8 +173,10 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 
 def _bounded_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path):
-    """Refuse a member whose declared size is over ``limit`` or whose compression ratio is over
-    MAX_COMPRESSION_RATIO, before anything is inflated."""
+    """Refuse a member that would inflate too far, before anything is inflated.
+
+    Too far: a declared size over ``limit`` or a compression ratio over MAX_COMPRESSION_RATIO.
+    """
     if info.file_size > limit:
         raise BundleError(f"{path.name} is not an allgui model file: {info.filename} would inflate to "
                           f"{format_bytes(info.file_size)} (at most {format_bytes(limit)}).")
@@ -251,10 +253,12 @@ def _renamed(node: Any) -> Any:
 
 
 def current_type_names(data: bytes) -> bytes:
-    """A skops payload whose schema names this package's types by today's modules: a bundle
-    written before the layered package names e.g. ``trainer.model.AllModel``, which becomes
-    ``trainer.classical.model.AllModel``. Only the type names change (data, no code); a payload
-    without old names is returned as it is."""
+    """A skops payload whose schema names this package's types by today's modules.
+
+    A bundle written before the layered package names e.g. ``trainer.model.AllModel``, which becomes
+    ``trainer.classical.model.AllModel``. Only the type names change (data, no code); a payload without old
+    names is returned as it is.
+    """
     with zipfile.ZipFile(io.BytesIO(data)) as zin:
         schema = zin.read("schema.json")
         if not any(f'"{old}"'.encode() in schema for old in LEGACY_MODULES):
@@ -317,8 +321,11 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
 
 
 def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
-    """(KindModels, arrays) of a loaded model: a version-1 AllModel becomes the single model
-    ``"any"`` with its arrays re-keyed; every model's base classifiers are checked."""
+    """(KindModels, arrays) of a loaded model.
+
+    A version-1 AllModel becomes the single model ``"any"`` with its arrays re-keyed; every model's base
+    classifiers are checked.
+    """
     from trainer.classical.model import AllModel, KindModels
 
     if isinstance(model, AllModel):

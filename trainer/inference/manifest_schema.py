@@ -1,5 +1,7 @@
-"""Type checks for a model bundle's manifest.json, so that a hand-edited or hostile manifest is
-refused with :class:`trainer.util.errors.BundleError` instead of failing later with an AttributeError.
+"""Type checks for a model bundle's manifest.json.
+
+A hand-edited or hostile manifest is refused with :class:`trainer.util.errors.BundleError` instead of
+failing later with an AttributeError.
 
 Only types are checked here (and the shape of the member table); the bundle loader checks the
 format name, version and every member's size and SHA-256.
@@ -61,8 +63,10 @@ def _check_fields(cls: type, values: dict, name: str, where: str = "") -> None:
 
 
 def check_config(config: Any, name: str) -> None:
-    """Raise BundleError unless ``config`` is a dict whose known TrainConfig fields (its nested
-    ``finetuning`` and the flat ``finetune_*`` keys of older bundles included) have the right types."""
+    """Raise BundleError unless ``config`` is a table of well-typed TrainConfig fields.
+
+    Its nested ``finetuning`` and the flat ``finetune_*`` keys of older bundles are checked too.
+    """
     if not isinstance(config, dict):
         raise BundleError(f"{name}: the manifest is damaged (config is {type(config).__name__}, not a table).")
     _check_fields(TrainConfig, config, name)

@@ -19,8 +19,8 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from trainer.config import LAYOUTS
 from trainer.io.imageio import IMAGE_SUFFIXES, is_image_file, read_image
@@ -38,8 +38,10 @@ _LOGGED_SKIPS = 20
 
 
 def parse_cnmc_subject(name: str | os.PathLike) -> str:
-    """Subject id from a C-NMC file name: ``UID_11_10_1_all.bmp`` -> ``'11'``,
-    ``UID_H10_43_1_hem.bmp`` -> ``'H10'``. Raises DataError for other names."""
+    """Subject id from a C-NMC file name: ``UID_11_10_1_all.bmp`` -> ``'11'``, ``UID_H10_43_1_hem.bmp`` -> ``'H10'``.
+
+    Raises DataError for other names.
+    """
     stem = Path(name).name
     for suffix in IMAGE_SUFFIXES:
         if stem.lower().endswith(suffix):
@@ -84,7 +86,8 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
         progress, cancel: optional callbacks (fraction, message) and cancel check for
             the readability pass.
 
-    Raises:
+    Raises
+    ------
         DataError: missing/empty folder, no images, only one class, unknown classes or columns.
     """
     root = Path(root)
@@ -166,8 +169,10 @@ def _digest(path: Path, head_only: bool) -> str | None:
 
 
 def _drop_conflicting_duplicates(samples: list[Sample], skipped: list, warnings: list) -> list[Sample]:
-    """Leave out every copy of an image that appears (byte for byte) under both labels: such a
-    training set teaches nothing but noise, and the user must decide which label is right."""
+    """Leave out every copy of an image that appears (byte for byte) under both labels.
+
+    Such a training set teaches nothing but noise, and the user must decide which label is right.
+    """
     by_size: dict[int, list[Sample]] = {}
     for s in samples:
         try:

@@ -1,13 +1,15 @@
-"""Labels from names: the class names understood without a mapping, the user's positive classes,
-and ``labels.csv`` (a path column, a label or class column, optionally a group column)."""
+"""Labels from names: known class names, the user's positive classes and labels.csv.
+
+``labels.csv`` has a path column, a label or class column and optionally a group column.
+"""
 from __future__ import annotations
 
 import csv
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from trainer.io.imageio import is_image_file
 from trainer.io.samples import Sample

@@ -1,11 +1,14 @@
-"""A labelled image set in memory: :class:`Sample` (one image, its label, subject and class) and
-:class:`Dataset` (the samples, with the images skipped while reading and why)."""
+"""A labelled image set in memory.
+
+:class:`Sample` (one image, its label, subject and class) and :class:`Dataset` (the samples, with the images
+skipped while reading and why).
+"""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -100,7 +103,7 @@ class Dataset:
             out[name] = len({s.group for s in self.samples if s.label == i and s.group})
         return out
 
-    def subset(self, indices: Iterable[int]) -> "Dataset":
+    def subset(self, indices: Iterable[int]) -> Dataset:
         """A Dataset with the samples at ``indices`` (same class names, no skipped files)."""
         return Dataset([self.samples[int(i)] for i in indices], self.class_names, [],
                        self.root, self.layout, [])

@@ -13,7 +13,8 @@ index arrays into it.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -50,7 +51,8 @@ def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None,
             :func:`source_strata`); every non-empty part then holds every stratum. When the
             groups make that impossible, the split is stratified on the labels alone.
 
-    Raises:
+    Raises
+    ------
         DataError: a non-empty part would miss a class, or groups are missing for 'subject'.
     """
     labels, groups = _labels_groups(data, groups)
@@ -90,7 +92,8 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
     to stratify on, so every source's images of each class spread over the folds; where the
     groups make that impossible, the folds are stratified on the labels alone.
 
-    Raises:
+    Raises
+    ------
         DataError: fewer images (image) or groups (subject) of a class than folds
             (see :func:`max_folds`).
     """
@@ -147,8 +150,10 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
 
 def max_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
               protocol: str | None = None) -> int:
-    """Most cross-validation folds possible with every class in every test fold: the fewest
-    images (image protocol) or subjects/groups (subject protocol) any class has."""
+    """Most cross-validation folds possible with every class in every test fold.
+
+    The fewest images (image protocol) or subjects/groups (subject protocol) any class has.
+    """
     labels, groups = _labels_groups(data, groups)
     protocol = _check_protocol(protocol, groups)
     y = _encode(labels)
@@ -159,9 +164,12 @@ def max_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
 
 
 def source_strata(data: Any) -> np.ndarray | None:
-    """(N,) strata ``"<label>:<class name>"`` of a Dataset or Samples whose labels each cover
-    several source classes (e.g. C-NMC 'hem' and Aria 'Benign' both normal); None when each label
-    has one class name, where stratifying on the label is the same."""
+    """(N,) strata ``"<label>:<class name>"`` where labels span several source classes.
+
+    For a Dataset or Samples whose labels each cover several source classes (e.g. C-NMC 'hem' and Aria
+    'Benign' both normal); None when each label has one class name, where stratifying on the label is the
+    same.
+    """
     samples = getattr(data, "samples", data)
     strata = np.array([f"{s.label}:{getattr(s, 'class_name', '')}" for s in samples])
     labels = {str(s.label) for s in samples}

@@ -37,10 +37,11 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,8 +162,10 @@ def _labels(train_labels, val_labels) -> tuple[np.ndarray, np.ndarray, int, int]
 
 
 def _network(name: str, cfg: SimpleNamespace, report: Progress | None) -> tuple[nn.Module, str]:
-    """Backbone + Linear(D, 1) head, trainable, and what it started from: ImageNet weights when asked
-    for and available, else from scratch (the issue's rule)."""
+    """Backbone + Linear(D, 1) head, trainable, and what it started from.
+
+    Started from ImageNet weights when asked for and available, else from scratch (the issue's rule).
+    """
     init = str(cfg.weights)
     try:
         model = build_classifier_model(name, cfg.weights, num_classes=1, seed=cfg.seed)
@@ -218,8 +221,10 @@ class _Run:
 
 def _checkpoint_to_resume(ckpt_file: Path | None, key: str, resume: bool, info: DistInfo, dev: torch.device,
                           name: str, report: Progress | None) -> dict[str, Any] | None:
-    """The checkpoint of this very run (same data and settings), or None to start afresh. Under
-    DDP every rank takes part, and the run resumes only if all of them can."""
+    """The checkpoint of this very run (same data and settings), or None to start afresh.
+
+    Under DDP every rank takes part, and the run resumes only if all of them can.
+    """
     if ckpt_file is None or not resume:
         return None
     ckpt = None
@@ -405,8 +410,11 @@ def finetune_backbone(
 
 def _end_epoch(run: _Run, name: str, totals: list[float], n_images: int, seconds: float, epochs: int,
                report: Progress | None) -> bool:
-    """Record an epoch's losses (``totals``: train loss sum, train images, validation loss sum,
-    correct, images) in the run's history and early-stopping rule; True when it is a new best."""
+    """Record an epoch's losses (``totals``.
+
+    Train loss sum, train images, validation loss sum, correct, images) in the run's history and
+    early-stopping rule; True when it is a new best.
+    """
     train_loss = totals[0] / totals[1] if totals[1] > 0 else math.nan
     val_loss = totals[2] / max(totals[4], 1.0)
     val_acc = totals[3] / max(totals[4], 1.0)

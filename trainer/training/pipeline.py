@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +54,7 @@ def check_cancel(cancel: Callable[[], bool] | None) -> None:
 
 
 def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Dataset:
-    """The dataset a config names (one folder, or several merged by subject id), unreadable files
-    skipped and reported."""
+    """The dataset a config names (one folder, or several merged by subject id), unreadable files skipped."""
     roots = [config.data] if isinstance(config.data, (str, Path)) else list(config.data or [])
     if not roots or not all(roots):
         raise DataError("No data folder was given.")
@@ -68,8 +68,7 @@ def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Data
 
 def make_extractor(config: TrainConfig, state_dicts=None, backbones=None,
                    stain_reference=None) -> FeatureExtractor:
-    """The feature extractor a config describes (``backbones``: feature blocks; default the
-    config's networks)."""
+    """The feature extractor a config describes (``backbones``: feature blocks; default the config's networks)."""
     return FeatureExtractor(backbones=tuple(backbones or config.backbones), weights=config.weights,
                             image_size=config.image_size, gamma=config.gamma,
                             batch_size=config.batch_size, num_workers=config.num_workers,
@@ -90,8 +89,7 @@ def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
 
 
 def split_dataset(samples, protocol: str, config: TrainConfig):
-    """Train / validation / test indices of a Dataset (or list of Samples), stratified by source
-    class where possible.
+    """Train / validation / test indices of a Dataset (or list of Samples), stratified by source class where possible.
 
     Stratifying on the classes found in the data (e.g. Benign, Early, Pre, Pro, or the data
     sources of a combined set) puts every subtype into every part; when the groups make that
@@ -150,8 +148,9 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
                    seed: int = 0, groups=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics of every classifier and of the ensemble on one split (the evaluation report's
-    :func:`~trainer.classical.scoring.score_report`), plus its score arrays.
+    """Metrics of every classifier and of the ensemble on one split, plus its score arrays.
+
+    The metrics are the evaluation report's :func:`~trainer.classical.scoring.score_report`.
 
     ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects, else images.
     """
@@ -212,8 +211,7 @@ def kind_parts(kinds: np.ndarray, y: np.ndarray, splits, per_kind: bool = True) 
 
 
 def stain_reference(config: TrainConfig, paths, progress=None, cancel=None) -> np.ndarray | None:
-    """The Reinhard reference (6,) fitted on ``paths`` (training images), or None without stain
-    normalisation."""
+    """The Reinhard reference (6,) fitted on ``paths`` (training images), or None without stain normalisation."""
     if config.stain == "none":
         return None
     if config.stain != "reinhard":

@@ -1,5 +1,7 @@
-"""Plain Python values from results that hold numpy types: for JSON files, and for handing a
-result from a child process to the app."""
+"""Plain Python values from results that hold numpy types.
+
+For JSON files, and for handing a result from a child process to the app.
+"""
 from __future__ import annotations
 
 import math

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +51,11 @@ def cpu_has_bf16() -> bool:
 
 
 def auto_workers(device: torch.device, n_images: int, batch_size: int) -> int:
-    """DataLoader workers: none for a single batch; on the CPU only where cores are left over
-    after the forward pass (decoding in workers on 2 cores slows the convolutions it competes
-    with); on CUDA enough to keep the GPU fed."""
+    """DataLoader workers: none for a single batch.
+
+    On the CPU only where cores are left over after the forward pass (decoding in workers on 2 cores slows
+    the convolutions it competes with); on CUDA enough to keep the GPU fed.
+    """
     if n_images <= batch_size:
         return 0
     cores = os.cpu_count() or 1
@@ -121,7 +123,7 @@ class _Images(Dataset):
             return i, x, hand, None
         except AllguiError as exc:
             return i, None, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - reported to the user with the image named
+        except Exception as exc:  # reported to the user with the image named
             name = "array" if isinstance(item, np.ndarray) else Path(item).name
             return i, None, None, f"Cannot prepare image '{name}': {exc}"
 
@@ -141,7 +143,7 @@ def _worker_init(_: int) -> None:
         import cv2
 
         cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
@@ -271,7 +273,7 @@ class FeatureExtractor:
             self._models = models
         return self._models
 
-    def use_networks_of(self, other: "FeatureExtractor") -> None:
+    def use_networks_of(self, other: FeatureExtractor) -> None:
         """Share ``other``'s built networks (same backbones and weights) instead of building copies."""
         own = set(self.networks)
         self._models = {k: v for k, v in other.models().items() if k in own}
@@ -308,7 +310,7 @@ class FeatureExtractor:
             return None
         try:
             vec = np.load(path, allow_pickle=False)
-        except Exception:  # noqa: BLE001 - a damaged entry is recomputed
+        except Exception:  # a damaged entry is recomputed
             return None
         if vec.shape != (BLOCKS[name],) or vec.dtype != np.float32 or not np.all(np.isfinite(vec)):
             return None
