@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
@@ -23,8 +24,6 @@ IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All 
 def _save_overlays(items: list[tuple[str, Any, float]], folder: str, band: float, mode: str,
                    opacity: float, progress, cancel, emit) -> int:
     """Write an overlay PNG per (path, prediction, threshold) item; returns how many."""
-    import cv2  # the encoder loads with the first export, not with the window
-
     n = 0
     used: set[str] = set()
     for i, (path, pred, threshold) in enumerate(items):

@@ -14,6 +14,7 @@ For process tasks ``fn`` must be importable (a module-level function) and its ar
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import queue as queue_mod
 import threading
@@ -163,7 +164,6 @@ def inference_pool() -> QThreadPool:
 # ---- child process ---------------------------------------------------------------------------
 def _child_main(fn: Callable[..., Any], args: tuple, kwargs: dict, q: mp.Queue) -> None:
     """Entry point of the child process: runs ``fn`` and reports through ``q``."""
-    import logging
 
     class _QueueHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:

@@ -9,6 +9,7 @@ folds grouped by subject where subjects are known), never on validation or test 
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
@@ -65,7 +66,6 @@ class StackedCombiner(BaseEstimator):
         self.C = C
 
     def fit(self, P, y) -> StackedCombiner:
-        from scipy.optimize import minimize
 
         P = np.asarray(P, dtype=np.float64)
         y = np.asarray(y).astype(int)

@@ -31,7 +31,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(a) -> int:
-    from trainer.evaluation import run_evaluation
+    from trainer.evaluation import run_evaluation  # torch and matplotlib load only for this command
     check_model_args(a)
     check_output_dir(a.out, "--out")
     check_names(a.protocols, PROTOCOLS, "protocols")

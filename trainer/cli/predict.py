@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trainer.cli.common import ProgressBar, check_output_file, probability, sigterm_interrupts
@@ -43,7 +44,7 @@ CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "ci
 
 
 def _input_files(inputs: list[str]) -> list[Path]:
-    from trainer.io.imageio import IMAGE_SUFFIXES
+    from trainer.io.imageio import IMAGE_SUFFIXES  # OpenCV loads only for this command
     files: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
@@ -60,7 +61,7 @@ def _input_files(inputs: list[str]) -> list[Path]:
 
 def _rows_for(r, f: Path, threshold: float) -> list[dict]:
     """CSV rows of one image's result (image row, then one per cell) at ``threshold``."""
-    from trainer.inference.results import decide
+    from trainer.inference.results import decide  # numpy loads only for this command
     rows = []
     decision = r.decision(threshold)
     for c in [r.whole] + r.cells:
@@ -113,7 +114,6 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
     pool = None
     if prepare is not None and len(batches) > 1:
         # decoding and segmentation of the next batch overlap the networks' work on this one
-        from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
 
@@ -169,7 +169,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
 
 
 def run(a) -> int:
-    from trainer.inference.predictor import Predictor
+    from trainer.inference.predictor import Predictor  # torch and the models load only for this command
     if a.output != "-":
         check_output_file(a.output, "-o/--output")
     files = _input_files(a.inputs)
@@ -220,7 +220,7 @@ def run(a) -> int:
               f"{n_ok} classified" + (f" and {n_err} unreadable" if n_err else "") + f" were kept{where}.",
               file=sys.stderr)
         return 130
-    from trainer.inference.results import MODEL_NAMES
+    from trainer.inference.results import MODEL_NAMES  # see _rows_for
     at = ", ".join(f"{MODEL_NAMES.get(k, k)} {t:.3f}" for k, t in thresholds.items())
     print(f"{n_ok} images classified at threshold {at}"
           + (f", {n_err} could not be read" if n_err else "") + where, file=sys.stderr)

@@ -20,9 +20,10 @@ from trainer.classical.model import fit_model, subset
 from trainer.classical.scoring import ENSEMBLE, ENSEMBLE_CAL, score_report
 from trainer.config import PROTOCOLS, TrainConfig
 from trainer.io.samples import sample_groups
-from trainer.io.splits import one_sided_strata, source_strata, stratum_name
+from trainer.io.splits import cv_folds, max_folds, one_sided_strata, source_strata, split_train_val_test, stratum_name
 from trainer.stats import metrics as M
 from trainer.stats.significance import compare_folds, holm
+from trainer.training.pipeline import split_dataset
 from trainer.util.errors import AllguiError, Cancelled, DataError
 from trainer.util.progress import CancelCheck, Progress
 
@@ -157,7 +158,6 @@ def _inner_split(samples, train: np.ndarray, protocol: str, fractions, seed: int
     Validation proportion, with the same protocol (groups never straddle), stratified by label x source
     class where the groups allow it (as the held-out split is).
     """
-    from trainer.io.splits import split_train_val_test
     f_tr, f_va = float(fractions[0]), float(fractions[1])
     part = [samples[i] for i in train]
     fit_i, val_i, _ = split_train_val_test(part, protocol=protocol,
@@ -203,7 +203,6 @@ def cv_plan(samples, protocol: str, n_folds: int, config: TrainConfig
     entirely on one side: all in a test fold (that fold trains on none of it), absent from a test
     fold, or, within a training fold, all in the fit or all in the validation rows.
     """
-    from trainer.io.splits import cv_folds
     strata = source_strata(samples)
     folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed, strata=strata)
     plan, warnings = [], []
@@ -230,7 +229,6 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
     per-fold accuracy and AUC with each classifier's; each test's p-values are also given
     Holm-adjusted (``p_value_holm``) over the family of classifiers x metrics.
     """
-    from trainer.io.splits import max_folds
     note = ""
     feasible = max_folds(samples, protocol=protocol)
     if feasible < n_folds:
@@ -325,7 +323,6 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     sets with fewer than 3 subjects of a class; each protocol entry has its own ``"warnings"``.
     With subject/group ids, every interval and paired AUC test is a group bootstrap.
     """
-    from trainer.training.pipeline import split_dataset
     y = np.array([int(s.label) for s in samples], dtype=int)
     groups = sample_groups(samples)
     if not _both(y):

@@ -8,10 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import sklearn
+import torch
+
 from trainer.config import TrainConfig
 from trainer.evaluation.core import PROTOCOLS, evaluate_features
+from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
 from trainer.evaluation.report import write_report
+from trainer.evaluation.variants import evaluate_variants
+from trainer.training.pipeline import detect_kinds, load_config_dataset, make_extractor, split_dataset, stain_reference
+from trainer.training.weights import finetune_overlap
 from trainer.util.errors import Cancelled
+from trainer.util.progress import stage
+from trainer.vision.features import NUCLEUS, FeatureExtractor
 
 
 @dataclass
@@ -31,9 +41,6 @@ class EvaluationOutput:
 
 def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, cancel) -> dict[str, Any]:
     """Frozen vs fine-tuned features on the pipeline's split, JSON-ready (no weights)."""
-    from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
-    from trainer.training.pipeline import split_dataset
-
     tr, va, te = split_dataset(dataset.samples, protocol, config)
     classifiers = ("ensemble", "logreg")
     out = frozen_vs_finetuned(dataset.paths, dataset.labels, tr, va, te, config, classifiers=classifiers,
@@ -53,13 +60,6 @@ def _variant_ablation(dataset, feats, config: TrainConfig, protocol: str, n_fold
     normalised images; the Reinhard reference is fitted on the training rows of the pipeline's
     held-out split (one colour target for every fold, stated in the report).
     """
-    import numpy as np
-
-    from trainer.evaluation.variants import evaluate_variants
-    from trainer.training.pipeline import detect_kinds, split_dataset, stain_reference
-    from trainer.util.progress import stage
-    from trainer.vision.features import NUCLEUS, FeatureExtractor
-
     paths = dataset.paths
     kinds = detect_kinds(paths, stage(progress, 0.0, 0.05), cancel)
     tr, _, _ = split_dataset(dataset.samples, protocol, config)
@@ -95,9 +95,6 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     adds frozen vs fine-tuned backbone features on the primary split (fine-tunes both backbones:
     slow on a CPU).
     """
-    from trainer.training.pipeline import load_config_dataset, make_extractor
-    from trainer.util.progress import stage
-
     t0 = time.perf_counter()
     config.validate()
     say = progress or (lambda f, m: None)
@@ -106,7 +103,6 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     if cancel is not None and cancel():
         raise Cancelled("Evaluation was cancelled; nothing was written.")
     say(0.05, dataset.summary())
-    from trainer.training.weights import finetune_overlap
     # every image is a test image in some CV fold: none may be among the fine-tuning images
     overlap = finetune_overlap(config.weights, dataset.paths, allow=config.allow_finetune_overlap,
                                what="evaluated (held-out and cross-validation test)")
@@ -154,10 +150,7 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
             "the CNN was itself trained on, where it separates the classes better than on new "
             "images, so the classifiers and the ensemble weights, calibration and threshold tuned "
             "on them can be over-confident on unseen images.")
-    import numpy
-    import sklearn
-    import torch
-    meta["environment"] = {"python": platform.python_version(), "numpy": numpy.__version__,
+    meta["environment"] = {"python": platform.python_version(), "numpy": np.__version__,
                            "scikit-learn": sklearn.__version__, "torch": torch.__version__,
                            "machine": platform.machine()}
     say(0.97, "Writing the report")

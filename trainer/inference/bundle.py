@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
+import safetensors.torch
+import sklearn
+import skops.io
+import torch
+import torchvision
 
+from trainer import __version__
+from trainer.classical.model import AllModel, KindModels
 from trainer.config import TrainConfig
 from trainer.inference.manifest_schema import check_manifest
 from trainer.util.atomic import atomic_write
@@ -92,11 +100,6 @@ class ModelBundle:
 
 def package_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
-    import sklearn
-    import torch
-    import torchvision
-
-    from trainer import __version__
     return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__}
@@ -108,10 +111,6 @@ def _sha256(data: bytes) -> str:
 
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically; returns the path."""
-    import safetensors.numpy
-    import safetensors.torch
-    import skops.io
-
     path = Path(path)
     members: dict[str, bytes] = {"model.skops": skops.io.dumps(bundle.model)}
     arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
@@ -274,7 +273,6 @@ def current_type_names(data: bytes) -> bytes:
 
 
 def _load_model(data: bytes, path: Path):
-    import skops.io
 
     try:
         data = current_type_names(data)
@@ -293,9 +291,6 @@ def _load_model(data: bytes, path: Path):
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read and verify a bundle. Raises :class:`BundleError` with a clear message."""
-    import safetensors.numpy
-    import safetensors.torch
-
     path = Path(path)
     with _open_zip(path) as zf:
         manifest = _manifest(zf, path)
@@ -326,8 +321,6 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
     A version-1 AllModel becomes the single model ``"any"`` with its arrays re-keyed; every model's base
     classifiers are checked.
     """
-    from trainer.classical.model import AllModel, KindModels
-
     if isinstance(model, AllModel):
         model = KindModels(models={"any": model})
         arrays = {(k if k.startswith("probe/") else f"any/{k}"): v for k, v in arrays.items()}

@@ -7,12 +7,14 @@ the same for every white cell found.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from trainer.classical.model import operating_point
 from trainer.inference.bundle import ModelBundle, load_bundle
@@ -21,7 +23,7 @@ from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.vision import fingerprint, segmentation
 from trainer.vision.backbones import BACKBONES
-from trainer.vision.features import FeatureExtractor
+from trainer.vision.features import PRECISIONS, FeatureExtractor, cpu_has_bf16
 
 MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
 
@@ -94,8 +96,6 @@ class Predictor:
         The first image opened then does not pay for the kernels' one-time set-up (call it where the model
         is loaded, off the GUI thread).
         """
-        import torch
-
         ex = self.extractor
         models = self.extractors[self.keys[0]].models()
         for e in self.extractors.values():
@@ -103,7 +103,6 @@ class Predictor:
         x = torch.zeros(1, 3, int(ex.image_size), int(ex.image_size), device=ex.torch_device)
         x = x.contiguous(memory_format=torch.channels_last)
         amp = ex._amp_dtype()
-        import contextlib
 
         ctx = (torch.autocast(device_type=ex.torch_device.type, dtype=amp) if amp is not None
                else contextlib.nullcontext())
@@ -285,8 +284,6 @@ def inference_precision(requested: str | None = None, device: str = "auto") -> s
     Bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX, see
     :func:`trainer.vision.features.cpu_has_bf16`), else float32 (on CUDA ``"auto"`` keeps autocast).
     """
-    from trainer.vision.features import PRECISIONS, cpu_has_bf16
-
     req = (requested or "auto").lower()
     if req not in PRECISIONS:
         raise AllguiError(f"Unknown precision '{requested}'; use one of {', '.join(PRECISIONS)}.")

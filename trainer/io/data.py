@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trainer.config import LAYOUTS
-from trainer.io.imageio import IMAGE_SUFFIXES, is_image_file, read_image
+from trainer.io.imageio import IMAGE_SUFFIXES, content_hash, is_image_file, read_image
 from trainer.io.labels import class_mapping, find_labels_csv, load_labels_csv
 from trainer.io.samples import CLASS_NAMES, Dataset, Sample
-from trainer.util.errors import AllguiError, Cancelled, DataError
+from trainer.util.errors import AllguiError, Cancelled, DataError, ImageReadError
 from trainer.util.progress import Progress
 
 _CNMC_NAME = re.compile(r"^UID_(H?\d+)_(\d+)_(\d+)_(all|hem)$", re.IGNORECASE)
@@ -150,8 +150,6 @@ def _log_skipped(ds: Dataset) -> None:
 
 def _digest(path: Path, head_only: bool) -> str | None:
     """SHA-256 of a file (or of its first and last 64 KiB: a cheap first pass); None if unreadable."""
-    from trainer.io.imageio import content_hash
-    from trainer.util.errors import ImageReadError
     if not head_only:
         try:
             return content_hash(path)
@@ -326,9 +324,6 @@ def merge_datasets(datasets: Sequence[Dataset]) -> Dataset:
     left out (listed in ``skipped``), so no image can sit on two sides of a split. Pixels are
     compared, not file bytes: the same crop as BMP in one folder and PNG in another is one image.
     """
-    from trainer.io.imageio import content_hash, read_image
-    from trainer.util.errors import ImageReadError
-
     datasets = list(datasets)
     if len(datasets) == 1:
         return datasets[0]

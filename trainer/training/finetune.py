@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer.config import MIN_IMAGE_SIZE, ConfigError, FinetuneConfig, TrainConfig, as_train_config
 from trainer.training.checkpoints import (
@@ -358,7 +359,6 @@ def finetune_backbone(
 
     train_model: nn.Module = model
     if info.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
 
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
         train_model = DDP(model, device_ids=ids, gradient_as_bucket_view=True)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -100,13 +102,11 @@ class EpochShardSampler(Sampler):
 
 
 def _worker_init(worker_id: int) -> None:
-    import random
 
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     try:
-        import cv2
 
         cv2.setNumThreads(1)
     except Exception:  # OpenCV is optional here

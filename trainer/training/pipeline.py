@@ -21,6 +21,7 @@ from trainer.config import PROTOCOLS, TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import load_dataset, merge_datasets
+from trainer.io.imageio import read_image
 from trainer.io.samples import CLASS_NAMES, Dataset
 from trainer.io.splits import split_train_val_test
 from trainer.training.distributed import is_main_process
@@ -29,7 +30,10 @@ from trainer.training.weights import finetune_overlap
 from trainer.util.errors import Cancelled, DataError
 from trainer.util.progress import Progress, stage
 from trainer.vision import fingerprint
-from trainer.vision.features import FeatureExtractor
+from trainer.vision.backbones import build_backbone
+from trainer.vision.features import NUCLEUS, FeatureExtractor
+from trainer.vision.segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
+from trainer.vision.stain import ReinhardNormalizer, lab_stats
 
 INTENDED_USE = ("Research and education only. Not a medical device and not for clinical diagnosis: "
                 "every result must be reviewed by a qualified haematologist or pathologist.")
@@ -114,9 +118,6 @@ def image_kinds(paths, n_max: int = 200, seed: int = 0) -> dict[str, Any]:
 
     Stored in the model card so the app can warn when an image is of a kind the model hardly saw.
     """
-    from trainer.io.imageio import read_image
-    from trainer.vision.segmentation import is_single_cell_crop
-
     paths = list(paths)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(paths), size=min(n_max, len(paths)), replace=False) if paths else []
@@ -166,9 +167,6 @@ MIN_KIND_IMAGES = 2  # per class in each of the training and validation rows of 
 
 def detect_kinds(paths, progress: Progress | None = None, cancel=None) -> np.ndarray:
     """(N,) str: ``"single_cell"`` or ``"field"`` for each image (unreadable ones: ``"field"``)."""
-    from trainer.io.imageio import read_image
-    from trainer.vision.segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
-
     out = np.empty(len(paths), dtype=object)
     for i, p in enumerate(paths):
         if i % 64 == 0:
@@ -216,8 +214,6 @@ def stain_reference(config: TrainConfig, paths, progress=None, cancel=None) -> n
         return None
     if config.stain != "reinhard":
         raise DataError(f"Unknown stain normalisation '{config.stain}'; use none or reinhard.")
-    from trainer.io.imageio import read_image
-    from trainer.vision.stain import ReinhardNormalizer, lab_stats
 
     stats = []
     for i, p in enumerate(paths):
@@ -231,7 +227,6 @@ def stain_reference(config: TrainConfig, paths, progress=None, cancel=None) -> n
 
 def feature_blocks(config: TrainConfig) -> tuple[str, ...]:
     """The feature blocks a config asks for: its backbones, plus ``"nucleus"`` where enabled."""
-    from trainer.vision.features import NUCLEUS
     return tuple(config.backbones) + ((NUCLEUS,) if config.nucleus_features else ())
 
 
@@ -335,7 +330,6 @@ def _embedded_weights(config: TrainConfig, state_dicts):
     if state_dicts:
         return state_dicts
     if config.weights not in ("none", "imagenet"):
-        from trainer.vision.backbones import build_backbone
         return {b: build_backbone(b, config.weights).state_dict() for b in config.backbones}
     return None
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
 from trainer.io.imageio import content_hash
 from trainer.util.atomic import atomic_write
@@ -26,8 +28,6 @@ def save_state_dicts(path: str | os.PathLike, state_dicts: Mapping[str, Mapping[
     Give it ``{"finetune_images": finetune_provenance(train, val)}`` so that evaluation and training can
     refuse to test on the fine-tuning images (see :func:`finetune_overlap`).
     """
-    from safetensors.torch import save
-
     path = Path(path)
     flat = {f"{name}/{k}": v.detach().cpu().contiguous()
             for name, sd in state_dicts.items() for k, v in sd.items()}
@@ -62,7 +62,6 @@ def weights_metadata(weights: str | os.PathLike) -> dict[str, Any]:
     path = Path(weights)
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return {}
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
@@ -109,8 +108,6 @@ def finetune_overlap(weights: str | os.PathLike, items: Sequence, *, allow: bool
 
 def load_state_dicts(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Read a file written by ``save_state_dicts``: ``({backbone: state_dict}, metadata)``."""
-    from safetensors import safe_open
-
     try:
         out: dict[str, dict[str, torch.Tensor]] = {}
         with safe_open(str(path), framework="pt", device="cpu") as fh:

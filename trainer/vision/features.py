@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torchvision
@@ -26,6 +27,8 @@ from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.util.progress import Progress
 from trainer.vision import handcrafted
 from trainer.vision.backbones import BACKBONES, build_backbone, weights_identity
+from trainer.vision.preprocess import GAMMA_RANGE, eval_transform, gamma_correct
+from trainer.vision.stain import reinhard
 
 #: Bump when the evaluation pre-processing changes (resize method, mean/std): old cache entries
 #: then stop matching.
@@ -87,7 +90,6 @@ class _Images(Dataset):
     def __init__(self, items: Sequence, indices: Sequence[int], image_size: int, gamma: float,
                  stain_reference=None, tensor: bool = True, nucleus: bool = False,
                  segs: Sequence | None = None) -> None:
-        from trainer.vision.preprocess import eval_transform
 
         self.items = items
         self.indices = list(indices)
@@ -109,13 +111,11 @@ class _Images(Dataset):
         try:
             img = as_rgb_uint8(item) if isinstance(item, np.ndarray) else read_image(item)
             if self.stain_reference is not None:
-                from trainer.vision.stain import reinhard
 
                 img = reinhard(img, self.stain_reference)
             x = self.transform(img) if self.tensor else None
             hand = None
             if self.nucleus:
-                from trainer.vision.preprocess import gamma_correct
 
                 seg = self.segs[i] if self.segs is not None else None
                 hand = torch.from_numpy(handcrafted.nucleus_features(
@@ -140,7 +140,6 @@ def _collate(batch):
 
 def _worker_init(_: int) -> None:
     try:
-        import cv2
 
         cv2.setNumThreads(1)
     except Exception:
@@ -215,7 +214,6 @@ class FeatureExtractor:
             raise AllguiError("A stain reference is six numbers (Lab mean and standard deviation).")
         if int(self.image_size) < 32:
             raise AllguiError(f"Image size must be at least 32 pixels, not {self.image_size}.")
-        from trainer.vision.preprocess import GAMMA_RANGE
 
         if not GAMMA_RANGE[0] <= float(self.gamma) <= GAMMA_RANGE[1]:
             raise AllguiError(f"Gamma must be between {GAMMA_RANGE[0]} and {GAMMA_RANGE[1]}, not {self.gamma}.")
