@@ -1,4 +1,4 @@
-"""Command line: ``allgui-train train|evaluate|predict`` (also ``python -m trainer``)."""
+"""Command line: ``allgui-train train|evaluate|predict|report`` (also ``python -m trainer``)."""
 from __future__ import annotations
 
 import argparse
@@ -310,6 +310,22 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from .cases.report import write_case_report
+    check_output_file(a.output, "-o/--output")
+    bar = ProgressBar(a.quiet)
+    try:
+        counts = write_case_report(a.case, a.output, per_page=a.per_page, progress=bar)
+    finally:
+        bar.close()
+    print(f"Case report written to {printable(a.output)}: {counts['pages']} pages, {counts['images']} images, "
+          f"{counts['reviewed']} reviewed, {counts['overrides']} overridden")
+    if counts["missing"] or counts["changed"]:
+        print(f"allgui-train: {counts['missing']} image file(s) not found and {counts['changed']} changed since "
+              "analysis; the report says which", file=sys.stderr)
+    return 0
+
+
 CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "circularity", "nc_ratio"]
 
 
@@ -522,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="allgui-train",
         description="Train, evaluate and apply the allgui ALL-blast ensemble (DenseNet-121 + ResNet-34 deep "
                     "features, SVM/KNN/RF/AdaBoost/MLP, weighted voting, calibration). Research use only.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,report}")
 
     t = sub.add_parser("train", help="train a model and write a bundle",
                        description="Train on a labelled image folder; write a model bundle with its model card.")
@@ -564,6 +580,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(AVX512-BF16/AMX), else float32; fp32 = always float32")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("report", help="write a case's review report as a PDF",
+                       description="Write the report of a case file (the app's review database): case summary, "
+                                   "counts, model card headline and limitations, then each image with its "
+                                   "outlines, probabilities, votes, the model's and the reviewer's decision. "
+                                   "Research use only.")
+    c.add_argument("case", help="case file (.sqlite) written by the app")
+    c.add_argument("-o", "--output", default="case.pdf", help="PDF to write (default: %(default)s)")
+    c.add_argument("--per-page", type=_positive_int, default=6, help="images per page (default: %(default)s)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_report)
     return p
 
 
