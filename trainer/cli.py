@@ -131,6 +131,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="subject: grouped 70/15/15 split, no subject on two sides (default where subject or "
                         "group ids are known); image: the paper's stratified image-level split")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and classifiers")
+    g.add_argument("--add-case", action="append", default=[], metavar="CASE",
+                   help="a case file (allgui's review database); its reviewed images are added with the "
+                        "reviewer's labels (unclassifiable ones left out), grouped by case; repeatable")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -199,6 +202,7 @@ def finetune_wanted(choice: str, device: str) -> bool:
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=str(a.data[0]) if len(a.data) == 1 else [str(d) for d in a.data], layout=a.layout, positive=_csv_list(a.positive), labels_csv=a.labels_csv,
+        cases=tuple(str(c) for c in getattr(a, "add_case", None) or ()),
         group_column=a.group_column, split=a.split, seed=a.seed, weights=a.weights,
         backbones=tuple(_csv_list(a.backbones) or BACKBONE_NAMES), image_size=a.image_size,
         gamma=a.gamma, batch_size=a.batch_size, num_workers=a.workers, device=a.device, precision=a.precision,
@@ -249,6 +253,9 @@ def check_model_args(a) -> None:
         raise UsageError(f"--gamma must be between 0.8 and 1.2, not {a.gamma}.")
     if a.weights not in ("none", "imagenet") and not Path(a.weights).is_file():
         raise UsageError(f"--weights: no such file {printable(a.weights)} (or use 'none' or 'imagenet').")
+    for case in getattr(a, "add_case", None) or ():
+        from .cases.store import CaseStore  # refused here, before any work, when it cannot be read
+        CaseStore.open(case, readonly=True).close()
 
 
 def cmd_train(a) -> int:

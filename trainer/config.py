@@ -22,6 +22,7 @@ class TrainConfig:
     """
 
     data: str | list[str] = ""          # dataset root folder, or several merged by subject id
+    cases: tuple[str, ...] = ()         # case files whose reviewed images are added (trainer.cases)
     layout: str = "auto"                # "auto", "cnmc" or "folders"
     positive: list[str] | None = None   # class folder names counted as ALL (folders layout)
     labels_csv: str | None = None       # optional labels.csv (path, label/class, group)

@@ -46,9 +46,11 @@ def check_cancel(cancel: Callable[[], bool] | None) -> None:
         raise Cancelled("Training was cancelled; nothing was written.")
 
 
-def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Dataset:
+def load_config_dataset(config: TrainConfig, progress=None, cancel=None,
+                        cases_info: list | None = None) -> Dataset:
     """The dataset a config names (one folder, or several merged by subject id), unreadable files
-    skipped and reported."""
+    skipped and reported, plus the reviewed images of ``config.cases`` (what was used of each case
+    is appended to ``cases_info``)."""
     roots = [config.data] if isinstance(config.data, (str, Path)) else list(config.data or [])
     if not roots or not all(roots):
         raise DataError("No data folder was given.")
@@ -57,6 +59,13 @@ def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Data
                           group_column=config.group_column, check_readable=True,
                           progress=stage(progress, i / len(roots), (i + 1) / len(roots)), cancel=cancel)
              for i, r in enumerate(roots)]
+    if config.cases:
+        from .cases.corrections import case_dataset
+        reviewed, info = case_dataset(config.cases)
+        if cases_info is not None:
+            cases_info.extend(info)
+        if len(reviewed):
+            parts.append(reviewed)
     return merge_datasets(parts)
 
 
@@ -256,7 +265,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
     say(0.0, f"Reading {config.data}")
-    dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
+    cases_info: list = []
+    dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel, cases_info)
     protocol = resolve_protocol(config, dataset)
     train_idx, val_idx, test_idx = split_dataset(dataset, protocol, config)
     from .finetune import finetune_overlap
@@ -328,6 +338,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
                       finetune_history, notes, kinds=kinds if config.per_kind else None)
     if overlap is not None:
         card["finetune_overlap"] = overlap
+    if config.cases:
+        from .cases.corrections import reviewed_summary
+        card["trained_on"]["reviewed"] = reviewed_summary(dataset, (train_idx, val_idx, test_idx), cases_info)
     bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,
                          backbone_state=_embedded_weights(config, state_dicts))
     check_cancel(cancel)
