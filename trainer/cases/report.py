@@ -56,12 +56,13 @@ class ImageEntry:
 
 
 def collect(store: CaseStore, thresholds: dict[str, float] | None = None,
-            band: float | None = None) -> list[ImageEntry]:
+            band: float | None = None, model_sha256: str | None = None) -> list[ImageEntry]:
     """The case's images sorted by path, with their latest prediction and reviews in effect.
 
     The model's decision of a reviewed image is the one the reviewer saw (its threshold is kept
     with the review); an unreviewed image is decided at ``thresholds[model key]`` and ``band`` when
-    given (the app's current settings), else at the threshold recorded with its prediction."""
+    given (the app's current settings for the model ``model_sha256``; other models' predictions keep
+    theirs), else at the threshold recorded with its prediction."""
     preds = store.latest_predictions()
     current = store.current_reviews()
     paths = store.image_paths()
@@ -77,8 +78,9 @@ def collect(store: CaseStore, thresholds: dict[str, float] | None = None,
         if review is not None:
             t, b, decision = review.threshold, review.band, review.model_decision or ""
         elif pred is not None:
-            t = (thresholds or {}).get(pred.model_key, pred.threshold)
-            b = pred.band if band is None else band
+            ours = model_sha256 is None or pred.model_sha256 == model_sha256
+            t = (thresholds or {}).get(pred.model_key, pred.threshold) if ours else pred.threshold
+            b = pred.band if band is None or not ours else band
             decision = DECISION_NOT_ASSESSABLE if pred.probability is None else decide(pred.probability, t, b)
         else:
             t = b = None
@@ -355,10 +357,12 @@ def _rule(fig, y: float):
 
 def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.PathLike,
                       per_page: int = DEFAULT_PER_PAGE, thresholds: dict[str, float] | None = None,
-                      band: float | None = None, progress: Callable[[float, str], None] | None = None,
+                      band: float | None = None, model_sha256: str | None = None,
+                      progress: Callable[[float, str], None] | None = None,
                       cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Write the report of ``case`` (a case file, opened read-only, or an open store) to ``output``
-    (written atomically). Returns the counts (see :func:`summary`) with ``pages``."""
+    (written atomically). ``thresholds``, ``band``, ``model_sha256``: see :func:`collect`. Returns
+    the counts (see :func:`summary`) with ``pages``."""
     from matplotlib.backends.backend_pdf import PdfPages
     from matplotlib.figure import Figure
 
@@ -367,7 +371,7 @@ def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.Path
     own = not isinstance(case, CaseStore)
     store = CaseStore.open(case, readonly=True) if own else case
     try:
-        entries = collect(store, thresholds, band)
+        entries = collect(store, thresholds, band, model_sha256)
         counts = summary(store, entries)
         pages = 1 + math.ceil(len(entries) / per_page)
         buf = io.BytesIO()

@@ -490,24 +490,31 @@ class CaseStore:
     # ---- writing ------------------------------------------------------------------------------
     def _append(self, table: str, values: dict[str, Any]) -> int:
         """Append one row in its own transaction; returns its id."""
+        return self._append_many(table, [values])[0]
+
+    def _append_many(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
+        """Append rows in one transaction (all or none); returns their ids."""
         if self.readonly:
             raise CaseError(f"{self.path.name} is open read-only.")
-        values = {c: _plain(values.get(c)) for c in COLUMNS[table]}
+        rows = [{c: _plain(values.get(c)) for c in COLUMNS[table]} for values in rows]
+        cols = COLUMNS[table] + ("prev_hash", "hash")
+        insert = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
         con = self._con
+        ids = []
         try:
             con.execute("BEGIN IMMEDIATE")
             try:
                 meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
                                         (f"head:{table}", f"count:{table}")))
                 prev = meta[f"head:{table}"]
-                h = _row_hash(table, prev, values)
-                cols = COLUMNS[table] + ("prev_hash", "hash")
-                cur = con.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",  # noqa: S608
-                                  [values[c] for c in COLUMNS[table]] + [prev, h])
-                rowid = int(cur.lastrowid)
-                con.execute("UPDATE meta SET value = ? WHERE key = ?", (h, f"head:{table}"))
-                con.execute("UPDATE meta SET value = ? WHERE key = ?", (str(int(meta[f"count:{table}"]) + 1),
-                                                                        f"count:{table}"))
+                for values in rows:
+                    h = _row_hash(table, prev, values)
+                    cur = con.execute(insert, [values[c] for c in COLUMNS[table]] + [prev, h])
+                    ids.append(int(cur.lastrowid))
+                    prev = h
+                con.execute("UPDATE meta SET value = ? WHERE key = ?", (prev, f"head:{table}"))
+                con.execute("UPDATE meta SET value = ? WHERE key = ?",
+                            (str(int(meta[f"count:{table}"]) + len(rows)), f"count:{table}"))
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -515,7 +522,7 @@ class CaseStore:
         except sqlite3.Error as exc:
             raise CaseError(f"Could not write to the case file {self.path.name}: {exc}. "
                             "The last action was not recorded.") from None
-        return rowid
+        return ids
 
     def _rel(self, path: str) -> str | None:
         try:
@@ -532,13 +539,20 @@ class CaseStore:
 
     def record_prediction(self, record: dict[str, Any]) -> int:
         """Append the model's result for an image (see :func:`trainer.cases.records.prediction_record`)."""
-        values = dict(record)
-        values.setdefault("at", now())
-        values["rel_path"] = self._rel(values["path"])
-        for k in ("votes", "regions", "cells"):
-            if not isinstance(values.get(k), str):
-                values[k] = _dumps(values.get(k) or [])
-        return self._append("predictions", values)
+        return self.record_predictions([record])[0]
+
+    def record_predictions(self, records: list[dict[str, Any]]) -> list[int]:
+        """Append the model's results for several images in one transaction."""
+        rows = []
+        for record in records:
+            values = dict(record)
+            values.setdefault("at", now())
+            values["rel_path"] = self._rel(values["path"])
+            for k in ("votes", "regions", "cells"):
+                if not isinstance(values.get(k), str):
+                    values[k] = _dumps(values.get(k) or [])
+            rows.append(values)
+        return self._append_many("predictions", rows) if rows else []
 
     def has_prediction(self, image_sha256: str, model_sha256: str) -> bool:
         return self._con.execute("SELECT 1 FROM predictions WHERE image_sha256 = ? AND model_sha256 = ?",
