@@ -23,8 +23,8 @@ from trainer.cases.store import (
     DEFAULT_CASE_NAME, REVIEW_DECISIONS, REVIEW_UNCLASSIFIABLE, CaseStore, Review, file_sha256,
     model_review_decision,
 )
-from trainer.errors import AllguiError
-from trainer.results import DECISION_UNCERTAIN
+from trainer.inference.results import DECISION_UNCERTAIN
+from trainer.util.errors import AllguiError
 
 #: table filters: key -> label
 FILTERS = {"all": "All images", "unreviewed": "Not reviewed", "flagged": "Flagged",

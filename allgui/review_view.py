@@ -29,7 +29,7 @@ from trainer.cases.records import card_summary
 from trainer.cases.store import (
     DEFAULT_CASE_NAME, REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, Review, file_sha256,
 )
-from trainer.errors import AllguiError, CaseError
+from trainer.util.errors import AllguiError, CaseError
 
 OVERRIDE_RGB = (115, 25, 140)
 REVIEW_RGB = {REVIEW_ALL: DECISION_COLOURS["ALL blast"], REVIEW_NORMAL: DECISION_COLOURS["normal"],

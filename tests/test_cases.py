@@ -17,8 +17,8 @@ import pytest
 
 from trainer.cases import CaseStore, file_sha256
 from trainer.cases.records import card_summary, prediction_record, review_record
-from trainer.errors import CaseError
-from trainer.synthetic import make_cell_image, make_smear_field
+from trainer.io.synthetic import make_cell_image, make_smear_field
+from trainer.util.errors import CaseError
 
 
 def _png(path: Path, rgb: np.ndarray) -> str:
@@ -239,7 +239,7 @@ def _pdf_text(path) -> tuple[int, str]:
 
 @pytest.mark.parametrize("per_page", [3, 8])
 def test_report_has_a_summary_page_then_one_page_per_n_images(reviewed_case, tmp_path, per_page, capsys):
-    from trainer.cli import main
+    from trainer.cli.main import main
     case, paths, decisions = reviewed_case
     out = tmp_path / "case.pdf"
     assert main(["report", str(case), "-o", str(out), "--per-page", str(per_page), "-q"]) == 0
@@ -285,9 +285,9 @@ def test_reviewed_images_become_training_samples(reviewed_case):
 def test_retraining_with_reviewed_corrections_changes_the_model(reviewed_case, tiny_config, tiny_predictor,
                                                                 tmp_path, capsys):
     """The tiny model retrained with the case added (same data, settings and feature cache)."""
-    from trainer.bundle import read_manifest
-    from trainer.cli import main
-    from trainer.predictor import Predictor
+    from trainer.inference.bundle import read_manifest
+    from trainer.cli.main import main
+    from trainer.inference.predictor import Predictor
     case, paths, decisions = reviewed_case
     out = tmp_path / "corrected.allmodel"
     code = main(["train", tiny_config.data, "--add-case", str(case), "--image-size", str(tiny_config.image_size),
@@ -314,7 +314,7 @@ def test_retraining_with_reviewed_corrections_changes_the_model(reviewed_case, t
 
 
 def test_report_subcommand_has_help(capsys):
-    from trainer.cli import main
+    from trainer.cli.main import main
     with pytest.raises(SystemExit) as e:
         main(["report", "--help"])
     assert e.value.code == 0 and "usage: allgui-train report" in capsys.readouterr().out

@@ -15,8 +15,8 @@ import pytest
 from allgui.review import ReviewModel, ReviewRefused
 from allgui.state import AppState
 from trainer.cases import DEFAULT_CASE_NAME, CaseStore, file_sha256
-from trainer.errors import CaseError
-from trainer.results import CellPrediction, ClassifierVote, ImagePrediction
+from trainer.inference.results import CellPrediction, ClassifierVote, ImagePrediction
+from trainer.util.errors import CaseError
 
 
 def fake_prediction(path: str, p: float, cells: tuple[float, ...] = ()) -> ImagePrediction:

@@ -20,12 +20,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trainer.data import CLASS_NAMES, Dataset, Sample, parse_cnmc_subject
-from trainer.errors import DataError
+from trainer.io.data import CLASS_NAMES, Dataset, Sample, parse_cnmc_subject
+from trainer.util.errors import DataError
 
 from .store import REVIEW_LABELS, REVIEW_UNCLASSIFIABLE, CaseStore, file_sha256
 
-log = logging.getLogger("trainer.data")
+log = logging.getLogger("trainer.io.data")
 #: class names of reviewed samples start with this (``"reviewed: ALL blast"``, ``"reviewed: normal"``)
 REVIEWED = "reviewed: "
 

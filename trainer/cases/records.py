@@ -6,7 +6,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from trainer.results import CellPrediction, ImagePrediction, decide
+from trainer.inference.results import CellPrediction, ImagePrediction, decide
 
 MAX_OUTLINE_POINTS = 200
 

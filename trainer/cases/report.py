@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from trainer.atomic import atomic_write
-from trainer.errors import Cancelled, CaseError
-from trainer.results import DECISION_NOT_ASSESSABLE, decide
+from trainer.inference.results import DECISION_NOT_ASSESSABLE, decide
+from trainer.util.atomic import atomic_write
+from trainer.util.errors import Cancelled, CaseError
 
 from .store import (
     REVIEW_ALL, REVIEW_DECISIONS, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, CaseStore, Prediction, Review,
@@ -117,7 +117,7 @@ def _thumbnail(entry: ImageEntry) -> tuple[np.ndarray | None, float, str]:
     """(RGB thumbnail or None, scale from image to thumbnail pixels, note)."""
     import cv2
 
-    from trainer.imageio import read_image
+    from trainer.io.imageio import read_image
 
     if entry.file is None:
         return None, 1.0, "image file not found"

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainer.errors import CaseError
+from trainer.util.errors import CaseError
 
 #: the file name a case gets beside the images of a folder when the user does not choose one
 DEFAULT_CASE_NAME = "allgui-case.sqlite"
