@@ -26,8 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from PySide6.QtCore import QCoreApplication, QTimer
     from PySide6.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        from allgui.platform_check import display_problem
+        problem = display_problem()     # instead of Qt's bare abort when its xcb plugin cannot load
+        if problem:
+            print(problem, file=sys.stderr)
+            return 1
+    from PySide6.QtCore import QCoreApplication, QTimer
 
     QCoreApplication.setOrganizationName("allgui")
     QCoreApplication.setApplicationName("allgui")
