@@ -14,7 +14,7 @@ from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from allgui.imaging import DECISION_COLOURS
-from allgui.state import AppState, Row
+from allgui.state import AppState, Row, Topic
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import safe_row
 
@@ -48,10 +48,10 @@ class BatchModel(QAbstractTableModel):
         self._index: dict[str, int] = {}
         #: path -> (text, sort key, RGB colour or None, tooltip) of the Review column (set by the review view)
         self.review_info: Callable[[str], tuple[str, Any, tuple | None, str]] | None = None
-        state.subscribe("images", self.reset)
-        state.subscribe("model", self.reset)
-        state.subscribe("prediction", self.update_path)
-        state.subscribe("threshold", self.update_all)
+        state.subscribe(Topic.IMAGES, self.reset)
+        state.subscribe(Topic.MODEL, self.reset)
+        state.subscribe(Topic.PREDICTION, self.update_path)
+        state.subscribe(Topic.THRESHOLD, self.update_all)
 
     def set_thumbnail(self, path: str, image: np.ndarray) -> None:
         self.thumbs[path] = QPixmap.fromImage(to_qimage(image))
@@ -197,7 +197,7 @@ class BatchTable(QTableView):
         self.setIconSize(self.iconSize().expandedTo(self.iconSize().__class__(48, 48)))
         self.setAlternatingRowColors(True)
         self.selectionModel().currentRowChanged.connect(self._on_row)
-        state.subscribe("current", self._select_current)
+        state.subscribe(Topic.CURRENT, self._select_current)
 
     _syncing = False
 
