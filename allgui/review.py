@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from allgui.state import AppState
+from allgui.state import AppState, Topic
 from trainer.cases.records import prediction_record, review_record
 from trainer.cases.store import (
     DEFAULT_CASE_NAME, REVIEW_DECISIONS, REVIEW_UNCLASSIFIABLE, CaseStore, Review, file_sha256,
@@ -88,7 +88,7 @@ class ReviewModel:
         self.case_redirects: dict[Path, Path] = {}
         self._recorded: set[tuple[str, str]] = set()   # (image hash, model hash) with a prediction row
         self._subs: dict[str, list[Callable[..., Any]]] = defaultdict(list)
-        state.subscribe("prediction", self._on_prediction)
+        state.subscribe(Topic.PREDICTION, self._on_prediction)
 
     # ---- observers -------------------------------------------------------------------------
     def subscribe(self, topic: str, callback: Callable[..., Any]) -> None:
@@ -332,7 +332,7 @@ class ReviewModel:
         sha = self.hashes.get(path)
         if self.store is None or sha is None:
             return {}
-        return {cell: r for (h, cell), r in self.store.state.current.items() if h == sha and cell >= 0}
+        return {cell: r for cell, r in self.store.state.by_image.get(sha, {}).items() if cell >= 0}
 
     def status(self, path: str) -> ImageReview:
         cells = self.cell_reviews(path)

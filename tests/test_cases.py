@@ -265,6 +265,7 @@ def test_report_says_when_an_image_changed_or_is_gone(reviewed_case, tmp_path):
     _png(Path(paths[6]), img)
     counts = write_case_report(case, tmp_path / "r.pdf", per_page=4)
     assert counts["missing"] == 1 and counts["changed"] == 1
+    assert counts["reviewed"] == 5 and counts["confirmed"] + counts["overrides"] + counts["resolved"] == 5
     text = "\n".join(_pdf_text(tmp_path / "r.pdf")[1])
     assert "image file not found" in text and "FILE CHANGED" in text
 

@@ -24,7 +24,7 @@ from trainer.util.errors import Cancelled, CaseError
 
 from .store import (
     REVIEW_ALL, REVIEW_DECISIONS, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, CaseStore, Prediction, Review,
-    file_sha256, now,
+    file_sha256, model_review_decision, now,
 )
 
 RESEARCH_ONLY = "Research use only \u2014 not for clinical diagnosis."
@@ -93,7 +93,8 @@ def collect(store: CaseStore, thresholds: dict[str, float] | None = None,
 
 
 def summary(store: CaseStore, entries: list[ImageEntry]) -> dict[str, Any]:
-    """Counts of the case: images, reviewed, confirmed, overrides, decisions of model and reviewer."""
+    """Counts of the case: images, reviewed, agreed with the model (confirmed), overridden, decided
+    where the model was uncertain (resolved), decisions of model and reviewer."""
     reviewed = [e for e in entries if e.review is not None]
     model_counts: dict[str, int] = {}
     for e in entries:
@@ -101,7 +102,10 @@ def summary(store: CaseStore, entries: list[ImageEntry]) -> dict[str, Any]:
     actions = store.actions()
     return {
         "images": len(entries), "reviewed": len(reviewed), "not_reviewed": len(entries) - len(reviewed),
-        "confirmed": sum(1 for e in reviewed if not e.review.override), "overrides": sum(1 for e in reviewed if e.review.override),
+        "confirmed": sum(1 for e in reviewed if model_review_decision(e.review.model_decision) is not None
+                         and not e.review.override),
+        "overrides": sum(1 for e in reviewed if e.review.override),
+        "resolved": sum(1 for e in reviewed if model_review_decision(e.review.model_decision) is None),
         "reviewer": {d: sum(1 for e in reviewed if e.review.reviewer_decision == d) for d in REVIEW_DECISIONS},
         "model": model_counts,
         "cells_reviewed": sum(len(e.cell_reviews) for e in entries),
@@ -274,7 +278,8 @@ def _summary_page(fig, store: CaseStore, entries: list[ImageEntry], counts: dict
     line("Counts", 11, 0.024, weight="bold")
     rows = [("images", counts["images"]), ("reviewed", counts["reviewed"]), ("not reviewed", counts["not_reviewed"]),
             ("reviewer agreed with the model", counts["confirmed"]),
-            ("reviewer overrode the model", counts["overrides"])]
+            ("reviewer overrode the model", counts["overrides"]),
+            ("reviewer decided, the model was uncertain", counts["resolved"])]
     rows += [(f"reviewer: {d}", counts["reviewer"][d]) for d in (REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE)]
     rows += [(f"model: {d}", n) for d, n in sorted(counts["model"].items())]
     if counts["cells_reviewed"]:

@@ -278,12 +278,13 @@ class ReviewState:
     applied: list[Review] = field(default_factory=list)    # review actions in effect, oldest first
     redoable: list[Review] = field(default_factory=list)   # undone actions, the next to redo last
     current: dict[tuple[str, int], Review] = field(default_factory=dict)
+    by_image: dict[str, dict[int, Review]] = field(default_factory=dict)   # image hash -> cell -> review
 
-    def apply(self, r: Review, by_id: dict[int, Review] | None = None) -> None:
+    def apply(self, r: Review) -> None:
         if r.action == "review":
             self.applied.append(r)
             self.redoable.clear()
-            self.current[r.key] = r
+            self._set(r.key, r)
         elif r.action == "undo":
             if self.applied and self.applied[-1].id == r.target:
                 undone = self.applied.pop()
@@ -293,14 +294,25 @@ class ReviewState:
             if self.redoable and self.redoable[-1].id == r.target:
                 redone = self.redoable.pop()
                 self.applied.append(redone)
-                self.current[redone.key] = redone
+                self._set(redone.key, redone)
+
+    def _set(self, key: tuple[str, int], r: Review | None) -> None:
+        cells = self.by_image.setdefault(key[0], {})
+        if r is None:
+            self.current.pop(key, None)
+            cells.pop(key[1], None)
+            if not cells:
+                del self.by_image[key[0]]
+        else:
+            self.current[key] = r
+            cells[key[1]] = r
 
     def _recompute(self, key: tuple[str, int]) -> None:
         for r in reversed(self.applied):
             if r.key == key:
-                self.current[key] = r
+                self._set(key, r)
                 return
-        self.current.pop(key, None)
+        self._set(key, None)
 
 
 def replay(actions: Iterable[Review]) -> ReviewState:
