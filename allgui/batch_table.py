@@ -190,7 +190,7 @@ class BatchTable(QTableView):
         hh.setSectionResizeMode(QHeaderView.Interactive)
         hh.setStretchLastSection(True)
         hh.setMinimumSectionSize(24)
-        for col, width in ((0, 54), (1, 150), (2, 44), (3, 56), (4, 112), (5, 110), (6, 56)):
+        for col, width in ((0, 54), (1, 132), (2, 40), (3, 52), (4, 106), (5, 112), (6, 52)):
             self.setColumnWidth(col, width)
         self.setWordWrap(True)
         self.setTextElideMode(Qt.ElideMiddle)

@@ -18,12 +18,13 @@ from typing import Any
 from PySide6.QtCore import QObject, QSettings, QStandardPaths, Qt, QThreadPool, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow,
+    QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow,
     QMenu, QMessageBox, QPushButton, QVBoxLayout, QWidget,
 )
 
 from allgui.imaging import DECISION_COLOURS
 from allgui.review import FILTERS, ImageReview, ReviewModel, ReviewRefused
+from allgui.state import Topic
 from allgui.workers import ThreadTask
 from trainer.cases.records import card_summary
 from trainer.cases.store import (
@@ -167,14 +168,14 @@ class ReviewBar(QWidget):
 
 
 class ReviewController(QObject):
-    """Puts review mode into a main window: the review bar (a dock under the image), the Review menu
+    """Puts review mode into a main window: the review bar (a panel under the image), the Review menu
     and shortcuts, File > New / Open case and Export case report, the table's Review column and
-    filter. ``window`` provides ``state``, ``table``, ``settings``, ``modelLoaded``, ``model_path`` and
-    ``predictor``."""
+    filter. ``window`` provides ``state``, ``table``, ``settings``, ``analysis`` (its
+    ``modelChanged(predictor, path)``), ``add_panel``, ``menus`` and ``open_files``."""
 
     reportWritten = Signal(str)
 
-    def __init__(self, window: QMainWindow, file_menu: QMenu | None = None, before: QAction | None = None) -> None:
+    def __init__(self, window: QMainWindow) -> None:
         super().__init__(window)
         self.window = window
         self.state = window.state
@@ -193,11 +194,7 @@ class ReviewController(QObject):
         self._comment_for: tuple | None = None   # (path, cell, review id) the comment field shows
 
         self.bar = ReviewBar()
-        self.dock = QDockWidget("Review", window)
-        self.dock.setObjectName("reviewDock")
-        self.dock.setWidget(self.bar)
-        self.dock.setFeatures(QDockWidget.DockWidgetMovable | QDockWidget.DockWidgetFloatable)
-        window.addDockWidget(Qt.BottomDockWidgetArea, self.dock)
+        self.dock = window.add_panel("Review", self.bar, Qt.BottomDockWidgetArea, "reviewDock")
         self.bar.advance.setChecked(self.settings.value("review/advance", True, bool))
         self.bar.advance.toggled.connect(lambda on: self.settings.setValue("review/advance", on))
         self.bar.decided.connect(self.decide)
@@ -209,20 +206,28 @@ class ReviewController(QObject):
         self.bar.commentSubmitted.connect(self.save_comment)
         QShortcut(QKeySequence(Qt.Key_Escape), self.bar.comment, context=Qt.WidgetShortcut,
                   activated=lambda: self.window.setFocus())   # Esc: back to the shortcuts
-        self._build_menus(file_menu, before)
+        self._build_menus()
 
         self.table.batch.review_info = self._review_info
         self.table.batch.update_all()
-        for topic, cb in (("current", self.refresh), ("selection", self.refresh), ("threshold", self.refresh),
-                          ("prediction", self._on_prediction), ("images", self._on_images)):
+        for topic, cb in ((Topic.CURRENT, self.refresh), (Topic.SELECTION, self.refresh),
+                          (Topic.THRESHOLD, self.refresh), (Topic.PREDICTION, self._on_prediction),
+                          (Topic.IMAGES, self._on_images)):
             self.state.subscribe(topic, cb)
         self.review.subscribe("review", self._on_review)
         self.review.subscribe("case", self.refresh)
         self.review.subscribe("filter", self._on_filter)
-        window.modelLoaded.connect(self._on_model)
-        if getattr(window, "predictor", None) is not None:
-            self._on_model(getattr(window, "model_path", "") or "")
+        window.analysis.modelChanged.connect(self._on_model)
+        if window.predictor is not None:
+            self._on_model(window.predictor, window.model_path or "")
         self.refresh()
+
+    def close(self) -> None:
+        """The window closes: stop background work and close the case file."""
+        for task in (self._hash_task, self._model_task):
+            if task is not None and task.running:
+                task.cancel()
+        self.review.close_case()
 
     # ---- menus --------------------------------------------------------------------------------
     def _act(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
@@ -236,15 +241,15 @@ class ReviewController(QObject):
         self.window.addAction(a)      # shortcuts work wherever the focus is in the window
         return a
 
-    def _build_menus(self, file_menu: QMenu | None, before: QAction | None) -> None:
-        mb = self.window.menuBar()
-        help_menu = next((a for a in mb.actions() if a.text().replace("&", "") == "Help"), None)
-        m = QMenu("Re&view", self.window)
+    def _build_menus(self) -> None:
+        w = self.window
+        m = QMenu("Re&view", w)
+        help_menu = w.menus.get("help")
         if help_menu is not None:
-            mb.insertMenu(help_menu, m)
+            w.menuBar().insertMenu(help_menu.menuAction(), m)
         else:
-            mb.addMenu(m)
-        self.menu = m
+            w.menuBar().addMenu(m)
+        w.menus["review"] = self.menu = m
         self.act_confirm = self._act(m, "&Confirm the model's decision", self.confirm, "C")
         self.act_all = self._act(m, "&ALL blast", lambda: self.decide(REVIEW_ALL), "A")
         self.act_normal = self._act(m, "&Normal", lambda: self.decide(REVIEW_NORMAL), "N")
@@ -257,12 +262,10 @@ class ReviewController(QObject):
         self.act_prev = self._act(m, "&Previous image in the table", lambda: self.step(-1), "K")
         m.addSeparator()
         self._act(m, "Reviewer &name\u2026", self.ask_reviewer)
-        if file_menu is None:
-            file_menu = next((a.menu() for a in mb.actions() if a.text().replace("&", "") == "File"), None)
+        file_menu = w.menus.get("file")
         if file_menu is not None:
-            if before is None:   # before the last separator (Quit)
-                seps = [a for a in file_menu.actions() if a.isSeparator()]
-                before = seps[-1] if seps else None
+            seps = [a for a in file_menu.actions() if a.isSeparator()]
+            before = seps[-1] if seps else None   # above Quit
             self.act_new_case = QAction("&New case\u2026", self.window)
             self.act_open_case = QAction("Open &case\u2026", self.window)
             self.act_export_report = QAction("Export case &report (PDF)\u2026", self.window)
@@ -276,8 +279,7 @@ class ReviewController(QObject):
             file_menu.insertAction(before, sep) if before is not None else file_menu.addAction(sep)
 
     # ---- model and images ---------------------------------------------------------------------
-    def _on_model(self, path: str) -> None:
-        predictor = getattr(self.window, "predictor", None)
+    def _on_model(self, predictor, path: str) -> None:
         card = dict(getattr(predictor, "model_card", {}) or {})
         name = str(card.get("name") or (Path(path).stem if path else "model"))
         self.review.model_sha256 = ""          # until the new model is identified
@@ -465,8 +467,7 @@ class ReviewController(QObject):
             elif str(where) not in self.state.paths:
                 found.append(str(where))
         if found:
-            opener = getattr(self.window, "open_files", None)
-            opener(found) if opener is not None else self.state.add_images(found)
+            self.window.open_files(found)
         msg = f"Case {Path(path).name} opened"
         if missing:
             msg += f"; {missing} of its images were not found"
