@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from allgui.platform_check import display_problem
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="allgui", description="ALL blast detection in blood-smear images "
@@ -30,16 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Qt and the window load after the arguments are read: --help answers at once
+    from PySide6.QtCore import QCoreApplication, QTimer
     from PySide6.QtWidgets import QApplication
 
     if QApplication.instance() is None:
-        from allgui.platform_check import display_problem
         problem = display_problem()     # instead of Qt's bare abort when its xcb plugin cannot load
         if problem:
             print(problem, file=sys.stderr)
             return 1
-    from PySide6.QtCore import QCoreApplication, QTimer
-
     QCoreApplication.setOrganizationName("allgui")
     QCoreApplication.setApplicationName("allgui")
     app = QApplication.instance() or QApplication(sys.argv[:1])

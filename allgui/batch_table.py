@@ -1,5 +1,4 @@
-"""Batch table of the opened images: thumbnail, file, cells found, calibrated probability, decision, review,
-flagged.
+"""Batch table of the opened images: thumbnail, file, cells, probability, decision, review, flagged.
 
 Sortable and filterable; selecting a row makes that image current. Rows are computed from the state at
 the current threshold, so moving the slider only repaints.
@@ -8,8 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSortFilterProxyModel, Qt
@@ -65,8 +65,10 @@ class BatchModel(QAbstractTableModel):
             self.dataChanged.emit(self.index(i, 0), self.index(i, 0))
 
     def _cells(self, r: Row) -> tuple:
-        """Pre-rendered (display, sort key, foreground, review colour, review tooltip) per row: data()
-        only looks up."""
+        """Pre-rendered (display, sort key, foreground, review colour, review tooltip) of one row.
+
+        data() only looks them up.
+        """
         text, key, rcolour, rtip = self.review_info(r.path) if self.review_info is not None else ("", "", None, "")
         display = ("", r.file, "" if r.cells is None else str(r.cells),
                    "" if r.probability is None else f"{r.probability:.3f}", r.decision, text,
@@ -169,7 +171,7 @@ class _FilterProxy(QSortFilterProxyModel):
 
     accept: Callable[[str], bool] | None = None
 
-    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:  # noqa: N802
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
         return self.accept is None or self.accept(self.sourceModel().row_at(row).path)
 
 

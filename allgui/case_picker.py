@@ -1,20 +1,22 @@
 """The Retrain dialog's choice of case files whose reviewed images join the training data."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
-from trainer.cases.store import CaseStore
+from trainer.cases import CaseStore
 from trainer.util.errors import CaseError
 
 SEPARATOR = ";"
 
 
 class CasePicker(QWidget):
-    """Case files, separated by ';', with Add\u2026 and 'Add the open case'. ``open_case`` returns the
-    case open in the window (or None)."""
+    """Case files, separated by ';', with Add\u2026 and 'Add the open case'.
+
+    ``open_case`` returns the case open in the window (or None).
+    """
 
     def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)

@@ -1,4 +1,4 @@
-"""Before Qt starts on Linux: can its X11 (xcb) platform plugin load?
+"""Before Qt starts on Linux: whether its X11 (xcb) platform plugin can load.
 
 Qt's xcb plugin needs a dozen system libraries that a bare desktop install may lack (most often
 ``libxcb-cursor0``). Without them Qt prints "Could not load the Qt platform plugin xcb" and aborts.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 #: (shared library, Debian/Ubuntu package) that Qt's xcb platform plugin links against
 XCB_LIBRARIES: tuple[tuple[str, str], ...] = (
@@ -54,8 +54,11 @@ def missing_xcb_libraries(loader: Callable[[str], bool] = can_load) -> list[tupl
 
 def display_problem(environ: Mapping[str, str] | None = None, platform: str | None = None,
                     loader: Callable[[str], bool] = can_load) -> str | None:
-    """A message saying why Qt's xcb plugin would not start here, or None when it should (or when
-    another platform plugin is used: ``QT_QPA_PLATFORM`` set to something else, or a Wayland session)."""
+    """A message saying why Qt's xcb plugin would not start here, or None when it should.
+
+    Also None when another platform plugin is used: ``QT_QPA_PLATFORM`` set to something else, or a
+    Wayland session.
+    """
     env = os.environ if environ is None else environ
     platform = sys.platform if platform is None else platform
     if not platform.startswith("linux"):

@@ -16,14 +16,14 @@ from __future__ import annotations
 import ctypes
 import sys
 
+from PySide6.QtCore import QObject, Signal
+
 PAD = 1 << 40
 _applied = False
 
 
 def emit_leaks_true() -> bool:
     """Whether ``Signal.emit()`` lowers ``True``'s reference count (the bug is present)."""
-    from PySide6.QtCore import QObject, Signal
-
     class _Probe(QObject):
         ping = Signal()
 

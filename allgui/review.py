@@ -1,5 +1,7 @@
-"""The pathologist's review, free of Qt: decisions on images and cells, undo / redo, the filter of the
-batch table, all kept in a case file (:mod:`trainer.cases.store`) on every action.
+"""The pathologist's review, free of Qt: decisions, undo / redo and the table filter, kept in a case file.
+
+Decisions on images and on cells of fields, undo / redo, the filter of the batch table; every action
+goes into the case file (:mod:`trainer.cases.store`) at once.
 
 Reviews are keyed by the image's content (SHA-256 of the file) and the cell (-1 = the whole image),
 so a case finds its images again after they were renamed or moved, and a changed file shows as not
@@ -13,16 +15,22 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from allgui.state import AppState, Topic
-from trainer.cases.records import prediction_record, review_record
-from trainer.cases.store import (
-    DEFAULT_CASE_NAME, REVIEW_DECISIONS, REVIEW_UNCLASSIFIABLE, CaseStore, Review, file_sha256,
+from trainer.cases import (
+    DEFAULT_CASE_NAME,
+    REVIEW_DECISIONS,
+    REVIEW_UNCLASSIFIABLE,
+    CaseStore,
+    Review,
+    file_sha256,
     model_review_decision,
 )
+from trainer.cases.records import prediction_record, review_record
 from trainer.inference.results import DECISION_UNCERTAIN
 from trainer.util.errors import AllguiError
 
@@ -71,7 +79,8 @@ class ImageReview:
 class ReviewModel:
     """Review state of the images open in ``state``, persisted through a :class:`CaseStore`.
 
-    ``hasher(path) -> sha256`` identifies an image's content (the file's bytes)."""
+    ``hasher(path) -> sha256`` identifies an image's content (the file's bytes).
+    """
 
     def __init__(self, state: AppState, hasher: Callable[[str], str] = file_sha256) -> None:
         self.state = state
@@ -147,8 +156,11 @@ class ReviewModel:
         self.emit("review", None)
 
     def follow_images(self) -> Path | None:
-        """After the open images changed: open the case file beside them if there is one (unless the
-        user chose a case). Returns the case opened, if any. Raises CaseError for a refused file."""
+        """After the open images changed: open the case file beside them, if there is one.
+
+        Not when the user chose a case. Returns the case opened, if any; raises CaseError for a
+        refused file.
+        """
         if self.explicit_case:
             return None
         default = self.default_case_path()
@@ -206,8 +218,7 @@ class ReviewModel:
         self._record_paths([path])
 
     def _record_paths(self, paths: list[str]) -> None:
-        """Keep the model's results for ``paths`` in the case (once per image and model), in one
-        transaction."""
+        """Keep the model's results for ``paths`` in the case, once per image and model, in one transaction."""
         st = self.state
         if self.store is None or not self.model_sha256:
             return
@@ -252,8 +263,10 @@ class ReviewModel:
 
     def decide(self, decision: str, comment: str = "", path: str | None = None, cell: int | None = None,
                confirmed: bool = False) -> Review:
-        """Record the reviewer's ``decision`` (ALL blast / normal / unclassifiable) on the image
-        (``cell`` -1) or a cell (default: the selected one of the current image)."""
+        """Record the reviewer's ``decision`` (ALL blast / normal / unclassifiable).
+
+        On the image (``cell`` -1) or a cell (default: the selected one of the current image).
+        """
         if decision not in REVIEW_DECISIONS:
             raise ReviewRefused(f"Unknown decision '{decision}'.")
         if not self.reviewer.strip():

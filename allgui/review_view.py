@@ -1,6 +1,8 @@
-"""Review mode, the Qt side: the review bar (Confirm / ALL blast / Normal / Unclassifiable, comment,
-previous / next, undo / redo, table filter), the Review column of the batch table, keyboard
-shortcuts, the case file menu entries and the case report export.
+"""Review mode in the window: the review bar, Review menu and shortcuts, case files, table column and filter.
+
+The review bar (:mod:`allgui.review_bar`: Confirm / ALL blast / Normal / Unclassifiable, comment,
+previous / next, undo / redo, table filter) sits in a panel under the image; the case file entries
+of the File menu and the case report export come from :mod:`allgui.review_cases`.
 
 All state lives in :class:`allgui.review.ReviewModel` (Qt-free, persisted in the case file on every
 action); these views only show it and forward the user's actions. Keys: A = ALL blast, N = normal,
@@ -17,35 +19,23 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, QStandardPaths, Qt, QThreadPool, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
-from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow,
-    QMenu, QMessageBox, QPushButton, QVBoxLayout, QWidget,
-)
+from PySide6.QtWidgets import QInputDialog, QLineEdit, QMainWindow, QMenu, QMessageBox
 
-from allgui.imaging import DECISION_COLOURS
-from allgui.review import FILTERS, ImageReview, ReviewModel, ReviewRefused
+from allgui.resources import samples_dir
+from allgui.review import ReviewModel, ReviewRefused
+from allgui.review_bar import ReviewBar, table_cell
+from allgui.review_cases import CaseFilesMixin
 from allgui.state import Topic
 from allgui.workers import ThreadTask
+from trainer.cases import DEFAULT_CASE_NAME, REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, Review, file_sha256
 from trainer.cases.records import card_summary
-from trainer.cases.store import (
-    DEFAULT_CASE_NAME, REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, Review, file_sha256,
-)
 from trainer.util.errors import AllguiError, CaseError
-
-OVERRIDE_RGB = (115, 25, 140)
-REVIEW_RGB = {REVIEW_ALL: DECISION_COLOURS["ALL blast"], REVIEW_NORMAL: DECISION_COLOURS["normal"],
-              REVIEW_UNCLASSIFIABLE: (110, 110, 110)}
-CASE_FILTER = "allgui case (*.sqlite);;All files (*)"
-
-
-def _rgb(c: tuple) -> str:
-    return f"rgb({c[0]},{c[1]},{c[2]})"
 
 
 def _hash_files(paths: list[str], progress, cancel, emit) -> int:
     """Worker: content hashes of image files, handed over in batches of 16 as ``{path: sha256}``."""
     batch: dict[str, str] = {}
-    for i, p in enumerate(paths):
+    for p in paths:
         if cancel():
             break
         try:
@@ -67,111 +57,14 @@ def _model_identity(path: str | None, card: dict) -> str:
     return hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _write_report(case: str, output: str, per_page: int, thresholds: dict, band: float, model_sha256: str,
-                  progress, cancel, emit) -> dict:
-    from trainer.cases.report import write_case_report
-    return write_case_report(case, output, per_page=per_page, thresholds=thresholds, band=band,
-                             model_sha256=model_sha256, progress=progress, cancel=cancel)
+class ReviewController(CaseFilesMixin, QObject):
+    """Review mode in a main window.
 
-
-class ReviewBar(QWidget):
-    """The review controls under the image. Emits what the user asked for; shows what it is told."""
-
-    decided = Signal(str)
-    confirmRequested = Signal()
-    stepRequested = Signal(int)
-    undoRequested = Signal()
-    redoRequested = Signal()
-    filterChanged = Signal(str)
-    commentSubmitted = Signal()
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("reviewBar")
-        v = QVBoxLayout(self)
-        v.setContentsMargins(6, 4, 6, 4)
-        v.setSpacing(4)
-        top = QHBoxLayout()
-        self.target = QLabel("\u2014")
-        self.target.setObjectName("reviewTarget")
-        self.model = QLabel("")
-        self.status = QLabel("")
-        self.status.setObjectName("reviewStatus")
-        self.progress = QLabel("")
-        self.case = QLabel("")
-        self.case.setObjectName("caseLabel")
-        self.case.setStyleSheet("color:#555;")
-        for w in (self.target, self.model, self.status):
-            top.addWidget(w)
-            top.addSpacing(10)
-        top.addStretch(1)
-        top.addWidget(self.progress)
-        top.addSpacing(10)
-        top.addWidget(self.case)
-        v.addLayout(top)
-
-        row = QHBoxLayout()
-        self.prev_btn = QPushButton("\u25c0 Previous (K)")
-        self.prev_btn.clicked.connect(lambda: self.stepRequested.emit(-1))
-        self.confirm_btn = QPushButton("Confirm (C)")
-        self.confirm_btn.setToolTip("Agree with the model's decision")
-        self.confirm_btn.clicked.connect(self.confirmRequested.emit)
-        self.buttons: dict[str, QPushButton] = {}
-        for decision, label in ((REVIEW_ALL, "ALL blast (A)"), (REVIEW_NORMAL, "Normal (N)"),
-                                (REVIEW_UNCLASSIFIABLE, "Unclassifiable (U)")):
-            b = QPushButton(label)
-            b.setStyleSheet(f"color:{_rgb(REVIEW_RGB[decision])}; font-weight:bold;")
-            b.clicked.connect(lambda _=False, d=decision: self.decided.emit(d))
-            self.buttons[decision] = b
-        self.comment = QLineEdit()
-        self.comment.setObjectName("reviewComment")
-        self.comment.setPlaceholderText("comment (optional; Enter saves it with the decision)")
-        self.comment.setClearButtonEnabled(True)
-        self.comment.returnPressed.connect(self.commentSubmitted.emit)
-        self.undo_btn = QPushButton("Undo")
-        self.undo_btn.setToolTip("Undo the last review (Ctrl+Z)")
-        self.undo_btn.clicked.connect(self.undoRequested.emit)
-        self.redo_btn = QPushButton("Redo")
-        self.redo_btn.setToolTip("Redo (Ctrl+Shift+Z)")
-        self.redo_btn.clicked.connect(self.redoRequested.emit)
-        self.next_btn = QPushButton("Next (J) \u25b6")
-        self.next_btn.clicked.connect(lambda: self.stepRequested.emit(1))
-        self.advance = QCheckBox("Next image after a decision")
-        self.advance.setChecked(True)
-        self.filter = QComboBox()
-        self.filter.setObjectName("reviewFilter")
-        for key, label in FILTERS.items():
-            self.filter.addItem(label, key)
-        self.filter.setToolTip("Images shown in the table (and visited by Next / Previous)")
-        self.filter.currentIndexChanged.connect(lambda i: self.filterChanged.emit(self.filter.itemData(i)))
-        row.addWidget(self.prev_btn)
-        row.addWidget(self.confirm_btn)
-        for b in self.buttons.values():
-            row.addWidget(b)
-        row.addWidget(self.comment, 1)
-        row.addWidget(self.undo_btn)
-        row.addWidget(self.redo_btn)
-        row.addWidget(self.next_btn)
-        row.addWidget(self.advance)
-        row.addWidget(QLabel("Show"))
-        row.addWidget(self.filter)
-        v.addLayout(row)
-        for w in (self.prev_btn, self.next_btn, self.confirm_btn, self.undo_btn, self.redo_btn, *self.buttons.values()):
-            w.setFocusPolicy(Qt.NoFocus)    # keys stay with the window's shortcuts
-
-    def set_filter(self, key: str) -> None:
-        i = self.filter.findData(key)
-        if i >= 0 and i != self.filter.currentIndex():
-            self.filter.blockSignals(True)
-            self.filter.setCurrentIndex(i)
-            self.filter.blockSignals(False)
-
-
-class ReviewController(QObject):
-    """Puts review mode into a main window: the review bar (a panel under the image), the Review menu
-    and shortcuts, File > New / Open case and Export case report, the table's Review column and
-    filter. ``window`` provides ``state``, ``table``, ``settings``, ``analysis`` (its
-    ``modelChanged(predictor, path)``), ``add_panel``, ``menus`` and ``open_files``."""
+    The review bar (a panel under the image), the Review menu and shortcuts, File > New / Open case
+    and Export case report, the table's Review column and filter. ``window`` provides ``state``,
+    ``table``, ``settings``, ``analysis`` (its ``modelChanged(predictor, path)``), ``add_panel``,
+    ``menus`` and ``open_files``.
+    """
 
     reportWritten = Signal(str)
 
@@ -183,7 +76,6 @@ class ReviewController(QObject):
         self.settings: QSettings = window.settings
         self.review = ReviewModel(self.state)
         self.review.reviewer = str(self.settings.value("review/reviewer", "", str) or "")
-        from allgui.resources import samples_dir
         if samples_dir().is_dir():   # the bundled samples: keep their case in the user's data folder
             base = QStandardPaths.writableLocation(QStandardPaths.AppDataLocation) or str(Path.home() / ".allgui")
             self.review.case_redirects[samples_dir().resolve()] = Path(base) / "cases" / f"samples-{DEFAULT_CASE_NAME}"
@@ -191,7 +83,6 @@ class ReviewController(QObject):
         self._model_task: ThreadTask | None = None
         self.report_task: ThreadTask | None = None
         self._refused: set[str] = set()      # case files already reported as refused
-        self._comment_for: tuple | None = None   # (path, cell, review id) the comment field shows
 
         self.bar = ReviewBar()
         self.dock = window.add_panel("Review", self.bar, Qt.BottomDockWidgetArea, "reviewDock")
@@ -429,93 +320,9 @@ class ReviewController(QObject):
     def redo(self) -> None:
         self._follow(self._guard(self.review.redo), "Redone")
 
-    # ---- case files -----------------------------------------------------------------------------
-    def _start_dir(self) -> str:
-        default = self.review.default_case_path()
-        return str(default.parent) if default is not None else str(self.settings.value("dirs/case", str(Path.home())))
-
-    def new_case_dialog(self) -> bool:
-        path, _ = QFileDialog.getSaveFileName(self.window, "New case file",
-                                              str(Path(self._start_dir()) / DEFAULT_CASE_NAME), CASE_FILTER)
-        if not path:
-            return False
-        try:
-            self.review.new_case(path)
-        except CaseError as exc:
-            QMessageBox.warning(self.window, "New case", str(exc))
-            return False
-        self.settings.setValue("dirs/case", str(Path(path).parent))
-        return True
-
-    def open_case_dialog(self) -> bool:
-        path, _ = QFileDialog.getOpenFileName(self.window, "Open case file", self._start_dir(), CASE_FILTER)
-        return bool(path) and self.open_case(path)
-
-    def open_case(self, path: str) -> bool:
-        """Open a case file and the images it holds that are not open yet (refused files: a message)."""
-        try:
-            store = self.review.open_case(path)
-        except CaseError as exc:
-            QMessageBox.warning(self.window, "Open case", str(exc))
-            return False
-        self.settings.setValue("dirs/case", str(Path(path).parent))
-        found, missing = [], 0
-        for sha, (p, rel) in store.image_paths().items():
-            where = store.resolve(p, rel)
-            if where is None:
-                missing += 1
-            elif str(where) not in self.state.paths:
-                found.append(str(where))
-        if found:
-            self.window.open_files(found)
-        msg = f"Case {Path(path).name} opened"
-        if missing:
-            msg += f"; {missing} of its images were not found"
-        self.window.statusBar().showMessage(msg, 8000)
-        return True
-
-    def export_report_dialog(self) -> ThreadTask | None:
-        if self.review.store is None:
-            QMessageBox.information(self.window, "Case report", "No case is open: review an image, or open a case "
-                                    "(File \u2192 Open case\u2026), first.")
-            return None
-        start = Path(self.settings.value("dirs/report_pdf", str(self.review.store.path.parent), str))
-        path, _ = QFileDialog.getSaveFileName(self.window, "Export case report",
-                                              str(start / f"{self.review.store.name}-report.pdf"), "PDF (*.pdf)")
-        if not path:
-            return None
-        self.settings.setValue("dirs/report_pdf", str(Path(path).parent))
-        return self.export_report(path)
-
-    def export_report(self, path: str, per_page: int = 6) -> ThreadTask | None:
-        """Write the case report in the background (the window stays responsive)."""
-        if self.review.store is None:
-            return None
-        st = self.state
-        task = ThreadTask(_write_report, str(self.review.store.path), str(path), per_page, dict(st.thresholds),
-                          st.band, self.review.model_sha256, pool=QThreadPool.globalInstance(), name="case-report")
-        task.progress.connect(lambda f, m: self.window.statusBar().showMessage(m, 3000))
-        task.finished.connect(lambda counts, p=str(path): self._report_done(p, counts))
-        task.failed.connect(lambda msg: QMessageBox.critical(self.window, "Case report", msg))
-        self.report_task = task
-        return task.start()
-
-    def _report_done(self, path: str, counts: dict) -> None:
-        self.window.statusBar().showMessage(f"Case report written to {path} ({counts['pages']} pages)", 8000)
-        self.reportWritten.emit(path)
-
     # ---- views ----------------------------------------------------------------------------------
     def _review_info(self, path: str) -> tuple[str, Any, tuple | None, str]:
-        s: ImageReview = self.review.status(path)
-        r = s.review
-        colour = None
-        tip = ""
-        if r is not None:
-            colour = OVERRIDE_RGB if r.override else REVIEW_RGB.get(r.reviewer_decision)
-            tip = (f"{r.reviewer_decision} by {r.reviewer}, {r.at[:16].replace('T', ' ')} UTC; model: "
-                   f"{r.model_decision}" + (f"\n\u201c{r.comment}\u201d" if r.comment else ""))
-        key = (2 if s.override else 1 if s.reviewed else 0, s.text())
-        return s.text(), key, colour, tip
+        return table_cell(self.review.status(path))
 
     def _on_review(self, path: str | None) -> None:
         if path is None:
@@ -530,52 +337,4 @@ class ReviewController(QObject):
 
     def refresh(self, *_: Any) -> None:
         """Show the current image's (or cell's) model result and review, the progress and the case."""
-        bar, st, rv = self.bar, self.state, self.review
-        store = rv.store
-        if store is not None:
-            bar.case.setText(f"Case: {store.name} ({store.path.name})")
-            bar.case.setToolTip(str(store.path))
-        else:
-            default = rv.default_case_path()
-            bar.case.setText("No case file yet" + (f": the first decision creates {default.name}" if default else ""))
-            bar.case.setToolTip(str(default or ""))
-        c = rv.counts()
-        bar.progress.setText(f"{c['reviewed']} of {c['images']} reviewed" +
-                             (f", {c['overrides']} overridden" if c["overrides"] else ""))
-        bar.undo_btn.setEnabled(rv.can_undo)
-        bar.redo_btn.setEnabled(rv.can_redo)
-        path = st.current
-        enabled = path is not None and (path in st.predictions or path in st.errors)
-        for w in (bar.confirm_btn, *bar.buttons.values()):
-            w.setEnabled(enabled)
-        if path is None:
-            self._comment_for = None
-            bar.target.setText("No image open")
-            bar.model.setText("")
-            bar.status.setText("")
-            return
-        _, cell = rv.target()
-        pred = st.predictions.get(path)
-        where = f"cell {cell + 1} of {len(pred.cells)}" if cell >= 0 and pred else "whole image"
-        bar.target.setText(f"<b>{Path(path).name}</b> \u2014 {where}")
-        model = rv.model_decision()
-        if model is None:
-            bar.model.setText("model: analysing\u2026" if path not in st.errors else "model: could not analyse")
-        else:
-            colour = DECISION_COLOURS.get(model, (0, 0, 0))
-            bar.model.setText(f"model: <b style='color:{_rgb(colour)}'>{model}</b>")
-        bar.confirm_btn.setEnabled(enabled and model is not None and model != "uncertain, review")
-        r = rv.review_for(path, cell)
-        if r is None:
-            bar.status.setText("<span style='color:#777'>not reviewed</span>")
-        else:
-            if r.override:
-                text = f"<b style='color:{_rgb(OVERRIDE_RGB)}'>override: {r.reviewer_decision}</b>"
-            else:
-                text = f"<b style='color:{_rgb(REVIEW_RGB[r.reviewer_decision])}'>{r.reviewer_decision}</b>"
-            bar.status.setText(f"your decision: {text} <span style='color:#777'>({r.reviewer}, "
-                               f"{r.at[11:16]} UTC)</span>")
-        shown = (path, cell, r.id if r is not None else None)
-        if shown != self._comment_for:      # another image, cell or review: its comment (typing is kept)
-            self._comment_for = shown
-            bar.comment.setText(r.comment if r is not None else "")
+        self.bar.show_review(self.review)

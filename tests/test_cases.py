@@ -77,8 +77,8 @@ def _tamper_row(case):
     con = sqlite3.connect(case)
     con.execute("DROP TRIGGER reviews_append_only_u")
     con.execute("UPDATE reviews SET reviewer_decision = 'ALL blast' WHERE id = 1")
-    from trainer.cases.store import SCHEMA, _statements
-    con.execute(next(s for s in _statements(SCHEMA) if "reviews_append_only_u" in s))
+    from trainer.cases.schema import SCHEMA, statements
+    con.execute(next(s for s in statements(SCHEMA) if "reviews_append_only_u" in s))
     con.commit()
     con.close()
 
@@ -87,8 +87,8 @@ def _drop_last_row(case):
     con = sqlite3.connect(case)
     con.execute("DROP TRIGGER reviews_append_only_d")
     con.execute("DELETE FROM reviews WHERE id = (SELECT max(id) FROM reviews)")
-    from trainer.cases.store import SCHEMA, _statements
-    con.execute(next(s for s in _statements(SCHEMA) if "reviews_append_only_d" in s))
+    from trainer.cases.schema import SCHEMA, statements
+    con.execute(next(s for s in statements(SCHEMA) if "reviews_append_only_d" in s))
     con.commit()
     con.close()
 
@@ -286,8 +286,8 @@ def test_reviewed_images_become_training_samples(reviewed_case):
 def test_retraining_with_reviewed_corrections_changes_the_model(reviewed_case, tiny_config, tiny_predictor,
                                                                 tmp_path, capsys):
     """The tiny model retrained with the case added (same data, settings and feature cache)."""
-    from trainer.inference.bundle import read_manifest
     from trainer.cli.main import main
+    from trainer.inference.bundle import read_manifest
     from trainer.inference.predictor import Predictor
     case, paths, decisions = reviewed_case
     out = tmp_path / "corrected.allmodel"

@@ -33,9 +33,10 @@ def test_nothing_to_say_when_everything_loads_or_another_plugin_is_used():
 
 
 def test_the_app_stops_with_the_message_and_a_non_zero_status(monkeypatch, capsys):
+    from PySide6.QtWidgets import QApplication
+
     import allgui.__main__ as entry
     import allgui.platform_check as pc
-    from PySide6.QtWidgets import QApplication
     monkeypatch.setattr(QApplication, "instance", staticmethod(lambda: None))   # as at a real start
     monkeypatch.setattr(pc, "missing_xcb_libraries",
                         lambda loader=None: [(lib, pkg) for lib, pkg in XCB_LIBRARIES if "cursor" in lib])

@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
-from PySide6.QtWidgets import QMessageBox  # noqa: E402
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QMessageBox
 
-from allgui.main_window import MainWindow  # noqa: E402
-from trainer.cases import DEFAULT_CASE_NAME, CaseStore  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.io.synthetic import make_cell_image, make_smear_field  # noqa: E402
+from allgui.main_window import MainWindow
+from trainer.cases import DEFAULT_CASE_NAME, CaseStore
+from trainer.config import TrainConfig
+from trainer.io.synthetic import make_cell_image, make_smear_field
 
 
 def _png(path: Path, rgb: np.ndarray) -> str:

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from trainer.io.data import CLASS_NAMES, Dataset, Sample, parse_cnmc_subject
+from trainer.cases.schema import REVIEW_LABELS, REVIEW_UNCLASSIFIABLE, file_sha256
+from trainer.cases.store import CaseStore
+from trainer.io.data import parse_cnmc_subject
+from trainer.io.samples import CLASS_NAMES, Dataset, Sample
 from trainer.util.errors import DataError
-
-from .store import REVIEW_LABELS, REVIEW_UNCLASSIFIABLE, CaseStore, file_sha256
 
 log = logging.getLogger("trainer.io.data")
 #: class names of reviewed samples start with this (``"reviewed: ALL blast"``, ``"reviewed: normal"``)
@@ -39,12 +41,14 @@ def case_group(case_id: str, path: str | os.PathLike) -> str:
 
 
 def case_dataset(cases: Iterable[str | os.PathLike]) -> tuple[Dataset, list[dict[str, Any]]]:
-    """The reviewed images of ``cases`` (case files) as a :class:`Dataset`, and per case what was
-    used and skipped. An image reviewed in two cases is used once (the later case's label wins);
+    """The reviewed images of ``cases`` (case files) as a :class:`Dataset`, and per case what was used.
+
+    An image reviewed in two cases is used once (the later case's label wins);
     merged after the training folders (:func:`trainer.data.merge_datasets`), an image that is
     already among them keeps its label there.
 
-    Raises :class:`trainer.errors.CaseError` for a case file that cannot be opened."""
+    Raises :class:`trainer.errors.CaseError` for a case file that cannot be opened.
+    """
     chosen: dict[str, Sample] = {}
     skipped: list[tuple[Path, str]] = []
     warnings: list[str] = []
@@ -90,8 +94,10 @@ def is_reviewed(sample: Sample) -> bool:
 
 
 def reviewed_summary(dataset: Dataset, splits, cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the model card records of the reviewed images: how many were used in all and in each
-    split, by the reviewer's label, and per case."""
+    """What the model card records of the reviewed images.
+
+    How many were used in all and in each split, by the reviewer's label, and per case.
+    """
     flags = np.array([is_reviewed(s) for s in dataset.samples], bool)
     labels = dataset.labels
     tr, va, te = (np.asarray(a, dtype=int) for a in splits)

@@ -31,8 +31,11 @@ def outline(contour: np.ndarray, bbox=None) -> list[list[int]]:
 
 
 def regions_of(pred: ImagePrediction) -> list[dict[str, Any]]:
-    """The outlines the app draws: one per white cell of a field (``p`` None where the model judges
-    whole fields), else the crop's nucleus (its contour, or the nucleus mask's outlines)."""
+    """The outlines the app draws.
+
+    One per white cell of a field (``p`` None where the model judges whole fields), else the crop's
+    nucleus (its contour, or the nucleus mask's outlines).
+    """
     if pred.kind == "field" and pred.cells:
         return [{"cell": c.index if c.index >= 0 else i, "outline": outline(c.contour, c.bbox),
                  "p": round(float(c.probability), 6) if pred.field_by_cells else None}
@@ -72,8 +75,10 @@ def prediction_record(pred: ImagePrediction, image_sha256: str, path: str, model
 
 def review_record(pred: ImagePrediction, image_sha256: str, path: str, cell: int, model_sha256: str,
                   threshold: float, band: float) -> dict[str, Any]:
-    """The model's side of a review of image ``path`` (``cell`` -1) or of one of its cells: the
-    result the reviewer saw, kept with the decision."""
+    """The model's side of a review of image ``path`` (``cell`` -1) or of one of its cells.
+
+    The result the reviewer saw, kept with the decision.
+    """
     rec = {"image_sha256": image_sha256, "path": str(path), "cell": int(cell), "model_sha256": model_sha256,
            "model_name": pred.model_name, "model_key": pred.model, "threshold": float(threshold),
            "band": float(band)}
@@ -92,8 +97,11 @@ def review_record(pred: ImagePrediction, image_sha256: str, path: str, cell: int
 
 
 def card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    """What a case keeps of a model card: name, creation, intended use, limitations, notes, and each
-    model's headline numbers (calibrated ensemble on the held-out test split, else validation)."""
+    """What a case keeps of a model card.
+
+    Name, creation, intended use, limitations, notes, and each model's headline numbers (calibrated
+    ensemble on the held-out test split, else validation).
+    """
     out: dict[str, Any] = {k: card.get(k) for k in ("name", "created", "intended_use") if card.get(k)}
     out["limitations"] = [str(x) for x in (card.get("limitations") or [])]
     out["notes"] = [str(x) for x in (card.get("notes") or [])]

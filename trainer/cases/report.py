@@ -1,6 +1,8 @@
-"""The case report: a PDF with the case summary, counts, the model card's headline and limitations,
-then ``per_page`` images a page, each with its thumbnail and outlines, probabilities, votes, the
-model's decision and the reviewer's.
+"""The case report: a PDF of the case summary and every image with the model's and the reviewer's decision.
+
+Page 1: the case, counts, the model card's headline and limitations; then ``per_page`` images a
+page, each with its thumbnail and outlines, probabilities, votes, the model's decision and the
+reviewer's.
 
 Written with matplotlib's PDF backend (``Figure`` + ``PdfPages``, no pyplot and no Qt), so the
 command line (``allgui-train report``) and the app write the same report, also on a machine
@@ -9,23 +11,29 @@ without a display. Page count: 1 summary page + ceil(images / per_page).
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import cv2
 import numpy as np
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Polygon, Rectangle
 
+from trainer.cases.reviews import Prediction, Review, model_review_decision
+from trainer.cases.schema import REVIEW_ALL, REVIEW_DECISIONS, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, file_sha256, now
+from trainer.cases.store import CaseStore
 from trainer.inference.results import DECISION_NOT_ASSESSABLE, decide
+from trainer.io.imageio import read_image
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import Cancelled, CaseError
-
-from .store import (
-    REVIEW_ALL, REVIEW_DECISIONS, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, CaseStore, Prediction, Review,
-    file_sha256, model_review_decision, now,
-)
 
 RESEARCH_ONLY = "Research use only \u2014 not for clinical diagnosis."
 DEFAULT_PER_PAGE = 6
@@ -62,7 +70,8 @@ def collect(store: CaseStore, thresholds: dict[str, float] | None = None,
     The model's decision of a reviewed image is the one the reviewer saw (its threshold is kept
     with the review); an unreviewed image is decided at ``thresholds[model key]`` and ``band`` when
     given (the app's current settings for the model ``model_sha256``; other models' predictions keep
-    theirs), else at the threshold recorded with its prediction."""
+    theirs), else at the threshold recorded with its prediction.
+    """
     preds = store.latest_predictions()
     current = store.current_reviews()
     paths = store.image_paths()
@@ -93,8 +102,11 @@ def collect(store: CaseStore, thresholds: dict[str, float] | None = None,
 
 
 def summary(store: CaseStore, entries: list[ImageEntry]) -> dict[str, Any]:
-    """Counts of the case: images, reviewed, agreed with the model (confirmed), overridden, decided
-    where the model was uncertain (resolved), decisions of model and reviewer."""
+    """Counts of the case.
+
+    Images, reviewed, agreed with the model (confirmed), overridden, decided where the model was
+    uncertain (resolved), decisions of model and reviewer.
+    """
     reviewed = [e for e in entries if e.review is not None]
     model_counts: dict[str, int] = {}
     for e in entries:
@@ -119,10 +131,6 @@ def summary(store: CaseStore, entries: list[ImageEntry]) -> dict[str, Any]:
 # ---- drawing ---------------------------------------------------------------------------------
 def _thumbnail(entry: ImageEntry) -> tuple[np.ndarray | None, float, str]:
     """(RGB thumbnail or None, scale from image to thumbnail pixels, note)."""
-    import cv2
-
-    from trainer.io.imageio import read_image
-
     if entry.file is None:
         return None, 1.0, "image file not found"
     try:
@@ -130,7 +138,7 @@ def _thumbnail(entry: ImageEntry) -> tuple[np.ndarray | None, float, str]:
             entry.changed = True
             return None, 1.0, "image file changed since it was analysed"
         img = read_image(entry.file)
-    except Exception as exc:  # noqa: BLE001 - a report is still written, with the reason
+    except Exception as exc:
         return None, 1.0, f"image not readable: {exc}"
     h, w = img.shape[:2]
     s = min(1.0, THUMB_PX / max(h, w))
@@ -140,8 +148,6 @@ def _thumbnail(entry: ImageEntry) -> tuple[np.ndarray | None, float, str]:
 
 
 def _draw_thumb(ax, entry: ImageEntry) -> None:
-    from matplotlib.patches import Polygon
-
     ax.set_xticks([])
     ax.set_yticks([])
     img, s, note = _thumbnail(entry)
@@ -216,7 +222,6 @@ def _entry_lines(i: int, e: ImageEntry) -> list[tuple[str, dict]]:
         lines.append((f"model decision at threshold {_fmt(e.threshold)} \u00b1 {_fmt(e.band, '.2f')}: "
                       f"{e.model_decision}", {"color": colour, "weight": "bold"}))
         votes = src.votes if src is not None and src.votes else pred.votes
-        import json
         vl = json.loads(votes) if isinstance(votes, str) else votes
         if vl:
             items = [f"{n} {pv:.2f}{' (ALL)' if v else ''} w {w:.2f}" for n, pv, v, w in vl]
@@ -230,7 +235,7 @@ def _entry_lines(i: int, e: ImageEntry) -> list[tuple[str, dict]]:
     if e.review is not None:
         lines.append((f"by {e.review.reviewer}, {e.review.at[:19].replace('T', ' ')} UTC", {"fontsize": 6.5}))
         if e.review.comment:
-            for k, part in enumerate(textwrap.wrap(f"comment: {e.review.comment}", 100)[:2]):
+            for part in textwrap.wrap(f"comment: {e.review.comment}", 100)[:2]:
                 lines.append((part, {"style": "italic", "fontsize": 6.5}))
     if e.cell_reviews:
         parts = []
@@ -328,8 +333,6 @@ def _summary_page(fig, store: CaseStore, entries: list[ImageEntry], counts: dict
 
 
 def _banner(fig, y: float):
-    from matplotlib.patches import Rectangle
-
     return Rectangle((0.05, y - 0.032), 0.9, 0.03, transform=fig.transFigure, facecolor=(1.0, 0.95, 0.80),
                      edgecolor=(0.88, 0.75, 0.38), linewidth=0.8)
 
@@ -355,8 +358,6 @@ def _image_page(fig, entries: list[tuple[int, ImageEntry]], per_page: int, page:
 
 
 def _rule(fig, y: float):
-    from matplotlib.lines import Line2D
-
     return Line2D([0.06, 0.94], [y, y], transform=fig.transFigure, color="0.85", linewidth=0.5)
 
 
@@ -365,12 +366,11 @@ def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.Path
                       band: float | None = None, model_sha256: str | None = None,
                       progress: Callable[[float, str], None] | None = None,
                       cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Write the report of ``case`` (a case file, opened read-only, or an open store) to ``output``
-    (written atomically). ``thresholds``, ``band``, ``model_sha256``: see :func:`collect`. Returns
-    the counts (see :func:`summary`) with ``pages``."""
-    from matplotlib.backends.backend_pdf import PdfPages
-    from matplotlib.figure import Figure
+    """Write the report of ``case`` (a case file, opened read-only, or an open store) to ``output``.
 
+    Written atomically. ``thresholds``, ``band``, ``model_sha256``: see :func:`collect`. Returns
+    the counts (see :func:`summary`) with ``pages``.
+    """
     if per_page < 1:
         raise CaseError("Images per page must be at least 1.")
     own = not isinstance(case, CaseStore)

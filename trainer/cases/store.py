@@ -23,319 +23,36 @@ the whole chain on purpose is not stopped by it.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
 import sqlite3
 import tempfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from trainer import __version__
+from trainer.cases.reviews import Prediction, Review, ReviewState, replay
+from trainer.cases.schema import (
+    APPLICATION_ID,
+    COLUMNS,
+    FORMAT,
+    PREDICTION_COLUMNS,
+    REVIEW_COLUMNS,
+    REVIEW_DECISIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SQLITE_MAGIC,
+    dumps,
+    expected_schema,
+    genesis,
+    now,
+    plain,
+    row_hash,
+    schema_of,
+    statements,
+)
 from trainer.util.errors import CaseError
-
-#: the file name a case gets beside the images of a folder when the user does not choose one
-DEFAULT_CASE_NAME = "allgui-case.sqlite"
-#: ``PRAGMA application_id`` of an allgui case file ("ALGC")
-APPLICATION_ID = 0x414C4743
-#: the case format this version writes and the newest it reads (``PRAGMA user_version``)
-SCHEMA_VERSION = 1
-FORMAT = "allgui-case"
-
-#: the reviewer's decisions
-REVIEW_ALL = "ALL blast"
-REVIEW_NORMAL = "normal"
-REVIEW_UNCLASSIFIABLE = "unclassifiable"
-REVIEW_DECISIONS = (REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE)
-#: training label of a reviewer decision (unclassifiable has none)
-REVIEW_LABELS = {REVIEW_ALL: 1, REVIEW_NORMAL: 0}
-ACTIONS = ("review", "undo", "redo")
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-_MODEL_COLUMNS = ("at", "sha256", "name", "card")
-_PREDICTION_COLUMNS = ("at", "image_sha256", "path", "rel_path", "model_sha256", "model_key", "model_name",
-                       "kind", "unit", "width", "height", "threshold", "band", "probability",
-                       "raw_probability", "vote_share", "decision", "votes", "regions", "cells")
-_REVIEW_COLUMNS = ("at", "action", "target", "image_sha256", "path", "rel_path", "cell", "cell_bbox",
-                   "model_sha256", "model_name", "model_key", "threshold", "band", "probability",
-                   "raw_probability", "vote_share", "votes", "model_decision", "reviewer_decision",
-                   "confirmed", "comment", "reviewer")
-COLUMNS = {"models": _MODEL_COLUMNS, "predictions": _PREDICTION_COLUMNS, "reviews": _REVIEW_COLUMNS}
-
-SCHEMA = """
-CREATE TABLE meta (
-    key TEXT PRIMARY KEY NOT NULL,
-    value TEXT NOT NULL
-);
-CREATE TABLE models (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    sha256 TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    card TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TABLE predictions (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    image_sha256 TEXT NOT NULL,
-    path TEXT NOT NULL,
-    rel_path TEXT,
-    model_sha256 TEXT NOT NULL,
-    model_key TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    threshold REAL NOT NULL,
-    band REAL NOT NULL,
-    probability REAL,
-    raw_probability REAL,
-    vote_share REAL,
-    decision TEXT NOT NULL,
-    votes TEXT NOT NULL,
-    regions TEXT NOT NULL,
-    cells TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX predictions_image ON predictions (image_sha256);
-CREATE TABLE reviews (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    action TEXT NOT NULL CHECK (action IN ('review', 'undo', 'redo')),
-    target INTEGER,
-    image_sha256 TEXT NOT NULL,
-    path TEXT NOT NULL,
-    rel_path TEXT,
-    cell INTEGER NOT NULL,
-    cell_bbox TEXT,
-    model_sha256 TEXT,
-    model_name TEXT,
-    model_key TEXT,
-    threshold REAL,
-    band REAL,
-    probability REAL,
-    raw_probability REAL,
-    vote_share REAL,
-    votes TEXT,
-    model_decision TEXT,
-    reviewer_decision TEXT CHECK (reviewer_decision IS NULL
-                                  OR reviewer_decision IN ('ALL blast', 'normal', 'unclassifiable')),
-    confirmed INTEGER NOT NULL,
-    comment TEXT NOT NULL,
-    reviewer TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX reviews_image ON reviews (image_sha256, cell);
-CREATE TRIGGER models_append_only_u BEFORE UPDATE ON models
-    BEGIN SELECT RAISE(ABORT, 'allgui case: models are append-only'); END;
-CREATE TRIGGER models_append_only_d BEFORE DELETE ON models
-    BEGIN SELECT RAISE(ABORT, 'allgui case: models are append-only'); END;
-CREATE TRIGGER predictions_append_only_u BEFORE UPDATE ON predictions
-    BEGIN SELECT RAISE(ABORT, 'allgui case: predictions are append-only'); END;
-CREATE TRIGGER predictions_append_only_d BEFORE DELETE ON predictions
-    BEGIN SELECT RAISE(ABORT, 'allgui case: predictions are append-only'); END;
-CREATE TRIGGER reviews_append_only_u BEFORE UPDATE ON reviews
-    BEGIN SELECT RAISE(ABORT, 'allgui case: reviews are append-only'); END;
-CREATE TRIGGER reviews_append_only_d BEFORE DELETE ON reviews
-    BEGIN SELECT RAISE(ABORT, 'allgui case: reviews are append-only'); END;
-"""
-
-
-def now() -> str:
-    """The current time, UTC, ISO 8601 with milliseconds."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (model bundles, images)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False, sort_keys=True)
-
-
-def _row_hash(table: str, prev: str, values: dict[str, Any]) -> str:
-    payload = _dumps([table, prev, [values.get(c) for c in COLUMNS[table]]])
-    return hashlib.sha256(payload.encode("ascii")).hexdigest()
-
-
-def _plain(v: Any) -> Any:
-    """A value as SQLite stores and returns it (bool -> int, numpy scalars -> Python)."""
-    if v is None or isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, float):
-        return float(v)
-    if hasattr(v, "item"):           # numpy scalar
-        return _plain(v.item())
-    raise TypeError(f"cannot store {type(v).__name__} in a case file")
-
-
-@dataclass(frozen=True)
-class Review:
-    """One row of ``reviews``: a review, undo or redo action."""
-
-    id: int
-    at: str
-    action: str
-    target: int | None
-    image_sha256: str
-    path: str
-    rel_path: str | None
-    cell: int
-    cell_bbox: str | None
-    model_sha256: str | None
-    model_name: str | None
-    model_key: str | None
-    threshold: float | None
-    band: float | None
-    probability: float | None
-    raw_probability: float | None
-    vote_share: float | None
-    votes: str | None
-    model_decision: str | None
-    reviewer_decision: str | None
-    confirmed: int
-    comment: str
-    reviewer: str
-
-    @property
-    def key(self) -> tuple[str, int]:
-        """(image content hash, cell index; -1 = the whole image)."""
-        return self.image_sha256, self.cell
-
-    @property
-    def override(self) -> bool:
-        """The reviewer decided otherwise than the model did (an uncertain result that the reviewer
-        resolved is not an override; a 'not assessable' image judged a blast or normal is)."""
-        expected = model_review_decision(self.model_decision)
-        return expected is not None and self.reviewer_decision != expected
-
-
-def model_review_decision(model_decision: str | None) -> str | None:
-    """The reviewer decision that agrees with the model's decision in words, or None where there is
-    no such decision (the model was uncertain)."""
-    return {"ALL blast": REVIEW_ALL, "normal": REVIEW_NORMAL,
-            "not assessable": REVIEW_UNCLASSIFIABLE}.get(model_decision or "")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One row of ``predictions``: the model's result for one image."""
-
-    id: int
-    at: str
-    image_sha256: str
-    path: str
-    rel_path: str | None
-    model_sha256: str
-    model_key: str
-    model_name: str
-    kind: str
-    unit: str
-    width: int
-    height: int
-    threshold: float
-    band: float
-    probability: float | None
-    raw_probability: float | None
-    vote_share: float | None
-    decision: str
-    votes: str
-    regions: str
-    cells: str
-
-    def votes_list(self) -> list[dict[str, Any]]:
-        return json.loads(self.votes or "[]")
-
-    def regions_list(self) -> list[dict[str, Any]]:
-        return json.loads(self.regions or "[]")
-
-    def cells_list(self) -> list[dict[str, Any]]:
-        return json.loads(self.cells or "[]")
-
-
-@dataclass
-class ReviewState:
-    """The replay of the review actions: what is decided now and what can be undone / redone."""
-
-    applied: list[Review] = field(default_factory=list)    # review actions in effect, oldest first
-    redoable: list[Review] = field(default_factory=list)   # undone actions, the next to redo last
-    current: dict[tuple[str, int], Review] = field(default_factory=dict)
-    by_image: dict[str, dict[int, Review]] = field(default_factory=dict)   # image hash -> cell -> review
-
-    def apply(self, r: Review) -> None:
-        if r.action == "review":
-            self.applied.append(r)
-            self.redoable.clear()
-            self._set(r.key, r)
-        elif r.action == "undo":
-            if self.applied and self.applied[-1].id == r.target:
-                undone = self.applied.pop()
-                self.redoable.append(undone)
-                self._recompute(undone.key)
-        elif r.action == "redo":
-            if self.redoable and self.redoable[-1].id == r.target:
-                redone = self.redoable.pop()
-                self.applied.append(redone)
-                self._set(redone.key, redone)
-
-    def _set(self, key: tuple[str, int], r: Review | None) -> None:
-        cells = self.by_image.setdefault(key[0], {})
-        if r is None:
-            self.current.pop(key, None)
-            cells.pop(key[1], None)
-            if not cells:
-                del self.by_image[key[0]]
-        else:
-            self.current[key] = r
-            cells[key[1]] = r
-
-    def _recompute(self, key: tuple[str, int]) -> None:
-        for r in reversed(self.applied):
-            if r.key == key:
-                self._set(key, r)
-                return
-        self._set(key, None)
-
-
-def replay(actions: Iterable[Review]) -> ReviewState:
-    """The review state after ``actions`` (rows of ``reviews`` in order)."""
-    st = ReviewState()
-    for r in actions:
-        st.apply(r)
-    return st
-
-
-def _expected_schema() -> set[tuple]:
-    con = sqlite3.connect(":memory:")
-    try:
-        for stmt in _statements(SCHEMA):
-            con.execute(stmt)
-        return _schema_of(con)
-    finally:
-        con.close()
-
-
-def _schema_of(con: sqlite3.Connection) -> set[tuple]:
-    return {tuple(r) for r in con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")}
-
 
 _EXPECTED: set[tuple] | None = None
 
@@ -362,10 +79,8 @@ class CaseStore:
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, name: str = "") -> "CaseStore":
+    def create(cls, path: str | os.PathLike, name: str = "") -> CaseStore:
         """Create a new, empty case file at ``path`` (refused where a file exists)."""
-        from trainer import __version__
-
         path = Path(path)
         if path.exists():
             raise CaseError(f"{path.name} already exists; open it instead of creating a new case there.")
@@ -382,14 +97,14 @@ class CaseStore:
             con = sqlite3.connect(tmp, isolation_level=None)
             try:
                 con.execute("BEGIN IMMEDIATE")
-                for stmt in _statements(SCHEMA):
+                for stmt in statements(SCHEMA):
                     con.execute(stmt)
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 meta = {"format": FORMAT, "case_id": case_id, "name": name or path.stem,
                         "created_at": now(), "created_by": f"allgui {__version__}"}
                 for table in COLUMNS:
-                    meta[f"head:{table}"] = _genesis(case_id, table)
+                    meta[f"head:{table}"] = genesis(case_id, table)
                     meta[f"count:{table}"] = "0"
                 con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
                 con.execute("COMMIT")
@@ -410,17 +125,17 @@ class CaseStore:
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, readonly: bool = False) -> "CaseStore":
+    def open(cls, path: str | os.PathLike, readonly: bool = False) -> CaseStore:
         """Open and verify the case file ``path``. Raises :class:`CaseError` with a clear message."""
         path = Path(path)
         if not path.is_file():
             raise CaseError(f"Case file not found: {path}")
         try:
             with open(path, "rb") as fh:
-                head = fh.read(len(_SQLITE_MAGIC))
+                head = fh.read(len(SQLITE_MAGIC))
         except OSError as exc:
             raise CaseError(f"Cannot read the case file {path.name}: {exc.strerror or exc}.") from None
-        if head != _SQLITE_MAGIC:
+        if head != SQLITE_MAGIC:
             raise CaseError(f"{path.name} is not an allgui case file (not an SQLite database).")
         try:
             if readonly:
@@ -446,8 +161,8 @@ class CaseStore:
                 raise CaseError(f"{path.name} is damaged (SQLite integrity check: {check}); it is refused.")
             global _EXPECTED
             if _EXPECTED is None:
-                _EXPECTED = _expected_schema()
-            found = _schema_of(con)
+                _EXPECTED = expected_schema()
+            found = schema_of(con)
             if found != _EXPECTED:
                 names = sorted({r[1] for r in found ^ _EXPECTED})
                 raise CaseError(f"{path.name}: the structure of this case file was changed outside allgui "
@@ -471,12 +186,12 @@ class CaseStore:
         if meta.get("format") != FORMAT or not self.case_id:
             raise CaseError(f"{self.path.name}: the case description is missing or altered; it is refused.")
         for table in COLUMNS:
-            prev = _genesis(self.case_id, table)
+            prev = genesis(self.case_id, table)
             n = 0
             cols = ", ".join(("id",) + COLUMNS[table] + ("prev_hash", "hash"))
-            for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY id"):  # noqa: S608
+            for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY id"):
                 values = dict(zip(COLUMNS[table], row[1:-2]))
-                if row[-2] != prev or _row_hash(table, prev, values) != row[-1]:
+                if row[-2] != prev or row_hash(table, prev, values) != row[-1]:
                     raise CaseError(f"{self.path.name}: entry {row[0]} of '{table}' was altered outside allgui; "
                                     "the case is refused so that its audit trail can be trusted.")
                 prev = row[-1]
@@ -493,7 +208,7 @@ class CaseStore:
             self._con.close()
             self._con = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "CaseStore":
+    def __enter__(self) -> CaseStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -508,9 +223,9 @@ class CaseStore:
         """Append rows in one transaction (all or none); returns their ids."""
         if self.readonly:
             raise CaseError(f"{self.path.name} is open read-only.")
-        rows = [{c: _plain(values.get(c)) for c in COLUMNS[table]} for values in rows]
+        rows = [{c: plain(values.get(c)) for c in COLUMNS[table]} for values in rows]
         cols = COLUMNS[table] + ("prev_hash", "hash")
-        insert = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
+        insert = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         con = self._con
         ids = []
         try:
@@ -520,7 +235,7 @@ class CaseStore:
                                         (f"head:{table}", f"count:{table}")))
                 prev = meta[f"head:{table}"]
                 for values in rows:
-                    h = _row_hash(table, prev, values)
+                    h = row_hash(table, prev, values)
                     cur = con.execute(insert, [values[c] for c in COLUMNS[table]] + [prev, h])
                     ids.append(int(cur.lastrowid))
                     prev = h
@@ -546,7 +261,7 @@ class CaseStore:
         """Note a model bundle (once per SHA-256); True when it was new to this case."""
         if self._con.execute("SELECT 1 FROM models WHERE sha256 = ?", (sha256,)).fetchone():
             return False
-        self._append("models", {"at": now(), "sha256": sha256, "name": name, "card": _dumps(card or {})})
+        self._append("models", {"at": now(), "sha256": sha256, "name": name, "card": dumps(card or {})})
         return True
 
     def record_prediction(self, record: dict[str, Any]) -> int:
@@ -562,7 +277,7 @@ class CaseStore:
             values["rel_path"] = self._rel(values["path"])
             for k in ("votes", "regions", "cells"):
                 if not isinstance(values.get(k), str):
-                    values[k] = _dumps(values.get(k) or [])
+                    values[k] = dumps(values.get(k) or [])
             rows.append(values)
         return self._append_many("predictions", rows) if rows else []
 
@@ -575,7 +290,8 @@ class CaseStore:
         """Append a reviewer's decision on an image (``record['cell'] == -1``) or one of its cells.
 
         ``record`` holds the image and the model's result the decision was made on (see
-        :func:`trainer.cases.records.review_record`)."""
+        :func:`trainer.cases.records.review_record`).
+        """
         if reviewer_decision not in REVIEW_DECISIONS:
             raise CaseError(f"Unknown review decision '{reviewer_decision}'; "
                             f"use one of {', '.join(REVIEW_DECISIONS)}.")
@@ -585,9 +301,9 @@ class CaseStore:
                       reviewer=reviewer.strip(), comment=comment or "", confirmed=bool(confirmed))
         values["rel_path"] = self._rel(values["path"])
         if isinstance(values.get("votes"), list):
-            values["votes"] = _dumps(values["votes"])
+            values["votes"] = dumps(values["votes"])
         if isinstance(values.get("cell_bbox"), (list, tuple)):
-            values["cell_bbox"] = _dumps([int(v) for v in values["cell_bbox"]])
+            values["cell_bbox"] = dumps([int(v) for v in values["cell_bbox"]])
         return self._add_action(values)
 
     def undo(self, reviewer: str = "") -> Review | None:
@@ -607,14 +323,14 @@ class CaseStore:
         return target
 
     def _follow_up(self, action: str, target: Review, reviewer: str) -> dict[str, Any]:
-        values = {c: getattr(target, c) for c in _REVIEW_COLUMNS}
+        values = {c: getattr(target, c) for c in REVIEW_COLUMNS}
         values.update(at=now(), action=action, target=target.id, reviewer=reviewer.strip() or target.reviewer,
                       comment="")
         return values
 
     def _add_action(self, values: dict[str, Any]) -> Review:
         rowid = self._append("reviews", values)
-        row = Review(rowid, **{c: _plain(values.get(c)) for c in _REVIEW_COLUMNS})
+        row = Review(rowid, **{c: plain(values.get(c)) for c in REVIEW_COLUMNS})
         self._reviews.append(row)
         self._state.apply(row)
         return row
@@ -634,9 +350,9 @@ class CaseStore:
         return dict(self._state.current)
 
     def predictions(self) -> list[Prediction]:
-        cols = ", ".join(("id",) + _PREDICTION_COLUMNS)
+        cols = ", ".join(("id",) + PREDICTION_COLUMNS)
         return [Prediction(r[0], *r[1:]) for r in self._con.execute(
-            f"SELECT {cols} FROM predictions ORDER BY id")]  # noqa: S608
+            f"SELECT {cols} FROM predictions ORDER BY id")]
 
     def latest_predictions(self) -> dict[str, Prediction]:
         """Image hash -> its latest recorded prediction, in the order images were first recorded."""
@@ -653,13 +369,15 @@ class CaseStore:
         """Image hash -> (its latest recorded path, that path relative to the case file)."""
         out: dict[str, tuple[str, str | None]] = {}
         for table in ("predictions", "reviews"):
-            for sha, p, rel in self._con.execute(f"SELECT image_sha256, path, rel_path FROM {table} ORDER BY id"):  # noqa: S608
+            for sha, p, rel in self._con.execute(f"SELECT image_sha256, path, rel_path FROM {table} ORDER BY id"):
                 out[sha] = (p, rel)
         return out
 
     def resolve(self, path: str, rel_path: str | None) -> Path | None:
-        """Where an image recorded as ``path`` / ``rel_path`` is now: beside the case file first (the
-        case moved with its images), else the recorded path; None when neither exists."""
+        """Where an image recorded as ``path`` / ``rel_path`` is now; None when it is nowhere.
+
+        Beside the case file first (the case moved with its images), else the recorded path.
+        """
         if rel_path:
             p = self.path.parent / rel_path
             if p.is_file():
@@ -668,17 +386,3 @@ class CaseStore:
         return p if p.is_file() else None
 
 
-def _genesis(case_id: str, table: str) -> str:
-    return hashlib.sha256(f"allgui-case:{case_id}:{table}".encode()).hexdigest()
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of :data:`SCHEMA` (triggers hold ';' inside BEGIN ... END)."""
-    out, buf = [], []
-    for line in script.strip().splitlines():
-        buf.append(line)
-        text = "\n".join(buf).strip()
-        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.upper().endswith("END;")):
-            out.append(text)
-            buf = []
-    return out

@@ -24,7 +24,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(a) -> int:
-    from trainer.cases.report import write_case_report
+    from trainer.cases.report import write_case_report  # matplotlib loads only when a report is written
     check_output_file(a.output, "-o/--output")
     bar = ProgressBar(a.quiet)
     try:

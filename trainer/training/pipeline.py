@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.cases.corrections import case_dataset, reviewed_summary
 from trainer.classical.model import AllModel, KindModels, fit_model, subset
 from trainer.classical.scoring import score_report
 from trainer.config import PROTOCOLS, TrainConfig
@@ -59,9 +60,10 @@ def check_cancel(cancel: Callable[[], bool] | None) -> None:
 
 def load_config_dataset(config: TrainConfig, progress=None, cancel=None,
                         cases_info: list | None = None) -> Dataset:
-    """The dataset a config names (one folder, or several merged by subject id), unreadable files
-    skipped and reported, plus the reviewed images of ``config.cases`` (what was used of each case
-    is appended to ``cases_info``)."""
+    """The dataset a config names (one folder, or several merged by subject id), unreadable files skipped.
+
+    Plus the reviewed images of ``config.cases``; what was used of each case is appended to ``cases_info``.
+    """
     roots = [config.data] if isinstance(config.data, (str, Path)) else list(config.data or [])
     if not roots or not all(roots):
         raise DataError("No data folder was given.")
@@ -71,7 +73,6 @@ def load_config_dataset(config: TrainConfig, progress=None, cancel=None,
                           progress=stage(progress, i / len(roots), (i + 1) / len(roots)), cancel=cancel)
              for i, r in enumerate(roots)]
     if config.cases:
-        from trainer.cases.corrections import case_dataset
         reviewed, info = case_dataset(config.cases)
         if cases_info is not None:
             cases_info.extend(info)
@@ -345,7 +346,6 @@ def train(config: TrainConfig, progress: Progress | None = None,
     if overlap is not None:
         card["finetune_overlap"] = overlap
     if config.cases:
-        from trainer.cases.corrections import reviewed_summary
         card["trained_on"]["reviewed"] = reviewed_summary(dataset, (train_idx, val_idx, test_idx), cases_info)
     bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,
                          backbone_state=_embedded_weights(config, state_dicts))
