@@ -29,7 +29,7 @@ _FOREGROUND, _TOOLTIP, _ALIGN = int(Qt.ForegroundRole.value), int(Qt.ToolTipRole
 _ROLES = {_DISPLAY, _SORT, _DECORATION, _FOREGROUND, _TOOLTIP, _ALIGN}
 _RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
-              "vote_share", "decision", "flagged", "threshold", "band", "model", "error")
+              "vote_share", "decision", "flagged", "threshold", "band", "model", "error", "review")
 
 
 def to_qimage(image: np.ndarray) -> QImage:
@@ -153,7 +153,8 @@ class BatchModel(QAbstractTableModel):
         for r in rows:  # names a spreadsheet would run as formulas are neutralised; odd bytes escaped
             w.writerow(safe_row([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
                         _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
-                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error]))
+                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error,
+                        self.review_info(r.path)[0] if self.review_info is not None else ""]))
         atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))  # never a half-written CSV
         return len(rows)
 

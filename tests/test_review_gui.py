@@ -160,6 +160,9 @@ def test_review_by_keyboard_with_undo_filter_and_reopen(qtbot, window, folder, s
     assert win.state.current == shown[0]
     ctl.bar.filter.setCurrentIndex(ctl.bar.filter.findData("overrides"))
     assert all(rv.status(p).override for p in win.table.visible_paths())
+    csv_out = tmp_path / "table.csv"                        # the CSV export carries the reviews
+    win.table.batch.export_csv(csv_out)
+    assert "override: unclassifiable" in csv_out.read_text() and csv_out.read_text().split("\n")[0].endswith("review")
 
     state = {p: rv.status(p).text() for p in order}
     trail = len(rv.store.actions())
