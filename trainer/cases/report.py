@@ -284,7 +284,7 @@ def _summary_page(fig, store: CaseStore, entries: list[ImageEntry], counts: dict
     rows = [("images", counts["images"]), ("reviewed", counts["reviewed"]), ("not reviewed", counts["not_reviewed"]),
             ("reviewer agreed with the model", counts["confirmed"]),
             ("reviewer overrode the model", counts["overrides"]),
-            ("reviewer decided, the model was uncertain", counts["resolved"])]
+            ("decided where the model was uncertain", counts["resolved"])]
     rows += [(f"reviewer: {d}", counts["reviewer"][d]) for d in (REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE)]
     rows += [(f"model: {d}", n) for d, n in sorted(counts["model"].items())]
     if counts["cells_reviewed"]:
