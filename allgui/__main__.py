@@ -1,6 +1,6 @@
 """Start the app: ``allgui`` or ``python -m allgui``.
 
-  allgui [--model BUNDLE] [--open PATH ...] [--screenshot FILE.png]
+  allgui [--model BUNDLE] [--open PATH ...] [--case CASE.sqlite] [--screenshot FILE.png [--wait-all]]
 
 Without options it loads the bundled default model and opens the bundled sample images.
 ``--screenshot`` renders the window once the first result is on screen, saves it and exits (status 1
@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from allgui.platform_check import display_problem
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="allgui", description="ALL blast detection in blood-smear images "
@@ -21,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="FILE", help="save a picture of the window once results are "
                    "shown, then exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for results with --screenshot")
+    p.add_argument("--wait-all", action="store_true", help="with --screenshot: wait until every open image is "
+                   "analysed (default: the first result)")
+    p.add_argument("--case", metavar="FILE", help="case file (review database) to open, with its images")
     return p
 
 
@@ -30,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QCoreApplication, QTimer
     from PySide6.QtWidgets import QApplication
 
+    if QApplication.instance() is None:
+        problem = display_problem()     # instead of Qt's bare abort when its xcb plugin cannot load
+        if problem:
+            print(problem, file=sys.stderr)
+            return 1
     QCoreApplication.setOrganizationName("allgui")
     QCoreApplication.setApplicationName("allgui")
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -42,13 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         win.resize(1440, 900)
     win.show()
-    targets = args.open or ([str(samples_dir())] if samples_dir().is_dir() else [])
+    targets = args.open or ([] if args.case else [str(samples_dir())] if samples_dir().is_dir() else [])
     dirs = [t for t in targets if Path(t).is_dir()]
     files = [t for t in targets if not Path(t).is_dir()]
     if dirs:
         win.open_folder(dirs[0])
     if files:
         win.open_files(files)
+    if args.case:
+        win.review_controller.open_case(args.case)
 
     if args.screenshot:
         out = args.screenshot
@@ -62,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             app.exit(code)
 
         def ready() -> None:
-            if win.state.current and (win.state.prediction is not None or win.state.current in win.state.errors
-                                      or win.predictor is None and not win.analysis.loading):
+            shown = win.state.current and (win.state.prediction is not None or win.state.current in win.state.errors
+                                           or win.predictor is None and not win.analysis.loading)
+            if shown and not (args.wait_all and win.predictor is not None and win.state.pending()):
                 QTimer.singleShot(400, shoot)
             else:
                 QTimer.singleShot(100, ready)

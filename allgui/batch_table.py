@@ -1,13 +1,15 @@
-"""Batch table of the opened images: thumbnail, file, cells found, calibrated probability, decision, flagged.
+"""Batch table of the opened images: thumbnail, file, cells, probability, decision, review, flagged.
 
-Sortable; selecting a row makes that image current. Rows are computed from the state at the current
-threshold, so moving the slider only repaints.
+Sortable and filterable; selecting a row makes that image current. Rows are computed from the state at
+the current threshold, so moving the slider only repaints.
 """
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSortFilterProxyModel, Qt
@@ -19,14 +21,15 @@ from allgui.state import AppState, Row, Topic
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import safe_row
 
-COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged", "Model")
+COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Review", "Flagged", "Model")
+REVIEW_COLUMN = 5
 SORT_ROLE = Qt.UserRole + 1
 _DISPLAY, _SORT, _DECORATION = int(Qt.DisplayRole.value), int(SORT_ROLE), int(Qt.DecorationRole.value)
 _FOREGROUND, _TOOLTIP, _ALIGN = int(Qt.ForegroundRole.value), int(Qt.ToolTipRole.value), int(Qt.TextAlignmentRole.value)
 _ROLES = {_DISPLAY, _SORT, _DECORATION, _FOREGROUND, _TOOLTIP, _ALIGN}
 _RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
-              "vote_share", "decision", "flagged", "threshold", "band", "model", "error")
+              "vote_share", "decision", "flagged", "threshold", "band", "model", "error", "review")
 
 
 def to_qimage(image: np.ndarray) -> QImage:
@@ -48,6 +51,8 @@ class BatchModel(QAbstractTableModel):
         self._rows: list[Row] = []
         self._view: list[tuple] = []
         self._index: dict[str, int] = {}
+        #: path -> (text, sort key, RGB colour or None, tooltip) of the Review column (set by the review view)
+        self.review_info: Callable[[str], tuple[str, Any, tuple | None, str]] | None = None
         state.subscribe(Topic.IMAGES, self.reset)
         state.subscribe(Topic.MODEL, self.reset)
         state.subscribe(Topic.PREDICTION, self.update_path)
@@ -60,15 +65,19 @@ class BatchModel(QAbstractTableModel):
             self.dataChanged.emit(self.index(i, 0), self.index(i, 0))
 
     def _cells(self, r: Row) -> tuple:
-        """Pre-rendered (display, sort key, foreground) per column for one row: data() only looks up."""
+        """Pre-rendered (display, sort key, foreground, review colour, review tooltip) of one row.
+
+        data() only looks them up.
+        """
+        text, key, rcolour, rtip = self.review_info(r.path) if self.review_info is not None else ("", "", None, "")
         display = ("", r.file, "" if r.cells is None else str(r.cells),
-                   "" if r.probability is None else f"{r.probability:.3f}", r.decision,
+                   "" if r.probability is None else f"{r.probability:.3f}", r.decision, text,
                    "yes" if r.flagged else ("" if r.decision == "pending" else "no"), r.model)
         sort = (0, r.file, r.cells if r.cells is not None else -1,
-                r.probability if r.probability is not None else -1.0, r.decision, int(r.flagged), r.model)
+                r.probability if r.probability is not None else -1.0, r.decision, key, int(r.flagged), r.model)
         colour = DECISION_COLOURS.get(r.decision)
         fg = QBrush(QColor(*colour)) if colour else (QBrush(QColor(160, 0, 0)) if r.decision == "error" else None)
-        return display, sort, fg
+        return display, sort, fg, QBrush(QColor(*rcolour)) if rcolour else None, rtip
 
     def _set_rows(self, rows: list[Row]) -> None:
         self._rows = rows
@@ -114,7 +123,7 @@ class BatchModel(QAbstractTableModel):
         if role not in _ROLES:
             return None
         i, col = index.row(), index.column()
-        display, sort, fg = self._view[i]
+        display, sort, fg, rfg, rtip = self._view[i]
         if role == _DISPLAY:
             return display[col]
         if role == _SORT:
@@ -122,8 +131,12 @@ class BatchModel(QAbstractTableModel):
         if role == _DECORATION:
             return self.thumbs.get(self._rows[i].path) if col == 0 else None
         if role == _FOREGROUND:
+            if col == REVIEW_COLUMN:
+                return rfg
             return fg if (col == 4 or self._rows[i].decision == "error") else None
         if role == _TOOLTIP:
+            if col == REVIEW_COLUMN and rtip:
+                return rtip
             return self._rows[i].error or self._rows[i].path
         if role == _ALIGN:
             return _RIGHT if col in (2, 3) else None
@@ -140,7 +153,8 @@ class BatchModel(QAbstractTableModel):
         for r in rows:  # names a spreadsheet would run as formulas are neutralised; odd bytes escaped
             w.writerow(safe_row([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
                         _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
-                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error]))
+                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error,
+                        self.review_info(r.path)[0] if self.review_info is not None else ""]))
         atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))  # never a half-written CSV
         return len(rows)
 
@@ -153,14 +167,23 @@ def _f(x) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
+class _FilterProxy(QSortFilterProxyModel):
+    """Sorts on SORT_ROLE; shows the rows whose path ``accept`` takes (all without one)."""
+
+    accept: Callable[[str], bool] | None = None
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
+        return self.accept is None or self.accept(self.sourceModel().row_at(row).path)
+
+
 class BatchTable(QTableView):
-    """Sortable view of :class:`BatchModel`; selecting a row makes its image current."""
+    """Sortable, filterable view of :class:`BatchModel`; selecting a row makes its image current."""
 
     def __init__(self, state: AppState, parent=None) -> None:
         super().__init__(parent)
         self.state = state
         self.batch = BatchModel(state, self)
-        self.proxy = QSortFilterProxyModel(self)
+        self.proxy = _FilterProxy(self)
         self.proxy.setSourceModel(self.batch)
         self.proxy.setSortRole(SORT_ROLE)
         self.setModel(self.proxy)
@@ -175,7 +198,7 @@ class BatchTable(QTableView):
         hh.setSectionResizeMode(QHeaderView.Interactive)
         hh.setStretchLastSection(True)
         hh.setMinimumSectionSize(24)
-        for col, width in ((0, 54), (1, 150), (2, 44), (3, 56), (4, 112), (5, 56)):
+        for col, width in ((0, 54), (1, 132), (2, 40), (3, 52), (4, 106), (5, 112), (6, 52)):
             self.setColumnWidth(col, width)
         self.setWordWrap(True)
         self.setTextElideMode(Qt.ElideMiddle)
@@ -185,6 +208,21 @@ class BatchTable(QTableView):
         state.subscribe(Topic.CURRENT, self._select_current)
 
     _syncing = False
+
+    def set_filter(self, accept: Callable[[str], bool] | None) -> None:
+        """Show only the rows whose path ``accept`` takes (None: every row)."""
+        if hasattr(self.proxy, "beginFilterChange"):     # Qt >= 6.9
+            self.proxy.beginFilterChange()
+            self.proxy.accept = accept
+            self.proxy.endFilterChange()
+        else:
+            self.proxy.accept = accept
+            self.proxy.invalidateFilter()
+
+    def visible_paths(self) -> list[str]:
+        """Paths of the rows shown, in the table's (sorted, filtered) order."""
+        return [self.batch.row_at(self.proxy.mapToSource(self.proxy.index(r, 0)).row()).path
+                for r in range(self.proxy.rowCount())]
 
     def _on_row(self, current: QModelIndex, _previous: QModelIndex) -> None:
         if current.isValid() and not self._syncing:

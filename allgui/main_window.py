@@ -36,6 +36,7 @@ from allgui.overlay_bar import OverlayBar
 from allgui.qtutil import signals_blocked
 from allgui.resources import default_model_path, icon_path
 from allgui.retrain import RetrainDialog
+from allgui.review_view import ReviewController
 from allgui.side_panel import RESEARCH_NOTE, SidePanel
 from allgui.state import AppState, Topic
 from allgui.window_files import FilesMixin
@@ -111,6 +112,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self._build_ui()
         self._build_menus()
         self._connect()
+        self.review_controller = ReviewController(self)   # review mode: its panel, menu and case file
         self._restore_settings()
 
         reason = ""
@@ -270,7 +272,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         if not self._docks_sized:
             self._docks_sized = True
             if self.settings.value("window/state") is None:
-                QTimer.singleShot(0, lambda: self.resizeDocks(list(self._docks), [480, 400], Qt.Horizontal))
+                QTimer.singleShot(0, lambda: self.resizeDocks(list(self._docks), [520, 400], Qt.Horizontal))
 
     def closeEvent(self, event) -> None:  # Qt's name
         if self.retrain_dialog is not None and self.retrain_dialog.running():
@@ -286,6 +288,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self._save_threshold()
         s.sync()
         self.analysis.shutdown()
+        self.review_controller.close()
         super().closeEvent(event)
 
     # ---- results --------------------------------------------------------------------------------

@@ -99,6 +99,14 @@ def _headline(card: dict[str, Any]) -> str:
                 f"({', '.join(f'{k} {v}' for k, v in counts.items())}); "
                 f"{html.escape(str(split.get('protocol', '?')))}-level split "
                 f"{split.get('n_train', '?')}/{split.get('n_validation', '?')}/{split.get('n_test', '?')}.</p>")
+    reviewed = trained.get("reviewed") if isinstance(trained.get("reviewed"), dict) else {}
+    if reviewed.get("n_images"):
+        cases = reviewed.get("cases") or []
+        labels = ", ".join(f"{k} {v}" for k, v in (reviewed.get("by_label") or {}).items())
+        out += (f"<p><b>Reviewed corrections:</b> {reviewed['n_images']} images reviewed in {len(cases)} "
+                f"case{'s' if len(cases) != 1 else ''} ({html.escape(labels)}), with the reviewer's labels; "
+                f"train/validation/test {reviewed.get('n_train', '?')}/{reviewed.get('n_validation', '?')}/"
+                f"{reviewed.get('n_test', '?')}.</p>")
     if len(sections) > 1 or (sections and "any" not in sections):
         names = ", ".join(html.escape(str(sec.get("name", k))) for k, sec in sections.items())
         out += (f"<p><b>Models:</b> {names}. Each image is judged by the model of its kind (single-cell crop "

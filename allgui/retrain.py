@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from allgui.case_picker import CasePicker
 from allgui.evaluation_view import EvaluationView
 from allgui.training_job import run_training
 from allgui.workers import ProcessTask
@@ -123,6 +124,8 @@ class RetrainDialog(QDialog):
                                  f"Adam {ft.lr:g}, at most {ft.epochs} epochs, early stopping after {ft.patience}). "
                                  "auto = on when training on a CUDA GPU; slow on a CPU.")
         form.addRow("Fine-tune backbones", self.finetune)
+        self.cases = CasePicker(self.settings.value("retrain/cases", "", str))
+        form.addRow("Reviewed cases", self.cases)
         lay.addLayout(form)
         for box, key in ((self.layout_box, "layout"), (self.split, "split"), (self.weights, "weights"),
                          (self.device, "device")):
@@ -175,13 +178,14 @@ class RetrainDialog(QDialog):
         cfg.device = self.device.currentText()
         cfg.image_size = int(self.size.value())
         cfg.finetune = finetune_wanted(self.finetune.currentText(), cfg.device)
+        cfg.cases = tuple(self.cases.paths())
         self.output = new_model_path(self.output_dir, avoid=self.current_model)
         cfg.output = str(self.output)
         return cfg
 
     def _set_editable(self, on: bool) -> None:
         for w in (self.data, self.layout_box, self.positive, self.split, self.weights, self.device, self.size,
-                  self.finetune):
+                  self.finetune, self.cases):
             w.setEnabled(on)
 
     # ---- run ----------------------------------------------------------------------------------
@@ -190,9 +194,13 @@ class RetrainDialog(QDialog):
         if not cfg.data or not Path(cfg.data).is_dir():
             QMessageBox.warning(self, "Retrain", "Choose an existing data folder to train on.")
             return
+        refused = self.cases.check()
+        if refused:
+            QMessageBox.warning(self, "Retrain", f"{refused}\n\nRemove it from the reviewed cases to train.")
+            return
         for key, val in (("data", cfg.data), ("layout", cfg.layout), ("positive", self.positive.text()),
                          ("split", cfg.split), ("weights", cfg.weights), ("device", cfg.device),
-                         ("finetune", self.finetune.currentText())):
+                         ("finetune", self.finetune.currentText()), ("cases", self.cases.edit.text())):
             self.settings.setValue(f"retrain/{key}", val)
         self._clear_evaluation()
         self.result = None
@@ -200,6 +208,9 @@ class RetrainDialog(QDialog):
         self.log.clear()
         self._append(f"Training on {cfg.data} (layout {cfg.layout}, split {cfg.split}, weights {cfg.weights}, "
                      f"device {cfg.device}); new model file: {cfg.output}")
+        if cfg.cases:
+            self._append(f"Adding the reviewed images of {len(cfg.cases)} case(s): "
+                         + ", ".join(Path(c).name for c in cfg.cases))
         self.task = ProcessTask(run_training, cfg.to_dict(), name="retrain")
         self.task.progress.connect(self._on_progress)
         self.task.log.connect(self._append)

@@ -104,6 +104,7 @@ class ModelMixin:
             self.retrain_dialog = RetrainDialog(self.model_path, self, output_dir=self.models_dir,
                                                 base_config=self.retrain_defaults, settings=self.settings)
             self.retrain_dialog.accepted_model.connect(self.load_model)
+            self.retrain_dialog.cases.open_case = lambda: self.review_controller.review.case_path
         self.retrain_dialog.current_model = self.model_path
         self.retrain_dialog.show()
         self.retrain_dialog.raise_()

@@ -25,7 +25,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal, Slot
 
+from allgui import pyside_fix
 from trainer.util.errors import AllguiError, Cancelled
+
+pyside_fix.apply()   # PySide6's emit() leaks a reference to True (see allgui.pyside_fix)
 
 
 def error_message(exc: BaseException) -> str:
@@ -133,6 +136,7 @@ class ThreadTask(Task):
 
     def start(self) -> ThreadTask:
         self.running = True
+        _LIVE.add(self)
         self.pool.start(_Runnable(self), self.priority)
         return self
 
@@ -142,11 +146,22 @@ class ThreadTask(Task):
             self.progress.emit(*payload)
         elif kind == "partial":
             self.partial.emit(payload)
-        elif kind == "failed":
-            self.log.emit(payload[1])
-            self._finish("failed", payload[0])
         else:
-            self._finish(kind, payload)
+            if kind == "failed":
+                self.log.emit(payload[1])
+                self._finish("failed", payload[0])
+            else:
+                self._finish(kind, payload)
+            QTimer.singleShot(RELEASE_AFTER_MS, lambda: _LIVE.discard(self))
+
+
+#: Started thread tasks, held here until a while after their last message: whoever started one may
+#: drop it at any time (a superseded analysis, a window that closed), and the last reference must
+#: not go with the pool thread's runnable, or the task would be destroyed in that thread while the
+#: GUI thread delivers its messages (a crash). Released in the GUI thread, RELEASE_AFTER_MS after
+#: the task's final message, when its runnable has long returned.
+_LIVE: set[ThreadTask] = set()
+RELEASE_AFTER_MS = 2000
 
 
 _POOL: QThreadPool | None = None

@@ -126,6 +126,8 @@ class TrainConfig:
     """
 
     data: str | list[str] = _opt("", help="data folder(s); several are merged by subject id")
+    cases: tuple[str, ...] = _opt((), help="case files (the app's review databases) whose reviewed images "
+                                           "are added with the reviewer's labels")
     layout: str = _opt("auto", choices=LAYOUTS,
                        help="folder layout: cnmc = all/ and hem/ folders; folders = one folder per class")
     positive: list[str] | None = _opt(None, help="class folders counted as ALL (folders layout)")

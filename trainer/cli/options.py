@@ -48,6 +48,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--group-column", metavar="NAME", help=describe("group_column"))
     setting(g, "--split", "split")
     setting(g, "--seed", "seed", type=int)
+    g.add_argument("--add-case", action="append", default=[], metavar="CASE",
+                   help="a case file (allgui's review database); its reviewed images are added with the "
+                        "reviewer's labels (unclassifiable ones left out), grouped by case; repeatable")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -93,6 +96,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=str(a.data[0]) if len(a.data) == 1 else [str(d) for d in a.data], layout=a.layout,
         positive=csv_list(a.positive), labels_csv=a.labels_csv,
+        cases=tuple(str(c) for c in getattr(a, "add_case", None) or ()),
         group_column=a.group_column, split=a.split, seed=a.seed, weights=a.weights,
         backbones=tuple(csv_list(a.backbones) or BACKBONE_NAMES), image_size=a.image_size,
         gamma=a.gamma, batch_size=a.batch_size, num_workers=a.workers, device=a.device, precision=a.precision,
@@ -115,4 +119,7 @@ def check_model_args(a) -> None:
         raise UsageError(f"--gamma must be between {lo} and {hi}, not {a.gamma}.")
     if a.weights not in WEIGHTS and not Path(a.weights).is_file():
         raise UsageError(f"--weights: no such file {printable(a.weights)} (or use 'none' or 'imagenet').")
+    for case in getattr(a, "add_case", None) or ():
+        from trainer.cases.store import CaseStore  # refused here, before any work, when it cannot be read
+        CaseStore.open(case, readonly=True).close()
 

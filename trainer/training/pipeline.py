@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.cases.corrections import case_dataset, reviewed_summary
 from trainer.classical.model import AllModel, KindModels, fit_model, subset
 from trainer.classical.scoring import score_report
 from trainer.config import PROTOCOLS, TrainConfig
@@ -57,8 +58,12 @@ def check_cancel(cancel: Callable[[], bool] | None) -> None:
         raise Cancelled("Training was cancelled; nothing was written.")
 
 
-def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Dataset:
-    """The dataset a config names (one folder, or several merged by subject id), unreadable files skipped."""
+def load_config_dataset(config: TrainConfig, progress=None, cancel=None,
+                        cases_info: list | None = None) -> Dataset:
+    """The dataset a config names (one folder, or several merged by subject id), unreadable files skipped.
+
+    Plus the reviewed images of ``config.cases``; what was used of each case is appended to ``cases_info``.
+    """
     roots = [config.data] if isinstance(config.data, (str, Path)) else list(config.data or [])
     if not roots or not all(roots):
         raise DataError("No data folder was given.")
@@ -67,6 +72,12 @@ def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Data
                           group_column=config.group_column, check_readable=True,
                           progress=stage(progress, i / len(roots), (i + 1) / len(roots)), cancel=cancel)
              for i, r in enumerate(roots)]
+    if config.cases:
+        reviewed, info = case_dataset(config.cases)
+        if cases_info is not None:
+            cases_info.extend(info)
+        if len(reviewed):
+            parts.append(reviewed)
     return merge_datasets(parts)
 
 
@@ -264,7 +275,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     config.validate()
     say = progress or (lambda f, m: None)
     say(0.0, f"Reading {config.data}")
-    dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
+    cases_info: list = []
+    dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel, cases_info)
     protocol = resolve_protocol(config, dataset)
     train_idx, val_idx, test_idx = split_dataset(dataset, protocol, config)
     overlap = finetune_overlap(config.weights, [dataset.paths[i] for i in test_idx],
@@ -333,6 +345,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
                       finetune_history, notes, kinds=kinds if config.per_kind else None)
     if overlap is not None:
         card["finetune_overlap"] = overlap
+    if config.cases:
+        card["trained_on"]["reviewed"] = reviewed_summary(dataset, (train_idx, val_idx, test_idx), cases_info)
     bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,
                          backbone_state=_embedded_weights(config, state_dicts))
     check_cancel(cancel)

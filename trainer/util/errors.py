@@ -17,6 +17,10 @@ class BundleError(AllguiError):
     """A model bundle is missing, truncated, tampered with, foreign or from an incompatible version."""
 
 
+class CaseError(AllguiError):
+    """A case file is missing, not an allgui case, from a newer version, damaged or altered outside allgui."""
+
+
 class Cancelled(AllguiError):
     """Long-running work was cancelled by the user."""
 

@@ -1,0 +1,102 @@
+"""Case files in the app: File > New case, Open case and Export case report.
+
+A mixin of the review controller, which provides ``window``, ``state``, ``settings``, ``review`` and
+``reportWritten``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QThreadPool
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from allgui.workers import ThreadTask
+from trainer.cases import DEFAULT_CASE_NAME
+from trainer.cases.report import write_case_report
+from trainer.util.errors import CaseError
+
+CASE_FILTER = "allgui case (*.sqlite);;All files (*)"
+
+
+def _write_report(case: str, output: str, per_page: int, thresholds: dict, band: float, model_sha256: str,
+                  progress, cancel, emit) -> dict:
+    return write_case_report(case, output, per_page=per_page, thresholds=thresholds, band=band,
+                             model_sha256=model_sha256, progress=progress, cancel=cancel)
+
+
+class CaseFilesMixin:
+    """New / open a case file, export its report."""
+
+    def _start_dir(self) -> str:
+        default = self.review.default_case_path()
+        return str(default.parent) if default is not None else str(self.settings.value("dirs/case", str(Path.home())))
+
+    def new_case_dialog(self) -> bool:
+        path, _ = QFileDialog.getSaveFileName(self.window, "New case file",
+                                              str(Path(self._start_dir()) / DEFAULT_CASE_NAME), CASE_FILTER)
+        if not path:
+            return False
+        try:
+            self.review.new_case(path)
+        except CaseError as exc:
+            QMessageBox.warning(self.window, "New case", str(exc))
+            return False
+        self.settings.setValue("dirs/case", str(Path(path).parent))
+        return True
+
+    def open_case_dialog(self) -> bool:
+        path, _ = QFileDialog.getOpenFileName(self.window, "Open case file", self._start_dir(), CASE_FILTER)
+        return bool(path) and self.open_case(path)
+
+    def open_case(self, path: str) -> bool:
+        """Open a case file and the images it holds that are not open yet (refused files: a message)."""
+        try:
+            store = self.review.open_case(path)
+        except CaseError as exc:
+            QMessageBox.warning(self.window, "Open case", str(exc))
+            return False
+        self.settings.setValue("dirs/case", str(Path(path).parent))
+        found, missing = [], 0
+        for p, rel in store.image_paths().values():
+            where = store.resolve(p, rel)
+            if where is None:
+                missing += 1
+            elif str(where) not in self.state.paths:
+                found.append(str(where))
+        if found:
+            self.window.open_files(found)
+        msg = f"Case {Path(path).name} opened"
+        if missing:
+            msg += f"; {missing} of its images were not found"
+        self.window.statusBar().showMessage(msg, 8000)
+        return True
+
+    def export_report_dialog(self) -> ThreadTask | None:
+        if self.review.store is None:
+            QMessageBox.information(self.window, "Case report", "No case is open: review an image, or open a case "
+                                    "(File \u2192 Open case\u2026), first.")
+            return None
+        start = Path(self.settings.value("dirs/report_pdf", str(self.review.store.path.parent), str))
+        path, _ = QFileDialog.getSaveFileName(self.window, "Export case report",
+                                              str(start / f"{self.review.store.name}-report.pdf"), "PDF (*.pdf)")
+        if not path:
+            return None
+        self.settings.setValue("dirs/report_pdf", str(Path(path).parent))
+        return self.export_report(path)
+
+    def export_report(self, path: str, per_page: int = 6) -> ThreadTask | None:
+        """Write the case report in the background (the window stays responsive)."""
+        if self.review.store is None:
+            return None
+        st = self.state
+        task = ThreadTask(_write_report, str(self.review.store.path), str(path), per_page, dict(st.thresholds),
+                          st.band, self.review.model_sha256, pool=QThreadPool.globalInstance(), name="case-report")
+        task.progress.connect(lambda f, m: self.window.statusBar().showMessage(m, 3000))
+        task.finished.connect(lambda counts, p=str(path): self._report_done(p, counts))
+        task.failed.connect(lambda msg: QMessageBox.critical(self.window, "Case report", msg))
+        self.report_task = task
+        return task.start()
+
+    def _report_done(self, path: str, counts: dict) -> None:
+        self.window.statusBar().showMessage(f"Case report written to {path} ({counts['pages']} pages)", 8000)
+        self.reportWritten.emit(path)

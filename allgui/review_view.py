@@ -1,0 +1,340 @@
+"""Review mode in the window: the review bar, Review menu and shortcuts, case files, table column and filter.
+
+The review bar (:mod:`allgui.review_bar`: Confirm / ALL blast / Normal / Unclassifiable, comment,
+previous / next, undo / redo, table filter) sits in a panel under the image; the case file entries
+of the File menu and the case report export come from :mod:`allgui.review_cases`.
+
+All state lives in :class:`allgui.review.ReviewModel` (Qt-free, persisted in the case file on every
+action); these views only show it and forward the user's actions. Keys: A = ALL blast, N = normal,
+U = unclassifiable, C = confirm the model, J / K = next / previous image in the table's order,
+Ctrl+Z / Ctrl+Shift+Z = undo / redo a review. A decision on the whole image moves on to the next
+image (unless switched off); with a cell of a field selected, the decision is that cell's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QSettings, QStandardPaths, Qt, QThreadPool, Signal
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
+from PySide6.QtWidgets import QInputDialog, QLineEdit, QMainWindow, QMenu, QMessageBox
+
+from allgui.resources import samples_dir
+from allgui.review import ReviewModel, ReviewRefused
+from allgui.review_bar import ReviewBar, table_cell
+from allgui.review_cases import CaseFilesMixin
+from allgui.state import Topic
+from allgui.workers import ThreadTask
+from trainer.cases import DEFAULT_CASE_NAME, REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, Review, file_sha256
+from trainer.cases.records import card_summary
+from trainer.util.errors import AllguiError, CaseError
+
+
+def _hash_files(paths: list[str], progress, cancel, emit) -> int:
+    """Worker: content hashes of image files, handed over in batches of 16 as ``{path: sha256}``."""
+    batch: dict[str, str] = {}
+    for p in paths:
+        if cancel():
+            break
+        try:
+            batch[p] = file_sha256(p)
+        except OSError:
+            continue
+        if len(batch) >= 16:
+            emit(batch)
+            batch = {}
+    if batch:
+        emit(batch)
+    return len(paths)
+
+
+def _model_identity(path: str | None, card: dict) -> str:
+    """SHA-256 of the model bundle file, or of its card when there is no file."""
+    if path and Path(path).is_file():
+        return file_sha256(path)
+    return hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ReviewController(CaseFilesMixin, QObject):
+    """Review mode in a main window.
+
+    The review bar (a panel under the image), the Review menu and shortcuts, File > New / Open case
+    and Export case report, the table's Review column and filter. ``window`` provides ``state``,
+    ``table``, ``settings``, ``analysis`` (its ``modelChanged(predictor, path)``), ``add_panel``,
+    ``menus`` and ``open_files``.
+    """
+
+    reportWritten = Signal(str)
+
+    def __init__(self, window: QMainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+        self.state = window.state
+        self.table = window.table
+        self.settings: QSettings = window.settings
+        self.review = ReviewModel(self.state)
+        self.review.reviewer = str(self.settings.value("review/reviewer", "", str) or "")
+        if samples_dir().is_dir():   # the bundled samples: keep their case in the user's data folder
+            base = QStandardPaths.writableLocation(QStandardPaths.AppDataLocation) or str(Path.home() / ".allgui")
+            self.review.case_redirects[samples_dir().resolve()] = Path(base) / "cases" / f"samples-{DEFAULT_CASE_NAME}"
+        self._hash_task: ThreadTask | None = None
+        self._model_task: ThreadTask | None = None
+        self.report_task: ThreadTask | None = None
+        self._refused: set[str] = set()      # case files already reported as refused
+
+        self.bar = ReviewBar()
+        self.dock = window.add_panel("Review", self.bar, Qt.BottomDockWidgetArea, "reviewDock")
+        self.bar.advance.setChecked(self.settings.value("review/advance", True, bool))
+        self.bar.advance.toggled.connect(lambda on: self.settings.setValue("review/advance", on))
+        self.bar.decided.connect(self.decide)
+        self.bar.confirmRequested.connect(self.confirm)
+        self.bar.stepRequested.connect(self.step)
+        self.bar.undoRequested.connect(self.undo)
+        self.bar.redoRequested.connect(self.redo)
+        self.bar.filterChanged.connect(self.review.set_filter)
+        self.bar.commentSubmitted.connect(self.save_comment)
+        QShortcut(QKeySequence(Qt.Key_Escape), self.bar.comment, context=Qt.WidgetShortcut,
+                  activated=lambda: self.window.setFocus())   # Esc: back to the shortcuts
+        self._build_menus()
+
+        self.table.batch.review_info = self._review_info
+        self.table.batch.update_all()
+        for topic, cb in ((Topic.CURRENT, self.refresh), (Topic.SELECTION, self.refresh),
+                          (Topic.THRESHOLD, self.refresh), (Topic.PREDICTION, self._on_prediction),
+                          (Topic.IMAGES, self._on_images)):
+            self.state.subscribe(topic, cb)
+        self.review.subscribe("review", self._on_review)
+        self.review.subscribe("case", self.refresh)
+        self.review.subscribe("filter", self._on_filter)
+        window.analysis.modelChanged.connect(self._on_model)
+        if window.predictor is not None:
+            self._on_model(window.predictor, window.model_path or "")
+        self.refresh()
+
+    def close(self) -> None:
+        """The window closes: stop background work and close the case file."""
+        for task in (self._hash_task, self._model_task):
+            if task is not None and task.running:
+                task.cancel()
+        self.review.close_case()
+
+    # ---- menus --------------------------------------------------------------------------------
+    def _act(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
+        a = QAction(text, self.window)
+        if shortcut is not None:
+            seqs = shortcut if isinstance(shortcut, list) else [shortcut]
+            a.setShortcuts([QKeySequence(s) for s in seqs])
+            a.setShortcutContext(Qt.WindowShortcut)
+        a.triggered.connect(lambda _=False: slot())
+        menu.addAction(a)
+        self.window.addAction(a)      # shortcuts work wherever the focus is in the window
+        return a
+
+    def _build_menus(self) -> None:
+        w = self.window
+        m = QMenu("Re&view", w)
+        help_menu = w.menus.get("help")
+        if help_menu is not None:
+            w.menuBar().insertMenu(help_menu.menuAction(), m)
+        else:
+            w.menuBar().addMenu(m)
+        w.menus["review"] = self.menu = m
+        self.act_confirm = self._act(m, "&Confirm the model's decision", self.confirm, "C")
+        self.act_all = self._act(m, "&ALL blast", lambda: self.decide(REVIEW_ALL), "A")
+        self.act_normal = self._act(m, "&Normal", lambda: self.decide(REVIEW_NORMAL), "N")
+        self.act_unclassifiable = self._act(m, "&Unclassifiable", lambda: self.decide(REVIEW_UNCLASSIFIABLE), "U")
+        m.addSeparator()
+        self.act_undo = self._act(m, "U&ndo review", self.undo, QKeySequence.Undo)
+        self.act_redo = self._act(m, "&Redo review", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        m.addSeparator()
+        self.act_next = self._act(m, "Ne&xt image in the table", lambda: self.step(1), "J")
+        self.act_prev = self._act(m, "&Previous image in the table", lambda: self.step(-1), "K")
+        m.addSeparator()
+        self._act(m, "Reviewer &name\u2026", self.ask_reviewer)
+        file_menu = w.menus.get("file")
+        if file_menu is not None:
+            seps = [a for a in file_menu.actions() if a.isSeparator()]
+            before = seps[-1] if seps else None   # above Quit
+            self.act_new_case = QAction("&New case\u2026", self.window)
+            self.act_open_case = QAction("Open &case\u2026", self.window)
+            self.act_export_report = QAction("Export case &report (PDF)\u2026", self.window)
+            self.act_new_case.triggered.connect(lambda: self.new_case_dialog())
+            self.act_open_case.triggered.connect(lambda: self.open_case_dialog())
+            self.act_export_report.triggered.connect(lambda: self.export_report_dialog())
+            for a in (self.act_new_case, self.act_open_case, self.act_export_report):
+                file_menu.insertAction(before, a) if before is not None else file_menu.addAction(a)
+            sep = QAction(self.window)
+            sep.setSeparator(True)
+            file_menu.insertAction(before, sep) if before is not None else file_menu.addAction(sep)
+
+    # ---- model and images ---------------------------------------------------------------------
+    def _on_model(self, predictor, path: str) -> None:
+        card = dict(getattr(predictor, "model_card", {}) or {})
+        name = str(card.get("name") or (Path(path).stem if path else "model"))
+        self.review.model_sha256 = ""          # until the new model is identified
+        task = ThreadTask(lambda progress, cancel, emit: _model_identity(path, card),
+                          pool=QThreadPool.globalInstance(), name="model-hash")
+        task.finished.connect(lambda sha, n=name, c=card: self._model_identified(sha, n, c))
+        self._model_task = task
+        task.start()
+
+    def _model_identified(self, sha: str, name: str, card: dict) -> None:
+        self._guard(lambda: self.review.set_model(sha, name, card_summary(card)))
+        self.refresh()
+
+    def _on_images(self) -> None:
+        try:
+            opened = self.review.follow_images()
+        except CaseError as exc:
+            where = str(self.review.default_case_path())
+            if where not in self._refused:
+                self._refused.add(where)
+                QMessageBox.warning(self.window, "Case file refused",
+                                    f"{exc}\n\nReviews of these images are not recorded until you open or create "
+                                    "another case (File \u2192 New case\u2026).")
+            opened = None
+        if opened is not None:
+            self.window.statusBar().showMessage(f"Case {opened.name} opened: earlier reviews restored", 6000)
+        self._hash_missing()
+        self.refresh()
+
+    def _hash_missing(self) -> None:
+        todo = self.review.missing_hashes()
+        if not todo:
+            return
+        if self._hash_task is not None and self._hash_task.running:
+            self._hash_task.cancel()
+        task = ThreadTask(_hash_files, todo, pool=QThreadPool.globalInstance(), name="hash-images")
+        task.partial.connect(lambda batch: self._guard(lambda: self.review.set_hashes(batch)))
+        self._hash_task = task
+        task.start()
+
+    def _on_prediction(self, path: str) -> None:
+        if path == self.state.current:
+            self.refresh()
+
+    # ---- actions --------------------------------------------------------------------------------
+    def _guard(self, fn) -> Any:
+        """Run a review action; a refusal goes to the status bar, a case file error to a message box."""
+        try:
+            return fn()
+        except ReviewRefused as exc:
+            self.window.statusBar().showMessage(str(exc), 8000)
+        except AllguiError as exc:
+            QMessageBox.warning(self.window, "Review not recorded", str(exc))
+        return None
+
+    def ask_reviewer(self) -> bool:
+        name, ok = QInputDialog.getText(self.window, "Reviewer",
+                                        "Your name, recorded with every review you make:",
+                                        QLineEdit.Normal, self.review.reviewer)
+        if ok and name.strip():
+            self.review.reviewer = name.strip()
+            self.settings.setValue("review/reviewer", self.review.reviewer)
+            self.refresh()
+            return True
+        return False
+
+    def _ready(self) -> bool:
+        """A reviewer name, and a case file that can be written (asking where, when needed)."""
+        if not self.review.reviewer and not self.ask_reviewer():
+            self.window.statusBar().showMessage("No review recorded: a reviewer's name is needed.", 8000)
+            return False
+        if self.review.store is None:
+            try:
+                self.review.ensure_case()
+            except ReviewRefused as exc:
+                self.window.statusBar().showMessage(str(exc), 8000)
+                return False
+            except CaseError as exc:
+                QMessageBox.warning(self.window, "Case file", f"{exc}\n\nChoose where to keep this case.")
+                return self.new_case_dialog()
+        return True
+
+    def _next_path(self, delta: int) -> str | None:
+        order = self.table.visible_paths()
+        cur = self.state.current
+        if not order:
+            return None
+        if cur in order:
+            return order[(order.index(cur) + delta) % len(order)]
+        paths = self.state.paths
+        i = paths.index(cur) if cur in paths else -1
+        after = [p for p in (paths[i + 1:] + paths[:i + 1] if delta > 0 else paths[:i][::-1] + paths[i:][::-1])
+                 if p in order]
+        return after[0] if after else order[0]
+
+    def step(self, delta: int) -> None:
+        nxt = self._next_path(delta)
+        if nxt is not None:
+            self.state.set_current(nxt)
+
+    def decide(self, decision: str, confirmed: bool = False) -> Review | None:
+        if self.state.current is None or not self._ready():
+            return None
+        _, cell = self.review.target()
+        advance = self.bar.advance.isChecked() and cell < 0
+        nxt = self._next_path(1) if advance else None
+        comment = self.bar.comment.text()
+        r = self._guard(lambda: self.review.confirm(comment) if confirmed else self.review.decide(decision, comment))
+        if r is not None:
+            what = f"cell {cell + 1}" if cell >= 0 else Path(r.path).name
+            self.window.statusBar().showMessage(
+                f"{what}: {r.reviewer_decision}" + (" (override)" if r.override else "") + " recorded", 4000)
+            if nxt is not None and nxt != self.state.current:
+                self.state.set_current(nxt)
+        return r
+
+    def confirm(self) -> Review | None:
+        return self.decide("", confirmed=True)
+
+    def save_comment(self) -> None:
+        """Enter in the comment field: the decision in effect again, with the new comment."""
+        r = self.review.review_for(self.state.current, self.review.target()[1]) if self.state.current else None
+        if r is None:
+            self.window.statusBar().showMessage("Choose a decision (C, A, N or U); the comment is saved with it.", 6000)
+            return
+        if self._ready():
+            self._guard(lambda: self.review.decide(r.reviewer_decision, self.bar.comment.text(),
+                                                   confirmed=bool(r.confirmed)))
+        self.window.setFocus()
+
+    def _follow(self, r: Review | None, verb: str) -> None:
+        if r is None:
+            self.window.statusBar().showMessage(f"Nothing to {verb.lower()}.", 4000)
+            return
+        path = self.review.path_of(r)
+        if path is not None:
+            self.state.set_current(path)
+            if r.cell >= 0:
+                self.state.select_cell(r.cell)
+        self.window.statusBar().showMessage(f"{verb}: {Path(r.path).name}"
+                                            + (f" cell {r.cell + 1}" if r.cell >= 0 else "")
+                                            + f" ({r.reviewer_decision})", 5000)
+
+    def undo(self) -> None:
+        self._follow(self._guard(self.review.undo), "Undone")
+
+    def redo(self) -> None:
+        self._follow(self._guard(self.review.redo), "Redone")
+
+    # ---- views ----------------------------------------------------------------------------------
+    def _review_info(self, path: str) -> tuple[str, Any, tuple | None, str]:
+        return table_cell(self.review.status(path))
+
+    def _on_review(self, path: str | None) -> None:
+        if path is None:
+            self.table.batch.update_all()
+        else:
+            self.table.batch.update_path(path)
+        self.refresh()
+
+    def _on_filter(self) -> None:
+        self.bar.set_filter(self.review.filter)
+        self.table.set_filter(None if self.review.filter == "all" else self.review.visible)
+
+    def refresh(self, *_: Any) -> None:
+        """Show the current image's (or cell's) model result and review, the progress and the case."""
+        self.bar.show_review(self.review)

@@ -1,0 +1,21 @@
+"""Cases: the pathologist's reviews of a set of images in one SQLite file per case.
+
+The case file is an append-only audit trail (:mod:`~trainer.cases.store`); the case report is a PDF
+(:mod:`~trainer.cases.report`); reviewed images become training data (:mod:`~trainer.cases.corrections`).
+Qt-free: the app and ``allgui-train report`` / ``allgui-train train --add-case`` share it.
+"""
+from trainer.cases.reviews import Prediction, Review, ReviewState, model_review_decision, replay
+from trainer.cases.schema import (
+    DEFAULT_CASE_NAME,
+    REVIEW_ALL,
+    REVIEW_DECISIONS,
+    REVIEW_LABELS,
+    REVIEW_NORMAL,
+    REVIEW_UNCLASSIFIABLE,
+    file_sha256,
+)
+from trainer.cases.store import CaseStore
+
+__all__ = ["DEFAULT_CASE_NAME", "REVIEW_ALL", "REVIEW_DECISIONS", "REVIEW_LABELS", "REVIEW_NORMAL",
+           "REVIEW_UNCLASSIFIABLE", "CaseStore", "Prediction", "Review", "ReviewState", "file_sha256",
+           "model_review_decision", "replay"]

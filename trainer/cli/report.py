@@ -1,0 +1,39 @@
+"""``allgui-train report``: a case's review report as a PDF (see :mod:`trainer.cases.report`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.cli.common import ProgressBar, check_output_file, positive_int
+from trainer.util.csvsafe import printable
+
+
+def register(sub) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to ``sub`` (an argparse subparsers object)."""
+    c = sub.add_parser("report", help="write a case's review report as a PDF",
+                       description="Write the report of a case file (the app's review database): case summary, "
+                                   "counts, model card headline and limitations, then each image with its "
+                                   "outlines, probabilities, votes, the model's and the reviewer's decision. "
+                                   "Research use only.")
+    c.add_argument("case", help="case file (.sqlite) written by the app")
+    c.add_argument("-o", "--output", default="case.pdf", help="PDF to write (default: %(default)s)")
+    c.add_argument("--per-page", type=positive_int, default=6, help="images per page (default: %(default)s)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=run)
+    return c
+
+
+def run(a) -> int:
+    from trainer.cases.report import write_case_report  # matplotlib loads only when a report is written
+    check_output_file(a.output, "-o/--output")
+    bar = ProgressBar(a.quiet)
+    try:
+        counts = write_case_report(a.case, a.output, per_page=a.per_page, progress=bar)
+    finally:
+        bar.close()
+    print(f"Case report written to {printable(a.output)}: {counts['pages']} pages, {counts['images']} images, "
+          f"{counts['reviewed']} reviewed, {counts['overrides']} overridden")
+    if counts["missing"] or counts["changed"]:
+        print(f"allgui-train: {counts['missing']} image file(s) not found and {counts['changed']} changed since "
+              "analysis; the report says which", file=sys.stderr)
+    return 0
