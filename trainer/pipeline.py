@@ -310,12 +310,18 @@ def train(config: TrainConfig, progress: Progress | None = None,
             test_metrics, test_arrays = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed,
                                                        groups=None if groups is None else groups[te])
         models[key] = model
+        # explanation probes: one logistic regression per backbone on its own training features
+        from .explain import fit_probes, probe_arrays
+        probes, probe_report = fit_probes(subset(feats, ltr), y[tr], config.backbones,
+                                          subset(feats, lva), y[va], seed=config.seed)
+        arrays.update(probe_arrays(key, probes))
         if ref is not None:
             arrays[f"{key}/stain_reference"] = np.asarray(ref, dtype=np.float64)
         arrays.update({f"{key}/validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
         arrays.update({f"{key}/test/{k}": np.asarray(v) for k, v in test_arrays.items()})
         sections[key] = model_section(key, config, (tr, va, te), dataset, model, extractor, val_metrics,
                                       test_metrics, ref)
+        sections[key]["explanation_probes"] = probe_report
         test_all[key] = (test_metrics, test_arrays)
     check_cancel(cancel)
 
