@@ -14,8 +14,8 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from allgui.imaging import DECISION_COLOURS
 from allgui.state import AppState, Row
-from trainer.atomic import atomic_write
-from trainer.csvsafe import safe_row
+from trainer.util.atomic import atomic_write
+from trainer.util.csvsafe import safe_row
 
 COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Flagged", "Model")
 SORT_ROLE = Qt.UserRole + 1

@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from trainer import metrics as M
+from trainer.stats import metrics as M
 
 SPLIT_ORDER = ("test", "validation", "val", "train")
 
@@ -33,7 +33,7 @@ def _pair(d: Any) -> dict[str, np.ndarray] | None:
 def splits_of(evaluation: dict[str, Any] | None, default: str = "test") -> dict[str, dict[str, np.ndarray]]:
     """``{split: {"y_true", "probability"}}`` for the splits that carry both classes.
 
-    Accepts one split's arrays (as ``trainer.pipeline.TrainResult.evaluation``, named ``default``)
+    Accepts one split's arrays (as ``trainer.training.pipeline.TrainResult.evaluation``, named ``default``)
     or ``{split: arrays}``.
     """
     out: dict[str, dict[str, np.ndarray]] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from trainer.results import DECISION_ALL, DECISION_UNCERTAIN, ImagePrediction, decide
+from trainer.inference.results import DECISION_ALL, DECISION_UNCERTAIN, ImagePrediction, decide
 
 BLUE = np.array([8, 69, 148], float)        # p = 0, surely normal
 LIGHT_BLUE = np.array([90, 160, 215], float)  # normal, just below the uncertain band

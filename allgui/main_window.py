@@ -16,8 +16,20 @@ import numpy as np
 from PySide6.QtCore import QSettings, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QIcon, QKeySequence
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-    QProgressBar, QPushButton, QScrollArea, QSlider, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
 )
 
 from allgui.batch_table import BatchTable
@@ -30,10 +42,10 @@ from allgui.retrain import RetrainDialog
 from allgui.side_panel import RESEARCH_NOTE, SidePanel
 from allgui.state import AppState
 from allgui.workers import ThreadTask
-from trainer.atomic import atomic_write
 from trainer.config import TrainConfig
-from trainer.errors import AllguiError
-from trainer.imageio import IMAGE_SUFFIXES, read_image
+from trainer.io.imageio import IMAGE_SUFFIXES, read_image
+from trainer.util.atomic import atomic_write
+from trainer.util.errors import AllguiError
 
 MAX_RECENT = 10
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All files (*)"
@@ -48,7 +60,7 @@ def _predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.
 
 
 def _load_predictor(path: str, progress, cancel, emit):
-    from trainer.predictor import Predictor
+    from trainer.inference.predictor import Predictor
 
     predictor = Predictor.from_bundle(path)
     predictor.warm_up()  # here, off the GUI thread: the first image opened gets a warm network
@@ -110,7 +122,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.settings = settings if settings is not None else QSettings()
         if retrain_defaults is None:  # features cached per user: a retrain re-extracts only new images
-            from trainer.cli import default_cache_dir
+            from trainer.config import default_cache_dir
             retrain_defaults = TrainConfig(cache_dir=default_cache_dir())
         self.retrain_defaults = retrain_defaults
         self.models_dir = Path(models_dir) if models_dir else None

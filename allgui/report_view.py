@@ -6,7 +6,7 @@ from pathlib import Path
 from PySide6.QtCore import QUrl
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout, QWidget
 
-from trainer.errors import AllguiError
+from trainer.util.errors import AllguiError
 
 
 def find_report(path: str | Path) -> Path:

@@ -13,15 +13,27 @@ from typing import Any
 
 from PySide6.QtCore import QElapsedTimer, QSettings, QStandardPaths, Signal
 from PySide6.QtWidgets import (
-    QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-    QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 from allgui.evaluation_view import EvaluationView
 from allgui.training_job import run_training
 from allgui.workers import ProcessTask
-from trainer.cli import finetune_wanted
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, finetune_wanted
 
 
 def models_dir() -> Path:

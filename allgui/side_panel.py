@@ -5,18 +5,25 @@ Moving the slider only sets ``state.threshold``; every view re-decides from cach
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
-    QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
 )
 
 from allgui.imaging import DECISION_COLOURS, probability_colour
 from allgui.state import AppState
-from trainer.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
+from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
 
 SLIDER_STEPS = 1000
 RESEARCH_NOTE = "Research use only \u2014 not for clinical diagnosis."
@@ -97,7 +104,7 @@ class SidePanel(QWidget):
     def __init__(self, state: AppState, parent=None) -> None:
         super().__init__(parent)
         self.state = state
-        self.predictor = None  # the loaded model (trainer.predictor.Predictor or alike), or None
+        self.predictor = None  # the loaded model (trainer.inference.predictor.Predictor or alike), or None
         self._roc_key: str | None = None
         self.setMinimumWidth(360)
         lay = QVBoxLayout(self)

@@ -24,10 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.results import (
+from trainer.inference.results import (
+    DECISION_ALL,
+    DECISION_NORMAL,
     DECISION_NOT_ASSESSABLE,
-    DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN, DEFAULT_UNCERTAINTY_BAND,
-    CellPrediction, ImagePrediction, decide,
+    DECISION_UNCERTAIN,
+    DEFAULT_UNCERTAINTY_BAND,
+    CellPrediction,
+    ImagePrediction,
+    decide,
 )
 
 OVERLAY_MODES = ("outline", "fill")

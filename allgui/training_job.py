@@ -10,7 +10,7 @@ from trainer.config import TrainConfig
 def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
                  cancel: Callable[[], bool], emit: Callable[[Any], None]) -> dict[str, Any]:
     """Child-process entry: train with ``config`` (TrainConfig as dict); picklable summary back."""
-    from trainer.pipeline import train
+    from trainer.training.pipeline import train
 
     cfg = TrainConfig.from_dict(config)
     t0 = time.perf_counter()

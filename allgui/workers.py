@@ -4,7 +4,7 @@ a child process (retraining: Cancel terminates it at once and a crash cannot tak
 
 The work is a plain function ``fn(*args, progress=..., cancel=..., emit=...)``:
   progress(fraction 0..1, message)   report progress
-  cancel() -> bool                   True once the user asked to stop (raise trainer.errors.Cancelled)
+  cancel() -> bool                   True once the user asked to stop (raise trainer.util.errors.Cancelled)
   emit(obj)                          hand a partial result to the window (signal ``partial``)
 Its return value arrives with ``finished``; an exception arrives as ``failed(message)``
 (the message of an AllguiError as it is, anything else with its type), Cancelled as ``cancelled``.
@@ -18,9 +18,9 @@ import threading
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Qt, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal, Slot
 
-from trainer.errors import AllguiError, Cancelled
+from trainer.util.errors import AllguiError, Cancelled
 
 
 def error_message(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Throughput of fused feature extraction (trainer.features) vs a naive per-image torchvision loop.
+"""Throughput of fused feature extraction (trainer.vision.features) vs a naive per-image torchvision loop.
 
 Both runs compute DenseNet-121 + ResNet-34 GAP features of the same N synthetic single-cell crops
 (BMP files on disk, default 450 x 450) at the same network input size, with the same random
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 def make_images(folder: Path, n: int, crop: int, seed: int = 0) -> list[Path]:
     import cv2
 
-    from trainer.synthetic import make_cell_image
+    from trainer.io.synthetic import make_cell_image
 
     rng = np.random.default_rng(seed)
     paths = []
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from trainer.backbones import build_backbone
-    from trainer.features import FeatureExtractor
+    from trainer.vision.backbones import build_backbone
+    from trainer.vision.features import FeatureExtractor
 
     names = ("densenet121", "resnet34")
     with tempfile.TemporaryDirectory() as tmp:

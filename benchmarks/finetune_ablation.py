@@ -1,4 +1,4 @@
-"""Ablation: classical stage on frozen backbone features vs on fine-tuned ones (trainer.finetune).
+"""Ablation: classical stage on frozen backbone features vs on fine-tuned ones (trainer.evaluation.finetune_ablation).
 
 Loads a labelled data folder, splits it (subject-level when groups are known), fine-tunes the
 backbones on the training split (early stopping on the validation split), extracts features with
@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     import torch
 
     from trainer.config import TrainConfig
-    from trainer.data import load_dataset
-    from trainer.finetune import frozen_vs_finetuned
-    from trainer.splits import split_train_val_test
+    from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
+    from trainer.io.data import load_dataset
+    from trainer.io.splits import split_train_val_test
 
     if args.threads:
         torch.set_num_threads(args.threads)

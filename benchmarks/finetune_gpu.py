@@ -1,6 +1,6 @@
 """Fine-tuning and extraction throughput on one device, and a check of the mixed-precision path.
 
-Synthetic single-cell crops (``trainer.synthetic``) in memory; both backbones are fine-tuned for a
+Synthetic single-cell crops (``trainer.io.synthetic``) in memory; both backbones are fine-tuned for a
 few epochs with the paper's settings, with mixed precision (bf16 where supported, else fp16 with a
 GradScaler) and, with ``--fp32``, once more without, then features are extracted with the
 fine-tuned weights. Prints training images/s per epoch (the first epoch includes cuDNN autotuning
@@ -36,9 +36,10 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from trainer.features import FeatureExtractor
-    from trainer.finetune import FinetuneConfig, finetune_backbone
-    from trainer.synthetic import make_cell_image
+    from trainer.config import FinetuneConfig
+    from trainer.io.synthetic import make_cell_image
+    from trainer.training.finetune import finetune_backbone
+    from trainer.vision.features import FeatureExtractor
 
     rng = np.random.default_rng(0)
     n_val = max(8, args.n // 4)

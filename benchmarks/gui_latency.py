@@ -28,14 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def _tiny_data(root: Path, size: int = 64, n: int = 12) -> Path:
-    from trainer.synthetic import write_dataset
+    from trainer.io.synthetic import write_dataset
 
     return write_dataset(root, layout="cnmc", n_per_class=n, size=size, seed=0, n_subjects=6)
 
 
 def _make_model(tmp: Path, image_size: int) -> str:
     from trainer.config import TrainConfig
-    from trainer.pipeline import train
+    from trainer.training.pipeline import train
 
     data = _tiny_data(tmp / "model_data", size=96)
     cfg = TrainConfig(data=str(data), image_size=image_size, weights="none", num_workers=0, batch_size=16,

@@ -40,9 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE = Path(sys.argv[sys.argv.index("--code") + 1]).resolve() if "--code" in sys.argv else ROOT
 sys.path.insert(0, str(CODE))
 
+# isort: off
 import trainer  # noqa: E402,F401  (OpenMP wait policy before torch)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+# isort: on
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -58,8 +60,8 @@ def images_in(folder: str, n: int, seed: int = 0) -> list[Path]:
 
 def stand_in_bundle(tmp: Path) -> str:
     from trainer.config import TrainConfig
-    from trainer.pipeline import train
-    from trainer.synthetic import write_dataset
+    from trainer.io.synthetic import write_dataset
+    from trainer.training.pipeline import train
 
     data = write_dataset(tmp / "data", layout="folders", n_per_class=12, size=64, seed=0, n_subjects=4,
                          kind="mixed")
@@ -69,7 +71,7 @@ def stand_in_bundle(tmp: Path) -> str:
 
 
 def load(model: str, precision: str | None):
-    from trainer.predictor import Predictor
+    from trainer.inference.predictor import Predictor
 
     try:
         return Predictor.from_bundle(model, device="cpu", precision=precision)
@@ -109,7 +111,7 @@ def one_forward(predictor, repeats: int = 5) -> float:
 
 def cli_path(predictor, files: list[Path]) -> tuple[float, int, list]:
     """(seconds, network passes, rows) of cli.classify_files on ``files``."""
-    from trainer.cli import classify_files
+    from trainer.cli.predict import classify_files
 
     rows: list = []
     t0 = time.perf_counter()
@@ -140,8 +142,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--code", help="folder holding the trainer package to measure (default: this checkout)")
     a = ap.parse_args(argv)
 
-    from trainer import cli
-    from trainer.features import cpu_has_bf16
+    from trainer.cli import predict as cli
+    from trainer.vision.features import cpu_has_bf16
     out: dict = {"cpu_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads()}
     tmp = Path(tempfile.mkdtemp(prefix="predict_bench_"))
     model = a.model or stand_in_bundle(tmp)
@@ -164,7 +166,7 @@ def main(argv=None) -> dict:
         out["fields_ratio_to_raw"] = out["fields_passes_s"] / raw
         out["fields_img_s"] = len(fields) / secs
 
-    from trainer.imageio import read_image
+    from trainer.io.imageio import read_image
 
     img = read_image(crops[0])
     times = []
@@ -178,7 +180,7 @@ def main(argv=None) -> dict:
     out["open_ratio_to_one_forward"] = out["open_s"] / out["one_forward_s"]
 
     if a.agreement:
-        from trainer.results import decide  # noqa: F401
+        from trainer.inference.results import decide  # noqa: F401
 
         files = images_in(a.crops, a.agreement // 2, seed=1) + (
             images_in(a.fields, a.agreement - a.agreement // 2, seed=1) if a.fields else [])
@@ -197,7 +199,7 @@ def main(argv=None) -> dict:
         out["agreement_mean_prob_diff"] = float(np.mean(diffs))
 
     if a.rss and a.fields:
-        from trainer.cli import classify_files
+        from trainer.cli.predict import classify_files
 
         files = images_in(a.fields, a.rss, seed=2)
         trace = []

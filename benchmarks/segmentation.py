@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from trainer.imageio import read_image
-from trainer.segmentation import cells_from_segmentation, segment_nuclei
-from trainer.synthetic import make_cell_image, make_smear_field
+from trainer.io.imageio import read_image
+from trainer.io.synthetic import make_cell_image, make_smear_field
+from trainer.vision.segmentation import cells_from_segmentation, segment_nuclei
 
 
 def _time(img: np.ndarray, repeats: int) -> tuple[float, float, int, str]:

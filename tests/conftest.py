@@ -16,7 +16,7 @@ TINY_SIZE = 48  # network input side for tests, pixels
 @pytest.fixture(scope="session")
 def tiny_cnmc(tmp_path_factory):
     """A C-NMC-style folder (all/ + hem/, UID_ names): 12 images per class, 6 subjects each."""
-    from trainer.synthetic import write_dataset
+    from trainer.io.synthetic import write_dataset
     return write_dataset(tmp_path_factory.mktemp("cnmc") / "data", layout="cnmc", n_per_class=12,
                          size=64, seed=0, n_subjects=6)
 
@@ -34,7 +34,7 @@ def tiny_training(tiny_config):
     """The result of a real training run on the tiny C-NMC-style data (random-init backbones)."""
     import torch
 
-    from trainer.pipeline import train
+    from trainer.training.pipeline import train
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     return train(tiny_config)
 
@@ -48,7 +48,7 @@ def tiny_bundle(tiny_training):
 @pytest.fixture(scope="session")
 def tiny_predictor(tiny_bundle):
     """A Predictor on the tiny bundle, loaded once per test session."""
-    from trainer.predictor import Predictor
+    from trainer.inference.predictor import Predictor
     return Predictor.from_bundle(tiny_bundle)
 
 

@@ -6,7 +6,7 @@ import sys
 import cv2
 import numpy as np
 
-from trainer.synthetic import make_cell_image
+from trainer.io.synthetic import make_cell_image
 
 
 def test_app_starts_loads_a_model_and_shows_a_result(tiny_bundle, tmp_path):

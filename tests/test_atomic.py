@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from trainer.atomic import atomic_write
+from trainer.util.atomic import atomic_write
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -22,7 +22,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_new_file_replaces_old_with_ordinary_permissions(tmp_path):
-    from trainer import atomic
+    from trainer.util import atomic
     target = tmp_path / "sub" / "f.bin"
     atomic_write(target, lambda fh: fh.write(b"new"))
     atomic_write(target, lambda fh: fh.write(b"newer"), fsync=False)

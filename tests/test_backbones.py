@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import backbones as bb
-from trainer.backbones import BACKBONES, build_backbone, build_classifier_model, weights_identity
-from trainer.errors import AllguiError
+from trainer.util.errors import AllguiError
+from trainer.vision import backbones as bb
+from trainer.vision.backbones import BACKBONES, build_backbone, build_classifier_model, weights_identity
 
 torch.set_num_threads(1)
 

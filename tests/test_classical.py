@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from trainer.calibration import ScoreCalibrator
-from trainer.classifiers import make_classifiers, oversample
+from trainer.classical.calibration import ScoreCalibrator
+from trainer.classical.classifiers import make_classifiers, oversample
+from trainer.classical.ensemble import WeightedVotingEnsemble
+from trainer.classical.fusion import FeatureFusion
+from trainer.classical.model import fit_model
 from trainer.config import TrainConfig
-from trainer.ensemble import WeightedVotingEnsemble
-from trainer.fusion import FeatureFusion
-from trainer.model import fit_model
 
 
 def blobs(n=240, d=(40, 20), shift=0.6, seed=0, pos_frac=0.5):

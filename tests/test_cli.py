@@ -4,9 +4,9 @@ import csv
 import numpy as np
 import pytest
 
-from trainer.cli import main
-from trainer.imageio import read_image
-from trainer.synthetic import make_smear_field
+from trainer.cli.main import main
+from trainer.io.imageio import read_image
+from trainer.io.synthetic import make_smear_field
 
 
 @pytest.mark.parametrize("sub", ["train", "evaluate", "predict"])
@@ -66,6 +66,6 @@ def test_train_from_the_command_line(tiny_cnmc, tmp_path, capsys):
     assert code == 0 and out.is_file()
     text = capsys.readouterr().out
     assert "subject-level" in text and "ensemble" in text
-    from trainer.bundle import read_manifest
+    from trainer.inference.bundle import read_manifest
     cfg = read_manifest(out)["config"]
     assert cfg["classifiers"] == ["svm", "knn", "mlp"] and cfg["pca"] is False and cfg["image_size"] == 32

@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.data import Dataset, Sample, detect_layout, load_dataset, parse_cnmc_subject
-from trainer.errors import DataError
-from trainer.splits import cv_folds, default_protocol, max_folds, split_train_val_test
+from trainer.io.data import Dataset, Sample, detect_layout, load_dataset, parse_cnmc_subject
+from trainer.io.splits import cv_folds, default_protocol, max_folds, split_train_val_test
+from trainer.util.errors import DataError
 
 
 def _img(path, value=100, size=8):
@@ -93,7 +93,7 @@ def test_cnmc_unreadable_files_skipped_by_name(tmp_path):
 
 
 def test_cnmc_check_readable_reports_progress_and_cancels(tmp_path):
-    from trainer.errors import Cancelled
+    from trainer.util.errors import Cancelled
     _cnmc(tmp_path, fold=None)
     seen = []
     load_dataset(tmp_path, check_readable=True, progress=lambda f, m: seen.append(f))
@@ -336,7 +336,7 @@ def _two_sources():
 def test_cv_and_inner_splits_stratified_by_source_class():
     from trainer.config import TrainConfig
     from trainer.evaluation.core import cv_plan
-    from trainer.splits import one_sided_strata, source_strata
+    from trainer.io.splits import one_sided_strata, source_strata
     samples = _two_sources()
     strata = source_strata(samples)
     groups = np.array([s.group for s in samples])
@@ -364,7 +364,7 @@ def test_cv_and_inner_splits_stratified_by_source_class():
 
 
 def test_split_with_strata_keeps_small_source_classes_in_training():
-    from trainer.splits import source_strata
+    from trainer.io.splits import source_strata
     samples = _two_sources()[:-18]  # Pre keeps 1 subject: too few for train, validation and test
     strata = source_strata(samples)
     groups = np.array([s.group for s in samples])

@@ -7,12 +7,18 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import accuracy_score, roc_auc_score
 
+from trainer.classical.model import fit_model, subset
 from trainer.config import TrainConfig
-from trainer.data import Sample, split_train_val_test
-from trainer.errors import Cancelled
-from trainer.evaluation import (ENSEMBLE, ENSEMBLE_CAL, evaluate_ablation, evaluate_features,
-                                run_evaluation, write_report)
-from trainer.model import fit_model, subset
+from trainer.evaluation import (
+    ENSEMBLE,
+    ENSEMBLE_CAL,
+    evaluate_ablation,
+    evaluate_features,
+    run_evaluation,
+    write_report,
+)
+from trainer.io.data import Sample, split_train_val_test
+from trainer.util.errors import Cancelled
 
 CLASSIFIERS = ("svm", "knn", "mlp")  # the slow tree ensembles are left out to keep tests fast
 N_BOOT = 200
@@ -168,7 +174,7 @@ def test_report_files_json_and_markdown_agree(leak_run, tmp_path):
 
 
 def test_run_evaluation_end_to_end_on_synthetic_images(tmp_path):
-    from trainer.synthetic import write_dataset
+    from trainer.io.synthetic import write_dataset
     root = write_dataset(tmp_path / "data", layout="cnmc", n_per_class=10, size=32, seed=0,
                          n_subjects=5)
     cfg = TrainConfig(data=str(root), backbones=("resnet34",), image_size=32, batch_size=8,
@@ -194,7 +200,7 @@ def test_cv_folds_reduced_to_what_the_subjects_allow():
 
 
 def test_report_compares_frozen_and_finetuned_features(tmp_path):
-    from trainer.synthetic import write_dataset
+    from trainer.io.synthetic import write_dataset
     root = write_dataset(tmp_path / "data", layout="cnmc", n_per_class=10, size=32, seed=1,
                          n_subjects=5)
     cfg = TrainConfig(data=str(root), backbones=("resnet34",), image_size=32, batch_size=8,
@@ -224,7 +230,7 @@ def test_group_bootstrap_holm_and_source_warnings_reach_results_and_report(tmp_p
                             n_folds=4, ablation=False)
     e = res["protocols"]["subject"]
     h, cv = e["holdout"], e["cv"]
-    from trainer.pipeline import split_dataset
+    from trainer.training.pipeline import split_dataset
     _, _, te = split_dataset(samples, "subject", cfg)
     g_test = np.array([s.group for s in samples])[te]
     y_test = y[te]
@@ -238,7 +244,7 @@ def test_group_bootstrap_holm_and_source_warnings_reach_results_and_report(tmp_p
     fam = [cv["tests"][m][n]["nadeau_bengio"] for m in ("accuracy", "auc") for n in ("knn", "svm")
            if n in cv["tests"][m]]
     assert cv["n_comparisons"] == len(fam) == 4
-    from trainer.stats import holm
+    from trainer.stats.significance import holm
     assert [f["p_value_holm"] for f in fam] == pytest.approx(holm([f["p_value"] for f in fam]),
                                                              nan_ok=True)
     # the cells that cannot be split are named, in the results and the report

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import features as feats_mod
-from trainer.backbones import build_backbone
-from trainer.errors import AllguiError, Cancelled, ImageReadError
-from trainer.features import FeatureExtractor
-from trainer.synthetic import make_cell_image
+from trainer.io.synthetic import make_cell_image
+from trainer.util.errors import AllguiError, Cancelled, ImageReadError
+from trainer.vision import features as feats_mod
+from trainer.vision.backbones import build_backbone
+from trainer.vision.features import FeatureExtractor
 
 torch.set_num_threads(1)
 SIZE = 32  # network input side for tests
@@ -81,7 +81,7 @@ def test_both_backbones_dims_order_and_paths_equal_arrays(images, paths):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     # same as the plain backbone on the eval transform
-    from trainer.preprocess import eval_transform
+    from trainer.vision.preprocess import eval_transform
 
     x = torch.stack([eval_transform(SIZE)(im) for im in images])
     with torch.inference_mode():

@@ -7,22 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.backbones import build_backbone
-from trainer.config import TrainConfig
-from trainer.errors import Cancelled, DataError
-from trainer.finetune import (
-    EarlyStopping,
-    EpochShardSampler,
-    FinetuneConfig,
-    checkpoint_path,
-    finetune_backbone,
-    load_checkpoint,
-    load_state_dicts,
-    main,
-    save_state_dicts,
-)
-from trainer.preprocess import eval_transform
-from trainer.synthetic import make_cell_image, write_dataset
+from trainer.cli.finetune import main
+from trainer.config import FinetuneConfig, TrainConfig
+from trainer.io.synthetic import make_cell_image, write_dataset
+from trainer.training.checkpoints import EarlyStopping, checkpoint_path, load_checkpoint
+from trainer.training.finetune import finetune_backbone
+from trainer.training.finetune_data import EpochShardSampler
+from trainer.training.weights import load_state_dicts, save_state_dicts
+from trainer.util.errors import Cancelled, DataError
+from trainer.vision.backbones import build_backbone
+from trainer.vision.preprocess import eval_transform
 
 SIZE = 32
 NAME = "resnet34"
@@ -165,7 +159,7 @@ def test_early_stopping_stops_and_keeps_best_weights(data, tmp_path):
 def test_finetuned_weights_reproduce_features_after_saving(data, reference, tmp_path):
     """Saved in the bundle's safetensors layout (``<backbone>/<param>``), loaded back, the weights give
     the same features through build_backbone and through FeatureExtractor(state_dicts=...)."""
-    from trainer.features import FeatureExtractor
+    from trainer.vision.features import FeatureExtractor
 
     sd, _, _ = reference
     images = data[2]
@@ -238,7 +232,7 @@ def test_cli_writes_weights(tmp_path, capsys):
 
 
 def test_ablation_compares_frozen_and_finetuned_features(data, reference):
-    from trainer.finetune import frozen_vs_finetuned
+    from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
 
     sd, _, _ = reference
     tr, ytr, va, yva = data
@@ -263,11 +257,11 @@ def test_weights_record_their_finetuning_images_and_tests_on_them_are_refused(tm
     import dataclasses
     import json
 
-    from trainer.cli import main as train_main
-    from trainer.data import load_dataset
+    from trainer.cli.main import main as train_main
     from trainer.evaluation import run_evaluation
-    from trainer.imageio import content_hash
-    from trainer.pipeline import split_dataset, train
+    from trainer.io.data import load_dataset
+    from trainer.io.imageio import content_hash
+    from trainer.training.pipeline import split_dataset, train
 
     root = write_dataset(tmp_path / "data", layout="cnmc", n_per_class=8, size=SIZE, seed=2,
                          n_subjects=4)

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.errors import AllguiError
-from trainer.imageio import decode_image, read_image
+from trainer.io.imageio import decode_image, read_image
+from trainer.util.errors import AllguiError
 
 BUDGET_S = 5.0  # per target
 
@@ -82,7 +82,7 @@ def test_fuzzed_image_files_raise_only_image_read_errors(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_fuzzed_bundles_raise_only_bundle_errors(tiny_bundle, tmp_path):
-    from trainer.bundle import load_bundle, read_manifest
+    from trainer.inference.bundle import load_bundle, read_manifest
     r = random.Random(7)
     real = open(tiny_bundle, "rb").read()
     with zipfile.ZipFile(tiny_bundle) as zf:

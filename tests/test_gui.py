@@ -17,8 +17,8 @@ from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from allgui.main_window import MainWindow  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN  # noqa: E402
-from trainer.synthetic import make_cell_image, make_smear_field  # noqa: E402
+from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN  # noqa: E402
+from trainer.io.synthetic import make_cell_image, make_smear_field  # noqa: E402
 
 DECISIONS = {DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN}
 
@@ -131,10 +131,11 @@ def test_caution_when_the_model_hardly_saw_this_kind_of_image(qtbot, window, ima
 
 
 def test_field_judged_whole_shows_cells_for_review_only(qtbot, window, images, tiny_bundle):
-    from allgui.imaging import NEUTRAL
-    from trainer.bundle import load_bundle
-    from trainer.predictor import Predictor
     from conftest import as_single_model
+
+    from allgui.imaging import NEUTRAL
+    from trainer.inference.bundle import load_bundle
+    from trainer.inference.predictor import Predictor
     # one model for every kind of image (as before per-kind models), trained on fields
     b = as_single_model(load_bundle(tiny_bundle))
     b.card["trained_on"]["image_kinds"] = {"single_cell": 0.0, "field": 1.0, "n_checked": 24}
@@ -189,7 +190,7 @@ def test_slider_redecides_without_computing_features(qtbot, window, images, monk
     _open_and_wait(qtbot, win, paths)
     calls = []
     monkeypatch.setattr(win.predictor.extractor, "extract", lambda *a, **k: calls.append("extract"))
-    import trainer.predictor as tp
+    import trainer.inference.predictor as tp
     monkeypatch.setattr(tp.segmentation, "segment_nuclei", lambda *a, **k: calls.append("segment"))
 
     probs = [win.state.predictions[p].probability for p in paths]

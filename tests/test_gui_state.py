@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from allgui.state import AppState
-from trainer.results import CellPrediction, ClassifierVote, ImagePrediction
+from trainer.inference.results import CellPrediction, ClassifierVote, ImagePrediction
 
 
 def _pred(path, probs, kind="field"):

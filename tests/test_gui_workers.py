@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from allgui.workers import ProcessTask, ThreadTask  # noqa: E402
-from trainer.errors import Cancelled, DataError  # noqa: E402
+from trainer.util.errors import Cancelled, DataError  # noqa: E402
 
 
 def count_to(n, progress, cancel, emit):

@@ -10,9 +10,9 @@ import zipfile
 
 import pytest
 
-from trainer import bundle
-from trainer.bundle import load_bundle, read_manifest
-from trainer.errors import BundleError
+from trainer.inference import bundle
+from trainer.inference.bundle import load_bundle, read_manifest
+from trainer.util.errors import BundleError
 
 
 def _manifest(members: dict[str, bytes], **extra) -> dict:
@@ -37,7 +37,9 @@ def test_compressed_member_that_would_inflate_hugely_is_refused_before_inflating
              {"model.skops": bomb, "arrays.safetensors": b""})
     del bomb
     assert f.stat().st_size < 1 << 20
-    import safetensors.numpy, safetensors.torch, skops.io  # noqa: E401,F401 (imports are not the bundle's cost)
+    import safetensors.numpy  # noqa: E401,F401 (imports are not the bundle's cost)
+    import safetensors.torch
+    import skops.io
     tracemalloc.start()
     t = time.perf_counter()
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer import cli
-from trainer.cli import main
+from trainer.cli import predict as cli
+from trainer.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def counting(tiny_predictor, monkeypatch):
         return real(items, *a, **k)
 
     monkeypatch.setattr(tiny_predictor, "predict_batch", predict_batch)
-    monkeypatch.setattr("trainer.predictor.Predictor.from_bundle", classmethod(lambda cls, *a, **k: tiny_predictor))
+    monkeypatch.setattr("trainer.inference.predictor.Predictor.from_bundle", classmethod(lambda cls, *a, **k: tiny_predictor))
     return calls
 
 
@@ -137,8 +137,8 @@ def test_blank_image_is_not_assessable(tiny_bundle, counting, tmp_path):
 def _no_predictor(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("work started before the arguments were checked")
-    monkeypatch.setattr("trainer.predictor.Predictor.from_bundle", fail)
-    monkeypatch.setattr("trainer.pipeline.train", fail)
+    monkeypatch.setattr("trainer.inference.predictor.Predictor.from_bundle", fail)
+    monkeypatch.setattr("trainer.training.pipeline.train", fail)
     monkeypatch.setattr("trainer.evaluation.run_evaluation", fail)
 
 
@@ -180,7 +180,7 @@ def test_full_disk_is_one_line_and_no_temporary(crops, tiny_bundle, counting, tm
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("trainer.atomic.os.fsync", full)
+    monkeypatch.setattr("trainer.util.atomic.os.fsync", full)
     out = tmp_path / "o" / "p.csv"
     assert main(["predict", str(d), "-m", str(tiny_bundle), "-o", str(out), "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -222,9 +222,9 @@ def test_sigterm_during_predict_leaves_no_temporary_and_says_what_was_kept(tiny_
 
 @pytest.mark.timeout(120)
 def test_temporary_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
-    from trainer.atomic import atomic_write
+    from trainer.util.atomic import atomic_write
     target = tmp_path / "model.allmodel"
-    code = ("import sys,time; from trainer.atomic import atomic_write; "
+    code = ("import sys,time; from trainer.util.atomic import atomic_write; "
             "atomic_write(sys.argv[1], lambda fh: (fh.write(b'half'), fh.flush(), print('writing', flush=True), "
             "time.sleep(60)))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=_env(), stdout=subprocess.PIPE, text=True)

@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer.cli import main
-from trainer.data import load_dataset
-from trainer.errors import DataError
-from trainer.synthetic import write_dataset
+from trainer.cli.main import main
+from trainer.io.data import load_dataset
+from trainer.io.synthetic import write_dataset
+from trainer.util.errors import DataError
 
 
 @pytest.fixture
@@ -77,17 +77,18 @@ def test_identical_images_under_both_labels_are_left_out_and_reported(tiny_cnmc,
     code = main(["evaluate", str(tmp_path / "nowhere"), "-q", "--out", str(tmp_path / "r")])
     assert code == 2
     capsys.readouterr()
-    from trainer.pipeline import load_config_dataset
-    from trainer.config import TrainConfig
-    from trainer import cli
     import logging
+
+    from trainer.cli import main as cli
+    from trainer.config import TrainConfig
+    from trainer.training.pipeline import load_config_dataset
     handler = cli._ConsoleLog()
-    logging.getLogger("trainer.data").addHandler(handler)
-    logging.getLogger("trainer.data").setLevel(logging.INFO)
+    logging.getLogger("trainer.io.data").addHandler(handler)
+    logging.getLogger("trainer.io.data").setLevel(logging.INFO)
     try:
         load_config_dataset(TrainConfig(data=str(d)))
     finally:
-        logging.getLogger("trainer.data").removeHandler(handler)
+        logging.getLogger("trainer.io.data").removeHandler(handler)
     err = capsys.readouterr().err
     assert "skipped empty.bmp" not in err and "empty.bmp: empty file (0 bytes)" in err
     assert "labelled both ALL and normal" in err

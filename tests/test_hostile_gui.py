@@ -18,7 +18,7 @@ pytest.importorskip("pytestqt")
 
 from tests.test_gui import boxes, images, window  # noqa: E402,F401 (fixtures)
 from tests.test_hostile_input import png_claiming  # noqa: E402
-from trainer.results import DECISION_NOT_ASSESSABLE  # noqa: E402
+from trainer.inference.results import DECISION_NOT_ASSESSABLE  # noqa: E402
 
 
 def test_huge_png_gives_a_message_at_once(qtbot, window, tmp_path, boxes):

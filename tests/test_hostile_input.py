@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from trainer.errors import ImageReadError
-from trainer.imageio import read_image
+from trainer.io.imageio import read_image
+from trainer.util.errors import ImageReadError
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -32,7 +32,8 @@ def test_png_declaring_30000_by_30000_pixels_is_refused_before_decoding(tmp_path
 @pytest.mark.parametrize("fmt", [".bmp", ".jpg", ".tif", ".png"])
 def test_header_sizes_of_real_files_are_read_without_decoding(tmp_path, fmt):
     import cv2
-    from trainer.imageio import image_header_size
+
+    from trainer.io.imageio import image_header_size
     img = np.zeros((37, 53, 3), np.uint8)
     ok, buf = cv2.imencode(fmt, img)
     assert ok
@@ -45,7 +46,7 @@ def test_fifo_named_like_an_image_is_refused_without_hanging(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ImageReadError, match="pipe"):
         read_image(fifo)
-    from trainer.imageio import content_hash
+    from trainer.io.imageio import content_hash
     with pytest.raises(ImageReadError):
         content_hash(fifo)
 
@@ -59,7 +60,7 @@ def test_link_to_dev_zero_is_refused(tmp_path):
 
 
 def test_files_over_the_size_cap_are_not_read(tmp_path, monkeypatch):
-    from trainer import imageio
+    from trainer.io import imageio
     monkeypatch.setattr(imageio, "MAX_IMAGE_FILE_BYTES", 1000)
     f = tmp_path / "big.png"
     f.write_bytes(png_claiming(10, 10) + b"\x00" * 5000)

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.errors import ImageReadError
-from trainer.imageio import IMAGE_SUFFIXES, as_rgb_uint8, content_hash, read_image
+from trainer.io.imageio import IMAGE_SUFFIXES, as_rgb_uint8, content_hash, read_image
+from trainer.util.errors import ImageReadError
 
 
 @pytest.fixture

@@ -8,17 +8,16 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
-
-from trainer import metrics as M
-from trainer.bundle import FORMAT, load_bundle, read_manifest
-from trainer.config import TrainConfig
-from trainer.handcrafted import FEATURE_NAMES, NUCLEUS_DIM, nucleus_features
-from trainer.predictor import Predictor
-from trainer.stacking import StackedCombiner, inner_folds
-from trainer.stain import ReinhardNormalizer, foreground, lab_stats, reinhard
-from trainer.synthetic import make_cell_image, make_smear_field, write_dataset
-
 from conftest import TINY_SIZE
+
+from trainer.classical.stacking import StackedCombiner, inner_folds
+from trainer.config import TrainConfig
+from trainer.inference.bundle import FORMAT, load_bundle, read_manifest
+from trainer.inference.predictor import Predictor
+from trainer.io.synthetic import make_cell_image, make_smear_field, write_dataset
+from trainer.stats import metrics as M
+from trainer.vision.handcrafted import FEATURE_NAMES, NUCLEUS_DIM, nucleus_features
+from trainer.vision.stain import ReinhardNormalizer, foreground, lab_stats, reinhard
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def mixed_training(tmp_path_factory):
     issue-8 option on (nucleus block, Reinhard, stacked combiner, per-block L2)."""
     import torch
 
-    from trainer.pipeline import train
+    from trainer.training.pipeline import train
     torch.set_num_threads(2)
     d = tmp_path_factory.mktemp("mixed")
     root = write_dataset(d / "data", layout="folders", n_per_class=32, size=64, seed=1, n_subjects=8,
@@ -171,7 +170,7 @@ def test_reinhard_maps_foreground_statistics_and_keeps_the_background():
 
 
 def test_stain_reference_is_fitted_on_training_images_only(tmp_path):
-    from trainer.pipeline import stain_reference
+    from trainer.training.pipeline import stain_reference
 
     rng = np.random.default_rng(2)
     train = [make_cell_image(64, malignant=bool(i % 2), rng=rng)[0] for i in range(6)]
@@ -218,7 +217,7 @@ def test_stacked_combiner_is_at_least_as_good_as_its_best_member():
 
 
 def test_weighted_combiner_reproduces_eq8(tiny_training):
-    from trainer.features import FeatureExtractor
+    from trainer.vision.features import FeatureExtractor
     m = tiny_training.model.models["single_cell"]
     X = {b: np.random.default_rng(0).normal(size=(5, d)).astype(np.float32)
          for b, d in FeatureExtractor(backbones=m.backbones).dims.items()}
@@ -228,7 +227,7 @@ def test_weighted_combiner_reproduces_eq8(tiny_training):
 
 
 def test_merge_by_subject_keeps_identical_pixels_once(tmp_path):
-    from trainer.data import load_dataset, merge_datasets
+    from trainer.io.data import load_dataset, merge_datasets
 
     a = write_dataset(tmp_path / "a", layout="cnmc", n_per_class=4, size=48, seed=0, n_subjects=2)
     b = tmp_path / "b"
@@ -249,7 +248,7 @@ def test_merge_by_subject_keeps_identical_pixels_once(tmp_path):
 
 
 def test_cli_train_on_two_folders_and_predict_csv_names_the_model(tmp_path, tiny_bundle, capsys):
-    from trainer.cli import main
+    from trainer.cli.main import main
 
     img = make_cell_image(64, malignant=True, rng=np.random.default_rng(12))[0]
     p = tmp_path / "crop.png"

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
 
-from trainer import metrics as M
-from trainer.errors import DataError
+from trainer.stats import metrics as M
+from trainer.util.errors import DataError
 
 
 def test_hand_worked_confusion_matrix_and_rates():

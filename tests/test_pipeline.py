@@ -6,12 +6,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from trainer.bundle import load_bundle, read_manifest, save_bundle
-from trainer.errors import BundleError, Cancelled, DataError
-from trainer.pipeline import train
-from trainer.predictor import Predictor
-from trainer.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
-from trainer.synthetic import make_cell_image, make_smear_field
+from trainer.inference.bundle import load_bundle, read_manifest, save_bundle
+from trainer.inference.predictor import Predictor
+from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
+from trainer.io.synthetic import make_cell_image, make_smear_field
+from trainer.training.pipeline import train
+from trainer.util.errors import BundleError, Cancelled, DataError
 
 
 def test_training_writes_a_complete_model_card(tiny_training, tiny_config):
@@ -98,7 +98,9 @@ def test_tampered_truncated_and_foreign_bundles_are_refused(tiny_bundle, tmp_pat
     with pytest.raises(BundleError, match="not an allgui model"):
         load_bundle(foreign)
     # a consistent-looking bundle whose model part is replaced by a pickle is refused, not run
-    import hashlib, json, pickle  # noqa: E401
+    import hashlib  # noqa: E401
+    import json
+    import pickle
     evil = pickle.dumps(print)
     with zipfile.ZipFile(tiny_bundle) as z:
         manifest = json.loads(z.read("manifest.json"))
@@ -142,7 +144,7 @@ def test_cancel_and_failure_leave_the_previous_model_intact(tiny_config, tiny_bu
 
 
 def test_one_class_folder_and_unreadable_files(tiny_config, tmp_path):
-    from trainer.synthetic import write_dataset
+    from trainer.io.synthetic import write_dataset
     root = write_dataset(tmp_path / "d", layout="cnmc", n_per_class=6, size=48, seed=1, n_subjects=3)
     shutil.rmtree(root / "hem")
     with pytest.raises(DataError, match="one class|only"):
@@ -196,7 +198,7 @@ def test_fields_are_judged_by_the_unit_the_model_was_trained_on(tiny_bundle, tin
 
 
 def test_odd_images_get_clear_messages_or_notes(tiny_predictor):
-    from trainer.errors import ImageReadError
+    from trainer.util.errors import ImageReadError
     with pytest.raises(ImageReadError, match="too small"):
         tiny_predictor.predict(np.zeros((1, 1, 3), np.uint8))
     with pytest.raises(ImageReadError):
@@ -229,8 +231,8 @@ def test_bundle_with_a_foreign_classifier_is_refused(tiny_bundle, tmp_path):
 
 
 def test_model_card_intervals_resample_test_subjects(tiny_training, tiny_config):
-    from trainer.data import load_dataset
-    from trainer.pipeline import split_dataset
+    from trainer.io.data import load_dataset
+    from trainer.training.pipeline import split_dataset
     ds = load_dataset(tiny_config.data)
     _, _, te = split_dataset(ds.samples, "subject", tiny_config)
     g, y = ds.groups[te], ds.labels[te]

@@ -3,14 +3,14 @@ segmentation without changing the nucleus block, cancels, and loads bundles in e
 import numpy as np
 import pytest
 
-from trainer import handcrafted, segmentation
-from trainer.errors import AllguiError, Cancelled, ImageReadError
-from trainer.synthetic import make_cell_image, make_smear_field
+from trainer.io.synthetic import make_cell_image, make_smear_field
+from trainer.util.errors import AllguiError, Cancelled, ImageReadError
+from trainer.vision import handcrafted, segmentation
 
 
 @pytest.fixture(scope="module")
 def fp32_predictor(tiny_bundle):
-    from trainer.predictor import Predictor
+    from trainer.inference.predictor import Predictor
     return Predictor.from_bundle(tiny_bundle, device="cpu", precision="fp32")
 
 
@@ -67,7 +67,7 @@ def test_cancel_stops_the_batch(fp32_predictor, images):
 
 
 def test_cli_path_with_prefetch_equals_predict_batch(fp32_predictor, tiny_cnmc, tmp_path, monkeypatch):
-    from trainer import cli
+    from trainer.cli import predict as cli
 
     files = sorted((tiny_cnmc / "all").glob("*.bmp"))[:5]
     bad = tmp_path / "bad.png"
@@ -87,7 +87,7 @@ def test_cli_path_with_prefetch_equals_predict_batch(fp32_predictor, tiny_cnmc, 
 
 
 def test_precision_choice(tiny_bundle):
-    from trainer.predictor import Predictor, inference_precision
+    from trainer.inference.predictor import Predictor, inference_precision
 
     assert inference_precision("fp32") == "fp32"
     assert inference_precision(None) in ("fp32", "bf16")
@@ -100,7 +100,7 @@ def test_precision_choice(tiny_bundle):
 
 
 def test_fingerprint_is_computed_in_fp32_whatever_the_extractor_precision(fp32_predictor):
-    from trainer import fingerprint
+    from trainer.vision import fingerprint
 
     ex = fp32_predictor.extractor
     ref = fingerprint.compute(ex)

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.preprocess import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, gamma_correct,
-                                to_tensor_batch, train_transform)
-from trainer.synthetic import make_cell_image
+from trainer.io.synthetic import make_cell_image
+from trainer.vision.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    gamma_correct,
+    to_tensor_batch,
+    train_transform,
+)
 
 
 def test_gamma_matches_equation_one():

@@ -3,9 +3,16 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from trainer.segmentation import (find_cells, is_single_cell_crop, kmeans, measure, purple_score,
-                                  segment_nuclei, to_lab)
-from trainer.synthetic import make_cell_image, make_smear_field
+from trainer.io.synthetic import make_cell_image, make_smear_field
+from trainer.vision.segmentation import (
+    find_cells,
+    is_single_cell_crop,
+    kmeans,
+    measure,
+    purple_score,
+    segment_nuclei,
+    to_lab,
+)
 
 
 def dice(a, b):

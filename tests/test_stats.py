@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from trainer.errors import DataError
-from trainer.stats import compare_folds, nadeau_bengio_test, paired_t_test, wilcoxon_test
+from trainer.stats.significance import compare_folds, nadeau_bengio_test, paired_t_test, wilcoxon_test
+from trainer.util.errors import DataError
 
 A = [0.90, 0.92, 0.88, 0.91, 0.93]
 B = [0.87, 0.90, 0.88, 0.86, 0.89]  # d = 0.03, 0.02, 0.00, 0.05, 0.04
@@ -71,7 +71,7 @@ def test_degenerate_inputs():
 
 
 def test_holm_known_answer():
-    from trainer.stats import holm
+    from trainer.stats.significance import holm
     # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> monotone 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.synthetic import make_cell_image, make_smear_field, write_dataset
+from trainer.io.synthetic import make_cell_image, make_smear_field, write_dataset
 
 
 def test_cell_image_shapes_and_determinism():

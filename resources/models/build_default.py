@@ -48,7 +48,7 @@ def combined_folder(fold1: Path, sample: Path, aria: Path, dest: Path) -> Path:
 
     C-NMC groups are ``cnmc-<subject>`` for both C-NMC folders (so a subject in both is one group),
     identical crops are kept once, and the sample subjects are left out."""
-    from trainer.data import load_dataset, merge_datasets
+    from trainer.io.data import load_dataset, merge_datasets
 
     cnmc = merge_datasets([load_dataset(fold1), load_dataset(sample, layout="cnmc")])
     rows = [("cnmc", s.path, s.class_name, s.label, f"cnmc-{s.group}") for s in cnmc
@@ -81,7 +81,7 @@ LIMITATIONS = [
 def annotate(bundle_path: Path) -> dict:
     """Add the limitations to the bundle's model card (rewritten atomically); returns per-model test
     metrics of the calibrated ensemble."""
-    from trainer.bundle import load_bundle, save_bundle
+    from trainer.inference.bundle import load_bundle, save_bundle
 
     bundle = load_bundle(bundle_path)
     bundle.card["limitations"] = LIMITATIONS
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None, help="feature cache folder (default: none, a cold build)")
     a = ap.parse_args(argv)
 
-    from trainer.cli import ProgressBar
+    from trainer.cli.common import ProgressBar
     from trainer.config import TrainConfig
-    from trainer.pipeline import train
+    from trainer.training.pipeline import train
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,14 @@
 """Evaluation that reproduces the paper's Results section: held-out metrics with bootstrap CIs,
 cross-validation with significance tests, ablation, both split protocols, and a report."""
-from trainer.evaluation.core import (ENSEMBLE, ENSEMBLE_CAL, PROTOCOLS, evaluate_ablation,
-                                     evaluate_cv, evaluate_features, evaluate_holdout)
+from trainer.evaluation.core import (
+                                     ENSEMBLE,
+                                     ENSEMBLE_CAL,
+                                     PROTOCOLS,
+                                     evaluate_ablation,
+                                     evaluate_cv,
+                                     evaluate_features,
+                                     evaluate_holdout,
+)
 from trainer.evaluation.report import to_jsonable, write_report
 from trainer.evaluation.runner import EvaluationOutput, run_evaluation
 

@@ -2,8 +2,8 @@
 cross-validation with significance tests, backbone / PCA ablation, both split protocols.
 
 Everything returned is a JSON-ready dict of plain Python numbers and lists (see
-:func:`evaluate_features`). Models are fitted through :func:`trainer.model.fit_model`;
-splits come from :mod:`trainer.data` so evaluation and training split identically.
+:func:`evaluate_features`). Models are fitted through :func:`trainer.classical.model.fit_model`;
+splits come from :mod:`trainer.io.data` so evaluation and training split identically.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainer import metrics as M
 from trainer.config import TrainConfig
-from trainer.errors import AllguiError, Cancelled, DataError
-from trainer.stats import compare_folds, holm
-from trainer.progress import CancelCheck, Progress
-from trainer.splits import one_sided_strata, source_strata, stratum_name
+from trainer.io.splits import one_sided_strata, source_strata, stratum_name
+from trainer.stats import metrics as M
+from trainer.stats.significance import compare_folds, holm
+from trainer.util.errors import AllguiError, Cancelled, DataError
+from trainer.util.progress import CancelCheck, Progress
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _group_leak(groups: np.ndarray | None, train: np.ndarray, test: np.ndarray) 
 
 
 def _fit(feats, y, train, val, config, backbones=None, pca=None):
-    from trainer.model import fit_model
+    from trainer.classical.model import fit_model
     return fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
 
 
@@ -168,7 +168,7 @@ def _inner_split(samples, train: np.ndarray, protocol: str, fractions, seed: int
     """Split a CV training fold into (fit rows, validation rows) in the configured train :
     validation proportion, with the same protocol (groups never straddle), stratified by label x
     source class where the groups allow it (as the held-out split is)."""
-    from trainer.data import split_train_val_test
+    from trainer.io.data import split_train_val_test
     f_tr, f_va = float(fractions[0]), float(fractions[1])
     part = [samples[i] for i in train]
     fit_i, val_i, _ = split_train_val_test(part, protocol=protocol,
@@ -212,7 +212,7 @@ def cv_plan(samples, protocol: str, n_folds: int, config: TrainConfig
     entirely on one side: all in a test fold (that fold trains on none of it), absent from a test
     fold, or, within a training fold, all in the fit or all in the validation rows.
     """
-    from trainer.data import cv_folds
+    from trainer.io.data import cv_folds
     strata = source_strata(samples)
     folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed, strata=strata)
     plan, warnings = [], []
@@ -239,7 +239,7 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
     per-fold accuracy and AUC with each classifier's; each test's p-values are also given
     Holm-adjusted (``p_value_holm``) over the family of classifiers x metrics.
     """
-    from trainer.data import max_folds
+    from trainer.io.data import max_folds
     note = ""
     feasible = max_folds(samples, protocol=protocol)
     if feasible < n_folds:
@@ -332,7 +332,7 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     sets with fewer than 3 subjects of a class; each protocol entry has its own ``"warnings"``.
     With subject/group ids, every interval and paired AUC test is a group bootstrap.
     """
-    from trainer.pipeline import split_dataset
+    from trainer.training.pipeline import split_dataset
     y = np.array([int(s.label) for s in samples], dtype=int)
     gl = [getattr(s, "group", None) for s in samples]
     groups = None if any(g in (None, "") for g in gl) else np.array(gl, dtype=object)

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from trainer.atomic import atomic_write
 from trainer.evaluation import figures as F
 from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
+from trainer.util.atomic import atomic_write
 
 PAPER_ORDER = ("knn", "adaboost", "svm", "rf", "mlp")
 ALPHA = 0.05

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trainer.config import TrainConfig
-from trainer.errors import Cancelled
 from trainer.evaluation.core import PROTOCOLS, evaluate_features
 from trainer.evaluation.report import write_report
+from trainer.util.errors import Cancelled
 
 
 @dataclass
@@ -30,8 +30,8 @@ class EvaluationOutput:
 
 def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, cancel) -> dict[str, Any]:
     """Frozen vs fine-tuned features on the pipeline's split, JSON-ready (no weights)."""
-    from trainer.finetune import frozen_vs_finetuned
-    from trainer.pipeline import split_dataset
+    from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
+    from trainer.training.pipeline import split_dataset
 
     tr, va, te = split_dataset(dataset.samples, protocol, config)
     classifiers = ("ensemble", "logreg")
@@ -55,9 +55,9 @@ def _variant_ablation(dataset, feats, config: TrainConfig, protocol: str, n_fold
     import numpy as np
 
     from trainer.evaluation.variants import evaluate_variants
-    from trainer.features import FeatureExtractor, NUCLEUS
-    from trainer.pipeline import detect_kinds, split_dataset, stain_reference
-    from trainer.progress import stage
+    from trainer.training.pipeline import detect_kinds, split_dataset, stain_reference
+    from trainer.util.progress import stage
+    from trainer.vision.features import NUCLEUS, FeatureExtractor
 
     paths = dataset.paths
     kinds = detect_kinds(paths, stage(progress, 0.0, 0.05), cancel)
@@ -94,8 +94,8 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     adds frozen vs fine-tuned backbone features on the primary split (fine-tunes both backbones:
     slow on a CPU).
     """
-    from trainer.pipeline import load_config_dataset, make_extractor
-    from trainer.progress import stage
+    from trainer.training.pipeline import load_config_dataset, make_extractor
+    from trainer.util.progress import stage
 
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
@@ -104,7 +104,7 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     if cancel is not None and cancel():
         raise Cancelled("Evaluation was cancelled; nothing was written.")
     say(0.05, dataset.summary())
-    from trainer.finetune import finetune_overlap
+    from trainer.training.weights import finetune_overlap
     # every image is a test image in some CV fold: none may be among the fine-tuning images
     overlap = finetune_overlap(config.weights, dataset.paths, allow=config.allow_finetune_overlap,
                                what="evaluated (held-out and cross-validation test)")

@@ -3,7 +3,7 @@
 Every variant is scored on the same subject-level CV folds (stratified by label x source class,
 an inner grouped split of each training fold for validation). Each test image is scored once,
 by the model of the fold that held it out; the pooled out-of-fold scores give the AUC with a
-confidence interval that resamples subjects (:func:`trainer.metrics.bootstrap_auc_ci` with
+confidence interval that resamples subjects (:func:`trainer.stats.metrics.bootstrap_auc_ci` with
 groups), and each fold's decisions at its own threshold give sensitivity, specificity and
 balanced accuracy.
 """
@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainer import metrics as M
+from trainer.classical.model import AllModel
 from trainer.config import TrainConfig
 from trainer.evaluation.core import cv_plan
-from trainer.model import AllModel
+from trainer.stats import metrics as M
 
 #: the hand-crafted block under its feature-set names
 NUCLEUS_SETS = ("nucleus", "nucleus_stain")

@@ -1,0 +1,87 @@
+"""Bundles written before the package was cut into layers name their estimators by the old module
+paths (``trainer.model.AllModel``); they still load, as today's classes, and nothing else is trusted."""
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from trainer.classical.model import AllModel, KindModels
+from trainer.inference import bundle
+from trainer.inference.bundle import LEGACY_MODULES, current_type_names, load_bundle
+from trainer.util.errors import BundleError
+
+SHIPPED = Path(__file__).resolve().parent.parent / "resources" / "models" / "default.allmodel"
+
+
+def _schema(skops_bytes: bytes) -> str:
+    with zipfile.ZipFile(io.BytesIO(skops_bytes)) as zf:
+        return zf.read("schema.json").decode()
+
+
+def _rename_modules(skops_bytes: bytes, mapping: dict[str, str]) -> bytes:
+    """The skops payload with the ``__module__`` names in its schema replaced by ``mapping``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(skops_bytes)) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "schema.json":
+                text = data.decode()
+                for old, new in mapping.items():
+                    text = text.replace(f'"__module__": "{old}"', f'"__module__": "{new}"')
+                data = text.encode()
+            zout.writestr(info.filename, data)
+    return buf.getvalue()
+
+
+def _with_model(src, dst, skops_bytes: bytes):
+    """A copy of bundle ``src`` whose model.skops is ``skops_bytes`` (manifest hashes updated)."""
+    with zipfile.ZipFile(src) as zin:
+        members = {n: zin.read(n) for n in zin.namelist()}
+    members["model.skops"] = skops_bytes
+    manifest = json.loads(members["manifest.json"])
+    manifest["members"]["model.skops"] = {"sha256": hashlib.sha256(skops_bytes).hexdigest(),
+                                          "bytes": len(skops_bytes)}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(dst, "w") as zout:
+        for n, d in members.items():
+            zout.writestr(n, d)
+    return dst
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped default model is not in this checkout")
+def test_shipped_default_model_loads_with_todays_classes():
+    with zipfile.ZipFile(SHIPPED) as zf:
+        schema = _schema(zf.read("model.skops"))
+    assert '"trainer.model"' in schema  # written before the layers: the old names are in the file
+    b = load_bundle(SHIPPED)
+    assert isinstance(b.model, KindModels)
+    assert set(b.model.models) == {"single_cell", "field"}
+    assert all(isinstance(m, AllModel) for m in b.model.models.values())
+
+
+def test_old_module_names_are_mapped_and_a_current_payload_is_left_alone(tiny_bundle, tmp_path):
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        current = zf.read("model.skops")
+    assert current_type_names(current) is current  # nothing to map: no copy made
+    old = _rename_modules(current, {new: old for old, new in LEGACY_MODULES.items()})
+    assert '"trainer.model"' in _schema(old)
+    mapped = _schema(current_type_names(old))
+    assert not any(f'"{name}"' in mapped for name in LEGACY_MODULES)
+
+    legacy = load_bundle(_with_model(tiny_bundle, tmp_path / "legacy.allmodel", old))
+    today = load_bundle(tiny_bundle)
+    assert legacy.model.keys() == today.model.keys()
+    for key in today.model.keys():
+        a, b = legacy.model.models[key], today.model.models[key]
+        assert type(a) is type(b) and a.threshold_ == b.threshold_
+
+
+def test_mapping_old_names_does_not_widen_what_is_trusted(tiny_bundle, tmp_path):
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        current = zf.read("model.skops")
+    foreign = _rename_modules(current, {"trainer.classical.model": "trainer.elsewhere"})
+    with pytest.raises(BundleError, match="object types allgui does not load"):
+        load_bundle(_with_model(tiny_bundle, tmp_path / "foreign.allmodel", foreign))

@@ -1,0 +1,221 @@
+"""The fitted classical stage: fusion -> weighted-voting ensemble -> calibrator -> threshold."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.metrics import roc_curve
+from sklearn.utils.validation import check_is_fitted
+
+from trainer.classical.calibration import ScoreCalibrator
+from trainer.classical.ensemble import WeightedVotingEnsemble
+from trainer.classical.fusion import FeatureFusion
+from trainer.classical.stacking import StackedCombiner, inner_folds
+from trainer.config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
+from trainer.stats.metrics import youden_threshold
+
+STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
+#: what sets the calibration and the Youden threshold: the validation split alone, or the
+#: out-of-fold scores of the training rows together with it ("cross-fit")
+from trainer.config import CALIBRATE_ON  # noqa: E402  (one definition, light to import)
+
+
+class AllModel(BaseEstimator):
+    """Classical stage of the paper's pipeline on pre-extracted deep features.
+
+    ``fit(feats, y, val_feats, y_val, groups, val_groups)`` where ``feats`` maps feature block
+    name (a backbone or ``"nucleus"``) -> (N, D) array and the optional ``groups`` are subject
+    ids. The fusion and classifiers are fitted on the training split; ensemble weights, the
+    calibrator and the Youden threshold on the validation split.
+
+    ``calibrate_on="cross-fit"`` fits the calibrator and the threshold on the out-of-fold scores of
+    the training rows together with the validation split (as scikit-learn's CalibratedClassifierCV
+    does with ``ensemble=False``), so many more subjects set them than the validation split holds.
+
+    ``combiner`` picks the continuous ensemble score the calibrator maps: ``"weighted"`` is the
+    paper's eq. 8 weights on the members' probabilities (soft vote); ``"stacked"`` a
+    :class:`trainer.classical.stacking.StackedCombiner` fitted on the members' out-of-fold probabilities
+    of the training rows (``STACK_FOLDS`` internal folds, grouped by subject). The eq. 8 hard
+    vote is reported either way.
+
+    Learned: ``fusion_``, ``ensemble_``, ``stacker_`` (StackedCombiner or None), ``calibrator_``,
+    ``threshold_`` (on calibrated probability), ``classifier_names_``, ``calibrated_on_``,
+    ``validation_`` (dict of the arrays that set the calibration and threshold: ``y``, ``raw``,
+    ``calibrated``, ``probabilities``; used for the ROC and operating points).
+    """
+
+    def __init__(self, backbones: tuple[str, ...] = BACKBONE_NAMES, pca: bool = True,
+                 pca_variance: float = 0.98, classifiers: tuple[str, ...] = CLASSIFIER_NAMES,
+                 calibration: str = "auto", seed: int = 0, combiner: str = "weighted",
+                 block_l2: bool = False, calibrate_on: str = "validation"):
+        self.backbones = backbones
+        self.pca = pca
+        self.pca_variance = pca_variance
+        self.classifiers = classifiers
+        self.calibration = calibration
+        self.seed = seed
+        self.combiner = combiner
+        self.block_l2 = block_l2
+        self.calibrate_on = calibrate_on
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, backbones=None, pca=None) -> "AllModel":
+        return cls(backbones=tuple(backbones or config.backbones),
+                   pca=config.pca if pca is None else pca, pca_variance=config.pca_variance,
+                   classifiers=tuple(config.classifiers), calibration=config.calibration,
+                   seed=config.seed, combiner=config.combiner, block_l2=config.block_l2,
+                   calibrate_on=config.calibrate_on)
+
+    def _stack(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        missing = [b for b in self.backbones if b not in feats]
+        if missing:
+            raise ValueError(f"features missing for backbone(s) {missing}")
+        return np.hstack([np.asarray(feats[b], dtype=np.float32) for b in self.backbones])
+
+    def fit(self, feats, y, val_feats, y_val, progress=None, groups=None, val_groups=None):
+        y = np.asarray(y).astype(int)
+        y_val = np.asarray(y_val).astype(int)
+        if self.combiner not in ("weighted", "stacked"):
+            raise ValueError(f"unknown combiner {self.combiner!r}; use 'weighted' or 'stacked'")
+        if self.calibrate_on not in CALIBRATE_ON:
+            raise ValueError(f"unknown calibrate_on {self.calibrate_on!r}; use one of {CALIBRATE_ON}")
+        for name, labels in (("training", y), ("validation", y_val)):
+            if len(np.unique(labels)) < 2:
+                raise ValueError(f"the {name} split holds only one class; add images of both classes")
+        dims = tuple(int(np.asarray(feats[b]).shape[1]) for b in self.backbones)
+        self.fusion_ = FeatureFusion(dims=dims, pca=self.pca, variance=self.pca_variance,
+                                     seed=self.seed, block_l2=self.block_l2).fit(self._stack(feats))
+        X, Xv = self.fusion_.transform(self._stack(feats)), self.fusion_.transform(self._stack(val_feats))
+        self.ensemble_ = WeightedVotingEnsemble(self.classifiers, self.seed).fit(
+            X, y, Xv, y_val, progress=progress, groups=groups)
+        self.classifier_names_ = list(self.ensemble_.names_)
+        need_oof = self.combiner == "stacked" or self.calibrate_on == "cross-fit"
+        oof = self._oof_probabilities(X, y, groups) if need_oof else None
+        self.stacker_ = StackedCombiner().fit(oof, y) if self.combiner == "stacked" and oof is not None else None
+        det = self._details(Xv)
+        s_cal, y_cal, g_cal, P_cal = det["raw"], y_val, val_groups, det["probabilities"]
+        self.calibrated_on_ = "validation"
+        if self.calibrate_on == "cross-fit" and oof is not None:
+            # out-of-fold training scores beside the validation scores: more subjects set the
+            # calibration and the threshold than the validation split alone holds
+            s_oof = self._combine(oof)
+            s_cal, y_cal, P_cal = np.concatenate([s_oof, s_cal]), np.concatenate([y, y_val]), np.vstack([oof, P_cal])
+            g_cal = (None if groups is None or val_groups is None
+                     else np.concatenate([np.asarray(groups), np.asarray(val_groups)]))
+            self.calibrated_on_ = "cross-fit"
+        self.calibrator_ = ScoreCalibrator(self.calibration, seed=self.seed).fit(s_cal, y_cal, groups=g_cal)
+        calibrated = self.calibrator_.transform(s_cal)
+        self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_cal, calibrated)[0])
+        self.validation_ = {"y": y_cal, "raw": s_cal, "calibrated": calibrated, "probabilities": P_cal}
+        return self
+
+    def _oof_probabilities(self, X: np.ndarray, y: np.ndarray, groups) -> np.ndarray | None:
+        """(N, C) out-of-fold member probabilities of the training rows (``STACK_FOLDS`` folds,
+        grouped by subject), or None when there are too few images or subjects for folds."""
+        folds = inner_folds(y, groups, STACK_FOLDS, self.seed)
+        if not folds or min(np.bincount(y[tr], minlength=2).min() for tr, _ in folds) < 2:
+            return None  # too few images: the eq. 8 weights and the validation split stay in charge
+        P = np.zeros((len(y), len(self.classifier_names_)))
+        for tr, te in folds:
+            members = WeightedVotingEnsemble(self.classifiers, self.seed).fit(
+                X[tr], y[tr], groups=None if groups is None else np.asarray(groups)[tr])
+            P[te] = members.probabilities_and_votes(X[te])[0]
+        return P
+
+    def _combine(self, P: np.ndarray) -> np.ndarray:
+        """(N,) the combiner's score of (N, C) member probabilities."""
+        stacker = getattr(self, "stacker_", None)
+        return stacker.combine(P) if stacker is not None else P @ self.ensemble_.weights_
+
+    def _details(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        det = self.ensemble_.predict_details(X)
+        det["weighted"] = det["raw"]
+        if getattr(self, "stacker_", None) is not None:  # absent in models saved before stacking
+            det["raw"] = self._combine(det["probabilities"])
+        return det
+
+    @property
+    def combiner_(self) -> str:
+        """The combiner in use: ``"stacked"`` or ``"weighted"`` (eq. 8)."""
+        return "stacked" if getattr(self, "stacker_", None) is not None else "weighted"
+
+    def predict_details(self, feats) -> dict[str, np.ndarray]:
+        """Per-classifier ``probabilities`` (N, C) and ``votes`` (N, C) in ``classifier_names_``
+        order, ``weights`` (C,), ``vote_share`` (N,) (eq. 8 hard vote), ``weighted`` (N,)
+        (eq. 8 weights on the probabilities), ``raw`` (N,) (the combiner's score: ``weighted``
+        or the stacked one) and ``calibrated`` (N,)."""
+        check_is_fitted(self, "ensemble_")
+        det = self._details(self.fusion_.transform(self._stack(feats)))
+        det["calibrated"] = self.calibrator_.transform(det["raw"])
+        return det
+
+    def predict_proba(self, feats) -> np.ndarray:
+        p = self.predict_details(feats)["calibrated"]
+        return np.column_stack([1 - p, p])
+
+    def operating_point(self, threshold: float) -> tuple[float, float]:
+        """(sensitivity, specificity) on the validation split at a calibrated-probability threshold."""
+        return operating_point(self.validation_["y"], self.validation_["calibrated"], threshold)
+
+    def validation_roc(self) -> dict[str, np.ndarray]:
+        fpr, tpr, thr = roc_curve(self.validation_["y"], self.validation_["calibrated"])
+        return {"fpr": fpr, "tpr": tpr, "thresholds": np.minimum(thr, 1.0)}
+
+
+def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of the rule ``p >= threshold`` against labels ``y`` (N,);
+    NaN for a class that is absent. Plain numpy: the app calls it on every slider move."""
+    y, pred = np.asarray(y), np.asarray(p) >= threshold
+    sens = float(np.mean(pred[y == 1])) if np.any(y == 1) else float("nan")
+    spec = float(np.mean(~pred[y == 0])) if np.any(y == 0) else float("nan")
+    return sens, spec
+
+
+def _margin_threshold(scores: np.ndarray, t: float) -> float:
+    """Move a Youden threshold (one of ``scores``) half-way down to the next lower score.
+
+    The rule ``score >= threshold`` then classifies the validation split exactly as before,
+    but the threshold no longer sits on a validation case's own score.
+    """
+    below = scores[scores < t]
+    return float((t + below.max()) / 2) if below.size else float(t)
+
+
+def subset(feats: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
+    """Rows ``idx`` of every backbone's feature array."""
+    return {k: np.asarray(v)[idx] for k, v in feats.items()}
+
+
+def fit_model(feats, y, train_idx, val_idx, config: TrainConfig, backbones=None, pca=None,
+              progress=None, groups=None) -> AllModel:
+    """Fit an :class:`AllModel` on rows ``train_idx`` with validation rows ``val_idx``;
+    ``groups`` (N,) subject ids of all rows, or None."""
+    y = np.asarray(y)
+    g = None if groups is None else np.asarray(groups)
+    return AllModel.from_config(config, backbones, pca).fit(
+        subset(feats, train_idx), y[train_idx], subset(feats, val_idx), y[val_idx], progress=progress,
+        groups=None if g is None else g[train_idx], val_groups=None if g is None else g[val_idx])
+
+
+class KindModels(BaseEstimator):
+    """One fitted :class:`AllModel` per image kind, as a model bundle stores them.
+
+    ``models`` maps a model key to its AllModel: ``"single_cell"`` (single-cell crops),
+    ``"field"`` (smear fields), or ``"any"`` (one model for every image, as in bundles written
+    before per-kind models).
+    """
+
+    def __init__(self, models: dict | None = None):
+        self.models = models
+
+    def keys(self) -> list[str]:
+        return list(self.models or {})
+
+    def route(self, image_kind: str) -> str:
+        """The key of the model that judges an image of ``image_kind``: the model of that kind
+        where there is one, else the only (or first) model."""
+        models = self.models or {}
+        if image_kind in models:
+            return image_kind
+        if "any" in models:
+            return "any"
+        return next(iter(models))

@@ -1,0 +1,149 @@
+"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and
+SIGTERM handling."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from trainer.util.csvsafe import printable
+from trainer.util.errors import AllguiError
+
+
+class UsageError(AllguiError):
+    """An argument or output path that cannot work, found before any work is done."""
+
+
+def _int_at_least(lo: int):
+    """An argparse type: a whole number >= ``lo``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {v}")
+        return v
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def switch(group, flag: str, default: bool, help: str) -> None:
+    """An ``on|off`` option whose default comes from the config."""
+    group.add_argument(flag, choices=("on", "off"), default="on" if default else "off",
+                       help=f"{help} (default: %(default)s)")
+
+
+def probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {v}")
+    return v
+
+
+def _nearest_existing(p: Path) -> Path:
+    p = Path(os.path.abspath(p))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise UsageError(f"{what}: {printable(str(base))} is a file, not a folder.")
+    import tempfile
+    try:  # a real probe: permissions, read-only mounts and special file systems all show here
+        fd, probe = tempfile.mkstemp(prefix=".allgui-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot write in {printable(str(base))} "
+                         f"({exc.strerror or 'permission denied or read-only'}).") from None
+
+
+def check_output_file(path: str, what: str) -> None:
+    """Refuse, before any work, an output file that is a folder or lies where nothing can be written."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {printable(path)} is an existing folder; give a file name.")
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{what} {printable(path)} is not a regular file.")
+    _writable_folder(p.parent if str(p.parent) else Path("."), what)
+
+
+def check_output_dir(path: str, what: str) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created/written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{what} {printable(path)} is a file; give a folder.")
+    _writable_folder(p, what)
+
+
+def check_names(text: str | None, allowed: tuple[str, ...], what: str) -> None:
+    names = csv_list(text) or []
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise UsageError(f"Unknown {what}: {', '.join(unknown)}; choose from {', '.join(allowed)}.")
+    if text is not None and not names:
+        raise UsageError(f"No {what} given; choose from {', '.join(allowed)}.")
+
+
+def csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+class ProgressBar:
+    """tqdm bar fed by (fraction, message) callbacks; silent when ``quiet``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.bar = None
+        self._last = float("-inf")
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {desc}",
+                            file=sys.stderr)
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            return
+        import time
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last < 0.2:  # keep logs and slow terminals readable
+            return
+        self._last = now
+        self.bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        self.bar.set_description_str(message[:70], refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM is handled like Ctrl-C (temporary files removed, completed work kept and reported)."""
+    try:
+        old = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    except (ValueError, OSError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

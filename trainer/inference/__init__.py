@@ -1,0 +1,2 @@
+"""Using a trained model: the bundle file format, the predictor that turns an image into a
+decision, and the result types the app shows."""

@@ -1,0 +1,339 @@
+"""Model bundles: one zip file holding a fitted model, its config, model card and arrays.
+
+Layout (format ``allgui-model``, version 2)::
+
+    manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members
+    model.skops            a :class:`trainer.classical.model.KindModels`: one fitted AllModel per image kind
+                           (skops: no code runs on load)
+    arrays.safetensors     numpy arrays, per model key ``<key>/validation/...``, ``<key>/test/...``,
+                           ``<key>/stain_reference``; ``probe/<backbone>`` fingerprints; optional
+                           explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept}``
+                           (plain float arrays, see :mod:`trainer.explain`): bundles written before
+                           them load and predict unchanged, they only cannot show heatmaps
+
+Version 1 bundles (one AllModel, arrays ``validation/...`` and ``test/...``) still load: they come
+back as a KindModels with the single key ``"any"``.
+    backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
+
+Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
+allow-list (four scikit-learn internals and this package's estimators), the base classifiers must be
+of the five kinds allgui writes, and safetensors holds raw tensors. Every member's hash is
+checked, so a truncated or altered file is refused with :class:`BundleError`. Writes go to a
+temporary file in the target folder and are moved into place atomically.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import platform
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.inference.manifest_schema import check_manifest
+from trainer.util.atomic import atomic_write
+from trainer.util.errors import BundleError
+from trainer.util.limits import (
+    MAX_BUNDLE_BYTES,
+    MAX_BUNDLE_MEMBER_BYTES,
+    MAX_COMPRESSION_RATIO,
+    MAX_MANIFEST_BYTES,
+    RATIO_FLOOR_BYTES,
+    check_regular_file,
+    format_bytes,
+)
+
+FORMAT = "allgui-model"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SUFFIX = ".allmodel"
+MAX_MEMBER_BYTES = MAX_BUNDLE_MEMBER_BYTES  # kept for callers of the old name
+OWN_TYPES = frozenset({
+    "trainer.classical.model.AllModel", "trainer.classical.model.KindModels",
+    "trainer.classical.stacking.StackedCombiner", "trainer.classical.fusion.FeatureFusion",
+    "trainer.classical.ensemble.WeightedVotingEnsemble", "trainer.classical.calibration.ScoreCalibrator",
+})
+#: the modules of this package's estimators in bundles written before the package was cut into
+#: layers; such a bundle's type names are mapped to today's modules before anything is trusted
+LEGACY_MODULES = {
+    "trainer.model": "trainer.classical.model", "trainer.stacking": "trainer.classical.stacking",
+    "trainer.fusion": "trainer.classical.fusion", "trainer.ensemble": "trainer.classical.ensemble",
+    "trainer.calibration": "trainer.classical.calibration",
+}
+#: scikit-learn internals an AllModel holds that skops does not trust by default; nothing else is
+#: accepted beyond skops' own defaults (plain estimators, numpy, builtins).
+SKLEARN_INTERNALS = frozenset({
+    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer", "sklearn.tree._tree.Tree",
+})
+#: the classes each base classifier of a model written by allgui may have
+CLASSIFIER_TYPES = frozenset({
+    "CalibratedClassifierCV", "KNeighborsClassifier", "RandomForestClassifier",
+    "AdaBoostClassifier", "MLPClassifier",
+})
+
+
+@dataclass
+class ModelBundle:
+    """A fitted model with everything needed to use and to describe it."""
+
+    model: Any                                    # trainer.classical.model.AllModel
+    config: TrainConfig
+    card: dict[str, Any] = field(default_factory=dict)     # JSON-able model card
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    backbone_state: dict[str, dict[str, Any]] | None = None  # name -> state_dict (torch tensors)
+    path: Path | None = None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the libraries a bundle depends on."""
+    import sklearn
+    import torch
+    import torchvision
+
+    from trainer import __version__
+    return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
+    """Write ``bundle`` to ``path`` atomically; returns the path."""
+    import safetensors.numpy
+    import safetensors.torch
+    import skops.io
+
+    path = Path(path)
+    members: dict[str, bytes] = {"model.skops": skops.io.dumps(bundle.model)}
+    arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
+    members["arrays.safetensors"] = safetensors.numpy.save(arrays) if arrays else b""
+    if bundle.backbone_state:
+        flat = {f"{name}/{k}": v.detach().cpu().contiguous()
+                for name, sd in bundle.backbone_state.items() for k, v in sd.items()}
+        members["backbones.safetensors"] = safetensors.torch.save(flat)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": bundle.card.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": bundle.config.to_dict(), "card": bundle.card,
+        "versions": package_versions(),
+        "members": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in members.items()},
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default))
+        for name, data in members.items():
+            # float weights do not deflate; storing them keeps saving fast
+            zf.writestr(name, data, compress_type=zipfile.ZIP_STORED if name == "backbones.safetensors"
+                        else zipfile.ZIP_DEFLATED)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+    bundle.path = path
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest alone (cheap: no model is reconstructed). Raises BundleError."""
+    with _open_zip(Path(path)) as zf:
+        return _manifest(zf, Path(path))
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.is_file():
+        if path.exists():
+            raise BundleError(f"{path.name} is not a model file: it is not a regular file.")
+        raise BundleError(f"Model file not found: {path}")
+    try:
+        check_regular_file(path, MAX_BUNDLE_BYTES)  # no FIFO or device; bounded size
+    except ValueError as e:
+        raise BundleError(f"{path.name} is not an allgui model file: {e}.") from None
+    except OSError as e:
+        raise BundleError(f"{path.name} cannot be read: {e.strerror or e}.") from None
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise BundleError(f"{path.name} is not an allgui model file (or it is truncated): {e}") from None
+
+
+def _bounded_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path):
+    """Refuse a member whose declared size is over ``limit`` or whose compression ratio is over
+    MAX_COMPRESSION_RATIO, before anything is inflated."""
+    if info.file_size > limit:
+        raise BundleError(f"{path.name} is not an allgui model file: {info.filename} would inflate to "
+                          f"{format_bytes(info.file_size)} (at most {format_bytes(limit)}).")
+    if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise BundleError(f"{path.name} is not an allgui model file: {info.filename} is compressed "
+                          f"{info.file_size // max(info.compress_size, 1)}:1 (a zip bomb?); refused.")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, digest=None) -> bytes:
+    """The member's bytes, read in chunks and never more than its declared size."""
+    chunks, total = [], 0
+    with zf.open(info) as fh:
+        while True:
+            chunk = fh.read(min(1 << 20, info.file_size + 1 - total))
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > info.file_size:
+                raise BundleError(f"{path.name} is damaged: {info.filename} is longer than declared.")
+            if digest is not None:
+                digest.update(chunk)
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    try:
+        info = zf.getinfo("manifest.json")
+        _bounded_member(zf, info, MAX_MANIFEST_BYTES, path)
+        manifest = json.loads(_read_member(zf, info, path))
+    except KeyError:
+        raise BundleError(f"{path.name} is not an allgui model file: it has no manifest.") from None
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, RecursionError,
+            NotImplementedError) as e:
+        raise BundleError(f"{path.name}: the manifest is damaged ({e}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path.name} is not an allgui model file.")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise BundleError(f"{path.name} uses model format version {manifest.get('format_version')}; "
+                          f"this allgui reads versions {', '.join(map(str, READABLE_VERSIONS))}.")
+    return check_manifest(manifest, path.name)
+
+
+def _verified(zf: zipfile.ZipFile, manifest: dict, name: str, path: Path) -> bytes:
+    meta = manifest.get("members", {}).get(name)
+    if meta is None:
+        raise BundleError(f"{path.name} is incomplete: {name} is not listed in its manifest.")
+    digest = hashlib.sha256()
+    try:
+        info = zf.getinfo(name)
+        if info.file_size != meta.get("bytes"):
+            raise BundleError(f"{path.name} has been altered: {name} has the wrong size.")
+        _bounded_member(zf, info, MAX_BUNDLE_MEMBER_BYTES, path)
+        data = _read_member(zf, info, path, digest)
+    except KeyError:
+        raise BundleError(f"{path.name} is incomplete: {name} is missing.") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise BundleError(f"{path.name} is damaged or truncated ({e}).") from None
+    if digest.hexdigest() != meta.get("sha256"):
+        raise BundleError(f"{path.name} has been altered or damaged: the checksum of {name} does not match.")
+    return data
+
+
+def _renamed(node: Any) -> Any:
+    """A skops schema (nested dicts and lists) with every ``__module__`` in LEGACY_MODULES renamed."""
+    if isinstance(node, dict):
+        out = {k: _renamed(v) for k, v in node.items()}
+        if out.get("__module__") in LEGACY_MODULES:
+            out["__module__"] = LEGACY_MODULES[out["__module__"]]
+        return out
+    if isinstance(node, list):
+        return [_renamed(v) for v in node]
+    return node
+
+
+def current_type_names(data: bytes) -> bytes:
+    """A skops payload whose schema names this package's types by today's modules: a bundle
+    written before the layered package names e.g. ``trainer.model.AllModel``, which becomes
+    ``trainer.classical.model.AllModel``. Only the type names change (data, no code); a payload
+    without old names is returned as it is."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zin:
+        schema = zin.read("schema.json")
+        if not any(f'"{old}"'.encode() in schema for old in LEGACY_MODULES):
+            return data
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zout:
+            for info in zin.infolist():
+                payload = zin.read(info)
+                if info.filename == "schema.json":
+                    payload = json.dumps(_renamed(json.loads(payload))).encode()
+                zout.writestr(info.filename, payload)
+    return buf.getvalue()
+
+
+def _load_model(data: bytes, path: Path):
+    import skops.io
+
+    try:
+        data = current_type_names(data)
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as e:  # malformed skops payload
+        raise BundleError(f"{path.name}: the model part cannot be read ({e}).") from None
+    foreign = [t for t in untrusted if t not in OWN_TYPES and t not in SKLEARN_INTERNALS]
+    if foreign:
+        raise BundleError(f"{path.name} contains object types allgui does not load: "
+                          f"{', '.join(sorted(foreign)[:5])}. It was not written by allgui.")
+    try:
+        return skops.io.loads(data, trusted=untrusted)
+    except Exception as e:
+        raise BundleError(f"{path.name}: the model part cannot be reconstructed ({e}).") from None
+
+
+def load_bundle(path: str | os.PathLike) -> ModelBundle:
+    """Read and verify a bundle. Raises :class:`BundleError` with a clear message."""
+    import safetensors.numpy
+    import safetensors.torch
+
+    path = Path(path)
+    with _open_zip(path) as zf:
+        manifest = _manifest(zf, path)
+        model = _load_model(_verified(zf, manifest, "model.skops", path), path)
+        raw = _verified(zf, manifest, "arrays.safetensors", path)
+        backbones = (_verified(zf, manifest, "backbones.safetensors", path)
+                     if "backbones.safetensors" in manifest.get("members", {}) else None)
+    try:
+        arrays = safetensors.numpy.load(raw) if raw else {}
+        state = None
+        if backbones is not None:
+            state = {}
+            for key, t in safetensors.torch.load(backbones).items():
+                name, _, param = key.partition("/")
+                state.setdefault(name, {})[param] = t
+    except Exception as e:
+        raise BundleError(f"{path.name}: stored arrays cannot be read ({e}).") from None
+    model, arrays = _as_kind_models(model, arrays, path)
+    return ModelBundle(model=model, config=TrainConfig.from_dict(manifest.get("config", {})),
+                       card=dict(manifest.get("card", {}), created=manifest.get("created"),
+                                 versions=manifest.get("versions", {})),
+                       arrays=arrays, backbone_state=state, path=path)
+
+
+def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
+    """(KindModels, arrays) of a loaded model: a version-1 AllModel becomes the single model
+    ``"any"`` with its arrays re-keyed; every model's base classifiers are checked."""
+    from trainer.classical.model import AllModel, KindModels
+
+    if isinstance(model, AllModel):
+        model = KindModels(models={"any": model})
+        arrays = {(k if k.startswith("probe/") else f"any/{k}"): v for k, v in arrays.items()}
+    models = getattr(model, "models", None) if isinstance(model, KindModels) else None
+    if not isinstance(models, dict) or not models or not all(
+            isinstance(k, str) and isinstance(m, AllModel) for k, m in models.items()):
+        raise BundleError(f"{path.name} does not hold an allgui model.")
+    for m in models.values():
+        estimators = getattr(getattr(m, "ensemble_", None), "estimators_", {}) or {}
+        odd = sorted({type(e).__name__ for e in estimators.values()} - CLASSIFIER_TYPES)
+        if odd:
+            raise BundleError(f"{path.name} holds classifiers allgui does not write ({', '.join(odd)}); refused.")
+    return model, arrays

@@ -1,0 +1,298 @@
+"""Inference on new images with a saved model bundle: the API the desktop app calls.
+
+``Predictor.from_bundle(path).predict(image_or_path)`` returns a
+:class:`trainer.inference.results.ImagePrediction`: the nuclei found, every classifier's probability and
+vote, the ensemble's raw and calibrated probability for the whole crop, and, on a smear field,
+the same for every white cell found.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from trainer.classical.model import operating_point
+from trainer.inference.bundle import ModelBundle, load_bundle
+from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction, decide  # noqa: F401
+from trainer.io.imageio import as_rgb_uint8, read_image
+from trainer.util.errors import AllguiError, Cancelled, ImageReadError
+from trainer.vision import fingerprint, segmentation
+from trainer.vision.backbones import BACKBONES
+from trainer.vision.features import FeatureExtractor
+
+MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
+
+
+class Predictor:
+    """A loaded model ready to classify images.
+
+    A bundle holds one model per image kind (``"single_cell"`` crops, ``"field"`` smear fields)
+    or, for older bundles, one model for every image (``"any"``); each image is judged by the
+    model of its detected kind (see :meth:`route`).
+
+    Attributes: ``models`` (model key -> fitted AllModel), ``thresholds`` (model key -> default
+    decision threshold on the calibrated probability: Youden's J optimum on that model's
+    validation split), ``threshold`` (the first model's), ``classifier_names``,
+    ``classifier_weights`` (name -> the first model's ensemble weight), ``model_card``
+    (JSON-able dict), ``validation_roc`` (the first model's ``fpr``, ``tpr``, ``thresholds``).
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str = "auto", cache_dir=None, verify: bool = True,
+                 precision: str | None = None):
+        self.bundle = bundle
+        self.kind_models = bundle.model
+        self.models = dict(bundle.model.models)
+        self.config = cfg = bundle.config
+        #: precision of the forward passes: see :func:`inference_precision`
+        self.precision = inference_precision(
+            precision if precision is not None or cfg.precision == "auto" else cfg.precision, device)
+        networks = tuple(dict.fromkeys(b for m in self.models.values() for b in m.backbones if b in BACKBONES))
+
+        def extractor(blocks, reference=None) -> FeatureExtractor:
+            return FeatureExtractor(
+                backbones=blocks, weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
+                batch_size=cfg.batch_size, num_workers=0, device=device, cache_dir=cache_dir,
+                state_dicts=bundle.backbone_state, seed=cfg.seed, precision=self.precision,
+                stain_reference=reference)
+
+        base = extractor(networks)
+        if verify:
+            fingerprint.verify(base, bundle.arrays)
+        self.extractors: dict[str, FeatureExtractor] = {}
+        for key, model in self.models.items():
+            ex = extractor(tuple(model.backbones), bundle.arrays.get(f"{key}/stain_reference"))
+            ex.use_networks_of(base)
+            self.extractors[key] = ex
+        self.extractor = self.extractors[self.keys[0]]
+        self.thresholds = {k: float(m.threshold_) for k, m in self.models.items()}
+        self.threshold = self.thresholds[self.keys[0]]
+        first = self.models[self.keys[0]]
+        self.model = first
+        self.classifier_names = list(first.classifier_names_)
+        self.classifier_weights = dict(zip(self.classifier_names, map(float, first.ensemble_.weights_)))
+        self.model_card = dict(bundle.card)
+        self.validation_roc = first.validation_roc()
+        kinds = (self.model_card.get("trained_on") or {}).get("image_kinds") or {}
+        #: how a smear field is decided, per model key: a model trained mostly on fields judges the
+        #: whole field (its cells are shown for review); one trained on crops judges each cell
+        self.field_units = {k: ("image" if k == "field" or (k == "any" and kinds.get("field", 0.0) >= 0.5)
+                                else "cells") for k in self.models}
+        self.field_unit = self.field_units[self.route("field")]
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None,
+                    precision: str | None = None) -> "Predictor":
+        """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`."""
+        return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
+
+    def warm_up(self) -> None:
+        """One batch-of-one forward pass through every network, so the first image opened does not
+        pay for the kernels' one-time set-up (call it where the model is loaded, off the GUI thread)."""
+        import torch
+
+        ex = self.extractor
+        models = self.extractors[self.keys[0]].models()
+        for e in self.extractors.values():
+            models = {**e.models(), **models}
+        x = torch.zeros(1, 3, int(ex.image_size), int(ex.image_size), device=ex.torch_device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        amp = ex._amp_dtype()
+        import contextlib
+
+        ctx = torch.autocast(device_type=ex.torch_device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            for m in models.values():
+                m(x)
+
+    @property
+    def path(self) -> Path | None:
+        return self.bundle.path
+
+    @property
+    def keys(self) -> list[str]:
+        """Model keys in bundle order (``"single_cell"``, ``"field"`` or ``"any"``)."""
+        return list(self.models)
+
+    def route(self, image_kind: str) -> str:
+        """Key of the model that judges an image of ``image_kind`` ("single_cell" or "field")."""
+        return self.kind_models.route(image_kind)
+
+    def has_model_for(self, image_kind: str) -> bool:
+        """True when the bundle has a model trained for ``image_kind`` (or one for every kind)."""
+        return image_kind in self.models or "any" in self.models
+
+    def _key(self, key: str | None) -> str:
+        return self.keys[0] if key is None or key not in self.models else key
+
+    def validation_roc_for(self, key: str | None = None) -> dict[str, np.ndarray]:
+        """ROC (``fpr``, ``tpr``, ``thresholds``) of model ``key`` on its validation split."""
+        return self.models[self._key(key)].validation_roc()
+
+    def operating_point(self, threshold: float, key: str | None = None) -> tuple[float, float]:
+        """(sensitivity, specificity) model ``key`` had on its validation split at ``threshold``.
+
+        The validation split also chose the threshold and the calibration, so these are optimistic;
+        :meth:`test_operating_point` gives the held-out view."""
+        return self.models[self._key(key)].operating_point(threshold)
+
+    def test_operating_point(self, threshold: float, key: str | None = None) -> tuple[float, float] | None:
+        """(sensitivity, specificity) of model ``key`` on its held-out test split at ``threshold``;
+        None without one."""
+        key = self._key(key)
+        y, p = self.bundle.arrays.get(f"{key}/test/y"), self.bundle.arrays.get(f"{key}/test/calibrated")
+        if y is None or p is None or len(y) == 0 or len(np.unique(y)) < 2:
+            return None
+        return operating_point(y, p, threshold)
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, image_or_path, path: str | None = None) -> ImagePrediction:
+        """Classify one image (an RGB uint8 array or a file path). Raises ImageReadError."""
+        return self.predict_batch([image_or_path], paths=[path])[0]
+
+    def prepare(self, item, path: str | None = None) -> tuple:
+        """The work before the networks for one image: decode (a path) and segment. Thread-safe,
+        so the next images can be prepared while the networks judge the current ones; pass the
+        results to :meth:`predict_batch` as ``prepared``. Raises ImageReadError."""
+        if isinstance(item, (str, os.PathLike)):
+            path = path or str(item)
+            img = read_image(item)
+        else:
+            img = as_rgb_uint8(item)
+        if min(img.shape[:2]) < MIN_SIDE:
+            raise ImageReadError(f"{Path(path).name if path else 'The image'} is too small to analyse "
+                                 f"({img.shape[1]}x{img.shape[0]} pixels; at least {MIN_SIDE} are needed).")
+        single, cells, seg = self._segment(img)
+        return (path, img, single, cells, seg)
+
+    def predict_batch(self, items: Iterable, paths: list | None = None,
+                      progress: Callable[[float, str], None] | None = None,
+                      cancel: Callable[[], bool] | None = None,
+                      prepared: list | None = None) -> list[ImagePrediction]:
+        """Classify many images; crops of all of them go through the networks together.
+
+        ``prepared`` may hold, per item, what :meth:`prepare` returned for it (or the exception it
+        raised, raised here): the images are then not read or segmented again."""
+        items = list(items)
+        paths = list(paths) if paths is not None else [None] * len(items)
+        t0 = time.perf_counter()
+        given, prepared, crops, owners = prepared, [], [], []
+        for i, (item, p) in enumerate(zip(items, paths)):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            if given is not None:
+                if isinstance(given[i], BaseException):
+                    raise given[i]
+                prep = given[i]
+            else:
+                prep = self.prepare(item, p)
+            prepared.append(prep)
+            p, img, single, cells, seg = prep
+            crops.append(img)
+            owners.append((i, -1))
+            for k, cell in enumerate(cells):
+                x, y, w, h = cell.bbox
+                crops.append(img[y:y + h, x:x + w])
+                owners.append((i, k))
+            if progress is not None:
+                progress(0.3 * (i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
+        # one pass per model: each image (and its cells) through the model of its kind
+        keys = [self.route("single_cell" if single else "field") for (_, _, single, _, _) in prepared]
+        dets: dict[str, dict] = {}
+        where: list[tuple[str, int]] = []          # crop row -> (model key, row in that model's batch)
+        counts: dict[str, int] = {}
+        for owner, _ in owners:
+            key = keys[owner]
+            where.append((key, counts.get(key, 0)))
+            counts[key] = counts.get(key, 0) + 1
+        done = 0
+        for key in counts:
+            rows = [r for r, (k, _) in enumerate(where) if k == key]
+            lo = 0.3 + 0.65 * done / len(crops)
+            hi = 0.3 + 0.65 * (done + len(rows)) / len(crops)
+            # the whole image's segmentation is the nucleus block's too: not made twice
+            segs = [prepared[owners[r][0]][4] if owners[r][1] < 0 else None for r in rows]
+            feats = self.extractors[key].extract(
+                [crops[r] for r in rows], cancel=cancel, segs=segs,
+                progress=(lambda f, m, lo=lo, hi=hi: progress(lo + (hi - lo) * f, m)) if progress is not None else None)
+            dets[key] = self.models[key].predict_details(feats)
+            done += len(rows)
+        results = []
+        for i, (p, img, single, cells, seg) in enumerate(prepared):
+            rows = [r for r, (owner, _) in enumerate(owners) if owner == i]
+            key = keys[i]
+            det = dets[key]
+            whole_row, cell_rows = where[rows[0]][1], [where[r][1] for r in rows[1:]]
+            main = _largest(seg.nuclei) if single else None
+            whole = self._cell_prediction(det, whole_row, -1, (0, 0, img.shape[1], img.shape[0]), main, key)
+            cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus, key)
+                          for k, r in enumerate(cell_rows)]
+            notes = []
+            if not seg.nuclei:
+                notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
+                             "No white cell was found in this image: the result is not meaningful.")
+            kind = "single_cell" if single else "field"
+            if not self.has_model_for(kind):
+                notes.append(f"This bundle has no model for {'single-cell crops' if single else 'smear fields'}: "
+                             f"the {MODEL_NAMES[key]} judged it, outside what it was trained on.")
+            results.append(ImagePrediction(
+                path=p, shape=(int(img.shape[0]), int(img.shape[1])),
+                kind=kind, nucleus_mask=seg.mask,
+                whole=whole, cells=cell_preds, unit=self.field_units[key], notes=notes, model=key))
+        elapsed = time.perf_counter() - t0
+        for r in results:
+            r.seconds = elapsed / max(len(results), 1)
+        if progress is not None:
+            progress(1.0, f"Classified {len(results)} images")
+        return results
+
+    def _segment(self, img: np.ndarray):
+        """(is_single_cell, cells to classify separately, Segmentation)."""
+        seg = segmentation.segment_nuclei(img, gamma=self.config.gamma)
+        if seg.kind == segmentation.KIND_SINGLE:
+            return True, [], seg
+        return False, segmentation.cells_from_segmentation(seg, img.shape), seg
+
+    def _cell_prediction(self, det, row: int, index: int, bbox, nucleus, key: str) -> CellPrediction:
+        votes = [ClassifierVote(name=n, probability=float(det["probabilities"][row, j]),
+                                vote=int(det["votes"][row, j]), weight=float(det["weights"][j]))
+                 for j, n in enumerate(self.models[key].classifier_names_)]
+        out = CellPrediction(index=index, bbox=tuple(int(v) for v in bbox),
+                             contour=np.zeros((0, 2), np.int32), votes=votes,
+                             vote_share=float(det["vote_share"][row]), raw_probability=float(det["raw"][row]),
+                             probability=float(det["calibrated"][row]))
+        if nucleus is not None:
+            out.contour = np.asarray(nucleus.contour, dtype=np.int32).reshape(-1, 2)
+            out.area_px = float(nucleus.area_px)
+            out.perimeter_px = float(nucleus.perimeter_px)
+            out.circularity = float(nucleus.circularity)
+            out.nc_ratio = None if nucleus.nc_ratio is None else float(nucleus.nc_ratio)
+        return out
+
+
+def inference_precision(requested: str | None = None, device: str = "auto") -> str:
+    """Precision of prediction's forward passes: ``"fp32"`` or ``"bf16"`` as asked; ``None`` or
+    ``"auto"``: bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX, see
+    :func:`trainer.vision.features.cpu_has_bf16`), else float32 (on CUDA ``"auto"`` keeps autocast)."""
+    from trainer.vision.features import PRECISIONS, cpu_has_bf16
+
+    req = (requested or "auto").lower()
+    if req not in PRECISIONS:
+        raise AllguiError(f"Unknown precision '{requested}'; use one of {', '.join(PRECISIONS)}.")
+    if req != "auto":
+        return req
+    if (device or "auto").lower().startswith("cuda"):
+        return "auto"
+    return "bf16" if AUTO_BF16 and cpu_has_bf16() else "fp32"
+
+
+#: whether ``"auto"`` predicts in bfloat16 on CPUs that have it. Checked with
+#: ``benchmarks/predict_throughput.py --agreement 200`` (shipped model, 100 real crops + 100 real
+#: fields): 100 % identical decisions, mean |p_bf16 - p_fp32| 0.012, largest 0.15 (a calibration step)
+AUTO_BF16 = True
+
+
+def _largest(nuclei):
+    return max(nuclei, key=lambda n: n.area_px) if nuclei else None

@@ -1,0 +1,459 @@
+"""Fine-tuning the CNN backbones as ALL-vs-normal classifiers before their features are extracted.
+
+The paper's training setup: Adam (lr 1e-4, weight decay 1e-3), batch 32, up to 50 epochs, early
+stopping with patience 10 on the validation loss (best weights kept), the paper's training
+augmentations (``trainer.vision.preprocess.train_transform``: rotation +-20 deg, flips, contrast, Gaussian
+noise, normalisation). Each backbone gets a ``Linear(D, 1)`` head and is trained with
+``BCEWithLogitsLoss(pos_weight = n_normal / n_ALL)`` of the training split (class imbalance).
+The head is dropped afterwards: the returned backbone state_dict is what
+``build_backbone(name, state_dict=...)`` and ``FeatureExtractor(state_dicts=...)`` load.
+
+Speed on CUDA: autocast (bfloat16 where supported, else float16 with a GradScaler), channels_last,
+fused Adam, pinned-memory DataLoader with persistent workers, ``cudnn.benchmark``; losses are summed
+on the device and read once per epoch (no host-device sync inside the batch loop).
+
+Reproducibility: the shuffling of epoch ``e`` and the augmentation of sample ``i`` in epoch ``e``
+are functions of ``(seed, e, i)`` only, whatever the number of workers, so a resumed run draws the
+same batches as an uninterrupted one. ``deterministic=True`` also turns on
+``torch.use_deterministic_algorithms`` (warning on ops that have no deterministic kernel).
+
+Checkpoints: with ``checkpoint_dir`` set, ``finetune_<backbone>.pt`` is written atomically after
+every epoch (model, optimiser, scaler, epoch, early-stopping state, best weights, history, config;
+tensors and plain containers only, read back with ``torch.load(weights_only=True)``); a later call
+with the same data and settings resumes from it.
+
+Several GPUs or machines: start the same command with ``torchrun``; with ``WORLD_SIZE > 1`` the
+process group is joined (NCCL on CUDA, Gloo on CPU), the model is wrapped in
+DistributedDataParallel, every process trains on its shard of each epoch (``batch_size`` is per
+process), only rank 0 reports progress and writes files::
+
+    torchrun --standalone --nproc_per_node=4 -m trainer.finetune DATA --output finetuned.safetensors
+
+Command line: ``python -m trainer.finetune --help``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainer.config import FinetuneConfig, as_finetune_config
+from trainer.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    EarlyStopping,
+    checkpoint_path,
+    cpu_state,
+    data_fingerprint,
+    load_checkpoint,
+    run_key,
+)
+from trainer.training.distributed import DistInfo, all_reduce_sum, barrier, dist_info, setup_distributed
+from trainer.training.finetune_data import EpochShardSampler, FinetuneDataset, auto_workers, make_loader
+from trainer.training.precision import Precision, amp_dtype, determinism, resolve_training_device
+from trainer.util.atomic import atomic_write
+from trainer.util.errors import AllguiError, Cancelled, DataError
+from trainer.util.progress import CancelCheck, Progress
+from trainer.vision.backbones import BACKBONES, build_classifier_model
+
+
+def _check_labels(labels: np.ndarray, what: str) -> None:
+    if labels.size == 0:
+        raise DataError(f"The {what} split for fine-tuning is empty.")
+    bad = set(np.unique(labels).tolist()) - {0, 1}
+    if bad:
+        raise DataError(f"Fine-tuning needs labels 0 (normal) and 1 (ALL); the {what} split has {sorted(bad)}.")
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, loader, precision: Precision,
+                    on_batch: Callable[[int], None] | None = None,
+                    cancelled: Callable[[], bool] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over ``loader`` with an optimiser step per batch.
+
+    Parameters
+    ----------
+    model, criterion, optimizer, scaler
+        The (possibly DDP-wrapped) network, its loss, optimiser and fp16 gradient scaler.
+    loader
+        Batches of ``(images, labels)``.
+    precision
+        Device, autocast dtype and memory format of the batches.
+    on_batch
+        Called with the batch index after every step (progress).
+    cancelled
+        Asked before every batch; True raises :class:`Cancelled`.
+
+    Returns
+    -------
+    loss_sum, n_counted : torch.Tensor
+        Sum of the batch losses times their sizes, and the images they cover, on the device
+        (no host-device sync here); steps with a non-finite loss (skipped fp16 overflow) are left out.
+    n_images : int
+        Images seen.
+    """
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=precision.device)
+    n_counted = torch.zeros((), dtype=torch.float32, device=precision.device)
+    n_images = 0
+    for b, (x, y) in enumerate(loader):
+        if cancelled is not None and cancelled():
+            raise Cancelled("Fine-tuning was cancelled.")
+        x, y = precision.batch(x, y)
+        with precision.autocast():
+            logits = model(x).squeeze(1)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        finite = torch.isfinite(loss.detach())
+        loss_sum += torch.where(finite, loss.detach(), 0.0) * x.shape[0]
+        n_counted += finite.float() * x.shape[0]
+        n_images += x.shape[0]
+        if on_batch is not None:
+            on_batch(b)
+    return loss_sum, n_counted, n_images
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, criterion: nn.Module, loader, precision: Precision) -> torch.Tensor:
+    """Validation totals of ``model`` (unwrapped: no DDP collectives, ranks may hold unequal shards).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[loss sum, correct, images]`` on the device; the loss sum weights each batch by its size.
+    """
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float32, device=precision.device)
+    for x, y in loader:
+        x, y = precision.batch(x, y)
+        with precision.autocast():
+            logits = model(x).squeeze(1)
+        logits = logits.float()
+        totals[0] += criterion(logits, y) * x.shape[0]
+        totals[1] += ((logits > 0).float() == y).sum()
+        totals[2] += x.shape[0]
+    return totals
+
+
+def _labels(train_labels, val_labels) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Checked 0/1 label arrays and the training split's (n_ALL, n_normal)."""
+    y_train = np.asarray(train_labels, dtype=np.int64)
+    y_val = np.asarray(val_labels, dtype=np.int64)
+    _check_labels(y_train, "training")
+    _check_labels(y_val, "validation")
+    n_pos, n_neg = int(y_train.sum()), int((y_train == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise DataError("The training split for fine-tuning holds only one class; it needs both "
+                        "normal and ALL images.")
+    return y_train, y_val, n_pos, n_neg
+
+
+def _network(name: str, cfg: FinetuneConfig, report: Progress | None) -> tuple[nn.Module, str]:
+    """Backbone + Linear(D, 1) head, trainable, and what it started from: ImageNet weights when asked
+    for and available, else from scratch (the issue's rule)."""
+    init = str(cfg.weights)
+    try:
+        model = build_classifier_model(name, cfg.weights, num_classes=1, seed=cfg.seed)
+    except AllguiError as exc:
+        if init.lower() != "imagenet":
+            raise
+        init = f"none (ImageNet weights unavailable: {exc})"
+        if report:
+            report(0.0, f"{name}: ImageNet weights unavailable, fine-tuning from scratch")
+        model = build_classifier_model(name, "none", num_classes=1, seed=cfg.seed)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, init
+
+
+@dataclass
+class _Run:
+    """The state a fine-tuning run carries from epoch to epoch (and into its checkpoint)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    history: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": [], "train_loss": [], "val_loss": [], "val_accuracy": [], "seconds": [],
+        "train_images_per_s": []})
+    best_state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0
+
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`checkpoint`."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"] and self.scaler.is_enabled():  # empty when saved without fp16 scaling
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.stopper.load_state_dict(ckpt["stopper"])
+        self.history.update({k: list(v) for k, v in ckpt["history"].items() if k in self.history})
+        self.best_state = ckpt["best_model"] if ckpt["best_model"] is not None else ckpt["model"]
+        self.epoch = int(ckpt["epoch"])
+
+    def checkpoint(self, name: str, key: str, cfg: FinetuneConfig, improved: bool) -> dict[str, Any]:
+        """Everything :meth:`resume` needs, tensors and plain containers only."""
+        return {
+            "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": key, "config": cfg.to_dict(),
+            "epoch": self.epoch, "model": self.best_state if improved else cpu_state(self.model),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "stopper": self.stopper.state_dict(),
+            # None: the best weights are this epoch's ("model"), not stored twice
+            "best_model": None if improved else self.best_state,
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+
+def _checkpoint_to_resume(ckpt_file: Path | None, key: str, resume: bool, info: DistInfo, dev: torch.device,
+                          name: str, report: Progress | None) -> dict[str, Any] | None:
+    """The checkpoint of this very run (same data and settings), or None to start afresh. Under
+    DDP every rank takes part, and the run resumes only if all of them can."""
+    if ckpt_file is None or not resume:
+        return None
+    ckpt = None
+    if ckpt_file.is_file():
+        try:
+            ckpt = load_checkpoint(ckpt_file)
+        except AllguiError as exc:
+            if report:
+                report(0.0, f"{name}: starting afresh ({exc})")
+        if ckpt is not None and ckpt.get("run_key") != key:
+            if report:
+                report(0.0, f"{name}: the checkpoint is for other data or settings; starting afresh")
+            ckpt = None
+    if info.active:
+        ok = torch.tensor([0 if ckpt is None else 1], device=dev if dev.type == "cuda" else "cpu")
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if int(ok.item()) == 0:
+            ckpt = None
+    return ckpt
+
+
+def finetune_backbone(
+    name: str,
+    train_items: Sequence,
+    train_labels: Sequence[int],
+    val_items: Sequence,
+    val_labels: Sequence[int],
+    cfg: FinetuneConfig | Any = None,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Fine-tune one backbone and keep the weights of the epoch with the lowest validation loss.
+
+    The backbone gets a Linear(D, 1) head, trained with ``BCEWithLogitsLoss(pos_weight=n_normal /
+    n_ALL)``; the head is dropped afterwards.
+
+    Parameters
+    ----------
+    name : str
+        Backbone name (see :data:`trainer.vision.backbones.BACKBONES`).
+    train_items, val_items : sequence
+        Image paths or RGB uint8 arrays (H, W, 3).
+    train_labels, val_labels : sequence of int
+        0 = normal, 1 = ALL.
+    cfg : FinetuneConfig, TrainConfig or dict, optional
+        The run's settings (default: the paper's).
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or a device.
+    progress, cancel : callable, optional
+        Progress callback and cancel check (see :mod:`trainer.util.progress`).
+    checkpoint_dir : path, optional
+        Write a checkpoint there after every epoch; with ``resume`` a rerun of the same data and
+        settings continues from it.
+    resume : bool
+        Resume from a matching checkpoint.
+
+    Returns
+    -------
+    state_dict : dict of str to torch.Tensor
+        The backbone's weights only (CPU tensors, loadable by ``build_backbone(name, state_dict=...)``).
+    history : dict
+        Per-epoch lists ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``seconds``,
+        ``train_images_per_s``, and ``best_epoch``, ``best_val_loss``, ``stopped_early``,
+        ``resumed_from_epoch``, ``pos_weight``, ``device``, ``amp``, ``init`` (the initial weights:
+        ImageNet when asked for and available, else from scratch), ``world_size``, ``config``.
+
+    Raises
+    ------
+    Cancelled
+        On cancel (the last finished epoch stays in the checkpoint).
+    DataError
+        For empty or one-class splits.
+    AllguiError
+        When training diverges.
+    """
+    cfg = as_finetune_config(cfg)
+    cfg.validate()
+    if name not in BACKBONES:
+        raise AllguiError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
+    y_train, y_val, n_pos, n_neg = _labels(train_labels, val_labels)
+
+    info = dist_info()
+    dev = resolve_training_device(device, info)
+    report = progress if (progress is not None and info.is_main) else None
+    amp = amp_dtype(dev, cfg.amp)
+    channels_last = dev.type == "cuda" if cfg.channels_last is None else bool(cfg.channels_last)
+    precision = Precision(dev, amp, torch.channels_last if channels_last else torch.contiguous_format)
+
+    # ---- data
+    train_ds = FinetuneDataset(train_items, y_train, cfg.image_size, cfg.gamma, train=True, seed=cfg.seed)
+    val_ds = FinetuneDataset(val_items, y_val, cfg.image_size, cfg.gamma, train=False)
+    train_sampler = EpochShardSampler(len(train_ds), True, cfg.seed, info.rank, info.world_size, pad=True)
+    val_sampler = EpochShardSampler(len(val_ds), False, cfg.seed, info.rank, info.world_size, pad=False)
+    bs = int(cfg.batch_size)
+    drop_last = len(train_sampler) > bs  # avoid a last batch of 1 (BatchNorm) unless the split is tiny
+    n_batches = len(train_sampler) // bs if drop_last else math.ceil(len(train_sampler) / bs)
+    workers = auto_workers(dev, n_batches, info.world_size) if cfg.num_workers is None else cfg.num_workers
+    train_loader = make_loader(train_ds, train_sampler, bs, int(workers), dev, drop_last)
+    val_loader = make_loader(val_ds, val_sampler, bs, int(workers), dev, False)
+
+    # ---- model, loss, optimiser
+    model, init = _network(name, cfg, report)
+    if info.active and cfg.sync_bn and dev.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(dev, memory_format=precision.memory_format)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([n_neg / n_pos], dtype=torch.float32, device=dev))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=(dev.type == "cuda") or None)
+    run = _Run(model, optimizer, torch.amp.GradScaler(dev.type, enabled=amp == torch.float16),
+               EarlyStopping(cfg.patience, cfg.min_delta))
+
+    # ---- resume
+    ckpt_file = checkpoint_path(checkpoint_dir, name) if checkpoint_dir is not None else None
+    key = run_key(name, cfg, info.world_size, data_fingerprint(train_items, y_train),
+                  data_fingerprint(val_items, y_val))
+    ckpt = _checkpoint_to_resume(ckpt_file, key, resume, info, dev, name, report)
+    if ckpt is not None:
+        run.resume(ckpt)
+        if report:
+            report(run.epoch / cfg.epochs, f"{name}: resumed after epoch {run.epoch}")
+    resumed_from = run.epoch
+
+    train_model: nn.Module = model
+    if info.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
+
+        ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+        train_model = DDP(model, device_ids=ids, gradient_as_bucket_view=True)
+
+    def cancelled() -> bool:
+        return cancel is not None and bool(cancel())
+
+    epochs = int(cfg.epochs)
+    with determinism(cfg.deterministic, dev):
+        while run.epoch < epochs and not run.stopper.should_stop:
+            t0 = time.perf_counter()
+            train_sampler.set_epoch(run.epoch)
+
+            def on_batch(b: int, epoch: int = run.epoch) -> None:
+                if report:
+                    report((epoch + (b + 1) / max(n_batches, 1)) / epochs,
+                           f"{name}: epoch {epoch + 1}/{epochs}, batch {b + 1}/{n_batches}")
+
+            try:
+                loss_sum, n_counted, n_images = train_one_epoch(
+                    train_model, criterion, optimizer, run.scaler, train_loader, precision, on_batch,
+                    None if info.active else cancelled)
+            except Cancelled:
+                raise Cancelled(f"Fine-tuning {name} was cancelled.") from None
+            val = evaluate(model, criterion, val_loader, precision)
+            stop_flag = torch.tensor([1.0 if (info.active and cancelled()) else 0.0], device=dev)
+            totals = torch.cat([torch.stack([loss_sum, n_counted]), val, stop_flag])
+            totals = all_reduce_sum(totals).tolist()  # the one host-device sync of the epoch
+            improved = _end_epoch(run, name, totals, n_images * info.world_size, time.perf_counter() - t0,
+                                  epochs, report)
+            if ckpt_file is not None and info.is_main:
+                atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, cfg, improved)))
+            barrier()
+            if totals[5] > 0:  # distributed cancel: every rank stops after the same epoch
+                raise Cancelled(f"Fine-tuning {name} was cancelled.")
+
+    assert run.best_state is not None
+    model.load_state_dict(run.best_state)
+    backbone_state = {k[len("backbone."):]: v for k, v in run.best_state.items() if k.startswith("backbone.")}
+    run.history.update({
+        "backbone": name, "init": init, "best_epoch": run.stopper.best_epoch, "best_val_loss": run.stopper.best,
+        "stopped_early": run.stopper.should_stop and len(run.history["epoch"]) < epochs,
+        "resumed_from_epoch": resumed_from, "pos_weight": n_neg / n_pos, "device": str(dev),
+        "amp": str(amp).replace("torch.", "") if amp is not None else "off",
+        "world_size": info.world_size, "config": cfg.to_dict(),
+    })
+    return backbone_state, run.history
+
+
+def _end_epoch(run: _Run, name: str, totals: list[float], n_images: int, seconds: float, epochs: int,
+               report: Progress | None) -> bool:
+    """Record an epoch's losses (``totals``: train loss sum, train images, validation loss sum,
+    correct, images) in the run's history and early-stopping rule; True when it is a new best."""
+    train_loss = totals[0] / totals[1] if totals[1] > 0 else math.nan
+    val_loss = totals[2] / max(totals[4], 1.0)
+    val_acc = totals[3] / max(totals[4], 1.0)
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise AllguiError(
+            f"Fine-tuning {name} diverged at epoch {run.epoch + 1} (training loss {train_loss}, "
+            f"validation loss {val_loss}); lower the learning rate or turn mixed precision off.")
+    run.epoch += 1
+    for k, v in (("epoch", run.epoch), ("train_loss", train_loss), ("val_loss", val_loss),
+                 ("val_accuracy", val_acc), ("seconds", seconds),
+                 ("train_images_per_s", n_images / max(seconds, 1e-9))):
+        run.history[k].append(v)
+    improved = run.stopper.step(val_loss) or run.best_state is None
+    if improved:
+        run.best_state = cpu_state(run.model)
+    if report:
+        report(run.epoch / epochs, f"{name}: epoch {run.epoch}/{epochs} train loss {train_loss:.4f}, "
+                                   f"validation loss {val_loss:.4f}, accuracy {val_acc:.3f}")
+    return improved
+
+
+def finetune_backbones(
+    train_items: Sequence,
+    train_labels: Sequence[int],
+    val_items: Sequence,
+    val_labels: Sequence[int],
+    cfg: FinetuneConfig | Any = None,
+    backbones: Sequence[str] | None = None,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
+    """Fine-tune every backbone in turn; returns ``({name: state_dict}, {name: history})``.
+
+    ``backbones`` defaults to ``cfg.backbones`` for a TrainConfig, else both paper backbones.
+    ``checkpoint_dir`` defaults to a TrainConfig's ``finetune_checkpoint_dir``. Under torchrun the
+    process group is joined first (see ``setup_distributed``).
+    """
+    if checkpoint_dir is None:
+        checkpoint_dir = getattr(cfg, "finetune_checkpoint_dir", None)
+    if backbones is None:
+        backbones = tuple(getattr(cfg, "backbones", None) or ("densenet121", "resnet34"))
+    setup_distributed(str(device))
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    histories: dict[str, dict[str, Any]] = {}
+    k = len(backbones)
+    for j, name in enumerate(backbones):
+        sub = None
+        if progress is not None:
+            def sub(f: float, msg: str, j: int = j) -> None:
+                progress((j + f) / k, msg)
+        states[name], histories[name] = finetune_backbone(
+            name, train_items, train_labels, val_items, val_labels, cfg, device, sub, cancel,
+            checkpoint_dir, resume)
+    return states, histories

@@ -1,0 +1,19 @@
+"""Progress and cancel callbacks shared by every long-running trainer function.
+
+``progress(fraction, message)``: fraction of the work done in [0, 1] and a short message.
+``cancel()``: True when the user asked to stop; the work then raises
+:class:`trainer.util.errors.Cancelled`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+Progress = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+
+
+def stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
+    """Map a sub-task's 0..1 progress onto [lo, hi] of the caller's progress."""
+    if progress is None:
+        return None
+    return lambda f, msg: progress(lo + (hi - lo) * min(max(f, 0.0), 1.0), msg)

@@ -1,0 +1,155 @@
+"""Hand-crafted nucleus features: morphology, chromatin texture and colour, from the segmentation.
+
+:func:`nucleus_features` turns one RGB uint8 image into a fixed-length vector of
+:data:`NUCLEUS_DIM` numbers (the ``"nucleus"`` feature block, fused beside the CNN blocks):
+
+* morphology (12): area, perimeter, equivalent diameter (pixels, log-scaled), circularity,
+  eccentricity, solidity, extent, minor/major axis ratio, nucleus-to-cell ratio, number of lobes,
+  cell area (log), number of nuclei found (log);
+* colour (30): mean and standard deviation of L, a, b, H (as cos/sin mean), S and V over the
+  nucleus and over the cytoplasm (the cell less its nucleus; on smear fields a ring around each
+  nucleus), and the 10th / 50th / 90th percentiles of nucleus L;
+* chromatin texture (46): grey-level co-occurrence (GLCM / Haralick: contrast, dissimilarity,
+  homogeneity, energy, correlation, ASM at distances 1, 2 and 4 pixels, averaged over four angles)
+  and uniform local binary pattern histograms (P=8, R=1 and P=16, R=2) inside the nucleus.
+
+On a single-cell crop the features describe its nucleus; on a smear field they are the mean over
+its nuclei. An image without a nucleus gives zeros (and ``n_nuclei`` 0).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
+from skimage.measure import regionprops
+
+from trainer.vision.segmentation import KIND_SINGLE, Segmentation, segment_nuclei
+
+GLCM_LEVELS = 32
+GLCM_DISTANCES = (1, 2, 4)
+GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
+LBP_SETTINGS = ((8, 1), (16, 2))        # (points P, radius R), uniform patterns: P + 2 bins
+MAX_SIDE = 256                           # nucleus regions are shrunk to this side before texture
+
+MORPHOLOGY_NAMES = ("log_area", "log_perimeter", "log_eq_diameter", "circularity", "eccentricity",
+                    "solidity", "extent", "axis_ratio", "nc_ratio", "n_lobes", "log_cell_area",
+                    "log_n_nuclei")
+_COLOUR_CHANNELS = ("L", "a", "b", "hue_cos", "hue_sin", "S", "V")
+COLOUR_NAMES = tuple(f"{region}_{c}_{stat}" for region in ("nucleus", "cytoplasm")
+                     for c in _COLOUR_CHANNELS for stat in ("mean", "std")
+                     if not (c.startswith("hue") and stat == "std")) + ("nucleus_L_p10", "nucleus_L_p50",
+                                                                         "nucleus_L_p90")
+TEXTURE_NAMES = tuple(f"glcm_{p}_d{d}" for d in GLCM_DISTANCES for p in GLCM_PROPS) + tuple(
+    f"lbp{p}r{r}_{b}" for p, r in LBP_SETTINGS for b in range(p + 2))
+FEATURE_NAMES = MORPHOLOGY_NAMES + COLOUR_NAMES + TEXTURE_NAMES
+NUCLEUS_DIM = len(FEATURE_NAMES)
+#: bump when the features change: part of the feature-cache key
+VERSION = "nucleus-v1"
+
+
+def _colour_planes(img: np.ndarray) -> np.ndarray:
+    """(H, W, 7) float32: L, a, b, cos(hue), sin(hue), S, V (S and V in [0, 1])."""
+    f = img.astype(np.float32) / 255.0
+    lab = cv2.cvtColor(f, cv2.COLOR_RGB2Lab)
+    hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)        # H in degrees
+    h = np.deg2rad(hsv[..., 0])
+    return np.dstack([lab, np.cos(h), np.sin(h), hsv[..., 1], hsv[..., 2]])
+
+
+def _colour(planes: np.ndarray, nucleus: np.ndarray, cytoplasm: np.ndarray) -> np.ndarray:
+    out = []
+    for region in (nucleus, cytoplasm):
+        px = planes[region] if region.any() else np.zeros((1, planes.shape[2]), np.float32)
+        mean, std = px.mean(axis=0), px.std(axis=0)
+        for j, c in enumerate(_COLOUR_CHANNELS):
+            out.append(mean[j])
+            if not c.startswith("hue"):
+                out.append(std[j])
+    lum = planes[..., 0][nucleus] if nucleus.any() else np.zeros(1, np.float32)
+    out.extend(np.percentile(lum, [10, 50, 90]))
+    return np.asarray(out, dtype=np.float64)
+
+
+def _texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """GLCM and LBP features of ``grey`` (uint8) inside ``mask`` (both cropped to the nucleus)."""
+    side = max(grey.shape)
+    if side > MAX_SIDE:
+        scale = MAX_SIDE / side
+        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    out = []
+    # level 0 marks pixels outside the nucleus; their co-occurrences are dropped
+    q = (1 + (grey.astype(np.int32) * (GLCM_LEVELS - 1)) // 256).astype(np.uint8)
+    q[~mask] = 0
+    glcm = graycomatrix(q, distances=list(GLCM_DISTANCES), angles=list(GLCM_ANGLES),
+                        levels=GLCM_LEVELS, symmetric=True, normed=False)[1:, 1:].astype(np.float64)
+    total = glcm.sum(axis=(0, 1), keepdims=True)
+    glcm = np.divide(glcm, total, out=np.zeros_like(glcm), where=total > 0)
+    for d in range(len(GLCM_DISTANCES)):
+        for prop in GLCM_PROPS:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                v = graycoprops(glcm[:, :, d:d + 1, :], prop)
+            out.append(float(np.nan_to_num(v).mean()))
+    for p, r in LBP_SETTINGS:
+        codes = local_binary_pattern(grey, p, r, method="uniform")[mask]
+        hist = np.bincount(codes.astype(np.int64), minlength=p + 2)[:p + 2].astype(np.float64)
+        out.extend(hist / max(hist.sum(), 1.0))
+    return np.asarray(out, dtype=np.float64)
+
+
+def _one(img: np.ndarray, planes: np.ndarray, grey: np.ndarray, nucleus: np.ndarray,
+         cell: np.ndarray, n_lobes: int, n_nuclei: int) -> np.ndarray:
+    """Feature vector (NUCLEUS_DIM,) of one nucleus mask (full-image bool) within ``cell``."""
+    props = regionprops(nucleus.astype(np.uint8))[0]
+    area = float(props.area)
+    perimeter = float(props.perimeter) or 1.0
+    major = float(props.axis_major_length) or 1.0
+    cell_area = float(cell.sum()) or area
+    morph = [np.log1p(area), np.log1p(perimeter), np.log1p(props.equivalent_diameter_area),
+             min(1.0, 4 * np.pi * area / perimeter ** 2), props.eccentricity, props.solidity,
+             props.extent, float(props.axis_minor_length) / major, min(1.0, area / cell_area),
+             float(n_lobes), np.log1p(cell_area), np.log1p(n_nuclei)]
+    cytoplasm = cell & ~nucleus
+    colour = _colour(planes, nucleus, cytoplasm)
+    y0, x0, y1, x1 = props.bbox
+    texture = _texture(grey[y0:y1, x0:x1], nucleus[y0:y1, x0:x1])
+    return np.concatenate([np.asarray(morph, dtype=np.float64), colour, texture])
+
+
+def _ring(nucleus: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Cell stand-in on a smear field: the nucleus grown by a third of its diameter."""
+    d = np.sqrt(nucleus.sum() / np.pi) * 2
+    r = max(2, int(round(d / 3)))
+    grown = cv2.dilate(nucleus.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    return grown.astype(bool) & fg
+
+
+def nucleus_features(img: np.ndarray, seg: Segmentation | None = None) -> np.ndarray:
+    """(NUCLEUS_DIM,) float32 hand-crafted features of an RGB uint8 image (H, W, 3).
+
+    ``seg`` may pass a segmentation of ``img`` already made; otherwise one is made here.
+    """
+    img = np.ascontiguousarray(img)
+    if seg is None:
+        seg = segment_nuclei(img)
+    if not seg.nuclei:
+        return np.zeros(NUCLEUS_DIM, np.float32)
+    planes = _colour_planes(img)
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if seg.kind == KIND_SINGLE:
+        cell = seg.cell_mask if seg.cell_mask is not None and seg.cell_mask.any() else np.ones(seg.mask.shape, bool)
+        vec = _one(img, planes, grey, seg.mask, cell, seg.nuclei[0].n_lobes, 1)
+    else:
+        fg = img.max(axis=2) > 0
+        vecs = []
+        for i, n in enumerate(seg.nuclei):
+            mask = seg.labels == i + 1
+            if mask.sum() < 4:
+                continue
+            vecs.append(_one(img, planes, grey, mask, _ring(mask, fg), n.n_lobes, len(seg.nuclei)))
+        if not vecs:
+            return np.zeros(NUCLEUS_DIM, np.float32)
+        vec = np.mean(vecs, axis=0)
+    return np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
