@@ -8,7 +8,7 @@ Layout (format ``allgui-model``, version 2)::
     arrays.safetensors     numpy arrays, per model key ``<key>/validation/...``, ``<key>/test/...``,
                            ``<key>/stain_reference``; ``probe/<backbone>`` fingerprints; optional
                            explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept}``
-                           (plain float arrays, see :mod:`trainer.explain`): bundles written before
+                           (plain float arrays, see :mod:`trainer.inference.explain`): bundles written before
                            them load and predict unchanged, they only cannot show heatmaps
 
 Version 1 bundles (one AllModel, arrays ``validation/...`` and ``test/...``) still load: they come

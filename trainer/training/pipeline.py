@@ -17,6 +17,7 @@ import numpy as np
 from trainer.classical.model import AllModel, KindModels, fit_model, subset
 from trainer.config import TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
+from trainer.inference.explain import fit_probes, probe_arrays
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import CLASS_NAMES, Dataset, load_dataset, merge_datasets, split_train_val_test
 from trainer.stats import metrics
@@ -312,7 +313,6 @@ def train(config: TrainConfig, progress: Progress | None = None,
                                                        groups=None if groups is None else groups[te])
         models[key] = model
         # explanation probes: one logistic regression per backbone on its own training features
-        from .explain import fit_probes, probe_arrays
         probes, probe_report = fit_probes(subset(feats, ltr), y[tr], config.backbones,
                                           subset(feats, lva), y[va], seed=config.seed)
         arrays.update(probe_arrays(key, probes))

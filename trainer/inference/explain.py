@@ -21,7 +21,7 @@ global-average-pooled features. The heatmap of a backbone is Grad-CAM of its pro
    (all zeros where nothing in the region raised the ALL logit).
 
 Probes are stored in the bundle as plain arrays (``<model key>/explain/<backbone>/mean``,
-``scale``, ``coef`` (D,) and ``intercept`` (1,), see :mod:`trainer.bundle`). Bundles written before
+``scale``, ``coef`` (D,) and ``intercept`` (1,), see :mod:`trainer.inference.bundle`). Bundles written before
 probes existed load and predict as before; explaining with one raises :class:`NoProbesError`.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backbones import BACKBONES
-from .errors import AllguiError, BundleError
+from trainer.util.errors import AllguiError, BundleError
+from trainer.vision.backbones import BACKBONES
 
 #: inverse L2 strength of the probes' logistic regressions (on standardised features)
 PROBE_C = 0.05
@@ -42,8 +42,12 @@ PROBE_PARTS = ("mean", "scale", "coef", "intercept")
 #: display names of the backbones
 BACKBONE_LABELS = {"densenet121": "DenseNet-121", "resnet34": "ResNet-34"}
 CAPTION = "Heatmap: where the network looked, not why it is right."
+COLOUR_KEY = ("Colours: blue = none, red = most of the ALL evidence in that map (each map scaled to its own "
+              "maximum); + = peak")
 NO_PROBES = ("This model has no explanation probes (it was trained before heatmaps existed); "
              "retrain it to see heatmaps.")
+RANDOM_INIT_NOTE = ("The backbones of this model are randomly initialised (not pretrained): their heatmaps can "
+                    "point at image borders, the same place in every image, rather than at the cell.")
 #: the module whose output (after ``_CAM_POST``) is the feature map the backbone's GAP pools
 _CAM_LAYER = {"densenet121": "features", "resnet34": "layer4"}
 
@@ -121,6 +125,14 @@ def probes_from_arrays(arrays: Mapping[str, np.ndarray], key: str, name: str = "
     return probes
 
 
+def require_probes(predictor) -> None:
+    """Raise :class:`NoProbesError` unless some model of ``predictor`` has explanation probes (cheap:
+    call it before any image is analysed)."""
+    arrays = predictor.bundle.arrays
+    if not any(probes_from_arrays(arrays, key, _bundle_name(predictor)) for key in predictor.models):
+        raise NoProbesError(NO_PROBES)
+
+
 # ---- the explanation ------------------------------------------------------------------------
 @dataclass
 class Explanation:
@@ -185,7 +197,7 @@ def target_cell(prediction) -> int:
 
 
 def _predictor(model, device: str):
-    from .predictor import Predictor
+    from trainer.inference.predictor import Predictor
 
     if isinstance(model, (str, os.PathLike)):
         return Predictor.from_bundle(model, device=device)
@@ -196,8 +208,8 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
     """Grad-CAM heatmaps of every backbone for the ALL class (see the module docstring).
 
     ``image``: RGB uint8 array (H, W, 3) or a file path. ``model``: a
-    :class:`trainer.predictor.Predictor` or the path of a bundle (loaded on ``device``).
-    ``prediction``: the :class:`trainer.results.ImagePrediction` of this image by the same model,
+    :class:`trainer.inference.predictor.Predictor` or the path of a bundle (loaded on ``device``).
+    ``prediction``: the :class:`trainer.inference.results.ImagePrediction` of this image by the same model,
     when at hand (its kind, model, cells and nucleus mask are used; else the image is segmented).
     ``cell``: index of a white cell of a smear field (its crop is explained, as the networks saw
     it), or None / -1 for the whole image.
@@ -208,10 +220,10 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
     """
     predictor = _predictor(model, device)
     if isinstance(image, (str, os.PathLike)):
-        from .imageio import read_image
+        from trainer.io.imageio import read_image
         img = read_image(image)
     else:
-        from .imageio import as_rgb_uint8
+        from trainer.io.imageio import as_rgb_uint8
         img = as_rgb_uint8(image)
     if prediction is not None and tuple(prediction.shape) != tuple(img.shape[:2]):
         raise AllguiError("The prediction given is of another image (its size differs).")
@@ -242,6 +254,8 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
     missing = [b for b in ex.networks if b not in probes]
     if missing:
         out.notes.append(f"No probe for {', '.join(BACKBONE_LABELS.get(b, b) for b in missing)}.")
+    if str(predictor.config.weights).lower() == "none" and not predictor.bundle.backbone_state:
+        out.notes.append(RANDOM_INIT_NOTE)
     return out
 
 
@@ -254,9 +268,9 @@ def network_input(region: np.ndarray, extractor):
     """(1, 3, S, S) float32 tensor of an RGB uint8 region, pre-processed as prediction does it."""
     import torch
 
-    from .preprocess import eval_transform
+    from trainer.vision.preprocess import eval_transform
     if extractor.stain_reference is not None:
-        from .stain import reinhard
+        from trainer.vision.stain import reinhard
         region = reinhard(region, np.asarray(extractor.stain_reference, float))
     x = eval_transform(int(extractor.image_size), float(extractor.gamma))(region).unsqueeze(0)
     return x.to(extractor.torch_device).contiguous(memory_format=torch.channels_last)
@@ -265,7 +279,7 @@ def network_input(region: np.ndarray, extractor):
 def gradcam(region: np.ndarray, extractor, probes: Mapping[str, Mapping[str, np.ndarray]]
             ) -> dict[str, tuple[np.ndarray, float, float, tuple[int, int]]]:
     """Grad-CAM of each probe's ALL logit on ``region`` (RGB uint8 (h, w, 3)) through the networks
-    of ``extractor`` (a :class:`trainer.features.FeatureExtractor`).
+    of ``extractor`` (a :class:`trainer.vision.features.FeatureExtractor`).
 
     Returns backbone -> (heatmap (h, w) float32 in [0, 1], its maximum before normalising (logit
     units per map cell), the probe's logit, (rows, cols) of the feature map)."""
@@ -367,7 +381,7 @@ def render(image: np.ndarray, explanation: Explanation, opacity: float = 0.45, p
         if explanation.peak_logit[b] > 0:
             cv2.drawMarker(tile, (int(c), int(r)), (255, 255, 255), cv2.MARKER_CROSS, 14, 2, cv2.LINE_AA)
         tiles.append((tile, f"{BACKBONE_LABELS.get(b, b)} (probe P(ALL) {explanation.probability(b):.2f})"))
-    pad, head, foot = 10, 28, 56 if title else 36
+    pad, head, foot = 10, 28, 76 if title else 56
     width = pad + len(tiles) * (size[0] + pad)
     canvas = np.full((head + size[1] + foot, max(width, 520), 3), 255, np.uint8)
     for i, (tile, label) in enumerate(tiles):
@@ -378,6 +392,7 @@ def render(image: np.ndarray, explanation: Explanation, opacity: float = 0.45, p
         cv2.putText(canvas, label, (x0, head - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (20, 20, 20), 1, cv2.LINE_AA)
     y0 = head + size[1] + 22
     cv2.putText(canvas, CAPTION, (pad, y0), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (120, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, COLOUR_KEY, (pad, y0 + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
     if title:
-        cv2.putText(canvas, title, (pad, y0 + 22), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (60, 60, 60), 1, cv2.LINE_AA)
+        cv2.putText(canvas, title, (pad, y0 + 40), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (60, 60, 60), 1, cv2.LINE_AA)
     return canvas
