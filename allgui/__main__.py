@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready() -> None:
             if win.state.current and (win.state.prediction is not None or win.state.current in win.state.errors
-                                      or win.predictor is None and not win._model_loading):
+                                      or win.predictor is None and not win.analysis.loading):
                 QTimer.singleShot(400, shoot)
             else:
                 QTimer.singleShot(100, ready)

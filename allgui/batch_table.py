@@ -13,7 +13,7 @@ from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from allgui.imaging import DECISION_COLOURS
-from allgui.state import AppState, Row
+from allgui.state import AppState, Row, Topic
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import safe_row
 
@@ -44,10 +44,10 @@ class BatchModel(QAbstractTableModel):
         self._rows: list[Row] = []
         self._view: list[tuple] = []
         self._index: dict[str, int] = {}
-        state.subscribe("images", self.reset)
-        state.subscribe("model", self.reset)
-        state.subscribe("prediction", self.update_path)
-        state.subscribe("threshold", self.update_all)
+        state.subscribe(Topic.IMAGES, self.reset)
+        state.subscribe(Topic.MODEL, self.reset)
+        state.subscribe(Topic.PREDICTION, self.update_path)
+        state.subscribe(Topic.THRESHOLD, self.update_all)
 
     def set_thumbnail(self, path: str, image: np.ndarray) -> None:
         self.thumbs[path] = QPixmap.fromImage(to_qimage(image))
@@ -178,7 +178,7 @@ class BatchTable(QTableView):
         self.setIconSize(self.iconSize().expandedTo(self.iconSize().__class__(48, 48)))
         self.setAlternatingRowColors(True)
         self.selectionModel().currentRowChanged.connect(self._on_row)
-        state.subscribe("current", self._select_current)
+        state.subscribe(Topic.CURRENT, self._select_current)
 
     _syncing = False
 

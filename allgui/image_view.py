@@ -11,7 +11,7 @@ from PySide6.QtGui import QColor, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsRectItem
 
 from allgui.imaging import cell_regions, fill_overlay, probability_colour
-from allgui.state import AppState
+from allgui.state import AppState, Topic
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
@@ -71,9 +71,9 @@ class ImageView(pg.GraphicsLayoutWidget):
         self.image: np.ndarray | None = None
         self._shown_prediction = None
         self.scene().sigMouseClicked.connect(self._on_click)
-        for topic, cb in (("current", self.refresh_all), ("prediction", self._on_prediction),
-                          ("threshold", self.restyle), ("selection", self.restyle),
-                          ("overlay", self.refresh_overlay), ("model", self.refresh_overlay)):
+        for topic, cb in ((Topic.CURRENT, self.refresh_all), (Topic.PREDICTION, self._on_prediction),
+                          (Topic.THRESHOLD, self.restyle), (Topic.SELECTION, self.restyle),
+                          (Topic.OVERLAY, self.refresh_overlay), (Topic.MODEL, self.refresh_overlay)):
             state.subscribe(topic, cb)
 
     # ---- content ------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from allgui.imaging import DECISION_COLOURS, probability_colour
-from allgui.state import AppState
+from allgui.qtutil import signals_blocked
+from allgui.state import AppState, Topic
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
 
 SLIDER_STEPS = 1000
@@ -203,8 +204,8 @@ class SidePanel(QWidget):
         lay.addStretch(1)
 
         self.slider.valueChanged.connect(lambda v: state.set_threshold(v / SLIDER_STEPS))
-        for topic, cb in (("current", self.refresh), ("prediction", self._on_prediction),
-                          ("selection", self.refresh), ("threshold", self.on_threshold), ("model", self.refresh)):
+        for topic, cb in ((Topic.CURRENT, self.refresh), (Topic.PREDICTION, self._on_prediction),
+                          (Topic.SELECTION, self.refresh), (Topic.THRESHOLD, self.on_threshold), (Topic.MODEL, self.refresh)):
             state.subscribe(topic, cb)
         self.on_threshold()
 
@@ -253,13 +254,11 @@ class SidePanel(QWidget):
         st = self.state
         pos = int(round(st.threshold * SLIDER_STEPS))
         if self.slider.value() != pos:
-            self.slider.blockSignals(True)
-            self.slider.setValue(pos)
-            self.slider.blockSignals(False)
+            with signals_blocked(self.slider):
+                self.slider.setValue(pos)
         if abs(self.band.value() - st.band) > 1e-9:
-            self.band.blockSignals(True)
-            self.band.setValue(st.band)
-            self.band.blockSignals(False)
+            with signals_blocked(self.band):
+                self.band.setValue(st.band)
         self.value.setText(f"{st.threshold:.3f}")
         key = st.active_model
         name = MODEL_NAMES.get(key, key)

@@ -8,19 +8,14 @@ threshold: ``thresholds`` maps model key -> threshold, and :attr:`AppState.thres
 the *active* model (the model that judged the current image). :meth:`AppState.threshold_for`
 gives the threshold that decides any prediction.
 
-Topics emitted (callback arguments in brackets):
-  "images"     [] the list of opened images changed
-  "current"    [] another image became current (or it was cleared)
-  "prediction" [path] a prediction (or an error) arrived for ``path``
-  "selection"  [] the selected cell changed
-  "threshold"  [] threshold or uncertainty band changed
-  "overlay"    [] overlay visibility, mode or opacity changed
-  "model"      [] the model changed (all predictions were dropped)
+The topics it emits are declared in :class:`Topic`; subscribing to (or emitting) any other name
+fails at once, so a mistyped topic cannot go silently unheard.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +31,31 @@ from trainer.inference.results import (
 )
 
 OVERLAY_MODES = ("outline", "fill")
+
+
+class Topic(str, Enum):
+    """What an :class:`AppState` tells its subscribers (callback arguments in brackets).
+
+    A topic's value is its name in lower case, so ``"threshold"`` and ``Topic.THRESHOLD`` are the
+    same subscription.
+    """
+
+    IMAGES = "images"          #: [] the list of opened images changed
+    CURRENT = "current"        #: [] another image became current (or it was cleared)
+    PREDICTION = "prediction"  #: [path] a prediction (or an error) arrived for ``path``
+    SELECTION = "selection"    #: [] the selected cell changed
+    THRESHOLD = "threshold"    #: [] threshold or uncertainty band changed
+    OVERLAY = "overlay"        #: [] overlay visibility, mode or opacity changed
+    MODEL = "model"            #: [] the model changed (all predictions were dropped)
+
+    @classmethod
+    def of(cls, topic: Topic | str) -> Topic:
+        """The declared topic named ``topic``; ValueError for any other name."""
+        try:
+            return cls(topic)
+        except ValueError:
+            known = ", ".join(t.value for t in cls)
+            raise ValueError(f"unknown state topic {topic!r}; the topics are: {known}") from None
 
 
 @dataclass
@@ -62,7 +82,7 @@ class AppState:
     """Everything the window shows, in one observable object."""
 
     def __init__(self, threshold: float = 0.5, band: float = DEFAULT_UNCERTAINTY_BAND) -> None:
-        self._subs: dict[str, list[Callable[..., Any]]] = defaultdict(list)
+        self._subs: dict[Topic, list[Callable[..., Any]]] = defaultdict(list)
         self.paths: list[str] = []
         self.current: str | None = None
         self.predictions: dict[str, ImagePrediction] = {}
@@ -77,15 +97,19 @@ class AppState:
         self.model_name: str = ""
 
     # ---- observers -------------------------------------------------------------------------
-    def subscribe(self, topic: str, callback: Callable[..., Any]) -> None:
-        self._subs[topic].append(callback)
+    def subscribe(self, topic: Topic | str, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` whenever ``topic`` is emitted; ValueError for an undeclared topic."""
+        self._subs[Topic.of(topic)].append(callback)
 
-    def unsubscribe(self, topic: str, callback: Callable[..., Any]) -> None:
-        if callback in self._subs.get(topic, []):
-            self._subs[topic].remove(callback)
+    def unsubscribe(self, topic: Topic | str, callback: Callable[..., Any]) -> None:
+        """Stop calling ``callback`` for ``topic``."""
+        subs = self._subs.get(Topic.of(topic), [])
+        if callback in subs:
+            subs.remove(callback)
 
-    def emit(self, topic: str, *args: Any) -> None:
-        for cb in list(self._subs.get(topic, [])):
+    def emit(self, topic: Topic | str, *args: Any) -> None:
+        """Call the subscribers of ``topic`` with ``args``."""
+        for cb in list(self._subs.get(Topic.of(topic), [])):
             cb(*args)
 
     # ---- images ----------------------------------------------------------------------------
@@ -93,26 +117,26 @@ class AppState:
         """Replace the image list; keeps cached predictions of paths that stay."""
         seen: set[str] = set()
         self.paths = [p for p in (str(x) for x in paths) if not (p in seen or seen.add(p))]
-        self.emit("images")
+        self.emit(Topic.IMAGES)
         self.set_current(str(current) if current is not None else (self.paths[0] if self.paths else None))
 
     def add_images(self, paths: list[str | Path]) -> None:
         new = list(dict.fromkeys(str(p) for p in paths if str(p) not in self.paths))  # no duplicates
         if new:
             self.paths.extend(new)
-            self.emit("images")
+            self.emit(Topic.IMAGES)
         if paths:
             self.set_current(str(paths[0]))
 
     def set_current(self, path: str | None) -> None:
         if path is not None and path not in self.paths:
             self.paths.append(path)
-            self.emit("images")
+            self.emit(Topic.IMAGES)
         if path == self.current:
             return
         self.current = path
         self.selected_cell = -1
-        self.emit("current")
+        self.emit(Topic.CURRENT)
 
     def step(self, delta: int) -> None:
         """Make the next (+1) or previous (-1) image current, wrapping around."""
@@ -125,12 +149,12 @@ class AppState:
     def set_prediction(self, path: str, prediction: ImagePrediction) -> None:
         self.predictions[path] = prediction
         self.errors.pop(path, None)
-        self.emit("prediction", path)
+        self.emit(Topic.PREDICTION, path)
 
     def set_error(self, path: str, message: str) -> None:
         self.predictions.pop(path, None)
         self.errors[path] = message
-        self.emit("prediction", path)
+        self.emit(Topic.PREDICTION, path)
 
     def clear_predictions(self, model_name: str = "") -> None:
         """Drop every prediction (the model changed)."""
@@ -138,7 +162,7 @@ class AppState:
         self.errors.clear()
         self.selected_cell = -1
         self.model_name = model_name
-        self.emit("model")
+        self.emit(Topic.MODEL)
 
     @property
     def prediction(self) -> ImagePrediction | None:
@@ -156,7 +180,7 @@ class AppState:
     def select_cell(self, index: int) -> None:
         if index != self.selected_cell:
             self.selected_cell = index
-            self.emit("selection")
+            self.emit(Topic.SELECTION)
 
     @property
     def selected(self) -> CellPrediction | None:
@@ -174,7 +198,7 @@ class AppState:
         self.default_thresholds = {k: float(v) for k, v in defaults.items()}
         saved = saved or {}
         self.thresholds = {k: min(1.0, max(0.0, float(saved.get(k, v)))) for k, v in self.default_thresholds.items()}
-        self.emit("threshold")
+        self.emit(Topic.THRESHOLD)
 
     @property
     def active_model(self) -> str:
@@ -204,13 +228,13 @@ class AppState:
         t = min(1.0, max(0.0, float(threshold)))
         if t != self.thresholds[key]:
             self.thresholds[key] = t
-            self.emit("threshold")
+            self.emit(Topic.THRESHOLD)
 
     def set_band(self, band: float) -> None:
         b = min(0.5, max(0.0, float(band)))
         if b != self.band:
             self.band = b
-            self.emit("threshold")
+            self.emit(Topic.THRESHOLD)
 
     def decide(self, probability: float, model: ImagePrediction | str | None = None) -> str:
         """Decision in words at the threshold of ``model`` (default: the active model's)."""
@@ -228,7 +252,7 @@ class AppState:
                 setattr(self, name, value)
                 changed = True
         if changed:
-            self.emit("overlay")
+            self.emit(Topic.OVERLAY)
 
     # ---- table rows ------------------------------------------------------------------------
     def row(self, path: str) -> Row:

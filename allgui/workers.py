@@ -16,6 +16,7 @@ import multiprocessing as mp
 import queue as queue_mod
 import threading
 import traceback
+import warnings
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal, Slot
@@ -54,6 +55,17 @@ class Task(QObject):
 
     def is_cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    def disconnect_all(self) -> None:
+        """Disconnect every receiver: a superseded task runs out unheard, its result dropped."""
+        for signal in (self.progress, self.log, self.partial, self.finished, self.failed, self.cancelled,
+                       self.done):
+            with warnings.catch_warnings():  # PySide6 warns when a signal had no receiver
+                warnings.simplefilter("ignore", RuntimeWarning)
+                try:
+                    signal.disconnect()
+                except (RuntimeError, TypeError):
+                    pass
 
     def start(self) -> "Task":
         raise NotImplementedError

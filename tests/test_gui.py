@@ -411,7 +411,7 @@ def test_model_card_headline_shows_sources_and_limitations():
 
 
 def test_overlay_names_do_not_collide():
-    from allgui.main_window import _overlay_name
+    from allgui.window_files import _overlay_name
     used: set[str] = set()
     names = [_overlay_name(p, used) for p in ("a/1.png", "b/1.png", "c/2.png", "d/1.png")]
     assert names == ["1_overlay.png", "1_2_overlay.png", "2_overlay.png", "1_3_overlay.png"]

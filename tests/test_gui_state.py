@@ -65,3 +65,20 @@ def test_navigation_selection_and_pending():
     s.clear_predictions("new model")
     assert s.predictions == {} and s.model_name == "new model"
     assert events.count("selection") == 1 and events[-1] == "model"
+
+
+def test_topics_are_declared_and_a_mistyped_one_fails_at_once():
+    import pytest
+
+    from allgui.state import Topic
+
+    s = AppState()
+    seen = []
+    s.subscribe(Topic.THRESHOLD, lambda: seen.append("enum"))
+    s.subscribe("threshold", lambda: seen.append("name"))  # the same topic by its name
+    s.set_threshold(0.7)
+    assert seen == ["enum", "name"]
+    with pytest.raises(ValueError, match="unknown state topic 'treshold'"):
+        s.subscribe("treshold", lambda: None)
+    with pytest.raises(ValueError, match="unknown state topic"):
+        s.emit("predictions", "a.png")

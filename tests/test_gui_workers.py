@@ -78,3 +78,81 @@ def test_process_task_error_message_and_cancel_is_immediate(qtbot):
     with qtbot.waitSignal(task.cancelled, timeout=5_000):
         task.cancel()
     assert time.perf_counter() - t0 < 2.5 and not task._proc.is_alive()
+
+
+def wait_for(event, progress, cancel, emit):
+    event.wait(30)
+    return "late"
+
+
+def test_a_disconnected_task_runs_out_unheard(qtbot):
+    import threading
+
+    release = threading.Event()
+    heard = []
+    task = ThreadTask(wait_for, release)
+    task.finished.connect(heard.append)
+    task.done.connect(lambda: heard.append("done"))
+    task.start()
+    task.disconnect_all()
+    task.disconnect_all()  # twice, or with nothing connected: no error
+    release.set()
+    qtbot.waitUntil(lambda: not task.running, timeout=10_000)
+    qtbot.wait(50)
+    assert heard == []
+
+
+def test_signals_blocked_restores_each_widgets_previous_state(qtbot):
+    from PySide6.QtWidgets import QSlider
+
+    from allgui.qtutil import signals_blocked
+
+    a, b = QSlider(), QSlider()
+    b.blockSignals(True)
+    moved = []
+    a.valueChanged.connect(moved.append)
+    with signals_blocked(a, b):
+        a.setValue(5)
+        assert a.signalsBlocked() and b.signalsBlocked()
+    assert moved == [] and not a.signalsBlocked() and b.signalsBlocked()
+    a.setValue(6)
+    assert moved == [6]
+
+
+class _SlowPredictor:
+    """Stands in for a Predictor: answers with its own name once released."""
+
+    def __init__(self, name, release=None):
+        self.name, self.release = name, release
+
+    def predict(self, image, path=None):
+        if self.release is not None:
+            self.release.wait(30)
+        return self.name
+
+
+def test_analysis_of_a_superseded_model_never_lands(qtbot, tmp_path):
+    import threading
+
+    import cv2
+    import numpy as np
+
+    from allgui.analysis import AnalysisController
+    from allgui.state import AppState
+
+    path = str(tmp_path / "a.png")
+    cv2.imwrite(path, np.full((20, 20, 3), 200, np.uint8))
+    state = AppState()
+    state.set_images([path])
+    ctl = AnalysisController(state)
+    release = threading.Event()
+    ctl.set_predictor(_SlowPredictor("old", release), "old.allmodel")
+    old = ctl._task
+    assert old is not None and old.running
+    ctl.set_predictor(_SlowPredictor("new"), "new.allmodel")  # supersedes the running analysis
+    release.set()
+    qtbot.waitUntil(lambda: state.predictions.get(path) == "new", timeout=20_000)
+    qtbot.waitUntil(lambda: not old.running, timeout=20_000)
+    qtbot.wait(50)
+    assert state.predictions[path] == "new" and ctl.model_path == "new.allmodel"
+    ctl.shutdown()

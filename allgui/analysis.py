@@ -1,0 +1,227 @@
+"""The analysis controller: the predictor, the queue of images to analyse, the image cache and the
+errors met on the way, kept out of the window.
+
+After Orange3's ``ConcurrentMixin``: one task at a time is started, cancelled or shut down here,
+and its outcome reaches the window as signals (the done and error callbacks). A task that a newer
+one supersedes (another model was loaded, the window closes) is cancelled *and disconnected*, so a
+late result can never land in the state: nothing counts generations.
+
+Predictions run one image at a time on the inference thread, the current image first; results are
+cached in the :class:`~allgui.state.AppState`, so moving the threshold, changing the selection or
+coming back to an image never recomputes features.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, QThreadPool, Signal
+
+from allgui.imaging import thumbnail
+from allgui.state import AppState
+from allgui.workers import Task, ThreadTask, error_message
+from trainer.io.imageio import read_image
+
+#: decoded images kept for display (the most recently used first out)
+IMAGE_CACHE = 24
+
+
+def predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.ndarray, Any, np.ndarray, float]:
+    """Inference-thread work: read, predict, make a thumbnail.
+
+    Returns
+    -------
+    tuple
+        ``(path, image, prediction, thumbnail, seconds)``.
+    """
+    t0 = time.perf_counter()
+    image = read_image(path)
+    pred = predictor.predict(image, path=path)
+    return path, image, pred, thumbnail(image), time.perf_counter() - t0
+
+
+def load_predictor(path: str, progress, cancel, emit):
+    """Model-loading work: the bundle's predictor, warmed up off the GUI thread."""
+    # torch and the models load here, on a worker thread, not when the window starts
+    from trainer.inference.predictor import Predictor
+
+    predictor = Predictor.from_bundle(path)
+    predictor.warm_up()  # the first image opened gets a warm network
+    return predictor
+
+
+class AnalysisController(QObject):
+    """Runs the analyses the window asks for and reports their outcomes.
+
+    Parameters
+    ----------
+    state : AppState
+        Where results and errors go; its ``"current"`` topic puts the current image first.
+    parent : QObject, optional
+        Qt parent (the window).
+
+    Signals
+    -------
+    modelChanged(predictor, path)
+        A model was switched to (``path`` "" when it has none); its analysis starts right after.
+    modelFailed(path, message)
+        Loading ``path`` failed; the current model stays.
+    thumbnailReady(path, thumbnail)
+        A thumbnail of ``path`` (RGB uint8), just before its prediction enters the state.
+    analysed(path)
+        A prediction for ``path`` is in the state.
+    imageFailed(path, message, step)
+        ``path``, which the user opened by itself, could not be read (``step`` "open") or analysed
+        (``step`` "analyse"): say so at once. Errors of a batch are collected instead and come
+        together with ``batchFailed``.
+    batchFailed(messages)
+        The queue ran empty and these images of a batch could not be analysed.
+    progress(done, total)
+        Analysis progress of the open images (``total`` 0: nothing to show).
+    """
+
+    modelChanged = Signal(object, str)
+    modelFailed = Signal(str, str)
+    thumbnailReady = Signal(str, object)
+    analysed = Signal(str)
+    imageFailed = Signal(str, str, str)
+    batchFailed = Signal(list)
+    progress = Signal(int, int)
+
+    def __init__(self, state: AppState, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.predictor = None
+        self.model_path: str | None = None
+        self.loading = False                  # a model load is in flight
+        self.last_seconds: float | None = None
+        self._task: ThreadTask | None = None  # the analysis in flight
+        self._load: ThreadTask | None = None  # the model load in flight
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._explicit: set[str] = set()      # opened one by one: an error is shown at once
+        self._batch_errors: list[str] = []
+        self._shut = False
+
+    # ---- model -----------------------------------------------------------------------------
+    def load_model(self, path: str) -> ThreadTask:
+        """Load a bundle in the background; a load started before it is superseded."""
+        self._supersede(self._load)
+        self.loading = True
+        task = ThreadTask(load_predictor, str(path), pool=QThreadPool.globalInstance(), name="load-model")
+        task.finished.connect(lambda pred, p=str(path): self.set_predictor(pred, p))
+        task.failed.connect(lambda msg, p=str(path): self._load_failed(p, msg))
+        self._load = task
+        return task.start()
+
+    def _load_failed(self, path: str, message: str) -> None:
+        self.loading = False
+        self._load = None
+        self.modelFailed.emit(path, message)
+
+    def set_predictor(self, predictor, path: str | None = None) -> None:
+        """Switch to ``predictor``: the analysis and any load in flight are superseded."""
+        self._supersede(self._load)
+        self._supersede(self._task)
+        self._load = self._task = None
+        self.loading = False
+        self.predictor = predictor
+        self.model_path = str(path) if path else None
+        self.modelChanged.emit(predictor, self.model_path or "")
+        self.start()
+
+    # ---- queue -----------------------------------------------------------------------------
+    def open(self, paths: list[str], explicit: bool = False) -> None:
+        """Note images just opened (``explicit``: one by one, so their errors are shown at once)."""
+        if explicit:
+            self._explicit.update(paths)
+        else:
+            self._batch_errors = []
+
+    def start(self) -> None:
+        """Start the next pending prediction (current image first), unless one is running."""
+        if self.predictor is None or self._shut or (self._task is not None and self._task.running):
+            return
+        todo = self.state.pending()
+        n = len(self.state.paths)
+        if not todo:
+            self.progress.emit(n, 0)
+            if self._batch_errors:
+                errors, self._batch_errors = self._batch_errors, []
+                self.batchFailed.emit(errors)
+            return
+        self.progress.emit(n - len(todo), n if n > 1 else 0)
+        path = todo[0]
+        task = ThreadTask(predict_one, self.predictor, path, name="predict")
+        task.finished.connect(self._on_done)
+        task.failed.connect(lambda msg, p=path: self._on_error(p, msg))
+        task.done.connect(self.start)
+        self._task = task
+        task.start()
+
+    def cancel(self) -> None:
+        """Stop the analysis in flight; its result is dropped."""
+        self._supersede(self._task)
+        self._task = None
+
+    def shutdown(self) -> None:
+        """Stop everything and start nothing more (the window is closing)."""
+        self._shut = True
+        self.cancel()
+        self._supersede(self._load)
+        self._load = None
+
+    @staticmethod
+    def _supersede(task: Task | None) -> None:
+        if task is not None:
+            task.cancel()
+            task.disconnect_all()
+
+    def _on_done(self, result) -> None:
+        path, image, pred, thumb, secs = result
+        self.last_seconds = secs
+        self._cache(path, image)
+        self.thumbnailReady.emit(path, thumb)
+        self.state.set_prediction(path, pred)
+        self.analysed.emit(path)
+
+    def _on_error(self, path: str, message: str) -> None:
+        already_shown = path in self.state.errors      # the display read failed first
+        self.state.set_error(path, message)
+        if path in self._explicit:
+            self._explicit.discard(path)
+            self.imageFailed.emit(path, message, "analyse")
+        elif not already_shown:
+            self._batch_errors.append(message)
+
+    # ---- images ----------------------------------------------------------------------------
+    def image(self, path: str) -> np.ndarray | None:
+        """The decoded image for display: cached, else read now; None (error recorded) when unreadable."""
+        image = self._images.get(path)
+        if image is not None:
+            self._images.move_to_end(path)
+            return image
+        try:  # also after a failed analysis: the picture may still be readable
+            image = read_image(path)
+        except Exception as exc:  # shown to the user
+            if path not in self.state.errors:  # report each unreadable file once
+                msg = error_message(exc)
+                self.state.set_error(path, msg)
+                if path in self._explicit:
+                    self._explicit.discard(path)
+                    self.imageFailed.emit(path, msg, "open")
+            return None
+        self._cache(path, image)
+        return image
+
+    def cached(self, path: str) -> np.ndarray | None:
+        """The cached image of ``path``, or None; never reads."""
+        return self._images.get(path)
+
+    def _cache(self, path: str, image: np.ndarray) -> None:
+        self._images[path] = image
+        self._images.move_to_end(path)
+        while len(self._images) > IMAGE_CACHE:
+            self._images.popitem(last=False)
+

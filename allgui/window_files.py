@@ -1,0 +1,171 @@
+"""What the window's File menu does: open images, folders and recent files (also by drag and drop),
+export the table as CSV and save overlay images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QThreadPool
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from allgui.imaging import draw_overlay
+from allgui.workers import ThreadTask, error_message
+from trainer.io.imageio import IMAGE_SUFFIXES, read_image
+from trainer.util.atomic import atomic_write
+
+MAX_RECENT = 10
+IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All files (*)"
+
+
+def _save_overlays(items: list[tuple[str, Any, float]], folder: str, band: float, mode: str,
+                   opacity: float, progress, cancel, emit) -> int:
+    """Write an overlay PNG per (path, prediction, threshold) item; returns how many."""
+    import cv2  # the encoder loads with the first export, not with the window
+
+    n = 0
+    used: set[str] = set()
+    for i, (path, pred, threshold) in enumerate(items):
+        if cancel():
+            break
+        img = draw_overlay(read_image(path), pred, threshold, band, mode, opacity)
+        out = Path(folder) / _overlay_name(path, used)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OSError(f"Could not encode the overlay of {Path(path).name}")
+        atomic_write(out, lambda fh, data=png.tobytes(): fh.write(data), fsync=False)
+        n += 1
+        progress((i + 1) / len(items), out.name)
+    return n
+
+
+def _overlay_name(path: str, used: set[str]) -> str:
+    """``<stem>_overlay.png``, numbered when two images share a stem (e.g. from sub-folders)."""
+    stem, k = Path(path).stem, 1
+    name = f"{stem}_overlay.png"
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}_overlay.png"
+    used.add(name)
+    return name
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Image files directly in ``folder`` and its sub-folders, sorted by path."""
+    root = Path(folder)
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class FilesMixin:
+    """The File menu of :class:`~allgui.main_window.MainWindow` (needs its ``state``, ``settings``,
+    ``analysis``, ``table`` and ``recent_menu``)."""
+
+    def open_dialog(self) -> None:
+        start = self.settings.value("dirs/images", str(Path.home()), str)
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open images", start, IMAGE_FILTER)
+        if paths:
+            self.open_files(paths)
+
+    def open_folder_dialog(self) -> None:
+        start = self.settings.value("dirs/folder", str(Path.home()), str)
+        d = QFileDialog.getExistingDirectory(self, "Open folder of images", start)
+        if d:
+            self.open_folder(d)
+
+    def open_files(self, paths: list[str]) -> None:
+        """Open image files (added to the list; the first becomes current)."""
+        paths = [str(Path(p)) for p in paths]
+        if not paths:
+            return
+        folders = [p for p in paths if Path(p).is_dir()]
+        files = [p for p in paths if not Path(p).is_dir()]
+        for d in folders:
+            self.open_folder(d)
+        if not files:
+            return
+        self.settings.setValue("dirs/images", str(Path(files[0]).parent))
+        self.analysis.open(files, explicit=True)
+        for p in files:
+            self._add_recent(p)
+        self.state.add_images(files)
+        self.analysis.start()
+
+    def open_folder(self, folder: str) -> bool:
+        """Open every image in ``folder`` as the batch; False (with a message) when there is none."""
+        if not Path(folder).is_dir():
+            QMessageBox.warning(self, "Open folder", f"{folder} is not a folder.")
+            return False
+        paths = list_images(folder)
+        if not paths:
+            QMessageBox.warning(self, "Open folder",
+                                f"No images found in {folder}.\n\nReadable types: {', '.join(IMAGE_SUFFIXES)}")
+            return False
+        self.settings.setValue("dirs/folder", str(folder))
+        self._add_recent(str(folder))
+        self.analysis.open(paths)
+        self.state.set_images(paths)
+        self.analysis.start()
+        return True
+
+    def _add_recent(self, path: str) -> None:
+        rec = [p for p in (self.settings.value("recent", [], list) or []) if p != path]
+        rec.insert(0, path)
+        self.settings.setValue("recent", rec[:MAX_RECENT])
+        self._rebuild_recent()
+
+    def _rebuild_recent(self) -> None:
+        self.recent_menu.clear()
+        rec = self.settings.value("recent", [], list) or []
+        for p in rec:
+            a = self.recent_menu.addAction(p)
+            a.triggered.connect(lambda _=False, p=p: self.open_files([p]))
+        self.recent_menu.setEnabled(bool(rec))
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_files(paths)
+
+    def export_csv_dialog(self) -> None:
+        if not self.state.paths:
+            QMessageBox.information(self, "Export", "There are no images to export.")
+            return
+        start = self.settings.value("dirs/export", str(Path.home()), str)
+        path, _ = QFileDialog.getSaveFileName(self, "Export table as CSV", str(Path(start) / "allgui_results.csv"),
+                                              "CSV (*.csv)")
+        if path:
+            self.settings.setValue("dirs/export", str(Path(path).parent))
+            try:
+                n = self.table.batch.export_csv(path)
+            except OSError as exc:
+                QMessageBox.critical(self, "Export", f"Could not write {path}: {exc.strerror or exc}")
+                return
+            except Exception as exc:  # never fail silently: the user asked for a file
+                QMessageBox.critical(self, "Export", f"Could not write {path}: {error_message(exc)}")
+                return
+            self.statusBar().showMessage(f"Exported {n} rows to {path}", 8000)
+
+    def save_overlays_dialog(self) -> None:
+        if not self.state.predictions:
+            QMessageBox.information(self, "Save overlays", "No analysed images yet.")
+            return
+        start = self.settings.value("dirs/export", str(Path.home()), str)
+        d = QFileDialog.getExistingDirectory(self, "Save overlay images to", start)
+        if d:
+            self.settings.setValue("dirs/export", d)
+            self.save_overlays(d)
+
+    def save_overlays(self, folder: str) -> ThreadTask:
+        st = self.state
+        items = [(p, st.predictions[p], st.threshold_for(st.predictions[p])) for p in st.paths
+                 if p in st.predictions]
+        task = ThreadTask(_save_overlays, items, folder, st.band, st.overlay_mode,
+                          st.overlay_opacity, pool=QThreadPool.globalInstance(), name="save-overlays")
+        task.finished.connect(lambda n: self.statusBar().showMessage(f"Saved {n} overlay images to {folder}", 8000))
+        task.failed.connect(lambda msg: QMessageBox.critical(self, "Save overlays", msg))
+        self._overlay_task = task  # kept alive while it runs
+        return task.start()
