@@ -20,6 +20,8 @@ global-average-pooled features. The heatmap of a backbone is Grad-CAM of its pro
    upsampled bilinearly to the explained region and divided by its maximum, so it lies in [0, 1]
    (all zeros where nothing in the region raised the ALL logit).
 
+Importing this module is cheap (no torch): the app's views use its captions and colour maps.
+
 Probes are stored in the bundle as plain arrays (``<model key>/explain/<backbone>/mean``,
 ``scale``, ``coef`` (D,) and ``intercept`` (1,), see :mod:`trainer.inference.bundle`). Bundles written before
 probes existed load and predict as before; explaining with one raises :class:`NoProbesError`.
@@ -34,7 +36,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from trainer.util.errors import AllguiError, BundleError
-from trainer.vision.backbones import BACKBONES
 
 #: inverse L2 strength of the probes' logistic regressions (on standardised features)
 PROBE_C = 0.05
@@ -71,6 +72,7 @@ def fit_probes(feats: Mapping[str, np.ndarray], y, backbones=None, val_feats=Non
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
+    from trainer.vision.backbones import BACKBONES
     y = np.asarray(y).astype(int)
     names = [b for b in (backbones or feats) if b in BACKBONES and b in feats]
     probes, report = {}, {}
@@ -109,6 +111,7 @@ def probes_from_arrays(arrays: Mapping[str, np.ndarray], key: str, name: str = "
     """Model ``key``'s probes read back from bundle arrays, checked: {} when it has none.
 
     Raises BundleError for a probe with missing parts, wrong shapes or non-finite values."""
+    from trainer.vision.backbones import BACKBONES
     prefix = f"{key}/explain/"
     found = sorted({k[len(prefix):].split("/", 1)[0] for k in arrays if k.startswith(prefix)})
     probes = {}
@@ -144,6 +147,8 @@ class Explanation:
       crop (its bounding box) on a smear field.
     - ``heatmaps``: backbone -> (h, w) float32 in [0, 1] over the region: Grad-CAM of the probe's
       ALL logit, divided by its maximum (all zeros where no part of the region raised that logit).
+      With ``explain(max_side=...)`` a large region's maps are smaller, their longer side
+      ``max_side`` (they stretch over the whole region); :meth:`full` and :meth:`peak` allow for it.
     - ``peak_logit``: backbone -> the map's maximum before normalising, in units of the probe's ALL
       logit per feature-map cell (the map's cells, before ReLU, sum to the logit less a constant).
     - ``logits``: backbone -> the probe's ALL logit for the region (:meth:`probability` = sigmoid).
@@ -175,17 +180,24 @@ class Explanation:
         return float(1.0 / (1.0 + np.exp(-self.logits[backbone])))
 
     def full(self, backbone: str) -> np.ndarray:
-        """(H, W) float32: the heatmap placed at its region, zeros elsewhere."""
+        """(H, W) float32: the heatmap placed at its region (at full size), zeros elsewhere."""
         out = np.zeros(self.image_shape, np.float32)
         x, y, w, h = self.region
-        out[y:y + h, x:x + w] = self.heatmaps[backbone]
+        hm = self.heatmaps[backbone]
+        if hm.shape != (h, w):
+            import cv2
+            hm = cv2.resize(hm, (w, h), interpolation=cv2.INTER_LINEAR)
+        out[y:y + h, x:x + w] = hm
         return out
 
     def peak(self, backbone: str) -> tuple[int, int]:
         """(x, y) image pixel of the heatmap's maximum (the region's first pixel when it is all 0)."""
         hm = self.heatmaps[backbone]
+        x, y, w, h = self.region
         r, c = np.unravel_index(int(np.argmax(hm)), hm.shape)
-        return int(self.region[0] + c), int(self.region[1] + r)
+        if hm.shape != (h, w):  # a smaller map: the centre of its pixel in the region
+            r, c = min(h - 1, int((r + 0.5) * h / hm.shape[0])), min(w - 1, int((c + 0.5) * w / hm.shape[1]))
+        return int(x + c), int(y + r)
 
 
 def target_cell(prediction) -> int:
@@ -204,7 +216,8 @@ def _predictor(model, device: str):
     return model
 
 
-def explain(image, model, cell: int | None = None, prediction=None, device: str = "auto") -> Explanation:
+def explain(image, model, cell: int | None = None, prediction=None, device: str = "auto",
+            max_side: int | None = None) -> Explanation:
     """Grad-CAM heatmaps of every backbone for the ALL class (see the module docstring).
 
     ``image``: RGB uint8 array (H, W, 3) or a file path. ``model``: a
@@ -212,7 +225,8 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
     ``prediction``: the :class:`trainer.inference.results.ImagePrediction` of this image by the same model,
     when at hand (its kind, model, cells and nucleus mask are used; else the image is segmented).
     ``cell``: index of a white cell of a smear field (its crop is explained, as the networks saw
-    it), or None / -1 for the whole image.
+    it), or None / -1 for the whole image. ``max_side``: make the maps at most this many pixels
+    on their longer side (a smear field's full-size maps are large; the maps are smooth anyway).
 
     Runs in float32 without autocast; the networks are the predictor's own, so call it from the
     thread that runs predictions. Raises :class:`NoProbesError` for a model without probes,
@@ -245,7 +259,7 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
     ex = predictor.extractors[key]
     region = img[y:y + h, x:x + w]
     t0 = time.perf_counter()
-    maps = gradcam(region, ex, probes)
+    maps = gradcam(region, ex, probes, max_side)
     out = Explanation(region=(x, y, w, h), heatmaps={b: m[0] for b, m in maps.items()},
                       peak_logit={b: m[1] for b, m in maps.items()}, logits={b: m[2] for b, m in maps.items()},
                       map_size={b: m[3] for b, m in maps.items()}, image_shape=(H, W), model=key, cell=cell,
@@ -276,12 +290,13 @@ def network_input(region: np.ndarray, extractor):
     return x.to(extractor.torch_device).contiguous(memory_format=torch.channels_last)
 
 
-def gradcam(region: np.ndarray, extractor, probes: Mapping[str, Mapping[str, np.ndarray]]
-            ) -> dict[str, tuple[np.ndarray, float, float, tuple[int, int]]]:
+def gradcam(region: np.ndarray, extractor, probes: Mapping[str, Mapping[str, np.ndarray]],
+            max_side: int | None = None) -> dict[str, tuple[np.ndarray, float, float, tuple[int, int]]]:
     """Grad-CAM of each probe's ALL logit on ``region`` (RGB uint8 (h, w, 3)) through the networks
     of ``extractor`` (a :class:`trainer.vision.features.FeatureExtractor`).
 
-    Returns backbone -> (heatmap (h, w) float32 in [0, 1], its maximum before normalising (logit
+    Returns backbone -> (heatmap (h, w) float32 in [0, 1] (scaled down to ``max_side`` on its longer
+    side where given), its maximum before normalising (logit
     units per map cell), the probe's logit, (rows, cols) of the feature map)."""
     import torch
     from torch.nn import functional as F
@@ -289,6 +304,9 @@ def gradcam(region: np.ndarray, extractor, probes: Mapping[str, Mapping[str, np.
     x = network_input(region, extractor)
     models = extractor.models()
     h, w = region.shape[:2]
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        h, w = max(1, round(h * s)), max(1, round(w * s))
     out = {}
     for b, probe in probes.items():
         net = models.get(b)
