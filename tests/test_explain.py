@@ -43,6 +43,7 @@ def test_training_stores_a_probe_per_backbone_and_model(tiny_bundle, tiny_traini
             d = BACKBONES[name]
             assert [p[k].shape for k in PROBE_PARTS] == [(d,), (d,), (d,), (1,)]
             assert np.all(p["scale"] > 0) and np.any(p["coef"] != 0)
+            assert p["reference"].ndim == 3 and p["reference"].shape[0] == d  # mean map of training images
         report = tiny_training.card["models"][key]["explanation_probes"]
         assert set(report) == set(BACKBONES) and all(r["n_train"] > 0 for r in report.values())
 
@@ -59,6 +60,23 @@ def test_heatmaps_of_a_crop_cover_it_in_0_1(tiny_predictor):
         assert ex.full(name).shape == (64, 64)
     assert ex.nucleus_mask is not None and ex.nucleus_mask.shape == (64, 64) and ex.nucleus_mask.any()
     assert any("randomly initialised" in n for n in ex.notes)
+    assert all(ex.referenced.values()) and not any("Plain Grad-CAM" in n for n in ex.notes)
+    plain = explain(img, tiny_predictor, reference=False)
+    assert not any(plain.referenced.values())
+
+
+def test_probes_without_reference_maps_give_plain_grad_cam_and_say_so(tiny_bundle, tmp_path):
+    from trainer.inference.predictor import Predictor
+
+    b = load_bundle(tiny_bundle)
+    b.arrays = {k: v for k, v in b.arrays.items() if not k.endswith("/reference")}
+    save_bundle(tmp_path / "noref.allmodel", b)
+    p = Predictor.from_bundle(tmp_path / "noref.allmodel")
+    img, _ = make_cell_image(64, True, 11)
+    ex = explain(img, p)
+    assert not any(ex.referenced.values()) and any("Plain Grad-CAM" in n for n in ex.notes)
+    for name, hm in ex.heatmaps.items():
+        assert hm.shape == (64, 64) and 0 <= hm.min() and hm.max() <= 1
 
 
 def test_a_field_cell_is_explained_as_the_networks_saw_it_and_placed_at_its_box(tiny_predictor):
@@ -134,6 +152,10 @@ def test_damaged_probe_arrays_are_refused_clearly(tiny_bundle):
     arrays["single_cell/explain/resnet34/scale"] = np.full(512, np.nan)
     with pytest.raises(BundleError, match="damaged"):
         probes_from_arrays(arrays, "single_cell")
+    arrays = dict(load_bundle(tiny_bundle).arrays)
+    arrays["single_cell/explain/densenet121/reference"] = np.zeros((3, 2, 2), np.float32)
+    with pytest.raises(BundleError, match="densenet121.*damaged"):
+        probes_from_arrays(arrays, "single_cell")
 
 
 def test_cli_writes_the_picture(tiny_bundle, tmp_path, capsys):
@@ -189,11 +211,14 @@ def test_heatmap_peaks_inside_the_nucleus_more_often_than_chance(nucleus_model):
     heatmap maximum lies in the true nucleus mask, against chance = the nucleus' mean share of the
     crop's area (where a peak thrown at random would land).
 
-    Measured (random-init backbones, 224 px): DenseNet-121 0.45 against chance 0.19, on the ALL-like
-    crops 0.90 against 0.24 (on the normal ones none: in a normal cell the small dark nucleus is
-    evidence *against* ALL, so what little ALL evidence there is lies elsewhere); ResNet-34 0.00: its untrained layer4 has an
-    image-independent hot spot in the bottom-right cell of the 7x7 map (also on a blank image), which
-    the probe's weights turn into the peak. Both are printed with ``-s``."""
+    Measured (random-init backbones, 224 px): DenseNet-121 0.50 against chance 0.19, on the ALL-like
+    crops 1.00 against 0.24 (on the normal ones none: in a normal cell the small dark nucleus is
+    evidence *against* ALL, so what little ALL evidence there is lies elsewhere); plain Grad-CAM
+    (``reference=False``) 0.45. ResNet-34 0.00 either way: its untrained layer4 has an
+    image-independent hot spot in the bottom-right cell of the 7x7 map (also on a blank image),
+    and what is left after centring lies at the cell's rim or outside it. The crops are centred, and
+    their centre pixel is in the nucleus in every one: a peak at the centre would score 1.0, so this
+    shows the map is not thrown off by the border, not that it finds nuclei anywhere. Printed with ``-s``."""
     from trainer.inference.predictor import Predictor
 
     p = Predictor.from_bundle(nucleus_model, device="cpu")

@@ -7,7 +7,7 @@ Layout (format ``allgui-model``, version 2)::
                            (skops: no code runs on load)
     arrays.safetensors     numpy arrays, per model key ``<key>/validation/...``, ``<key>/test/...``,
                            ``<key>/stain_reference``; ``probe/<backbone>`` fingerprints; optional
-                           explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept}``
+                           explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept,reference}``
                            (plain float arrays, see :mod:`trainer.inference.explain`): bundles written before
                            them load and predict unchanged, they only cannot show heatmaps
 

@@ -16,14 +16,23 @@ global-average-pooled features. The heatmap of a backbone is Grad-CAM of its pro
    pooling pools (DenseNet-121: ReLU of ``features``; ResNet-34: ``layer4``), h = w = input / 32;
 3. the probe's ALL logit ``z = ((mean_hw A - mean) / scale) . coef + intercept`` is backpropagated
    to ``A``; the channel weights are the spatial means of the gradients;
-4. the map ``ReLU(sum_c weight_c A_c)`` (in units of the probe's logit per feature-map cell) is
-   upsampled bilinearly to the explained region and divided by its maximum, so it lies in [0, 1]
-   (all zeros where nothing in the region raised the ALL logit).
+4. the map ``ReLU(sum_c weight_c (A_c - R_c))`` (in units of the probe's logit per feature-map
+   cell) is upsampled bilinearly to the explained region and divided by its maximum, so it lies in
+   [0, 1] (all zeros where nothing in the region raised the ALL logit).
+
+``R`` (C, h, w), the *reference*, is the mean feature map of (up to ``REFERENCE_IMAGES``) training
+images, stored with the probe. Plain Grad-CAM (``R = 0``) shows what a map holds in every image as
+well: untrained (random-init) networks have strong fixed patterns at the image border (ResNet-34's
+layer4 peaks in its bottom-right cell even on a blank image, DenseNet-121's in a corner at some
+input sizes), and those swamp the few channels that tell the classes apart. Centred on the
+reference, the map's cells (before ReLU) add up to exactly the probe's logit less its intercept,
+and a pattern common to all images cancels. ``explain(reference=False)`` gives plain Grad-CAM.
 
 Importing this module is cheap (no torch): the app's views use its captions and colour maps.
 
 Probes are stored in the bundle as plain arrays (``<model key>/explain/<backbone>/mean``,
-``scale``, ``coef`` (D,) and ``intercept`` (1,), see :mod:`trainer.inference.bundle`). Bundles written before
+``scale``, ``coef`` (D,), ``intercept`` (1,) and ``reference`` (D, h, w), see
+:mod:`trainer.inference.bundle`). Bundles written before
 probes existed load and predict as before; explaining with one raises :class:`NoProbesError`.
 """
 from __future__ import annotations
@@ -40,6 +49,8 @@ from trainer.util.errors import AllguiError, BundleError
 #: inverse L2 strength of the probes' logistic regressions (on standardised features)
 PROBE_C = 0.05
 PROBE_PARTS = ("mean", "scale", "coef", "intercept")
+#: training images whose mean feature map is a probe's reference (evenly spread over the split)
+REFERENCE_IMAGES = 64
 #: display names of the backbones
 BACKBONE_LABELS = {"densenet121": "DenseNet-121", "resnet34": "ResNet-34"}
 CAPTION = "Heatmap: where the network looked, not why it is right."
@@ -100,10 +111,35 @@ def _logit(probe: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     return ((X - probe["mean"]) / probe["scale"]) @ probe["coef"] + float(probe["intercept"][0])
 
 
-def probe_arrays(key: str, probes: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The bundle arrays of model ``key``'s probes: ``<key>/explain/<backbone>/<part>``."""
-    return {f"{key}/explain/{b}/{part}": np.asarray(p[part], dtype=np.float64)
-            for b, p in probes.items() for part in PROBE_PARTS}
+def reference_maps(extractor, images, cancel=None) -> dict[str, np.ndarray]:
+    """``{backbone: (C, h, w) float32}``: the mean last feature map of ``images`` (RGB arrays or
+    paths), pre-processed as prediction does it, in float32 (see the module docstring)."""
+    from trainer.io.imageio import read_image
+
+    sums: dict[str, Any] = {}
+    n = 0
+    for item in images:
+        if cancel is not None and cancel():
+            from trainer.util.errors import Cancelled
+            raise Cancelled("Training was cancelled; nothing was written.")
+        x = network_input(read_image(item) if isinstance(item, (str, os.PathLike)) else item, extractor)
+        for b, net in extractor.models().items():
+            m = feature_map(net, b, x)[0]
+            sums[b] = m if b not in sums else sums[b] + m
+        n += 1
+    return {b: (v / max(n, 1)).cpu().numpy().astype(np.float32) for b, v in sums.items()}
+
+
+def probe_arrays(key: str, probes: Mapping[str, Mapping[str, np.ndarray]],
+                 references: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The bundle arrays of model ``key``'s probes (and their reference maps):
+    ``<key>/explain/<backbone>/<part>``."""
+    out = {f"{key}/explain/{b}/{part}": np.asarray(p[part], dtype=np.float64)
+           for b, p in probes.items() for part in PROBE_PARTS}
+    for b, ref in (references or {}).items():
+        if b in probes:
+            out[f"{key}/explain/{b}/reference"] = np.asarray(ref, dtype=np.float32)
+    return out
 
 
 def probes_from_arrays(arrays: Mapping[str, np.ndarray], key: str, name: str = "the model"
@@ -125,6 +161,13 @@ def probes_from_arrays(arrays: Mapping[str, np.ndarray], key: str, name: str = "
         if not ok or not np.all(np.asarray(parts["scale"]) > 0):
             raise BundleError(f"The explanation probe for {b} in {name} is damaged; retrain the model.")
         probes[b] = {part: np.asarray(v, dtype=np.float64) for part, v in parts.items()}
+        ref = arrays.get(f"{prefix}{b}/reference")
+        if ref is not None:
+            ref = np.asarray(ref)
+            if (ref.ndim != 3 or ref.shape[0] != d or min(ref.shape) < 1 or ref.dtype.kind != "f"
+                    or not np.all(np.isfinite(ref))):
+                raise BundleError(f"The explanation probe for {b} in {name} is damaged; retrain the model.")
+            probes[b]["reference"] = ref.astype(np.float32)
     return probes
 
 
@@ -156,6 +199,7 @@ class Explanation:
     - ``image_shape``: (H, W) of the image; ``model``: key of the model whose probes were used;
       ``cell``: -1 for the whole image, else the index of the white cell explained.
     - ``nucleus_mask``: (h, w) bool over the region, the nuclei the segmentation found, or None.
+    - ``referenced``: backbone -> whether its map was centred on the probe's reference map.
     - ``seconds``: wall time of the networks' part.
     """
 
@@ -168,6 +212,7 @@ class Explanation:
     model: str = "any"
     cell: int = -1
     nucleus_mask: np.ndarray | None = None
+    referenced: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -217,7 +262,7 @@ def _predictor(model, device: str):
 
 
 def explain(image, model, cell: int | None = None, prediction=None, device: str = "auto",
-            max_side: int | None = None) -> Explanation:
+            max_side: int | None = None, reference: bool = True) -> Explanation:
     """Grad-CAM heatmaps of every backbone for the ALL class (see the module docstring).
 
     ``image``: RGB uint8 array (H, W, 3) or a file path. ``model``: a
@@ -227,6 +272,7 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
     ``cell``: index of a white cell of a smear field (its crop is explained, as the networks saw
     it), or None / -1 for the whole image. ``max_side``: make the maps at most this many pixels
     on their longer side (a smear field's full-size maps are large; the maps are smooth anyway).
+    ``reference=False``: plain Grad-CAM, not centred on the training images' mean map.
 
     Runs in float32 without autocast; the networks are the predictor's own, so call it from the
     thread that runs predictions. Raises :class:`NoProbesError` for a model without probes,
@@ -259,15 +305,19 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
     ex = predictor.extractors[key]
     region = img[y:y + h, x:x + w]
     t0 = time.perf_counter()
-    maps = gradcam(region, ex, probes, max_side)
+    maps = gradcam(region, ex, probes, max_side, reference)
     out = Explanation(region=(x, y, w, h), heatmaps={b: m[0] for b, m in maps.items()},
                       peak_logit={b: m[1] for b, m in maps.items()}, logits={b: m[2] for b, m in maps.items()},
                       map_size={b: m[3] for b, m in maps.items()}, image_shape=(H, W), model=key, cell=cell,
+                      referenced={b: m[4] for b, m in maps.items()},
                       nucleus_mask=None if mask is None else np.asarray(mask, bool)[y:y + h, x:x + w].copy(),
                       seconds=time.perf_counter() - t0)
     missing = [b for b in ex.networks if b not in probes]
     if missing:
         out.notes.append(f"No probe for {', '.join(BACKBONE_LABELS.get(b, b) for b in missing)}.")
+    if reference and not all(out.referenced.values()):
+        out.notes.append("Plain Grad-CAM (this model's probes have no reference map): patterns the networks "
+                         "show in every image, e.g. at its border, are not cancelled.")
     if str(predictor.config.weights).lower() == "none" and not predictor.bundle.backbone_state:
         out.notes.append(RANDOM_INIT_NOTE)
     return out
@@ -291,13 +341,15 @@ def network_input(region: np.ndarray, extractor):
 
 
 def gradcam(region: np.ndarray, extractor, probes: Mapping[str, Mapping[str, np.ndarray]],
-            max_side: int | None = None) -> dict[str, tuple[np.ndarray, float, float, tuple[int, int]]]:
+            max_side: int | None = None, reference: bool = True
+            ) -> dict[str, tuple[np.ndarray, float, float, tuple[int, int], bool]]:
     """Grad-CAM of each probe's ALL logit on ``region`` (RGB uint8 (h, w, 3)) through the networks
     of ``extractor`` (a :class:`trainer.vision.features.FeatureExtractor`).
 
     Returns backbone -> (heatmap (h, w) float32 in [0, 1] (scaled down to ``max_side`` on its longer
     side where given), its maximum before normalising (logit
-    units per map cell), the probe's logit, (rows, cols) of the feature map)."""
+    units per map cell), the probe's logit, (rows, cols) of the feature map, whether the map was
+    centred on the probe's reference map)."""
     import torch
     from torch.nn import functional as F
 
@@ -322,12 +374,15 @@ def gradcam(region: np.ndarray, extractor, probes: Mapping[str, Mapping[str, np.
             logit = ((gap - mean) / scale) @ coef + float(probe["intercept"][0])
             (grad,) = torch.autograd.grad(logit, A)
         weights = grad.mean(dim=(2, 3), keepdim=True)       # (1, C, 1, 1): spatial mean of the gradients
-        cam = F.relu((weights * A.detach()).sum(dim=1, keepdim=True))   # (1, 1, m, n)
+        R = probe.get("reference") if reference else None
+        centred = R is not None and tuple(R.shape) == tuple(A.shape[1:])
+        act = A.detach() - torch.as_tensor(R, device=dev)[None] if centred else A.detach()
+        cam = F.relu((weights * act).sum(dim=1, keepdim=True))          # (1, 1, m, n)
         peak = float(cam.max())
         up = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         up = up / up.max() if float(up.max()) > 0 else torch.zeros_like(up)
         out[b] = (up.clamp_(0, 1).cpu().numpy().astype(np.float32), peak, float(logit.detach()),
-                  (int(A.shape[2]), int(A.shape[3])))
+                  (int(A.shape[2]), int(A.shape[3])), centred)
     return out
 
 

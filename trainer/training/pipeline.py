@@ -17,7 +17,7 @@ import numpy as np
 from trainer.classical.model import AllModel, KindModels, fit_model, subset
 from trainer.config import TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
-from trainer.inference.explain import fit_probes, probe_arrays
+from trainer.inference.explain import REFERENCE_IMAGES, fit_probes, probe_arrays, reference_maps
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import CLASS_NAMES, Dataset, load_dataset, merge_datasets, split_train_val_test
 from trainer.stats import metrics
@@ -315,7 +315,10 @@ def train(config: TrainConfig, progress: Progress | None = None,
         # explanation probes: one logistic regression per backbone on its own training features
         probes, probe_report = fit_probes(subset(feats, ltr), y[tr], config.backbones,
                                           subset(feats, lva), y[va], seed=config.seed)
-        arrays.update(probe_arrays(key, probes))
+        say(a + 0.95 * span, f"Reference maps of the {name}'s explanation probes")
+        pick = np.linspace(0, len(tr) - 1, min(REFERENCE_IMAGES, len(tr))).round().astype(int)
+        references = reference_maps(extractor, [paths[i] for i in tr[np.unique(pick)]], cancel)
+        arrays.update(probe_arrays(key, probes, references))
         if ref is not None:
             arrays[f"{key}/stain_reference"] = np.asarray(ref, dtype=np.float64)
         arrays.update({f"{key}/validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
