@@ -38,6 +38,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="white cell of a smear field to explain, numbered as in the cell column of predict's "
                         "CSV (0 = the first); default: a field's most suspicious cell where its cells decide, "
                         "else the whole image")
+    e.add_argument("--plain", action="store_true",
+                   help="plain Grad-CAM: do not centre the maps on the training images' mean feature map (which "
+                        "cancels patterns a network shows in every image, e.g. at its border)")
     e.add_argument("--opacity", type=_opacity, default=0.45, help="heatmap opacity, 0..1 (default: %(default)s)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.set_defaults(func=run)
@@ -60,7 +63,7 @@ def run(a) -> int:
     require_probes(predictor)  # before the image is analysed
     prediction = predictor.predict(image, path=str(a.image))
     cell = target_cell(prediction) if a.cell is None else a.cell
-    ex = explain(image, predictor, cell=cell, prediction=prediction)
+    ex = explain(image, predictor, cell=cell, prediction=prediction, reference=not a.plain)
     shown = prediction.whole if cell < 0 else prediction.cells[cell]
     threshold = predictor.thresholds.get(prediction.model, predictor.threshold)
     where = "whole image" if cell < 0 else f"cell {cell}"

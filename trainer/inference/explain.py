@@ -222,7 +222,7 @@ class Explanation:
 
     def probability(self, backbone: str) -> float:
         """The probe's P(ALL) for the region (a probe's, not the calibrated ensemble's)."""
-        return float(1.0 / (1.0 + np.exp(-self.logits[backbone])))
+        return float(0.5 * (1.0 + np.tanh(0.5 * self.logits[backbone])))  # sigmoid, without overflow
 
     def full(self, backbone: str) -> np.ndarray:
         """(H, W) float32: the heatmap placed at its region (at full size), zeros elsewhere."""
