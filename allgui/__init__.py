@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-import trainer as _trainer  # noqa: E402,F401  (sets the OpenMP wait policy before torch loads)
+import trainer as _trainer  # noqa: F401 - sets the OpenMP wait policy before torch loads

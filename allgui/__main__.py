@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Qt and the window load after the arguments are read: --help answers at once
     from PySide6.QtCore import QCoreApplication, QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     QCoreApplication.setApplicationName("allgui")
     app = QApplication.instance() or QApplication(sys.argv[:1])
 
+    # the window's modules after the QApplication exists
     from allgui.main_window import MainWindow
     from allgui.resources import samples_dir
 

@@ -1,5 +1,7 @@
-"""The analysis controller: the predictor, the queue of images to analyse, the image cache and the
-errors met on the way, kept out of the window.
+"""The analysis controller.
+
+The predictor, the queue of images to analyse, the image cache and the errors met on the way, kept out of
+the window.
 
 After Orange3's ``ConcurrentMixin``: one task at a time is started, cancelled or shut down here,
 and its outcome reaches the window as signals (the done and error callbacks). A task that a newer

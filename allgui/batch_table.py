@@ -1,6 +1,8 @@
-"""Batch table of the opened images: thumbnail, file, cells found, calibrated probability, decision,
-flagged. Sortable; selecting a row makes that image current. Rows are computed from the state at
-the current threshold, so moving the slider only repaints."""
+"""Batch table of the opened images: thumbnail, file, cells found, calibrated probability, decision, flagged.
+
+Sortable; selecting a row makes that image current. Rows are computed from the state at the current
+threshold, so moving the slider only repaints.
+"""
 from __future__ import annotations
 
 import csv
@@ -33,6 +35,8 @@ def to_qimage(image: np.ndarray) -> QImage:
     h, w = img.shape[:2]
     return QImage(img.data, w, h, 3 * w, QImage.Format_RGB888).copy()
 
+
+_ROOT = QModelIndex()  # the invisible root: a table has no parent rows
 
 class BatchModel(QAbstractTableModel):
     """Table model over ``state.paths``."""
@@ -94,13 +98,13 @@ class BatchModel(QAbstractTableModel):
         return self._rows[i]
 
     # ---- Qt model API -------------------------------------------------------------------------
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+    def rowCount(self, parent=_ROOT) -> int:
         return 0 if parent.isValid() else len(self._rows)
 
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+    def columnCount(self, parent=_ROOT) -> int:
         return len(COLUMNS)
 
-    def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation == Qt.Horizontal and role == _DISPLAY:
             return COLUMNS[section]
         return None

@@ -1,5 +1,8 @@
-"""Evaluation of a model on one of its held-out splits: ROC, precision-recall, calibration
-(reliability) curve and the confusion matrix at the model threshold, with headline numbers."""
+"""Evaluation of a model on one of its held-out splits.
+
+ROC, precision-recall, calibration (reliability) curve and the confusion matrix at the model threshold, with
+headline numbers.
+"""
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@ Observes :class:`allgui.state.AppState`; clicking a cell calls ``state.select_ce
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -199,8 +200,6 @@ class ImageView(pg.GraphicsLayoutWidget):
     # ---- picking ------------------------------------------------------------------------------
     def cell_at(self, x: float, y: float) -> int | None:
         """Index of the cell whose outline contains image point (x, y), the smallest if nested."""
-        import cv2
-
         best, best_area = None, np.inf
         for item in self.cell_items:
             c = item.contour.reshape(-1, 1, 2).astype(np.float32)

@@ -23,9 +23,12 @@ DECISION_COLOURS = {"ALL blast": (215, 25, 28), "normal": (33, 113, 181), "uncer
 
 
 def probability_colour(p: float | None, threshold: float, band: float = 0.05) -> tuple[int, int, int]:
-    """RGB 0..255 for probability ``p``: blue shades below the uncertain band (darker = surer
-    normal), amber inside ``threshold +- band``, red shades above it (darker = surer ALL);
-    neutral grey for None (a cell shown for review whose own score does not decide)."""
+    """RGB 0..255 for probability ``p``.
+
+    Blue shades below the uncertain band (darker = surer normal), amber inside ``threshold +- band``, red
+    shades above it (darker = surer ALL); neutral grey for None (a cell shown for review whose own score
+    does not decide).
+    """
     if p is None:
         return NEUTRAL
     p = float(min(1.0, max(0.0, p)))

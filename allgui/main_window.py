@@ -1,5 +1,6 @@
-"""The main window: lays out the views, the menus and the dialogs, and hands the analysis work to
-an :class:`~allgui.analysis.AnalysisController`.
+"""The main window: views, menus and dialogs laid out around an analysis controller.
+
+The analysis work goes to an :class:`~allgui.analysis.AnalysisController`.
 
 Where to add things:
 
@@ -268,14 +269,14 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         if band is not None:
             self.state.set_band(float(band))
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def showEvent(self, event) -> None:  # Qt's name
         super().showEvent(event)
         if not self._docks_sized:
             self._docks_sized = True
             if self.settings.value("window/state") is None:
                 QTimer.singleShot(0, lambda: self.resizeDocks(list(self._docks), [480, 400], Qt.Horizontal))
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def closeEvent(self, event) -> None:  # Qt's name
         if self.retrain_dialog is not None and self.retrain_dialog.running():
             if not self.retrain_dialog.close():
                 event.ignore()

@@ -77,9 +77,11 @@ def _metric_rows(metrics: dict[str, Any], prefix: str = "", groups: dict | None 
 
 
 def _headline(card: dict[str, Any]) -> str:
-    """Ensemble metrics of each model (crop model, field model) on the validation split
-    (in-sample for the threshold and calibration) and the held-out test split, and what the
-    model was trained on, in one small table."""
+    """Ensemble metrics of each model on the validation and test splits, in one small table.
+
+    Validation (in-sample for the threshold and calibration) and held-out test metrics of each model (crop
+    model, field model), and what the model was trained on.
+    """
     sections = card.get("models") or {}
     rows = []
     if sections:
@@ -103,7 +105,8 @@ def _headline(card: dict[str, Any]) -> str:
                 "or smear field), with that model's own calibration and threshold.</p>")
     if rows:
         head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE)
-        out += ("<p><b>Calibrated ensemble probability at the model threshold (the app's decision rule)</b></p><table border='1' cellspacing='0' cellpadding='4'>"
+        out += ("<p><b>Calibrated ensemble probability at the model threshold (the app's decision rule)</b></p>"
+                "<table border='1' cellspacing='0' cellpadding='4'>"
                 f"<tr><th></th>{head}</tr>{''.join(rows)}</table>")
     for note in card.get("notes") or []:
         out += f"<p><i>{html.escape(str(note))}</i></p>"

@@ -9,8 +9,11 @@ from PySide6.QtCore import QObject
 
 @contextlib.contextmanager
 def signals_blocked(*objects: QObject) -> Iterator[None]:
-    """Block the signals of ``objects`` inside the ``with`` block, then restore each one's previous
-    blocking state (so a view can mirror the state into its widgets without echoing it back)."""
+    """Block the signals of ``objects`` inside the ``with`` block.
+
+    Each one's previous blocking state comes back afterwards, so a view can mirror the state into its
+    widgets without echoing it back.
+    """
     before = [obj.blockSignals(True) for obj in objects]
     try:
         yield

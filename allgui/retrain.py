@@ -1,6 +1,8 @@
-"""Retraining from the app: the dialog (data folder, layout, positive classes, split protocol,
-weights, device), the training run in a child process, progress, log, Cancel, and on success the
-new model's evaluation with the question whether to switch to it.
+"""Retraining from the app.
+
+The dialog (data folder, layout, positive classes, split protocol, weights, device), the training run in a
+child process, progress, log, Cancel, and on success the new model's evaluation with the question whether to
+switch to it.
 
 The new model is always written to a new file (never the loaded model's path); the trainer writes
 it atomically, so a cancelled or crashed run leaves the current model loaded and its file intact.
@@ -33,7 +35,7 @@ from PySide6.QtWidgets import (
 from allgui.evaluation_view import EvaluationView
 from allgui.training_job import run_training
 from allgui.workers import ProcessTask
-from trainer.config import TrainConfig, finetune_wanted
+from trainer.config import FINETUNE_CHOICES, MIN_IMAGE_SIZE, TrainConfig, choices, describe, finetune_wanted
 
 
 def models_dir() -> Path:
@@ -53,6 +55,15 @@ def new_model_path(folder: Path | None = None, avoid: str | None = None) -> Path
         if not p.exists() and (avoid is None or Path(avoid).resolve() != p.resolve()):
             return p
     raise RuntimeError("could not find a free file name for the new model")
+
+
+def choice_box(name: str, editable: bool = False) -> QComboBox:
+    """A combo box offering the choices of config setting ``name``, its description as tooltip."""
+    box = QComboBox()
+    box.setEditable(editable)
+    box.addItems([str(c) for c in choices(name)])
+    box.setToolTip(describe(name))
+    return box
 
 
 class RetrainDialog(QDialog):
@@ -88,34 +99,29 @@ class RetrainDialog(QDialog):
         row.addWidget(self.data, 1)
         row.addWidget(browse)
         form.addRow("Data folder", row)
-        self.layout_box = QComboBox()
-        self.layout_box.addItems(["auto", "cnmc", "folders"])
-        self.layout_box.setToolTip("cnmc: all/ and hem/ folders; folders: one folder per class")
+        self.layout_box = choice_box("layout")
         form.addRow("Layout", self.layout_box)
         self.positive = QLineEdit(self.settings.value("retrain/positive", "", str))
         self.positive.setPlaceholderText("e.g. Early, Pre, Pro (folders layout; empty = automatic)")
         form.addRow("Positive (ALL) classes", self.positive)
-        self.split = QComboBox()
-        self.split.addItems(["auto", "subject", "image"])
-        self.split.setToolTip("subject: no patient in two splits (honest); image: the paper's random split")
+        self.split = choice_box("split")
         form.addRow("Split protocol", self.split)
-        self.weights = QComboBox()
-        self.weights.setEditable(True)
-        self.weights.addItems(["imagenet", "none"])
-        self.weights.setToolTip("Backbone weights: imagenet (local cache), none (random, for tests), or a file")
+        self.weights = choice_box("weights", editable=True)  # or a weights file
         form.addRow("Backbone weights", self.weights)
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device = choice_box("device")
         form.addRow("Device", self.device)
         self.size = QSpinBox()
-        self.size.setRange(32, 512)  # the smallest input both backbones accept
+        self.size.setRange(MIN_IMAGE_SIZE, 512)
         self.size.setValue(int(self.base.image_size))
         self.size.setSuffix(" px")
+        self.size.setToolTip(describe("image_size"))
         form.addRow("Network input size", self.size)
         self.finetune = QComboBox()
-        self.finetune.addItems(["auto", "on", "off"])
-        self.finetune.setToolTip("Fine-tune both backbones on the training split first (the paper's set-up: "
-                                 "Adam 1e-4, early stopping). auto = on when training on a CUDA GPU; slow on a CPU.")
+        self.finetune.addItems(list(FINETUNE_CHOICES))
+        ft = self.base.finetuning
+        self.finetune.setToolTip(f"Fine-tune both backbones on the training split first (the paper's set-up: "
+                                 f"Adam {ft.lr:g}, at most {ft.epochs} epochs, early stopping after {ft.patience}). "
+                                 "auto = on when training on a CUDA GPU; slow on a CPU.")
         form.addRow("Fine-tune backbones", self.finetune)
         lay.addLayout(form)
         for box, key in ((self.layout_box, "layout"), (self.split, "split"), (self.weights, "weights"),
@@ -284,7 +290,7 @@ class RetrainDialog(QDialog):
                                    QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         return ans == QMessageBox.Yes
 
-    def closeEvent(self, event) -> None:  # noqa: N802
+    def closeEvent(self, event) -> None:
         if self.running():
             ans = QMessageBox.question(self, "Training is running", "Stop the training run and close?",
                                        QMessageBox.Yes | QMessageBox.No, QMessageBox.No)

@@ -1,5 +1,7 @@
-"""Side panel: decision in words, raw and calibrated probability, per-classifier votes (bar chart),
-the decision-threshold slider with validation sensitivity / specificity and a small ROC plot.
+"""Side panel: the decision, the probabilities, the votes and the threshold.
+
+The decision in words, raw and calibrated probability, per-classifier votes (bar chart), the
+decision-threshold slider with validation sensitivity / specificity and a small ROC plot.
 
 Moving the slider only sets ``state.threshold``; every view re-decides from cached probabilities.
 """
@@ -208,7 +210,8 @@ class SidePanel(QWidget):
 
         self.slider.valueChanged.connect(lambda v: state.set_threshold(v / SLIDER_STEPS))
         for topic, cb in ((Topic.CURRENT, self.refresh), (Topic.PREDICTION, self._on_prediction),
-                          (Topic.SELECTION, self.refresh), (Topic.THRESHOLD, self.on_threshold), (Topic.MODEL, self.refresh)):
+                          (Topic.SELECTION, self.refresh), (Topic.THRESHOLD, self.on_threshold),
+                          (Topic.MODEL, self.refresh)):
             state.subscribe(topic, cb)
         self.on_threshold()
 
@@ -217,7 +220,8 @@ class SidePanel(QWidget):
         """Show ``predictor``'s validation ROC and operating points (None: no model).
 
         Uses ``predictor.validation_roc_for(key)``, ``operating_point(t, key)`` and
-        ``test_operating_point(t, key)`` of the active model key (the current image's model)."""
+        ``test_operating_point(t, key)`` of the active model key (the current image's model).
+        """
         self.predictor = predictor
         self._roc_key = None
         self.on_threshold()

@@ -14,10 +14,11 @@ fails at once, so a mistyped topic cannot go silently unheard.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainer.inference.results import (
     DECISION_ALL,

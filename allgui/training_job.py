@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from trainer.config import TrainConfig
+from trainer.util.plain import to_plain
 
 
 def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
                  cancel: Callable[[], bool], emit: Callable[[Any], None]) -> dict[str, Any]:
     """Child-process entry: train with ``config`` (TrainConfig as dict); picklable summary back."""
-    from trainer.training.pipeline import train
+    from trainer.training.pipeline import train  # in the child process only: the app never loads it
 
     cfg = TrainConfig.from_dict(config)
     t0 = time.perf_counter()
@@ -25,16 +27,4 @@ def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
 
 def _plain(x: Any) -> Any:
     """Dicts / lists / arrays / numbers only (safe to pickle across processes)."""
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x
-    if isinstance(x, (np.generic,)):
-        return x.item()
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
+    return to_plain(x, keep_arrays=True, strict_json=False)

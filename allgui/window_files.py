@@ -1,10 +1,14 @@
-"""What the window's File menu does: open images, folders and recent files (also by drag and drop),
-export the table as CSV and save overlay images."""
+"""What the window's File menu does.
+
+Open images, folders and recent files (also by drag and drop), export the table as CSV and save overlay
+images.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import cv2
 from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
@@ -20,8 +24,6 @@ IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All 
 def _save_overlays(items: list[tuple[str, Any, float]], folder: str, band: float, mode: str,
                    opacity: float, progress, cancel, emit) -> int:
     """Write an overlay PNG per (path, prediction, threshold) item; returns how many."""
-    import cv2  # the encoder loads with the first export, not with the window
-
     n = 0
     used: set[str] = set()
     for i, (path, pred, threshold) in enumerate(items):
@@ -32,7 +34,8 @@ def _save_overlays(items: list[tuple[str, Any, float]], folder: str, band: float
         ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         if not ok:
             raise OSError(f"Could not encode the overlay of {Path(path).name}")
-        atomic_write(out, lambda fh, data=png.tobytes(): fh.write(data), fsync=False)
+        data = png.tobytes()
+        atomic_write(out, lambda fh, data=data: fh.write(data), fsync=False)
         n += 1
         progress((i + 1) / len(items), out.name)
     return n
@@ -56,8 +59,10 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 class FilesMixin:
-    """The File menu of :class:`~allgui.main_window.MainWindow` (needs its ``state``, ``settings``,
-    ``analysis``, ``table`` and ``recent_menu``)."""
+    """The File menu of :class:`~allgui.main_window.MainWindow`.
+
+    Needs the window's ``state``, ``settings``, ``analysis``, ``table`` and ``recent_menu``.
+    """
 
     def open_dialog(self) -> None:
         start = self.settings.value("dirs/images", str(Path.home()), str)
@@ -120,11 +125,11 @@ class FilesMixin:
             a.triggered.connect(lambda _=False, p=p: self.open_files([p]))
         self.recent_menu.setEnabled(bool(rec))
 
-    def dragEnterEvent(self, event) -> None:  # noqa: N802
+    def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
 
-    def dropEvent(self, event) -> None:  # noqa: N802
+    def dropEvent(self, event) -> None:
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
         if paths:
             event.acceptProposedAction()

@@ -1,5 +1,8 @@
-"""What the window's Model menu does: load a bundle, switch to it with its own thresholds, show
-its card, an evaluation report, and the Retrain dialog."""
+"""What the window's Model menu does.
+
+Load a bundle, switch to it with its own thresholds, show its card, an evaluation report, and the Retrain
+dialog.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +18,10 @@ from trainer.util.errors import AllguiError
 
 
 class ModelMixin:
-    """The Model menu of :class:`~allgui.main_window.MainWindow` (needs its ``state``, ``settings``,
-    ``analysis``, ``side``, ``banner`` and ``model_label``)."""
+    """The Model menu of :class:`~allgui.main_window.MainWindow`.
+
+    Needs the window's ``state``, ``settings``, ``analysis``, ``side``, ``banner`` and ``model_label``.
+    """
 
     def _no_model(self, reason: str) -> None:
         self.banner.setText((reason + " " if reason else "") +

@@ -1,6 +1,8 @@
-"""One background-work mechanism for the app: a :class:`Task` with progress, partial results,
-cancel, error and finished signals, run either on a thread pool (inference, model loading) or in
-a child process (retraining: Cancel terminates it at once and a crash cannot take the window down).
+"""One background-work mechanism for the app.
+
+A :class:`Task` with progress, partial results, cancel, error and finished signals, run either on a thread
+pool (inference, model loading) or in a child process (retraining: Cancel terminates it at once and a crash
+cannot take the window down).
 
 The work is a plain function ``fn(*args, progress=..., cancel=..., emit=...)``:
   progress(fraction 0..1, message)   report progress
@@ -12,12 +14,14 @@ For process tasks ``fn`` must be importable (a module-level function) and its ar
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import queue as queue_mod
 import threading
 import traceback
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal, Slot
 
@@ -67,7 +71,7 @@ class Task(QObject):
                 except (RuntimeError, TypeError):
                     pass
 
-    def start(self) -> "Task":
+    def start(self) -> Task:
         raise NotImplementedError
 
     def _finish(self, kind: str, payload: Any = None) -> None:
@@ -91,7 +95,7 @@ class _Relay(QObject):
 
 
 class _Runnable(QRunnable):
-    def __init__(self, task: "ThreadTask") -> None:
+    def __init__(self, task: ThreadTask) -> None:
         super().__init__()
         self.task = task
         self.setAutoDelete(True)
@@ -112,7 +116,7 @@ class _Runnable(QRunnable):
             send("cancelled", None) if t.is_cancelled() else send("finished", result)
         except Cancelled:
             send("cancelled", None)
-        except BaseException as exc:  # noqa: BLE001 - everything must reach the window as a message
+        except BaseException as exc:  # everything must reach the window as a message
             send("failed", (error_message(exc), traceback.format_exc()))
 
 
@@ -127,7 +131,7 @@ class ThreadTask(Task):
         self._relay = _Relay()
         self._relay.message.connect(self._on_message, Qt.QueuedConnection)
 
-    def start(self) -> "ThreadTask":
+    def start(self) -> ThreadTask:
         self.running = True
         self.pool.start(_Runnable(self), self.priority)
         return self
@@ -158,15 +162,14 @@ def inference_pool() -> QThreadPool:
 
 
 # ---- child process ---------------------------------------------------------------------------
-def _child_main(fn: Callable[..., Any], args: tuple, kwargs: dict, q: "mp.Queue") -> None:
+def _child_main(fn: Callable[..., Any], args: tuple, kwargs: dict, q: mp.Queue) -> None:
     """Entry point of the child process: runs ``fn`` and reports through ``q``."""
-    import logging
 
     class _QueueHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             try:
                 q.put(("log", self.format(record)))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     handler = _QueueHandler()
@@ -188,7 +191,7 @@ def _child_main(fn: Callable[..., Any], args: tuple, kwargs: dict, q: "mp.Queue"
         q.put(("finished", result))
     except Cancelled:
         q.put(("cancelled", None))
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         q.put(("failed", (error_message(exc), traceback.format_exc())))
     q.close()
     q.join_thread()
@@ -216,7 +219,7 @@ class ProcessTask(Task):
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def start(self) -> "ProcessTask":
+    def start(self) -> ProcessTask:
         """Start the child from a helper thread, so spawning never stalls the event loop."""
         self._queue = self._ctx.Queue()
         self._proc = self._ctx.Process(target=_child_main, args=(self.fn, self.args, self.kwargs, self._queue),
@@ -228,7 +231,7 @@ class ProcessTask(Task):
         def launch() -> None:
             try:
                 self._proc.start()
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 self._start_error = exc
             self._started.set()
 

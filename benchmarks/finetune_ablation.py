@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from trainer.config import TrainConfig
+    from trainer.config import FinetuneConfig, TrainConfig
     from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
     from trainer.io.data import load_dataset
     from trainer.io.splits import split_train_val_test
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(data=args.data, backbones=tuple(args.backbones.split(",")), weights=args.weights,
                       image_size=args.image_size, batch_size=args.batch_size,
                       num_workers=args.num_workers, seed=args.seed, finetune=True,
-                      finetune_epochs=args.epochs, finetune_patience=args.patience,
-                      finetune_lr=args.lr)
+                      finetuning=FinetuneConfig(epochs=args.epochs, patience=args.patience, lr=args.lr))
     y = ds.labels
     print(f"{len(ds)} images ({int(y.sum())} ALL); split train/val/test {len(tr)}/{len(va)}/{len(te)}; "
           f"{args.image_size} px, weights {args.weights}, device {args.device}", flush=True)

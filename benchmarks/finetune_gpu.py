@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from trainer.config import FinetuneConfig
+    from trainer.config import FinetuneConfig, TrainConfig
     from trainer.io.synthetic import make_cell_image
     from trainer.training.finetune import finetune_backbone
     from trainer.vision.features import FeatureExtractor
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     results: dict = {"args": vars(args), "runs": []}
     for amp in ([True, False] if args.fp32 else [True]):
         for name in args.backbones.split(","):
-            cfg = FinetuneConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch_size,
-                                 image_size=args.size, num_workers=args.num_workers, amp=amp)
+            cfg = TrainConfig(image_size=args.size, num_workers=args.num_workers, batch_size=args.batch_size,
+                              finetuning=FinetuneConfig(epochs=args.epochs, patience=args.epochs, amp=amp))
             t0 = time.perf_counter()
             sd, h = finetune_backbone(name, tr, ytr, va, yva, cfg, device=dev)
             train_s = time.perf_counter() - t0

@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
             shutil.copyfile(image, p)
             t0 = time.perf_counter()
             win.open_files([str(p)])
-            _wait(app, lambda: str(p) in shown or str(p) in win.state.errors, 60)
+            _wait(app, lambda p=p: str(p) in shown or str(p) in win.state.errors, 60)
             win.repaint()                       # paint the result synchronously
             t1 = time.perf_counter()
             if i:                               # the first run warms up the networks

@@ -41,9 +41,9 @@ CODE = Path(sys.argv[sys.argv.index("--code") + 1]).resolve() if "--code" in sys
 sys.path.insert(0, str(CODE))
 
 # isort: off
-import trainer  # noqa: E402,F401  (OpenMP wait policy before torch)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import trainer  # noqa: F401 - OpenMP wait policy before torch
+import numpy as np
+import torch
 # isort: on
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -180,8 +180,6 @@ def main(argv=None) -> dict:
     out["open_ratio_to_one_forward"] = out["open_s"] / out["one_forward_s"]
 
     if a.agreement:
-        from trainer.inference.results import decide  # noqa: F401
-
         files = images_in(a.crops, a.agreement // 2, seed=1) + (
             images_in(a.fields, a.agreement - a.agreement // 2, seed=1) if a.fields else [])
         bf = load(model, "bf16")
@@ -204,7 +202,7 @@ def main(argv=None) -> dict:
         files = images_in(a.fields, a.rss, seed=2)
         trace = []
 
-        def emit(rows, seen=[0]):
+        def emit(rows, seen=[0]):  # noqa: B006 - a counter kept between calls
             seen[0] += sum(1 for r in rows if r.get("cell", "image") == "image" or "error" in r)
             trace.append((seen[0], rss_mb()))
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from trainer.classical.model import AllModel, KindModels
-from trainer.inference import bundle
 from trainer.inference.bundle import LEGACY_MODULES, current_type_names, load_bundle
 from trainer.util.errors import BundleError
 

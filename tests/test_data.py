@@ -1,11 +1,13 @@
 """Data folders (C-NMC and class-folder layouts, labels.csv) and the seeded splits."""
 import csv
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from trainer.io.data import Dataset, Sample, detect_layout, load_dataset, parse_cnmc_subject
+from trainer.io.data import detect_layout, load_dataset, parse_cnmc_subject
+from trainer.io.samples import Dataset, Sample
 from trainer.io.splits import cv_folds, default_protocol, max_folds, split_train_val_test
 from trainer.util.errors import DataError
 
@@ -144,8 +146,8 @@ def test_folders_need_a_mapping_unless_names_say_it(tmp_path):
 def test_folders_labels_csv_with_groups(tmp_path):
     _folders(tmp_path, {"Benign": 4, "Early": 4})
     _img(tmp_path / "Early" / "extra.png")
-    rows = [("Benign/Benign_%02d.png" % i, "Benign", 0, f"b{i // 2}") for i in range(4)]
-    rows += [("Early/Early_%02d.png" % i, "Early", 1, f"e{i // 2}") for i in range(4)]
+    rows = [(f"Benign/Benign_{i:02d}.png", "Benign", 0, f"b{i // 2}") for i in range(4)]
+    rows += [(f"Early/Early_{i:02d}.png", "Early", 1, f"e{i // 2}") for i in range(4)]
     rows += [("Early/gone.png", "Early", 1, "e9")]
     with open(tmp_path / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -375,3 +377,15 @@ def test_split_with_strata_keeps_small_source_classes_in_training():
         for part in (tr, va, te):
             assert {"0:hem", "1:all"} <= set(strata[part])
         assert not set(groups[tr]) & set(groups[te]) and not set(groups[va]) & set(groups[te])
+
+
+def test_one_answer_to_whether_every_sample_has_a_group():
+    from trainer.io.samples import Sample, group_ids, sample_groups
+    from trainer.io.splits import default_protocol
+
+    assert list(group_ids(["a", "b"])) == ["a", "b"]
+    for missing in ([], ["a", None], ["a", ""], ["a", float("nan")], None):
+        assert group_ids(missing) is None
+        assert default_protocol(missing) == "image"
+    s = [Sample(Path("x.png"), 1, "ALL", "s1"), Sample(Path("y.png"), 0, "hem", None)]
+    assert sample_groups(s) is None and sample_groups(s[:1]).tolist() == ["s1"]

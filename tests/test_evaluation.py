@@ -8,7 +8,7 @@ from scipy import stats as sps
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from trainer.classical.model import fit_model, subset
-from trainer.config import TrainConfig
+from trainer.config import FinetuneConfig, TrainConfig
 from trainer.evaluation import (
     ENSEMBLE,
     ENSEMBLE_CAL,
@@ -17,7 +17,8 @@ from trainer.evaluation import (
     run_evaluation,
     write_report,
 )
-from trainer.io.data import Sample, split_train_val_test
+from trainer.io.samples import Sample
+from trainer.io.splits import split_train_val_test
 from trainer.util.errors import Cancelled
 
 CLASSIFIERS = ("svm", "knn", "mlp")  # the slow tree ensembles are left out to keep tests fast
@@ -156,7 +157,7 @@ def test_report_files_json_and_markdown_agree(leak_run, tmp_path):
     md = paths["markdown"].read_text()
     h = data["protocols"]["subject"]["holdout"]
     svm = h["rows"]["svm"]
-    row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
+    row = next(line for line in md.splitlines() if line.startswith("| SVM |"))
     assert f"{100 * svm['accuracy']:.1f}" in row
     k = svm["n_groups"]
     assert svm["ci_method"] == "group"
@@ -205,7 +206,7 @@ def test_report_compares_frozen_and_finetuned_features(tmp_path):
                          n_subjects=5)
     cfg = TrainConfig(data=str(root), backbones=("resnet34",), image_size=32, batch_size=8,
                       num_workers=0, device="cpu", classifiers=("knn", "svm"), seed=0,
-                      finetune_epochs=1)
+                      finetuning=FinetuneConfig(epochs=1))
     out = run_evaluation(cfg, tmp_path / "report", n_boot=50, n_folds=2, protocols=("subject",),
                          ablation=False, finetune_ablation=True)
     ft = json.loads(out.json_path.read_text())["finetune_ablation"]
@@ -255,7 +256,7 @@ def test_group_bootstrap_holm_and_source_warnings_reach_results_and_report(tmp_p
     data = json.loads(paths["json"].read_text())
     assert data["protocols"]["subject"]["holdout"]["rows"]["svm"]["n_groups"] == {"0": n0, "1": n1}
     assert "**Warnings**" in md and cv["warnings"][0] in md
-    row = next(l for l in md.splitlines() if l.startswith("| SVM |"))
+    row = next(line for line in md.splitlines() if line.startswith("| SVM |"))
     assert f"; {n0}/{n1} groups)" in row
     assert "Holm p" in md
 
@@ -294,3 +295,13 @@ def test_variant_ablation_is_scored_per_image_kind_with_subject_intervals():
         assert with_nucleus > paper
     text = "\n".join(_variants_md(out))
     assert "single-cell crops: 60 images, 6 ALL / 6 normal subjects" in text and "group)" in text
+
+
+def test_one_conversion_to_plain_values_for_json_and_for_the_app():
+    from trainer.util.plain import to_jsonable, to_plain
+
+    a = np.array([1.0, np.nan])
+    data = {1: (np.int64(2), np.float32(np.inf), a, np.bool_(True), Path("p"))}
+    assert to_jsonable(data) == {"1": [2, None, [1.0, None], True, "p"]}
+    kept = to_plain(data, keep_arrays=True, strict_json=False)["1"]
+    assert kept[2] is a and kept[1] == float("inf")

@@ -43,11 +43,14 @@ def data():
     return tr, ytr, va, yva
 
 
-def _cfg(**kw) -> FinetuneConfig:
-    base = dict(epochs=3, patience=5, lr=3e-4, batch_size=8, image_size=SIZE, num_workers=0,
-                seed=1, deterministic=True, channels_last=True)
-    base.update(kw)
-    return FinetuneConfig(**base)
+def _cfg(**kw) -> TrainConfig:
+    """A small, deterministic fine-tuning run: the TrainConfig with its fine-tuning part."""
+    shared = {k: kw.pop(k) for k in ("image_size", "seed", "weights", "gamma", "num_workers", "batch_size")
+              if k in kw}
+    ft = dict(epochs=3, patience=5, lr=3e-4, deterministic=True, channels_last=True)
+    ft.update(kw)
+    return TrainConfig(**{**dict(image_size=SIZE, num_workers=0, seed=1, batch_size=8), **shared},
+                       finetuning=FinetuneConfig(**ft))
 
 
 @pytest.fixture(scope="module")
@@ -204,11 +207,15 @@ def test_sampler_shards_cover_every_sample_once_per_epoch():
 
 
 def test_config_from_train_config_and_bad_inputs(data):
-    tc = TrainConfig(finetune_epochs=7, finetune_patience=2, finetune_lr=5e-4, image_size=64, seed=4)
-    cfg = FinetuneConfig.from_train_config(tc)
-    assert (cfg.epochs, cfg.patience, cfg.lr, cfg.image_size, cfg.seed) == (7, 2, 5e-4, 64, 4)
-    assert cfg.weight_decay == pytest.approx(1e-3) and cfg.batch_size == 32
-    assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+    tc = TrainConfig(finetuning=FinetuneConfig(epochs=7, patience=2, lr=5e-4), image_size=64, seed=4)
+    run = tc.finetune_summary()
+    assert (run["epochs"], run["patience"], run["lr"], run["image_size"], run["seed"]) == (7, 2, 5e-4, 64, 4)
+    assert run["weight_decay"] == pytest.approx(1e-3) and run["batch_size"] == 32
+    assert TrainConfig.from_dict(tc.to_dict()) == tc
+    # bundles written before the nesting store flat finetune_* keys
+    old = {k: v for k, v in tc.to_dict().items() if k != "finetuning"}
+    old.update(finetune_epochs=7, finetune_patience=2, finetune_lr=5e-4)
+    assert TrainConfig.from_dict(old) == tc
     tr, _, va, yva = data
     with pytest.raises(DataError, match="only one class"):
         finetune_backbone(NAME, tr, [1] * len(tr), va, yva, _cfg(), device="cpu")

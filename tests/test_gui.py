@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QPointF, QSettings, Qt, QTimer  # noqa: E402
-from PySide6.QtWidgets import QMessageBox  # noqa: E402
+from PySide6.QtCore import QPointF, QSettings, Qt, QTimer
+from PySide6.QtWidgets import QMessageBox
 
-from allgui.main_window import MainWindow  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN  # noqa: E402
-from trainer.io.synthetic import make_cell_image, make_smear_field  # noqa: E402
+from allgui.main_window import MainWindow
+from trainer.config import TrainConfig
+from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
+from trainer.io.synthetic import make_cell_image, make_smear_field
 
 DECISIONS = {DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN}
 

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from allgui.workers import ProcessTask, ThreadTask  # noqa: E402
-from trainer.util.errors import Cancelled, DataError  # noqa: E402
+from allgui.workers import ProcessTask, ThreadTask
+from trainer.util.errors import Cancelled, DataError
 
 
 def count_to(n, progress, cancel, emit):

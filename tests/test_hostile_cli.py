@@ -45,7 +45,8 @@ def counting(tiny_predictor, monkeypatch):
         return real(items, *a, **k)
 
     monkeypatch.setattr(tiny_predictor, "predict_batch", predict_batch)
-    monkeypatch.setattr("trainer.inference.predictor.Predictor.from_bundle", classmethod(lambda cls, *a, **k: tiny_predictor))
+    monkeypatch.setattr("trainer.inference.predictor.Predictor.from_bundle",
+                        classmethod(lambda cls, *a, **k: tiny_predictor))
     return calls
 
 

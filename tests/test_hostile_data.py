@@ -8,7 +8,6 @@ import pytest
 from trainer.cli.main import main
 from trainer.io.data import load_dataset
 from trainer.io.synthetic import write_dataset
-from trainer.util.errors import DataError
 
 
 @pytest.fixture

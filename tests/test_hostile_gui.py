@@ -5,10 +5,8 @@ import csv
 import io
 import json
 import os
-import shutil
 import time
 import zipfile
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,9 +14,9 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from tests.test_gui import boxes, images, window  # noqa: E402,F401 (fixtures)
-from tests.test_hostile_input import png_claiming  # noqa: E402
-from trainer.inference.results import DECISION_NOT_ASSESSABLE  # noqa: E402
+from tests.test_gui import boxes, images, window  # noqa: F401 - pytest fixtures
+from tests.test_hostile_input import png_claiming
+from trainer.inference.results import DECISION_NOT_ASSESSABLE
 
 
 def test_huge_png_gives_a_message_at_once(qtbot, window, tmp_path, boxes):

@@ -6,6 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from trainer.config import FinetuneConfig
 from trainer.inference.bundle import load_bundle, read_manifest, save_bundle
 from trainer.inference.predictor import Predictor
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
@@ -98,7 +99,7 @@ def test_tampered_truncated_and_foreign_bundles_are_refused(tiny_bundle, tmp_pat
     with pytest.raises(BundleError, match="not an allgui model"):
         load_bundle(foreign)
     # a consistent-looking bundle whose model part is replaced by a pickle is refused, not run
-    import hashlib  # noqa: E401
+    import hashlib
     import json
     import pickle
     evil = pickle.dumps(print)
@@ -160,7 +161,8 @@ def test_one_class_folder_and_unreadable_files(tiny_config, tmp_path):
 
 
 def test_finetuned_backbones_travel_in_the_bundle(tiny_config, tmp_path):
-    cfg = dataclasses.replace(tiny_config, image_size=32, finetune=True, finetune_epochs=1,
+    cfg = dataclasses.replace(tiny_config, image_size=32, finetune=True,
+                              finetuning=FinetuneConfig(epochs=1),
                               output=str(tmp_path / "ft.allmodel"), cache_dir=None,
                               classifiers=("svm", "knn"))
     result = train(cfg)

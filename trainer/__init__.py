@@ -1,5 +1,7 @@
-"""allgui trainer: the ML core (pre-processing, segmentation, deep features, ensemble, calibration,
-evaluation) and its command-line interface. Knows nothing of Qt."""
+"""allgui trainer: the ML core and its command-line interface.
+
+Pre-processing, segmentation, deep features, ensemble, calibration, evaluation. Knows nothing of Qt.
+"""
 import os as _os
 
 __version__ = "0.1.0"

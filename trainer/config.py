@@ -1,20 +1,56 @@
-"""One configuration object for a training run, stored in every model bundle and checkpoint."""
+"""The one source of truth for settings.
+
+:class:`TrainConfig` with its fine-tuning part nested as :class:`FinetuneConfig`.
+
+Every default, every set of choices and every short description lives here, in the dataclass
+fields (``metadata`` keys ``choices`` and ``help``). The command line builds its options from them
+(:func:`choices`, :func:`describe`) and so does the app's Retrain dialog; nothing restates a
+default. A config is stored in every model bundle and checkpoint as JSON (:meth:`TrainConfig.to_dict`)
+and read back by :meth:`TrainConfig.from_dict`, which also reads the flat ``finetune_*`` keys that
+bundles written before the nesting hold. :meth:`TrainConfig.validate` refuses values that cannot work,
+with a message for a person.
+
+This module is light to import (no numpy, no torch), so the command line can show ``--help`` fast.
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from trainer.util.errors import AllguiError
 
 CLASSIFIER_NAMES = ("svm", "knn", "rf", "adaboost", "mlp")
 BACKBONE_NAMES = ("densenet121", "resnet34")
-#: choices of TrainConfig fields, kept here (no heavy imports) for the command line
 CALIBRATE_ON = ("validation", "cross-fit")   # trainer.classical.model
 COMBINERS = ("weighted", "stacked")          # trainer.classical.stacking
 STAIN_METHODS = ("none", "reinhard")         # trainer.vision.stain
+LAYOUTS = ("auto", "cnmc", "folders")
+PROTOCOLS = ("subject", "image")            # grouped by subject, or the paper's image-level split
+SPLITS = ("auto", *PROTOCOLS)
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+CALIBRATIONS = ("auto", "platt", "isotonic")
+WEIGHTS = ("none", "imagenet")               # or the path of a state_dict file
+FINETUNE_CHOICES = ("auto", "on", "off")     # the tri-state the command line and the app offer
+GAMMA_RANGE = (0.8, 1.2)                     # eq. 1
+MIN_IMAGE_SIZE = 32                          # the smallest input both backbones accept
+
+
+class ConfigError(AllguiError):
+    """A setting that cannot work (an unknown choice, a value out of range)."""
+
+
+def _opt(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, help: str = "",
+         factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its choices and a one-line description in ``metadata``."""
+    meta = {"choices": choices, "help": help}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def default_cache_dir() -> str:
@@ -24,13 +60,62 @@ def default_cache_dir() -> str:
 
 
 def finetune_wanted(choice: str, device: str) -> bool:
-    """Resolve --finetune auto|on|off: auto fine-tunes when training will run on a CUDA GPU."""
+    """Resolve the ``auto|on|off`` fine-tuning choice: auto fine-tunes when training will run on CUDA."""
     if choice != "auto":
         return choice == "on"
     if device == "cpu":
         return False
     import torch  # only when asked: reading the settings must not load torch
+
     return bool(torch.cuda.is_available())
+
+
+@dataclass
+class FinetuneConfig:
+    """How the backbones are fine-tuned (defaults.
+
+    The paper's set-up), nested in :class:`TrainConfig` as ``finetuning``.
+
+    Image size, gamma, initial weights, seed, workers and (unless ``batch_size`` is set) the batch
+    size are the enclosing TrainConfig's: they are not restated here.
+    """
+
+    epochs: int = _opt(50, help="fine-tuning epochs at most")
+    patience: int = _opt(10, help="early-stopping patience in epochs (validation loss)")
+    min_delta: float = _opt(0.0, help="an epoch improves when the validation loss drops by more than this")
+    lr: float = _opt(1e-4, help="Adam learning rate for fine-tuning")
+    weight_decay: float = _opt(1e-3, help="Adam weight decay for fine-tuning")
+    batch_size: int | None = _opt(None, help="batch per process when fine-tuning (default: the batch size)")
+    amp: bool = _opt(True, help="mixed precision on CUDA (bf16 where supported, else fp16)")
+    deterministic: bool = _opt(False, help="deterministic fine-tuning (slower)")
+    channels_last: bool | None = _opt(None, help="channels_last memory format (default: on CUDA only)")
+    sync_bn: bool = _opt(False, help="SyncBatchNorm under DDP on CUDA")
+    checkpoint_dir: str | None = _opt(None, help="fine-tuning checkpoints, one per epoch; a rerun resumes")
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for settings that cannot work."""
+        if int(self.epochs) < 1:
+            raise ConfigError(f"Fine-tuning needs at least 1 epoch, not {self.epochs}.")
+        if int(self.patience) < 1:
+            raise ConfigError(f"Early-stopping patience must be at least 1 epoch, not {self.patience}.")
+        if not float(self.lr) >= 0:
+            raise ConfigError(f"The fine-tuning learning rate must be >= 0, not {self.lr}.")
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise ConfigError(f"The fine-tuning batch size must be at least 1, not {self.batch_size}.")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
+        """The settings in ``d``; unknown keys (of other versions) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: flat keys of configs written before fine-tuning was nested -> FinetuneConfig field
+LEGACY_FINETUNE_KEYS = {
+    "finetune_epochs": "epochs", "finetune_patience": "patience", "finetune_lr": "lr",
+    "finetune_weight_decay": "weight_decay", "finetune_amp": "amp",
+    "finetune_deterministic": "deterministic", "finetune_checkpoint_dir": "checkpoint_dir",
+}
 
 
 @dataclass
@@ -40,46 +125,57 @@ class TrainConfig:
     Paths are kept as strings so the config round-trips through JSON unchanged.
     """
 
-    data: str | list[str] = ""          # dataset root folder, or several merged by subject id
-    layout: str = "auto"                # "auto", "cnmc" or "folders"
-    positive: list[str] | None = None   # class folder names counted as ALL (folders layout)
-    labels_csv: str | None = None       # optional labels.csv (path, label/class, group)
-    group_column: str | None = None     # column of labels.csv holding subject / group ids
-    split: str = "auto"                 # "subject" (grouped), "image" (paper) or "auto"
-    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / validation / test
-    backbones: tuple[str, ...] = BACKBONE_NAMES
-    weights: str = "none"               # "none", "imagenet" or a local state_dict file
-    image_size: int = 224               # network input, pixels (square)
-    gamma: float = 1.0                  # gamma correction, eq. (1), in [0.8, 1.2]
-    batch_size: int = 32
-    num_workers: int | None = None      # DataLoader workers; None = automatic
-    device: str = "auto"                # "auto", "cpu" or "cuda"
-    precision: str = "auto"             # feature extraction: "auto", "fp32" or "bf16" (see FeatureExtractor)
-    pca: bool = True                    # PCA keeping `pca_variance` of the variance
-    pca_variance: float = 0.98
-    classifiers: tuple[str, ...] = CLASSIFIER_NAMES
-    calibration: str = "auto"           # "auto" (lower validation Brier), "platt" or "isotonic"
-    combiner: str = "weighted"          # ensemble score: "weighted" (eq. 8) or "stacked" (see trainer.classical.stacking)
-    block_l2: bool = False              # L2-normalise each feature block before fusion
-    calibrate_on: str = "validation"    # calibration + threshold data: "validation" or "cross-fit" (OOF + validation)
-    nucleus_features: bool = True       # add the hand-crafted nucleus block (trainer.vision.handcrafted)
-    stain: str = "none"                 # colour normalisation before every block: "none" or "reinhard"
-    per_kind: bool = True               # one model per image kind (single-cell crops, smear fields)
-    seed: int = 0
-    cache_dir: str | None = None        # feature cache; None = no disk cache
-    output: str = "model.allmodel"      # where the model bundle is written
-    finetune: bool = False              # fine-tune the backbones first (issue: backbone fine-tuning)
-    finetune_epochs: int = 50
-    finetune_patience: int = 10
-    finetune_lr: float = 1e-4
-    finetune_weight_decay: float = 1e-3
-    finetune_amp: bool = True           # mixed precision on CUDA (bf16 where supported, else fp16)
-    finetune_deterministic: bool = False  # deterministic algorithms (slower)
-    finetune_checkpoint_dir: str | None = None  # per-epoch checkpoints; a rerun resumes from them
-    allow_finetune_overlap: bool = False  # test on images the weights file was fine-tuned on (stated)
-    extra: dict[str, Any] = field(default_factory=dict)
+    data: str | list[str] = _opt("", help="data folder(s); several are merged by subject id")
+    layout: str = _opt("auto", choices=LAYOUTS,
+                       help="folder layout: cnmc = all/ and hem/ folders; folders = one folder per class")
+    positive: list[str] | None = _opt(None, help="class folders counted as ALL (folders layout)")
+    labels_csv: str | None = _opt(None, help="labels.csv with path, label or class, and group columns")
+    group_column: str | None = _opt(None, help="column of labels.csv with subject/group ids")
+    split: str = _opt("auto", choices=SPLITS,
+                      help="subject: no subject on two sides (default where ids are known); "
+                           "image: the paper's random image-level split")
+    fractions: tuple[float, float, float] = _opt((0.70, 0.15, 0.15), help="train / validation / test")
+    backbones: tuple[str, ...] = _opt(BACKBONE_NAMES, choices=BACKBONE_NAMES, help="CNN backbones")
+    weights: str = _opt("none", choices=WEIGHTS,
+                        help="backbone weights: none (random init), imagenet (torch cache) or a state_dict file")
+    image_size: int = _opt(224, help="network input size in pixels")
+    gamma: float = _opt(1.0, help="gamma correction (eq. 1), in [0.8, 1.2]")
+    batch_size: int = _opt(32, help="images per batch")
+    num_workers: int | None = _opt(None, help="data loader workers (default: automatic)")
+    device: str = _opt("auto", choices=DEVICES, help="auto uses a CUDA GPU when one is present")
+    precision: str = _opt("auto", choices=PRECISIONS,
+                          help="feature extraction arithmetic: auto = mixed precision on CUDA, float32 on the "
+                               "CPU; bf16 = bfloat16 also on CPUs with native support")
+    pca: bool = _opt(True, help="PCA keeping pca_variance of the variance")
+    pca_variance: float = _opt(0.98, help="variance PCA keeps")
+    classifiers: tuple[str, ...] = _opt(CLASSIFIER_NAMES, choices=CLASSIFIER_NAMES, help="base classifiers")
+    calibration: str = _opt("auto", choices=CALIBRATIONS,
+                            help="auto keeps the method with the lower cross-validated Brier score")
+    combiner: str = _opt("weighted", choices=COMBINERS,
+                         help="ensemble score: weighted = the paper's eq. 8 weights (validation accuracy); "
+                              "stacked = a logistic regression with non-negative weights on the classifiers' "
+                              "out-of-fold probabilities")
+    block_l2: bool = _opt(False, help="L2-normalise each feature block before fusion")
+    calibrate_on: str = _opt("validation", choices=CALIBRATE_ON,
+                             help="data that set the calibration and the Youden threshold: cross-fit = "
+                                  "out-of-fold scores of the training split plus the validation split; "
+                                  "validation = the validation split alone")
+    nucleus_features: bool = _opt(True, help="add the hand-crafted nucleus block (morphology, GLCM/LBP "
+                                             "texture, colour) beside the networks")
+    stain: str = _opt("none", choices=STAIN_METHODS,
+                      help="colour normalisation before feature extraction, reference fitted on the "
+                           "training images: none or reinhard")
+    per_kind: bool = _opt(True, help="one calibrated model per image kind (single-cell crops, smear fields)")
+    seed: int = _opt(0, help="seed for splits, initialisation and classifiers")
+    cache_dir: str | None = _opt(None, help="feature cache folder (None: no disk cache)")
+    output: str = _opt("model.allmodel", help="model bundle to write")
+    finetune: bool = _opt(False, help="fine-tune the backbones on the training split first")
+    finetuning: FinetuneConfig = _opt(factory=FinetuneConfig, help="how the backbones are fine-tuned")
+    allow_finetune_overlap: bool = _opt(False, help="test on images the weights were fine-tuned on (stated)")
+    extra: dict[str, Any] = _opt(factory=dict, help="free-form notes (model name, data description)")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples become lists; ``finetuning`` a nested table)."""
         d = dataclasses.asdict(self)
         for k, v in d.items():
             if isinstance(v, tuple):
@@ -87,88 +183,108 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """A config from :meth:`to_dict`'s output.
+
+        Fields of other versions are ignored and the flat ``finetune_*`` keys of older bundles land in
+        ``finetuning``.
+        """
         names = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
+        nested: dict[str, Any] = {LEGACY_FINETUNE_KEYS[k]: v for k, v in d.items() if k in LEGACY_FINETUNE_KEYS}
         for k, v in d.items():
             if k not in names:
                 continue  # tolerate fields of newer versions
+            if k == "finetuning":
+                nested.update(v if isinstance(v, Mapping) else {})
+                continue
             default = names[k].default
             kwargs[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
-        return cls(**kwargs)
+        return cls(**kwargs, finetuning=FinetuneConfig.from_dict(nested))
 
     def resolved_output(self) -> Path:
+        """Where the bundle goes, ``~`` expanded."""
         return Path(self.output).expanduser()
 
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` for a setting that cannot work; returns the config."""
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if not allowed or f.name == "weights":
+                continue  # weights may also name a file
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            unknown = [v for v in values if v not in allowed]
+            if unknown:
+                raise ConfigError(f"Unknown {f.name.replace('_', ' ')} {', '.join(map(str, unknown))}; "
+                                  f"choose from {', '.join(allowed)}.")
+            if not values:
+                raise ConfigError(f"No {f.name.replace('_', ' ')} given; choose from {', '.join(allowed)}.")
+        lo, hi = GAMMA_RANGE
+        if not lo <= float(self.gamma) <= hi:
+            raise ConfigError(f"Gamma must be between {lo} and {hi}, not {self.gamma}.")
+        if int(self.image_size) < 1 or int(self.batch_size) < 1:
+            raise ConfigError("Image size and batch size must be positive.")
+        if len(self.fractions) != 3 or any(float(x) < 0 for x in self.fractions):
+            raise ConfigError(f"Split fractions must be three non-negative numbers, not {self.fractions}.")
+        self.finetuning.validate()
+        return self
 
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tuning run (defaults: the paper's training setup).
+    # ---- the fine-tuning run, resolved against this config's shared settings -------------------
+    @property
+    def finetune_batch_size(self) -> int:
+        """The batch per process when fine-tuning: ``finetuning.batch_size`` or the batch size."""
+        return int(self.finetuning.batch_size or self.batch_size)
 
-    ``batch_size`` is per process under torchrun. ``channels_last`` None = on CUDA only.
-    ``num_workers`` None = automatic (see ``_auto_workers``).
-    """
-
-    epochs: int = 50
-    patience: int = 10              # epochs without a lower validation loss before stopping
-    min_delta: float = 0.0          # an epoch improves when val_loss < best - min_delta
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    batch_size: int = 32
-    image_size: int = 224           # network input side, pixels
-    gamma: float = 1.0              # gamma correction (eq. 1) before the transforms
-    weights: str = "none"           # initial weights: 'none', 'imagenet' or a state_dict file
-    seed: int = 0
-    num_workers: int | None = None
-    amp: bool = True                # mixed precision on CUDA (ignored on CPU)
-    deterministic: bool = False
-    channels_last: bool | None = None
-    sync_bn: bool = False           # SyncBatchNorm under DDP on CUDA
-
-    @classmethod
-    def from_train_config(cls, config: Any) -> "FinetuneConfig":
-        """The fine-tuning part of a ``trainer.config.TrainConfig``."""
-        return cls(
-            epochs=int(config.finetune_epochs),
-            patience=int(config.finetune_patience),
-            lr=float(config.finetune_lr),
-            weight_decay=float(config.finetune_weight_decay),
-            batch_size=int(getattr(config, "finetune_batch_size", None) or config.batch_size),
-            image_size=int(config.image_size),
-            gamma=float(config.gamma),
-            weights=str(config.weights),
-            seed=int(config.seed),
-            num_workers=config.num_workers,
-            amp=bool(getattr(config, "finetune_amp", True)),
-            deterministic=bool(getattr(config, "finetune_deterministic", False)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FinetuneConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def validate(self) -> None:
-        if int(self.epochs) < 1:
-            raise AllguiError(f"Fine-tuning needs at least 1 epoch, not {self.epochs}.")
-        if int(self.patience) < 1:
-            raise AllguiError(f"Early-stopping patience must be at least 1 epoch, not {self.patience}.")
-        if not float(self.lr) >= 0:
-            raise AllguiError(f"The fine-tuning learning rate must be >= 0, not {self.lr}.")
-        if int(self.batch_size) < 1:
-            raise AllguiError(f"The fine-tuning batch size must be at least 1, not {self.batch_size}.")
-        if int(self.image_size) < 32:
-            raise AllguiError(f"Image size must be at least 32 pixels, not {self.image_size}.")
+    def finetune_summary(self) -> dict[str, Any]:
+        """The settings a fine-tuning run used, flat (stored in checkpoints, weight files and the card)."""
+        ft = self.finetuning
+        return {"epochs": int(ft.epochs), "patience": int(ft.patience), "min_delta": float(ft.min_delta),
+                "lr": float(ft.lr), "weight_decay": float(ft.weight_decay), "batch_size": self.finetune_batch_size,
+                "image_size": int(self.image_size), "gamma": float(self.gamma), "weights": str(self.weights),
+                "seed": int(self.seed), "num_workers": self.num_workers, "amp": bool(ft.amp),
+                "deterministic": bool(ft.deterministic), "channels_last": ft.channels_last,
+                "sync_bn": bool(ft.sync_bn)}
 
 
-def as_finetune_config(cfg: Any) -> FinetuneConfig:
-    if isinstance(cfg, FinetuneConfig):
+def _field(cls: type, name: str) -> dataclasses.Field:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
+def _owner(name: str) -> tuple[type, str]:
+    """(class, field) of a setting: ``"layout"`` or ``"finetuning.epochs"``."""
+    if name.startswith("finetuning."):
+        return FinetuneConfig, name.split(".", 1)[1]
+    return TrainConfig, name
+
+
+def choices(name: str) -> tuple:
+    """The allowed values of setting ``name`` (e.g. ``"layout"``); () when it is open."""
+    return tuple(_field(*_owner(name)).metadata.get("choices") or ())
+
+
+def describe(name: str) -> str:
+    """The one-line description of setting ``name`` (e.g. ``"finetuning.lr"``)."""
+    return str(_field(*_owner(name)).metadata.get("help") or "")
+
+
+def default(name: str) -> Any:
+    """The default value of setting ``name`` (e.g. ``"finetuning.patience"``)."""
+    cls, attr = _owner(name)
+    return getattr(cls(), attr)
+
+
+def as_train_config(cfg: Any) -> TrainConfig:
+    """A TrainConfig from a TrainConfig, a FinetuneConfig (nested into defaults), a mapping or None."""
+    if isinstance(cfg, TrainConfig):
         return cfg
     if cfg is None:
-        return FinetuneConfig()
+        return TrainConfig()
+    if isinstance(cfg, FinetuneConfig):
+        return TrainConfig(finetuning=cfg)
     if isinstance(cfg, Mapping):
-        return FinetuneConfig.from_dict(cfg)
-    return FinetuneConfig.from_train_config(cfg)
+        return TrainConfig.from_dict(cfg)
+    raise TypeError(f"not a training config: {type(cfg).__name__}")

@@ -47,7 +47,8 @@ def combined_folder(fold1: Path, sample: Path, aria: Path, dest: Path) -> Path:
     """A folder of symbolic links plus ``labels.csv`` (path, class, label, group, source).
 
     C-NMC groups are ``cnmc-<subject>`` for both C-NMC folders (so a subject in both is one group),
-    identical crops are kept once, and the sample subjects are left out."""
+    identical crops are kept once, and the sample subjects are left out.
+    """
     from trainer.io.data import load_dataset, merge_datasets
 
     cnmc = merge_datasets([load_dataset(fold1), load_dataset(sample, layout="cnmc")])
@@ -79,8 +80,10 @@ LIMITATIONS = [
 
 
 def annotate(bundle_path: Path) -> dict:
-    """Add the limitations to the bundle's model card (rewritten atomically); returns per-model test
-    metrics of the calibrated ensemble."""
+    """Add the limitations to the bundle's model card (rewritten atomically).
+
+    Returns per-model test metrics of the calibrated ensemble.
+    """
     from trainer.inference.bundle import load_bundle, save_bundle
 
     bundle = load_bundle(bundle_path)

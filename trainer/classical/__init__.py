@@ -1,2 +1,5 @@
-"""The classical stage on extracted features: fusion, the five classifiers, weighted voting or
-stacking, calibration and the Youden threshold, and one such model per image kind."""
+"""The classical stage on extracted features.
+
+Fusion, the five classifiers, weighted voting or stacking, calibration and the Youden threshold, and one
+such model per image kind.
+"""

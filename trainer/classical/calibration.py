@@ -41,7 +41,8 @@ class ScoreCalibrator(BaseEstimator):
     ``method="auto"`` compares Platt scaling and isotonic regression by the Brier score of
     their out-of-fold predictions on the calibration data (stratified k-fold, grouped by subject
     where ``groups`` are given, so isotonic's flexibility is not rewarded for memorising a
-    subject), keeps the lower one and refits it on all the data. Learned: ``method_``, ``model_``, ``cv_brier_`` (method -> Brier, where compared).
+    subject), keeps the lower one and refits it on all the data. Learned: ``method_``, ``model_``,
+    ``cv_brier_`` (method -> Brier, where compared).
     """
 
     def __init__(self, method: str = "auto", n_splits: int = 5, seed: int = 0):

@@ -10,13 +10,10 @@ from trainer.classical.calibration import ScoreCalibrator
 from trainer.classical.ensemble import WeightedVotingEnsemble
 from trainer.classical.fusion import FeatureFusion
 from trainer.classical.stacking import StackedCombiner, inner_folds
-from trainer.config import BACKBONE_NAMES, CLASSIFIER_NAMES, TrainConfig
+from trainer.config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, TrainConfig
 from trainer.stats.metrics import youden_threshold
 
 STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
-#: what sets the calibration and the Youden threshold: the validation split alone, or the
-#: out-of-fold scores of the training rows together with it ("cross-fit")
-from trainer.config import CALIBRATE_ON  # noqa: E402  (one definition, light to import)
 
 
 class AllModel(BaseEstimator):
@@ -58,7 +55,7 @@ class AllModel(BaseEstimator):
         self.calibrate_on = calibrate_on
 
     @classmethod
-    def from_config(cls, config: TrainConfig, backbones=None, pca=None) -> "AllModel":
+    def from_config(cls, config: TrainConfig, backbones=None, pca=None) -> AllModel:
         return cls(backbones=tuple(backbones or config.backbones),
                    pca=config.pca if pca is None else pca, pca_variance=config.pca_variance,
                    classifiers=tuple(config.classifiers), calibration=config.calibration,
@@ -109,8 +106,10 @@ class AllModel(BaseEstimator):
         return self
 
     def _oof_probabilities(self, X: np.ndarray, y: np.ndarray, groups) -> np.ndarray | None:
-        """(N, C) out-of-fold member probabilities of the training rows (``STACK_FOLDS`` folds,
-        grouped by subject), or None when there are too few images or subjects for folds."""
+        """(N, C) out-of-fold member probabilities of the training rows.
+
+        ``STACK_FOLDS`` folds, grouped by subject; None when there are too few images or subjects for folds.
+        """
         folds = inner_folds(y, groups, STACK_FOLDS, self.seed)
         if not folds or min(np.bincount(y[tr], minlength=2).min() for tr, _ in folds) < 2:
             return None  # too few images: the eq. 8 weights and the validation split stay in charge
@@ -139,10 +138,13 @@ class AllModel(BaseEstimator):
         return "stacked" if getattr(self, "stacker_", None) is not None else "weighted"
 
     def predict_details(self, feats) -> dict[str, np.ndarray]:
-        """Per-classifier ``probabilities`` (N, C) and ``votes`` (N, C) in ``classifier_names_``
-        order, ``weights`` (C,), ``vote_share`` (N,) (eq. 8 hard vote), ``weighted`` (N,)
-        (eq. 8 weights on the probabilities), ``raw`` (N,) (the combiner's score: ``weighted``
-        or the stacked one) and ``calibrated`` (N,)."""
+        """Every read-out of the model for feature rows ``feats``.
+
+        Per-classifier ``probabilities`` (N, C) and ``votes`` (N, C) in ``classifier_names_`` order,
+        ``weights`` (C,), ``vote_share`` (N,) (eq. 8 hard vote), ``weighted`` (N,) (eq. 8 weights on the
+        probabilities), ``raw`` (N,) (the combiner's score: ``weighted`` or the stacked one) and
+        ``calibrated`` (N,).
+        """
         check_is_fitted(self, "ensemble_")
         det = self._details(self.fusion_.transform(self._stack(feats)))
         det["calibrated"] = self.calibrator_.transform(det["raw"])
@@ -162,8 +164,10 @@ class AllModel(BaseEstimator):
 
 
 def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(sensitivity, specificity) of the rule ``p >= threshold`` against labels ``y`` (N,);
-    NaN for a class that is absent. Plain numpy: the app calls it on every slider move."""
+    """(sensitivity, specificity) of the rule ``p >= threshold`` against labels ``y`` (N,).
+
+    NaN for a class that is absent. Plain numpy: the app calls it on every slider move.
+    """
     y, pred = np.asarray(y), np.asarray(p) >= threshold
     sens = float(np.mean(pred[y == 1])) if np.any(y == 1) else float("nan")
     spec = float(np.mean(~pred[y == 0])) if np.any(y == 0) else float("nan")
@@ -187,8 +191,10 @@ def subset(feats: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
 
 def fit_model(feats, y, train_idx, val_idx, config: TrainConfig, backbones=None, pca=None,
               progress=None, groups=None) -> AllModel:
-    """Fit an :class:`AllModel` on rows ``train_idx`` with validation rows ``val_idx``;
-    ``groups`` (N,) subject ids of all rows, or None."""
+    """Fit an :class:`AllModel` on rows ``train_idx`` with validation rows ``val_idx``.
+
+    ``groups`` (N,) subject ids of all rows, or None.
+    """
     y = np.asarray(y)
     g = None if groups is None else np.asarray(groups)
     return AllModel.from_config(config, backbones, pca).fit(
@@ -211,8 +217,10 @@ class KindModels(BaseEstimator):
         return list(self.models or {})
 
     def route(self, image_kind: str) -> str:
-        """The key of the model that judges an image of ``image_kind``: the model of that kind
-        where there is one, else the only (or first) model."""
+        """The key of the model that judges an image of ``image_kind``.
+
+        The model of that kind where there is one, else the only (or first) model.
+        """
         models = self.models or {}
         if image_kind in models:
             return image_kind

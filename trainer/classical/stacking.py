@@ -9,11 +9,10 @@ folds grouped by subject where subjects are known), never on validation or test 
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
-
-from trainer.config import COMBINERS  # noqa: E402  (one definition, light to import)
 
 _EPS = 1e-4
 
@@ -66,8 +65,7 @@ class StackedCombiner(BaseEstimator):
     def __init__(self, C: float = 1.0):
         self.C = C
 
-    def fit(self, P, y) -> "StackedCombiner":
-        from scipy.optimize import minimize
+    def fit(self, P, y) -> StackedCombiner:
 
         P = np.asarray(P, dtype=np.float64)
         y = np.asarray(y).astype(int)
@@ -85,10 +83,10 @@ class StackedCombiner(BaseEstimator):
             w, b = theta[:c], theta[c]
             m = sign * (Z @ w + b)
             # balanced log-loss and its gradient; log(1 + e^-m) computed stably
-            l = np.sum(sw * np.logaddexp(0.0, -m)) + 0.5 / (self.C * len(y)) * (w @ w)
+            value = np.sum(sw * np.logaddexp(0.0, -m)) + 0.5 / (self.C * len(y)) * (w @ w)
             g = -sw * sign * (1.0 - 1.0 / (1.0 + np.exp(-m)))  # d loss / d (Z w + b)
             grad = np.concatenate([Z.T @ g + w / (self.C * len(y)), [g.sum()]])
-            return l, grad
+            return value, grad
 
         theta0 = np.concatenate([np.full(c, 1.0 / c), [0.0]])
         res = minimize(loss, theta0, jac=True, method="L-BFGS-B",

@@ -1,5 +1,4 @@
-"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and
-SIGTERM handling."""
+"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and SIGTERM handling."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +6,8 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from trainer.util.csvsafe import printable
@@ -61,7 +62,6 @@ def _writable_folder(folder: Path, what: str) -> None:
     base = _nearest_existing(folder)
     if not base.is_dir():
         raise UsageError(f"{what}: {printable(str(base))} is a file, not a folder.")
-    import tempfile
     try:  # a real probe: permissions, read-only mounts and special file systems all show here
         fd, probe = tempfile.mkstemp(prefix=".allgui-probe-", dir=base)
         os.close(fd)
@@ -110,14 +110,13 @@ class ProgressBar:
         self.bar = None
         self._last = float("-inf")
         if not quiet:
-            from tqdm import tqdm
+            from tqdm import tqdm  # only when a bar is shown
             self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {desc}",
                             file=sys.stderr)
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.bar is None:
             return
-        import time
         now = time.monotonic()
         if fraction < 1.0 and now - self._last < 0.2:  # keep logs and slow terminals readable
             return

@@ -1,13 +1,17 @@
-"""``allgui-train finetune`` (also ``python -m trainer.finetune``): fine-tune the CNN backbones on the
-training split and write their weights to a safetensors file; under ``torchrun`` on several GPUs."""
+"""``allgui-train finetune`` (also ``python -m trainer.finetune``).
+
+Fine-tune the CNN backbones on the training split and write their weights to a safetensors file; under
+``torchrun`` on several GPUs.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from trainer.config import FinetuneConfig, TrainConfig
+from trainer.cli.options import setting
+from trainer.config import FinetuneConfig, TrainConfig, default, describe
 from trainer.util.errors import AllguiError
 
 DESCRIPTION = ("Fine-tune the CNN backbones as ALL-vs-normal classifiers (the paper's setup) and write their "
@@ -15,34 +19,47 @@ DESCRIPTION = ("Fine-tune the CNN backbones as ALL-vs-normal classifiers (the pa
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``allgui-train finetune`` and ``python -m trainer.finetune``."""
-    d = FinetuneConfig()
+    """Options of ``allgui-train finetune`` and ``python -m trainer.finetune`` (defaults from the config)."""
     parser.add_argument("data", help="data folder (C-NMC layout or class folders / labels.csv)")
-    parser.add_argument("--layout", default="auto", choices=("auto", "cnmc", "folders"))
-    parser.add_argument("--positive", default=None, help="comma-separated class names counted as ALL")
-    parser.add_argument("--labels-csv", default=None)
-    parser.add_argument("--group-column", default=None)
-    parser.add_argument("--split", default="auto", choices=("auto", "subject", "image"))
-    parser.add_argument("--backbones", default="densenet121,resnet34")
-    parser.add_argument("--weights", default=d.weights, help="'none', 'imagenet' or a state_dict file")
-    parser.add_argument("--image-size", type=int, default=d.image_size)
-    parser.add_argument("--gamma", type=float, default=d.gamma)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--patience", type=int, default=d.patience)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    parser.add_argument("--deterministic", action="store_true")
-    parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here; resume from it")
-    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    parser.add_argument("--output", default="finetuned.safetensors",
-                        help="safetensors file for the fine-tuned backbone weights")
+    g = parser.add_argument_group("data and fine-tuning")
+    setting(g, "--layout", "layout")
+    g.add_argument("--positive", default=None, help="comma-separated class names counted as ALL")
+    g.add_argument("--labels-csv", default=None)
+    g.add_argument("--group-column", default=None)
+    setting(g, "--split", "split")
+    setting(g, "--backbones", "backbones", choices=None, default=",".join(default("backbones")),
+            help="comma-separated backbones")
+    setting(g, "--weights", "weights", choices=None)
+    setting(g, "--image-size", "image_size", type=int)
+    setting(g, "--gamma", "gamma", type=float)
+    setting(g, "--epochs", "finetuning.epochs", type=int)
+    setting(g, "--patience", "finetuning.patience", type=int)
+    setting(g, "--lr", "finetuning.lr", type=float)
+    setting(g, "--weight-decay", "finetuning.weight_decay", type=float)
+    setting(g, "--batch-size", "batch_size", type=int, help="images per batch and process")
+    setting(g, "--num-workers", "num_workers", type=int)
+    setting(g, "--device", "device", choices=None)  # also a device such as cuda:1
+    g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    g.add_argument("--deterministic", action="store_true", help=describe("finetuning.deterministic"))
+    g.add_argument("--sync-bn", action="store_true", help=describe("finetuning.sync_bn"))
+    setting(g, "--seed", "seed", type=int)
+    setting(g, "--checkpoint-dir", "finetuning.checkpoint_dir", help="checkpoint every epoch here; resume from it")
+    g.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    g.add_argument("--output", default="finetuned.safetensors",
+                   help="safetensors file for the fine-tuned backbone weights")
     return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed options describe (fine-tuning settings nested)."""
+    return TrainConfig(
+        layout=args.layout, split=args.split, seed=args.seed, weights=args.weights, image_size=args.image_size,
+        gamma=args.gamma, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+        backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),
+        finetuning=FinetuneConfig(epochs=args.epochs, patience=args.patience, lr=args.lr,
+                                  weight_decay=args.weight_decay, amp=not args.no_amp,
+                                  deterministic=args.deterministic, sync_bn=args.sync_bn,
+                                  checkpoint_dir=args.checkpoint_dir))
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -78,15 +95,11 @@ def run_cli(args: argparse.Namespace) -> int:
     say = (lambda msg: print(msg, flush=True)) if info.is_main else (lambda msg: None)
     ds = load_dataset(args.data, layout=args.layout, positive=args.positive,
                       labels_csv=args.labels_csv, group_column=args.group_column)
+    config = config_from_args(args).validate()
     # the very split `allgui-train train/evaluate` use, so their test images are never fine-tuned on
-    protocol = resolve_protocol(TrainConfig(split=args.split), ds)
-    tr, va, _ = split_dataset(ds.samples, protocol, TrainConfig(seed=args.seed))
+    protocol = resolve_protocol(config, ds)
+    tr, va, _ = split_dataset(ds.samples, protocol, config)
     paths, y = ds.paths, ds.labels
-    cfg = FinetuneConfig(epochs=args.epochs, patience=args.patience, lr=args.lr,
-                         weight_decay=args.weight_decay, batch_size=args.batch_size,
-                         image_size=args.image_size, gamma=args.gamma, weights=args.weights,
-                         seed=args.seed, num_workers=args.num_workers, amp=not args.no_amp,
-                         deterministic=args.deterministic, sync_bn=args.sync_bn)
     say(f"{len(ds)} images: {len(tr)} training, {len(va)} validation; world size {info.world_size}")
     last = [-1.0]
 
@@ -95,13 +108,12 @@ def run_cli(args: argparse.Namespace) -> int:
             last[0] = f
             say(f"[{100 * f:5.1f}%] {msg}")
 
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     states, histories = finetune_backbones(
-        [paths[i] for i in tr], y[tr], [paths[i] for i in va], y[va], cfg, backbones, args.device,
-        progress, None, args.checkpoint_dir, not args.no_resume)
+        [paths[i] for i in tr], y[tr], [paths[i] for i in va], y[va], config, config.backbones, args.device,
+        progress, None, config.finetuning.checkpoint_dir, not args.no_resume)
     if info.is_main:
         out = save_state_dicts(args.output, states, {
-            "finetune_config": cfg.to_dict(),
+            "finetune_config": config.finetune_summary(),
             FINETUNE_IMAGES_KEY: finetune_provenance([paths[i] for i in tr], [paths[i] for i in va]),
             "history": {k: {kk: vv for kk, vv in h.items() if kk != "config"} for k, h in histories.items()},
         })

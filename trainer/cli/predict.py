@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trainer.cli.common import ProgressBar, check_output_file, probability, sigterm_interrupts
@@ -28,7 +29,8 @@ def register(sub) -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("-m", "--model", required=True, help="model bundle (.allmodel)")
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
-    r.add_argument("--threshold", type=probability, default=None, help="decision threshold for every model (default: each model's own Youden threshold)")
+    r.add_argument("--threshold", type=probability, default=None,
+                   help="decision threshold for every model (default: each model's own Youden threshold)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="forward-pass arithmetic: auto (default) = bfloat16 on CPUs that compute it natively "
@@ -42,7 +44,7 @@ CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "ci
 
 
 def _input_files(inputs: list[str]) -> list[Path]:
-    from trainer.io.imageio import IMAGE_SUFFIXES
+    from trainer.io.imageio import IMAGE_SUFFIXES  # OpenCV loads only for this command
     files: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
@@ -59,7 +61,7 @@ def _input_files(inputs: list[str]) -> list[Path]:
 
 def _rows_for(r, f: Path, threshold: float) -> list[dict]:
     """CSV rows of one image's result (image row, then one per cell) at ``threshold``."""
-    from trainer.inference.results import decide
+    from trainer.inference.results import decide  # numpy loads only for this command
     rows = []
     decision = r.decision(threshold)
     for c in [r.whole] + r.cells:
@@ -97,9 +99,10 @@ def _error_text(exc: BaseException) -> str:
 
 def classify_files(predictor, files: list[Path], thresholds: dict[str, float], emit,
                    progress=None) -> tuple[int, int, bool]:
-    """Classify ``files`` in batches of PREDICT_BATCH through ``predictor.predict_batch``, each image
-    decided at the threshold of the model that judged it (``thresholds``: model key -> threshold); call
-    ``emit(rows)`` with the CSV rows of each batch as soon as it is done. A batch that fails is
+    """Classify ``files`` in batches of PREDICT_BATCH through ``predictor.predict_batch``.
+
+    Each image is decided at the threshold of the model that judged it (``thresholds``: model key ->
+    threshold); ``emit(rows)`` gets the CSV rows of each batch as soon as it is done. A batch that fails is
     redone one image at a time, so one bad file costs only its own error row.
 
     Returns (images classified, images with an error, interrupted). Ctrl-C / SIGTERM stop the run
@@ -111,7 +114,6 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
     pool = None
     if prepare is not None and len(batches) > 1:
         # decoding and segmentation of the next batch overlap the networks' work on this one
-        from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
 
@@ -120,7 +122,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
         for f in batch:
             try:
                 out.append(prepare(f))
-            except Exception as exc:  # noqa: BLE001 - raised again by predict_batch, then redone alone
+            except Exception as exc:  # raised again by predict_batch, then redone alone
                 out.append(exc)
         return out
 
@@ -167,7 +169,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
 
 
 def run(a) -> int:
-    from trainer.inference.predictor import Predictor
+    from trainer.inference.predictor import Predictor  # torch and the models load only for this command
     if a.output != "-":
         check_output_file(a.output, "-o/--output")
     files = _input_files(a.inputs)
@@ -218,7 +220,7 @@ def run(a) -> int:
               f"{n_ok} classified" + (f" and {n_err} unreadable" if n_err else "") + f" were kept{where}.",
               file=sys.stderr)
         return 130
-    from trainer.inference.results import MODEL_NAMES
+    from trainer.inference.results import MODEL_NAMES  # see _rows_for
     at = ", ".join(f"{MODEL_NAMES.get(k, k)} {t:.3f}" for k, t in thresholds.items())
     print(f"{n_ok} images classified at threshold {at}"
           + (f", {n_err} could not be read" if n_err else "") + where, file=sys.stderr)

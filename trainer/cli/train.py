@@ -23,7 +23,7 @@ def run(a) -> int:
     from trainer.training.pipeline import train  # torch and the models load only when training
     check_model_args(a)
     check_output_file(a.output, "-o/--output")
-    config = config_from_args(a)
+    config = config_from_args(a).validate()
     bar = ProgressBar(a.quiet)
     try:
         result = train(config, progress=bar)
@@ -33,7 +33,8 @@ def run(a) -> int:
         return 0
     print(f"Model written to {result.bundle_path} ({result.seconds:.0f} s)")
     split = result.card["split"]
-    print(f"Split: {split['protocol']}-level, train/val/test = {split['n_train']}/{split['n_validation']}/{split['n_test']}")
+    print(f"Split: {split['protocol']}-level, train/val/test = "
+          f"{split['n_train']}/{split['n_validation']}/{split['n_test']}")
     for note in result.card.get("notes", []):
         print(note)
     for key, model in result.model.models.items():

@@ -1,5 +1,8 @@
-"""Evaluation that reproduces the paper's Results section: held-out metrics with bootstrap CIs,
-cross-validation with significance tests, ablation, both split protocols, and a report."""
+"""Evaluation that reproduces the paper's Results section.
+
+Held-out metrics with bootstrap CIs, cross-validation with significance tests, ablation, both split
+protocols, and a report.
+"""
 from trainer.evaluation.core import (
                                      ENSEMBLE,
                                      ENSEMBLE_CAL,

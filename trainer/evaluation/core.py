@@ -1,5 +1,7 @@
-"""The evaluation itself, on pre-extracted deep features: held-out test metrics, 5-fold
-cross-validation with significance tests, backbone / PCA ablation, both split protocols.
+"""The evaluation itself, on pre-extracted deep features.
+
+Held-out test metrics, 5-fold cross-validation with significance tests, backbone / PCA ablation, both split
+protocols.
 
 Everything returned is a JSON-ready dict of plain Python numbers and lists (see
 :func:`evaluate_features`). Models are fitted through :func:`trainer.classical.model.fit_model`;
@@ -9,23 +11,25 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from trainer.config import TrainConfig
-from trainer.io.splits import one_sided_strata, source_strata, stratum_name
+from trainer.classical.model import fit_model, subset
+from trainer.classical.scoring import ENSEMBLE, ENSEMBLE_CAL, score_report
+from trainer.config import PROTOCOLS, TrainConfig
+from trainer.io.samples import sample_groups
+from trainer.io.splits import cv_folds, max_folds, one_sided_strata, source_strata, split_train_val_test, stratum_name
 from trainer.stats import metrics as M
 from trainer.stats.significance import compare_folds, holm
+from trainer.training.pipeline import split_dataset
 from trainer.util.errors import AllguiError, Cancelled, DataError
 from trainer.util.progress import CancelCheck, Progress
 
 log = logging.getLogger(__name__)
 
 
-ENSEMBLE = "ensemble"                # paper, eq. 8: weighted hard vote, score = weighted soft vote
-ENSEMBLE_CAL = "ensemble_calibrated"  # calibrated probability at the validation Youden threshold
-PROTOCOLS = ("image", "subject")
 PROTOCOL_LABELS = {"image": "image-level random split (paper)",
                    "subject": "subject-level grouped split"}
 CV_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -83,35 +87,19 @@ def _group_leak(groups: np.ndarray | None, train: np.ndarray, test: np.ndarray) 
     return float(np.mean([g in seen for g in groups[test]]))
 
 
-def _fit(feats, y, train, val, config, backbones=None, pca=None):
-    from trainer.classical.model import fit_model
-    return fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
-
-
-def _subset_rows(feats: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v)[idx] for k, v in feats.items()}
-
-
 def _score_rows(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int, seed: int,
                 curves: bool, groups: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics per classifier and for the two ensemble read-outs; optionally their curves.
-    ``groups`` (len(y),) subject ids make every AUC interval a group bootstrap."""
-    names = list(model.classifier_names_)
-    rows: dict[str, Any] = {}
-    curve: dict[str, Any] = {}
-    both = _both(y)
-    for i, name in enumerate(names):
-        p = det["probabilities"][:, i]
-        rows[name] = M.binary_report(y, p, 0.5, n_boot, seed, pred=det["votes"][:, i], groups=groups)
-        if curves and both:
-            curve[name] = _curves(y, p)
-    rows[ENSEMBLE] = M.binary_report(y, det["raw"], 0.5, n_boot, seed,
-                                     pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
+
+    ``groups`` (len(y),) subject ids make every AUC interval a group bootstrap.
+    """
+    rows = score_report(model, det, y, n_boot, seed, groups)
     rows[ENSEMBLE]["rule"] = "weighted hard vote > 0.5 (eq. 8); ranking metrics on the soft vote"
-    rows[ENSEMBLE_CAL] = M.binary_report(y, det["calibrated"], model.threshold_, n_boot, seed,
-                                         groups=groups)
     rows[ENSEMBLE_CAL]["rule"] = "calibrated probability >= validation Youden threshold"
-    if curves and both:
+    curve: dict[str, Any] = {}
+    if curves and _both(y):
+        for i, name in enumerate(model.classifier_names_):
+            curve[name] = _curves(y, det["probabilities"][:, i])
         curve[ENSEMBLE] = _curves(y, det["raw"])
     return rows, curve
 
@@ -130,10 +118,10 @@ def evaluate_holdout(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.nda
     bootstrap); ``auc_tests`` carry Holm-adjusted p-values (``p_value_holm``) over the classifiers.
     """
     train, val, test = (np.asarray(a, dtype=int) for a in split)
-    model = _fit(feats, y, train, val, config, backbones, pca)
+    model = fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
     yt = y[test]
     gt = None if groups is None else np.asarray(groups, dtype=object)[test]
-    det = model.predict_details(_subset_rows(feats, test))
+    det = model.predict_details(subset(feats, test))
     rows, curve = _score_rows(model, det, yt, n_boot, config.seed, curves, gt)
     out: dict[str, Any] = {
         "split": {"n_train": int(train.size), "n_val": int(val.size), "n_test": int(test.size),
@@ -165,10 +153,11 @@ def _holm_into(tests: list[dict[str, Any]], key: str) -> None:
 
 # --------------------------------------------------------------------------- cross-validation
 def _inner_split(samples, train: np.ndarray, protocol: str, fractions, seed: int):
-    """Split a CV training fold into (fit rows, validation rows) in the configured train :
-    validation proportion, with the same protocol (groups never straddle), stratified by label x
-    source class where the groups allow it (as the held-out split is)."""
-    from trainer.io.data import split_train_val_test
+    """Split a CV training fold into (fit rows, validation rows) in the configured train .
+
+    Validation proportion, with the same protocol (groups never straddle), stratified by label x source
+    class where the groups allow it (as the held-out split is).
+    """
     f_tr, f_va = float(fractions[0]), float(fractions[1])
     part = [samples[i] for i in train]
     fit_i, val_i, _ = split_train_val_test(part, protocol=protocol,
@@ -183,8 +172,10 @@ def _cell_list(cells: list[str]) -> str:
 
 def split_warnings(strata: np.ndarray, what: str, fit: np.ndarray, val: np.ndarray,
                    test: np.ndarray) -> list[str]:
-    """Sentences naming each source x class cell of ``strata`` that falls entirely on one side of
-    (fit + validation) vs test, or of fit vs validation."""
+    """Sentences naming each source x class cell that falls on one side of a split.
+
+    Cells of ``strata`` entirely on one side of (fit + validation) vs test, or of fit vs validation.
+    """
     out = []
     outer = one_sided_strata(strata, np.concatenate([fit, val]), test)
     if outer["only_b"]:
@@ -212,7 +203,6 @@ def cv_plan(samples, protocol: str, n_folds: int, config: TrainConfig
     entirely on one side: all in a test fold (that fold trains on none of it), absent from a test
     fold, or, within a training fold, all in the fit or all in the validation rows.
     """
-    from trainer.io.data import cv_folds
     strata = source_strata(samples)
     folds = cv_folds(samples, n_splits=n_folds, protocol=protocol, seed=config.seed, strata=strata)
     plan, warnings = [], []
@@ -239,7 +229,6 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
     per-fold accuracy and AUC with each classifier's; each test's p-values are also given
     Holm-adjusted (``p_value_holm``) over the family of classifiers x metrics.
     """
-    from trainer.io.data import max_folds
     note = ""
     feasible = max_folds(samples, protocol=protocol)
     if feasible < n_folds:
@@ -254,9 +243,9 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
         if steps:
             steps.step(f"{protocol} split: cross-validation fold {k + 1}/{len(folds)}")
         tr = np.concatenate([fit_i, val_i])
-        model = _fit(feats, y, fit_i, val_i, config)
+        model = fit_model(feats, y, fit_i, val_i, config)
         names = list(model.classifier_names_)
-        det = model.predict_details(_subset_rows(feats, te))
+        det = model.predict_details(subset(feats, te))
         rows, _ = _score_rows(model, det, y[te], 0, config.seed, curves=False)
         per_fold.append({"fold": k + 1, "n_train": int(tr.size), "n_test": int(te.size),
                          "n_test_positive": int(y[te].sum()),
@@ -294,8 +283,10 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
 def evaluate_ablation(feats, y, split, config: TrainConfig, n_boot: int = 2000,
                       steps: _Steps | None = None, groups: np.ndarray | None = None
                       ) -> list[dict[str, Any]]:
-    """Each single backbone and the fusion, with PCA on and off, on one identical split
-    (``groups``: subject ids for group-bootstrap intervals)."""
+    """Each single backbone and the fusion, with PCA on and off, on one identical split (``groups``.
+
+    Subject ids for group-bootstrap intervals).
+    """
     avail = [b for b in config.backbones if b in feats]
     sets = [(b,) for b in avail] + ([tuple(avail)] if len(avail) > 1 else [])
     out = []
@@ -332,10 +323,8 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     sets with fewer than 3 subjects of a class; each protocol entry has its own ``"warnings"``.
     With subject/group ids, every interval and paired AUC test is a group bootstrap.
     """
-    from trainer.training.pipeline import split_dataset
     y = np.array([int(s.label) for s in samples], dtype=int)
-    gl = [getattr(s, "group", None) for s in samples]
-    groups = None if any(g in (None, "") for g in gl) else np.array(gl, dtype=object)
+    groups = sample_groups(samples)
     if not _both(y):
         raise DataError("Evaluation needs images of both classes (normal and ALL).")
     for b, f in feats.items():

@@ -11,10 +11,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS  # noqa: E402
+from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
 
 DISPLAY = {"svm": "SVM", "knn": "KNN", "rf": "RF", "adaboost": "AdaBoost", "mlp": "BPN (MLP)",
            ENSEMBLE: "Ensemble", ENSEMBLE_CAL: "Ensemble, calibrated"}

@@ -1,23 +1,32 @@
-"""The frozen-vs-fine-tuned ablation: the classical stage on the features of the backbones as they
-are (``config.weights``) against the same stage on fine-tuned backbones."""
+"""The frozen-vs-fine-tuned ablation.
+
+The classical stage on the features of the backbones as they are (``config.weights``) against the same stage
+on fine-tuned backbones.
+"""
 from __future__ import annotations
 
 import math
 import os
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from trainer.classical.model import fit_model, subset
 from trainer.training.finetune import finetune_backbones
 from trainer.util.errors import AllguiError
 from trainer.util.progress import CancelCheck, Progress
 from trainer.util.progress import stage as progress_stage
+from trainer.vision.features import FeatureExtractor
 
 
 def _scores_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     pred = (score >= threshold).astype(int)
     return {"accuracy": float(np.mean(pred == y)),
@@ -28,23 +37,20 @@ def _scores_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[
 
 def classical_stage_scores(feats: Mapping[str, np.ndarray], y: Sequence[int], train_idx, val_idx,
                            test_idx, config: Any, classifier: str = "ensemble") -> dict[str, float]:
-    """Test metrics of the classical stage fitted on ``feats`` rows ``train_idx`` (validation rows
-    ``val_idx``): ``classifier='ensemble'`` is ``trainer.classical.model.fit_model`` (fusion, five classifiers,
-    weighted vote, calibration, Youden threshold); ``'logreg'`` a standardised logistic regression
-    on the concatenated features at threshold 0.5. Returns accuracy, balanced_accuracy, auc, threshold.
+    """Test metrics of the classical stage fitted on ``feats`` rows ``train_idx`` (validation ``val_idx``).
+
+    ``classifier='ensemble'`` is ``trainer.classical.model.fit_model`` (fusion, five classifiers, weighted
+    vote, calibration, Youden threshold); ``'logreg'`` a standardised logistic regression on the
+    concatenated features at threshold 0.5. Returns accuracy, balanced_accuracy, auc, threshold.
     """
     y = np.asarray(y, dtype=int)
     names = [b for b in getattr(config, "backbones", feats.keys()) if b in feats]
     if classifier == "ensemble":
-        from trainer.classical.model import fit_model, subset
 
         model = fit_model(feats, y, train_idx, val_idx, config, backbones=tuple(names))
         score = model.predict_details(subset(feats, test_idx))["calibrated"]
         return _scores_metrics(y[test_idx], score, model.threshold_)
     if classifier == "logreg":
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
 
         X = np.hstack([np.asarray(feats[b], dtype=np.float64) for b in names])
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000,
@@ -77,8 +83,6 @@ def frozen_vs_finetuned(
     {classifier: metrics}, 'histories': {...}, 'state_dicts': {...}, 'seconds': {'finetune': s,
     'features': s, 'classical': s}}``; metrics on ``test_idx``.
     """
-    from trainer.vision.features import FeatureExtractor
-
     y = np.asarray(labels, dtype=int)
     items = list(items)
     train_idx, val_idx, test_idx = (np.asarray(i, dtype=int) for i in (train_idx, val_idx, test_idx))

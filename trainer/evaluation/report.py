@@ -1,5 +1,7 @@
-"""Write an evaluation result as JSON (every number), Markdown (tables laid out like the paper's
-Tables 3, 4 and 5, plus confidence intervals, calibration and the protocol comparison) and PNGs.
+"""Write an evaluation result as JSON, Markdown and PNG figures.
+
+JSON holds every number; the Markdown has tables laid out like the paper's Tables 3, 4 and 5, plus
+confidence intervals, calibration and the protocol comparison.
 """
 from __future__ import annotations
 
@@ -8,32 +10,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trainer.evaluation import figures as F
 from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
 from trainer.util.atomic import atomic_write
+from trainer.util.plain import to_jsonable
 
 PAPER_ORDER = ("knn", "adaboost", "svm", "rf", "mlp")
 ALPHA = 0.05
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types; NaN and infinities become None (strict JSON has neither)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    return obj
 
 
 # --------------------------------------------------------------------------- formatting
@@ -343,8 +326,9 @@ def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
     cfg = meta.get("config", {})
     ds = meta.get("dataset", {})
     lines = ["# ALL blast detection: evaluation report", ""]
-    lines += [(f"Data: `{ds['name']}`, " if ds.get("name") else "") + f"{meta['n']} images ({meta['n_positive']} ALL, {meta['n'] - meta['n_positive']} normal)"
-              f", {meta['n_groups']} subjects/groups. Backbones: "
+    counts = f"{meta['n']} images ({meta['n_positive']} ALL, {meta['n'] - meta['n_positive']} normal)"
+    lines += [(f"Data: `{ds['name']}`, " if ds.get("name") else "") + counts
+              + f", {meta['n_groups']} subjects/groups. Backbones: "
               + ", ".join(f"{F.BACKBONE_DISPLAY.get(b, b)} ({meta['feature_dims'][b]})"
                           for b in meta["backbones"])
               + f"; weights `{cfg.get('weights', '?')}`, input {cfg.get('image_size', '?')} px, "

@@ -3,14 +3,25 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import sklearn
+import torch
 
 from trainer.config import TrainConfig
 from trainer.evaluation.core import PROTOCOLS, evaluate_features
+from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
 from trainer.evaluation.report import write_report
+from trainer.evaluation.variants import evaluate_variants
+from trainer.training.pipeline import detect_kinds, load_config_dataset, make_extractor, split_dataset, stain_reference
+from trainer.training.weights import finetune_overlap
 from trainer.util.errors import Cancelled
+from trainer.util.progress import stage
+from trainer.vision.features import NUCLEUS, FeatureExtractor
 
 
 @dataclass
@@ -30,18 +41,15 @@ class EvaluationOutput:
 
 def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, cancel) -> dict[str, Any]:
     """Frozen vs fine-tuned features on the pipeline's split, JSON-ready (no weights)."""
-    from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
-    from trainer.training.pipeline import split_dataset
-
     tr, va, te = split_dataset(dataset.samples, protocol, config)
     classifiers = ("ensemble", "logreg")
     out = frozen_vs_finetuned(dataset.paths, dataset.labels, tr, va, te, config, classifiers=classifiers,
                               device=config.device, progress=progress, cancel=cancel,
-                              checkpoint_dir=config.finetune_checkpoint_dir)
+                              checkpoint_dir=config.finetuning.checkpoint_dir)
     histories = {b: {k: v for k, v in h.items() if k != "config"} for b, h in out["histories"].items()}
     return {"protocol": protocol, "weights": str(config.weights), "classifiers": list(classifiers),
             "frozen": out["frozen"], "finetuned": out["finetuned"], "histories": histories,
-            "seconds": out["seconds"], "epochs": config.finetune_epochs}
+            "seconds": out["seconds"], "epochs": config.finetuning.epochs}
 
 
 def _variant_ablation(dataset, feats, config: TrainConfig, protocol: str, n_folds: int, n_boot: int,
@@ -52,13 +60,6 @@ def _variant_ablation(dataset, feats, config: TrainConfig, protocol: str, n_fold
     normalised images; the Reinhard reference is fitted on the training rows of the pipeline's
     held-out split (one colour target for every fold, stated in the report).
     """
-    import numpy as np
-
-    from trainer.evaluation.variants import evaluate_variants
-    from trainer.training.pipeline import detect_kinds, split_dataset, stain_reference
-    from trainer.util.progress import stage
-    from trainer.vision.features import NUCLEUS, FeatureExtractor
-
     paths = dataset.paths
     kinds = detect_kinds(paths, stage(progress, 0.0, 0.05), cancel)
     tr, _, _ = split_dataset(dataset.samples, protocol, config)
@@ -94,17 +95,14 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     adds frozen vs fine-tuned backbone features on the primary split (fine-tunes both backbones:
     slow on a CPU).
     """
-    from trainer.training.pipeline import load_config_dataset, make_extractor
-    from trainer.util.progress import stage
-
     t0 = time.perf_counter()
+    config.validate()
     say = progress or (lambda f, m: None)
     say(0.0, f"Reading {Path(config.data).name}")
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
     if cancel is not None and cancel():
         raise Cancelled("Evaluation was cancelled; nothing was written.")
     say(0.05, dataset.summary())
-    from trainer.training.weights import finetune_overlap
     # every image is a test image in some CV fold: none may be among the fine-tuning images
     overlap = finetune_overlap(config.weights, dataset.paths, allow=config.allow_finetune_overlap,
                                what="evaluated (held-out and cross-validation test)")
@@ -145,17 +143,14 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
                              "images; none of them is among the evaluated images.")
     if config.finetune:
         meta["notes"].append("Backbone fine-tuning is not repeated per split; the evaluation uses "
-                             "the backbones as configured (weights '%s')." % config.weights)
+                             f"the backbones as configured (weights '{config.weights}').")
     if finetune_ablation or config.finetune or overlap:
         meta["notes"].append(
             "Design caveat of fine-tuning: the classifiers are fitted on deep features of images "
             "the CNN was itself trained on, where it separates the classes better than on new "
             "images, so the classifiers and the ensemble weights, calibration and threshold tuned "
             "on them can be over-confident on unseen images.")
-    import numpy
-    import sklearn
-    import torch
-    meta["environment"] = {"python": platform.python_version(), "numpy": numpy.__version__,
+    meta["environment"] = {"python": platform.python_version(), "numpy": np.__version__,
                            "scikit-learn": sklearn.__version__, "torch": torch.__version__,
                            "machine": platform.machine()}
     say(0.97, "Writing the report")

@@ -36,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
+import safetensors.torch
+import sklearn
+import skops.io
+import torch
+import torchvision
 
+from trainer import __version__
+from trainer.classical.model import AllModel, KindModels
 from trainer.config import TrainConfig
 from trainer.inference.manifest_schema import check_manifest
 from trainer.util.atomic import atomic_write
@@ -95,11 +103,6 @@ class ModelBundle:
 
 def package_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
-    import sklearn
-    import torch
-    import torchvision
-
-    from trainer import __version__
     return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__}
@@ -111,10 +114,6 @@ def _sha256(data: bytes) -> str:
 
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically; returns the path."""
-    import safetensors.numpy
-    import safetensors.torch
-    import skops.io
-
     path = Path(path)
     members: dict[str, bytes] = {"model.skops": skops.io.dumps(bundle.model)}
     arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
@@ -176,8 +175,10 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 
 def _bounded_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path):
-    """Refuse a member whose declared size is over ``limit`` or whose compression ratio is over
-    MAX_COMPRESSION_RATIO, before anything is inflated."""
+    """Refuse a member that would inflate too far, before anything is inflated.
+
+    Too far: a declared size over ``limit`` or a compression ratio over MAX_COMPRESSION_RATIO.
+    """
     if info.file_size > limit:
         raise BundleError(f"{path.name} is not an allgui model file: {info.filename} would inflate to "
                           f"{format_bytes(info.file_size)} (at most {format_bytes(limit)}).")
@@ -254,10 +255,12 @@ def _renamed(node: Any) -> Any:
 
 
 def current_type_names(data: bytes) -> bytes:
-    """A skops payload whose schema names this package's types by today's modules: a bundle
-    written before the layered package names e.g. ``trainer.model.AllModel``, which becomes
-    ``trainer.classical.model.AllModel``. Only the type names change (data, no code); a payload
-    without old names is returned as it is."""
+    """A skops payload whose schema names this package's types by today's modules.
+
+    A bundle written before the layered package names e.g. ``trainer.model.AllModel``, which becomes
+    ``trainer.classical.model.AllModel``. Only the type names change (data, no code); a payload without old
+    names is returned as it is.
+    """
     with zipfile.ZipFile(io.BytesIO(data)) as zin:
         schema = zin.read("schema.json")
         if not any(f'"{old}"'.encode() in schema for old in LEGACY_MODULES):
@@ -273,7 +276,6 @@ def current_type_names(data: bytes) -> bytes:
 
 
 def _load_model(data: bytes, path: Path):
-    import skops.io
 
     try:
         data = current_type_names(data)
@@ -292,9 +294,6 @@ def _load_model(data: bytes, path: Path):
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read and verify a bundle. Raises :class:`BundleError` with a clear message."""
-    import safetensors.numpy
-    import safetensors.torch
-
     path = Path(path)
     with _open_zip(path) as zf:
         manifest = _manifest(zf, path)
@@ -320,10 +319,11 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
 
 
 def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
-    """(KindModels, arrays) of a loaded model: a version-1 AllModel becomes the single model
-    ``"any"`` with its arrays re-keyed; every model's base classifiers are checked."""
-    from trainer.classical.model import AllModel, KindModels
+    """(KindModels, arrays) of a loaded model.
 
+    A version-1 AllModel becomes the single model ``"any"`` with its arrays re-keyed; every model's base
+    classifiers are checked.
+    """
     if isinstance(model, AllModel):
         model = KindModels(models={"any": model})
         arrays = {(k if k.startswith("probe/") else f"any/{k}"): v for k, v in arrays.items()}

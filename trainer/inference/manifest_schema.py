@@ -1,5 +1,7 @@
-"""Type checks for a model bundle's manifest.json, so that a hand-edited or hostile manifest is
-refused with :class:`trainer.util.errors.BundleError` instead of failing later with an AttributeError.
+"""Type checks for a model bundle's manifest.json.
+
+A hand-edited or hostile manifest is refused with :class:`trainer.util.errors.BundleError` instead of
+failing later with an AttributeError.
 
 Only types are checked here (and the shape of the member table); the bundle loader checks the
 format name, version and every member's size and SHA-256.
@@ -10,6 +12,7 @@ import dataclasses
 import re
 from typing import Any
 
+from trainer.config import LEGACY_FINETUNE_KEYS, FinetuneConfig, TrainConfig
 from trainer.util.errors import BundleError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -47,20 +50,32 @@ def _value_ok(annotation: str, v: Any) -> bool:
     return True  # a type this check does not know: left to the loader
 
 
-def check_config(config: Any, name: str) -> None:
-    """Raise BundleError unless ``config`` is a dict whose known TrainConfig fields have the right types."""
-    from trainer.config import TrainConfig
-    if not isinstance(config, dict):
-        raise BundleError(f"{name}: the manifest is damaged (config is {type(config).__name__}, not a table).")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for key, value in config.items():
+def _check_fields(cls: type, values: dict, name: str, where: str = "") -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
         f = fields.get(key)
         if f is None:
             continue  # fields of newer versions are tolerated
         ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if not _value_ok(ann, value):
-            raise BundleError(f"{name}: the manifest is damaged (config field '{key}' has a value of "
+            raise BundleError(f"{name}: the manifest is damaged (config field '{where}{key}' has a value of "
                               f"type {type(value).__name__}; expected {ann}).")
+
+
+def check_config(config: Any, name: str) -> None:
+    """Raise BundleError unless ``config`` is a table of well-typed TrainConfig fields.
+
+    Its nested ``finetuning`` and the flat ``finetune_*`` keys of older bundles are checked too.
+    """
+    if not isinstance(config, dict):
+        raise BundleError(f"{name}: the manifest is damaged (config is {type(config).__name__}, not a table).")
+    _check_fields(TrainConfig, config, name)
+    nested = config.get("finetuning", {})
+    if not isinstance(nested, dict):
+        raise BundleError(f"{name}: the manifest is damaged (config field 'finetuning' is not a table).")
+    _check_fields(FinetuneConfig, nested, name, "finetuning.")
+    legacy = {LEGACY_FINETUNE_KEYS[k]: v for k, v in config.items() if k in LEGACY_FINETUNE_KEYS}
+    _check_fields(FinetuneConfig, legacy, name, "finetuning.")
 
 
 def _need(cond: bool, name: str, what: str) -> None:

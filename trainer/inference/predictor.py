@@ -7,21 +7,23 @@ the same for every white cell found.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
+import torch
 
 from trainer.classical.model import operating_point
 from trainer.inference.bundle import ModelBundle, load_bundle
-from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction, decide  # noqa: F401
+from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.vision import fingerprint, segmentation
 from trainer.vision.backbones import BACKBONES
-from trainer.vision.features import FeatureExtractor
+from trainer.vision.features import PRECISIONS, FeatureExtractor, cpu_has_bf16
 
 MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
 
@@ -84,15 +86,16 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None,
-                    precision: str | None = None) -> "Predictor":
+                    precision: str | None = None) -> Predictor:
         """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`."""
         return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
 
     def warm_up(self) -> None:
-        """One batch-of-one forward pass through every network, so the first image opened does not
-        pay for the kernels' one-time set-up (call it where the model is loaded, off the GUI thread)."""
-        import torch
+        """One batch-of-one forward pass through every network.
 
+        The first image opened then does not pay for the kernels' one-time set-up (call it where the model
+        is loaded, off the GUI thread).
+        """
         ex = self.extractor
         models = self.extractors[self.keys[0]].models()
         for e in self.extractors.values():
@@ -100,9 +103,9 @@ class Predictor:
         x = torch.zeros(1, 3, int(ex.image_size), int(ex.image_size), device=ex.torch_device)
         x = x.contiguous(memory_format=torch.channels_last)
         amp = ex._amp_dtype()
-        import contextlib
 
-        ctx = torch.autocast(device_type=ex.torch_device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        ctx = (torch.autocast(device_type=ex.torch_device.type, dtype=amp) if amp is not None
+               else contextlib.nullcontext())
         with torch.inference_mode(), ctx:
             for m in models.values():
                 m(x)
@@ -135,12 +138,12 @@ class Predictor:
         """(sensitivity, specificity) model ``key`` had on its validation split at ``threshold``.
 
         The validation split also chose the threshold and the calibration, so these are optimistic;
-        :meth:`test_operating_point` gives the held-out view."""
+        :meth:`test_operating_point` gives the held-out view.
+        """
         return self.models[self._key(key)].operating_point(threshold)
 
     def test_operating_point(self, threshold: float, key: str | None = None) -> tuple[float, float] | None:
-        """(sensitivity, specificity) of model ``key`` on its held-out test split at ``threshold``;
-        None without one."""
+        """(sensitivity, specificity) of model ``key`` on its held-out test split at ``threshold``; None without one."""
         key = self._key(key)
         y, p = self.bundle.arrays.get(f"{key}/test/y"), self.bundle.arrays.get(f"{key}/test/calibrated")
         if y is None or p is None or len(y) == 0 or len(np.unique(y)) < 2:
@@ -153,9 +156,11 @@ class Predictor:
         return self.predict_batch([image_or_path], paths=[path])[0]
 
     def prepare(self, item, path: str | None = None) -> tuple:
-        """The work before the networks for one image: decode (a path) and segment. Thread-safe,
-        so the next images can be prepared while the networks judge the current ones; pass the
-        results to :meth:`predict_batch` as ``prepared``. Raises ImageReadError."""
+        """The work before the networks for one image: decode (a path) and segment.
+
+        Thread-safe, so the next images can be prepared while the networks judge the current ones; pass the
+        results to :meth:`predict_batch` as ``prepared``. Raises ImageReadError.
+        """
         if isinstance(item, (str, os.PathLike)):
             path = path or str(item)
             img = read_image(item)
@@ -174,7 +179,8 @@ class Predictor:
         """Classify many images; crops of all of them go through the networks together.
 
         ``prepared`` may hold, per item, what :meth:`prepare` returned for it (or the exception it
-        raised, raised here): the images are then not read or segmented again."""
+        raised, raised here): the images are then not read or segmented again.
+        """
         items = list(items)
         paths = list(paths) if paths is not None else [None] * len(items)
         t0 = time.perf_counter()
@@ -273,11 +279,11 @@ class Predictor:
 
 
 def inference_precision(requested: str | None = None, device: str = "auto") -> str:
-    """Precision of prediction's forward passes: ``"fp32"`` or ``"bf16"`` as asked; ``None`` or
-    ``"auto"``: bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX, see
-    :func:`trainer.vision.features.cpu_has_bf16`), else float32 (on CUDA ``"auto"`` keeps autocast)."""
-    from trainer.vision.features import PRECISIONS, cpu_has_bf16
+    """Precision of prediction's forward passes: ``"fp32"`` or ``"bf16"`` as asked; ``None`` or ``"auto"``.
 
+    Bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX, see
+    :func:`trainer.vision.features.cpu_has_bf16`), else float32 (on CUDA ``"auto"`` keeps autocast).
+    """
     req = (requested or "auto").lower()
     if req not in PRECISIONS:
         raise AllguiError(f"Unknown precision '{requested}'; use one of {', '.join(PRECISIONS)}.")

@@ -89,8 +89,10 @@ class ImagePrediction:
 
     @property
     def deciding(self) -> CellPrediction:
-        """The prediction that gives the image its result: the most suspicious cell of a field
-        decided by cells, else the whole image."""
+        """The prediction that gives the image its result.
+
+        The most suspicious cell of a field decided by cells, else the whole image.
+        """
         if self.field_by_cells:
             return max(self.cells, key=lambda c: c.probability)
         return self.whole
@@ -102,20 +104,27 @@ class ImagePrediction:
 
     @property
     def assessable(self) -> bool:
-        """False when no nucleus (no white cell) was found: the image then gets no class, only
-        :data:`DECISION_NOT_ASSESSABLE`. White cells of a field are found from their nuclei."""
+        """False when no nucleus (no white cell) was found.
+
+        The image then gets no class, only :data:`DECISION_NOT_ASSESSABLE`. White cells of a field are found
+        from their nuclei.
+        """
         return bool(self.cells) or bool(np.any(self.nucleus_mask))
 
     def decision(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
-        """The image-level decision: :data:`DECISION_NOT_ASSESSABLE` without a nucleus, else
-        :func:`decide` on :attr:`probability`."""
+        """The image-level decision.
+
+        :data:`DECISION_NOT_ASSESSABLE` without a nucleus, else :func:`decide` on :attr:`probability`.
+        """
         if not self.assessable:
             return DECISION_NOT_ASSESSABLE
         return decide(self.probability, threshold, band)
 
     def count(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> dict[str, int]:
-        """Number of deciding units per decision at ``threshold``: the cells of a field decided by
-        cells, else the whole image as one."""
+        """Number of deciding units per decision at ``threshold``.
+
+        The cells of a field decided by cells, else the whole image as one.
+        """
         cells = self.cells if self.field_by_cells else [self.whole]
         out = {DECISION_ALL: 0, DECISION_NORMAL: 0, DECISION_UNCERTAIN: 0, DECISION_NOT_ASSESSABLE: 0}
         if not self.assessable:

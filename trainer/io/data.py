@@ -10,44 +10,26 @@ Two layouts are read:
   class column, optionally a group column) takes precedence over the folder names when present.
 
 Label 1 is the positive class ``'ALL'``, label 0 the negative class ``'normal'``.
-The seeded train/validation/test splits and cross-validation folds live in :mod:`trainer.io.splits`
-and are re-exported here.
+The samples themselves are :mod:`trainer.io.samples`, ``labels.csv`` and class names
+:mod:`trainer.io.labels`, the seeded splits and cross-validation folds :mod:`trainer.io.splits`.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
-import numpy as np
-
-from trainer.io.imageio import IMAGE_SUFFIXES, is_image_file, read_image
-from trainer.io.splits import cv_folds, default_protocol, max_folds, split_train_val_test  # noqa: F401 (re-exported)
-from trainer.util.errors import AllguiError, Cancelled, DataError
+from trainer.config import LAYOUTS
+from trainer.io.imageio import IMAGE_SUFFIXES, content_hash, is_image_file, read_image
+from trainer.io.labels import class_mapping, find_labels_csv, load_labels_csv
+from trainer.io.samples import CLASS_NAMES, Dataset, Sample
+from trainer.util.errors import AllguiError, Cancelled, DataError, ImageReadError
 from trainer.util.progress import Progress
 
-#: Binary class names, index = label: 0 negative, 1 positive.
-CLASS_NAMES: tuple[str, str] = ("normal", "ALL")
-LAYOUTS: tuple[str, ...] = ("auto", "cnmc", "folders")
-
-#: Class or label names understood without a user mapping (lower case).
-POSITIVE_NAMES = frozenset({"all", "b-all", "blast", "blasts", "malignant", "positive", "leukemia",
-                            "leukaemia", "cancer", "tumor", "tumour", "1", "true", "yes"})
-NEGATIVE_NAMES = frozenset({"hem", "normal", "benign", "healthy", "negative", "control", "0",
-                            "false", "no"})
-
 _CNMC_NAME = re.compile(r"^UID_(H?\d+)_(\d+)_(\d+)_(all|hem)$", re.IGNORECASE)
-_PATH_COLUMNS = ("path", "relpath", "rel_path", "file", "filename", "file_name", "filepath",
-                 "image", "image_path", "image_name")
-_CLASS_COLUMNS = ("class", "class_name", "classname", "category", "diagnosis")
-_LABEL_COLUMNS = ("label", "target", "y")
-_GROUP_COLUMNS = ("group", "subject_id", "subject", "patient_id", "patient", "group_id")
 _IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini", "labels.csv"})
 #: skipped files and data warnings are logged here (the command line prints them on the console)
 log = logging.getLogger(__name__)  # "trainer.io.data": the CLI prints its warnings
@@ -55,98 +37,11 @@ _LOGGED_SKIPS = 20
 
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image.
-
-    ``label`` is 0 (normal) or 1 (ALL); ``class_name`` is the class as found in the data
-    (folder name or csv class, e.g. ``'hem'`` or ``'Early'``); ``group`` the subject/group id
-    or None when unknown.
-    """
-
-    path: Path
-    label: int
-    class_name: str
-    group: str | None = None
-
-
-@dataclass
-class Dataset:
-    """The images found in a folder, with their labels and groups, and what was left out.
-
-    ``skipped`` lists (path, reason) for every file that was left out, ``warnings`` other
-    things worth telling the user (e.g. files without a subject id).
-    """
-
-    samples: list[Sample]
-    class_names: tuple[str, str] = CLASS_NAMES
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    root: Path | None = None
-    layout: str = ""
-    warnings: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __iter__(self):
-        return iter(self.samples)
-
-    def __getitem__(self, i: int) -> Sample:
-        return self.samples[i]
-
-    @property
-    def paths(self) -> list[Path]:
-        return [s.path for s in self.samples]
-
-    @property
-    def labels(self) -> np.ndarray:
-        """(N,) int64 array of 0/1 labels."""
-        return np.array([s.label for s in self.samples], dtype=np.int64)
-
-    @property
-    def groups(self) -> np.ndarray | None:
-        """(N,) object array of group ids, or None unless every sample has one."""
-        g = [s.group for s in self.samples]
-        if not g or any(x is None or x == "" for x in g):
-            return None
-        return np.array(g, dtype=object)
-
-    def class_counts(self) -> dict[str, int]:
-        """Images per binary class, e.g. ``{'normal': 200, 'ALL': 1000}``."""
-        c = Counter(s.label for s in self.samples)
-        return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
-
-    def source_class_counts(self) -> dict[str, int]:
-        """Images per class as found in the data (folder or csv class)."""
-        return dict(sorted(Counter(s.class_name for s in self.samples).items()))
-
-    def group_counts(self) -> dict[str, int]:
-        """Number of distinct groups per binary class (0 where groups are unknown)."""
-        out = {}
-        for i, name in enumerate(self.class_names):
-            out[name] = len({s.group for s in self.samples if s.label == i and s.group})
-        return out
-
-    def subset(self, indices: Iterable[int]) -> "Dataset":
-        """A Dataset with the samples at ``indices`` (same class names, no skipped files)."""
-        return Dataset([self.samples[int(i)] for i in indices], self.class_names, [],
-                       self.root, self.layout, [])
-
-    def summary(self) -> str:
-        """One line for logs and the app, e.g. ``1200 images (normal 200, ALL 1000), 24 groups``."""
-        counts = ", ".join(f"{k} {v}" for k, v in self.class_counts().items())
-        groups = {s.group for s in self.samples if s.group}
-        text = f"{len(self)} images ({counts})"
-        if groups:
-            text += f", {len(groups)} groups"
-        if self.skipped:
-            text += f", {len(self.skipped)} files skipped"
-        return text
-
-
 def parse_cnmc_subject(name: str | os.PathLike) -> str:
-    """Subject id from a C-NMC file name: ``UID_11_10_1_all.bmp`` -> ``'11'``,
-    ``UID_H10_43_1_hem.bmp`` -> ``'H10'``. Raises DataError for other names."""
+    """Subject id from a C-NMC file name: ``UID_11_10_1_all.bmp`` -> ``'11'``, ``UID_H10_43_1_hem.bmp`` -> ``'H10'``.
+
+    Raises DataError for other names.
+    """
     stem = Path(name).name
     for suffix in IMAGE_SUFFIXES:
         if stem.lower().endswith(suffix):
@@ -191,7 +86,8 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
         progress, cancel: optional callbacks (fraction, message) and cancel check for
             the readability pass.
 
-    Raises:
+    Raises
+    ------
         DataError: missing/empty folder, no images, only one class, unknown classes or columns.
     """
     root = Path(root)
@@ -211,9 +107,9 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
     if layout == "cnmc":
         samples = _load_cnmc(root, skipped, warnings)
     else:
-        csv_path = _find_csv(root, labels_csv)
+        csv_path = find_labels_csv(root, labels_csv)
         if csv_path is not None:
-            samples = _load_csv(root, csv_path, positive, group_column, skipped, warnings)
+            samples = load_labels_csv(root, csv_path, positive, group_column, skipped, warnings)
         else:
             if group_column is not None:
                 raise DataError(f"A group column ('{group_column}') needs a labels.csv; "
@@ -254,8 +150,6 @@ def _log_skipped(ds: Dataset) -> None:
 
 def _digest(path: Path, head_only: bool) -> str | None:
     """SHA-256 of a file (or of its first and last 64 KiB: a cheap first pass); None if unreadable."""
-    from trainer.io.imageio import content_hash
-    from trainer.util.errors import ImageReadError
     if not head_only:
         try:
             return content_hash(path)
@@ -273,8 +167,10 @@ def _digest(path: Path, head_only: bool) -> str | None:
 
 
 def _drop_conflicting_duplicates(samples: list[Sample], skipped: list, warnings: list) -> list[Sample]:
-    """Leave out every copy of an image that appears (byte for byte) under both labels: such a
-    training set teaches nothing but noise, and the user must decide which label is right."""
+    """Leave out every copy of an image that appears (byte for byte) under both labels.
+
+    Such a training set teaches nothing but noise, and the user must decide which label is right.
+    """
     by_size: dict[int, list[Sample]] = {}
     for s in samples:
         try:
@@ -353,66 +249,6 @@ def _load_cnmc(root: Path, skipped: list, warnings: list) -> list[Sample]:
     return samples
 
 
-def _find_csv(root: Path, labels_csv) -> Path | None:
-    if labels_csv is False:
-        return None
-    if labels_csv is None or labels_csv is True:
-        p = root / "labels.csv"
-        if p.is_file():
-            return p
-        if labels_csv is True:
-            raise DataError(f"No labels.csv in {root}.")
-        return None
-    p = Path(labels_csv)
-    if not p.is_absolute():
-        p = root / p
-    if not p.is_file():
-        raise DataError(f"Labels file not found: {p}")
-    return p
-
-
-def _positive_set(positive: Sequence[str] | str | None) -> set[str] | None:
-    if positive is None:
-        return None
-    if isinstance(positive, str):
-        positive = positive.split(",")
-    names = {str(p).strip().lower() for p in positive if str(p).strip()}
-    if not names:
-        raise DataError("The list of positive classes is empty.")
-    return names
-
-
-def _class_mapping(classes: Iterable[str], positive: Sequence[str] | str | None) -> dict[str, int]:
-    """Binary label for each class name found (keys as found)."""
-    classes = sorted(set(classes))
-    pos = _positive_set(positive)
-    found = ", ".join(classes) if classes else "none"
-    if pos is None:
-        mapping = {}
-        for c in classes:
-            k = c.strip().lower()
-            if k in POSITIVE_NAMES:
-                mapping[c] = 1
-            elif k in NEGATIVE_NAMES:
-                mapping[c] = 0
-            else:
-                raise DataError(
-                    f"Cannot tell which classes are ALL (positive): found classes {found}. "
-                    "Name the positive classes (e.g. positive=Early,Pre,Pro).")
-        return mapping
-    lower = {c.strip().lower() for c in classes}
-    given = positive.split(",") if isinstance(positive, str) else list(positive)
-    missing = [str(p).strip() for p in given if str(p).strip().lower() not in lower]
-    if missing:
-        raise DataError(f"Positive class(es) {', '.join(missing)} not found; "
-                        f"classes found: {found}.")
-    mapping = {c: int(c.strip().lower() in pos) for c in classes}
-    if all(mapping.values()):
-        raise DataError(f"Every class found ({found}) is marked positive; "
-                        "at least one class must be negative (normal).")
-    return mapping
-
-
 def _load_class_folders(root: Path, positive, skipped: list, warnings: list) -> list[Sample]:
     class_files: dict[str, list[Path]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -440,128 +276,8 @@ def _load_class_folders(root: Path, positive, skipped: list, warnings: list) -> 
         only = next(iter(class_files))
         raise DataError(f"Only one class folder with images found in {root}: '{only}' "
                         f"({len(class_files[only])} images). Two classes are needed.")
-    mapping = _class_mapping(class_files, positive)
+    mapping = class_mapping(class_files, positive)
     return [Sample(f, mapping[c], c, None) for c, files in class_files.items() for f in files]
-
-
-def _pick_column(columns: dict[str, str], candidates: Sequence[str]) -> str | None:
-    for c in candidates:
-        if c in columns:
-            return columns[c]
-    return None
-
-
-def _label_from_value(value: str, pos: set[str] | None) -> int | None:
-    v = value.strip().lower()
-    if pos is not None:
-        return int(v in pos)
-    try:
-        num = float(v)
-    except ValueError:
-        num = None
-    if num is not None and num in (0.0, 1.0):
-        return int(num)
-    if v in POSITIVE_NAMES:
-        return 1
-    if v in NEGATIVE_NAMES:
-        return 0
-    return None
-
-
-def _load_csv(root: Path, csv_path: Path, positive, group_column: str | None,
-              skipped: list, warnings: list) -> list[Sample]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-            header = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"Cannot read labels file {csv_path.name}: {exc}") from exc
-    if not rows:
-        raise DataError(f"Labels file {csv_path.name} has no rows.")
-    columns = {str(c).strip().lower(): c for c in header if c is not None}
-    shown = ", ".join(str(c) for c in header if c is not None)
-    path_col = _pick_column(columns, _PATH_COLUMNS)
-    if path_col is None:
-        raise DataError(f"Labels file {csv_path.name} has no path column (looked for "
-                        f"{', '.join(_PATH_COLUMNS[:3])}); columns: {shown}.")
-    class_col = _pick_column(columns, _CLASS_COLUMNS)
-    label_col = _pick_column(columns, _LABEL_COLUMNS)
-    if group_column is not None:
-        group_col = columns.get(group_column.strip().lower())
-        if group_col is None:
-            raise DataError(f"Group column '{group_column}' not in {csv_path.name}; "
-                            f"columns: {shown}.")
-    else:
-        group_col = _pick_column(columns, _GROUP_COLUMNS)
-    pos = _positive_set(positive)
-    # with a positive-class mapping the class names decide; otherwise a 0/1 label column
-    if pos is not None:
-        value_col = class_col or label_col
-    else:
-        value_col = label_col or class_col
-    if value_col is None:
-        raise DataError(f"Labels file {csv_path.name} has no label or class column; "
-                        f"columns: {shown}.")
-    name_col = class_col or value_col
-    if pos is not None:
-        _class_mapping({(r.get(value_col) or "").strip() for r in rows} - {""}, positive)
-
-    base = csv_path.parent
-    samples, seen, unknown = [], set(), Counter()
-    for r in rows:
-        rel = (r.get(path_col) or "").strip()
-        if not rel:
-            continue
-        if _escapes(rel):  # confined by the path as written: links inside the folder may point anywhere
-            skipped.append((Path(rel), f"outside the data folder (listed in {csv_path.name}); refused"))
-            continue
-        p = base / rel
-        value = (r.get(value_col) or "").strip()
-        if not value:
-            skipped.append((p, f"no {value_col} in {csv_path.name}"))
-            continue
-        label = _label_from_value(value, pos)
-        if label is None:
-            unknown[value] += 1
-            continue
-        key = os.path.normcase(os.path.abspath(p))
-        if key in seen:
-            skipped.append((p, f"listed twice in {csv_path.name}"))
-            continue
-        seen.add(key)
-        if not p.is_file():
-            skipped.append((p, f"file not found (listed in {csv_path.name})"))
-            continue
-        if not is_image_file(p):
-            skipped.append((p, f"not an image file (suffix '{p.suffix}')"))
-            continue
-        group = None
-        if group_col:
-            group = (r.get(group_col) or "").strip() or None
-        samples.append(Sample(p, label, (r.get(name_col) or value).strip(), group))
-    if unknown:
-        vals = ", ".join(sorted(unknown))
-        raise DataError(f"Cannot tell which labels in {csv_path.name} are ALL (positive): "
-                        f"{vals}. Use 0/1 labels or name the positive classes.")
-    unlisted = sum(1 for d, _, fs in os.walk(root) for f in fs if is_image_file(f)
-                   and os.path.normcase(os.path.abspath(os.path.join(d, f))) not in seen)
-    if unlisted:
-        warnings.append(f"{unlisted} image file(s) under {root.name} are not listed "
-                        f"in {csv_path.name} and were left out.")
-    if group_col and samples and any(s.group is None for s in samples):
-        n = sum(s.group is None for s in samples)
-        warnings.append(f"{n} row(s) in {csv_path.name} have no {group_col}; "
-                        "subject-level splitting is not possible.")
-    return samples
-
-
-def _escapes(rel: str) -> bool:
-    """True for a labels.csv path that is absolute or climbs out of the csv's folder with '..'."""
-    text = rel.replace("\\", "/")
-    if text.startswith("/") or os.path.isabs(rel) or re.match(r"^[A-Za-z]:", text):
-        return True
-    norm = os.path.normpath(text)
-    return norm == ".." or norm.startswith("../")
 
 
 def _readable(samples: list[Sample], skipped: list, progress: Progress | None,
@@ -608,9 +324,6 @@ def merge_datasets(datasets: Sequence[Dataset]) -> Dataset:
     left out (listed in ``skipped``), so no image can sit on two sides of a split. Pixels are
     compared, not file bytes: the same crop as BMP in one folder and PNG in another is one image.
     """
-    from trainer.io.imageio import content_hash, read_image
-    from trainer.util.errors import ImageReadError
-
     datasets = list(datasets)
     if len(datasets) == 1:
         return datasets[0]

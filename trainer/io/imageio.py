@@ -39,7 +39,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     (transparent pixels become black, like the background of a C-NMC crop). Only the first
     page of a multi-page TIFF is read.
 
-    Raises:
+    Raises
+    ------
         ImageReadError: the file is missing, empty, truncated, not an image, or in a pixel
             format that cannot be converted. The message names the file and the reason.
     """
@@ -70,10 +71,12 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
 
 
 def image_header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) declared in the header of PNG, JPEG, BMP or TIFF bytes, read without
-    decoding; None when the bytes are none of these formats.
+    """(width, height) declared in the header of PNG, JPEG, BMP or TIFF bytes, read without decoding.
 
-    Raises:
+    None when the bytes are none of these formats.
+
+    Raises
+    ------
         ValueError: the header of a recognised format is truncated or malformed.
     """
     try:

@@ -7,32 +7,29 @@ Two protocols:
 * ``'subject'``: grouped by subject/group id, no group on two sides, each side as close to the
   class proportions as the groups allow.
 
-All functions take labels as an array, a list of :class:`trainer.io.data.Sample` or a
-:class:`trainer.io.data.Dataset` (then the groups come from it too), and return sorted int64
+All functions take labels as an array, a list of :class:`trainer.io.samples.Sample` or a
+:class:`trainer.io.samples.Dataset` (then the groups come from it too), and return sorted int64
 index arrays into it.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from trainer.config import PROTOCOLS
+from trainer.io.samples import group_ids, sample_groups
 from trainer.util.errors import DataError
 
-PROTOCOLS: tuple[str, ...] = ("subject", "image")
 _SPLIT_NAMES = ("train", "validation", "test")
 _BINARY_NAMES = {0: "normal", 1: "ALL"}
 
 
 def default_protocol(groups: Sequence | np.ndarray | None) -> str:
     """'subject' when every sample has a group id, else 'image'."""
-    if groups is None:
-        return "image"
-    g = list(groups)
-    if not g or any(x is None or (isinstance(x, float) and np.isnan(x)) or x == "" for x in g):
-        return "image"
-    return "subject"
+    return "image" if group_ids(groups) is None else "subject"
 
 
 def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None, *,
@@ -54,7 +51,8 @@ def split_train_val_test(data: Any, groups: Sequence | np.ndarray | None = None,
             :func:`source_strata`); every non-empty part then holds every stratum. When the
             groups make that impossible, the split is stratified on the labels alone.
 
-    Raises:
+    Raises
+    ------
         DataError: a non-empty part would miss a class, or groups are missing for 'subject'.
     """
     labels, groups = _labels_groups(data, groups)
@@ -94,7 +92,8 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
     to stratify on, so every source's images of each class spread over the folds; where the
     groups make that impossible, the folds are stratified on the labels alone.
 
-    Raises:
+    Raises
+    ------
         DataError: fewer images (image) or groups (subject) of a class than folds
             (see :func:`max_folds`).
     """
@@ -151,8 +150,10 @@ def cv_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
 
 def max_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
               protocol: str | None = None) -> int:
-    """Most cross-validation folds possible with every class in every test fold: the fewest
-    images (image protocol) or subjects/groups (subject protocol) any class has."""
+    """Most cross-validation folds possible with every class in every test fold.
+
+    The fewest images (image protocol) or subjects/groups (subject protocol) any class has.
+    """
     labels, groups = _labels_groups(data, groups)
     protocol = _check_protocol(protocol, groups)
     y = _encode(labels)
@@ -163,9 +164,12 @@ def max_folds(data: Any, groups: Sequence | np.ndarray | None = None, *,
 
 
 def source_strata(data: Any) -> np.ndarray | None:
-    """(N,) strata ``"<label>:<class name>"`` of a Dataset or Samples whose labels each cover
-    several source classes (e.g. C-NMC 'hem' and Aria 'Benign' both normal); None when each label
-    has one class name, where stratifying on the label is the same."""
+    """(N,) strata ``"<label>:<class name>"`` where labels span several source classes.
+
+    For a Dataset or Samples whose labels each cover several source classes (e.g. C-NMC 'hem' and Aria
+    'Benign' both normal); None when each label has one class name, where stratifying on the label is the
+    same.
+    """
     samples = getattr(data, "samples", data)
     strata = np.array([f"{s.label}:{getattr(s, 'class_name', '')}" for s in samples])
     labels = {str(s.label) for s in samples}
@@ -251,8 +255,7 @@ def _labels_groups(data: Any, groups) -> tuple[np.ndarray, np.ndarray | None]:
     if samples is not None:
         labels = np.array([s.label for s in samples])
         if groups is None:
-            g = [s.group for s in samples]
-            groups = None if default_protocol(g) == "image" else np.array(g, dtype=object)
+            groups = sample_groups(samples)
     else:
         labels = np.asarray(data)
     if labels.ndim != 1 or len(labels) == 0:

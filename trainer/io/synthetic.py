@@ -175,7 +175,8 @@ def write_dataset(root, layout: str = "cnmc", n_per_class: int = 8, size: int = 
     (normal), subjects 1..n_subjects per class. ``layout='folders'``: ``Benign/`` (normal) and ``Pro/``
     (malignant) PNG files plus ``labels.csv`` with columns path, class, label, group (group = subject).
     ``kind='cell'`` writes single-cell crops, ``kind='field'`` smear fields (2 white cells each),
-    ``kind='mixed'`` both, each subject having both kinds (crops of side ``size``, fields of side ``max(2 * size, 128)``).
+    ``kind='mixed'`` both, each subject having both kinds (crops of side ``size``, fields of side
+    ``max(2 * size, 128)``).
     """
     if layout not in ("cnmc", "folders"):
         raise ValueError(f"layout must be 'cnmc' or 'folders', not {layout!r}")

@@ -1,2 +1,4 @@
-"""Numbers to verdicts about a model: binary metrics with bootstrap intervals, and the paired
-significance tests of cross-validation folds."""
+"""Numbers to verdicts about a model.
+
+Binary metrics with bootstrap intervals, and the paired significance tests of cross-validation folds.
+"""

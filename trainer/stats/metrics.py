@@ -173,8 +173,10 @@ def _group_strata(y: np.ndarray, groups: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _group_weights(strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, G) times each group is drawn: the groups of each stratum resampled with replacement,
-    as many draws as the stratum has groups."""
+    """(n, G) times each group is drawn.
+
+    The groups of each stratum resampled with replacement, as many draws as the stratum has groups.
+    """
     G = strata.size
     w = np.zeros(n * G)
     offset = (np.arange(n) * G)[:, None]
@@ -319,8 +321,10 @@ def bootstrap_auc_diff_test(y: Any, s1: Any, s2: Any, n: int = 2000, seed: int =
 
 
 def pr_curve(y: Any, s: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision-recall curve ``(precision, recall, thresholds)`` as scikit-learn returns it
-    (recall decreasing, last point (recall 0, precision 1) has no threshold)."""
+    """Precision-recall curve ``(precision, recall, thresholds)`` as scikit-learn returns it.
+
+    Recall decreases; the last point (recall 0, precision 1) has no threshold.
+    """
     y, s = _pair(y, s)
     _both_classes(y, "A precision-recall curve")
     return skm.precision_recall_curve(y, s)
@@ -401,8 +405,11 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = 10,
 
 # --------------------------------------------------------------------------- bundle
 def threshold_metrics(y: Any, pred: Any) -> dict[str, Any]:
-    """Accuracy, precision, recall (= sensitivity), specificity, F1 and the confusion matrix
-    ``{"tn", "fp", "fn", "tp"}`` of hard predictions, JSON-ready."""
+    """Threshold metrics of hard predictions, JSON-ready.
+
+    Accuracy, precision, recall (= sensitivity), specificity, F1 and the confusion matrix ``{"tn", "fp",
+    "fn", "tp"}``.
+    """
     y, pred = _preds(y, pred)
     cm = confusion_matrix(y, pred)
     return {"accuracy": accuracy(y, pred), "precision": precision(y, pred),

@@ -8,7 +8,8 @@ value the t statistics are undefined (sd 0) and p is NaN with a note saying so.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats

@@ -1,2 +1,5 @@
-"""Making a model: the end-to-end training pipeline, backbone fine-tuning (loop, data, checkpoints,
-distributed helpers) and the files of fine-tuned weights."""
+"""Making a model: the training pipeline and backbone fine-tuning.
+
+The end-to-end pipeline, the fine-tuning loop with its data, checkpoints and distributed helpers, and the
+files of fine-tuned weights.
+"""

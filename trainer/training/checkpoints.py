@@ -1,19 +1,22 @@
-"""Early stopping and the per-epoch checkpoints of a fine-tuning run (written atomically, read back
-with ``torch.load(weights_only=True)``: tensors and plain containers only)."""
+"""Early stopping and the per-epoch checkpoints of a fine-tuning run.
+
+Checkpoints are written atomically and read back with ``torch.load(weights_only=True)``: tensors and plain
+containers only.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainer.config import FinetuneConfig
 from trainer.util.errors import AllguiError
 
 CHECKPOINT_FORMAT = "allgui-finetune-checkpoint/1"
@@ -25,8 +28,10 @@ RUN_FIELDS = ("weights", "lr", "weight_decay", "batch_size", "image_size", "gamm
 
 
 class EarlyStopping:
-    """Patience rule on a loss: ``step(loss)`` returns True when the loss is a new best
-    (``loss < best - min_delta``); ``should_stop`` once ``patience`` epochs in a row did not improve."""
+    """Patience rule on a loss: ``step(loss)`` returns True when the loss is a new best (``loss < best - min_delta``).
+
+    ``should_stop`` once ``patience`` epochs in a row did not improve.
+    """
 
     def __init__(self, patience: int, min_delta: float = 0.0) -> None:
         self.patience = int(patience)
@@ -88,8 +93,12 @@ def data_fingerprint(items: Sequence, labels: Sequence[int]) -> str:
     return h.hexdigest()
 
 
-def run_key(name: str, cfg: FinetuneConfig, world_size: int, train_fp: str, val_fp: str) -> str:
-    d = cfg.to_dict()
+def run_key(name: str, settings: Mapping[str, Any], world_size: int, train_fp: str, val_fp: str) -> str:
+    """What identifies a run: backbone, world size, data and the settings that change its result.
+
+    ``settings`` is :meth:`trainer.config.TrainConfig.finetune_summary`.
+    """
+    d = settings
     text = json.dumps({"backbone": name, "world_size": world_size, "train": train_fp, "val": val_fp,
                        **{k: d[k] for k in RUN_FIELDS}}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -1,5 +1,7 @@
-"""Helpers for runs under ``torchrun``: joining the process group, rank information, barriers and
-sums across processes. Without torchrun every helper acts as rank 0 of 1."""
+"""Helpers for runs under ``torchrun``: joining the process group, rank information, barriers and sums across processes.
+
+Without torchrun every helper acts as rank 0 of 1.
+"""
 from __future__ import annotations
 
 import os
@@ -11,7 +13,7 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+    """The place of this process in a torchrun job (rank 0 of 1 when not distributed)."""
 
     rank: int = 0
     world_size: int = 1

@@ -37,16 +37,19 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer.config import FinetuneConfig, as_finetune_config
+from trainer.config import MIN_IMAGE_SIZE, ConfigError, FinetuneConfig, TrainConfig, as_train_config
 from trainer.training.checkpoints import (
     CHECKPOINT_FORMAT,
     EarlyStopping,
@@ -159,9 +162,11 @@ def _labels(train_labels, val_labels) -> tuple[np.ndarray, np.ndarray, int, int]
     return y_train, y_val, n_pos, n_neg
 
 
-def _network(name: str, cfg: FinetuneConfig, report: Progress | None) -> tuple[nn.Module, str]:
-    """Backbone + Linear(D, 1) head, trainable, and what it started from: ImageNet weights when asked
-    for and available, else from scratch (the issue's rule)."""
+def _network(name: str, cfg: SimpleNamespace, report: Progress | None) -> tuple[nn.Module, str]:
+    """Backbone + Linear(D, 1) head, trainable, and what it started from.
+
+    Started from ImageNet weights when asked for and available, else from scratch (the issue's rule).
+    """
     init = str(cfg.weights)
     try:
         model = build_classifier_model(name, cfg.weights, num_classes=1, seed=cfg.seed)
@@ -202,10 +207,10 @@ class _Run:
         self.best_state = ckpt["best_model"] if ckpt["best_model"] is not None else ckpt["model"]
         self.epoch = int(ckpt["epoch"])
 
-    def checkpoint(self, name: str, key: str, cfg: FinetuneConfig, improved: bool) -> dict[str, Any]:
+    def checkpoint(self, name: str, key: str, settings: dict[str, Any], improved: bool) -> dict[str, Any]:
         """Everything :meth:`resume` needs, tensors and plain containers only."""
         return {
-            "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": key, "config": cfg.to_dict(),
+            "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": key, "config": settings,
             "epoch": self.epoch, "model": self.best_state if improved else cpu_state(self.model),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "stopper": self.stopper.state_dict(),
@@ -217,8 +222,10 @@ class _Run:
 
 def _checkpoint_to_resume(ckpt_file: Path | None, key: str, resume: bool, info: DistInfo, dev: torch.device,
                           name: str, report: Progress | None) -> dict[str, Any] | None:
-    """The checkpoint of this very run (same data and settings), or None to start afresh. Under
-    DDP every rank takes part, and the run resumes only if all of them can."""
+    """The checkpoint of this very run (same data and settings), or None to start afresh.
+
+    Under DDP every rank takes part, and the run resumes only if all of them can.
+    """
     if ckpt_file is None or not resume:
         return None
     ckpt = None
@@ -246,7 +253,7 @@ def finetune_backbone(
     train_labels: Sequence[int],
     val_items: Sequence,
     val_labels: Sequence[int],
-    cfg: FinetuneConfig | Any = None,
+    cfg: TrainConfig | FinetuneConfig | Any = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
@@ -266,8 +273,10 @@ def finetune_backbone(
         Image paths or RGB uint8 arrays (H, W, 3).
     train_labels, val_labels : sequence of int
         0 = normal, 1 = ALL.
-    cfg : FinetuneConfig, TrainConfig or dict, optional
-        The run's settings (default: the paper's).
+    cfg : TrainConfig, FinetuneConfig or dict, optional
+        The run's settings: the config's ``finetuning`` part with its image size, gamma, initial
+        weights, seed and workers (a FinetuneConfig alone: with the default TrainConfig; default:
+        the paper's set-up).
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"`` or a device.
     progress, cancel : callable, optional
@@ -297,8 +306,12 @@ def finetune_backbone(
     AllguiError
         When training diverges.
     """
-    cfg = as_finetune_config(cfg)
-    cfg.validate()
+    config = as_train_config(cfg)
+    config.finetuning.validate()
+    if int(config.image_size) < MIN_IMAGE_SIZE:
+        raise ConfigError(f"Image size must be at least {MIN_IMAGE_SIZE} pixels, not {config.image_size}.")
+    settings = config.finetune_summary()
+    cfg = SimpleNamespace(**settings)  # the flat settings of this run, read below
     if name not in BACKBONES:
         raise AllguiError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
     y_train, y_val, n_pos, n_neg = _labels(train_labels, val_labels)
@@ -335,7 +348,7 @@ def finetune_backbone(
 
     # ---- resume
     ckpt_file = checkpoint_path(checkpoint_dir, name) if checkpoint_dir is not None else None
-    key = run_key(name, cfg, info.world_size, data_fingerprint(train_items, y_train),
+    key = run_key(name, settings, info.world_size, data_fingerprint(train_items, y_train),
                   data_fingerprint(val_items, y_val))
     ckpt = _checkpoint_to_resume(ckpt_file, key, resume, info, dev, name, report)
     if ckpt is not None:
@@ -346,7 +359,6 @@ def finetune_backbone(
 
     train_model: nn.Module = model
     if info.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
 
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
         train_model = DDP(model, device_ids=ids, gradient_as_bucket_view=True)
@@ -378,7 +390,7 @@ def finetune_backbone(
             improved = _end_epoch(run, name, totals, n_images * info.world_size, time.perf_counter() - t0,
                                   epochs, report)
             if ckpt_file is not None and info.is_main:
-                atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, cfg, improved)))
+                atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, settings, improved)))
             barrier()
             if totals[5] > 0:  # distributed cancel: every rank stops after the same epoch
                 raise Cancelled(f"Fine-tuning {name} was cancelled.")
@@ -391,15 +403,18 @@ def finetune_backbone(
         "stopped_early": run.stopper.should_stop and len(run.history["epoch"]) < epochs,
         "resumed_from_epoch": resumed_from, "pos_weight": n_neg / n_pos, "device": str(dev),
         "amp": str(amp).replace("torch.", "") if amp is not None else "off",
-        "world_size": info.world_size, "config": cfg.to_dict(),
+        "world_size": info.world_size, "config": settings,
     })
     return backbone_state, run.history
 
 
 def _end_epoch(run: _Run, name: str, totals: list[float], n_images: int, seconds: float, epochs: int,
                report: Progress | None) -> bool:
-    """Record an epoch's losses (``totals``: train loss sum, train images, validation loss sum,
-    correct, images) in the run's history and early-stopping rule; True when it is a new best."""
+    """Record an epoch's losses (``totals``.
+
+    Train loss sum, train images, validation loss sum, correct, images) in the run's history and
+    early-stopping rule; True when it is a new best.
+    """
     train_loss = totals[0] / totals[1] if totals[1] > 0 else math.nan
     val_loss = totals[2] / max(totals[4], 1.0)
     val_acc = totals[3] / max(totals[4], 1.0)
@@ -426,7 +441,7 @@ def finetune_backbones(
     train_labels: Sequence[int],
     val_items: Sequence,
     val_labels: Sequence[int],
-    cfg: FinetuneConfig | Any = None,
+    cfg: TrainConfig | FinetuneConfig | Any = None,
     backbones: Sequence[str] | None = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
@@ -437,11 +452,11 @@ def finetune_backbones(
     """Fine-tune every backbone in turn; returns ``({name: state_dict}, {name: history})``.
 
     ``backbones`` defaults to ``cfg.backbones`` for a TrainConfig, else both paper backbones.
-    ``checkpoint_dir`` defaults to a TrainConfig's ``finetune_checkpoint_dir``. Under torchrun the
+    ``checkpoint_dir`` defaults to the config's ``finetuning.checkpoint_dir``. Under torchrun the
     process group is joined first (see ``setup_distributed``).
     """
     if checkpoint_dir is None:
-        checkpoint_dir = getattr(cfg, "finetune_checkpoint_dir", None)
+        checkpoint_dir = getattr(getattr(cfg, "finetuning", cfg), "checkpoint_dir", None)
     if backbones is None:
         backbones = tuple(getattr(cfg, "backbones", None) or ("densenet121", "resnet34"))
     setup_distributed(str(device))

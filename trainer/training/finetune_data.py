@@ -1,12 +1,16 @@
-"""What fine-tuning feeds the networks: a dataset of augmented images and a sampler whose shuffling
-and augmentation depend only on ``(seed, epoch, index)``, so a resumed or a distributed run draws
-the same batches as an uninterrupted one."""
+"""What fine-tuning feeds the networks.
+
+A dataset of augmented images and a sampler whose shuffling and augmentation depend only on ``(seed, epoch,
+index)``, so a resumed or a distributed run draws the same batches as an uninterrupted one.
+"""
 from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+import random
+from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -58,8 +62,10 @@ class FinetuneDataset(Dataset):
 
 
 class EpochShardSampler(Sampler):
-    """Yields ``(index, epoch)``: a permutation seeded by ``(seed, epoch)`` (or the identity when
-    ``shuffle`` is False), this rank's share ``perm[rank::world_size]``.
+    """Yields ``(index, epoch)``.
+
+    A permutation seeded by ``(seed, epoch)`` (or the identity when ``shuffle`` is False), this rank's share
+    ``perm[rank::world_size]``.
 
     With ``pad`` the permutation is padded by wrapping so every rank gets the same number of
     samples (needed for DDP training); without it ranks may differ by one (exact evaluation).
@@ -96,16 +102,14 @@ class EpochShardSampler(Sampler):
 
 
 def _worker_init(worker_id: int) -> None:
-    import random
 
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     try:
-        import cv2
 
         cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001 - OpenCV is optional here
+    except Exception:  # OpenCV is optional here
         pass
 
 

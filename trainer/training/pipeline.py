@@ -8,26 +8,33 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from trainer.classical.model import AllModel, KindModels, fit_model, subset
-from trainer.config import TrainConfig
+from trainer.classical.scoring import score_report
+from trainer.config import PROTOCOLS, TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
 from trainer.inference.explain import REFERENCE_IMAGES, fit_probes, probe_arrays, reference_maps
 from trainer.inference.results import MODEL_NAMES
-from trainer.io.data import CLASS_NAMES, Dataset, load_dataset, merge_datasets, split_train_val_test
-from trainer.stats import metrics
+from trainer.io.data import load_dataset, merge_datasets
+from trainer.io.imageio import read_image
+from trainer.io.samples import CLASS_NAMES, Dataset
+from trainer.io.splits import split_train_val_test
 from trainer.training.distributed import is_main_process
 from trainer.training.finetune import finetune_backbones
 from trainer.training.weights import finetune_overlap
 from trainer.util.errors import Cancelled, DataError
 from trainer.util.progress import Progress, stage
 from trainer.vision import fingerprint
-from trainer.vision.features import FeatureExtractor
+from trainer.vision.backbones import build_backbone
+from trainer.vision.features import NUCLEUS, FeatureExtractor
+from trainer.vision.segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
+from trainer.vision.stain import ReinhardNormalizer, lab_stats
 
 INTENDED_USE = ("Research and education only. Not a medical device and not for clinical diagnosis: "
                 "every result must be reviewed by a qualified haematologist or pathologist.")
@@ -52,8 +59,7 @@ def check_cancel(cancel: Callable[[], bool] | None) -> None:
 
 
 def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Dataset:
-    """The dataset a config names (one folder, or several merged by subject id), unreadable files
-    skipped and reported."""
+    """The dataset a config names (one folder, or several merged by subject id), unreadable files skipped."""
     roots = [config.data] if isinstance(config.data, (str, Path)) else list(config.data or [])
     if not roots or not all(roots):
         raise DataError("No data folder was given.")
@@ -67,8 +73,7 @@ def load_config_dataset(config: TrainConfig, progress=None, cancel=None) -> Data
 
 def make_extractor(config: TrainConfig, state_dicts=None, backbones=None,
                    stain_reference=None) -> FeatureExtractor:
-    """The feature extractor a config describes (``backbones``: feature blocks; default the
-    config's networks)."""
+    """The feature extractor a config describes (``backbones``: feature blocks; default the config's networks)."""
     return FeatureExtractor(backbones=tuple(backbones or config.backbones), weights=config.weights,
                             image_size=config.image_size, gamma=config.gamma,
                             batch_size=config.batch_size, num_workers=config.num_workers,
@@ -80,7 +85,7 @@ def make_extractor(config: TrainConfig, state_dicts=None, backbones=None,
 def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
     if config.split == "auto":
         return "subject" if dataset.groups is not None else "image"
-    if config.split not in ("subject", "image"):
+    if config.split not in PROTOCOLS:
         raise DataError(f"Unknown split protocol '{config.split}'; use subject, image or auto.")
     if config.split == "subject" and dataset.groups is None:
         raise DataError("A subject-level split needs subject or group ids, and this data has none. "
@@ -89,8 +94,7 @@ def resolve_protocol(config: TrainConfig, dataset: Dataset) -> str:
 
 
 def split_dataset(samples, protocol: str, config: TrainConfig):
-    """Train / validation / test indices of a Dataset (or list of Samples), stratified by source
-    class where possible.
+    """Train / validation / test indices of a Dataset (or list of Samples), stratified by source class where possible.
 
     Stratifying on the classes found in the data (e.g. Benign, Early, Pre, Pro, or the data
     sources of a combined set) puts every subtype into every part; when the groups make that
@@ -115,9 +119,6 @@ def image_kinds(paths, n_max: int = 200, seed: int = 0) -> dict[str, Any]:
 
     Stored in the model card so the app can warn when an image is of a kind the model hardly saw.
     """
-    from trainer.io.imageio import read_image
-    from trainer.vision.segmentation import is_single_cell_crop
-
     paths = list(paths)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(paths), size=min(n_max, len(paths)), replace=False) if paths else []
@@ -151,23 +152,12 @@ def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
                    seed: int = 0, groups=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of every classifier and of the ensemble on one split, plus its score arrays.
 
-    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects (group bootstrap,
-    see :func:`trainer.stats.metrics.bootstrap_auc_ci`), else images.
+    The metrics are the evaluation report's :func:`~trainer.classical.scoring.score_report`.
 
-    Names follow the evaluation report: each classifier at its own decision rule; ``ensemble``
-    is the paper's weighted hard vote (eq. 8) with AUC, AP and Brier from the weighted soft
-    vote; ``ensemble_calibrated`` is the calibrated probability at the model's threshold, the
-    rule the app applies.
+    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects, else images.
     """
     det = model.predict_details(feats)
-    out: dict[str, Any] = {}
-    for j, name in enumerate(model.classifier_names_):
-        out[name] = metrics.binary_report(y, det["probabilities"][:, j], 0.5, n_boot=n_boot, seed=seed,
-                                          pred=det["votes"][:, j], groups=groups)
-    out["ensemble"] = metrics.binary_report(y, det["raw"], 0.5, n_boot=n_boot, seed=seed,
-                                            pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
-    out["ensemble_calibrated"] = metrics.binary_report(y, det["calibrated"], model.threshold_,
-                                                       n_boot=n_boot, seed=seed, groups=groups)
+    out = score_report(model, det, y, n_boot=n_boot, seed=seed, groups=groups)
     arrays = {"y": np.asarray(y, dtype=np.int64), "raw": det["raw"], "calibrated": det["calibrated"],
               "vote_share": det["vote_share"], "probabilities": det["probabilities"]}
     return out, arrays
@@ -178,9 +168,6 @@ MIN_KIND_IMAGES = 2  # per class in each of the training and validation rows of 
 
 def detect_kinds(paths, progress: Progress | None = None, cancel=None) -> np.ndarray:
     """(N,) str: ``"single_cell"`` or ``"field"`` for each image (unreadable ones: ``"field"``)."""
-    from trainer.io.imageio import read_image
-    from trainer.vision.segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
-
     out = np.empty(len(paths), dtype=object)
     for i, p in enumerate(paths):
         if i % 64 == 0:
@@ -223,14 +210,11 @@ def kind_parts(kinds: np.ndarray, y: np.ndarray, splits, per_kind: bool = True) 
 
 
 def stain_reference(config: TrainConfig, paths, progress=None, cancel=None) -> np.ndarray | None:
-    """The Reinhard reference (6,) fitted on ``paths`` (training images), or None without stain
-    normalisation."""
+    """The Reinhard reference (6,) fitted on ``paths`` (training images), or None without stain normalisation."""
     if config.stain == "none":
         return None
     if config.stain != "reinhard":
         raise DataError(f"Unknown stain normalisation '{config.stain}'; use none or reinhard.")
-    from trainer.io.imageio import read_image
-    from trainer.vision.stain import ReinhardNormalizer, lab_stats
 
     stats = []
     for i, p in enumerate(paths):
@@ -244,7 +228,6 @@ def stain_reference(config: TrainConfig, paths, progress=None, cancel=None) -> n
 
 def feature_blocks(config: TrainConfig) -> tuple[str, ...]:
     """The feature blocks a config asks for: its backbones, plus ``"nucleus"`` where enabled."""
-    from trainer.vision.features import NUCLEUS
     return tuple(config.backbones) + ((NUCLEUS,) if config.nucleus_features else ())
 
 
@@ -259,6 +242,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
     continues (the others return None).
     """
     t0 = time.perf_counter()
+    config.validate()
     say = progress or (lambda f, m: None)
     say(0.0, f"Reading {config.data}")
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
@@ -355,7 +339,6 @@ def _embedded_weights(config: TrainConfig, state_dicts):
     if state_dicts:
         return state_dicts
     if config.weights not in ("none", "imagenet"):
-        from trainer.vision.backbones import build_backbone
         return {b: build_backbone(b, config.weights).state_dict() for b in config.backbones}
     return None
 

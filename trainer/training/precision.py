@@ -1,5 +1,8 @@
-"""Where and in what arithmetic fine-tuning computes: the device of this process, mixed precision
-(bf16 autocast, or fp16 with a GradScaler, on CUDA), channels_last and the determinism flags."""
+"""Where and in what arithmetic fine-tuning computes.
+
+The device of this process, mixed precision (bf16 autocast, or fp16 with a GradScaler, on CUDA),
+channels_last and the determinism flags.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +18,10 @@ from trainer.vision.features import resolve_device
 
 @dataclass(frozen=True)
 class Precision:
-    """Where and in what arithmetic a batch runs: the device, the autocast dtype (None = float32)
-    and the memory format (channels_last on CUDA)."""
+    """Where and in what arithmetic a batch runs.
+
+    The device, the autocast dtype (None = float32) and the memory format (channels_last on CUDA).
+    """
 
     device: torch.device
     amp_dtype: torch.dtype | None = None

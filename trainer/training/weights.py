@@ -1,14 +1,19 @@
-"""Files of fine-tuned backbone weights (safetensors, keys ``<backbone>/<param>``) and the record
-of the images they were fine-tuned on, so that no one tests on those images unawares."""
+"""Files of fine-tuned backbone weights and the record of the images they were tuned on.
+
+Safetensors, keys ``<backbone>/<param>``; the record lets no one test on those images unawares.
+"""
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
 from trainer.io.imageio import content_hash
 from trainer.util.atomic import atomic_write
@@ -17,12 +22,12 @@ from trainer.util.errors import AllguiError, DataError
 
 def save_state_dicts(path: str | os.PathLike, state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
                      metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write ``{backbone: state_dict}`` to one safetensors file (keys ``<backbone>/<param>``, the
-    layout of the model bundle), atomically; ``metadata`` is stored as JSON strings. Give it
-    ``{"finetune_images": finetune_provenance(train, val)}`` so that evaluation and training can
-    refuse to test on the fine-tuning images (see :func:`finetune_overlap`)."""
-    from safetensors.torch import save
+    """Write ``{backbone: state_dict}`` to one safetensors file, atomically.
 
+    Keys are ``<backbone>/<param>``, the layout of the model bundle; ``metadata`` is stored as JSON strings.
+    Give it ``{"finetune_images": finetune_provenance(train, val)}`` so that evaluation and training can
+    refuse to test on the fine-tuning images (see :func:`finetune_overlap`).
+    """
     path = Path(path)
     flat = {f"{name}/{k}": v.detach().cpu().contiguous()
             for name, sd in state_dicts.items() for k, v in sd.items()}
@@ -36,9 +41,11 @@ FINETUNE_IMAGES_KEY = "finetune_images"
 
 
 def finetune_provenance(train_items: Sequence, val_items: Sequence) -> dict[str, list[str]]:
-    """``{"train": [...], "validation": [...]}``: sorted content hashes
-    (``trainer.io.imageio.content_hash``) of the images a run was fine-tuned and early-stopped on,
-    for a weights file's metadata (key ``"finetune_images"``)."""
+    """``{"train": [...], "validation": [...]}``.
+
+    Sorted content hashes (``trainer.io.imageio.content_hash``) of the images a run was fine-tuned and
+    early-stopped on, for a weights file's metadata (key ``"finetune_images"``).
+    """
     def hashes(items):
         return sorted({content_hash(np.ascontiguousarray(i) if isinstance(i, np.ndarray) else i)
                        for i in items})
@@ -46,14 +53,15 @@ def finetune_provenance(train_items: Sequence, val_items: Sequence) -> dict[str,
 
 
 def weights_metadata(weights: str | os.PathLike) -> dict[str, Any]:
-    """Metadata of a safetensors weights file (JSON values decoded); {} for 'none', 'imagenet',
-    other files or a file without metadata."""
+    """Metadata of a safetensors weights file (JSON values decoded).
+
+    {} for 'none', 'imagenet', other files or a file without metadata.
+    """
     if not isinstance(weights, (str, os.PathLike)) or str(weights).lower() in ("none", "imagenet"):
         return {}
     path = Path(weights)
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return {}
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
@@ -100,8 +108,6 @@ def finetune_overlap(weights: str | os.PathLike, items: Sequence, *, allow: bool
 
 def load_state_dicts(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Read a file written by ``save_state_dicts``: ``({backbone: state_dict}, metadata)``."""
-    from safetensors import safe_open
-
     try:
         out: dict[str, dict[str, torch.Tensor]] = {}
         with safe_open(str(path), framework="pt", device="cpu") as fh:

@@ -9,7 +9,8 @@ failing the whole file. Numbers are left as they are.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 #: First characters that make a spreadsheet evaluate a cell.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -34,8 +35,10 @@ def _fs_roundtrip(text: str) -> bool:
 
 
 def safe_cell(value: Any) -> Any:
-    """A CSV cell a spreadsheet will not run: text starting with a formula character gets a
-    leading ``'``; undecodable file-name bytes become backslash escapes; other values unchanged."""
+    """A CSV cell a spreadsheet will not run: text starting with a formula character gets a leading ``'``.
+
+    Undecodable file-name bytes become backslash escapes; other values unchanged.
+    """
     if not isinstance(value, str):
         if isinstance(value, os.PathLike):
             value = os.fspath(value)

@@ -53,7 +53,8 @@ def read_regular_file(path: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     open descriptor, so a file swapped for a device between check and read is still refused; at
     most ``max_bytes + 1`` bytes are ever read.
 
-    Raises:
+    Raises
+    ------
         NotARegularFile: a FIFO, device, socket or folder.
         ValueError: the file is larger than ``max_bytes`` (the message says so in words).
         OSError: the file cannot be opened or read.
@@ -80,14 +81,18 @@ def read_regular_file(path: str | os.PathLike | bytes, max_bytes: int) -> bytes:
 
 
 def check_regular_file(path: str | os.PathLike, max_bytes: int) -> int:
-    """Size of ``path`` when it is a regular file of at most ``max_bytes``; raises like
-    :func:`read_regular_file` otherwise (nothing is read, FIFOs are not opened)."""
+    """Size of ``path`` when it is a regular file of at most ``max_bytes``.
+
+    Raises like :func:`read_regular_file` otherwise (nothing is read, FIFOs are not opened).
+    """
     return _check_stat(os.stat(path), max_bytes)
 
 
 def _check_stat(st: os.stat_result, max_bytes: int) -> int:
-    """``st.st_size`` when ``st`` is a regular file of at most ``max_bytes``; raises
-    NotARegularFile or ValueError otherwise."""
+    """``st.st_size`` when ``st`` is a regular file of at most ``max_bytes``.
+
+    Raises NotARegularFile or ValueError otherwise.
+    """
     if not stat.S_ISREG(st.st_mode):
         raise NotARegularFile(errno.EINVAL, f"it is {_kind(st.st_mode)}, not a regular file")
     if st.st_size > max_bytes:

@@ -21,13 +21,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlparse
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
+from torchvision import models
+from torchvision.models import DenseNet121_Weights, ResNet34_Weights
 
 from trainer.util.errors import AllguiError
 
@@ -89,7 +92,6 @@ def _check_name(name: str) -> None:
 
 
 def _weights_enum(name: str):
-    from torchvision.models import DenseNet121_Weights, ResNet34_Weights
 
     return {"densenet121": DenseNet121_Weights, "resnet34": ResNet34_Weights}[name].IMAGENET1K_V1
 
@@ -102,7 +104,6 @@ def imagenet_cache_path(name: str) -> Path:
 
 
 def _empty_trunk(name: str) -> nn.Module:
-    from torchvision import models
 
     if name == "densenet121":
         return DenseNetFeatures(models.densenet121(weights=None).features)
@@ -127,7 +128,6 @@ def _read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "a .pth/.pt/.safetensors state_dict."
         )
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
 
         try:
             obj: object = load_file(str(path), device="cpu")

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torchvision
@@ -26,6 +27,8 @@ from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.util.progress import Progress
 from trainer.vision import handcrafted
 from trainer.vision.backbones import BACKBONES, build_backbone, weights_identity
+from trainer.vision.preprocess import GAMMA_RANGE, eval_transform, gamma_correct
+from trainer.vision.stain import reinhard
 
 #: Bump when the evaluation pre-processing changes (resize method, mean/std): old cache entries
 #: then stop matching.
@@ -51,9 +54,11 @@ def cpu_has_bf16() -> bool:
 
 
 def auto_workers(device: torch.device, n_images: int, batch_size: int) -> int:
-    """DataLoader workers: none for a single batch; on the CPU only where cores are left over
-    after the forward pass (decoding in workers on 2 cores slows the convolutions it competes
-    with); on CUDA enough to keep the GPU fed."""
+    """DataLoader workers: none for a single batch.
+
+    On the CPU only where cores are left over after the forward pass (decoding in workers on 2 cores slows
+    the convolutions it competes with); on CUDA enough to keep the GPU fed.
+    """
     if n_images <= batch_size:
         return 0
     cores = os.cpu_count() or 1
@@ -85,7 +90,6 @@ class _Images(Dataset):
     def __init__(self, items: Sequence, indices: Sequence[int], image_size: int, gamma: float,
                  stain_reference=None, tensor: bool = True, nucleus: bool = False,
                  segs: Sequence | None = None) -> None:
-        from trainer.vision.preprocess import eval_transform
 
         self.items = items
         self.indices = list(indices)
@@ -107,13 +111,11 @@ class _Images(Dataset):
         try:
             img = as_rgb_uint8(item) if isinstance(item, np.ndarray) else read_image(item)
             if self.stain_reference is not None:
-                from trainer.vision.stain import reinhard
 
                 img = reinhard(img, self.stain_reference)
             x = self.transform(img) if self.tensor else None
             hand = None
             if self.nucleus:
-                from trainer.vision.preprocess import gamma_correct
 
                 seg = self.segs[i] if self.segs is not None else None
                 hand = torch.from_numpy(handcrafted.nucleus_features(
@@ -121,7 +123,7 @@ class _Images(Dataset):
             return i, x, hand, None
         except AllguiError as exc:
             return i, None, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - reported to the user with the image named
+        except Exception as exc:  # reported to the user with the image named
             name = "array" if isinstance(item, np.ndarray) else Path(item).name
             return i, None, None, f"Cannot prepare image '{name}': {exc}"
 
@@ -138,10 +140,9 @@ def _collate(batch):
 
 def _worker_init(_: int) -> None:
     try:
-        import cv2
 
         cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
@@ -213,7 +214,6 @@ class FeatureExtractor:
             raise AllguiError("A stain reference is six numbers (Lab mean and standard deviation).")
         if int(self.image_size) < 32:
             raise AllguiError(f"Image size must be at least 32 pixels, not {self.image_size}.")
-        from trainer.vision.preprocess import GAMMA_RANGE
 
         if not GAMMA_RANGE[0] <= float(self.gamma) <= GAMMA_RANGE[1]:
             raise AllguiError(f"Gamma must be between {GAMMA_RANGE[0]} and {GAMMA_RANGE[1]}, not {self.gamma}.")
@@ -271,7 +271,7 @@ class FeatureExtractor:
             self._models = models
         return self._models
 
-    def use_networks_of(self, other: "FeatureExtractor") -> None:
+    def use_networks_of(self, other: FeatureExtractor) -> None:
         """Share ``other``'s built networks (same backbones and weights) instead of building copies."""
         own = set(self.networks)
         self._models = {k: v for k, v in other.models().items() if k in own}
@@ -308,7 +308,7 @@ class FeatureExtractor:
             return None
         try:
             vec = np.load(path, allow_pickle=False)
-        except Exception:  # noqa: BLE001 - a damaged entry is recomputed
+        except Exception:  # a damaged entry is recomputed
             return None
         if vec.shape != (BLOCKS[name],) or vec.dtype != np.float32 or not np.all(np.isfinite(vec)):
             return None

@@ -24,11 +24,14 @@ def probe_images() -> list[np.ndarray]:
 
 
 def compute(extractor) -> dict[str, np.ndarray]:
-    """``{'probe/<backbone>': (2, D) float32}`` from a FeatureExtractor, computed afresh (never
-    read from its feature cache: the fingerprint must show what the networks compute now) and
-    always in float32, whatever precision the extractor predicts in: a bundle written on a machine
-    with bfloat16 then loads on one without it and the other way round (stored probes that an
-    older version computed under bfloat16 stay within MAX_RELATIVE_ERROR of float32)."""
+    """Probe features ``{'probe/<backbone>': (2, D) float32}`` of a FeatureExtractor.
+
+    Computed afresh (never read from its feature cache: the
+    fingerprint must show what the networks compute now) and always in float32, whatever precision the
+    extractor predicts in: a bundle written on a machine with bfloat16 then loads on one without it and the
+    other way round (stored probes that an older version computed under bfloat16 stay within
+    MAX_RELATIVE_ERROR of float32).
+    """
     cache_dir, extractor.cache_dir = extractor.cache_dir, None
     precision, extractor.precision = extractor.precision, "fp32"
     try:

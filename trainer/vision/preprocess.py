@@ -73,8 +73,11 @@ def eval_transform(size: int = 224, gamma: float = 1.0) -> v2.Compose:
 
 
 def train_transform(size: int = 224, gamma: float = 1.0) -> v2.Compose:
-    """Eval pipeline plus the paper's augmentations: rotation +-20 deg, horizontal and vertical flips
-    (p = 0.5 each), contrast jitter and additive Gaussian noise, before normalisation."""
+    """Eval pipeline plus the paper's augmentations.
+
+    Rotation +-20 deg, horizontal and vertical flips (p = 0.5 each), contrast jitter and additive Gaussian
+    noise, before normalisation.
+    """
     return v2.Compose(
         _head(size, gamma)
         + [

@@ -217,8 +217,11 @@ def _outer_contours(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def _perimeter(contour: np.ndarray) -> float:
-    """Outline length of a pixel contour after a 0.7-pixel polygon simplification, which removes the
-    pixel staircase (a raw 8-connected chain overestimates a circle's perimeter by about 5 %)."""
+    """Outline length of a pixel contour after a 0.7-pixel polygon simplification.
+
+    The simplification removes the pixel staircase: a raw 8-connected chain overestimates a circle's
+    perimeter by about 5 %.
+    """
     c = contour.reshape(-1, 1, 2)
     if len(c) < 3:
         return float(2 * len(c))
@@ -341,8 +344,11 @@ def _hull_area(mask: np.ndarray) -> float:
 
 
 def _split_touching(blob: np.ndarray, typical_area: float) -> list[np.ndarray]:
-    """Split a blob of touching nuclei (much larger than ``typical_area`` and not convex) by a
-    watershed on its distance transform; returns the parts (bool masks of the blob's shape)."""
+    """Split a blob of touching nuclei by a watershed on its distance transform.
+
+    For a blob much larger than ``typical_area`` and not convex; returns the parts (bool masks of the blob's
+    shape).
+    """
     area = float(blob.sum())
     if area < 1.6 * typical_area:
         return [blob]

@@ -7,14 +7,13 @@ standard deviation match a reference. The reference is fitted on training images
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from trainer.config import STAIN_METHODS  # noqa: E402  (one definition, light to import)
 from trainer.vision.segmentation import BLACK_LEVEL
 
 _MIN_STD = 1e-3  # Lab units; guards flat images
@@ -75,7 +74,7 @@ class ReinhardNormalizer(BaseEstimator):
     Learned: ``reference_`` (6,) float64, ``n_images_``.
     """
 
-    def fit(self, images: Iterable, y=None) -> "ReinhardNormalizer":
+    def fit(self, images: Iterable, y=None) -> ReinhardNormalizer:
         if isinstance(images, np.ndarray) and images.ndim == 2 and images.shape[1] == 6:
             stats = images.astype(np.float64)
         else:

@@ -1,0 +1,84 @@
+"""The architecture holds: one test per import contract (pyproject.toml [tool.importlinter]), and the
+size and import rules of ARCHITECTURE.md."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("trainer", "allgui")
+MAX_MODULE_LINES = 500
+MAX_CLASS_LINES = 350
+
+
+def _contracts() -> list[str]:
+    text = (ROOT / "pyproject.toml").read_text()  # (tomllib is not in Python 3.10)
+    return re.findall(r'^id = "([^"]+)"', text.split("[tool.importlinter]", 1)[1], flags=re.M)
+
+
+def _modules():
+    for pkg in PACKAGES:
+        yield from sorted((ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("contract", _contracts())
+def test_import_contract_is_kept(contract, monkeypatch):
+    importlinter = pytest.importorskip("importlinter.cli")
+    monkeypatch.chdir(ROOT)
+    code = importlinter.lint_imports(limit_to_contracts=(contract,), no_cache=True)
+    assert code == 0, f"import contract {contract!r} is broken: run lint-imports for the details"
+
+
+def test_the_contracts_cover_layers_qt_cli_and_cycles():
+    assert {"trainer-layers", "trainer-qt-free", "gui-no-cli", "no-cycles"} <= set(_contracts())
+
+
+@pytest.mark.parametrize("path", list(_modules()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_and_classes_stay_small(path):
+    src = path.read_text()
+    assert len(src.splitlines()) <= MAX_MODULE_LINES, f"{path.name}: over {MAX_MODULE_LINES} lines"
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.ClassDef):
+            n = node.end_lineno - node.lineno + 1
+            assert n <= MAX_CLASS_LINES, f"{path.name}: class {node.name} has {n} lines"
+
+
+def _function_level_imports(path: Path):
+    lines = path.read_text().splitlines()
+    tree = ast.parse("\n".join(lines))
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    yield node.lineno, lines
+
+
+def _has_reason(lineno: int, lines: list[str]) -> bool:
+    """A comment on the import, on the line above, or on the first import of its block."""
+    i = lineno - 1
+    while True:
+        if "#" in lines[i] or (i > 0 and lines[i - 1].strip().startswith("#")):
+            return True
+        if i > 0 and lines[i - 1].strip().startswith(("import ", "from ")):
+            i -= 1
+            continue
+        return False
+
+
+@pytest.mark.parametrize("path", list(_modules()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_function_level_imports_say_why(path):
+    missing = [n for n, lines in _function_level_imports(path) if not _has_reason(n, lines)]
+    assert not missing, (f"{path.name}: imports inside functions at lines {missing} give no reason; import at the "
+                         "top, or say in a comment why it must wait (start-up time, a worker thread)")
+
+
+def test_the_app_never_imports_the_command_line():
+    for path in (ROOT / "allgui").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            cli = [n for n in names if n == "trainer.cli" or n.startswith(("trainer.cli.", "trainer.finetune"))]
+            assert not cli, path
