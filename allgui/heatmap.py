@@ -1,5 +1,7 @@
-"""Heatmaps in the app: where each network looked for the ALL class (Grad-CAM of its probe, see
-:mod:`trainer.inference.explain`), computed on demand off the GUI thread and kept per image and cell.
+"""Heatmaps in the app: where each network looked for the ALL class, computed on demand.
+
+A heatmap is Grad-CAM of a probe fitted on the network's features (see
+:mod:`trainer.inference.explain`); it is computed off the GUI thread and kept per image and cell.
 
 - :class:`HeatmapController` watches the state; while the heatmap is switched on it explains the
   region the user is looking at (:attr:`~allgui.state.AppState.heatmap_target`) on the inference
@@ -20,18 +22,18 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QGroupBox, QHBoxLayout, QLab
 from allgui.qtutil import signals_blocked
 from allgui.state import HEATMAP_BACKBONES, AppState, Topic
 from allgui.workers import ThreadTask
-from trainer.inference.explain import BACKBONE_LABELS, CAPTION
-
+from trainer.inference.explain import BACKBONE_LABELS, CAPTION, explain
 
 #: longest side of a kept heatmap, pixels (a smear field's maps would be full-size; they are smooth)
 MAX_SIDE = 768
 
 
 def explain_one(predictor, image, prediction, cell: int, progress, cancel, emit):
-    """Inference-thread work: the explanation of ``cell`` (-1: the whole image) of ``image`` (an RGB
-    array, or its path when it is not decoded yet), with ``prediction`` of the same model."""
-    from trainer.inference.explain import explain
+    """Inference-thread work: the explanation of ``cell`` (-1: the whole image) of ``image``.
 
+    ``image`` is an RGB array, or its path when it is not decoded yet; ``prediction`` is the same
+    model's prediction of it.
+    """
     return explain(image, predictor, cell=cell, prediction=prediction, max_side=MAX_SIDE)
 
 

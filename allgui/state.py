@@ -283,8 +283,11 @@ class AppState:
 
     @property
     def heatmap_target(self) -> tuple[str, int] | None:
-        """(path, cell) the heatmap explains now: the selected cell of a field, else its most
-        suspicious cell where its cells decide, else the whole image (cell -1); None without a result."""
+        """(path, cell) the heatmap explains now; None without a result.
+
+        The selected cell of a field, else its most suspicious cell where its cells decide, else
+        the whole image (cell -1).
+        """
         pred = self.prediction
         if pred is None or not pred.assessable:
             return None

@@ -10,8 +10,9 @@ import pytest
 
 from trainer.cli.main import main
 from trainer.inference.bundle import load_bundle, save_bundle
-from trainer.inference.explain import (CAPTION, PROBE_PARTS, NoProbesError, explain, feature_map, network_input,
-                                       probes_from_arrays, render, target_cell)
+from trainer.inference.explain import CAPTION, NoProbesError, explain, render, target_cell
+from trainer.inference.gradcam import feature_map, network_input
+from trainer.inference.probes import PROBE_PARTS, probes_from_arrays
 from trainer.io.synthetic import make_cell_image, make_smear_field
 from trainer.util.errors import AllguiError, BundleError
 from trainer.vision.backbones import BACKBONES

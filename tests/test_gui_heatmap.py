@@ -11,13 +11,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings  # noqa: E402
-from PySide6.QtWidgets import QMessageBox  # noqa: E402
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QMessageBox
 
-import allgui.heatmap as heatmap_module  # noqa: E402
-from allgui.main_window import MainWindow  # noqa: E402
-from trainer.inference.explain import CAPTION  # noqa: E402
-from trainer.io.synthetic import make_cell_image, make_smear_field  # noqa: E402
+import allgui.heatmap as heatmap_module
+from allgui.main_window import MainWindow
+from trainer.inference.explain import CAPTION
+from trainer.io.synthetic import make_cell_image, make_smear_field
 
 
 def _png(path, rgb) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.cli.common import UsageError, check_output_file
+from trainer.cli.common import UsageError, check_output_file, probability
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import printable
 
@@ -17,11 +17,6 @@ def _cell(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {v}")
     return v
-
-
-def _opacity(text: str) -> float:
-    from trainer.cli.common import probability
-    return probability(text)
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -41,7 +36,7 @@ def register(sub) -> argparse.ArgumentParser:
     e.add_argument("--plain", action="store_true",
                    help="plain Grad-CAM: do not centre the maps on the training images' mean feature map (which "
                         "cancels patterns a network shows in every image, e.g. at its border)")
-    e.add_argument("--opacity", type=_opacity, default=0.45, help="heatmap opacity, 0..1 (default: %(default)s)")
+    e.add_argument("--opacity", type=probability, default=0.45, help="heatmap opacity, 0..1 (default: %(default)s)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.set_defaults(func=run)
     return e
@@ -51,10 +46,12 @@ def run(a) -> int:
     if Path(a.output).suffix.lower() != ".png":
         raise UsageError(f"-o/--output {printable(a.output)}: the picture is written as PNG; give a .png name.")
     check_output_file(a.output, "-o/--output")
+    # cv2, torch and the models load only when the command runs, not for every allgui-train call
     import cv2
 
-    from trainer.inference.explain import BACKBONE_LABELS, CAPTION, explain, render, require_probes, target_cell
+    from trainer.inference.explain import BACKBONE_LABELS, CAPTION, explain, render, target_cell  # (torch)
     from trainer.inference.predictor import Predictor
+    from trainer.inference.probes import require_probes
     from trainer.inference.results import decide
     from trainer.io.imageio import read_image
 

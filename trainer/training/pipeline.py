@@ -19,7 +19,8 @@ from trainer.classical.model import AllModel, KindModels, fit_model, subset
 from trainer.classical.scoring import score_report
 from trainer.config import PROTOCOLS, TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
-from trainer.inference.explain import REFERENCE_IMAGES, fit_probes, probe_arrays, reference_maps
+from trainer.inference.gradcam import reference_maps
+from trainer.inference.probes import REFERENCE_IMAGES, fit_probes, probe_arrays
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import load_dataset, merge_datasets
 from trainer.io.imageio import read_image
