@@ -161,7 +161,7 @@ class HeatmapBox(QGroupBox):
     def _status_text(self) -> str:
         st = self.state
         if not st.heatmap_visible:
-            return "Off. Colours: blue = none, red = most of the ALL evidence in the map."
+            return "Off. Colours: clear/blue = none, red = most of the ALL evidence in the map."
         target = st.heatmap_target
         if target is None:
             return "No result to explain yet." if st.current else "No image open."
@@ -177,7 +177,9 @@ class HeatmapBox(QGroupBox):
         if b not in ex.heatmaps:
             return f"This model has no {name} probe; choose the other network."
         text = (f"{name}, {where}: probe P(ALL) {ex.probability(b):.2f} (the probe's, not the ensemble's). "
-                "Blue = none, red = most of the ALL evidence in this map.")
+                "Clear/blue = none, red = most of the ALL evidence in this map.")
         if ex.peak_logit[b] <= 0:
             text = f"{name}, {where}: no part of it raised the probe's ALL score (the map is empty)."
+        elif ex.probability(b) < 0.5:
+            text += " The probe calls this region normal: the map shows where what little ALL evidence there is lies."
         return " ".join([text] + list(ex.notes))

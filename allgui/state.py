@@ -101,7 +101,7 @@ class AppState:
         self.model_name: str = ""
         self.heatmap_visible: bool = False
         self.heatmap_backbone: str = HEATMAP_BACKBONES[0]
-        self.heatmap_opacity: float = 0.45
+        self.heatmap_opacity: float = 0.7  # at the map's peak; lower heat is more transparent
         #: explanations (trainer.inference.explain.Explanation) and errors, by (path, cell; -1 = whole image)
         self.explanations: dict[tuple[str, int], Any] = {}
         self.explanation_errors: dict[tuple[str, int], str] = {}

@@ -36,7 +36,8 @@ def register(sub) -> argparse.ArgumentParser:
     e.add_argument("--plain", action="store_true",
                    help="plain Grad-CAM: do not centre the maps on the training images' mean feature map (which "
                         "cancels patterns a network shows in every image, e.g. at its border)")
-    e.add_argument("--opacity", type=probability, default=0.45, help="heatmap opacity, 0..1 (default: %(default)s)")
+    e.add_argument("--opacity", type=probability, default=0.7,
+                   help="heatmap opacity at its peak, 0..1; lower heat is more transparent (default: %(default)s)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.set_defaults(func=run)
     return e

@@ -26,8 +26,10 @@ from trainer.util.errors import AllguiError
 #: display names of the backbones
 BACKBONE_LABELS = {"densenet121": "DenseNet-121", "resnet34": "ResNet-34"}
 CAPTION = "Heatmap: where the network looked, not why it is right."
-COLOUR_KEY = ("Colours: blue = none, red = most of the ALL evidence in that map (each map scaled to its own "
-              "maximum); + = peak")
+COLOUR_KEY = ("Colours: clear/blue = none, red = most of the ALL evidence in that map (each map scaled to its "
+              "own maximum); + = peak")
+#: heatmap opacity at its peak, by default
+OPACITY = 0.7
 RANDOM_INIT_NOTE = ("The backbones of this model are randomly initialised (not pretrained): their heatmaps can "
                     "point at image borders, the same place in every image, rather than at the cell.")
 PLAIN_NOTE = ("Plain Grad-CAM (this model's probes have no reference map): patterns the networks show in every "
@@ -188,22 +190,31 @@ def colourise(heat: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(u8, cv2.COLORMAP_JET)[..., ::-1].copy()
 
 
+def heat_alpha(heat: np.ndarray, opacity: float) -> np.ndarray:
+    """(h, w) float32 alpha of a heatmap overlay: ``opacity`` (0..1) times the heat.
+
+    Opaque where the network looked most, clear where it did not, so the cell stays visible.
+    """
+    a = min(1.0, max(0.0, float(opacity)))
+    return (a * np.clip(np.asarray(heat, np.float32), 0, 1)).astype(np.float32)
+
+
 def heatmap_rgba(heat: np.ndarray, opacity: float) -> np.ndarray:
-    """(h, w, 4) uint8 RGBA overlay of a heatmap: its colours at ``opacity`` (0..1) everywhere."""
+    """(h, w, 4) uint8 RGBA overlay of a heatmap: its colours, see-through where it is low (:func:`heat_alpha`)."""
     rgba = np.empty(heat.shape + (4,), np.uint8)
     rgba[..., :3] = colourise(heat)
-    rgba[..., 3] = int(round(255 * min(1.0, max(0.0, float(opacity)))))
+    rgba[..., 3] = np.round(255 * heat_alpha(heat, opacity)).astype(np.uint8)
     return rgba
 
 
-def blend(image: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:
-    """RGB uint8 image (h, w, 3) with ``heat`` (h, w) drawn over it at ``opacity``."""
-    a = min(1.0, max(0.0, float(opacity)))
+def blend(image: np.ndarray, heat: np.ndarray, opacity: float = OPACITY) -> np.ndarray:
+    """RGB uint8 image (h, w, 3) with ``heat`` (h, w) drawn over it as the app draws it."""
+    a = heat_alpha(heat, opacity)[..., None]
     return np.round(image[..., :3].astype(np.float32) * (1 - a) + colourise(heat).astype(np.float32) * a
                     ).astype(np.uint8)
 
 
-def render(image: np.ndarray, explanation: Explanation, opacity: float = 0.45, panel: int = 300,
+def render(image: np.ndarray, explanation: Explanation, opacity: float = OPACITY, panel: int = 300,
            title: str = "") -> np.ndarray:
     """A picture (RGB uint8) of an explanation, as ``allgui-train explain`` writes it.
 
