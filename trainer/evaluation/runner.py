@@ -90,10 +90,37 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     features once (cached when ``config.cache_dir`` is set), then
     :func:`~trainer.evaluation.core.evaluate_features` and
     :func:`~trainer.evaluation.report.write_report`. Progress: 0-5 % reading, 5-50 %
-    features, 50-97 % model fits, then the report. Raises ``Cancelled`` when ``cancel()``
-    turns True, ``DataError`` / ``ImageReadError`` for unusable data. ``finetune_ablation``
-    adds frozen vs fine-tuned backbone features on the primary split (fine-tunes both backbones:
-    slow on a CPU).
+    features, 50-97 % model fits, then the report.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The pipeline to evaluate and the data it reads.
+    out_dir : path
+        Folder for ``report.md``, ``report.json`` and the figures.
+    progress, cancel : callable, optional
+        Progress callback and cancel check.
+    n_boot, n_folds : int
+        Bootstrap resamples for the intervals; cross-validation folds.
+    protocols : sequence of str
+        Split protocols to compare (``"subject"``, ``"image"``).
+    ablation : bool
+        Add the backbone / PCA ablation.
+    finetune_ablation : bool
+        Add frozen vs fine-tuned backbone features on the primary split (fine-tunes both
+        backbones: slow on a CPU).
+
+    Returns
+    -------
+    EvaluationOutput
+        Paths of the written report and the results.
+
+    Raises
+    ------
+    Cancelled
+        When ``cancel()`` turns True.
+    DataError, ImageReadError
+        For unusable data.
     """
     t0 = time.perf_counter()
     config.validate()

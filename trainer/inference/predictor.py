@@ -35,11 +35,19 @@ class Predictor:
     or, for older bundles, one model for every image (``"any"``); each image is judged by the
     model of its detected kind (see :meth:`route`).
 
-    Attributes: ``models`` (model key -> fitted AllModel), ``thresholds`` (model key -> default
-    decision threshold on the calibrated probability: Youden's J optimum on that model's
-    validation split), ``threshold`` (the first model's), ``classifier_names``,
-    ``classifier_weights`` (name -> the first model's ensemble weight), ``model_card``
-    (JSON-able dict), ``validation_roc`` (the first model's ``fpr``, ``tpr``, ``thresholds``).
+    Attributes
+    ----------
+    models : dict of str to AllModel
+        Model key -> fitted model.
+    thresholds : dict of str to float
+        Model key -> default decision threshold on the calibrated probability (Youden's J
+        optimum on that model's validation split); ``threshold`` is the first model's.
+    classifier_names, classifier_weights
+        The base classifiers and the first model's ensemble weight of each.
+    model_card : dict
+        The bundle's JSON-able model card.
+    validation_roc : dict
+        The first model's ``fpr``, ``tpr``, ``thresholds``.
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", cache_dir=None, verify: bool = True,

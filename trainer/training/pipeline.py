@@ -238,9 +238,29 @@ def train(config: TrainConfig, progress: Progress | None = None,
 
     With ``config.per_kind`` each image kind (single-cell crops, smear fields) in the data gets
     its own calibrated model on the rows of that kind of one shared subject-level split.
-    Nothing is written unless every step succeeds; a cancel raises :class:`Cancelled`.
-    Under ``torchrun`` with ``config.finetune`` every process fine-tunes, and only rank 0
-    continues (the others return None).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Everything that determines the run; validated first and stored in the bundle.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+    cancel : callable, optional
+        ``cancel() -> bool``, asked between steps.
+
+    Returns
+    -------
+    TrainResult or None
+        The bundle's path, the fitted models, the model card and the test metrics. Under
+        ``torchrun`` with ``config.finetune`` every process fine-tunes and only rank 0 goes on;
+        the others return None.
+
+    Raises
+    ------
+    Cancelled
+        When ``cancel()`` turns True; nothing is written unless every step succeeds.
+    ConfigError, DataError
+        For settings or data that cannot work.
     """
     t0 = time.perf_counter()
     config.validate()
