@@ -184,10 +184,21 @@ def explain(image, model, cell: int | None = None, prediction=None, device: str 
 
 
 # ---- pictures -------------------------------------------------------------------------------
+def _jet_lut() -> np.ndarray:
+    x = np.linspace(0.0, 1.0, 256)[:, None]
+    rgb = np.clip(1.5 - np.abs(4 * x - np.array([3.0, 2.0, 1.0])), 0, 1)   # red, green, blue ramps
+    return np.round(255 * rgb).astype(np.uint8)
+
+
+#: the 'jet' colour map as a (256, 3) RGB table. Plain numpy on purpose: cv2.applyColorMap starts
+#: OpenCV's thread pool, and a process forked after that (DataLoader workers) hangs in OpenCV
+_JET = _jet_lut()
+
+
 def colourise(heat: np.ndarray) -> np.ndarray:
     """(h, w) float in [0, 1] -> (h, w, 3) uint8 RGB (the 'jet' colour map: blue low, red high)."""
     u8 = np.clip(np.round(np.asarray(heat, np.float32) * 255), 0, 255).astype(np.uint8)
-    return cv2.applyColorMap(u8, cv2.COLORMAP_JET)[..., ::-1].copy()
+    return _JET[u8]
 
 
 def heat_alpha(heat: np.ndarray, opacity: float) -> np.ndarray:
