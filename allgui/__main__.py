@@ -1,10 +1,11 @@
 """Start the app: ``allgui`` or ``python -m allgui``.
 
-  allgui [--model BUNDLE] [--open PATH ...] [--case CASE.sqlite] [--screenshot FILE.png [--wait-all]]
+  allgui [--model BUNDLE] [--open PATH ...] [--case CASE.sqlite] [--heatmap [BACKBONE]]
+         [--screenshot FILE.png [--wait-all]]
 
 Without options it loads the bundled default model and opens the bundled sample images.
 ``--screenshot`` renders the window once the first result is on screen, saves it and exits (status 1
-if no result came within ``--timeout`` seconds).
+if no result came within ``--timeout`` seconds); with ``--heatmap`` it also waits for the heatmap.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", nargs="+", metavar="PATH", help="image files or folders to open")
     p.add_argument("--screenshot", metavar="FILE", help="save a picture of the window once results are "
                    "shown, then exit")
+    p.add_argument("--heatmap", nargs="?", const="densenet121", choices=("densenet121", "resnet34"),
+                   help="show the heatmap of where this network looked (default: densenet121)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for results with --screenshot")
     p.add_argument("--wait-all", action="store_true", help="with --screenshot: wait until every open image is "
                    "analysed (default: the first result)")
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from allgui.resources import samples_dir
 
     win = MainWindow(model=args.model)
+    if args.heatmap:
+        win.state.set_heatmap(visible=True, backbone=args.heatmap)
     if args.screenshot:
         win.resize(1440, 900)
     win.show()
@@ -73,10 +78,17 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             app.exit(code)
 
+        def heatmap_ready() -> bool:
+            st = win.state
+            target = st.heatmap_target
+            return (not args.heatmap or st.prediction is None or target is None or target in st.explanations
+                    or target in st.explanation_errors)
+
         def ready() -> None:
             shown = win.state.current and (win.state.prediction is not None or win.state.current in win.state.errors
                                            or win.predictor is None and not win.analysis.loading)
-            if shown and not (args.wait_all and win.predictor is not None and win.state.pending()):
+            if shown and heatmap_ready() and not (args.wait_all and win.predictor is not None
+                                                  and win.state.pending()):
                 QTimer.singleShot(400, shoot)
             else:
                 QTimer.singleShot(100, ready)

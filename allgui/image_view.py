@@ -7,12 +7,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsRectItem
 
 from allgui.imaging import cell_regions, fill_overlay, probability_colour
 from allgui.state import AppState, Topic
+from trainer.inference.explain import heatmap_rgba
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
@@ -53,6 +54,11 @@ class ImageView(pg.GraphicsLayoutWidget):
         self.fill_item.setZValue(5)
         self.viewbox.addItem(self.image_item)
         self.viewbox.addItem(self.fill_item)
+        # the heatmap (explanation) sits over the fill and under the nucleus outlines
+        self.heat_item = pg.ImageItem(axisOrder="row-major")
+        self.heat_item.setZValue(6)
+        self.heat_item.hide()
+        self.viewbox.addItem(self.heat_item)
         self.selection_box = QGraphicsRectItem()
         pen = QPen(QColor(20, 20, 20))
         pen.setCosmetic(True)
@@ -76,6 +82,8 @@ class ImageView(pg.GraphicsLayoutWidget):
                           (Topic.THRESHOLD, self.restyle), (Topic.SELECTION, self.restyle),
                           (Topic.OVERLAY, self.refresh_overlay), (Topic.MODEL, self.refresh_overlay)):
             state.subscribe(topic, cb)
+        for topic in (Topic.HEATMAP, Topic.CURRENT, Topic.PREDICTION, Topic.SELECTION, Topic.MODEL):
+            state.subscribe(topic, self.refresh_heatmap)
 
     # ---- content ------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray | None) -> None:
@@ -87,6 +95,7 @@ class ImageView(pg.GraphicsLayoutWidget):
             self.image_item.setImage(image, levels=(0, 255), autoLevels=False)
             self.fit()
         self.refresh_overlay()
+        self.refresh_heatmap()
 
     def fit(self) -> None:
         if self.image is not None:
@@ -175,6 +184,18 @@ class ImageView(pg.GraphicsLayoutWidget):
             self.fill_item.setVisible(True)
         else:
             self.fill_item.setVisible(False)
+
+    def refresh_heatmap(self, *_) -> None:
+        """Show the current explanation's map of the chosen backbone at its region, or hide it."""
+        st = self.state
+        ex = st.explanation if st.heatmap_visible and self.image is not None else None
+        hm = None if ex is None else ex.heatmaps.get(st.heatmap_backbone)
+        if hm is None or tuple(ex.image_shape) != tuple(self.image.shape[:2]):
+            self.heat_item.hide()
+            return
+        self.heat_item.setImage(heatmap_rgba(hm, st.heatmap_opacity), levels=(0, 255), autoLevels=False)
+        self.heat_item.setRect(QRectF(*ex.region))
+        self.heat_item.show()
 
     # ---- picking ------------------------------------------------------------------------------
     def cell_at(self, x: float, y: float) -> int | None:

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from allgui.analysis import AnalysisController
 from allgui.batch_table import BatchTable
+from allgui.heatmap import HeatmapController
 from allgui.image_view import ImageView
 from allgui.overlay_bar import OverlayBar
 from allgui.qtutil import signals_blocked
@@ -100,6 +101,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self.models_dir = Path(models_dir) if models_dir else None
         self.state = AppState()
         self.analysis = AnalysisController(self.state, self)
+        self.heatmaps = HeatmapController(self.state, self.analysis, self)  # explanations, on demand
         self._model_key = ""
         self.retrain_dialog: RetrainDialog | None = None
         self.menus: dict[str, QMenu] = {}
@@ -221,6 +223,8 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self.act_overlay.setChecked(True)
         self.add_action(v, "Outline / &fill", self.toggle_fill, "Shift+O")
         self.add_action(v, "&Fit image", lambda: self.image_view.fit(), "F")
+        self.act_heatmap = self.add_action(v, "Show &heatmap", lambda on: self.state.set_heatmap(visible=on), "H",
+                                           checkable=True)
         v.addSeparator()
         self.act_next = self.add_action(v, "&Next image", lambda: self.state.step(1), "PgDown")
         self.act_prev = self.add_action(v, "&Previous image", lambda: self.state.step(-1), "PgUp")
@@ -238,7 +242,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         """Listen to the state and to the analysis controller."""
         for topic, slot in ((Topic.CURRENT, self._on_current), (Topic.PREDICTION, self._on_prediction),
                             (Topic.THRESHOLD, self._update_status), (Topic.OVERLAY, self._on_overlay),
-                            (Topic.IMAGES, self._update_status)):
+                            (Topic.IMAGES, self._update_status), (Topic.HEATMAP, self._on_heatmap)):
             self.state.subscribe(topic, slot)
         a = self.analysis
         a.modelChanged.connect(self._on_model_changed)
@@ -289,6 +293,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         s.sync()
         self.analysis.shutdown()
         self.review_controller.close()
+        self.heatmaps.shutdown()
         super().closeEvent(event)
 
     # ---- results --------------------------------------------------------------------------------
@@ -336,6 +341,11 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         if self.act_overlay.isChecked() != self.state.overlay_visible:
             with signals_blocked(self.act_overlay):
                 self.act_overlay.setChecked(self.state.overlay_visible)
+
+    def _on_heatmap(self) -> None:
+        if self.act_heatmap.isChecked() != self.state.heatmap_visible:
+            with signals_blocked(self.act_heatmap):
+                self.act_heatmap.setChecked(self.state.heatmap_visible)
 
     def toggle_fill(self) -> None:
         self.state.set_overlay(mode="fill" if self.state.overlay_mode == "outline" else "outline")

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from allgui.heatmap import HeatmapBox
 from allgui.imaging import DECISION_COLOURS, probability_colour
 from allgui.qtutil import signals_blocked
 from allgui.state import AppState, Topic
@@ -157,6 +158,8 @@ class SidePanel(QWidget):
         form.addRow("Cells", self.counts)
         form.addRow("Nucleus", self.morph)
         lay.addWidget(res)
+        self.heatmap = HeatmapBox(state)  # where the networks looked, with its caption
+        lay.addWidget(self.heatmap)
 
         votes = QGroupBox("Classifier votes (bar width ~ ensemble weight)")
         vl = QVBoxLayout(votes)

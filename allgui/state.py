@@ -32,6 +32,8 @@ from trainer.inference.results import (
 )
 
 OVERLAY_MODES = ("outline", "fill")
+HEATMAP_BACKBONES = ("densenet121", "resnet34")
+MAX_EXPLANATIONS = 256  # explanations kept (each a few small maps)
 
 
 class Topic(str, Enum):
@@ -48,6 +50,7 @@ class Topic(str, Enum):
     THRESHOLD = "threshold"    #: [] threshold or uncertainty band changed
     OVERLAY = "overlay"        #: [] overlay visibility, mode or opacity changed
     MODEL = "model"            #: [] the model changed (all predictions were dropped)
+    HEATMAP = "heatmap"        #: [] heatmap shown/hidden, its backbone or opacity changed, or an explanation arrived
 
     @classmethod
     def of(cls, topic: Topic | str) -> Topic:
@@ -96,6 +99,12 @@ class AppState:
         self.overlay_mode: str = "outline"
         self.overlay_opacity: float = 0.45   # fill alpha, 0..1
         self.model_name: str = ""
+        self.heatmap_visible: bool = False
+        self.heatmap_backbone: str = HEATMAP_BACKBONES[0]
+        self.heatmap_opacity: float = 0.7  # at the map's peak; lower heat is more transparent
+        #: explanations (trainer.inference.explain.Explanation) and errors, by (path, cell; -1 = whole image)
+        self.explanations: dict[tuple[str, int], Any] = {}
+        self.explanation_errors: dict[tuple[str, int], str] = {}
 
     # ---- observers -------------------------------------------------------------------------
     def subscribe(self, topic: Topic | str, callback: Callable[..., Any]) -> None:
@@ -161,6 +170,8 @@ class AppState:
         """Drop every prediction (the model changed)."""
         self.predictions.clear()
         self.errors.clear()
+        self.explanations.clear()
+        self.explanation_errors.clear()
         self.selected_cell = -1
         self.model_name = model_name
         self.emit(Topic.MODEL)
@@ -254,6 +265,54 @@ class AppState:
                 changed = True
         if changed:
             self.emit(Topic.OVERLAY)
+
+    # ---- heatmap (explanation) ----------------------------------------------------------------
+    def set_heatmap(self, visible: bool | None = None, backbone: str | None = None,
+                    opacity: float | None = None) -> None:
+        """Show or hide the heatmap, pick its backbone (one of HEATMAP_BACKBONES), set its opacity."""
+        if backbone is not None and backbone not in HEATMAP_BACKBONES:
+            raise ValueError(f"heatmap backbone must be one of {HEATMAP_BACKBONES}")
+        changed = False
+        for name, value in (("heatmap_visible", visible), ("heatmap_backbone", backbone),
+                            ("heatmap_opacity", None if opacity is None else min(1.0, max(0.0, float(opacity))))):
+            if value is not None and getattr(self, name) != value:
+                setattr(self, name, value)
+                changed = True
+        if changed:
+            self.emit(Topic.HEATMAP)
+
+    @property
+    def heatmap_target(self) -> tuple[str, int] | None:
+        """(path, cell) the heatmap explains now; None without a result.
+
+        The selected cell of a field, else its most suspicious cell where its cells decide, else
+        the whole image (cell -1).
+        """
+        pred = self.prediction
+        if pred is None or not pred.assessable:
+            return None
+        if pred.kind == "field" and 0 <= self.selected_cell < len(pred.cells):
+            return self.current, self.selected_cell
+        return self.current, (pred.deciding.index if pred.field_by_cells else -1)
+
+    @property
+    def explanation(self):
+        """The explanation of :attr:`heatmap_target`, or None (not computed yet, or it failed)."""
+        target = self.heatmap_target
+        return None if target is None else self.explanations.get(target)
+
+    def set_explanation(self, path: str, cell: int, explanation) -> None:
+        """Keep ``explanation`` of (path, cell) (the oldest of more than MAX_EXPLANATIONS go)."""
+        self.explanations.pop((path, cell), None)
+        self.explanations[(path, cell)] = explanation
+        while len(self.explanations) > MAX_EXPLANATIONS:
+            del self.explanations[next(iter(self.explanations))]
+        self.explanation_errors.pop((path, cell), None)
+        self.emit(Topic.HEATMAP)
+
+    def set_explanation_error(self, path: str, cell: int, message: str) -> None:
+        self.explanation_errors[(path, cell)] = message
+        self.emit(Topic.HEATMAP)
 
     # ---- table rows ------------------------------------------------------------------------
     def row(self, path: str) -> Row:

@@ -1,4 +1,4 @@
-"""Command line: ``allgui-train train|evaluate|predict|finetune|report`` (also ``python -m trainer``).
+"""Command line: ``allgui-train train|evaluate|predict|explain|finetune|report`` (also ``python -m trainer``).
 
 Each subcommand is a module of this package with ``register(subparsers)`` and ``run(args)``.
 """
@@ -9,13 +9,13 @@ import contextlib
 import logging
 import sys
 
-from trainer.cli import evaluate, finetune, predict, report, train
+from trainer.cli import evaluate, explain, finetune, predict, report, train
 from trainer.cli.common import sigterm_interrupts
 from trainer.util.csvsafe import printable
 from trainer.util.errors import AllguiError, Cancelled
 
 #: the subcommands, in the order ``--help`` lists them
-COMMANDS = (train, evaluate, predict, finetune, report)
+COMMANDS = (train, evaluate, predict, explain, finetune, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="allgui-train",
         description="Train, evaluate and apply the allgui ALL-blast ensemble (DenseNet-121 + ResNet-34 deep "
                     "features, SVM/KNN/RF/AdaBoost/MLP, weighted voting, calibration). Research use only.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,finetune,report}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{train,evaluate,predict,explain,finetune,report}")
     for command in COMMANDS:
         command.register(sub)
     return p

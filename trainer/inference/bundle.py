@@ -6,7 +6,10 @@ Layout (format ``allgui-model``, version 2)::
     model.skops            a :class:`trainer.classical.model.KindModels`: one fitted AllModel per image kind
                            (skops: no code runs on load)
     arrays.safetensors     numpy arrays, per model key ``<key>/validation/...``, ``<key>/test/...``,
-                           ``<key>/stain_reference``; ``probe/<backbone>`` fingerprints
+                           ``<key>/stain_reference``; ``probe/<backbone>`` fingerprints; optional
+                           explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept,reference}``
+                           (plain float arrays, see :mod:`trainer.inference.explain`): bundles written before
+                           them load and predict unchanged, they only cannot show heatmaps
 
 Version 1 bundles (one AllModel, arrays ``validation/...`` and ``test/...``) still load: they come
 back as a KindModels with the single key ``"any"``.

@@ -18,6 +18,31 @@ import numpy as np
 from trainer.util.errors import ImageReadError
 from trainer.util.limits import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, NotARegularFile, read_regular_file
 
+_OPENCV_THREADS: list[int] = []
+
+
+def _opencv_pool_off() -> None:
+    """Before a fork: stop OpenCV's worker threads, to start them again after it in the parent.
+
+    A child forked while they wait (a DataLoader worker, after any parallel cv2 call here) inherits
+    their condition variable with waiters that do not exist there, and its first
+    ``cv2.setNumThreads`` waits for them forever.
+    """
+    try:
+        _OPENCV_THREADS.append(cv2.getNumThreads())
+        cv2.setNumThreads(1)
+    except Exception:  # a cv2 build without threads: nothing to stop
+        _OPENCV_THREADS.clear()
+
+
+def _opencv_pool_on() -> None:
+    if _OPENCV_THREADS:
+        cv2.setNumThreads(_OPENCV_THREADS.pop())
+
+
+os.register_at_fork(before=_opencv_pool_off, after_in_parent=_opencv_pool_on,
+                    after_in_child=_OPENCV_THREADS.clear)
+
 #: File name endings (lower case) that are treated as images.
 IMAGE_SUFFIXES: tuple[str, ...] = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 

@@ -20,6 +20,8 @@ from trainer.classical.model import AllModel, KindModels, fit_model, subset
 from trainer.classical.scoring import score_report
 from trainer.config import PROTOCOLS, TrainConfig
 from trainer.inference.bundle import ModelBundle, save_bundle
+from trainer.inference.gradcam import reference_maps
+from trainer.inference.probes import REFERENCE_IMAGES, fit_probes, probe_arrays
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import load_dataset, merge_datasets
 from trainer.io.imageio import read_image
@@ -327,12 +329,20 @@ def train(config: TrainConfig, progress: Progress | None = None,
             test_metrics, test_arrays = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed,
                                                        groups=None if groups is None else groups[te])
         models[key] = model
+        # explanation probes: one logistic regression per backbone on its own training features
+        probes, probe_report = fit_probes(subset(feats, ltr), y[tr], config.backbones,
+                                          subset(feats, lva), y[va], seed=config.seed)
+        say(a + 0.95 * span, f"Reference maps of the {name}'s explanation probes")
+        pick = np.linspace(0, len(tr) - 1, min(REFERENCE_IMAGES, len(tr))).round().astype(int)
+        references = reference_maps(extractor, [paths[i] for i in tr[np.unique(pick)]], cancel)
+        arrays.update(probe_arrays(key, probes, references))
         if ref is not None:
             arrays[f"{key}/stain_reference"] = np.asarray(ref, dtype=np.float64)
         arrays.update({f"{key}/validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
         arrays.update({f"{key}/test/{k}": np.asarray(v) for k, v in test_arrays.items()})
         sections[key] = model_section(key, config, (tr, va, te), dataset, model, extractor, val_metrics,
                                       test_metrics, ref)
+        sections[key]["explanation_probes"] = probe_report
         test_all[key] = (test_metrics, test_arrays)
     check_cancel(cancel)
 
