@@ -25,6 +25,7 @@ from allgui.imaging import thumbnail
 from allgui.state import AppState
 from allgui.workers import Task, ThreadTask, error_message
 from trainer.io.imageio import read_image
+from trainer.util.memory import release_freed_memory
 
 #: decoded images kept for display (the most recently used first out)
 IMAGE_CACHE = 24
@@ -41,6 +42,7 @@ def predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.n
     t0 = time.perf_counter()
     image = read_image(path)
     pred = predictor.predict(image, path=path)
+    release_freed_memory()  # the memory of this image's buffers goes back to the system
     return path, image, pred, thumbnail(image), time.perf_counter() - t0
 
 

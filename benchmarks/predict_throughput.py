@@ -121,6 +121,15 @@ def cli_path(predictor, files: list[Path]) -> tuple[float, int, list]:
     return secs, passes, rows
 
 
+def peak_rss_mb() -> float:
+    """Largest resident size of this process so far (VmHWM), MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -212,6 +221,7 @@ def main(argv=None) -> dict:
         out["rss_mb_end"] = trace[-1][1]
         out["rss_images"] = trace[-1][0]
         out["rss_growth_after_100_mb"] = trace[-1][1] - after100[0]
+        out["rss_peak_mb"] = peak_rss_mb()
 
     if a.startup:
         env = dict(os.environ, PYTHONPATH=str(CODE))

@@ -13,6 +13,7 @@ from trainer.cli.common import ProgressBar, check_output_file, probability, sigt
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import printable, safe_dict
 from trainer.util.errors import AllguiError, Cancelled
+from trainer.util.memory import release_freed_memory
 
 #: Images classified together by ``predict`` (one pass through the networks); the rows of a batch are
 #: written as soon as it is done, so an interrupted run keeps them.
@@ -157,6 +158,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
                 else:
                     n_ok += 1
                     rows += _rows_for(r, f, thresholds[r.model])
+            release_freed_memory()  # RSS flat in the number of images (see trainer.util.memory)
             emit(rows)
     except KeyboardInterrupt:
         return n_ok, n_err, True
