@@ -73,24 +73,25 @@ def test_the_trail_is_append_only(case):
         assert len(s.actions()) == 1
 
 
-def _tamper_row(case):
-    con = sqlite3.connect(case)
-    con.execute("DROP TRIGGER reviews_append_only_u")
-    con.execute("UPDATE reviews SET reviewer_decision = 'ALL blast' WHERE id = 1")
+def _behind_trigger(case, trigger, sql):
+    """Run ``sql`` on ``case`` with its append-only ``trigger`` dropped, then put the trigger back (an
+    edit made outside allgui that leaves the structure as it was)."""
     from trainer.cases.schema import SCHEMA, statements
-    con.execute(next(s for s in statements(SCHEMA) if "reviews_append_only_u" in s))
+
+    con = sqlite3.connect(case)
+    con.execute(f"DROP TRIGGER {trigger}")
+    con.execute(sql)
+    con.execute(next(s for s in statements(SCHEMA) if trigger in s))
     con.commit()
     con.close()
+
+
+def _tamper_row(case):
+    _behind_trigger(case, "reviews_append_only_u", "UPDATE reviews SET reviewer_decision = 'ALL blast' WHERE id = 1")
 
 
 def _drop_last_row(case):
-    con = sqlite3.connect(case)
-    con.execute("DROP TRIGGER reviews_append_only_d")
-    con.execute("DELETE FROM reviews WHERE id = (SELECT max(id) FROM reviews)")
-    from trainer.cases.schema import SCHEMA, statements
-    con.execute(next(s for s in statements(SCHEMA) if "reviews_append_only_d" in s))
-    con.commit()
-    con.close()
+    _behind_trigger(case, "reviews_append_only_d", "DELETE FROM reviews WHERE id = (SELECT max(id) FROM reviews)")
 
 
 def _drop_trigger(case):
