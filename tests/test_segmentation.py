@@ -148,3 +148,11 @@ def test_kmeans_and_purple_score():
     black = to_lab(np.zeros((1, 1, 3), np.uint8))
     assert purple_score(purple)[0, 0] > 20 > 0 >= purple_score(pink)[0, 0]
     assert abs(purple_score(black)[0, 0]) < 1
+
+
+def test_the_brightest_channel_is_the_channel_maximum():
+    from trainer.vision.segmentation import _brightest_channel
+
+    rng = np.random.default_rng(0)
+    for img in (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), make_cell_image(48, True, 0)[0]):
+        np.testing.assert_array_equal(_brightest_channel(img), img.max(axis=2))
