@@ -389,3 +389,22 @@ def test_one_answer_to_whether_every_sample_has_a_group():
         assert default_protocol(missing) == "image"
     s = [Sample(Path("x.png"), 1, "ALL", "s1"), Sample(Path("y.png"), 0, "hem", None)]
     assert sample_groups(s) is None and sample_groups(s[:1]).tolist() == ["s1"]
+
+
+def test_work_in_chunks_keeps_the_order_and_stops_between_chunks():
+    from trainer.util.threads import map_in_chunks
+
+    done = []
+    squares = map_in_chunks(lambda x: x * x, list(range(10)), done.append, chunk=4, threads=3)
+    assert squares == [x * x for x in range(10)]
+    assert done == [0, 4, 8, 10]
+    calls = []
+
+    def stop_after_one_chunk(n):
+        if n:
+            raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError):
+        map_in_chunks(calls.append, list(range(10)), stop_after_one_chunk, chunk=4, threads=2)
+    assert sorted(calls) == [0, 1, 2, 3]
+    assert map_in_chunks(str, [], None) == []

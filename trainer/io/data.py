@@ -28,6 +28,7 @@ from trainer.io.labels import class_mapping, find_labels_csv, load_labels_csv
 from trainer.io.samples import CLASS_NAMES, Dataset, Sample
 from trainer.util.errors import AllguiError, Cancelled, DataError, ImageReadError
 from trainer.util.progress import Progress
+from trainer.util.threads import map_in_chunks
 
 _CNMC_NAME = re.compile(r"^UID_(H?\d+)_(\d+)_(\d+)_(all|hem)$", re.IGNORECASE)
 _IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini", "labels.csv"})
@@ -280,21 +281,29 @@ def _load_class_folders(root: Path, positive, skipped: list, warnings: list) -> 
     return [Sample(f, mapping[c], c, None) for c, files in class_files.items() for f in files]
 
 
+def _read_error(sample: Sample) -> str | None:
+    """Why ``sample``'s image cannot be read, or None."""
+    try:
+        read_image(sample.path)
+    except AllguiError as exc:
+        return str(exc)
+    return None
+
+
 def _readable(samples: list[Sample], skipped: list, progress: Progress | None,
               cancel: Callable[[], bool] | None) -> list[Sample]:
-    kept, n = [], len(samples)
-    for i, s in enumerate(samples):
+    """The samples whose image can be read (in a few threads); the others go to ``skipped`` with the reason."""
+    n = len(samples)
+
+    def between(done: int) -> None:
         if cancel is not None and cancel():
             raise Cancelled()
-        try:
-            read_image(s.path)
-        except AllguiError as exc:
-            skipped.append((s.path, str(exc)))
-        else:
-            kept.append(s)
-        if progress is not None and (i % 50 == 0 or i == n - 1):
-            progress((i + 1) / max(n, 1), f"Checked {i + 1}/{n} images")
-    return kept
+        if progress is not None:
+            progress(done / max(n, 1), f"Checked {done}/{n} images")
+
+    errors = map_in_chunks(_read_error, samples, between, chunk=50)
+    skipped.extend((s.path, e) for s, e in zip(samples, errors) if e is not None)
+    return [s for s, e in zip(samples, errors) if e is None]
 
 
 def _check_dataset(ds: Dataset) -> None:

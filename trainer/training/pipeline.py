@@ -32,6 +32,7 @@ from trainer.training.finetune import finetune_backbones
 from trainer.training.weights import finetune_overlap
 from trainer.util.errors import Cancelled, DataError
 from trainer.util.progress import Progress, stage
+from trainer.util.threads import map_in_chunks
 from trainer.vision import fingerprint
 from trainer.vision.backbones import build_backbone
 from trainer.vision.features import NUCLEUS, FeatureExtractor
@@ -178,19 +179,26 @@ def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
 MIN_KIND_IMAGES = 2  # per class in each of the training and validation rows of a kind's model
 
 
+def _image_kind(path) -> str:
+    try:
+        return KIND_SINGLE if is_single_cell_crop(read_image(path)) else KIND_FIELD
+    except Exception:  # unreadable files were reported when the data was read
+        return KIND_FIELD
+
+
 def detect_kinds(paths, progress: Progress | None = None, cancel=None) -> np.ndarray:
-    """(N,) str: ``"single_cell"`` or ``"field"`` for each image (unreadable ones: ``"field"``)."""
-    out = np.empty(len(paths), dtype=object)
-    for i, p in enumerate(paths):
-        if i % 64 == 0:
-            check_cancel(cancel)
-            if progress is not None:
-                progress(i / max(len(paths), 1), f"Image kinds: {i}/{len(paths)}")
-        try:
-            out[i] = KIND_SINGLE if is_single_cell_crop(read_image(p)) else KIND_FIELD
-        except Exception:  # unreadable files were reported when the data was read
-            out[i] = KIND_FIELD
-    return out.astype(str)
+    """(N,) str: ``"single_cell"`` or ``"field"`` for each image (unreadable ones: ``"field"``).
+
+    The images are read in a few threads.
+    """
+    paths = list(paths)
+
+    def between(done: int) -> None:
+        check_cancel(cancel)
+        if progress is not None:
+            progress(done / max(len(paths), 1), f"Image kinds: {done}/{len(paths)}")
+
+    return np.array(map_in_chunks(_image_kind, paths, between), dtype=object).astype(str)
 
 
 def kind_parts(kinds: np.ndarray, y: np.ndarray, splits, per_kind: bool = True) -> tuple[dict, list[str]]:
