@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from trainer.classical.calibration import ScoreCalibrator
-from trainer.classical.classifiers import make_classifiers, oversample
+from trainer.classical.classifiers import fit_balanced, make_classifiers, oversample
 from trainer.classical.ensemble import WeightedVotingEnsemble
 from trainer.classical.fusion import FeatureFusion
 from trainer.classical.model import fit_model
@@ -144,3 +144,32 @@ def test_votes_are_each_classifiers_own_predictions():
     d = ens.predict_details(X[250:])
     for j, name in enumerate(ens.names_):
         np.testing.assert_array_equal(d["votes"][:, j], ens.estimators_[name].predict(X[250:]))
+
+
+def test_the_model_does_not_depend_on_how_many_fits_run_side_by_side():
+    feats, y = blobs(n=300, shift=0.35, pos_frac=0.68, seed=3)
+    groups = np.arange(300) % 12
+    test = {k: v[240:] for k, v in feats.items()}
+    models = [fit_model(feats, y, np.arange(180), np.arange(180, 240), TrainConfig(seed=0, jobs=jobs), groups=groups)
+              for jobs in (1, 2, 1)]
+    first = models[0].predict_details(test)
+    for m in models[1:]:
+        d = m.predict_details(test)
+        for k in ("probabilities", "votes", "raw", "calibrated"):
+            np.testing.assert_array_equal(d[k], first[k])
+        assert m.threshold_ == models[0].threshold_
+        np.testing.assert_array_equal(m.validation_["calibrated"], models[0].validation_["calibrated"])
+
+
+def test_svm_probability_rises_with_its_decision_value_and_is_calibrated():
+    feats, y = blobs(n=400, shift=0.2, seed=5)
+    X = np.hstack(list(feats.values()))
+    svm = fit_balanced("svm", make_classifiers(0, ("svm",))["svm"], X[:300], y[:300], 0, groups=np.arange(300) % 9)
+    decision = svm.calibrated_classifiers_[0].estimator.decision_function(X[300:])
+    p = svm.predict_proba(X[300:])[:, 1]
+    order = np.argsort(decision)
+    assert np.all(np.diff(p[order]) >= 0) and np.ptp(p) > 0.5
+    # a probability, not a squashed margin: right on average, and better than the base rate alone
+    yt = y[300:]
+    assert abs(p.mean() - yt.mean()) < 0.1
+    assert np.mean((p - yt) ** 2) < 0.8 * yt.mean() * (1 - yt.mean())

@@ -41,12 +41,13 @@ def test_finetuning_options_default_to_the_nested_config():
     assert _option(p, "finetune", "--weight-decay").default == d.weight_decay
     assert _option(p, "finetune", "--batch-size").default == TrainConfig().batch_size
     assert describe("finetuning.lr") and describe("layout")
+    assert _option(p, "train", "--jobs").default == default("jobs") == TrainConfig().jobs == -1
 
 
 def test_validation_refuses_settings_that_cannot_work():
     TrainConfig().validate()
     for bad in (dict(split="patient"), dict(stain="macenko"), dict(classifiers=("svm", "xgb")),
-                dict(gamma=2.0), dict(finetuning=FinetuneConfig(epochs=0))):
+                dict(gamma=2.0), dict(finetuning=FinetuneConfig(epochs=0)), dict(jobs=0)):
         with pytest.raises(ConfigError):
             dataclasses.replace(TrainConfig(), **bad).validate()
 

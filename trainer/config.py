@@ -169,6 +169,9 @@ class TrainConfig:
                            "training images: none or reinhard")
     per_kind: bool = _opt(True, help="one calibrated model per image kind (single-cell crops, smear fields)")
     seed: int = _opt(0, help="seed for splits, initialisation and classifiers")
+    jobs: int | None = _opt(-1, help="classifier fits run side by side (the final ones and those of the "
+                                     "internal folds): -1 = one per CPU core, 1 = one after another; the "
+                                     "model is the same either way")
     cache_dir: str | None = _opt(None, help="feature cache folder (None: no disk cache)")
     output: str = _opt("model.allmodel", help="model bundle to write")
     finetune: bool = _opt(False, help="fine-tune the backbones on the training split first")
@@ -225,6 +228,8 @@ class TrainConfig:
         lo, hi = GAMMA_RANGE
         if not lo <= float(self.gamma) <= hi:
             raise ConfigError(f"Gamma must be between {lo} and {hi}, not {self.gamma}.")
+        if self.jobs is not None and int(self.jobs) == 0:
+            raise ConfigError("Jobs must be a positive number, or -1 for one per CPU core; not 0.")
         if int(self.image_size) < 1 or int(self.batch_size) < 1:
             raise ConfigError("Image size and batch size must be positive.")
         if len(self.fractions) != 3 or any(float(x) < 0 for x in self.fractions):

@@ -77,6 +77,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     switch(g, "--block-l2", default("block_l2"), describe("block_l2"))
     setting(g, "--stain", "stain")
     setting(g, "--calibrate-on", "calibrate_on")
+    setting(g, "--jobs", "jobs", type=int)
     switch(g, "--per-kind", default("per_kind"), describe("per_kind"))
     g.add_argument("--cache-dir", default=default_cache_dir(), help="feature cache folder (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
@@ -103,7 +104,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         pca=not a.no_pca, classifiers=tuple(csv_list(a.classifiers) or CLASSIFIER_NAMES),
         calibration=a.calibration, cache_dir=None if a.no_cache else a.cache_dir,
         combiner=a.combiner, nucleus_features=a.nucleus_features == "on", block_l2=a.block_l2 == "on",
-        stain=a.stain, per_kind=a.per_kind == "on", calibrate_on=a.calibrate_on,
+        stain=a.stain, per_kind=a.per_kind == "on", calibrate_on=a.calibrate_on, jobs=a.jobs,
         output=str(getattr(a, "output", default("output"))), finetune=finetune_wanted(a.finetune, a.device),
         finetuning=FinetuneConfig(epochs=a.epochs, patience=a.patience, lr=a.finetune_lr,
                                   checkpoint_dir=a.checkpoint_dir, deterministic=a.deterministic,
