@@ -60,6 +60,8 @@ def test_paper_classifier_settings():
     assert c["rf"].n_estimators == 100
     assert c["mlp"].hidden_layer_sizes == (64,) and c["mlp"].activation == "relu"
     assert c["svm"].estimator.kernel == "rbf"
+    # the MLP stops early on its own held-out rows, except where they would be a handful of images
+    assert c["mlp"].early_stopping and not make_classifiers(seed=0, n_train=20)["mlp"].early_stopping
     with pytest.raises(ValueError):
         make_classifiers(names=("svm", "xgboost"))
 

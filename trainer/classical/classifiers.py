@@ -12,6 +12,9 @@ from sklearn.utils.class_weight import compute_sample_weight
 from trainer.classical.stacking import inner_folds
 from trainer.config import CLASSIFIER_NAMES
 
+#: the MLP stops early (on 10 % of its training rows) only with at least this many images of each class
+MLP_EARLY_STOP_MIN = 50
+
 DISPLAY_NAMES = {"svm": "SVM", "knn": "KNN", "rf": "Random forest",
                  "adaboost": "AdaBoost", "mlp": "MLP (BPN)"}
 
@@ -24,11 +27,18 @@ def make_classifiers(seed: int = 0, names=CLASSIFIER_NAMES, n_train: int | None 
     - knn: k = 5 (k shrinks for tiny training sets); balanced by oversampling in :func:`fit_balanced`.
     - rf: 100 trees, class_weight balanced.
     - adaboost: 100 decision stumps, balanced sample weights.
-    - mlp: one hidden layer of 64 ReLU units, Adam, early stopping off for small data, balanced
-      sample weights.
+    - mlp: one hidden layer of 64 ReLU units, Adam, balanced sample weights; early stopping on 10 % of
+      the training rows held out (stratified), off for small data (fewer than ``MLP_EARLY_STOP_MIN``
+      images in the smaller class). Trained until the training loss stalls the network fits the training
+      subjects and ranks new ones worse: on C-NMC fold 1 early stopping ended after 69 epochs instead of
+      422, and gave higher AUC and balanced accuracy in subject-grouped cross-validation, for the MLP and
+      for the ensemble.
+
+    ``n_train``: images of the smaller class in the training rows, where known.
     """
     k = 5 if n_train is None else max(1, min(5, n_train - 1))
     cv = 3 if n_train is None or n_train >= 12 else 2
+    early_stop = n_train is None or n_train >= MLP_EARLY_STOP_MIN
     all_ = {
         "svm": CalibratedClassifierCV(SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced",
                                           random_state=seed),
@@ -40,7 +50,7 @@ def make_classifiers(seed: int = 0, names=CLASSIFIER_NAMES, n_train: int | None 
                                      n_jobs=1),
         "adaboost": AdaBoostClassifier(n_estimators=100, random_state=seed),
         "mlp": MLPClassifier(hidden_layer_sizes=(64,), activation="relu", max_iter=500,
-                             alpha=1e-3, random_state=seed),
+                             alpha=1e-3, early_stopping=early_stop, random_state=seed),
     }
     unknown = set(names) - set(all_)
     if unknown:
