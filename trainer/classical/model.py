@@ -146,7 +146,7 @@ class AllModel(BaseEstimator):
             for i, ens in enumerate(Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(jobs)):
                 fitted.append(ens)
                 if progress:
-                    progress((i + 1) / len(jobs), f"classifiers fitted: {i + 1} of {len(jobs)} sets")
+                    progress((i + 1) / len(jobs), f"Classifiers: {i + 1}/{len(jobs)} sets fitted")
         return fitted[0], fitted[1:]
 
     def _combine(self, P: np.ndarray) -> np.ndarray:
