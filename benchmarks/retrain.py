@@ -147,6 +147,13 @@ def card_metrics(bundle: str) -> dict:
     return out
 
 
+def show_stages(title: str, stages: dict) -> None:
+    print(f"\n{'stage (' + title + ')':36s} {'baseline':>9s} {'new':>9s}")
+    for stage in dict.fromkeys([*stages["baseline"], *stages["new"]]):
+        b, n = (stages[k].get(stage, float("nan")) for k in ("baseline", "new"))
+        print(f"{stage:36s} {b:9.2f} {n:9.2f}")
+
+
 def _fmt(v) -> str:
     return "   -  " if v is None else f"{v:6.3f}"
 
@@ -210,11 +217,7 @@ def main(argv=None) -> dict | None:
             out.update(warm_baseline_s=med["baseline"], warm_new_s=med["new"], warm_ratio=med["new"] / med["baseline"])
             print(f"\nwarm retrain (median of {a.repeats}): baseline {med['baseline']:.1f} s, new {med['new']:.1f} s, "
                   f"ratio {med['new'] / med['baseline']:.2f} (goal: new <= 60 s)")
-            print(f"\n{'stage (last run)':36s} {'baseline':>9s} {'new':>9s}")
-            last = {n: rs[-1]["stages"] for n, rs in runs.items()}
-            for stage in dict.fromkeys([*last["baseline"], *last["new"]]):
-                b, n = (last[k].get(stage, float("nan")) for k in ("baseline", "new"))
-                print(f"{stage:36s} {b:9.2f} {n:9.2f}")
+            show_stages("warm, last run", {n: rs[-1]["stages"] for n, rs in runs.items()})
             metrics = {n: card_metrics(rs[-1]["bundle"]) for n, rs in runs.items()}
             show_metrics(metrics["baseline"], metrics["new"])
             out["metrics"] = metrics
@@ -223,6 +226,7 @@ def main(argv=None) -> dict | None:
                        cold_ratio=cold["new"]["seconds"] / cold["baseline"]["seconds"])
             print(f"\ncold retrain: baseline {out['cold_baseline_s']:.1f} s, new {out['cold_new_s']:.1f} s, "
                   f"ratio {out['cold_ratio']:.2f}")
+            show_stages("cold", {n: r["stages"] for n, r in cold.items()})
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
