@@ -42,7 +42,6 @@ import safetensors.torch
 import sklearn
 import skops.io
 import torch
-import torchvision
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from trainer import __version__
@@ -60,6 +59,7 @@ from trainer.util.limits import (
     check_regular_file,
     format_bytes,
 )
+from trainer.util.versions import torchvision_version
 
 FORMAT = "allgui-model"
 FORMAT_VERSION = 2
@@ -107,7 +107,7 @@ def package_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
     return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
+            "torchvision": torchvision_version()}
 
 
 def _sha256(data: bytes) -> str:

@@ -11,13 +11,15 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trainer.classical.model import operating_point
-from trainer.inference.bundle import ModelBundle, load_bundle
+from trainer.config import TrainConfig
+from trainer.inference.bundle import ModelBundle, load_bundle, read_manifest
 from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
@@ -51,26 +53,25 @@ class Predictor:
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", cache_dir=None, verify: bool = True,
-                 precision: str | None = None):
+                 precision: str | None = None, prebuilt: tuple | None = None):
         self.bundle = bundle
         self.kind_models = bundle.model
         self.models = dict(bundle.model.models)
         self.config = cfg = bundle.config
         #: precision of the forward passes: see :func:`inference_precision`
-        self.precision = inference_precision(
-            precision if precision is not None or cfg.precision == "auto" else cfg.precision, device)
+        self.precision = _precision(cfg, precision, device)
         networks = tuple(dict.fromkeys(b for m in self.models.values() for b in m.backbones if b in BACKBONES))
 
         def extractor(blocks, reference=None) -> FeatureExtractor:
-            return FeatureExtractor(
-                backbones=blocks, weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
-                batch_size=cfg.batch_size, num_workers=0, device=device, cache_dir=cache_dir,
-                state_dicts=bundle.backbone_state, seed=cfg.seed, precision=self.precision,
-                stain_reference=reference)
+            return _extractor(cfg, blocks, device, cache_dir, self.precision, bundle.backbone_state, reference)
 
-        base = extractor(networks)
+        # ``prebuilt``: (base extractor, its fingerprint) made by ``from_bundle`` while the bundle loaded
+        if prebuilt is not None and tuple(prebuilt[0].backbones) == networks and bundle.backbone_state is None:
+            base, probes = prebuilt
+        else:
+            base, probes = extractor(networks), None
         if verify:
-            fingerprint.verify(base, bundle.arrays)
+            fingerprint.verify(base, bundle.arrays, computed=probes)
         self.extractors: dict[str, FeatureExtractor] = {}
         for key, model in self.models.items():
             ex = extractor(tuple(model.backbones), bundle.arrays.get(f"{key}/stain_reference"))
@@ -95,8 +96,21 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None,
                     precision: str | None = None) -> Predictor:
-        """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`."""
-        return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
+        """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`.
+
+        The networks are built and fingerprinted in a second thread while the classifiers are read
+        (torch releases the interpreter lock while it computes, so the two overlap).
+        """
+        manifest = read_manifest(path)
+        if "backbones.safetensors" in manifest.get("members", {}):  # fine-tuned weights: in the bundle itself
+            return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
+        cfg = TrainConfig.from_dict(manifest.get("config", {}))
+        prec = _precision(cfg, precision, device)
+        with ThreadPoolExecutor(1, thread_name_prefix="allgui-networks") as pool:
+            ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec)
+            bundle = load_bundle(path)
+            prebuilt = ready.result()
+        return cls(bundle, device=device, cache_dir=cache_dir, precision=precision, prebuilt=prebuilt)
 
     def warm_up(self) -> None:
         """One batch-of-one forward pass through every network.
@@ -284,6 +298,26 @@ class Predictor:
             out.circularity = float(nucleus.circularity)
             out.nc_ratio = None if nucleus.nc_ratio is None else float(nucleus.nc_ratio)
         return out
+
+
+def _precision(cfg, requested: str | None, device: str) -> str:
+    """The forward precision for a bundle's config: the caller's choice, else the bundle's, else auto."""
+    return inference_precision(requested if requested is not None or cfg.precision == "auto" else cfg.precision,
+                               device)
+
+
+def _extractor(cfg, blocks, device, cache_dir, precision, state_dicts, reference=None) -> FeatureExtractor:
+    """A FeatureExtractor of ``blocks`` as the bundle's config ``cfg`` describes it."""
+    return FeatureExtractor(
+        backbones=tuple(blocks), weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
+        batch_size=cfg.batch_size, num_workers=0, device=device, cache_dir=cache_dir, state_dicts=state_dicts,
+        seed=cfg.seed, precision=precision, stain_reference=reference)
+
+
+def _networks_ready(cfg, device, cache_dir, precision) -> tuple[FeatureExtractor, dict[str, np.ndarray]]:
+    """(extractor of the config's networks, built, with its fingerprint computed) for ``from_bundle``."""
+    ex = _extractor(cfg, [b for b in cfg.backbones if b in BACKBONES], device, cache_dir, precision, None)
+    return ex, fingerprint.compute(ex)
 
 
 def inference_precision(requested: str | None = None, device: str = "auto") -> str:

@@ -18,13 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.io.imageio import as_rgb_uint8, content_hash, read_image
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.util.progress import Progress
+from trainer.util.versions import torchvision_version
 from trainer.vision import handcrafted
 from trainer.vision.backbones import BACKBONES, build_backbone, weights_identity
 from trainer.vision.preprocess import GAMMA_RANGE, eval_transform, gamma_correct
@@ -295,7 +295,7 @@ class FeatureExtractor:
         kernel may change between releases, and old vectors must then not be mixed in.
         """
         text = (f"{image_hash}|{name}|{self.identities()[name]}|{self.preprocessing_tag()}|"
-                f"torch={torch.__version__}|torchvision={torchvision.__version__}")
+                f"torch={torch.__version__}|torchvision={torchvision_version()}")
         return hashlib.sha256(text.encode()).hexdigest()
 
     # ------------------------------------------------------------------- cache
