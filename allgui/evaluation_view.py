@@ -13,8 +13,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from trainer.stats import metrics as M
-
 SPLIT_ORDER = ("test", "validation", "val", "train")
 
 
@@ -115,6 +113,9 @@ class EvaluationView(QWidget):
         t = self.threshold
         for w in (self.roc, self.pr, self.cal):
             w.clear()
+        # scikit-learn and SciPy (a second to import) stay out of the window's start-up
+        from trainer.stats import metrics as M
+
         fpr, tpr, _ = M.roc(y, p)
         self.roc.plot([0, 1], [0, 1], pen=pg.mkPen((180, 180, 180), style=Qt.DashLine))
         self.roc.plot(fpr, tpr, pen=pg.mkPen((33, 113, 181), width=2))

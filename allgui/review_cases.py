@@ -12,7 +12,6 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from allgui.workers import ThreadTask
 from trainer.cases import DEFAULT_CASE_NAME
-from trainer.cases.report import write_case_report
 from trainer.util.errors import CaseError
 
 CASE_FILTER = "allgui case (*.sqlite);;All files (*)"
@@ -20,6 +19,9 @@ CASE_FILTER = "allgui case (*.sqlite);;All files (*)"
 
 def _write_report(case: str, output: str, per_page: int, thresholds: dict, band: float, model_sha256: str,
                   progress, cancel, emit) -> dict:
+    # matplotlib's PDF writer costs half a second: loaded when a report is written, not at start-up
+    from trainer.cases.report import write_case_report
+
     return write_case_report(case, output, per_page=per_page, thresholds=thresholds, band=band,
                              model_sha256=model_sha256, progress=progress, cancel=cancel)
 

@@ -1,11 +1,16 @@
 """GUI latency benchmark for allgui.
 
 Measures, in a real window (offscreen by default; run under an X server for on-screen numbers):
-  open      median time from opening a 450x450 crop to its result painted (goal <= 250 ms on 2 cores)
+  open      median time from opening a 450x450 crop to its result painted
+  slider    median time from a threshold-slider move to the repainted window (goal < 16 ms)
+  forward   one batch-of-one forward pass of the two networks, in the loaded model's precision: the
+            baseline of ``open`` (goal: open <= 1.3x forward)
   slider    median time from a threshold-slider move to the repainted window (goal < 16 ms)
   stall     longest event-loop stall while a retrain runs in the background (goal < 100 ms)
+  startup   (``--startup K``) ``allgui --open CROP`` in a fresh process, median of K runs after one
+            warm-up: process start -> window painted (goal <= 2 s) and -> first result painted
 
-  python benchmarks/gui_latency.py [--model BUNDLE] [--image CROP.png] [--repeats 15]
+  python benchmarks/gui_latency.py [--model BUNDLE] [--image CROP.png] [--repeats 15] [--startup 3]
 
 Without --model the bundled default model is used; if there is none, a model with the same
 architecture (two backbones, 224 px input, random weights: same cost as ImageNet weights) is
@@ -43,6 +48,55 @@ def _make_model(tmp: Path, image_size: int) -> str:
     return str(train(cfg).bundle_path)
 
 
+#: run in a fresh process by ``startup``: the real ``allgui`` entry point, with an application-wide event
+#: filter that notes the first paint of the main window and the first paint showing a result
+_STARTUP_CHILD = r"""
+import json, sys, time
+spawned = float(sys.argv[1])
+from PySide6.QtCore import QEvent, QObject, QTimer
+from PySide6.QtWidgets import QApplication
+app = QApplication(sys.argv[:1])
+marks = {}
+
+class Watch(QObject):
+    def eventFilter(self, obj, ev):
+        if ev.type() == QEvent.Paint and obj.isWidgetType() and obj.window().inherits("QMainWindow"):
+            now = time.time() - spawned
+            marks.setdefault("window_painted_s", now)
+            state = getattr(obj.window(), "state", None)
+            if state is not None and state.prediction is not None and "first_result_painted_s" not in marks:
+                marks["first_result_painted_s"] = now
+                QTimer.singleShot(0, lambda: app.exit(0))
+        return False
+
+watch = Watch()
+app.installEventFilter(watch)
+QTimer.singleShot(120_000, lambda: app.exit(1))
+from allgui.__main__ import main
+code = main(["--model", sys.argv[2], "--open", sys.argv[3]])
+print(json.dumps(marks))
+sys.exit(code)
+"""
+
+
+def startup_times(model: str, image: str, runs: int) -> dict[str, float]:
+    """Medians over ``runs`` fresh processes (after one warm-up) of window painted and first result painted."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: byte code cached
+    marks: list[dict] = []
+    for i in range(runs + 1):
+        spawned = time.time()
+        run = subprocess.run([sys.executable, "-c", _STARTUP_CHILD, repr(spawned), model, image],
+                             capture_output=True, text=True, env=env, timeout=180)
+        if run.returncode != 0:
+            raise SystemExit(f"allgui did not start: {run.stderr[-2000:]}")
+        if i:
+            marks.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    return {f"startup_{k}_median": round(statistics.median(m[k] for m in marks), 2) for k in marks[0]}
+
+
 def _default_image() -> str:
     samples = sorted((ROOT / "resources" / "samples").glob("*_all.png"))
     if samples:
@@ -58,6 +112,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--slider-moves", type=int, default=60)
     ap.add_argument("--image-size", type=int, default=224, help="input size of the stand-in model")
     ap.add_argument("--no-retrain", action="store_true")
+    ap.add_argument("--startup", type=int, default=0, metavar="K", help="measure start-up over K fresh runs")
     args = ap.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -105,6 +160,17 @@ def main(argv=None) -> dict:
         out["open_to_result_ms_min"] = round(1000 * min(times), 1)
         out["predict_ms_median"] = round(1000 * statistics.median(
             win.state.predictions[p].seconds for p in win.state.predictions), 1)
+        # baseline: one batch-of-one pass through the two networks, in the precision the window predicts in
+        pred = win.predictor
+        pred.warm_up()
+        forward = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            pred.warm_up()
+            forward.append(time.perf_counter() - t0)
+        out["precision"] = pred.precision
+        out["one_forward_ms_median"] = round(1000 * statistics.median(forward), 1)
+        out["open_ratio_to_one_forward"] = round(out["open_to_result_ms_median"] / out["one_forward_ms_median"], 2)
 
         # slider -> repaint: (a) the updates Qt schedules, (b) forcing the whole window to repaint
         win.open_folder(str(Path(image).parent))
@@ -146,6 +212,8 @@ def main(argv=None) -> dict:
             out["retrain_max_stall_ms"] = round(1000 * max(gaps), 1)
             out["retrain_p99_stall_ms"] = round(1000 * sorted(gaps)[int(0.99 * (len(gaps) - 1))], 1)
         win.close()
+        if args.startup:
+            out.update(startup_times(model, image, args.startup))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=2))

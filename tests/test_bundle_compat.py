@@ -3,6 +3,8 @@ paths (``trainer.model.AllModel``); they still load, as today's classes, and not
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -86,3 +88,39 @@ def test_mapping_old_names_does_not_widen_what_is_trusted(tiny_bundle, tmp_path)
     foreign = _rename_modules(current, {"trainer.classical.model": "trainer.elsewhere"})
     with pytest.raises(BundleError, match="object types allgui does not load"):
         load_bundle(_with_model(tiny_bundle, tmp_path / "foreign.allmodel", foreign))
+
+
+def _class_renamed(skops_bytes: bytes, old: str, new: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(skops_bytes)) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "schema.json":
+                data = data.decode().replace(f'"__class__": "{old}"', f'"__class__": "{new}"').encode()
+            zout.writestr(info.filename, data)
+    return buf.getvalue()
+
+
+def test_a_scikit_learn_estimator_allgui_never_writes_is_refused(tiny_bundle, tmp_path):
+    # NuSVC in place of the SVC inside the calibrated SVM: a real scikit-learn estimator, but not one of
+    # those allgui writes; checked in a fresh process, where skops was imported the way the app imports it
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        nu = _class_renamed(zf.read("model.skops"), "SVC", "NuSVC")
+    odd = _with_model(tiny_bundle, tmp_path / "nusvc.allmodel", nu)
+    code = (
+        "import sys\n"
+        "from trainer.inference.bundle import load_bundle\n"
+        "from trainer.util.errors import BundleError\n"
+        f"load_bundle({str(tiny_bundle)!r})\n"
+        "try:\n"
+        f"    load_bundle({str(odd)!r})\n"
+        "except BundleError as e:\n"
+        "    print('refused:', e)\n"
+        "names = list(sys.modules)\n"
+        "print('skops before torch:', names.index('skops.io') < names.index('torch'))\n"
+        "print('all of scikit-learn:', 'sklearn.gaussian_process' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "refused:" in out and "NuSVC" in out and "does not load" in out
+    # the start-up saving: skops saw only allgui's estimators, before torch had loaded
+    assert "skops before torch: True" in out and "all of scikit-learn: False" in out

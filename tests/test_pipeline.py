@@ -1,5 +1,6 @@
 """End to end: generated folder -> train -> bundle -> load -> predict, and what goes wrong safely."""
 import dataclasses
+import json
 import shutil
 import zipfile
 
@@ -122,6 +123,34 @@ def test_backbones_that_do_not_match_the_fingerprint_are_refused(tiny_bundle):
     b.config = dataclasses.replace(b.config, seed=b.config.seed + 1)  # other random init
     with pytest.raises(BundleError, match="does not give the features"):
         Predictor(b)
+
+
+def _rewrite_manifest(src, dst, change):
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    manifest = json.loads(members["manifest.json"])
+    change(manifest)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+    return dst
+
+
+def test_loading_builds_the_networks_beside_the_classifiers_and_still_checks_them(tiny_bundle, tmp_path):
+    # from_bundle builds and fingerprints the networks in a second thread while the classifiers load:
+    # same predictions as the one-thread path, and networks that differ are still refused
+    img, _ = make_cell_image(64, malignant=True, rng=np.random.default_rng(5))
+    overlapped = Predictor.from_bundle(tiny_bundle).predict(img)
+    sequential = Predictor(load_bundle(tiny_bundle)).predict(img)
+    assert overlapped.whole.probability == sequential.whole.probability
+    assert [v.probability for v in overlapped.whole.votes] == [v.probability for v in sequential.whole.votes]
+
+    def other_seed(manifest):
+        manifest["config"]["seed"] += 1
+
+    with pytest.raises(BundleError, match="does not give the features"):
+        Predictor.from_bundle(_rewrite_manifest(tiny_bundle, tmp_path / "seed.allmodel", other_seed))
 
 
 def test_cancel_and_failure_leave_the_previous_model_intact(tiny_config, tiny_bundle, tmp_path):

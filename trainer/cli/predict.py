@@ -138,7 +138,10 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
                 kwargs["prepared"] = ahead.result()
                 ahead = pool.submit(prepare_all, batches[b + 1]) if b + 1 < len(batches) else None
             try:
-                results = list(zip(batch, predictor.predict_batch(batch, **kwargs)))
+                if len(batch) == 1 and not kwargs:  # a lone image: its networks run beside its segmentation
+                    results = [(batch[0], predictor.predict(batch[0]))]
+                else:
+                    results = list(zip(batch, predictor.predict_batch(batch, **kwargs)))
             except (KeyboardInterrupt, Cancelled):
                 raise
             except Exception:  # one bad file: redo this batch image by image

@@ -16,7 +16,8 @@ back as a KindModels with the single key ``"any"``.
     backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
 
 Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
-allow-list (four scikit-learn internals and this package's estimators), the base classifiers must be
+allow-list (the scikit-learn estimators allgui writes, four scikit-learn internals and this package's
+estimators; see ``trainer.classical.serialise``), the base classifiers must be
 of the five kinds allgui writes, and safetensors holds raw tensors. Every member's hash is
 checked, so a truncated or altered file is refused with :class:`BundleError`. Writes go to a
 temporary file in the target folder and are moved into place atomically.
@@ -40,13 +41,11 @@ import numpy as np
 import safetensors.numpy
 import safetensors.torch
 import sklearn
-import skops.io
 import torch
-import torchvision
-from skops.io.exceptions import UntrustedTypesFoundException
 
 from trainer import __version__
 from trainer.classical.model import AllModel, KindModels
+from trainer.classical.serialise import SKLEARN_ESTIMATORS, skops_io
 from trainer.config import TrainConfig
 from trainer.inference.manifest_schema import check_manifest
 from trainer.util.atomic import atomic_write
@@ -60,6 +59,7 @@ from trainer.util.limits import (
     check_regular_file,
     format_bytes,
 )
+from trainer.util.versions import torchvision_version
 
 FORMAT = "allgui-model"
 FORMAT_VERSION = 2
@@ -79,7 +79,7 @@ LEGACY_MODULES = {
     "trainer.calibration": "trainer.classical.calibration",
 }
 #: scikit-learn internals an AllModel holds that skops does not trust by default; nothing else is
-#: accepted beyond skops' own defaults (plain estimators, numpy, builtins).
+#: accepted beyond these, SKLEARN_ESTIMATORS and skops' own defaults (numpy, builtins).
 SKLEARN_INTERNALS = frozenset({
     "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer", "sklearn.tree._tree.Tree",
@@ -107,7 +107,7 @@ def package_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
     return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
+            "torchvision": torchvision_version()}
 
 
 def _sha256(data: bytes) -> str:
@@ -117,7 +117,7 @@ def _sha256(data: bytes) -> str:
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    members: dict[str, bytes] = {"model.skops": skops.io.dumps(bundle.model)}
+    members: dict[str, bytes] = {"model.skops": skops_io.dumps(bundle.model)}
     arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
     members["arrays.safetensors"] = safetensors.numpy.save(arrays) if arrays else b""
     if bundle.backbone_state:
@@ -280,12 +280,13 @@ def current_type_names(data: bytes) -> bytes:
 def _load_model(data: bytes, path: Path):
     """Rebuild the pickle-free model part in one pass.
 
-    Only allgui's own types, the scikit-learn internals it needs and skops' defaults are accepted;
+    Only allgui's own types, the scikit-learn estimators and internals it writes and skops' defaults are accepted;
     skops audits the types while loading.
     """
     try:
-        return skops.io.loads(current_type_names(data), trusted=sorted(OWN_TYPES | SKLEARN_INTERNALS))
-    except UntrustedTypesFoundException as e:
+        return skops_io.loads(current_type_names(data),
+                              trusted=sorted(OWN_TYPES | SKLEARN_INTERNALS | SKLEARN_ESTIMATORS))
+    except skops_io.exceptions.UntrustedTypesFoundException as e:
         found = re.findall(r"'([^']+)'", str(e)) or [str(e)]
         raise BundleError(f"{path.name} contains object types allgui does not load: "
                           f"{', '.join(sorted(found)[:5])}. It was not written by allgui.") from None

@@ -11,19 +11,21 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trainer.classical.model import operating_point
-from trainer.inference.bundle import ModelBundle, load_bundle
+from trainer.config import TrainConfig
+from trainer.inference.bundle import ModelBundle, load_bundle, read_manifest
 from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.vision import fingerprint, segmentation
 from trainer.vision.backbones import BACKBONES
-from trainer.vision.features import PRECISIONS, FeatureExtractor, cpu_has_bf16
+from trainer.vision.features import NUCLEUS, PRECISIONS, FeatureExtractor, cpu_has_bf16, nucleus_block
 
 MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
 
@@ -51,32 +53,36 @@ class Predictor:
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", cache_dir=None, verify: bool = True,
-                 precision: str | None = None):
+                 precision: str | None = None, prebuilt: tuple | None = None):
         self.bundle = bundle
         self.kind_models = bundle.model
         self.models = dict(bundle.model.models)
         self.config = cfg = bundle.config
         #: precision of the forward passes: see :func:`inference_precision`
-        self.precision = inference_precision(
-            precision if precision is not None or cfg.precision == "auto" else cfg.precision, device)
+        self.precision = _precision(cfg, precision, device)
         networks = tuple(dict.fromkeys(b for m in self.models.values() for b in m.backbones if b in BACKBONES))
 
         def extractor(blocks, reference=None) -> FeatureExtractor:
-            return FeatureExtractor(
-                backbones=blocks, weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
-                batch_size=cfg.batch_size, num_workers=0, device=device, cache_dir=cache_dir,
-                state_dicts=bundle.backbone_state, seed=cfg.seed, precision=self.precision,
-                stain_reference=reference)
+            return _extractor(cfg, blocks, device, cache_dir, self.precision, bundle.backbone_state, reference)
 
-        base = extractor(networks)
+        # ``prebuilt``: (base extractor, its fingerprint) made by ``from_bundle`` while the bundle loaded
+        if prebuilt is not None and tuple(prebuilt[0].backbones) == networks and bundle.backbone_state is None:
+            base, probes = prebuilt
+        else:
+            base, probes = extractor(networks), None
         if verify:
-            fingerprint.verify(base, bundle.arrays)
+            fingerprint.verify(base, bundle.arrays, computed=probes)
         self.extractors: dict[str, FeatureExtractor] = {}
         for key, model in self.models.items():
             ex = extractor(tuple(model.backbones), bundle.arrays.get(f"{key}/stain_reference"))
             ex.use_networks_of(base)
             self.extractors[key] = ex
         self.extractor = self.extractors[self.keys[0]]
+        #: the networks alone, for :meth:`predict`'s whole-image pass beside segmentation; that pass is the
+        #: same for every model unless a model normalises stain (its networks then see other colours)
+        self._networks = base
+        self._side: ThreadPoolExecutor | None = None
+        self._overlap = all(ex.stain_reference is None for ex in self.extractors.values())
         self.thresholds = {k: float(m.threshold_) for k, m in self.models.items()}
         self.threshold = self.thresholds[self.keys[0]]
         first = self.models[self.keys[0]]
@@ -95,8 +101,21 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None,
                     precision: str | None = None) -> Predictor:
-        """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`."""
-        return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
+        """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`.
+
+        The networks are built and fingerprinted in a second thread while the classifiers are read
+        (torch releases the interpreter lock while it computes, so the two overlap).
+        """
+        manifest = read_manifest(path)
+        if "backbones.safetensors" in manifest.get("members", {}):  # fine-tuned weights: in the bundle itself
+            return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
+        cfg = TrainConfig.from_dict(manifest.get("config", {}))
+        prec = _precision(cfg, precision, device)
+        with ThreadPoolExecutor(1, thread_name_prefix="allgui-networks") as pool:
+            ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec)
+            bundle = load_bundle(path)
+            prebuilt = ready.result()
+        return cls(bundle, device=device, cache_dir=cache_dir, precision=precision, prebuilt=prebuilt)
 
     def warm_up(self) -> None:
         """One batch-of-one forward pass through every network.
@@ -160,8 +179,39 @@ class Predictor:
 
     # ------------------------------------------------------------------ predict
     def predict(self, image_or_path, path: str | None = None) -> ImagePrediction:
-        """Classify one image (an RGB uint8 array or a file path). Raises ImageReadError."""
-        return self.predict_batch([image_or_path], paths=[path])[0]
+        """Classify one image (an RGB uint8 array or a file path). Raises ImageReadError.
+
+        The whole image goes through the networks while a second thread segments it and computes its
+        nucleus block: an opened crop waits for little more than the networks. Results equal
+        ``predict_batch([image])``'s.
+        """
+        img, path = self._decode(image_or_path, path)
+        if not self._overlap:
+            return self.predict_batch([img], paths=[path])[0]
+        if self._side is None:
+            self._side = ThreadPoolExecutor(1, thread_name_prefix="allgui-segment")
+        side = self._side.submit(self._prepare_with_nucleus, img, path)
+        try:
+            whole = self._networks.extract([img])
+        finally:
+            prep, nucleus = side.result()  # waits for the thread also when the networks failed
+        given = {name: v[0] for name, v in whole.items()}
+        if nucleus is not None:
+            given[NUCLEUS] = nucleus
+        return self.predict_batch([img], paths=[path], prepared=[prep], blocks=[given])[0]
+
+    def _prepare_with_nucleus(self, img: np.ndarray, path: str | None) -> tuple:
+        """(what :meth:`prepare` returns, the whole image's nucleus block or None)."""
+        prep = self.prepare(img, path)
+        key = self.route("single_cell" if prep[2] else "field")
+        ex = self.extractors[key]
+        return prep, (nucleus_block(img, ex.gamma, prep[4]) if NUCLEUS in ex.backbones else None)
+
+    @staticmethod
+    def _decode(item, path: str | None) -> tuple[np.ndarray, str | None]:
+        if isinstance(item, (str, os.PathLike)):
+            return read_image(item), path or str(item)
+        return as_rgb_uint8(item), path
 
     def prepare(self, item, path: str | None = None) -> tuple:
         """The work before the networks for one image: decode (a path) and segment.
@@ -169,11 +219,7 @@ class Predictor:
         Thread-safe, so the next images can be prepared while the networks judge the current ones; pass the
         results to :meth:`predict_batch` as ``prepared``. Raises ImageReadError.
         """
-        if isinstance(item, (str, os.PathLike)):
-            path = path or str(item)
-            img = read_image(item)
-        else:
-            img = as_rgb_uint8(item)
+        img, path = self._decode(item, path)
         if min(img.shape[:2]) < MIN_SIDE:
             raise ImageReadError(f"{Path(path).name if path else 'The image'} is too small to analyse "
                                  f"({img.shape[1]}x{img.shape[0]} pixels; at least {MIN_SIDE} are needed).")
@@ -183,11 +229,12 @@ class Predictor:
     def predict_batch(self, items: Iterable, paths: list | None = None,
                       progress: Callable[[float, str], None] | None = None,
                       cancel: Callable[[], bool] | None = None,
-                      prepared: list | None = None) -> list[ImagePrediction]:
+                      prepared: list | None = None, blocks: list | None = None) -> list[ImagePrediction]:
         """Classify many images; crops of all of them go through the networks together.
 
         ``prepared`` may hold, per item, what :meth:`prepare` returned for it (or the exception it
-        raised, raised here): the images are then not read or segmented again.
+        raised, raised here): the images are then not read or segmented again. ``blocks`` may hold, per
+        item, feature blocks of the whole image computed already (``{block: (D,)}``).
         """
         items = list(items)
         paths = list(paths) if paths is not None else [None] * len(items)
@@ -228,8 +275,10 @@ class Predictor:
             hi = 0.3 + 0.65 * (done + len(rows)) / len(crops)
             # the whole image's segmentation is the nucleus block's too: not made twice
             segs = [prepared[owners[r][0]][4] if owners[r][1] < 0 else None for r in rows]
+            known = ([blocks[owners[r][0]] if owners[r][1] < 0 else None for r in rows]
+                     if blocks is not None else None)
             feats = self.extractors[key].extract(
-                [crops[r] for r in rows], cancel=cancel, segs=segs,
+                [crops[r] for r in rows], cancel=cancel, segs=segs, given=known,
                 progress=(lambda f, m, lo=lo, hi=hi: progress(lo + (hi - lo) * f, m)) if progress is not None else None)
             dets[key] = self.models[key].predict_details(feats)
             done += len(rows)
@@ -284,6 +333,26 @@ class Predictor:
             out.circularity = float(nucleus.circularity)
             out.nc_ratio = None if nucleus.nc_ratio is None else float(nucleus.nc_ratio)
         return out
+
+
+def _precision(cfg, requested: str | None, device: str) -> str:
+    """The forward precision for a bundle's config: the caller's choice, else the bundle's, else auto."""
+    return inference_precision(requested if requested is not None or cfg.precision == "auto" else cfg.precision,
+                               device)
+
+
+def _extractor(cfg, blocks, device, cache_dir, precision, state_dicts, reference=None) -> FeatureExtractor:
+    """A FeatureExtractor of ``blocks`` as the bundle's config ``cfg`` describes it."""
+    return FeatureExtractor(
+        backbones=tuple(blocks), weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
+        batch_size=cfg.batch_size, num_workers=0, device=device, cache_dir=cache_dir, state_dicts=state_dicts,
+        seed=cfg.seed, precision=precision, stain_reference=reference)
+
+
+def _networks_ready(cfg, device, cache_dir, precision) -> tuple[FeatureExtractor, dict[str, np.ndarray]]:
+    """(extractor of the config's networks, built, with its fingerprint computed) for ``from_bundle``."""
+    ex = _extractor(cfg, [b for b in cfg.backbones if b in BACKBONES], device, cache_dir, precision, None)
+    return ex, fingerprint.compute(ex)
 
 
 def inference_precision(requested: str | None = None, device: str = "auto") -> str:

@@ -29,10 +29,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
-from torchvision import models
-from torchvision.models import DenseNet121_Weights, ResNet34_Weights
 
 from trainer.util.errors import AllguiError
+from trainer.vision import trunks
 
 BACKBONES: dict[str, int] = {"densenet121": 1024, "resnet34": 512}
 """Backbone name -> feature dimension D."""
@@ -92,6 +91,8 @@ def _check_name(name: str) -> None:
 
 
 def _weights_enum(name: str):
+    # torchvision only names the ImageNet weights (file URL, tag); the networks come from ``trunks``
+    from torchvision.models import DenseNet121_Weights, ResNet34_Weights
 
     return {"densenet121": DenseNet121_Weights, "resnet34": ResNet34_Weights}[name].IMAGENET1K_V1
 
@@ -104,10 +105,10 @@ def imagenet_cache_path(name: str) -> Path:
 
 
 def _empty_trunk(name: str) -> nn.Module:
-
+    """Randomly initialised trunk, identical to torchvision's ``weights=None`` model for the same RNG state."""
     if name == "densenet121":
-        return DenseNetFeatures(models.densenet121(weights=None).features)
-    return ResNetFeatures(models.resnet34(weights=None))
+        return DenseNetFeatures(trunks.densenet121().features)
+    return ResNetFeatures(trunks.resnet34())
 
 
 def _torch_load(path: Path) -> object:

@@ -18,13 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.io.imageio import as_rgb_uint8, content_hash, read_image
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.util.progress import Progress
+from trainer.util.versions import torchvision_version
 from trainer.vision import handcrafted
 from trainer.vision.backbones import BACKBONES, build_backbone, weights_identity
 from trainer.vision.preprocess import GAMMA_RANGE, eval_transform, gamma_correct
@@ -79,6 +79,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise AllguiError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.")
 
 
+def nucleus_block(img: np.ndarray, gamma: float, seg=None) -> np.ndarray:
+    """The hand-crafted nucleus block (NUCLEUS_DIM,) float32 of an RGB uint8 image, as ``extract`` makes it.
+
+    ``seg``: the image's :func:`trainer.vision.segmentation.segment_nuclei` result with this gamma, if
+    made already (then not segmented again).
+    """
+    return handcrafted.nucleus_features(img if gamma == 1.0 else gamma_correct(img, gamma), seg=seg)
+
+
 class _Images(Dataset):
     """Decode, stain-normalise and prepare the selected items.
 
@@ -116,10 +125,8 @@ class _Images(Dataset):
             x = self.transform(img) if self.tensor else None
             hand = None
             if self.nucleus:
-
                 seg = self.segs[i] if self.segs is not None else None
-                hand = torch.from_numpy(handcrafted.nucleus_features(
-                    img if self.gamma == 1.0 else gamma_correct(img, self.gamma), seg=seg))
+                hand = torch.from_numpy(nucleus_block(img, self.gamma, seg))
             return i, x, hand, None
         except AllguiError as exc:
             return i, None, None, str(exc)
@@ -295,7 +302,7 @@ class FeatureExtractor:
         kernel may change between releases, and old vectors must then not be mixed in.
         """
         text = (f"{image_hash}|{name}|{self.identities()[name]}|{self.preprocessing_tag()}|"
-                f"torch={torch.__version__}|torchvision={torchvision.__version__}")
+                f"torch={torch.__version__}|torchvision={torchvision_version()}")
         return hashlib.sha256(text.encode()).hexdigest()
 
     # ------------------------------------------------------------------- cache
@@ -329,8 +336,12 @@ class FeatureExtractor:
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
         segs: Sequence | None = None,
+        given: Sequence[dict[str, np.ndarray] | None] | None = None,
     ) -> dict[str, np.ndarray]:
         """Features of every item: ``{backbone: (N, D) float32}``, rows in the order of ``items``.
+
+        ``given`` may hold, per item, blocks computed already (``{block: (D,)}``, e.g. by a second
+        thread): they are used as they are, neither recomputed nor cached.
 
         ``items`` are image paths or RGB uint8 arrays (H, W, 3). ``segs`` may give, per item, the
         :func:`trainer.vision.segmentation.segment_nuclei` result of that image made with this
@@ -365,6 +376,11 @@ class FeatureExtractor:
                     if vec is not None:
                         out[name][i] = vec
                         missing[name][i] = False
+        for i, blocks in enumerate(given or ()):
+            for name, vec in (blocks or {}).items():
+                if name in missing:
+                    out[name][i] = vec
+                    missing[name][i] = False
         todo = np.flatnonzero(np.any(np.stack([missing[nm] for nm in self.backbones]), axis=0))
         cached = n - len(todo)
         if progress is not None:

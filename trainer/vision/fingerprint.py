@@ -47,12 +47,17 @@ def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
 
 
-def verify(extractor, arrays: dict[str, np.ndarray], what: str = "model") -> None:
-    """Raise BundleError unless ``extractor`` reproduces the stored probe features."""
+def verify(extractor, arrays: dict[str, np.ndarray], what: str = "model",
+           computed: dict[str, np.ndarray] | None = None) -> None:
+    """Raise BundleError unless ``extractor`` reproduces the stored probe features.
+
+    ``computed``: what :func:`compute` returned for ``extractor``, when it ran already (e.g. in a
+    thread while the rest of a bundle was read).
+    """
     stored = {k: v for k, v in arrays.items() if k.startswith("probe/")}
     if not stored:
         return
-    now = compute(extractor)
+    now = computed if computed is not None else compute(extractor)
     for key, ref in stored.items():
         got = now.get(key)
         if got is None or got.shape != ref.shape or relative_error(got, ref) > MAX_RELATIVE_ERROR:

@@ -1,15 +1,19 @@
-"""Pre-processing: gamma correction (paper eq. 1) and the torchvision v2 transforms.
+"""Pre-processing: gamma correction (paper eq. 1), the evaluation transform and the training augmentations.
 
 Transforms take one RGB uint8 image ``(H, W, 3)`` numpy array and return a float32 tensor
-``(3, size, size)`` normalised with the ImageNet mean and standard deviation.
+``(3, size, size)`` normalised with the ImageNet mean and standard deviation. The evaluation
+transform computes exactly what torchvision's v2 pipeline (ToImage, Resize with antialias,
+ToDtype with scale, Normalize) computes, without importing torchvision, which costs about a second
+of start-up; the training augmentations use torchvision.
 """
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
+from torch.nn import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,27 +63,65 @@ class GammaCorrect:
         return f"GammaCorrect(gamma={self.gamma:g})"
 
 
-def _head(size: int, gamma: float) -> list:
-    return [GammaCorrect(gamma), v2.ToImage(), v2.Resize((size, size), antialias=True)]
+def _native_uint8_resize() -> bool:
+    """Whether torch resizes uint8 images natively here (torchvision's rule for bilinear on the CPU)."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in (
+        "aarch64", "arm64")
 
 
-def _tail() -> list:
-    return [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear antialiased resize of a uint8 ``(3, H, W)`` tensor to ``(3, size, size)``, uint8.
+
+    The arithmetic of torchvision's ``v2.Resize((size, size), antialias=True)`` on the CPU: native
+    uint8 interpolation where torch has it, else float32 interpolation rounded back to uint8.
+    """
+    if tuple(img.shape[-2:]) == (size, size):
+        return img
+    x = img.reshape(-1, *img.shape[-3:])
+    if _native_uint8_resize():
+        out = F.interpolate(x, size=[size, size], mode="bilinear", align_corners=False, antialias=True)
+    else:
+        out = F.interpolate(x.to(torch.float32), size=[size, size], mode="bilinear", align_corners=False,
+                            antialias=True).round_().to(torch.uint8)
+    return out.reshape(*img.shape[:-2], size, size)
 
 
-def eval_transform(size: int = 224, gamma: float = 1.0) -> v2.Compose:
+class EvalTransform:
+    """Deterministic: gamma, resize to ``size x size``, scale to [0, 1], ImageNet normalisation.
+
+    Called on an RGB uint8 ``(H, W, 3)`` array; returns a float32 ``(3, size, size)`` tensor.
+    """
+
+    def __init__(self, size: int = 224, gamma: float = 1.0) -> None:
+        self.size = int(size)
+        self.gamma = GammaCorrect(gamma)
+        self._mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.atleast_3d(self.gamma(img))).permute((2, 0, 1)).contiguous()
+        x = resize_uint8(x, self.size).to(torch.float32).mul_(1.0 / 255)
+        return x.sub(self._mean).div_(self._std)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size}, gamma={self.gamma.gamma:g})"
+
+
+def eval_transform(size: int = 224, gamma: float = 1.0) -> EvalTransform:
     """Deterministic: gamma, resize to ``size x size``, scale to [0, 1], ImageNet normalisation."""
-    return v2.Compose(_head(size, gamma) + [v2.ToDtype(torch.float32, scale=True)] + _tail())
+    return EvalTransform(size, gamma)
 
 
-def train_transform(size: int = 224, gamma: float = 1.0) -> v2.Compose:
-    """Eval pipeline plus the paper's augmentations.
+def train_transform(size: int = 224, gamma: float = 1.0):
+    """Eval pipeline plus the paper's augmentations (a torchvision ``v2.Compose``).
 
     Rotation +-20 deg, horizontal and vertical flips (p = 0.5 each), contrast jitter and additive Gaussian
     noise, before normalisation.
     """
+    from torchvision.transforms import v2  # training only: keeps torchvision out of prediction start-up
+
     return v2.Compose(
-        _head(size, gamma)
+        [GammaCorrect(gamma), v2.ToImage(), v2.Resize((size, size), antialias=True)]
         + [
             v2.RandomRotation(ROTATION_DEGREES, interpolation=v2.InterpolationMode.BILINEAR, fill=0),
             v2.RandomHorizontalFlip(FLIP_P),
@@ -87,8 +129,8 @@ def train_transform(size: int = 224, gamma: float = 1.0) -> v2.Compose:
             v2.ColorJitter(contrast=CONTRAST),
             v2.ToDtype(torch.float32, scale=True),
             v2.GaussianNoise(mean=0.0, sigma=NOISE_SIGMA, clip=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
-        + _tail()
     )
 
 
