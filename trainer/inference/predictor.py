@@ -185,6 +185,7 @@ class Predictor:
         nucleus block: an opened crop waits for little more than the networks. Results equal
         ``predict_batch([image])``'s.
         """
+        t0 = time.perf_counter()
         img, path = self._decode(image_or_path, path)
         if not self._overlap:
             return self.predict_batch([img], paths=[path])[0]
@@ -198,7 +199,9 @@ class Predictor:
         given = {name: v[0] for name, v in whole.items()}
         if nucleus is not None:
             given[NUCLEUS] = nucleus
-        return self.predict_batch([img], paths=[path], prepared=[prep], blocks=[given])[0]
+        result = self.predict_batch([img], paths=[path], prepared=[prep], blocks=[given])[0]
+        result.seconds = time.perf_counter() - t0  # the whole of it, networks included
+        return result
 
     def _prepare_with_nucleus(self, img: np.ndarray, path: str | None) -> tuple:
         """(what :meth:`prepare` returns, the whole image's nucleus block or None)."""
