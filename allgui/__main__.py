@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     from allgui.main_window import MainWindow
     from allgui.resources import samples_dir
 
-    win = MainWindow(model=args.model)
+    win = MainWindow(model=args.model, load_now=False)
     if args.heatmap:
         win.state.set_heatmap(visible=True, backbone=args.heatmap)
     if args.screenshot:
         win.resize(1440, 900)
     win.show()
+    win.repaint()              # the window paints now, before the model's imports occupy the interpreter
+    win.load_initial_model()
     targets = args.open or ([] if args.case else [str(samples_dir())] if samples_dir().is_dir() else [])
     dirs = [t for t in targets if Path(t).is_dir()]
     files = [t for t in targets if not Path(t).is_dir()]

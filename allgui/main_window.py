@@ -93,7 +93,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
 
     def __init__(self, model: str | None = None, settings: QSettings | None = None,
                  retrain_defaults: TrainConfig | None = None, models_dir: str | Path | None = None,
-                 parent=None) -> None:
+                 parent=None, load_now: bool = True) -> None:
         super().__init__(parent)
         self.settings = settings if settings is not None else QSettings()
         # features cached per user: a retrain re-extracts only new images
@@ -117,7 +117,17 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self.review_controller = ReviewController(self)   # review mode: its panel, menu and case file
         self._restore_settings()
 
-        reason = ""
+        self._initial_model = model
+        if load_now:
+            self.load_initial_model()
+
+    def load_initial_model(self) -> None:
+        """Load the model given at start (the bundled default without one).
+
+        ``allgui`` calls it once the window has painted (``load_now=False``): loading imports torch on a
+        worker thread, which would otherwise hold the interpreter while the window waits to paint.
+        """
+        model, reason = self._initial_model, ""
         if model is None:
             model = str(default_model_path())
             if not Path(model).exists():

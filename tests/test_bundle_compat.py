@@ -109,6 +109,7 @@ def test_a_scikit_learn_estimator_allgui_never_writes_is_refused(tiny_bundle, tm
     odd = _with_model(tiny_bundle, tmp_path / "nusvc.allmodel", nu)
     code = (
         "import sys\n"
+        "import trainer.inference.predictor\n"  # the prediction path, as the app and the CLI load it
         "from trainer.inference.bundle import load_bundle\n"
         "from trainer.util.errors import BundleError\n"
         f"load_bundle({str(tiny_bundle)!r})\n"

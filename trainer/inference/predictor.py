@@ -14,6 +14,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# isort: off
+# skops before torch: its import then searches far fewer modules (see trainer.classical.serialise)
+from trainer.classical import serialise  # noqa: F401
+# isort: on
 import numpy as np
 import torch
 
