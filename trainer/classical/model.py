@@ -9,7 +9,7 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
 from sklearn.metrics import roc_curve
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from trainer.classical.calibration import ScoreCalibrator
 from trainer.classical.ensemble import WeightedVotingEnsemble
@@ -149,7 +149,7 @@ class AllModel(BaseEstimator):
         jobs += [delayed(_fold_probabilities)(self.classifiers, self.seed, X[tr], y[tr],
                                               None if g is None else g[tr], X[te]) for tr, te in folds]
         fitted = []
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _one_thread(user_api="blas"):
             for i, ens in enumerate(Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(jobs)):
                 fitted.append(ens)
                 if progress:
@@ -282,6 +282,6 @@ def _threadpools() -> ThreadpoolController:
     return ThreadpoolController()  # once: it inspects the loaded libraries
 
 
-def _one_thread():
-    """Context in which OpenMP and BLAS run on one thread."""
-    return _threadpools().limit(limits=1)
+def _one_thread(user_api: str | None = None):
+    """Context in which OpenMP and BLAS (or only ``user_api``: ``"blas"``, ``"openmp"``) run on one thread."""
+    return _threadpools().limit(limits=1, user_api=user_api)
