@@ -128,21 +128,23 @@ def cli_path(predictor, files: list[Path]) -> tuple[float, int, list]:
     return secs, passes, rows
 
 
-def peak_rss_mb() -> float:
-    """Largest resident size of this process so far (VmHWM), MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (e.g. ``VmRSS``), MB; NaN where there is none."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Largest resident size of this process so far (VmHWM), MB."""
+    return _status_mb("VmHWM")
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident size of this process now (VmRSS), MB."""
+    return _status_mb("VmRSS")
 
 
 def main(argv=None) -> dict:
