@@ -59,3 +59,25 @@ def as_single_model(bundle):
     bundle.model.models = {"any": model}
     bundle.arrays = {k.replace(f"{key}/", "any/", 1): v for k, v in bundle.arrays.items()}
     return bundle
+
+
+@pytest.fixture
+def boxes(monkeypatch):
+    """Records QMessageBox calls instead of showing them; ``question`` answers ``boxes.answer``."""
+    # Qt only for the tests that ask for this fixture
+    from PySide6.QtWidgets import QMessageBox
+
+    class Boxes(list):
+        answer = QMessageBox.No
+
+    calls = Boxes()
+
+    def fake(kind):
+        def f(parent, title, text, *a, **k):
+            calls.append((kind, title, text))
+            return calls.answer if kind == "question" else QMessageBox.Ok
+        return staticmethod(f)
+
+    for kind in ("warning", "critical", "information", "question"):
+        monkeypatch.setattr(QMessageBox, kind, fake(kind))
+    return calls

@@ -33,25 +33,6 @@ def _sha(path) -> str:
 
 
 @pytest.fixture
-def boxes(monkeypatch):
-    """Records QMessageBox calls instead of showing them; ``question`` answers ``boxes.answer``."""
-    class Boxes(list):
-        answer = QMessageBox.No
-
-    calls = Boxes()
-
-    def fake(kind):
-        def f(parent, title, text, *a, **k):
-            calls.append((kind, title, text))
-            return calls.answer if kind == "question" else QMessageBox.Ok
-        return staticmethod(f)
-
-    for kind in ("warning", "critical", "information", "question"):
-        monkeypatch.setattr(QMessageBox, kind, fake(kind))
-    return calls
-
-
-@pytest.fixture
 def images(tmp_path):
     """Two single-cell crops (one malignant-looking) and one smear field with 3 white cells."""
     rng = np.random.default_rng(3)

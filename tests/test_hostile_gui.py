@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from tests.test_gui import boxes, images, window  # noqa: F401 - pytest fixtures
+from tests.test_gui import images, window  # noqa: F401 - pytest fixtures
 from tests.test_hostile_input import png_claiming
 from trainer.inference.results import DECISION_NOT_ASSESSABLE
 

@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QMessageBox
 
 from allgui.main_window import MainWindow
 from trainer.cases import DEFAULT_CASE_NAME, CaseStore
@@ -25,22 +24,6 @@ from trainer.io.synthetic import make_cell_image, make_smear_field
 def _png(path: Path, rgb: np.ndarray) -> str:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     return str(path)
-
-
-@pytest.fixture
-def boxes(monkeypatch):
-    """Message boxes recorded instead of shown."""
-    calls = []
-
-    def fake(kind):
-        def f(parent, title, text, *a, **k):
-            calls.append((kind, title, text))
-            return QMessageBox.Ok
-        return staticmethod(f)
-
-    for kind in ("warning", "critical", "information", "question"):
-        monkeypatch.setattr(QMessageBox, kind, fake(kind))
-    return calls
 
 
 @pytest.fixture
