@@ -2,6 +2,7 @@
 arguments are checked before any work, exit codes say what happened, CSVs are spreadsheet-safe."""
 import csv
 import errno
+import io
 import os
 import shutil
 import signal
@@ -219,6 +220,23 @@ def test_sigterm_during_predict_leaves_no_temporary_and_says_what_was_kept(tiny_
     assert "interrupted" in err and "kept" in err
     assert [p.name for p in out.parent.iterdir()] == ["p.csv"]
     assert 0 < len(_rows(out)) < 400
+
+
+@pytest.mark.timeout(300)
+def test_console_entry_exits_fast_yet_flushes_every_row_and_keeps_the_exit_code(tiny_bundle, tiny_cnmc, tmp_path):
+    # ``python -m trainer`` skips the interpreter's teardown: the rows piped to stdout and the stderr summary
+    # must still all arrive, and errors keep their exit codes
+    files = sorted((tiny_cnmc / "all").glob("*.bmp"))[:3] + sorted((tiny_cnmc / "hem").glob("*.bmp"))[:2]
+    done = subprocess.run([sys.executable, "-m", "trainer", "predict", *map(str, files), "-m", str(tiny_bundle),
+                           "-o", "-", "--device", "cpu"], env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    assert all(r["decision"] in ("ALL blast", "normal", "uncertain, review") for r in rows)
+    assert "5 images classified" in done.stderr
+    bad = subprocess.run([sys.executable, "-m", "trainer", "predict", str(files[0]), "-m", str(tmp_path / "none")],
+                         env=_env(), capture_output=True, text=True, timeout=240)
+    assert bad.returncode == 2 and "error" in bad.stderr and bad.stdout == ""
 
 
 @pytest.mark.timeout(120)

@@ -1,5 +1,3 @@
-import sys
+from trainer.cli.main import console
 
-from trainer.cli.main import main
-
-sys.exit(main())
+console()
