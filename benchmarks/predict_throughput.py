@@ -15,6 +15,7 @@ Measures (ratios against a baseline taken in the same process, never absolute go
              default precision and in float32
   startup    (``--startup``) ``python -m trainer predict`` of one crop, start to exit, seconds, median
              of 3 after one warm-up run (goal <= 4 s), with ``python -c "import torch"`` as its floor
+             (also timed without the interpreter's teardown, which the CLI skips)
   agreement  (``--agreement K``) K images predicted in float32 and in bfloat16: share of identical
              decisions and the largest probability difference (bfloat16 is the default only where
              this is >= 99.5 %)
@@ -244,6 +245,8 @@ def main(argv=None) -> dict:
             return statistics.median(times)
 
         out["startup_import_torch_s"] = seconds([sys.executable, "-c", "import torch"])
+        # the same without the interpreter's teardown, as the CLI's console entry exits
+        out["startup_import_torch_no_teardown_s"] = seconds([sys.executable, "-c", "import os, torch; os._exit(0)"])
         out["startup_predict_one_s"] = seconds([sys.executable, "-m", "trainer", "predict", "-m", model,
                                                 str(crops[0]), "-o", str(tmp / "one.csv"), "-q"])
 

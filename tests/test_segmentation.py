@@ -156,3 +156,23 @@ def test_the_brightest_channel_is_the_channel_maximum():
     rng = np.random.default_rng(0)
     for img in (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), make_cell_image(48, True, 0)[0]):
         np.testing.assert_array_equal(_brightest_channel(img), img.max(axis=2))
+
+
+def test_squared_distances_are_the_numbers_of_the_plain_numpy_expression():
+    from trainer.vision.segmentation import _sq_dist
+    rng = np.random.default_rng(4)
+    for dtype, d in ((np.float32, 3), (np.float64, 3), (np.float64, 5)):
+        x = (rng.standard_normal((5000, d)) * 40).astype(dtype)
+        c = (rng.standard_normal(d) * 40).astype(dtype)
+        got = _sq_dist(x, c)
+        assert got.dtype == dtype
+        assert np.array_equal(got, ((x - c) ** 2).sum(1))
+
+
+def test_label_sizes_are_scipys_sums_of_the_labelled_mask():
+    from trainer.vision.segmentation import _label_sizes
+    mask = np.random.default_rng(5).random((120, 90)) > 0.6
+    lab, n = ndi.label(mask)
+    assert n > 20
+    want = ndi.sum(mask, lab, index=np.arange(1, n + 1))
+    assert np.array_equal(_label_sizes(lab, n), want)

@@ -87,11 +87,10 @@ def _texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
                         levels=GLCM_LEVELS, symmetric=True, normed=False)[1:, 1:].astype(np.float64)
     total = glcm.sum(axis=(0, 1), keepdims=True)
     glcm = np.divide(glcm, total, out=np.zeros_like(glcm), where=total > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # every distance at once: (distances, angles)
+        props = {prop: np.nan_to_num(graycoprops(glcm, prop)) for prop in GLCM_PROPS}
     for d in range(len(GLCM_DISTANCES)):
-        for prop in GLCM_PROPS:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                v = graycoprops(glcm[:, :, d:d + 1, :], prop)
-            out.append(float(np.nan_to_num(v).mean()))
+        out.extend(float(props[prop][d].mean()) for prop in GLCM_PROPS)
     for p, r in LBP_SETTINGS:
         codes = local_binary_pattern(grey, p, r, method="uniform")[mask]
         hist = np.bincount(codes.astype(np.int64), minlength=p + 2)[:p + 2].astype(np.float64)
@@ -99,9 +98,18 @@ def _texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def _one(img: np.ndarray, planes: np.ndarray, grey: np.ndarray, nucleus: np.ndarray,
+def _span(mask: np.ndarray, axis: int) -> slice:
+    """Rows (``axis`` 1) or columns (``axis`` 0) of ``mask`` (H, W) that hold a True pixel, as a slice."""
+    idx = np.flatnonzero(mask.any(axis=axis))
+    return slice(int(idx[0]), int(idx[-1]) + 1)
+
+
+def _one(planes: np.ndarray, grey: np.ndarray, nucleus: np.ndarray,
          cell: np.ndarray, n_lobes: int, n_nuclei: int) -> np.ndarray:
-    """Feature vector (NUCLEUS_DIM,) of one nucleus mask (full-image bool) within ``cell``."""
+    """Feature vector (NUCLEUS_DIM,) of one nucleus mask within ``cell``.
+
+    Both masks are bool, of the shape of ``grey`` (H, W) and ``planes`` (H, W, 7).
+    """
     props = regionprops(nucleus.astype(np.uint8))[0]
     area = float(props.area)
     perimeter = float(props.perimeter) or 1.0
@@ -136,19 +144,24 @@ def nucleus_features(img: np.ndarray, seg: Segmentation | None = None) -> np.nda
         seg = segment_nuclei(img)
     if not seg.nuclei:
         return np.zeros(NUCLEUS_DIM, np.float32)
-    planes = _colour_planes(img)
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     if seg.kind == KIND_SINGLE:
         cell = seg.cell_mask if seg.cell_mask is not None and seg.cell_mask.any() else np.ones(seg.mask.shape, bool)
-        vec = _one(img, planes, grey, seg.mask, cell, seg.nuclei[0].n_lobes, 1)
+        # only the cell's box is read (the nucleus lies in the cell): the colour planes, computed pixel by
+        # pixel, and every region hold the same values there, in the same order
+        region = cell | seg.mask
+        ys, xs = _span(region, 1), _span(region, 0)
+        planes = _colour_planes(img[ys, xs])
+        vec = _one(planes, grey[ys, xs], seg.mask[ys, xs], cell[ys, xs], seg.nuclei[0].n_lobes, 1)
     else:
+        planes = _colour_planes(img)
         fg = img.max(axis=2) > 0
         vecs = []
         for i, n in enumerate(seg.nuclei):
             mask = seg.labels == i + 1
             if mask.sum() < 4:
                 continue
-            vecs.append(_one(img, planes, grey, mask, _ring(mask, fg), n.n_lobes, len(seg.nuclei)))
+            vecs.append(_one(planes, grey, mask, _ring(mask, fg), n.n_lobes, len(seg.nuclei)))
         if not vecs:
             return np.zeros(NUCLEUS_DIM, np.float32)
         vec = np.mean(vecs, axis=0)

@@ -149,16 +149,16 @@ def kmeans(x: np.ndarray, k: int, seed: int = _SEED, n_init: int = 2, max_iter: 
     if k < 1:
         raise ValueError("k-means needs at least one sample")
     rng = np.random.default_rng(seed)
-    xx = (x ** 2).sum(1)
+    xx = _sq_dist(x, np.zeros(x.shape[1]))
     best = None
     for _ in range(n_init):
         centres = np.empty((k, x.shape[1]))
         centres[0] = x[rng.integers(n)]
-        d2 = ((x - centres[0]) ** 2).sum(1)
+        d2 = _sq_dist(x, centres[0])
         for j in range(1, k):
             p = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
             centres[j] = x[rng.choice(n, p=p)]
-            d2 = np.minimum(d2, ((x - centres[j]) ** 2).sum(1))
+            d2 = np.minimum(d2, _sq_dist(x, centres[j]))
         labels = None
         for _it in range(max_iter):
             dist = xx[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
@@ -193,11 +193,33 @@ def _assign(lab_pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
     best = np.full(len(x), np.inf, np.float32)
     idx = np.zeros(len(x), np.intp)
     for j in range(len(c)):  # a loop over k beats argmin along a short axis
-        d = ((x - c[j]) ** 2).sum(1)
+        d = _sq_dist(x, c[j])
         closer = d < best
         best[closer] = d[closer]
         idx[closer] = j
     return idx
+
+
+def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) float64 pixel count of labels 1..n in a label image.
+
+    The same as ``ndi.sum(mask, labels, 1..n)`` of the mask it labels, at a tenth of the cost.
+    """
+    return np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(N,) squared distance of each row of ``x`` (N, D) to ``c`` (D,), in ``x``'s precision.
+
+    The same numbers as ``((x - c) ** 2).sum(1)`` (a sum along a short last axis adds the columns in
+    order), about three times faster for D = 3.
+    """
+    d = x[:, 0] - c[0]
+    out = d * d
+    for j in range(1, x.shape[1]):
+        d = x[:, j] - c[j]
+        out += d * d
+    return out
 
 
 def _subsample(n: int, m: int = MAX_SAMPLES) -> np.ndarray:
@@ -294,7 +316,7 @@ def _cell_region(img: np.ndarray) -> np.ndarray:
     lab, n = ndi.label(fg)
     if n == 0:
         return fg
-    sizes = ndi.sum(fg, lab, index=np.arange(1, n + 1))
+    sizes = _label_sizes(lab, n)
     return _fill_holes(lab == (1 + int(np.argmax(sizes))))
 
 
@@ -331,7 +353,7 @@ def _segment_crop(img: np.ndarray, k: int) -> Segmentation:
     lab_img, n = ndi.label(nuc)
     if n == 0:
         return empty
-    sizes = ndi.sum(nuc, lab_img, index=np.arange(1, n + 1))
+    sizes = _label_sizes(lab_img, n)
     keep = np.flatnonzero(sizes >= 0.15 * sizes.max()) + 1   # main nucleus plus sizeable lobes
     nuc = np.isin(lab_img, keep)
     nucleus = measure(nuc, cell_area=float(cell.sum()))
@@ -395,21 +417,21 @@ def _segment_field(img: np.ndarray, k: int, min_area: float | None, merge_gap: f
         min_area = max(12.0, 0.002 * h * w)
     lab_img, n = ndi.label(nuc)
     if n:
-        sizes = ndi.sum(nuc, lab_img, index=np.arange(1, n + 1))
+        sizes = _label_sizes(lab_img, n)
         nuc = np.isin(lab_img, np.flatnonzero(sizes >= min_area) + 1)
     # merge lobes of one nucleus: components closer than ``gap`` pixels belong to one cell
     lab_img, n = ndi.label(nuc)
     if n == 0:
         return Segmentation(nuc, np.zeros((h, w), np.int32), [], KIND_FIELD, None, centres.astype(np.float32), chosen)
     if merge_gap is None:
-        sizes = ndi.sum(nuc, lab_img, index=np.arange(1, n + 1))
+        sizes = _label_sizes(lab_img, n)
         diam = 2 * np.sqrt(np.median(sizes) / np.pi)
         merge_gap = max(2.0, 0.12 * diam)
     r = max(1, int(np.ceil(merge_gap / 2)))
     grown = cv2.dilate(nuc.astype(np.uint8), _disk(r)).astype(bool)
     groups, _ = ndi.label(grown)
     groups = np.where(nuc, groups, 0).astype(np.int32)
-    typical = float(np.median(ndi.sum(nuc, lab_img, index=np.arange(1, n + 1))))
+    typical = float(np.median(_label_sizes(lab_img, n)))
     slices = [(i + 1, sl) for i, sl in enumerate(ndi.find_objects(groups)) if sl is not None]
     hulls = {g: _hull_area(groups[sl] == g) for g, sl in slices}
     typical_hull = float(np.median(list(hulls.values())))
