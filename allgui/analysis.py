@@ -32,7 +32,7 @@ IMAGE_CACHE = 24
 
 
 def predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.ndarray, Any, np.ndarray, float]:
-    """Inference-thread work: read, predict, make a thumbnail.
+    """Inference-thread work: read, hand the picture to the window (``emit``), predict, make a thumbnail.
 
     Returns
     -------
@@ -41,6 +41,7 @@ def predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.n
     """
     t0 = time.perf_counter()
     image = read_image(path)
+    emit(image)  # shown while the networks run; the window need not decode it a second time
     pred = predictor.predict(image, path=path)
     release_freed_memory()  # the memory of this image's buffers goes back to the system
     return path, image, pred, thumbnail(image), time.perf_counter() - t0
@@ -72,6 +73,8 @@ class AnalysisController(QObject):
         A model was switched to (``path`` "" when it has none); its analysis starts right after.
     modelFailed(path, message)
         Loading ``path`` failed; the current model stays.
+    imageReady(path)
+        The analysis just read ``path``: its picture is in the cache (:meth:`cached`), before its result.
     thumbnailReady(path, thumbnail)
         A thumbnail of ``path`` (RGB uint8), just before its prediction enters the state.
     analysed(path)
@@ -88,6 +91,7 @@ class AnalysisController(QObject):
 
     modelChanged = Signal(object, str)
     modelFailed = Signal(str, str)
+    imageReady = Signal(str)
     thumbnailReady = Signal(str, object)
     analysed = Signal(str)
     imageFailed = Signal(str, str, str)
@@ -102,6 +106,7 @@ class AnalysisController(QObject):
         self.loading = False                  # a model load is in flight
         self.last_seconds: float | None = None
         self._task: ThreadTask | None = None  # the analysis in flight
+        self._task_path: str | None = None    # ... and the image it analyses
         self._load: ThreadTask | None = None  # the model load in flight
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._explicit: set[str] = set()      # opened one by one: an error is shown at once
@@ -158,10 +163,11 @@ class AnalysisController(QObject):
         self.progress.emit(n - len(todo), n if n > 1 else 0)
         path = todo[0]
         task = ThreadTask(predict_one, self.predictor, path, name="predict")
+        task.partial.connect(lambda image, p=path: self._on_read(p, image))
         task.finished.connect(self._on_done)
         task.failed.connect(lambda msg, p=path: self._on_error(p, msg))
         task.done.connect(self.start)
-        self._task = task
+        self._task, self._task_path = task, path
         task.start()
 
     def cancel(self) -> None:
@@ -190,12 +196,17 @@ class AnalysisController(QObject):
         self.state.set_prediction(path, pred)
         self.analysed.emit(path)
 
+    def _on_read(self, path: str, image: np.ndarray) -> None:
+        self._cache(path, image)
+        self.imageReady.emit(path)
+
     def _on_error(self, path: str, message: str) -> None:
         already_shown = path in self.state.errors      # the display read failed first
         self.state.set_error(path, message)
         if path in self._explicit:
             self._explicit.discard(path)
-            self.imageFailed.emit(path, message, "analyse")
+            # no picture arrived: the file could not be read at all
+            self.imageFailed.emit(path, message, "analyse" if path in self._images else "open")
         elif not already_shown:
             self._batch_errors.append(message)
 
@@ -218,6 +229,11 @@ class AnalysisController(QObject):
             return None
         self._cache(path, image)
         return image
+
+    def reading(self, path: str) -> bool:
+        """True while the analysis in flight is about to read ``path``: its picture comes with ``imageReady``."""
+        return (self._task is not None and self._task.running and self._task_path == path
+                and path not in self._images)
 
     def cached(self, path: str) -> np.ndarray | None:
         """The cached image of ``path``, or None; never reads."""

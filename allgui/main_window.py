@@ -259,6 +259,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         a.modelFailed.connect(self._model_failed)
         a.thumbnailReady.connect(self.table.batch.set_thumbnail)
         a.imageFailed.connect(self._on_image_failed)
+        a.imageReady.connect(self._on_image_read)
         a.batchFailed.connect(self._report_batch_errors)
         a.progress.connect(self._on_progress)
 
@@ -333,10 +334,17 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
             self._update_status()
             return
         self.analysis.start()  # inference first; it reads the file on its own thread
-        self.image_view.set_image(self.analysis.image(path))
+        image = self.analysis.cached(path)
+        if image is None and not self.analysis.reading(path):  # the analysis is busy elsewhere
+            image = self.analysis.image(path)
+        self.image_view.set_image(image)  # None until the analysis has read it (imageReady)
         self._update_status()
         if path in self.state.predictions:
             self.predictionShown.emit(path)
+
+    def _on_image_read(self, path: str) -> None:
+        if path == self.state.current and self.image_view.image is None:
+            self.image_view.set_image(self.analysis.cached(path))
 
     def _on_prediction(self, path: str) -> None:
         if path == self.state.current:

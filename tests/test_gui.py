@@ -219,6 +219,28 @@ def test_threshold_and_opacity_persist_per_model(qtbot, window, tiny_bundle, tmp
     assert win2.state.overlay_opacity == pytest.approx(0.7)
 
 
+def test_an_opened_image_is_read_once_off_the_gui_thread_and_shown_before_its_result(qtbot, window, images,
+                                                                                    monkeypatch):
+    import threading
+
+    from allgui import analysis
+    real, on_gui_thread = analysis.read_image, []
+
+    def read(p):
+        on_gui_thread.append(threading.current_thread() is threading.main_thread())
+        return real(p)
+
+    monkeypatch.setattr(analysis, "read_image", read)
+    win = window
+    shown_early = []
+    win.analysis.imageReady.connect(
+        lambda p: shown_early.append(win.image_view.image is not None and p not in win.state.predictions))
+    _open_and_wait(qtbot, win, [images["blast"]])
+    assert on_gui_thread == [False]          # one read, on the inference thread
+    assert shown_early == [True]             # the picture was up before the result
+    assert win.image_view.image.shape == (64, 64, 3) and win.state.prediction is not None
+
+
 def test_bad_image_gives_a_message_not_a_crash(qtbot, window, images, tmp_path, boxes):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
