@@ -45,6 +45,22 @@ def test_fusion_pca_keeps_requested_variance():
         f.transform(X[:, :39])
 
 
+def test_fusion_keeps_its_projection_in_float32_and_projects_as_float64_would():
+    feats, _ = blobs(n=300, seed=7)
+    X = np.hstack(list(feats.values()))
+    f = FeatureFusion(dims=(40, 20), pca=True, variance=0.98).fit(X)
+    assert f.pca_.components_.dtype == np.float32
+    Z = f._scaled(X[:50])
+    exact = (Z - f.pca_.mean_) @ f.pca_.components_.astype(np.float64).T
+    got = f.transform(X[:50])
+    assert got.dtype == np.float64 and got.shape == (50, f.n_components_)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-12)
+    # a float32 projection is within float32 rounding of the float64 one PCA fitted
+    from sklearn.decomposition import PCA
+    full = PCA(n_components=0.98, svd_solver="full", random_state=0).fit(f._scaled(X))
+    np.testing.assert_allclose(got, full.transform(Z), atol=1e-6)
+
+
 def test_oversample_balances_classes():
     X = np.arange(10).reshape(-1, 1)
     y = np.array([0] * 8 + [1] * 2)

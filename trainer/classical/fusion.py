@@ -27,7 +27,7 @@ class FeatureFusion(TransformerMixin, BaseEstimator):
 
     Input ``X`` is (N, sum(dims)); output is (N, D') with D' = sum(dims) or the PCA width.
     Learned: ``scalers_`` (one StandardScaler per block, fitted on the training split),
-    ``pca_`` (PCA or None), ``n_features_in_``, ``n_components_``.
+    ``pca_`` (PCA or None; its ``components_`` in float32), ``n_features_in_``, ``n_components_``.
     """
 
     def __init__(self, dims: tuple[int, ...] = (1024, 512), pca: bool = True,
@@ -63,6 +63,10 @@ class FeatureFusion(TransformerMixin, BaseEstimator):
             self.pca_ = PCA(n_components=self.variance if n_max > 1 else 1,
                             svd_solver="full", random_state=self.seed)
             self.pca_.fit(Z)
+            # the projection is kept in float32: half the space in a model bundle (the largest part of it);
+            # projections differ from float64 ones by float32 rounding, and the classifiers are fitted on
+            # these very projections
+            self.pca_.components_ = self.pca_.components_.astype(np.float32)
             self.n_components_ = int(self.pca_.n_components_)
         else:
             self.pca_ = None
