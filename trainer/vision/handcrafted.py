@@ -148,7 +148,8 @@ def nucleus_features(img: np.ndarray, seg: Segmentation | None = None) -> np.nda
     if seg.kind == KIND_SINGLE:
         cell = seg.cell_mask if seg.cell_mask is not None and seg.cell_mask.any() else np.ones(seg.mask.shape, bool)
         # only the cell's box is read (the nucleus lies in the cell): the colour planes, computed pixel by
-        # pixel, and every region hold the same values there, in the same order
+        # pixel, and every region hold the same values there, in the same order (but that OpenCV's scalar
+        # path for the last pixels of a buffer may round a hue one float32 step apart from its vector path)
         region = cell | seg.mask
         ys, xs = _span(region, 1), _span(region, 0)
         planes = _colour_planes(img[ys, xs])
