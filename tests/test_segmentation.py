@@ -4,10 +4,10 @@ import pytest
 from scipy import ndimage as ndi
 
 from trainer.io.synthetic import make_cell_image, make_smear_field
+from trainer.vision.kmeans import kmeans
 from trainer.vision.segmentation import (
     find_cells,
     is_single_cell_crop,
-    kmeans,
     measure,
     purple_score,
     segment_nuclei,
@@ -159,12 +159,12 @@ def test_the_brightest_channel_is_the_channel_maximum():
 
 
 def test_squared_distances_are_the_numbers_of_the_plain_numpy_expression():
-    from trainer.vision.segmentation import _sq_dist
+    from trainer.vision.kmeans import sq_dist
     rng = np.random.default_rng(4)
     for dtype, d in ((np.float32, 3), (np.float64, 3), (np.float64, 5)):
         x = (rng.standard_normal((5000, d)) * 40).astype(dtype)
         c = (rng.standard_normal(d) * 40).astype(dtype)
-        got = _sq_dist(x, c)
+        got = sq_dist(x, c)
         assert got.dtype == dtype
         assert np.array_equal(got, ((x - c) ** 2).sum(1))
 

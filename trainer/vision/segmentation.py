@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from trainer.vision.kmeans import assign, kmeans, subsample
 from trainer.vision.preprocess import gamma_correct
 
 KIND_SINGLE = "single_cell"
@@ -33,8 +34,6 @@ PURPLE_MIN = 12.0         # cluster centres with min(a, -b) below this are never
 CROP_COLOUR_GAP = 12.0    # (L/2 lighter) + (purple score lower): a cluster this much paler is cytoplasm
 CROP_L_WEIGHT = 0.5
 MERGE_MAX_HULL = 1.6      # close nucleus parts merge if their hull is at most this x a typical one
-MAX_SAMPLES = 4000        # pixels used to fit the k-means centres
-_SEED = 0
 
 
 # ----------------------------------------------------------------------------- results
@@ -136,68 +135,10 @@ def purple_score(lab: np.ndarray) -> np.ndarray:
     return np.minimum(lab[..., 1], -lab[..., 2])
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = _SEED, n_init: int = 2, max_iter: int = 40,
-           ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Lloyd's k-means (eq. 2: minimise the within-cluster sum of squares), k-means++ seeding.
-
-    ``x``: (N, D) float. Deterministic for a given ``seed``. Returns (centres (k, D), labels (N,),
-    inertia). Centres are sorted by their first coordinate so labels do not depend on the start.
-    """
-    x = np.asarray(x, np.float64)
-    n = len(x)
-    k = int(min(k, n))
-    if k < 1:
-        raise ValueError("k-means needs at least one sample")
-    rng = np.random.default_rng(seed)
-    xx = _sq_dist(x, np.zeros(x.shape[1]))
-    best = None
-    for _ in range(n_init):
-        centres = np.empty((k, x.shape[1]))
-        centres[0] = x[rng.integers(n)]
-        d2 = _sq_dist(x, centres[0])
-        for j in range(1, k):
-            p = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
-            centres[j] = x[rng.choice(n, p=p)]
-            d2 = np.minimum(d2, _sq_dist(x, centres[j]))
-        labels = None
-        for _it in range(max_iter):
-            dist = xx[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
-            new = dist.argmin(1)
-            if labels is not None and np.array_equal(new, labels):
-                break
-            labels = new
-            counts = np.bincount(labels, minlength=k)
-            for d in range(x.shape[1]):
-                sums = np.bincount(labels, weights=x[:, d], minlength=k)
-                centres[counts > 0, d] = sums[counts > 0] / counts[counts > 0]
-        inertia = float(((x - centres[labels]) ** 2).sum())
-        if best is None or inertia < best[2] - 1e-9:
-            best = (centres.copy(), labels.copy(), inertia)
-    centres, labels, inertia = best
-    order = np.argsort(centres[:, 0], kind="stable")
-    remap = np.empty(k, int)
-    remap[order] = np.arange(k)
-    return centres[order], remap[labels], inertia
-
-
 def _crop_features(lab: np.ndarray) -> np.ndarray:
     f = lab.copy()
     f[..., 0] *= CROP_L_WEIGHT
     return f
-
-
-def _assign(lab_pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre for each row of ``lab_pixels`` (N, D)."""
-    x = lab_pixels.astype(np.float32, copy=False)
-    c = centres.astype(np.float32)
-    best = np.full(len(x), np.inf, np.float32)
-    idx = np.zeros(len(x), np.intp)
-    for j in range(len(c)):  # a loop over k beats argmin along a short axis
-        d = _sq_dist(x, c[j])
-        closer = d < best
-        best[closer] = d[closer]
-        idx[closer] = j
-    return idx
 
 
 def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
@@ -206,26 +147,6 @@ def _label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     The same as ``ndi.sum(mask, labels, 1..n)`` of the mask it labels, at a tenth of the cost.
     """
     return np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
-
-
-def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """(N,) squared distance of each row of ``x`` (N, D) to ``c`` (D,), in ``x``'s precision.
-
-    The same numbers as ``((x - c) ** 2).sum(1)`` (a sum along a short last axis adds the columns in
-    order), about three times faster for D = 3.
-    """
-    d = x[:, 0] - c[0]
-    out = d * d
-    for j in range(1, x.shape[1]):
-        d = x[:, j] - c[j]
-        out += d * d
-    return out
-
-
-def _subsample(n: int, m: int = MAX_SAMPLES) -> np.ndarray:
-    if n <= m:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(_SEED).choice(n, m, replace=False))
 
 
 def _disk(r: int) -> np.ndarray:
@@ -334,8 +255,8 @@ def _segment_crop(img: np.ndarray, k: int) -> Segmentation:
     feats = _crop_features(to_lab(img))
     px = feats[cell]
     fit = feats[inner]
-    centres, _, _ = kmeans(fit[_subsample(len(fit))], k)
-    assign = _assign(px, centres)
+    centres, _, _ = kmeans(fit[subsample(len(fit))], k)
+    nearest = assign(px, centres)
     # nucleus: the darkest cluster plus every cluster that is not clearly lighter and less purple
     # than a nucleus cluster (chromatin texture varies in lightness and saturation; cytoplasm is
     # both lighter and paler). In the feature space lightness counts half.
@@ -347,7 +268,7 @@ def _segment_crop(img: np.ndarray, k: int) -> Segmentation:
         if paler.min() < CROP_COLOUR_GAP:
             chosen.append(int(j))
     nuc = np.zeros((h, w), bool)
-    nuc[cell] = np.isin(assign, chosen)
+    nuc[cell] = np.isin(nearest, chosen)
     nuc = _clean(nuc, min(h, w))
     nuc &= cell
     lab_img, n = ndi.label(nuc)
@@ -404,14 +325,14 @@ def _segment_field(img: np.ndarray, k: int, min_area: float | None, merge_gap: f
     h, w = img.shape[:2]
     lab = to_lab(img)
     flat = lab.reshape(-1, 3)
-    centres, _, _ = kmeans(flat[_subsample(len(flat))], k)
+    centres, _, _ = kmeans(flat[subsample(len(flat))], k)
     score = purple_score(centres)
     chosen = tuple(int(j) for j in np.flatnonzero(score >= PURPLE_MIN))
     # among stained clusters keep those close to the most purple one (drops pale lilac cytoplasm)
     if len(chosen) > 1:
         top = score[list(chosen)].max()
         chosen = tuple(j for j in chosen if score[j] >= 0.5 * top)
-    nuc = np.isin(_assign(flat, centres), chosen).reshape(h, w) if chosen else np.zeros((h, w), bool)
+    nuc = np.isin(assign(flat, centres), chosen).reshape(h, w) if chosen else np.zeros((h, w), bool)
     nuc = _clean(nuc, min(h, w))
     if min_area is None:
         min_area = max(12.0, 0.002 * h * w)
