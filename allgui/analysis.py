@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from allgui.imaging import thumbnail
 from allgui.state import AppState
-from allgui.workers import Task, ThreadTask, error_message
+from allgui.workers import Task, ThreadTask
 from trainer.io.imageio import read_image
 from trainer.util.memory import release_freed_memory
 
@@ -45,6 +45,11 @@ def predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.n
     pred = predictor.predict(image, path=path)
     release_freed_memory()  # the memory of this image's buffers goes back to the system
     return path, image, pred, thumbnail(image), time.perf_counter() - t0
+
+
+def read_one(path: str, progress, cancel, emit) -> np.ndarray:
+    """Display-read work: the decoded picture of ``path`` (RGB uint8), off the GUI thread."""
+    return read_image(path)
 
 
 def load_predictor(path: str, progress, cancel, emit):
@@ -107,6 +112,7 @@ class AnalysisController(QObject):
         self.last_seconds: float | None = None
         self._task: ThreadTask | None = None  # the analysis in flight
         self._task_path: str | None = None    # ... and the image it analyses
+        self._display: ThreadTask | None = None  # a picture read for display while the analysis is busy
         self._load: ThreadTask | None = None  # the model load in flight
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._explicit: set[str] = set()      # opened one by one: an error is shown at once
@@ -180,7 +186,8 @@ class AnalysisController(QObject):
         self._shut = True
         self.cancel()
         self._supersede(self._load)
-        self._load = None
+        self._supersede(self._display)
+        self._load = self._display = None
 
     @staticmethod
     def _supersede(task: Task | None) -> None:
@@ -211,24 +218,36 @@ class AnalysisController(QObject):
             self._batch_errors.append(message)
 
     # ---- images ----------------------------------------------------------------------------
-    def image(self, path: str) -> np.ndarray | None:
-        """The decoded image for display: cached, else read now; None (error recorded) when unreadable."""
+    def request_image(self, path: str) -> np.ndarray | None:
+        """The picture of ``path`` for display if it is cached; else None, and it is read off the GUI thread.
+
+        The analysis reads it when it is about to analyse ``path`` anyway; otherwise a display read on
+        the shared pool does (also after a failed analysis: the picture may still be readable).
+        ``imageReady(path)`` follows; an unreadable file is reported once, as :attr:`imageFailed` "open"
+        for an image opened by itself.
+        """
         image = self._images.get(path)
         if image is not None:
             self._images.move_to_end(path)
             return image
-        try:  # also after a failed analysis: the picture may still be readable
-            image = read_image(path)
-        except Exception as exc:  # shown to the user
-            if path not in self.state.errors:  # report each unreadable file once
-                msg = error_message(exc)
-                self.state.set_error(path, msg)
-                if path in self._explicit:
-                    self._explicit.discard(path)
-                    self.imageFailed.emit(path, msg, "open")
+        if self.reading(path) or (self._display is not None and self._display.running
+                                  and self._display.args == (path,)):
             return None
-        self._cache(path, image)
-        return image
+        self._supersede(self._display)  # only the picture asked for last is still wanted
+        task = ThreadTask(read_one, path, pool=QThreadPool.globalInstance(), name="read-image")
+        task.finished.connect(lambda image, p=path: self._on_read(p, image))
+        task.failed.connect(lambda msg, p=path: self._display_failed(p, msg))
+        self._display = task
+        task.start()
+        return None
+
+    def _display_failed(self, path: str, message: str) -> None:
+        if path in self.state.errors:  # report each unreadable file once
+            return
+        self.state.set_error(path, message)
+        if path in self._explicit:
+            self._explicit.discard(path)
+            self.imageFailed.emit(path, message, "open")
 
     def reading(self, path: str) -> bool:
         """True while the analysis in flight is about to read ``path``: its picture comes with ``imageReady``."""

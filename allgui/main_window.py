@@ -334,10 +334,8 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
             self._update_status()
             return
         self.analysis.start()  # inference first; it reads the file on its own thread
-        image = self.analysis.cached(path)
-        if image is None and not self.analysis.reading(path):  # the analysis is busy elsewhere
-            image = self.analysis.image(path)
-        self.image_view.set_image(image)  # None until the analysis has read it (imageReady)
+        # None until the picture is read, off this thread (imageReady)
+        self.image_view.set_image(self.analysis.request_image(path))
         self._update_status()
         if path in self.state.predictions:
             self.predictionShown.emit(path)

@@ -241,6 +241,33 @@ def test_an_opened_image_is_read_once_off_the_gui_thread_and_shown_before_its_re
     assert win.image_view.image.shape == (64, 64, 3) and win.state.prediction is not None
 
 
+def test_no_picture_is_read_on_the_gui_thread_even_while_the_analysis_is_busy(qtbot, window, monkeypatch,
+                                                                             tmp_path):
+    import threading
+
+    from allgui import analysis
+    real, on_gui_thread = analysis.read_image, []
+
+    def read(p):
+        on_gui_thread.append(threading.current_thread() is threading.main_thread())
+        return real(p)
+
+    monkeypatch.setattr(analysis, "read_image", read)
+    rng = np.random.default_rng(8)
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for i in range(6):
+        _png(folder / f"c{i}.png", make_cell_image(64 + 8 * i, bool(i % 2), rng)[0])
+    win = window
+    win.open_folder(str(folder))
+    last = win.state.paths[-1]
+    win.state.set_current(last)            # jump ahead of the analysis, which is busy with the first image
+    qtbot.waitUntil(lambda: win.image_view.image is not None, timeout=30_000)
+    assert win.image_view.image.shape[:2] == (64 + 8 * 5,) * 2
+    qtbot.waitUntil(lambda: not win.state.pending(), timeout=60_000)
+    assert on_gui_thread and not any(on_gui_thread)
+
+
 def test_bad_image_gives_a_message_not_a_crash(qtbot, window, images, tmp_path, boxes):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
