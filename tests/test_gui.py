@@ -219,8 +219,9 @@ def test_threshold_and_opacity_persist_per_model(qtbot, window, tiny_bundle, tmp
     assert win2.state.overlay_opacity == pytest.approx(0.7)
 
 
-def test_an_opened_image_is_read_once_off_the_gui_thread_and_shown_before_its_result(qtbot, window, images,
-                                                                                    monkeypatch):
+@pytest.fixture
+def reads_on_gui_thread(monkeypatch):
+    """For each image the app reads from now on, whether the GUI thread read it."""
     import threading
 
     from allgui import analysis
@@ -231,28 +232,23 @@ def test_an_opened_image_is_read_once_off_the_gui_thread_and_shown_before_its_re
         return real(p)
 
     monkeypatch.setattr(analysis, "read_image", read)
+    return on_gui_thread
+
+
+def test_an_opened_image_is_read_once_off_the_gui_thread_and_shown_before_its_result(qtbot, window, images,
+                                                                                    reads_on_gui_thread):
     win = window
     shown_early = []
     win.analysis.imageReady.connect(
         lambda p: shown_early.append(win.image_view.image is not None and p not in win.state.predictions))
     _open_and_wait(qtbot, win, [images["blast"]])
-    assert on_gui_thread == [False]          # one read, on the inference thread
+    assert reads_on_gui_thread == [False]    # one read, on the inference thread
     assert shown_early == [True]             # the picture was up before the result
     assert win.image_view.image.shape == (64, 64, 3) and win.state.prediction is not None
 
 
-def test_no_picture_is_read_on_the_gui_thread_even_while_the_analysis_is_busy(qtbot, window, monkeypatch,
-                                                                             tmp_path):
-    import threading
-
-    from allgui import analysis
-    real, on_gui_thread = analysis.read_image, []
-
-    def read(p):
-        on_gui_thread.append(threading.current_thread() is threading.main_thread())
-        return real(p)
-
-    monkeypatch.setattr(analysis, "read_image", read)
+def test_no_picture_is_read_on_the_gui_thread_even_while_the_analysis_is_busy(qtbot, window, tmp_path,
+                                                                             reads_on_gui_thread):
     rng = np.random.default_rng(8)
     folder = tmp_path / "batch"
     folder.mkdir()
@@ -265,7 +261,7 @@ def test_no_picture_is_read_on_the_gui_thread_even_while_the_analysis_is_busy(qt
     qtbot.waitUntil(lambda: win.image_view.image is not None, timeout=30_000)
     assert win.image_view.image.shape[:2] == (64 + 8 * 5,) * 2
     qtbot.waitUntil(lambda: not win.state.pending(), timeout=60_000)
-    assert on_gui_thread and not any(on_gui_thread)
+    assert reads_on_gui_thread and not any(reads_on_gui_thread)
 
 
 def test_bad_image_gives_a_message_not_a_crash(qtbot, window, images, tmp_path, boxes):
