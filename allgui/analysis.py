@@ -230,7 +230,7 @@ class AnalysisController(QObject):
         if image is not None:
             self._images.move_to_end(path)
             return image
-        if self.reading(path) or (self._display is not None and self._display.running
+        if self._reading(path) or (self._display is not None and self._display.running
                                   and self._display.args == (path,)):
             return None
         self._supersede(self._display)  # only the picture asked for last is still wanted
@@ -249,7 +249,7 @@ class AnalysisController(QObject):
             self._explicit.discard(path)
             self.imageFailed.emit(path, message, "open")
 
-    def reading(self, path: str) -> bool:
+    def _reading(self, path: str) -> bool:
         """True while the analysis in flight is about to read ``path``: its picture comes with ``imageReady``."""
         return (self._task is not None and self._task.running and self._task_path == path
                 and path not in self._images)

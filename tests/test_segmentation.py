@@ -151,11 +151,11 @@ def test_kmeans_and_purple_score():
 
 
 def test_the_brightest_channel_is_the_channel_maximum():
-    from trainer.vision.segmentation import _brightest_channel
+    from trainer.vision.segmentation import brightest_channel
 
     rng = np.random.default_rng(0)
     for img in (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), make_cell_image(48, True, 0)[0]):
-        np.testing.assert_array_equal(_brightest_channel(img), img.max(axis=2))
+        np.testing.assert_array_equal(brightest_channel(img), img.max(axis=2))
 
 
 def test_squared_distances_are_the_numbers_of_the_plain_numpy_expression():

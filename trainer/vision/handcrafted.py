@@ -23,7 +23,7 @@ import numpy as np
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 from skimage.measure import regionprops
 
-from trainer.vision.segmentation import KIND_SINGLE, Segmentation, segment_nuclei
+from trainer.vision.segmentation import KIND_SINGLE, Segmentation, brightest_channel, segment_nuclei
 
 GLCM_LEVELS = 32
 GLCM_DISTANCES = (1, 2, 4)
@@ -156,7 +156,7 @@ def nucleus_features(img: np.ndarray, seg: Segmentation | None = None) -> np.nda
         vec = _one(planes, grey[ys, xs], seg.mask[ys, xs], cell[ys, xs], seg.nuclei[0].n_lobes, 1)
     else:
         planes = _colour_planes(img)
-        fg = img.max(axis=2) > 0
+        fg = brightest_channel(img) > 0
         vecs = []
         for i, n in enumerate(seg.nuclei):
             mask = seg.labels == i + 1

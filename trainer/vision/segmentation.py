@@ -207,11 +207,12 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- crop vs field
-def _brightest_channel(img: np.ndarray) -> np.ndarray:
+def brightest_channel(img: np.ndarray) -> np.ndarray:
     """(h, w) the largest of the three channels of an RGB image.
 
     ``img.max(axis=2)`` gives the same, but numpy reduces a last axis of length 3 slowly: 5 ms on a 450 px
-    crop against 0.2 ms here, paid for every training image when the image kinds are detected.
+    crop against 0.2 ms here, paid for every training image when the image kinds are detected. Use it
+    wherever the foreground (not black) of an image is wanted.
     """
     return np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2])
 
@@ -223,7 +224,7 @@ def is_single_cell_crop(img: np.ndarray) -> bool:
     black, and a non-black object covers at least 2 % of it.
     """
     img = _check(img)
-    black = _brightest_channel(img) < BLACK_LEVEL
+    black = brightest_channel(img) < BLACK_LEVEL
     border = np.concatenate([black[:2].ravel(), black[-2:].ravel(), black[:, :2].ravel(), black[:, -2:].ravel()])
     frac = black.mean()
     return bool(border.mean() >= 0.9 and 0.10 <= frac <= 0.98)
@@ -231,7 +232,7 @@ def is_single_cell_crop(img: np.ndarray) -> bool:
 
 def _cell_region(img: np.ndarray) -> np.ndarray:
     """Non-black region of a crop: largest connected object, holes filled."""
-    fg = _brightest_channel(img) >= BLACK_LEVEL
+    fg = brightest_channel(img) >= BLACK_LEVEL
     r = max(1, round(min(img.shape[:2]) / 150))
     fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, _disk(r)).astype(bool)
     lab, n = ndi.label(fg)

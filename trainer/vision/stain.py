@@ -14,14 +14,14 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from trainer.vision.segmentation import BLACK_LEVEL
+from trainer.vision.segmentation import BLACK_LEVEL, brightest_channel
 
 _MIN_STD = 1e-3  # Lab units; guards flat images
 
 
 def foreground(img: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels that are not black background (max(R, G, B) >= ``BLACK_LEVEL``)."""
-    return np.asarray(img).max(axis=2) >= BLACK_LEVEL
+    return brightest_channel(np.asarray(img)) >= BLACK_LEVEL
 
 
 def _lab(img: np.ndarray) -> np.ndarray:
@@ -61,7 +61,7 @@ def reinhard(img: np.ndarray, reference: np.ndarray) -> np.ndarray:
     out = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
     out[~mask] = img[~mask]
     # a normalised foreground pixel must not turn into background (black) and vice versa
-    dark = mask & (out.max(axis=2) < BLACK_LEVEL)
+    dark = mask & (brightest_channel(out) < BLACK_LEVEL)
     out[dark] = np.maximum(out[dark], BLACK_LEVEL)
     return out
 
