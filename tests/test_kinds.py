@@ -12,10 +12,11 @@ from conftest import TINY_SIZE
 
 from trainer.classical.stacking import StackedCombiner, inner_folds
 from trainer.config import TrainConfig
-from trainer.inference.bundle import FORMAT, load_bundle, read_manifest
+from trainer.inference.bundle import FORMAT, FORMAT_VERSION, load_bundle, read_manifest
 from trainer.inference.predictor import Predictor
 from trainer.io.synthetic import make_cell_image, make_smear_field, write_dataset
 from trainer.stats import metrics as M
+from trainer.vision import fingerprint
 from trainer.vision.handcrafted import FEATURE_NAMES, NUCLEUS_DIM, nucleus_features
 from trainer.vision.stain import ReinhardNormalizer, foreground, lab_stats, reinhard
 
@@ -54,7 +55,7 @@ def test_mixed_data_trains_one_calibrated_model_per_kind(mixed_training):
         assert sec["method"]["stain_normalisation"].startswith("Reinhard")
         assert {"validation", "test"} <= set(sec["metrics"])
     manifest = read_manifest(r.bundle_path)
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
 
 
 def test_predictor_routes_each_image_to_the_model_of_its_kind(mixed_training):
@@ -108,12 +109,18 @@ def _write_v1_bundle(path, model, config, card, arrays):
 def test_old_single_model_bundles_still_load_and_predict(tiny_bundle, tiny_predictor, tmp_path):
     b = load_bundle(tiny_bundle)
     key = "single_cell"
-    old_arrays = {(k.split("/", 1)[1] if k.startswith(key + "/") else k): v for k, v in b.arrays.items()}
+    old_arrays = {(k.split("/", 1)[1] if k.startswith(key + "/") else k): v for k, v in b.arrays.items()
+                  if not fingerprint.is_fingerprint(k)}
+    # version 1 stored the fingerprint at the model's input size, under probe/<backbone>
+    old_arrays.update({k: v for k, v in fingerprint.compute(tiny_predictor.extractor, legacy=True).items()
+                       if not k.endswith("/nucleus")})
     card = {k: v for k, v in b.card.items() if k != "models"}
     old = _write_v1_bundle(tmp_path / "old.allmodel", b.model.models[key], b.config, card, old_arrays)
     ob = load_bundle(old)
     assert list(ob.model.models) == ["any"]
     assert "any/validation/y" in ob.arrays and "any/test/calibrated" in ob.arrays
+    assert sorted(k for k in ob.arrays if k.startswith("probe")) == ["probe/densenet121", "probe/resnet34"]
+    assert Predictor.from_bundle(old).threshold == pytest.approx(tiny_predictor.threshold)
     p = Predictor(ob)
     img = make_cell_image(64, malignant=True, rng=np.random.default_rng(5))[0]
     new, old_r = tiny_predictor.predict(img), p.predict(img)

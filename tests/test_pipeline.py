@@ -15,6 +15,7 @@ from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UN
 from trainer.io.synthetic import make_cell_image, make_smear_field
 from trainer.training.pipeline import train
 from trainer.util.errors import BundleError, Cancelled, DataError
+from trainer.vision import fingerprint
 
 
 def test_training_writes_a_complete_model_card(tiny_training, tiny_config):
@@ -136,6 +137,60 @@ def _rewrite_manifest(src, dst, change):
         for n, d in members.items():
             z.writestr(n, d)
     return dst
+
+
+def _with_fingerprint(src, dst, probes: dict, version: int):
+    """``src`` rewritten as format ``version`` whose only fingerprint arrays are ``probes``."""
+    import hashlib
+
+    import safetensors.numpy
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    arrays = {k: v for k, v in safetensors.numpy.load(members["arrays.safetensors"]).items()
+              if not fingerprint.is_fingerprint(k)}
+    members["arrays.safetensors"] = safetensors.numpy.save({**arrays, **probes})
+    manifest = json.loads(members["manifest.json"])
+    manifest["format_version"] = version
+    data = members["arrays.safetensors"]
+    manifest["members"]["arrays.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+    return dst
+
+
+def test_the_fingerprint_is_taken_at_the_probe_size_and_older_bundles_still_checked(tiny_bundle, tiny_predictor,
+                                                                                     tmp_path):
+    b = load_bundle(tiny_bundle)
+    stored = {k: v for k, v in b.arrays.items() if fingerprint.is_fingerprint(k)}
+    assert sorted(stored) == ["probe64/densenet121", "probe64/resnet34"]
+    assert read_manifest(tiny_bundle)["format_version"] == 3
+    ex = tiny_predictor.extractor
+
+    def networks_only(probes):  # the extractor has the nucleus block too; bundles fingerprint the networks
+        return {k: v for k, v in probes.items() if not k.endswith("/nucleus")}
+
+    small, legacy = networks_only(fingerprint.compute(ex)), networks_only(fingerprint.compute(ex, legacy=True))
+    assert ex.image_size == b.config.image_size != fingerprint.PROBE_INPUT  # put back after the probe
+    for name in ("densenet121", "resnet34"):
+        np.testing.assert_allclose(small[f"probe64/{name}"], stored[f"probe64/{name}"], rtol=1e-5, atol=1e-6)
+        # the two sizes give other features: a check of one kind is not passed by the other's numbers
+        assert fingerprint.relative_error(legacy[f"probe/{name}"], small[f"probe64/{name}"]) > 0.05
+    # a format-2 bundle (fingerprint at the input size) loads by either path and predicts the same
+    v2 = _with_fingerprint(tiny_bundle, tmp_path / "v2.allmodel", legacy, 2)
+    img = make_cell_image(64, malignant=True, rng=np.random.default_rng(5))[0]
+    want = tiny_predictor.predict(img).whole.probability
+    assert Predictor.from_bundle(v2).predict(img).whole.probability == pytest.approx(want, abs=1e-12)
+    assert Predictor(load_bundle(v2)).predict(img).whole.probability == pytest.approx(want, abs=1e-12)
+    # ... and its check still bites: the same numbers off by 10 % are refused
+    off = {k: v * 1.1 for k, v in legacy.items()}
+    with pytest.raises(BundleError, match="does not give the features"):
+        Predictor.from_bundle(_with_fingerprint(tiny_bundle, tmp_path / "off.allmodel", off, 2))
+    # the probe-size numbers stored under a format-2 bundle are checked at the input size: refused
+    with pytest.raises(BundleError, match="does not give the features"):
+        Predictor.from_bundle(_with_fingerprint(tiny_bundle, tmp_path / "mixed.allmodel",
+                                                {k.replace("probe64/", "probe/"): v for k, v in small.items()}, 2))
 
 
 def test_loading_builds_the_networks_beside_the_classifiers_and_still_checks_them(tiny_bundle, tmp_path):

@@ -1,18 +1,20 @@
 """Model bundles: one zip file holding a fitted model, its config, model card and arrays.
 
-Layout (format ``allgui-model``, version 2)::
+Layout (format ``allgui-model``, version 3)::
 
     manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members
     model.skops            a :class:`trainer.classical.model.KindModels`: one fitted AllModel per image kind
                            (skops: no code runs on load)
     arrays.safetensors     numpy arrays, per model key ``<key>/validation/...``, ``<key>/test/...``,
-                           ``<key>/stain_reference``; ``probe/<backbone>`` fingerprints; optional
+                           ``<key>/stain_reference``; ``probe64/<backbone>`` fingerprints; optional
                            explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept,reference}``
                            (plain float arrays, see :mod:`trainer.inference.explain`): bundles written before
                            them load and predict unchanged, they only cannot show heatmaps
 
 Version 1 bundles (one AllModel, arrays ``validation/...`` and ``test/...``) still load: they come
-back as a KindModels with the single key ``"any"``.
+back as a KindModels with the single key ``"any"``. Versions 1 and 2 store the fingerprints at the model's
+input size (``probe/<backbone>``, see :mod:`trainer.vision.fingerprint`); version 3 at a small input size,
+so an allgui that reads only versions 1 and 2 refuses a newer bundle instead of skipping its check.
     backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
 
 Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
@@ -60,10 +62,11 @@ from trainer.util.limits import (
     format_bytes,
 )
 from trainer.util.versions import torchvision_version
+from trainer.vision.fingerprint import is_fingerprint
 
 FORMAT = "allgui-model"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 SUFFIX = ".allmodel"
 MAX_MEMBER_BYTES = MAX_BUNDLE_MEMBER_BYTES  # kept for callers of the old name
 OWN_TYPES = frozenset({
@@ -328,7 +331,7 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
     """
     if isinstance(model, AllModel):
         model = KindModels(models={"any": model})
-        arrays = {(k if k.startswith("probe/") else f"any/{k}"): v for k, v in arrays.items()}
+        arrays = {(k if is_fingerprint(k) else f"any/{k}"): v for k, v in arrays.items()}
     models = getattr(model, "models", None) if isinstance(model, KindModels) else None
     if not isinstance(models, dict) or not models or not all(
             isinstance(k, str) and isinstance(m, AllModel) for k, m in models.items()):

@@ -115,8 +115,9 @@ class Predictor:
             return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
         cfg = TrainConfig.from_dict(manifest.get("config", {}))
         prec = _precision(cfg, precision, device)
+        legacy = manifest["format_version"] < 3  # fingerprinted at the model's input size
         with ThreadPoolExecutor(1, thread_name_prefix="allgui-networks") as pool:
-            ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec)
+            ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec, legacy)
             bundle = load_bundle(path)
             prebuilt = ready.result()
         return cls(bundle, device=device, cache_dir=cache_dir, precision=precision, prebuilt=prebuilt)
@@ -356,10 +357,13 @@ def _extractor(cfg, blocks, device, cache_dir, precision, state_dicts, reference
         seed=cfg.seed, precision=precision, stain_reference=reference)
 
 
-def _networks_ready(cfg, device, cache_dir, precision) -> tuple[FeatureExtractor, dict[str, np.ndarray]]:
-    """(extractor of the config's networks, built, with its fingerprint computed) for ``from_bundle``."""
+def _networks_ready(cfg, device, cache_dir, precision, legacy=False) -> tuple[FeatureExtractor, dict[str, np.ndarray]]:
+    """(extractor of the config's networks, built, with its fingerprint computed) for ``from_bundle``.
+
+    ``legacy``: the fingerprint as bundles of formats 1 and 2 store it (see :func:`fingerprint.compute`).
+    """
     ex = _extractor(cfg, [b for b in cfg.backbones if b in BACKBONES], device, cache_dir, precision, None)
-    return ex, fingerprint.compute(ex)
+    return ex, fingerprint.compute(ex, legacy=legacy)
 
 
 def inference_precision(requested: str | None = None, device: str = "auto") -> str:
