@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# seeded networks are drawn, never read from or written to the user's network cache; the tests of
+# that cache (test_initcache.py) point it at their own folder
+os.environ["ALLGUI_NETWORK_CACHE"] = "off"
 
 import pytest
 

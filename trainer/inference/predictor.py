@@ -26,8 +26,8 @@ from trainer.config import TrainConfig
 from trainer.inference.bundle import ModelBundle, load_bundle, read_manifest
 from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction
 from trainer.io.imageio import as_rgb_uint8, read_image
-from trainer.util.errors import AllguiError, Cancelled, ImageReadError
-from trainer.vision import fingerprint, segmentation
+from trainer.util.errors import AllguiError, BundleError, Cancelled, ImageReadError
+from trainer.vision import fingerprint, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
 from trainer.vision.features import NUCLEUS, PRECISIONS, FeatureExtractor, cpu_has_bf16, nucleus_block
 
@@ -75,7 +75,14 @@ class Predictor:
         else:
             base, probes = extractor(networks), None
         if verify:
-            fingerprint.verify(base, bundle.arrays, computed=probes)
+            try:
+                fingerprint.verify(base, bundle.arrays, computed=probes)
+            except BundleError:
+                # networks read from the network cache are drawn afresh once before the bundle is refused
+                if bundle.backbone_state is not None or not any([initcache.forget(n, cfg.seed) for n in networks]):
+                    raise
+                base = extractor(networks)
+                fingerprint.verify(base, bundle.arrays)
         self.extractors: dict[str, FeatureExtractor] = {}
         for key, model in self.models.items():
             ex = extractor(tuple(model.backbones), bundle.arrays.get(f"{key}/stain_reference"))

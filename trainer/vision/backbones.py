@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.util.errors import AllguiError
-from trainer.vision import trunks
+from trainer.vision import initcache, trunks
 
 BACKBONES: dict[str, int] = {"densenet121": 1024, "resnet34": 512}
 """Backbone name -> feature dimension D."""
@@ -104,11 +104,14 @@ def imagenet_cache_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
 
-def _empty_trunk(name: str) -> nn.Module:
-    """Randomly initialised trunk, identical to torchvision's ``weights=None`` model for the same RNG state."""
+def _empty_trunk(name: str, init: bool = True) -> nn.Module:
+    """Randomly initialised trunk, identical to torchvision's ``weights=None`` model for the same RNG state.
+
+    ``init=False`` leaves out torchvision's initialisation loop (see :func:`trunks.densenet121`).
+    """
     if name == "densenet121":
-        return DenseNetFeatures(trunks.densenet121().features)
-    return ResNetFeatures(trunks.resnet34())
+        return DenseNetFeatures(trunks.densenet121(init).features)
+    return ResNetFeatures(trunks.resnet34(init))
 
 
 def _torch_load(path: Path) -> object:
@@ -220,12 +223,30 @@ def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def _seeded_trunk(name: str, seed: int) -> nn.Module:
+    """``_empty_trunk(name)`` drawn with ``seed``: read from the network cache where it holds it.
+
+    The global torch RNG is left as it was either way.
+    """
+    if initcache.folder() is not None:
+        with torch.device("meta"):  # the modules alone: no numbers drawn
+            model = _empty_trunk(name, init=False)
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+        state = initcache.load(name, seed, expected)
+        if state is not None:
+            model.load_state_dict(state, strict=True, assign=True)
+            return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _empty_trunk(name)
+    initcache.store(name, seed, model.state_dict())
+    return model
+
+
 def _build(name: str, weights: str | os.PathLike, state_dict, seed: int | None) -> nn.Module:
     _check_name(name)
     if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = _empty_trunk(name)
+        model = _seeded_trunk(name, seed)
     else:
         model = _empty_trunk(name)
     if state_dict is not None:

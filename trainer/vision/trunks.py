@@ -66,7 +66,7 @@ class DenseNet(nn.Module):
     """DenseNet-BC: ``features`` (B,3,H,W) -> (B,1024,H/32,W/32), then ReLU, GAP and ``classifier``."""
 
     def __init__(self, growth_rate: int = 32, block_config: tuple[int, ...] = (6, 12, 24, 16),
-                 num_init_features: int = 64, bn_size: int = 4, num_classes: int = 1000) -> None:
+                 num_init_features: int = 64, bn_size: int = 4, num_classes: int = 1000, init: bool = True) -> None:
         super().__init__()
         self.features = nn.Sequential(OrderedDict([
             ("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
@@ -84,7 +84,7 @@ class DenseNet(nn.Module):
                 num_features //= 2
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
         self.classifier = nn.Linear(num_features, num_classes)
-        for m in self.modules():
+        for m in self.modules() if init else ():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
             elif isinstance(m, nn.BatchNorm2d):
@@ -98,9 +98,13 @@ class DenseNet(nn.Module):
         return self.classifier(torch.flatten(out, 1))
 
 
-def densenet121() -> DenseNet:
-    """DenseNet-121, randomly initialised from the global torch RNG (as torchvision's ``weights=None``)."""
-    return DenseNet(32, (6, 12, 24, 16), 64)
+def densenet121(init: bool = True) -> DenseNet:
+    """DenseNet-121, randomly initialised from the global torch RNG (as torchvision's ``weights=None``).
+
+    ``init=False`` skips torchvision's initialisation loop (for modules on the meta device that get their
+    numbers from elsewhere).
+    """
+    return DenseNet(32, (6, 12, 24, 16), 64, init=init)
 
 
 # ---- ResNet-34 (basic blocks 3-4-6-3) ----
@@ -136,7 +140,7 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet with basic blocks: (B,3,H,W) -> ``fc`` logits; ``avgpool`` output (B,512) before it."""
 
-    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000) -> None:
+    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000, init: bool = True) -> None:
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
@@ -149,7 +153,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():
+        for m in self.modules() if init else ():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
@@ -172,6 +176,9 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet34() -> ResNet:
-    """ResNet-34, randomly initialised from the global torch RNG (as torchvision's ``weights=None``)."""
-    return ResNet((3, 4, 6, 3))
+def resnet34(init: bool = True) -> ResNet:
+    """ResNet-34, randomly initialised from the global torch RNG (as torchvision's ``weights=None``).
+
+    ``init=False``: see :func:`densenet121`.
+    """
+    return ResNet((3, 4, 6, 3), init=init)
