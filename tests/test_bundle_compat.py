@@ -37,14 +37,17 @@ def _rename_modules(skops_bytes: bytes, mapping: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+#: the model member of the tiny bundle (one crop model)
+MEMBER = "model-single_cell.skops"
+
+
 def _with_model(src, dst, skops_bytes: bytes):
-    """A copy of bundle ``src`` whose model.skops is ``skops_bytes`` (manifest hashes updated)."""
+    """A copy of bundle ``src`` whose model member is ``skops_bytes`` (manifest hashes updated)."""
     with zipfile.ZipFile(src) as zin:
         members = {n: zin.read(n) for n in zin.namelist()}
-    members["model.skops"] = skops_bytes
+    members[MEMBER] = skops_bytes
     manifest = json.loads(members["manifest.json"])
-    manifest["members"]["model.skops"] = {"sha256": hashlib.sha256(skops_bytes).hexdigest(),
-                                          "bytes": len(skops_bytes)}
+    manifest["members"][MEMBER] = {"sha256": hashlib.sha256(skops_bytes).hexdigest(), "bytes": len(skops_bytes)}
     members["manifest.json"] = json.dumps(manifest).encode()
     with zipfile.ZipFile(dst, "w") as zout:
         for n, d in members.items():
@@ -55,7 +58,7 @@ def _with_model(src, dst, skops_bytes: bytes):
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped default model is not in this checkout")
 def test_shipped_default_model_loads_with_todays_classes():
     with zipfile.ZipFile(SHIPPED) as zf:
-        schema = _schema(zf.read("model.skops"))
+        schema = _schema(zf.read("model-single_cell.skops")) + _schema(zf.read("model-field.skops"))
     # rebuilt after the layers: today's names, none of the old ones (those are mapped, see below)
     assert '"trainer.classical.model"' in schema
     assert not any(f'"{name}"' in schema for name in LEGACY_MODULES)
@@ -67,7 +70,7 @@ def test_shipped_default_model_loads_with_todays_classes():
 
 def test_old_module_names_are_mapped_and_a_current_payload_is_left_alone(tiny_bundle, tmp_path):
     with zipfile.ZipFile(tiny_bundle) as zf:
-        current = zf.read("model.skops")
+        current = zf.read(MEMBER)
     assert current_type_names(current) is current  # nothing to map: no copy made
     old = _rename_modules(current, {new: old for old, new in LEGACY_MODULES.items()})
     assert '"trainer.model"' in _schema(old)
@@ -84,7 +87,7 @@ def test_old_module_names_are_mapped_and_a_current_payload_is_left_alone(tiny_bu
 
 def test_mapping_old_names_does_not_widen_what_is_trusted(tiny_bundle, tmp_path):
     with zipfile.ZipFile(tiny_bundle) as zf:
-        current = zf.read("model.skops")
+        current = zf.read(MEMBER)
     foreign = _rename_modules(current, {"trainer.classical.model": "trainer.elsewhere"})
     with pytest.raises(BundleError, match="object types allgui does not load"):
         load_bundle(_with_model(tiny_bundle, tmp_path / "foreign.allmodel", foreign))
@@ -105,7 +108,7 @@ def test_a_scikit_learn_estimator_allgui_never_writes_is_refused(tiny_bundle, tm
     # NuSVC in place of the SVC inside the calibrated SVM: a real scikit-learn estimator, but not one of
     # those allgui writes; checked in a fresh process, where skops was imported the way the app imports it
     with zipfile.ZipFile(tiny_bundle) as zf:
-        nu = _class_renamed(zf.read("model.skops"), "SVC", "NuSVC")
+        nu = _class_renamed(zf.read(MEMBER), "SVC", "NuSVC")
     odd = _with_model(tiny_bundle, tmp_path / "nusvc.allmodel", nu)
     code = (
         "import sys\n"

@@ -108,4 +108,4 @@ def test_the_real_bundle_passes_the_checks(tiny_bundle):
         for info in zf.infolist():  # allgui's own members stay far below the ratio cap
             assert info.file_size <= bundle.MAX_COMPRESSION_RATIO * max(info.compress_size, 1) \
                 or info.file_size <= bundle.RATIO_FLOOR_BYTES
-    assert set(m["members"]) >= {"model.skops", "arrays.safetensors"}
+    assert set(m["members"]) >= {"model-single_cell.skops", "arrays.safetensors"}

@@ -16,6 +16,7 @@ from trainer.inference.bundle import FORMAT, FORMAT_VERSION, load_bundle, read_m
 from trainer.inference.predictor import Predictor
 from trainer.io.synthetic import make_cell_image, make_smear_field, write_dataset
 from trainer.stats import metrics as M
+from trainer.util.errors import BundleError
 from trainer.vision import fingerprint
 from trainer.vision.handcrafted import FEATURE_NAMES, NUCLEUS_DIM, nucleus_features
 from trainer.vision.stain import ReinhardNormalizer, foreground, lab_stats, reinhard
@@ -77,6 +78,89 @@ def test_predictor_routes_each_image_to_the_model_of_its_kind(mixed_training):
     for key in p.keys:
         y, cal = (mixed_training.model.models[key].validation_[k] for k in ("y", "calibrated"))
         assert p.operating_point(t, key) == (np.mean(cal[y == 1] >= t), np.mean(cal[y == 0] < t))
+
+
+def test_a_lazy_load_rebuilds_a_model_only_when_an_image_of_its_kind_arrives(mixed_training, tmp_path):
+    from trainer.inference.bundle import LazyModels
+    path = mixed_training.bundle_path
+    manifest = read_manifest(path)
+    assert sorted(manifest["members"]) == ["arrays.safetensors", "model-field.skops", "model-single_cell.skops"]
+    eager = Predictor.from_bundle(path)
+    lazy = Predictor.from_bundle(path, lazy=True)
+    assert isinstance(lazy.models, LazyModels) and not isinstance(eager.models, LazyModels)
+    assert lazy.thresholds == eager.thresholds  # from the manifest, before the field model exists
+    assert lazy.models.rebuilt("single_cell") and not lazy.models.rebuilt("field")
+    rng = np.random.default_rng(77)
+    crop = make_cell_image(64, malignant=True, rng=rng)[0]
+    field = make_smear_field(160, 2, rng, malignant=False)[0]
+    a = lazy.predict(crop)
+    assert a.model == "single_cell" and not lazy.models.rebuilt("field")
+    assert lazy.has_model_for("field") and lazy.route("field") == "field" and not lazy.models.rebuilt("field")
+    b = lazy.predict(field)
+    assert b.model == "field" and lazy.models.rebuilt("field")
+    want_a, want_b = eager.predict(crop), eager.predict(field)
+    assert a.whole.probability == want_a.whole.probability and b.whole.probability == want_b.whole.probability
+    assert [v.probability for v in b.whole.votes] == [v.probability for v in want_b.whole.votes]
+
+    def altered(change):
+        with zipfile.ZipFile(path) as z:
+            members = {n: z.read(n) for n in z.namelist()}
+        m = json.loads(members["manifest.json"])
+        change(m)
+        members["manifest.json"] = json.dumps(m).encode()
+        out = tmp_path / f"altered{len(list(tmp_path.iterdir()))}.allmodel"
+        with zipfile.ZipFile(out, "w") as z:
+            for n, d in members.items():
+                z.writestr(n, d)
+        return out
+
+    # a manifest that lowers the field model's threshold is caught when that model is rebuilt: by an eager
+    # load at once, by a lazy one before the first field is judged
+    low = altered(lambda m: m["models"]["field"].update(threshold=0.01))
+    with pytest.raises(BundleError, match="has been altered"):
+        load_bundle(low)
+    p = Predictor.from_bundle(low, lazy=True)
+    assert p.predict(crop).model == "single_cell"
+    with pytest.raises(BundleError, match="has been altered"):
+        p.predict(field)
+    with pytest.raises(BundleError, match="names no member"):
+        load_bundle(altered(lambda m: m["models"]["field"].update(member="model-x.skops")))
+    # the CLI stops on such a bundle instead of writing error rows; no CSV is left
+    import subprocess
+    import sys
+    cv2.imwrite(str(tmp_path / "crop.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "field.png"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "rows.csv"
+    run = subprocess.run([sys.executable, "-m", "trainer", "predict", "-q", "-m", str(low), str(tmp_path / "crop.png"),
+                          str(tmp_path / "field.png"), "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "has been altered" in run.stderr and not out.exists()
+
+
+def test_bundles_of_one_model_member_still_load(mixed_training, tmp_path):
+    # format 2 stored every model in one model.skops (a KindModels) with no models table in the manifest
+    import hashlib
+
+    import skops.io
+    with zipfile.ZipFile(mixed_training.bundle_path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    del members["model-single_cell.skops"], members["model-field.skops"], manifest["models"]
+    members["model.skops"] = skops.io.dumps(mixed_training.model)
+    manifest["format_version"] = 2
+    manifest["members"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in members.items()}
+    old = tmp_path / "v2.allmodel"
+    with zipfile.ZipFile(old, "w") as z:
+        z.writestr("manifest.json", json.dumps(manifest))
+        for n, d in members.items():
+            z.writestr(n, d)
+    rng = np.random.default_rng(3)
+    crop, field = make_cell_image(64, malignant=False, rng=rng)[0], make_smear_field(160, 2, rng)[0]
+    for lazy in (False, True):
+        p = Predictor.from_bundle(old, lazy=lazy)
+        assert p.keys == ["single_cell", "field"]
+        want = Predictor.from_bundle(mixed_training.bundle_path)
+        for img in (crop, field):
+            assert p.predict(img).whole.probability == want.predict(img).whole.probability
 
 
 def test_a_bundle_with_one_kind_still_judges_the_other_with_a_caution(tiny_predictor):

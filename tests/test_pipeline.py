@@ -109,8 +109,9 @@ def test_tampered_truncated_and_foreign_bundles_are_refused(tiny_bundle, tmp_pat
     with zipfile.ZipFile(tiny_bundle) as z:
         manifest = json.loads(z.read("manifest.json"))
         members = {n: z.read(n) for n in z.namelist()}
-    members["model.skops"] = evil
-    manifest["members"]["model.skops"] = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
+    member = manifest["models"]["single_cell"]["member"]
+    members[member] = evil
+    manifest["members"][member] = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
     members["manifest.json"] = json.dumps(manifest).encode()
     swapped = tmp_path / "swapped.allmodel"
     with zipfile.ZipFile(swapped, "w") as z:

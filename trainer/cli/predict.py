@@ -12,7 +12,7 @@ from pathlib import Path
 from trainer.cli.common import ProgressBar, check_output_file, probability, sigterm_interrupts
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import printable, safe_dict
-from trainer.util.errors import AllguiError, Cancelled
+from trainer.util.errors import AllguiError, BundleError, Cancelled
 from trainer.util.memory import release_freed_memory
 
 #: Images classified together by ``predict`` (one pass through the networks); the rows of a batch are
@@ -142,14 +142,14 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
                     results = [(batch[0], predictor.predict(batch[0]))]
                 else:
                     results = list(zip(batch, predictor.predict_batch(batch, **kwargs)))
-            except (KeyboardInterrupt, Cancelled):
+            except (KeyboardInterrupt, Cancelled, BundleError):  # a model rebuilt late may be refused
                 raise
             except Exception:  # one bad file: redo this batch image by image
                 results = []
                 for f in batch:
                     try:
                         results.append((f, predictor.predict(f)))
-                    except (KeyboardInterrupt, Cancelled):
+                    except (KeyboardInterrupt, Cancelled, BundleError):
                         raise
                     except Exception as exc:
                         results.append((f, exc))
@@ -180,7 +180,8 @@ def run(a) -> int:
     files = _input_files(a.inputs)
     if not files:
         raise AllguiError("No images found in the given paths.")
-    predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision)
+    # lazy: a model is rebuilt when the first image of its kind arrives (a folder of crops skips the field model)
+    predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision, lazy=True)
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",

@@ -2,9 +2,12 @@
 
 Layout (format ``allgui-model``, version 3)::
 
-    manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members
-    model.skops            a :class:`trainer.classical.model.KindModels`: one fitted AllModel per image kind
-                           (skops: no code runs on load)
+    manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members;
+                           ``models``: per model key its member, threshold and feature blocks
+    model-<key>.skops      one fitted :class:`trainer.classical.model.AllModel` per image kind (skops: no code
+                           runs on load); ``load_bundle(lazy=True)`` rebuilds only the first until another
+                           is asked for. Bundles of versions 1 and 2 hold one ``model.skops`` instead
+                           (a KindModels, or one AllModel).
     arrays.safetensors     numpy arrays, per model key ``<key>/validation/...``, ``<key>/test/...``,
                            ``<key>/stain_reference``; ``probe64/<backbone>`` fingerprints; optional
                            explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept,reference}``
@@ -33,8 +36,10 @@ import json
 import os
 import platform
 import re
+import threading
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +125,16 @@ def _sha256(data: bytes) -> str:
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    members: dict[str, bytes] = {"model.skops": skops_io.dumps(bundle.model)}
+    members: dict[str, bytes] = {}
+    table: dict[str, dict[str, Any]] = {}
+    if isinstance(bundle.model, KindModels):  # one member per model: each can be rebuilt alone
+        for key, m in bundle.model.models.items():
+            if not _MODEL_KEY.match(key):
+                raise ValueError(f"model key {key!r} is not a lower-case word")
+            members[f"model-{key}.skops"] = skops_io.dumps(m)
+            table[key] = _summary(m, f"model-{key}.skops")
+    else:
+        members["model.skops"] = skops_io.dumps(bundle.model)
     arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
     members["arrays.safetensors"] = safetensors.numpy.save(arrays) if arrays else b""
     if bundle.backbone_state:
@@ -134,6 +148,8 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
         "versions": package_versions(),
         "members": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in members.items()},
     }
+    if table:
+        manifest["models"] = table
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default))
@@ -297,12 +313,27 @@ def _load_model(data: bytes, path: Path):
         raise BundleError(f"{path.name}: the model part cannot be reconstructed ({e}).") from None
 
 
-def load_bundle(path: str | os.PathLike) -> ModelBundle:
-    """Read and verify a bundle. Raises :class:`BundleError` with a clear message."""
+def load_bundle(path: str | os.PathLike, lazy: bool = False) -> ModelBundle:
+    """Read and verify a bundle. Raises :class:`BundleError` with a clear message.
+
+    Every member is read and its checksum verified here. ``lazy``: of a bundle with one member per model,
+    only the first model is rebuilt now and each other one when first asked for (see :class:`LazyModels`;
+    a one-crop prediction then skips the field model's share of the start-up).
+    """
     path = Path(path)
     with _open_zip(path) as zf:
         manifest = _manifest(zf, path)
-        model = _load_model(_verified(zf, manifest, "model.skops", path), path)
+        table = manifest.get("models")
+        if table:
+            payloads = {key: _verified(zf, manifest, entry["member"], path) for key, entry in table.items()}
+            pending = LazyModels(payloads, table, path)
+            if lazy:
+                pending[next(iter(pending))]  # the first model now, the others when asked for
+                model = KindModels(models=pending)
+            else:
+                model = KindModels(models={key: pending[key] for key in pending})
+        else:
+            model = _load_model(_verified(zf, manifest, "model.skops", path), path)
         raw = _verified(zf, manifest, "arrays.safetensors", path)
         backbones = (_verified(zf, manifest, "backbones.safetensors", path)
                      if "backbones.safetensors" in manifest.get("members", {}) else None)
@@ -333,12 +364,84 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
         model = KindModels(models={"any": model})
         arrays = {(k if is_fingerprint(k) else f"any/{k}"): v for k, v in arrays.items()}
     models = getattr(model, "models", None) if isinstance(model, KindModels) else None
-    if not isinstance(models, dict) or not models or not all(
-            isinstance(k, str) and isinstance(m, AllModel) for k, m in models.items()):
+    if isinstance(models, LazyModels):
+        return model, arrays  # each model is checked as it is rebuilt
+    if not isinstance(models, dict) or not models or not all(isinstance(k, str) for k in models):
         raise BundleError(f"{path.name} does not hold an allgui model.")
     for m in models.values():
-        estimators = getattr(getattr(m, "ensemble_", None), "estimators_", {}) or {}
-        odd = sorted({type(e).__name__ for e in estimators.values()} - CLASSIFIER_TYPES)
-        if odd:
-            raise BundleError(f"{path.name} holds classifiers allgui does not write ({', '.join(odd)}); refused.")
+        _check_model(m, path)
     return model, arrays
+
+
+def _check_model(m, path: Path) -> None:
+    """Raise BundleError unless ``m`` is an AllModel whose base classifiers are of the kinds allgui writes."""
+    if not isinstance(m, AllModel):
+        raise BundleError(f"{path.name} does not hold an allgui model.")
+    estimators = getattr(getattr(m, "ensemble_", None), "estimators_", {}) or {}
+    odd = sorted({type(e).__name__ for e in estimators.values()} - CLASSIFIER_TYPES)
+    if odd:
+        raise BundleError(f"{path.name} holds classifiers allgui does not write ({', '.join(odd)}); refused.")
+
+
+_MODEL_KEY = re.compile(r"^[a-z_]{1,32}$")
+
+
+def _summary(m, member: str) -> dict[str, Any]:
+    """What the manifest says of one model: its member, threshold and feature blocks."""
+    return {"member": member, "threshold": float(m.threshold_), "blocks": [str(b) for b in m.backbones]}
+
+
+def model_summary(models, key: str) -> tuple[float, list[str]]:
+    """(threshold, feature blocks) of model ``key`` of a dict or :class:`LazyModels`, without rebuilding it."""
+    if isinstance(models, LazyModels):
+        return models.summary(key)
+    m = models[key]
+    return float(m.threshold_), list(m.backbones)
+
+
+class LazyModels(Mapping):
+    """Model key -> AllModel of a bundle with one member per model, each rebuilt when first asked for.
+
+    The members' bytes were read and checksummed with the bundle; rebuilding one runs skops' audited load
+    and the same checks as an eager load, and refuses a model whose threshold or feature blocks differ
+    from the manifest's (which :func:`model_summary` gives before it is rebuilt). Thread-safe.
+    """
+
+    def __init__(self, payloads: dict[str, bytes], table: dict[str, dict[str, Any]], path: Path):
+        self._payloads = dict(payloads)
+        self._table = table
+        self._path = path
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key: str):
+        with self._lock:
+            if key not in self._models:
+                if key not in self._table:
+                    raise KeyError(key)
+                m = _load_model(self._payloads[key], self._path)
+                _check_model(m, self._path)
+                if (float(m.threshold_), list(m.backbones)) != self.summary(key):
+                    raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
+                                      f"its {key} model.")
+                self._models[key] = m
+                del self._payloads[key]
+            return self._models[key]
+
+    def __contains__(self, key) -> bool:  # without rebuilding it
+        return key in self._table
+
+    def __iter__(self):
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def rebuilt(self, key: str) -> bool:
+        """Whether model ``key`` has been rebuilt already."""
+        return key in self._models
+
+    def summary(self, key: str) -> tuple[float, list[str]]:
+        """(threshold, feature blocks) of model ``key`` as the manifest gives them."""
+        entry = self._table[key]
+        return float(entry["threshold"]), list(entry["blocks"])

@@ -101,6 +101,16 @@ def check_manifest(manifest: Any, name: str) -> dict[str, Any]:
               f"the checksum of {member!r} is not a SHA-256 hex digest")
         _need(_is_int(meta.get("bytes")) and meta["bytes"] >= 0, name,
               f"the size of {member!r} is not a whole number of bytes")
+    table = manifest.get("models")
+    if table is not None:
+        _need(isinstance(table, dict) and bool(table), name, "models is not a table of models")
+        for key, entry in table.items():
+            _need(isinstance(entry, dict), name, f"the entry of model {key!r} is not a table")
+            _need(isinstance(entry.get("member"), str) and entry["member"] in members, name,
+                  f"model {key!r} names no member of the file")
+            _need(_is_number(entry.get("threshold")), name, f"the threshold of model {key!r} is not a number")
+            _need(isinstance(entry.get("blocks"), list) and all(isinstance(b, str) for b in entry["blocks"]),
+                  name, f"the feature blocks of model {key!r} are not a list of names")
     check_config(manifest.get("config", {}), name)
     versions = manifest.get("versions", {})
     _need(isinstance(versions, dict) and all(isinstance(v, str) for v in versions.values()), name,

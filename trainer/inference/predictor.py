@@ -23,7 +23,7 @@ import torch
 
 from trainer.classical.model import operating_point
 from trainer.config import TrainConfig
-from trainer.inference.bundle import ModelBundle, load_bundle, read_manifest
+from trainer.inference.bundle import LazyModels, ModelBundle, load_bundle, model_summary, read_manifest
 from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, BundleError, Cancelled, ImageReadError
@@ -60,11 +60,14 @@ class Predictor:
                  precision: str | None = None, prebuilt: tuple | None = None):
         self.bundle = bundle
         self.kind_models = bundle.model
-        self.models = dict(bundle.model.models)
+        models = bundle.model.models
+        #: model key -> AllModel; a :class:`LazyModels` rebuilds a model when it first judges an image
+        self.models = models if isinstance(models, LazyModels) else dict(models)
+        summary = {k: model_summary(self.models, k) for k in self.models}  # (threshold, blocks)
         self.config = cfg = bundle.config
         #: precision of the forward passes: see :func:`inference_precision`
         self.precision = _precision(cfg, precision, device)
-        networks = tuple(dict.fromkeys(b for m in self.models.values() for b in m.backbones if b in BACKBONES))
+        networks = tuple(dict.fromkeys(b for _, blocks in summary.values() for b in blocks if b in BACKBONES))
 
         def extractor(blocks, reference=None) -> FeatureExtractor:
             return _extractor(cfg, blocks, device, cache_dir, self.precision, bundle.backbone_state, reference)
@@ -84,8 +87,8 @@ class Predictor:
                 base = extractor(networks)
                 fingerprint.verify(base, bundle.arrays)
         self.extractors: dict[str, FeatureExtractor] = {}
-        for key, model in self.models.items():
-            ex = extractor(tuple(model.backbones), bundle.arrays.get(f"{key}/stain_reference"))
+        for key, (_, blocks) in summary.items():
+            ex = extractor(tuple(blocks), bundle.arrays.get(f"{key}/stain_reference"))
             ex.use_networks_of(base)
             self.extractors[key] = ex
         self.extractor = self.extractors[self.keys[0]]
@@ -94,7 +97,7 @@ class Predictor:
         self._networks = base
         self._side: ThreadPoolExecutor | None = None
         self._overlap = all(ex.stain_reference is None for ex in self.extractors.values())
-        self.thresholds = {k: float(m.threshold_) for k, m in self.models.items()}
+        self.thresholds = {k: threshold for k, (threshold, _) in summary.items()}
         self.threshold = self.thresholds[self.keys[0]]
         first = self.models[self.keys[0]]
         self.model = first
@@ -111,21 +114,23 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None,
-                    precision: str | None = None) -> Predictor:
+                    precision: str | None = None, lazy: bool = False) -> Predictor:
         """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`.
 
         The networks are built and fingerprinted in a second thread while the classifiers are read
-        (torch releases the interpreter lock while it computes, so the two overlap).
+        (torch releases the interpreter lock while it computes, so the two overlap). ``lazy``: rebuild
+        a model other than the first only when an image of its kind arrives (see ``load_bundle``); its
+        BundleError, if any, is then raised by the prediction.
         """
         manifest = read_manifest(path)
         if "backbones.safetensors" in manifest.get("members", {}):  # fine-tuned weights: in the bundle itself
-            return cls(load_bundle(path), device=device, cache_dir=cache_dir, precision=precision)
+            return cls(load_bundle(path, lazy=lazy), device=device, cache_dir=cache_dir, precision=precision)
         cfg = TrainConfig.from_dict(manifest.get("config", {}))
         prec = _precision(cfg, precision, device)
         legacy = manifest["format_version"] < 3  # fingerprinted at the model's input size
         with ThreadPoolExecutor(1, thread_name_prefix="allgui-networks") as pool:
             ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec, legacy)
-            bundle = load_bundle(path)
+            bundle = load_bundle(path, lazy=lazy)
             prebuilt = ready.result()
         return cls(bundle, device=device, cache_dir=cache_dir, precision=precision, prebuilt=prebuilt)
 
