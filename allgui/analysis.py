@@ -52,13 +52,19 @@ def read_one(path: str, progress, cancel, emit) -> np.ndarray:
     return read_image(path)
 
 
-def load_predictor(path: str, progress, cancel, emit):
-    """Model-loading work: the bundle's predictor, warmed up off the GUI thread."""
+def load_predictor(path: str, progress, cancel, emit, warm: bool = True):
+    """Model-loading work: the bundle's predictor, off the GUI thread.
+
+    ``warm``: run one forward pass so that the first image opened later gets a warm network. Left out
+    when images are open (they are analysed as soon as the model is in): the first one's own pass does
+    the same one-time set-up, and its result comes one pass (0.15-0.3 s on 2 cores) sooner.
+    """
     # torch and the models load here, on a worker thread, not when the window starts
     from trainer.inference.predictor import Predictor
 
     predictor = Predictor.from_bundle(path)
-    predictor.warm_up()  # the first image opened gets a warm network
+    if warm:
+        predictor.warm_up()
     return predictor
 
 
@@ -124,7 +130,9 @@ class AnalysisController(QObject):
         """Load a bundle in the background; a load started before it is superseded."""
         self._supersede(self._load)
         self.loading = True
-        task = ThreadTask(load_predictor, str(path), pool=QThreadPool.globalInstance(), name="load-model")
+        # with images open, the new model analyses them at once (set_predictor): no warm-up pass first
+        task = ThreadTask(load_predictor, str(path), warm=not self.state.paths,
+                          pool=QThreadPool.globalInstance(), name="load-model")
         task.finished.connect(lambda pred, p=str(path): self.set_predictor(pred, p))
         task.failed.connect(lambda msg, p=str(path): self._load_failed(p, msg))
         self._load = task

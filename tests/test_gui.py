@@ -264,6 +264,34 @@ def test_no_picture_is_read_on_the_gui_thread_even_while_the_analysis_is_busy(qt
     assert reads_on_gui_thread and not any(reads_on_gui_thread)
 
 
+def test_a_model_loaded_with_images_open_analyses_them_without_a_warm_up_pass_first(
+        qtbot, window, images, tiny_bundle, tmp_path, monkeypatch):
+    from trainer.inference.predictor import Predictor
+    warmed, real = [], Predictor.warm_up
+
+    def warm_up(self):
+        warmed.append(self)
+        real(self)
+
+    monkeypatch.setattr(Predictor, "warm_up", warm_up)
+    win = window
+    _open_and_wait(qtbot, win, [images["blast"]])
+    other = tmp_path / "other.allmodel"
+    shutil.copyfile(tiny_bundle, other)
+    with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
+        win.load_model(str(other))
+    qtbot.waitUntil(lambda: images["blast"] in win.state.predictions, timeout=60_000)
+    # the open image was analysed again by the new model, whose first pass did the set-up itself
+    assert win.model_path == str(other) and win.state.prediction is not None and warmed == []
+    # with no image open, the network is warmed up for the first image to come
+    settings = QSettings(str(tmp_path / "settings2.ini"), QSettings.IniFormat)
+    fresh = MainWindow(model=str(other), settings=settings, models_dir=tmp_path / "models2")
+    qtbot.addWidget(fresh)
+    with qtbot.waitSignal(fresh.modelLoaded, timeout=60_000):
+        fresh.show()
+    assert len(warmed) == 1 and warmed[0] is fresh.predictor
+
+
 def test_bad_image_gives_a_message_not_a_crash(qtbot, window, images, tmp_path, boxes):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
