@@ -1,7 +1,8 @@
 """Prediction speed, start-up, memory and bfloat16 agreement, each with its baseline in the same run.
 
   python benchmarks/predict_throughput.py --crops DIR --fields DIR [--model BUNDLE] [--n 32]
-         [--agreement 300] [--rss 300] [--startup]
+         [--agreement 300] [--rss 300] [--startup] [--startup-only] [--startup-runs 12]
+         [--baseline OLD_CHECKOUT --baseline-model OLD.allmodel]
 
 Measures (ratios against a baseline taken in the same process, never absolute goals):
 
@@ -13,9 +14,11 @@ Measures (ratios against a baseline taken in the same process, never absolute go
   open       one crop opened -> result (``Predictor.predict`` on a warm model), median, against one
              batch-of-one forward pass of the two networks in the same precision (goal <= 1.3x); in the
              default precision and in float32
-  startup    (``--startup``) ``python -m trainer predict`` of one crop, start to exit, seconds, median
-             of 3 after one warm-up run (goal <= 4 s), with ``python -c "import torch"`` as its floor
-             (also timed without the interpreter's teardown, which the CLI skips)
+  startup    (``--startup``, ``--startup-only``) ``python -m trainer predict`` of one crop, start to
+             exit, seconds, median of ``--startup-runs`` after one warm-up run (goal <= 4 s), with
+             ``python -c "import torch"`` as its floor (also timed without the interpreter's teardown,
+             which the CLI skips); with ``--baseline DIR [--baseline-model BUNDLE]`` another checkout
+             runs in turn with this one, and ``startup_ratio_to_baseline`` is the median per-round ratio
   agreement  (``--agreement K``) K images predicted in float32 and in bfloat16: share of identical
              decisions and the largest probability difference (bfloat16 is the default only where
              this is >= 99.5 %)
@@ -148,6 +151,45 @@ def rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
+def startup_times(model: str, crop: Path, tmp: Path, runs: int, baseline: str | None = None,
+                  baseline_model: str | None = None) -> dict[str, float]:
+    """``python -m trainer predict`` of one crop, start to exit: medians over ``runs`` fresh processes.
+
+    Each round runs this code, then (with ``baseline``, another checkout's folder, and its model) the
+    baseline, then ``import torch`` with and without teardown, one after the other: a host whose speed
+    drifts slows all of them alike, and ``startup_ratio_to_baseline`` is the median of the per-round
+    ratios. One warm-up run of each comes first (disk cache, byte code, the network cache).
+    """
+    def env_for(code: Path) -> dict:
+        env = dict(os.environ, PYTHONPATH=str(code))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: byte code cached
+        return env
+
+    def predict(code: Path, bundle: str) -> tuple[list[str], dict, Path]:
+        return ([sys.executable, "-m", "trainer", "predict", "-m", str(Path(bundle).resolve()), str(crop.resolve()),
+                 "-o", str(tmp / "one.csv"), "-q"], env_for(code), code)
+
+    cmds = {"startup_predict_one": predict(CODE, model),
+            "startup_import_torch": ([sys.executable, "-c", "import torch"], env_for(CODE), CODE),
+            # the same without the interpreter's teardown, as the CLI's console entry exits
+            "startup_import_torch_no_teardown": ([sys.executable, "-c", "import os, torch; os._exit(0)"],
+                                                 env_for(CODE), CODE)}
+    if baseline:
+        cmds["startup_baseline_predict_one"] = predict(Path(baseline).resolve(), baseline_model or model)
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for r in range(runs + 1):
+        for name, (cmd, env, cwd) in cmds.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, cwd=cwd, capture_output=True)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    out = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+    if baseline:
+        out["startup_ratio_to_baseline"] = statistics.median(
+            t / b for t, b in zip(times["startup_predict_one"], times["startup_baseline_predict_one"]))
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
@@ -158,6 +200,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--agreement", type=int, default=0)
     ap.add_argument("--rss", type=int, default=0)
     ap.add_argument("--startup", action="store_true")
+    ap.add_argument("--startup-runs", type=int, default=3, help="rounds of the start-up measure")
+    ap.add_argument("--startup-only", action="store_true", help="only the start-up measure")
+    ap.add_argument("--baseline", help="with --startup: a checkout of other code, run in turn with this one")
+    ap.add_argument("--baseline-model", help="the bundle the baseline runs (default: --model)")
     ap.add_argument("--code", help="folder holding the trainer package to measure (default: this checkout)")
     a = ap.parse_args(argv)
 
@@ -167,6 +213,12 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="predict_bench_"))
     model = a.model or stand_in_bundle(tmp)
     out["model"] = model
+    if a.startup_only:
+        out.update(startup_times(model, images_in(a.crops, 1)[0], tmp, a.startup_runs, a.baseline,
+                                 a.baseline_model or model))
+        for k, v in out.items():
+            print(f"{k:34s} {v:.4g}" if isinstance(v, float) else f"{k:34s} {v}")
+        return out
     pred = load(model, a.precision)
     getattr(pred, "warm_up", lambda: None)()
     out["precision"] = getattr(pred, "precision", "fp32")
@@ -231,24 +283,7 @@ def main(argv=None) -> dict:
         out["rss_peak_mb"] = peak_rss_mb()
 
     if a.startup:
-        # as installed: byte code may be cached (an install compiles it); the first run warms the disk cache
-        env = dict(os.environ, PYTHONPATH=str(CODE))
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-
-        def seconds(cmd: list[str], runs: int = 3) -> float:
-            subprocess.run(cmd, check=True, env=env, capture_output=True)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, env=env, capture_output=True)
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
-
-        out["startup_import_torch_s"] = seconds([sys.executable, "-c", "import torch"])
-        # the same without the interpreter's teardown, as the CLI's console entry exits
-        out["startup_import_torch_no_teardown_s"] = seconds([sys.executable, "-c", "import os, torch; os._exit(0)"])
-        out["startup_predict_one_s"] = seconds([sys.executable, "-m", "trainer", "predict", "-m", model,
-                                                str(crops[0]), "-o", str(tmp / "one.csv"), "-q"])
+        out.update(startup_times(model, crops[0], tmp, a.startup_runs, a.baseline, a.baseline_model or model))
 
     for k, v in out.items():
         print(f"{k:34s} {v:.4g}" if isinstance(v, float) else f"{k:34s} {v}")
