@@ -43,8 +43,9 @@ class Predictor:
 
     Attributes
     ----------
-    models : dict of str to AllModel
-        Model key -> fitted model.
+    models : dict or LazyModels of str to AllModel
+        Model key -> fitted model (a LazyModels after ``from_bundle(lazy=True)``: each model is rebuilt
+        when first asked for).
     thresholds : dict of str to float
         Model key -> default decision threshold on the calibrated probability (Youden's J
         optimum on that model's validation split); ``threshold`` is the first model's.
