@@ -53,10 +53,15 @@ def _opt(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, he
     return field(default=default, metadata=meta)
 
 
+def cache_home() -> str:
+    """The per-user cache folder of allgui: ``$XDG_CACHE_HOME/allgui`` (``~/.cache/allgui``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "allgui")
+
+
 def default_cache_dir() -> str:
     """The feature cache folder used unless another is given: ``$XDG_CACHE_HOME/allgui/features``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "allgui", "features")
+    return os.path.join(cache_home(), "features")
 
 
 def finetune_wanted(choice: str, device: str) -> bool:

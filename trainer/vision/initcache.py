@@ -29,6 +29,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from trainer.config import cache_home
 from trainer.util.atomic import atomic_write
 from trainer.util.versions import torchvision_version
 from trainer.vision import trunks
@@ -43,8 +44,7 @@ def folder() -> Path | None:
     env = os.environ.get(ENV)
     if env is not None:
         return None if env.strip().lower() in _OFF else Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "allgui" / "networks"
+    return Path(cache_home()) / "networks"
 
 
 @functools.cache
@@ -86,10 +86,10 @@ def load(name: str, seed: int, expected: Mapping[str, tuple[tuple[int, ...], tor
     p = path(name, seed)
     if p is None or not p.is_file():
         return None
-    try:
+    try:  # memory-mapped: the tensors share the file's pages until written to
         with safetensors.safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
-        state = safetensors.torch.load_file(str(p))
+            state = fh.get_tensors()
     except Exception as e:  # truncated or not a safetensors file
         log.info("network cache %s unreadable (%s); drawing the network again", p.name, e)
         return None
