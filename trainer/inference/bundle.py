@@ -13,12 +13,12 @@ Layout (format ``allgui-model``, version 3)::
                            explanation probes ``<key>/explain/<backbone>/{mean,scale,coef,intercept,reference}``
                            (plain float arrays, see :mod:`trainer.inference.explain`): bundles written before
                            them load and predict unchanged, they only cannot show heatmaps
+    backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
 
 Version 1 bundles (one AllModel, arrays ``validation/...`` and ``test/...``) still load: they come
 back as a KindModels with the single key ``"any"``. Versions 1 and 2 store the fingerprints at the model's
 input size (``probe/<backbone>``, see :mod:`trainer.vision.fingerprint`); version 3 at a small input size,
 so an allgui that reads only versions 1 and 2 refuses a newer bundle instead of skipping its check.
-    backbones.safetensors  optional backbone weights ("<backbone>/<param>"), e.g. fine-tuned ones
 
 Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
 allow-list (the scikit-learn estimators allgui writes, four scikit-learn internals and this package's
@@ -386,17 +386,22 @@ def _check_model(m, path: Path) -> None:
 _MODEL_KEY = re.compile(r"^[a-z_]{1,32}$")
 
 
+def _describe(m) -> tuple[float, list[str]]:
+    """(threshold, feature blocks) of a fitted AllModel, as the manifest records them."""
+    return float(m.threshold_), [str(b) for b in m.backbones]
+
+
 def _summary(m, member: str) -> dict[str, Any]:
     """What the manifest says of one model: its member, threshold and feature blocks."""
-    return {"member": member, "threshold": float(m.threshold_), "blocks": [str(b) for b in m.backbones]}
+    threshold, blocks = _describe(m)
+    return {"member": member, "threshold": threshold, "blocks": blocks}
 
 
 def model_summary(models, key: str) -> tuple[float, list[str]]:
     """(threshold, feature blocks) of model ``key`` of a dict or :class:`LazyModels`, without rebuilding it."""
     if isinstance(models, LazyModels):
         return models.summary(key)
-    m = models[key]
-    return float(m.threshold_), list(m.backbones)
+    return _describe(models[key])
 
 
 class LazyModels(Mapping):
@@ -421,7 +426,7 @@ class LazyModels(Mapping):
                     raise KeyError(key)
                 m = _load_model(self._payloads[key], self._path)
                 _check_model(m, self._path)
-                if (float(m.threshold_), list(m.backbones)) != self.summary(key):
+                if _describe(m) != self.summary(key):
                     raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
                                       f"its {key} model.")
                 self._models[key] = m
