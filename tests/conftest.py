@@ -16,6 +16,34 @@ import pytest
 TINY_SIZE = 48  # network input side for tests, pixels
 
 
+def rewrite_bundle(src, dst, replace: dict | None = None, drop=(), change=None):
+    """A copy of bundle ``src`` written to ``dst`` (returned), as a hand-edited file would be.
+
+    Members in ``replace`` (name -> bytes) are replaced or added and those in ``drop`` removed, their
+    manifest sizes and SHA-256 kept consistent; then ``change(manifest)`` edits the manifest itself.
+    """
+    import hashlib
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    for name in drop:
+        members.pop(name, None)
+        manifest["members"].pop(name, None)
+    for name, data in (replace or {}).items():
+        members[name] = data
+        manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    if change is not None:
+        change(manifest)
+    with zipfile.ZipFile(dst, "w") as z:
+        z.writestr("manifest.json", json.dumps(manifest))
+        for n, d in members.items():
+            z.writestr(n, d)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def tiny_cnmc(tmp_path_factory):
     """A C-NMC-style folder (all/ + hem/, UID_ names): 12 images per class, 6 subjects each."""

@@ -1,14 +1,13 @@
 """Bundles written before the package was cut into layers name their estimators by the old module
 paths (``trainer.model.AllModel``); they still load, as today's classes, and nothing else is trusted."""
-import hashlib
 import io
-import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import rewrite_bundle
 
 from trainer.classical.model import AllModel, KindModels
 from trainer.inference.bundle import LEGACY_MODULES, current_type_names, load_bundle
@@ -43,16 +42,7 @@ MEMBER = "model-single_cell.skops"
 
 def _with_model(src, dst, skops_bytes: bytes):
     """A copy of bundle ``src`` whose model member is ``skops_bytes`` (manifest hashes updated)."""
-    with zipfile.ZipFile(src) as zin:
-        members = {n: zin.read(n) for n in zin.namelist()}
-    members[MEMBER] = skops_bytes
-    manifest = json.loads(members["manifest.json"])
-    manifest["members"][MEMBER] = {"sha256": hashlib.sha256(skops_bytes).hexdigest(), "bytes": len(skops_bytes)}
-    members["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(dst, "w") as zout:
-        for n, d in members.items():
-            zout.writestr(n, d)
-    return dst
+    return rewrite_bundle(src, dst, replace={MEMBER: skops_bytes})
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped default model is not in this checkout")

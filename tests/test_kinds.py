@@ -8,7 +8,7 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
-from conftest import TINY_SIZE
+from conftest import TINY_SIZE, rewrite_bundle
 
 from trainer.classical.stacking import StackedCombiner, inner_folds
 from trainer.config import TrainConfig
@@ -103,16 +103,7 @@ def test_a_lazy_load_rebuilds_a_model_only_when_an_image_of_its_kind_arrives(mix
     assert [v.probability for v in b.whole.votes] == [v.probability for v in want_b.whole.votes]
 
     def altered(change):
-        with zipfile.ZipFile(path) as z:
-            members = {n: z.read(n) for n in z.namelist()}
-        m = json.loads(members["manifest.json"])
-        change(m)
-        members["manifest.json"] = json.dumps(m).encode()
-        out = tmp_path / f"altered{len(list(tmp_path.iterdir()))}.allmodel"
-        with zipfile.ZipFile(out, "w") as z:
-            for n, d in members.items():
-                z.writestr(n, d)
-        return out
+        return rewrite_bundle(path, tmp_path / f"altered{len(list(tmp_path.iterdir()))}.allmodel", change=change)
 
     # a manifest that lowers the field model's threshold is caught when that model is rebuilt: by an eager
     # load at once, by a lazy one before the first field is judged
@@ -138,21 +129,16 @@ def test_a_lazy_load_rebuilds_a_model_only_when_an_image_of_its_kind_arrives(mix
 
 def test_bundles_of_one_model_member_still_load(mixed_training, tmp_path):
     # format 2 stored every model in one model.skops (a KindModels) with no models table in the manifest
-    import hashlib
-
     import skops.io
-    with zipfile.ZipFile(mixed_training.bundle_path) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    manifest = json.loads(members.pop("manifest.json"))
-    del members["model-single_cell.skops"], members["model-field.skops"], manifest["models"]
-    members["model.skops"] = skops.io.dumps(mixed_training.model)
-    manifest["format_version"] = 2
-    manifest["members"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in members.items()}
-    old = tmp_path / "v2.allmodel"
-    with zipfile.ZipFile(old, "w") as z:
-        z.writestr("manifest.json", json.dumps(manifest))
-        for n, d in members.items():
-            z.writestr(n, d)
+
+    def as_version_2(manifest):
+        del manifest["models"]
+        manifest["format_version"] = 2
+
+    old = rewrite_bundle(mixed_training.bundle_path, tmp_path / "v2.allmodel",
+                         replace={"model.skops": skops.io.dumps(mixed_training.model)},
+                         drop=("model-single_cell.skops", "model-field.skops"), change=as_version_2)
+    assert sorted(read_manifest(old)["members"]) == ["arrays.safetensors", "model.skops"]
     rng = np.random.default_rng(3)
     crop, field = make_cell_image(64, malignant=False, rng=rng)[0], make_smear_field(160, 2, rng)[0]
     for lazy in (False, True):

@@ -1,12 +1,12 @@
 """End to end: generated folder -> train -> bundle -> load -> predict, and what goes wrong safely."""
 import dataclasses
-import json
 import shutil
 import time
 import zipfile
 
 import numpy as np
 import pytest
+from conftest import rewrite_bundle
 
 from trainer.config import FinetuneConfig
 from trainer.inference.bundle import load_bundle, read_manifest, save_bundle
@@ -102,21 +102,9 @@ def test_tampered_truncated_and_foreign_bundles_are_refused(tiny_bundle, tmp_pat
     with pytest.raises(BundleError, match="not an allgui model"):
         load_bundle(foreign)
     # a consistent-looking bundle whose model part is replaced by a pickle is refused, not run
-    import hashlib
-    import json
     import pickle
-    evil = pickle.dumps(print)
-    with zipfile.ZipFile(tiny_bundle) as z:
-        manifest = json.loads(z.read("manifest.json"))
-        members = {n: z.read(n) for n in z.namelist()}
-    member = manifest["models"]["single_cell"]["member"]
-    members[member] = evil
-    manifest["members"][member] = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
-    members["manifest.json"] = json.dumps(manifest).encode()
-    swapped = tmp_path / "swapped.allmodel"
-    with zipfile.ZipFile(swapped, "w") as z:
-        for n, d in members.items():
-            z.writestr(n, d)
+    member = read_manifest(tiny_bundle)["models"]["single_cell"]["member"]
+    swapped = rewrite_bundle(tiny_bundle, tmp_path / "swapped.allmodel", replace={member: pickle.dumps(print)})
     with pytest.raises(BundleError):
         load_bundle(swapped)
 
@@ -128,37 +116,14 @@ def test_backbones_that_do_not_match_the_fingerprint_are_refused(tiny_bundle):
         Predictor(b)
 
 
-def _rewrite_manifest(src, dst, change):
-    with zipfile.ZipFile(src) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    manifest = json.loads(members["manifest.json"])
-    change(manifest)
-    members["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(dst, "w") as z:
-        for n, d in members.items():
-            z.writestr(n, d)
-    return dst
-
-
 def _with_fingerprint(src, dst, probes: dict, version: int):
     """``src`` rewritten as format ``version`` whose only fingerprint arrays are ``probes``."""
-    import hashlib
-
     import safetensors.numpy
     with zipfile.ZipFile(src) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    arrays = {k: v for k, v in safetensors.numpy.load(members["arrays.safetensors"]).items()
-              if not fingerprint.is_fingerprint(k)}
-    members["arrays.safetensors"] = safetensors.numpy.save({**arrays, **probes})
-    manifest = json.loads(members["manifest.json"])
-    manifest["format_version"] = version
-    data = members["arrays.safetensors"]
-    manifest["members"]["arrays.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    members["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(dst, "w") as z:
-        for n, d in members.items():
-            z.writestr(n, d)
-    return dst
+        arrays = {k: v for k, v in safetensors.numpy.load(z.read("arrays.safetensors")).items()
+                  if not fingerprint.is_fingerprint(k)}
+    return rewrite_bundle(src, dst, replace={"arrays.safetensors": safetensors.numpy.save({**arrays, **probes})},
+                          change=lambda m: m.update(format_version=version))
 
 
 def test_the_fingerprint_is_taken_at_the_probe_size_and_older_bundles_still_checked(tiny_bundle, tiny_predictor,
@@ -211,7 +176,7 @@ def test_loading_builds_the_networks_beside_the_classifiers_and_still_checks_the
         manifest["config"]["seed"] += 1
 
     with pytest.raises(BundleError, match="does not give the features"):
-        Predictor.from_bundle(_rewrite_manifest(tiny_bundle, tmp_path / "seed.allmodel", other_seed))
+        Predictor.from_bundle(rewrite_bundle(tiny_bundle, tmp_path / "seed.allmodel", change=other_seed))
 
 
 def test_cancel_and_failure_leave_the_previous_model_intact(tiny_config, tiny_bundle, tmp_path):
