@@ -162,7 +162,10 @@ class ReviewBar(QWidget):
         bar.target.setText(f"<b>{Path(path).name}</b> \u2014 {where}")
         model = rv.model_decision()
         if model is None:
-            bar.model.setText("model: analysing\u2026" if path not in st.errors else "model: could not analyse")
+            if path in st.errors:
+                bar.model.setText("model: could not analyse")
+            else:  # as the side panel says: nothing is analysed without a model
+                bar.model.setText("model: analysing\u2026" if st.model_name else "model: no model loaded")
         else:
             colour = DECISION_COLOURS.get(model, (0, 0, 0))
             bar.model.setText(f"model: <b style='color:{_rgb(colour)}'>{model}</b>")

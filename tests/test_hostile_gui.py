@@ -78,3 +78,25 @@ def test_export_csv_neutralises_formulas_and_escapes_odd_names(tmp_path):
     rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert [r["file"] for r in rows] == ["'=HYPERLINK(1).png", "'@x.png", "caf\\xe9.png"]
     assert all(not r["error"].startswith(("=", "+", "-", "@")) for r in rows)
+
+
+def test_a_model_that_fails_to_load_leaves_the_window_saying_so(qtbot, tiny_bundle, tmp_path, boxes):
+    # a bundle whose manifest no longer describes its model: refused, and no part of the window pretends
+    # that the open image is being analysed
+    from conftest import rewrite_bundle
+    from PySide6.QtCore import QSettings
+
+    from allgui.main_window import MainWindow
+    bad = rewrite_bundle(tiny_bundle, tmp_path / "altered.allmodel",
+                         change=lambda m: m["models"]["single_cell"].update(threshold=0.01))
+    img = tmp_path / "cell.png"
+    cv2.imwrite(str(img), np.full((64, 64, 3), 90, np.uint8))
+    win = MainWindow(model=str(bad), settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat),
+                     models_dir=tmp_path / "models")
+    qtbot.addWidget(win)
+    win.show()
+    win.open_files([str(img)])
+    qtbot.waitUntil(lambda: bool(boxes) and boxes[-1][0] == "critical", timeout=60_000)
+    assert "has been altered" in boxes[-1][2] and win.predictor is None
+    qtbot.waitUntil(lambda: win.review_controller.bar.model.text() == "model: no model loaded", timeout=10_000)
+    assert win.side.where.text() == "No model loaded."  # the side panel agrees
