@@ -2,11 +2,10 @@
 
 scikit-learn predicts with a forest or AdaBoost one tree at a time, each call validating its input: for
 one image, 100 trees took 5 ms and 100 stumps 11 ms, more than the other three classifiers together.
-Here all trees walk at once, one numpy step per tree level. The comparisons are scikit-learn's (the
-rows in float32 against float64 thresholds, left when ``<=``) and the sums run in its order, so the
-probabilities are the same numbers. Each read-out is checked against scikit-learn's own
-``predict_proba`` when it is built; where they differ (another scikit-learn, missing values) the
-estimator's own method is used.
+Here all trees walk at once, one numpy step per tree level (:mod:`trainer.classical.treewalk`), with
+scikit-learn's comparisons and order of sums, so the probabilities are the same numbers. Each read-out is
+checked against scikit-learn's own ``predict_proba`` when it is built; where they differ (another
+scikit-learn, missing values) the estimator's own method is used.
 """
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ import weakref
 
 import numpy as np
 from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
-from sklearn.utils.extmath import softmax
+
+from trainer.classical.treewalk import Trees, forest_proba, samme_proba
 
 #: at most this many rows take the vectorised read-out (more rows: scikit-learn's own loop is as fast)
 MAX_ROWS = 64
@@ -24,69 +24,22 @@ _readers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # estimator -
 _lock = threading.Lock()
 
 
-class _Trees:
-    """The nodes of fitted decision trees in flat arrays; children are indices into them.
-
-    A leaf is its own child, so walking ``depth`` steps from the roots ends on every row's leaf.
-    """
-
-    def __init__(self, trees) -> None:
-        sizes = [t.tree_.node_count for t in trees]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
-        left, right, feature, threshold, value = [], [], [], [], []
-        for t, off in zip(trees, offsets):
-            tr = t.tree_
-            own = np.arange(tr.node_count, dtype=np.intp) + off
-            leaf = tr.children_left == -1
-            left.append(np.where(leaf, own, tr.children_left + off))
-            right.append(np.where(leaf, own, tr.children_right + off))
-            feature.append(np.where(leaf, 0, tr.feature))
-            threshold.append(tr.threshold)
-            value.append(tr.value[:, 0, :])
-        self.roots = offsets
-        self.left = np.concatenate(left)
-        self.right = np.concatenate(right)
-        self.feature = np.concatenate(feature).astype(np.intp)
-        self.threshold = np.concatenate(threshold).astype(np.float64)
-        self.value = np.concatenate(value).astype(np.float64)        # (nodes, n_classes)
-        self.depth = max(int(t.tree_.max_depth) for t in trees)
-
-    def leaves(self, X: np.ndarray) -> np.ndarray:
-        """(N, T) node index of the leaf each row reaches in each tree; ``X`` (N, D) float32."""
-        node = np.broadcast_to(self.roots, (len(X), len(self.roots))).copy()
-        rows = np.arange(len(X))[:, None]
-        for _ in range(self.depth):
-            go_left = X[rows, self.feature[node]] <= self.threshold[node]
-            node = np.where(go_left, self.left[node], self.right[node])
-        return node
-
-
 class _Reader:
     """``predict_proba`` of one fitted RandomForestClassifier or binary AdaBoostClassifier."""
 
     def __init__(self, est) -> None:
         self.est = est
-        self.trees = _Trees(est.estimators_)
+        self.trees = Trees([(t.tree_.children_left, t.tree_.children_right, t.tree_.feature,
+                             t.tree_.threshold, t.tree_.value[:, 0, :]) for t in est.estimators_],
+                           int(est.n_features_in_))
         if isinstance(est, AdaBoostClassifier):
-            w = np.asarray(est.estimator_weights_, dtype=np.float64)[:len(est.estimators_)]
-            self.weights = w
-            self.other = (-1 / (est.n_classes_ - 1)) * w   # the weight of a vote for another class
+            self.weights = np.asarray(est.estimator_weights_, dtype=np.float64)[:len(est.estimators_)]
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
-        values = self.trees.value[self.trees.leaves(X)]           # (N, T, C)
+        values = self.trees.leaf_values(X)                       # (N, T, C)
         if isinstance(self.est, RandomForestClassifier):
-            # RandomForestClassifier: zeros, += each tree's leaf fractions in order, / n_trees
-            return np.cumsum(values, axis=1)[:, -1] / len(self.est.estimators_)
-        # AdaBoost (SAMME), binary: each stump votes for its argmax class with its weight
-        vote = self.est.classes_.take(np.argmax(values, axis=2))  # (N, T)
-        terms = np.where((vote[:, :, None] == self.est.classes_[None, None, :]),
-                         self.weights[None, :, None], self.other[None, :, None])
-        pred = np.cumsum(terms, axis=1)[:, -1]                   # (N, C), summed in estimator order
-        pred /= self.est.estimator_weights_.sum()
-        pred[:, 0] *= -1
-        decision = pred.sum(axis=1)
-        return softmax(np.vstack([-decision, decision]).T / 2, copy=False)
+            return forest_proba(values)
+        return samme_proba(values, self.est.classes_, self.weights, self.est.estimator_weights_.sum())
 
 
 def _probe_rows(est, n: int = 16) -> np.ndarray:
