@@ -14,6 +14,9 @@ from threadpoolctl import ThreadpoolController
 from trainer.classical.calibration import ScoreCalibrator
 from trainer.classical.ensemble import WeightedVotingEnsemble
 from trainer.classical.fusion import FeatureFusion
+
+# KindModels: bundles of format 2 name it in this module
+from trainer.classical.kinds import KindModels, operating_point  # noqa: F401
 from trainer.classical.stacking import StackedCombiner, inner_folds
 from trainer.config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, TrainConfig
 from trainer.stats.metrics import youden_threshold
@@ -211,17 +214,6 @@ def _fold_probabilities(classifiers, seed: int, X, y, groups, X_test) -> np.ndar
     return _fit_ensemble(classifiers, seed, X, y, None, None, groups).probabilities_and_votes(X_test)[0]
 
 
-def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(sensitivity, specificity) of the rule ``p >= threshold`` against labels ``y`` (N,).
-
-    NaN for a class that is absent. Plain numpy: the app calls it on every slider move.
-    """
-    y, pred = np.asarray(y), np.asarray(p) >= threshold
-    sens = float(np.mean(pred[y == 1])) if np.any(y == 1) else float("nan")
-    spec = float(np.mean(~pred[y == 0])) if np.any(y == 0) else float("nan")
-    return sens, spec
-
-
 def _margin_threshold(scores: np.ndarray, t: float) -> float:
     """Move a Youden threshold (one of ``scores``) half-way down to the next lower score.
 
@@ -248,33 +240,6 @@ def fit_model(feats, y, train_idx, val_idx, config: TrainConfig, backbones=None,
     return AllModel.from_config(config, backbones, pca).fit(
         subset(feats, train_idx), y[train_idx], subset(feats, val_idx), y[val_idx], progress=progress,
         groups=None if g is None else g[train_idx], val_groups=None if g is None else g[val_idx])
-
-
-class KindModels(BaseEstimator):
-    """One fitted :class:`AllModel` per image kind, as a model bundle stores them.
-
-    ``models`` maps a model key to its AllModel: ``"single_cell"`` (single-cell crops),
-    ``"field"`` (smear fields), or ``"any"`` (one model for every image, as in bundles written
-    before per-kind models).
-    """
-
-    def __init__(self, models: dict | None = None):
-        self.models = models
-
-    def keys(self) -> list[str]:
-        return list(self.models or {})
-
-    def route(self, image_kind: str) -> str:
-        """The key of the model that judges an image of ``image_kind``.
-
-        The model of that kind where there is one, else the only (or first) model.
-        """
-        models = self.models or {}
-        if image_kind in models:
-            return image_kind
-        if "any" in models:
-            return "any"
-        return next(iter(models))
 
 
 @functools.cache

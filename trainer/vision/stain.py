@@ -11,8 +11,6 @@ from collections.abc import Iterable
 
 import cv2
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted
 
 from trainer.vision.segmentation import BLACK_LEVEL, brightest_channel
 
@@ -66,12 +64,13 @@ def reinhard(img: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out
 
 
-class ReinhardNormalizer(BaseEstimator):
+class ReinhardNormalizer:
     """Reinhard colour normalisation to a reference fitted on training images.
 
     ``fit(images)`` takes RGB uint8 arrays (or an (N, 6) array of :func:`lab_stats` rows) and
     sets the reference to the mean of the per-image Lab means and standard deviations.
-    Learned: ``reference_`` (6,) float64, ``n_images_``.
+    Learned: ``reference_`` (6,) float64, ``n_images_``. scikit-learn's conventions without its base
+    class (it has no parameters), so that prediction, which imports this module, needs no scikit-learn.
     """
 
     def fit(self, images: Iterable, y=None) -> ReinhardNormalizer:
@@ -86,5 +85,6 @@ class ReinhardNormalizer(BaseEstimator):
         return self
 
     def transform_image(self, img: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "reference_")
+        if not hasattr(self, "reference_"):
+            raise ValueError("this ReinhardNormalizer is not fitted yet; call fit with training images first")
         return reinhard(img, self.reference_)
