@@ -97,15 +97,16 @@ def _class_renamed(skops_bytes: bytes, old: str, new: str) -> bytes:
 def test_a_scikit_learn_estimator_allgui_never_writes_is_refused(tiny_bundle, tmp_path):
     # NuSVC in place of the SVC inside the calibrated SVM: a real scikit-learn estimator, but not one of
     # those allgui writes; checked in a fresh process, where skops was imported the way the app imports it
+    # (prediction from a read-out imports no skops at all: see test_readout.py)
     with zipfile.ZipFile(tiny_bundle) as zf:
         nu = _class_renamed(zf.read(MEMBER), "SVC", "NuSVC")
     odd = _with_model(tiny_bundle, tmp_path / "nusvc.allmodel", nu)
     code = (
         "import sys\n"
-        "import trainer.inference.predictor\n"  # the prediction path, as the app and the CLI load it
+        "from allgui.analysis import load_predictor\n"
+        f"load_predictor({str(tiny_bundle)!r}, None, None, None, warm=False)\n"  # the app's model load
         "from trainer.inference.bundle import load_bundle\n"
         "from trainer.util.errors import BundleError\n"
-        f"load_bundle({str(tiny_bundle)!r})\n"
         "try:\n"
         f"    load_bundle({str(odd)!r})\n"
         "except BundleError as e:\n"

@@ -3,7 +3,8 @@
 Layout (format ``allgui-model``, version 3)::
 
     manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members;
-                           ``models``: per model key its member, threshold and feature blocks
+                           ``models``: per model key its member, threshold and feature blocks, and
+                           ``readout`` where its numpy read-out was checked against it when saved
     model-<key>.skops      one fitted :class:`trainer.classical.model.AllModel` per image kind (skops: no code
                            runs on load); ``load_bundle(lazy=True)`` rebuilds only the first until another
                            is asked for. Bundles of versions 1 and 2 hold one ``model.skops`` instead
@@ -47,12 +48,11 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 import safetensors.torch
-import sklearn
 import torch
 
 from trainer import __version__
-from trainer.classical.model import AllModel, KindModels
-from trainer.classical.serialise import SKLEARN_ESTIMATORS, skops_io
+from trainer.classical import readout
+from trainer.classical.kinds import KindModels
 from trainer.config import TrainConfig
 from trainer.inference.manifest_schema import check_manifest
 from trainer.util.atomic import atomic_write
@@ -71,11 +71,14 @@ from trainer.vision.fingerprint import is_fingerprint
 
 FORMAT = "allgui-model"
 FORMAT_VERSION = 3
+#: a manifest's ``models.<key>.readout``: the model's classical stage was checked, when saved, to compute
+#: the same with :class:`trainer.classical.readout.ModelReadout` (numpy only) as with scikit-learn
+READOUT_VERSION = 1
 READABLE_VERSIONS = (1, 2, 3)
 SUFFIX = ".allmodel"
 MAX_MEMBER_BYTES = MAX_BUNDLE_MEMBER_BYTES  # kept for callers of the old name
 OWN_TYPES = frozenset({
-    "trainer.classical.model.AllModel", "trainer.classical.model.KindModels",
+    "trainer.classical.model.AllModel", "trainer.classical.model.KindModels", "trainer.classical.kinds.KindModels",
     "trainer.classical.stacking.StackedCombiner", "trainer.classical.fusion.FeatureFusion",
     "trainer.classical.ensemble.WeightedVotingEnsemble", "trainer.classical.calibration.ScoreCalibrator",
 })
@@ -113,6 +116,8 @@ class ModelBundle:
 
 def package_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
+    import sklearn  # only when saving: prediction from a read-out never imports scikit-learn
+
     return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "torch": torch.__version__,
             "torchvision": torchvision_version()}
@@ -124,6 +129,8 @@ def _sha256(data: bytes) -> str:
 
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically; returns the path."""
+    from trainer.classical.serialise import skops_io  # scikit-learn and skops: not needed to predict
+
     path = Path(path)
     members: dict[str, bytes] = {}
     table: dict[str, dict[str, Any]] = {}
@@ -131,8 +138,10 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
         for key, m in bundle.model.models.items():
             if not _MODEL_KEY.match(key):
                 raise ValueError(f"model key {key!r} is not a lower-case word")
-            members[f"model-{key}.skops"] = skops_io.dumps(m)
+            members[f"model-{key}.skops"] = payload = skops_io.dumps(m)
             table[key] = _summary(m, f"model-{key}.skops")
+            if readout.agrees(m, payload):  # offered to predictions that would rather not import scikit-learn
+                table[key]["readout"] = READOUT_VERSION
     else:
         members["model.skops"] = skops_io.dumps(bundle.model)
     arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
@@ -302,6 +311,9 @@ def _load_model(data: bytes, path: Path):
     Only allgui's own types, the scikit-learn estimators and internals it writes and skops' defaults are accepted;
     skops audits the types while loading.
     """
+    # scikit-learn and skops cost a second of start-up: imported when a model is rebuilt, not to read a bundle
+    from trainer.classical.serialise import SKLEARN_ESTIMATORS, skops_io
+
     try:
         return skops_io.loads(current_type_names(data),
                               trusted=sorted(OWN_TYPES | SKLEARN_INTERNALS | SKLEARN_ESTIMATORS))
@@ -313,12 +325,14 @@ def _load_model(data: bytes, path: Path):
         raise BundleError(f"{path.name}: the model part cannot be reconstructed ({e}).") from None
 
 
-def load_bundle(path: str | os.PathLike, lazy: bool = False) -> ModelBundle:
+def load_bundle(path: str | os.PathLike, lazy: bool = False, readouts: bool = False) -> ModelBundle:
     """Read and verify a bundle. Raises :class:`BundleError` with a clear message.
 
     Every member is read and its checksum verified here. ``lazy``: of a bundle with one member per model,
     only the first model is rebuilt now and each other one when first asked for (see :class:`LazyModels`;
-    a one-crop prediction then skips the field model's share of the start-up).
+    a one-crop prediction then skips the field model's share of the start-up). ``readouts`` (with
+    ``lazy``): a model the manifest offers a read-out of comes back as a
+    :class:`trainer.classical.readout.ModelReadout`, which predicts without scikit-learn.
     """
     path = Path(path)
     with _open_zip(path) as zf:
@@ -326,7 +340,7 @@ def load_bundle(path: str | os.PathLike, lazy: bool = False) -> ModelBundle:
         table = manifest.get("models")
         if table:
             payloads = {key: _verified(zf, manifest, entry["member"], path) for key, entry in table.items()}
-            pending = LazyModels(payloads, table, path)
+            pending = LazyModels(payloads, table, path, readouts=lazy and readouts)
             if lazy:
                 pending[next(iter(pending))]  # the first model now, the others when asked for
                 model = KindModels(models=pending)
@@ -360,12 +374,15 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
     A version-1 AllModel becomes the single model ``"any"`` with its arrays re-keyed; every model's base
     classifiers are checked.
     """
+    models = getattr(model, "models", None) if isinstance(model, KindModels) else None
+    if isinstance(models, LazyModels):
+        return model, arrays  # each model is checked as it is rebuilt
+    from trainer.classical.model import AllModel  # scikit-learn: loaded with the model, not for a read-out
+
     if isinstance(model, AllModel):
         model = KindModels(models={"any": model})
         arrays = {(k if is_fingerprint(k) else f"any/{k}"): v for k, v in arrays.items()}
     models = getattr(model, "models", None) if isinstance(model, KindModels) else None
-    if isinstance(models, LazyModels):
-        return model, arrays  # each model is checked as it is rebuilt
     if not isinstance(models, dict) or not models or not all(isinstance(k, str) for k in models):
         raise BundleError(f"{path.name} does not hold an allgui model.")
     for m in models.values():
@@ -375,6 +392,8 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
 
 def _check_model(m, path: Path) -> None:
     """Raise BundleError unless ``m`` is an AllModel whose base classifiers are of the kinds allgui writes."""
+    from trainer.classical.model import AllModel  # scikit-learn: imported by the rebuild that made ``m``
+
     if not isinstance(m, AllModel):
         raise BundleError(f"{path.name} does not hold an allgui model.")
     estimators = getattr(getattr(m, "ensemble_", None), "estimators_", {}) or {}
@@ -409,29 +428,50 @@ class LazyModels(Mapping):
 
     The members' bytes were read and checksummed with the bundle; rebuilding one runs skops' audited load
     and the same checks as an eager load, and refuses a model whose threshold or feature blocks differ
-    from the manifest's (which :func:`model_summary` gives before it is rebuilt). Thread-safe.
+    from the manifest's (which :func:`model_summary` gives before it is rebuilt). ``readouts``: a model
+    whose manifest entry offers a read-out (``READOUT_VERSION``) comes back as a
+    :class:`trainer.classical.readout.ModelReadout` instead, which rebuilds the AllModel only for what it
+    leaves to it; a payload it cannot read is rebuilt as usual. Thread-safe.
     """
 
-    def __init__(self, payloads: dict[str, bytes], table: dict[str, dict[str, Any]], path: Path):
+    def __init__(self, payloads: dict[str, bytes], table: dict[str, dict[str, Any]], path: Path,
+                 readouts: bool = False):
         self._payloads = dict(payloads)
         self._table = table
         self._path = path
-        self._models: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._readouts = readouts
+        self._models: dict[str, Any] = {}     # key -> AllModel or ModelReadout, as handed out
+        self._rebuilt: dict[str, Any] = {}    # key -> AllModel
+        self._lock = threading.RLock()
 
     def __getitem__(self, key: str):
         with self._lock:
             if key not in self._models:
                 if key not in self._table:
                     raise KeyError(key)
+                model = None
+                if self._readouts and self._table[key].get("readout") == READOUT_VERSION:
+                    try:
+                        model = readout.ModelReadout(self._payloads[key], exact=lambda: self._rebuild(key))
+                    except readout.SchemaError:
+                        model = None
+                    if model is not None and _describe(model) != self.summary(key):
+                        raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
+                                          f"its {key} model.")
+                self._models[key] = model if model is not None else self._rebuild(key)
+            return self._models[key]
+
+    def _rebuild(self, key: str):
+        with self._lock:
+            if key not in self._rebuilt:
                 m = _load_model(self._payloads[key], self._path)
                 _check_model(m, self._path)
                 if _describe(m) != self.summary(key):
                     raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
                                       f"its {key} model.")
-                self._models[key] = m
+                self._rebuilt[key] = m
                 del self._payloads[key]
-            return self._models[key]
+            return self._rebuilt[key]
 
     def __contains__(self, key) -> bool:  # without rebuilding it
         return key in self._table
@@ -442,9 +482,13 @@ class LazyModels(Mapping):
     def __len__(self) -> int:
         return len(self._table)
 
-    def rebuilt(self, key: str) -> bool:
-        """Whether model ``key`` has been rebuilt already."""
+    def loaded(self, key: str) -> bool:
+        """Whether model ``key`` has been handed out: rebuilt, or read out."""
         return key in self._models
+
+    def rebuilt(self, key: str) -> bool:
+        """Whether model ``key`` has been rebuilt by skops (a read-out alone does not count)."""
+        return key in self._rebuilt
 
     def summary(self, key: str) -> tuple[float, list[str]]:
         """(threshold, feature blocks) of model ``key`` as the manifest gives them."""

@@ -8,20 +8,17 @@ the same for every white cell found.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# isort: off
-# skops before torch: its import then searches far fewer modules (see trainer.classical.serialise)
-from trainer.classical import serialise  # noqa: F401
-# isort: on
 import numpy as np
 import torch
 
-from trainer.classical.model import operating_point
+from trainer.classical.kinds import operating_point
 from trainer.config import TrainConfig
 from trainer.inference.bundle import LazyModels, ModelBundle, load_bundle, model_summary, read_manifest
 from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction
@@ -105,7 +102,6 @@ class Predictor:
         self.classifier_names = list(first.classifier_names_)
         self.classifier_weights = dict(zip(self.classifier_names, map(float, first.ensemble_.weights_)))
         self.model_card = dict(bundle.card)
-        self.validation_roc = first.validation_roc()
         kinds = (self.model_card.get("trained_on") or {}).get("image_kinds") or {}
         #: how a smear field is decided, per model key: a model trained mostly on fields judges the
         #: whole field (its cells are shown for review); one trained on crops judges each cell
@@ -121,17 +117,20 @@ class Predictor:
         The networks are built and fingerprinted in a second thread while the classifiers are read
         (torch releases the interpreter lock while it computes, so the two overlap). ``lazy``: rebuild
         a model other than the first only when an image of its kind arrives (see ``load_bundle``); its
-        BundleError, if any, is then raised by the prediction.
+        BundleError, if any, is then raised by the prediction. It also takes a model's numpy read-out where the
+        bundle offers one (see :class:`trainer.classical.readout.ModelReadout`): predictions then never import
+        scikit-learn, and equal those of the rebuilt model.
         """
         manifest = read_manifest(path)
         if "backbones.safetensors" in manifest.get("members", {}):  # fine-tuned weights: in the bundle itself
-            return cls(load_bundle(path, lazy=lazy), device=device, cache_dir=cache_dir, precision=precision)
+            return cls(load_bundle(path, lazy=lazy, readouts=lazy), device=device, cache_dir=cache_dir,
+                       precision=precision)
         cfg = TrainConfig.from_dict(manifest.get("config", {}))
         prec = _precision(cfg, precision, device)
         legacy = manifest["format_version"] < 3  # fingerprinted at the model's input size
         with ThreadPoolExecutor(1, thread_name_prefix="allgui-networks") as pool:
             ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec, legacy)
-            bundle = load_bundle(path, lazy=lazy)
+            bundle = load_bundle(path, lazy=lazy, readouts=lazy)
             prebuilt = ready.result()
         return cls(bundle, device=device, cache_dir=cache_dir, precision=precision, prebuilt=prebuilt)
 
@@ -154,6 +153,11 @@ class Predictor:
         with torch.inference_mode(), ctx:
             for m in models.values():
                 m(x)
+
+    @functools.cached_property
+    def validation_roc(self) -> dict[str, np.ndarray]:
+        """The first model's ROC on its validation split (computed when first asked for)."""
+        return self.model.validation_roc()
 
     @property
     def path(self) -> Path | None:
