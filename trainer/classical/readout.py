@@ -38,7 +38,6 @@ KNN_TIE = 1e-9
 _TIE_BREAK = 1e-6     # trainer.classical.calibration.TIE_BREAK
 _PLATT_EPS = 1e-6     # trainer.classical.calibration._logit's clip
 _STACK_EPS = 1e-4     # trainer.classical.stacking._EPS
-_CHUNK = 1 << 22      # at most this many float64 differences at once in the SVM's kernel
 
 _PREFIX = "sklearn."
 _MODULES = {"model": "trainer.classical.model.AllModel", "fusion": "trainer.classical.fusion.FeatureFusion",
@@ -123,16 +122,19 @@ class _SVM:
             _expect(sig, _PREFIX + "calibration._SigmoidCalibration")
             if cc["method"] != "sigmoid" or svc["kernel"] != "rbf" or svc["_sparse"]:
                 raise SchemaError("an SVM other than a sigmoid-calibrated dense RBF SVC")
-            self.parts.append((np.asarray(svc["support_vectors_"], np.float64), float(svc["_gamma"]),
+            sv = np.asarray(svc["support_vectors_"], np.float64)
+            self.parts.append((sv, np.square(sv).sum(axis=1)[None], float(svc["_gamma"]),
                                np.asarray(svc["_dual_coef_"], np.float64)[0],
                                float(np.asarray(svc["_intercept_"])[0]), float(sig["a_"]), float(sig["b_"])))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         total = np.zeros((len(X), 2))
-        for sv, gamma, coef, intercept, a, b in self.parts:
-            step = max(1, _CHUNK // max(sv.size, 1))
-            dec = np.concatenate([-(np.exp(-gamma * np.square(X[i:i + step, None, :] - sv[None]).sum(-1)) @ coef
-                                    + intercept) for i in range(0, len(X), step)])
+        sq = np.square(X).sum(axis=1)[:, None]
+        for sv, sv_sq, gamma, coef, intercept, a, b in self.parts:
+            # squared distances as |x|^2 - 2 x.sv + |sv|^2 (libsvm sums the squared differences: the two
+            # differ by rounding, about 1e-16 of the squared norms)
+            d = np.maximum(sq - 2.0 * (X @ sv.T) + sv_sq, 0.0)
+            dec = -(np.exp(-gamma * d) @ coef + intercept)
             p = _expit(-(a * dec + b))
             total += np.column_stack([1.0 - p, p])
         total /= len(self.parts)
