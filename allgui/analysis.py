@@ -59,9 +59,7 @@ def load_predictor(path: str, progress, cancel, emit, warm: bool = True):
     when images are open (they are analysed as soon as the model is in): the first one's own pass does
     the same one-time set-up, and its result comes one pass (0.15-0.3 s on 2 cores) sooner.
     """
-    # torch and the models load here, on a worker thread, not when the window starts; skops before torch:
-    # its import then searches far fewer modules (see trainer.classical.serialise)
-    from trainer.classical import serialise  # noqa: F401
+    # torch and the models load here, on a worker thread, not when the window starts
     from trainer.inference.predictor import Predictor
 
     predictor = Predictor.from_bundle(path)

@@ -165,4 +165,34 @@ def test_prediction_from_a_readout_imports_no_scikit_learn(tiny_bundle, tiny_pre
     # and the read-out's numbers are the rebuilt model's, to rounding
     lazy = Predictor.from_bundle(tiny_bundle, lazy=True)
     assert isinstance(lazy.models["single_cell"], ModelReadout)
-    assert lazy.predict(img).whole.probability == pytest.approx(want.whole.probability, abs=1e-12)
+    rebuilt = Predictor.from_bundle(tiny_bundle, readouts=False).predict(img).whole.probability
+    assert lazy.predict(img).whole.probability == pytest.approx(rebuilt, abs=1e-12)
+
+
+def test_roc_points_are_scikit_learns():
+    from sklearn.metrics import roc_curve
+
+    from trainer.classical.kinds import roc_points
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 40, 300):
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        for score in (rng.random(n), np.round(rng.random(n), 1)):  # distinct scores, and many ties
+            fpr, tpr, thr = roc_curve(y, score)
+            got = roc_points(y, score)
+            assert np.array_equal(got["fpr"], fpr) and np.array_equal(got["tpr"], tpr)
+            assert np.array_equal(got["thresholds"], np.minimum(thr, 1.0))
+
+
+def test_the_predictor_uses_readouts_unless_asked_not_to(tiny_bundle):
+    read_out = Predictor.from_bundle(tiny_bundle)
+    rebuilt = Predictor.from_bundle(tiny_bundle, readouts=False)
+    assert isinstance(read_out.model, ModelReadout) and isinstance(rebuilt.model, AllModel)
+    for key in ("fpr", "tpr", "thresholds"):
+        assert np.array_equal(read_out.validation_roc[key], rebuilt.validation_roc[key])
+    assert read_out.operating_point(0.4) == rebuilt.operating_point(0.4)
+    assert read_out.classifier_weights == rebuilt.classifier_weights
+    img = make_cell_image(64, malignant=False, rng=np.random.default_rng(9))[0]
+    a, b = read_out.predict(img), rebuilt.predict(img)
+    assert a.whole.probability == pytest.approx(b.whole.probability, abs=1e-12)
+    assert [v.vote for v in a.whole.votes] == [v.vote for v in b.whole.votes]

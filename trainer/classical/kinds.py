@@ -45,3 +45,28 @@ def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[flo
     sens = float(np.mean(pred[y == 1])) if np.any(y == 1) else float("nan")
     spec = float(np.mean(~pred[y == 0])) if np.any(y == 0) else float("nan")
     return sens, spec
+
+
+def roc_points(y: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC of (N,) scores against (N,) 0/1 labels: ``fpr``, ``tpr``, ``thresholds`` (capped at 1).
+
+    The points of ``sklearn.metrics.roc_curve`` (``drop_intermediate=True``), number for number, in plain
+    numpy: one point per distinct score, collinear points dropped, (0, 0) first; NaN rates for an
+    absent class.
+    """
+    y = (np.asarray(y).ravel() == 1).astype(np.float64)
+    score = np.asarray(score).ravel()
+    order = np.argsort(-score, kind="stable")
+    score, y = score[order], y[order]
+    idx = np.concatenate([np.flatnonzero(np.diff(score)), [len(y) - 1]])
+    tps = np.cumsum(y)[idx]
+    fps = 1 + idx.astype(np.float64) - tps
+    thresholds = score[idx]
+    if len(fps) > 2:
+        keep = np.flatnonzero(np.concatenate([[True], (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), [True]]))
+        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
+    tps, fps = np.concatenate([[0.0], tps]), np.concatenate([[0.0], fps])
+    thresholds = np.concatenate([[np.inf], thresholds.astype(np.float64)])
+    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+    return {"fpr": fpr, "tpr": tpr, "thresholds": np.minimum(thresholds, 1.0)}

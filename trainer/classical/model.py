@@ -7,7 +7,6 @@ import functools
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
-from sklearn.metrics import roc_curve
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController
 
@@ -16,7 +15,7 @@ from trainer.classical.ensemble import WeightedVotingEnsemble
 from trainer.classical.fusion import FeatureFusion
 
 # KindModels: bundles of format 2 name it in this module
-from trainer.classical.kinds import KindModels, operating_point  # noqa: F401
+from trainer.classical.kinds import KindModels, operating_point, roc_points  # noqa: F401
 from trainer.classical.stacking import StackedCombiner, inner_folds
 from trainer.config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, TrainConfig
 from trainer.stats.metrics import youden_threshold
@@ -200,8 +199,8 @@ class AllModel(BaseEstimator):
         return operating_point(self.validation_["y"], self.validation_["calibrated"], threshold)
 
     def validation_roc(self) -> dict[str, np.ndarray]:
-        fpr, tpr, thr = roc_curve(self.validation_["y"], self.validation_["calibrated"])
-        return {"fpr": fpr, "tpr": tpr, "thresholds": np.minimum(thr, 1.0)}
+        """``fpr``, ``tpr``, ``thresholds`` of the calibrated probability on the validation split."""
+        return roc_points(self.validation_["y"], self.validation_["calibrated"])
 
 
 def _fit_ensemble(classifiers, seed: int, X, y, X_val, y_val, groups) -> WeightedVotingEnsemble:

@@ -1,10 +1,10 @@
 """A saved model's classical stage computed with numpy alone: prediction without scikit-learn.
 
 Importing scikit-learn (and, through it, SciPy's statistics) and rebuilding a model with skops cost about
-a second of every start-up of ``allgui-train predict``. :class:`ModelReadout` reads the arrays of a saved
-:class:`trainer.classical.model.AllModel` from its skops payload (:mod:`trainer.classical.skopsread`; no
-code of the payload runs) and computes what ``AllModel.predict_details`` computes, the same formulas in
-the same order:
+a second of every start-up of ``allgui-train predict`` and of every model load in the app.
+:class:`ModelReadout` reads the arrays of a saved :class:`trainer.classical.model.AllModel` from its skops
+payload (:mod:`trainer.classical.skopsread`; no code of the payload runs) and computes what
+``AllModel.predict_details`` computes, the same formulas in the same order:
 
 - the fusion (per-block standardisation, optional per-block L2, L2, PCA), the forest and AdaBoost
   (:mod:`trainer.classical.treewalk`), KNN's neighbour counts, the eq. 8 weights and the stacked
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from trainer.classical import skopsread
-from trainer.classical.kinds import operating_point
+from trainer.classical.kinds import operating_point, roc_points
 from trainer.classical.skopsread import Obj, SchemaError
 from trainer.classical.treewalk import Trees, forest_proba, samme_proba
 
@@ -307,7 +307,9 @@ class ModelReadout:
             self.stacker = (np.asarray(stacker["coef_"], np.float64), float(stacker["intercept_"]))
         self.calibrator = _Calibrator(root["calibrator_"])
         validation = root["validation_"]
-        self.validation_ = {k: np.asarray(validation[k]) for k in ("y", "calibrated")}
+        self.validation_ = {str(k): np.asarray(v) for k, v in validation.items()}
+        if not {"y", "calibrated"} <= set(self.validation_):
+            raise SchemaError("the validation scores are missing")
         if len(self.weights_) != len(self.members) or (self.stacker and len(self.stacker[0]) != len(self.members)):
             raise SchemaError("weights do not match the members")
 
@@ -331,6 +333,10 @@ class ModelReadout:
     def operating_point(self, threshold: float) -> tuple[float, float]:
         """(sensitivity, specificity) on the validation split at a calibrated-probability threshold."""
         return operating_point(self.validation_["y"], self.validation_["calibrated"], threshold)
+
+    def validation_roc(self) -> dict[str, np.ndarray]:
+        """``fpr``, ``tpr``, ``thresholds`` of the calibrated probability on the validation split."""
+        return roc_points(self.validation_["y"], self.validation_["calibrated"])
 
     def details(self, feats: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(what ``AllModel.predict_details`` returns, (N,) rows the exact model must decide)."""

@@ -76,7 +76,6 @@ FORMAT_VERSION = 3
 READOUT_VERSION = 1
 READABLE_VERSIONS = (1, 2, 3)
 SUFFIX = ".allmodel"
-MAX_MEMBER_BYTES = MAX_BUNDLE_MEMBER_BYTES  # kept for callers of the old name
 OWN_TYPES = frozenset({
     "trainer.classical.model.AllModel", "trainer.classical.model.KindModels", "trainer.classical.kinds.KindModels",
     "trainer.classical.stacking.StackedCombiner", "trainer.classical.fusion.FeatureFusion",
@@ -330,9 +329,9 @@ def load_bundle(path: str | os.PathLike, lazy: bool = False, readouts: bool = Fa
 
     Every member is read and its checksum verified here. ``lazy``: of a bundle with one member per model,
     only the first model is rebuilt now and each other one when first asked for (see :class:`LazyModels`;
-    a one-crop prediction then skips the field model's share of the start-up). ``readouts`` (with
-    ``lazy``): a model the manifest offers a read-out of comes back as a
-    :class:`trainer.classical.readout.ModelReadout`, which predicts without scikit-learn.
+    a one-crop prediction then skips the field model's share of the start-up). ``readouts``: a model the
+    manifest offers a read-out of comes back as a :class:`trainer.classical.readout.ModelReadout`, which
+    predicts without scikit-learn and rebuilds the model only for what it leaves to it.
     """
     path = Path(path)
     with _open_zip(path) as zf:
@@ -340,7 +339,7 @@ def load_bundle(path: str | os.PathLike, lazy: bool = False, readouts: bool = Fa
         table = manifest.get("models")
         if table:
             payloads = {key: _verified(zf, manifest, entry["member"], path) for key, entry in table.items()}
-            pending = LazyModels(payloads, table, path, readouts=lazy and readouts)
+            pending = LazyModels(payloads, table, path, readouts=readouts)
             if lazy:
                 pending[next(iter(pending))]  # the first model now, the others when asked for
                 model = KindModels(models=pending)
@@ -374,15 +373,15 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
     A version-1 AllModel becomes the single model ``"any"`` with its arrays re-keyed; every model's base
     classifiers are checked.
     """
+    if not isinstance(model, KindModels):
+        from trainer.classical.model import AllModel  # scikit-learn: loaded with the model, not for a read-out
+
+        if isinstance(model, AllModel):
+            model = KindModels(models={"any": model})
+            arrays = {(k if is_fingerprint(k) else f"any/{k}"): v for k, v in arrays.items()}
     models = getattr(model, "models", None) if isinstance(model, KindModels) else None
     if isinstance(models, LazyModels):
         return model, arrays  # each model is checked as it is rebuilt
-    from trainer.classical.model import AllModel  # scikit-learn: loaded with the model, not for a read-out
-
-    if isinstance(model, AllModel):
-        model = KindModels(models={"any": model})
-        arrays = {(k if is_fingerprint(k) else f"any/{k}"): v for k, v in arrays.items()}
-    models = getattr(model, "models", None) if isinstance(model, KindModels) else None
     if not isinstance(models, dict) or not models or not all(isinstance(k, str) for k in models):
         raise BundleError(f"{path.name} does not hold an allgui model.")
     for m in models.values():
@@ -391,7 +390,12 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
 
 
 def _check_model(m, path: Path) -> None:
-    """Raise BundleError unless ``m`` is an AllModel whose base classifiers are of the kinds allgui writes."""
+    """Raise BundleError unless ``m`` is an AllModel whose base classifiers are of the kinds allgui writes.
+
+    A read-out was checked as it was read: it reads only those kinds.
+    """
+    if isinstance(m, readout.ModelReadout):
+        return
     from trainer.classical.model import AllModel  # scikit-learn: imported by the rebuild that made ``m``
 
     if not isinstance(m, AllModel):
@@ -455,10 +459,7 @@ class LazyModels(Mapping):
                         model = readout.ModelReadout(self._payloads[key], exact=lambda: self._rebuild(key))
                     except readout.SchemaError:
                         model = None
-                    if model is not None and _describe(model) != self.summary(key):
-                        raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
-                                          f"its {key} model.")
-                self._models[key] = model if model is not None else self._rebuild(key)
+                self._models[key] = self._described(key, model) if model is not None else self._rebuild(key)
             return self._models[key]
 
     def _rebuild(self, key: str):
@@ -466,12 +467,15 @@ class LazyModels(Mapping):
             if key not in self._rebuilt:
                 m = _load_model(self._payloads[key], self._path)
                 _check_model(m, self._path)
-                if _describe(m) != self.summary(key):
-                    raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
-                                      f"its {key} model.")
-                self._rebuilt[key] = m
+                self._rebuilt[key] = self._described(key, m)
                 del self._payloads[key]
             return self._rebuilt[key]
+
+    def _described(self, key: str, model):
+        """``model``, if its threshold and feature blocks are what the manifest says of model ``key``."""
+        if _describe(model) != self.summary(key):
+            raise BundleError(f"{self._path.name} has been altered: the manifest does not describe its {key} model.")
+        return model
 
     def __contains__(self, key) -> bool:  # without rebuilding it
         return key in self._table
