@@ -8,7 +8,7 @@
 Measures (ratios against a baseline taken in the same process, never absolute goals):
 
   raw        images/s of the two networks alone, float32, batches of 32 of ready tensors (baseline)
-  crops      images/s of ``allgui-train predict``'s path (``cli.classify_files``) on N crops,
+  crops      images/s of ``allgui-train predict``'s path (its lazy load, ``cli.classify_files``) on N crops,
              default precision, and its ratio to ``raw`` (goal >= 1.0)
   fields     network passes/s (each field + each white cell found = one pass) on N fields through
              the same path, and its ratio to ``raw`` (goal >= 0.9)
@@ -24,9 +24,10 @@ Measures (ratios against a baseline taken in the same process, never absolute go
              decisions and the largest probability difference (bfloat16 is the default only where
              this is >= 99.5 %)
   readout    (``--readout-agreement K``) K images judged by the rebuilt scikit-learn models and by their
-             numpy read-outs (what ``allgui-train predict`` uses): identical decisions and votes, the
+             numpy read-outs (what the app and ``allgui-train predict`` use): identical decisions and votes, the
              largest probability differences, and the rows the read-out left to the exact model
-  rss        (``--rss K``) resident memory after every batch of K fields through the CLI path:
+  rss        (``--rss K``) resident memory after every batch of K fields through the CLI path, in a
+             process of its own that loads the bundle as ``allgui-train predict`` does:
              growth after the first 100 images (goal: flat)
 
 Without ``--model`` a stand-in bundle of the shipped architecture (DenseNet-121 + ResNet-34,
@@ -36,6 +37,7 @@ depend on what the classifiers learnt. Keep N small on a shared machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -79,13 +81,16 @@ def stand_in_bundle(tmp: Path) -> str:
     return str(train(cfg).bundle_path)
 
 
-def load(model: str, precision: str | None):
+def load(model: str, precision: str | None, lazy: bool = False):
+    """The bundle's predictor as the app loads it, or with ``lazy`` as ``allgui-train predict`` does."""
     from trainer.inference.predictor import Predictor
 
-    try:
-        return Predictor.from_bundle(model, device="cpu", precision=precision)
-    except TypeError:  # a version without precision= (to measure the code before a change)
-        return Predictor.from_bundle(model, device="cpu")
+    for kwargs in ({"precision": precision, "lazy": lazy}, {"precision": precision}, {}):
+        try:  # older code (to measure the code before a change) takes fewer arguments
+            return Predictor.from_bundle(model, device="cpu", **kwargs)
+        except TypeError:
+            continue
+    raise TypeError("Predictor.from_bundle takes none of the arguments tried")
 
 
 def raw_rate(predictor, batch: int = 32, repeats: int = 2) -> float:
@@ -225,6 +230,26 @@ def readout_agreement(model: str, precision: str | None, files: list[Path]) -> d
             "readout_max_member_prob_diff": worst_member, "readout_rows_left_to_exact": left}
 
 
+def rss_trace(model: str, precision: str | None, files: list[Path]) -> dict[str, float]:
+    """Resident memory while ``files`` go through the CLI path: after 100 images, at the end, its peak.
+
+    Run in a fresh process (``--rss-child``) that loads the bundle as ``allgui-train predict`` does.
+    """
+    from trainer.cli.predict import classify_files
+
+    pred = load(model, precision, lazy=True)
+    trace = []
+
+    def emit(rows, seen=[0]):  # noqa: B006 - a counter kept between calls
+        seen[0] += sum(1 for r in rows if r.get("cell", "image") == "image" or "error" in r)
+        trace.append((seen[0], rss_mb()))
+
+    classify_files(pred, files, dict(pred.thresholds), emit)
+    after100 = [m for n, m in trace if n >= 100] or [trace[-1][1]]
+    return {"rss_mb_at_100": after100[0], "rss_mb_end": trace[-1][1], "rss_images": trace[-1][0],
+            "rss_growth_after_100_mb": trace[-1][1] - after100[0], "rss_peak_mb": peak_rss_mb()}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
@@ -242,7 +267,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--baseline", help="with --startup: a checkout of other code, run in turn with this one")
     ap.add_argument("--baseline-model", help="the bundle the baseline runs (default: --model)")
     ap.add_argument("--code", help="folder holding the trainer package to measure (default: this checkout)")
+    ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.rss_child:
+        print(json.dumps(rss_trace(a.model, a.precision, images_in(a.fields, a.rss, seed=2))))
+        return {}
 
     from trainer.cli import predict as cli
     from trainer.vision.features import cpu_has_bf16
@@ -256,20 +285,21 @@ def main(argv=None) -> dict:
         for k, v in out.items():
             print(f"{k:34s} {v:.4g}" if isinstance(v, float) else f"{k:34s} {v}")
         return out
-    pred = load(model, a.precision)
+    pred = load(model, a.precision)              # as the app loads it: opening an image
+    cli_pred = load(model, a.precision, lazy=True)  # as allgui-train predict loads it: folders
     getattr(pred, "warm_up", lambda: None)()
     out["precision"] = getattr(pred, "precision", "fp32")
     fp32 = load(model, "fp32")
 
     out["raw_fp32_img_s"] = raw = raw_rate(fp32)
     crops = images_in(a.crops, a.n)
-    pred.predict(crops[0])
-    secs, passes, _ = cli_path(pred, crops)
+    cli_pred.predict(crops[0])
+    secs, passes, _ = cli_path(cli_pred, crops)
     out["crops_img_s"] = len(crops) / secs
     out["crops_ratio_to_raw"] = out["crops_img_s"] / raw
     if a.fields:
         fields = images_in(a.fields, a.n)
-        secs, passes, _ = cli_path(pred, fields)
+        secs, passes, _ = cli_path(cli_pred, fields)
         out["fields_passes_s"] = passes / secs
         out["fields_ratio_to_raw"] = out["fields_passes_s"] / raw
         out["fields_img_s"] = len(fields) / secs
@@ -306,22 +336,12 @@ def main(argv=None) -> dict:
             images_in(a.fields, a.readout_agreement - a.readout_agreement // 2, seed=3) if a.fields else [])))
 
     if a.rss and a.fields:
-        from trainer.cli.predict import classify_files
-
-        files = images_in(a.fields, a.rss, seed=2)
-        trace = []
-
-        def emit(rows, seen=[0]):  # noqa: B006 - a counter kept between calls
-            seen[0] += sum(1 for r in rows if r.get("cell", "image") == "image" or "error" in r)
-            trace.append((seen[0], rss_mb()))
-
-        classify_files(pred, files, dict(pred.thresholds), emit)
-        after100 = [m for n, m in trace if n >= 100] or [trace[-1][1]]
-        out["rss_mb_at_100"] = after100[0]
-        out["rss_mb_end"] = trace[-1][1]
-        out["rss_images"] = trace[-1][0]
-        out["rss_growth_after_100_mb"] = trace[-1][1] - after100[0]
-        out["rss_peak_mb"] = peak_rss_mb()
+        # in a process of its own that loads the bundle as allgui-train predict does, and nothing else
+        run = subprocess.run([sys.executable, __file__, "--rss-child", "--model", model, "--crops", a.crops,
+                              "--fields", a.fields, "--rss", str(a.rss)] + (["--precision", a.precision]
+                                                                           if a.precision else []),
+                             check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        out.update(json.loads(run.stdout.strip().splitlines()[-1]))
 
     if a.startup:
         out.update(startup_times(model, crops[0], tmp, a.startup_runs, a.baseline, a.baseline_model or model))
