@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import ThreadpoolController
 
 from trainer.classical.calibration import ScoreCalibrator
 from trainer.classical.ensemble import WeightedVotingEnsemble
@@ -19,11 +17,8 @@ from trainer.classical.kinds import KindModels, operating_point, roc_points  # n
 from trainer.classical.stacking import StackedCombiner, inner_folds
 from trainer.config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, TrainConfig
 from trainer.stats.metrics import youden_threshold
+from trainer.util.threads import ONE_THREAD_ROWS, one_thread
 
-#: up to this many rows the classifiers run on one thread: waking OpenMP / BLAS thread pools (which the
-#: networks' threads have just left) costs more than the work; KNN on one crop took 8 ms on two threads,
-#: 1.2 ms on one. The results are the same.
-ONE_THREAD_ROWS = 64
 STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
 
 
@@ -151,7 +146,7 @@ class AllModel(BaseEstimator):
         jobs += [delayed(_fold_probabilities)(self.classifiers, self.seed, X[tr], y[tr],
                                               None if g is None else g[tr], X[te]) for tr, te in folds]
         fitted = []
-        with _one_thread(user_api="blas"):
+        with one_thread(user_api="blas"):
             for i, ens in enumerate(Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(jobs)):
                 fitted.append(ens)
                 if progress:
@@ -185,7 +180,7 @@ class AllModel(BaseEstimator):
         """
         check_is_fitted(self, "ensemble_")
         X = self._stack(feats)
-        with _one_thread() if len(X) <= ONE_THREAD_ROWS else contextlib.nullcontext():
+        with one_thread() if len(X) <= ONE_THREAD_ROWS else contextlib.nullcontext():
             det = self._details(self.fusion_.transform(X))
         det["calibrated"] = self.calibrator_.transform(det["raw"])
         return det
@@ -239,13 +234,3 @@ def fit_model(feats, y, train_idx, val_idx, config: TrainConfig, backbones=None,
     return AllModel.from_config(config, backbones, pca).fit(
         subset(feats, train_idx), y[train_idx], subset(feats, val_idx), y[val_idx], progress=progress,
         groups=None if g is None else g[train_idx], val_groups=None if g is None else g[val_idx])
-
-
-@functools.cache
-def _threadpools() -> ThreadpoolController:
-    return ThreadpoolController()  # once: it inspects the loaded libraries
-
-
-def _one_thread(user_api: str | None = None):
-    """Context in which OpenMP and BLAS (or only ``user_api``: ``"blas"``, ``"openmp"``) run on one thread."""
-    return _threadpools().limit(limits=1, user_api=user_api)

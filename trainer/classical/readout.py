@@ -20,6 +20,7 @@ is saved; only then does the manifest offer it.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from trainer.classical import skopsread
 from trainer.classical.kinds import operating_point, roc_points
 from trainer.classical.skopsread import Obj, SchemaError
 from trainer.classical.treewalk import Trees, forest_proba, samme_proba
+from trainer.util.threads import ONE_THREAD_ROWS, one_thread
 
 #: largest difference from scikit-learn's probabilities the read-out may have (measured: about 1e-15)
 TOLERANCE = 1e-9
@@ -346,17 +348,18 @@ class ModelReadout:
         X = np.hstack([np.asarray(feats[b], dtype=np.float32) for b in self.backbones])
         if X.ndim != 2 or X.shape[1] != sum(self.fusion.dims):
             raise ValueError(f"expected (N, {sum(self.fusion.dims)}) features, got {X.shape}")
-        Z = self.fusion.transform(X)
         probas, ambiguous = [], ~np.isfinite(X).all(axis=1)
-        for m in self.members:
-            if isinstance(m, _KNN):
-                p, unsure = m.predict_proba_ambiguous(Z)
-                ambiguous |= unsure
-            else:
-                p = m.predict_proba(Z)
-                if not m.exact:
-                    ambiguous |= np.abs(p[:, 1] - 0.5) <= TOLERANCE
-            probas.append(p)
+        with one_thread(user_api="blas") if len(X) <= ONE_THREAD_ROWS else contextlib.nullcontext():
+            Z = self.fusion.transform(X)
+            for m in self.members:
+                if isinstance(m, _KNN):
+                    p, unsure = m.predict_proba_ambiguous(Z)
+                    ambiguous |= unsure
+                else:
+                    p = m.predict_proba(Z)
+                    if not m.exact:
+                        ambiguous |= np.abs(p[:, 1] - 0.5) <= TOLERANCE
+                probas.append(p)
         P = np.column_stack([p[:, 1] for p in probas])
         V = np.column_stack([np.argmax(p, axis=1) for p in probas]).astype(int)
         det = {"probabilities": P, "votes": V, "weights": self.weights_.copy(),
