@@ -208,7 +208,7 @@ def readout_agreement(model: str, precision: str | None, files: list[Path]) -> d
     """
     from trainer.inference.predictor import Predictor
 
-    eager = Predictor.from_bundle(model, precision=precision)
+    eager = Predictor.from_bundle(model, precision=precision, readouts=False)  # every model rebuilt by skops
     lazy = Predictor.from_bundle(model, precision=precision, lazy=True)
     same = votes = rows = left = 0
     worst, worst_member = 0.0, 0.0
