@@ -142,7 +142,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
                     results = [(batch[0], predictor.predict(batch[0]))]
                 else:
                     results = list(zip(batch, predictor.predict_batch(batch, **kwargs)))
-            except (KeyboardInterrupt, Cancelled, BundleError):  # a model rebuilt late may be refused
+            except (KeyboardInterrupt, Cancelled, BundleError):  # a model loaded late may be refused
                 raise
             except Exception:  # one bad file: redo this batch image by image
                 results = []
@@ -180,7 +180,8 @@ def run(a) -> int:
     files = _input_files(a.inputs)
     if not files:
         raise AllguiError("No images found in the given paths.")
-    # lazy: a model is rebuilt when the first image of its kind arrives (a folder of crops skips the field model)
+    # lazy: a model is loaded when the first image of its kind arrives (a folder of crops skips the field model),
+    # as its numpy read-out where the bundle offers one (no scikit-learn at start-up)
     predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision, lazy=True)
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     names = predictor.classifier_names
