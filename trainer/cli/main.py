@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> None:
     """Console-script entry (``allgui-train``, ``python -m trainer``): :func:`main`, then exit at once.
 
-    The interpreter's teardown of torch (and SciPy and scikit-learn, where loaded) takes about 0.5 s of a
+    The interpreter's teardown of torch (and SciPy and scikit-learn, where loaded) takes 0.3-0.7 s of a
     one-image ``predict`` and does nothing a finished command needs: every output file is written, synced and
     renamed before :func:`main` returns, and the threads still alive are idle pool workers. The streams
     and log handlers are flushed first. With a child process still running (a data-loader worker), the
