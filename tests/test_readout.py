@@ -106,10 +106,20 @@ def test_a_bundle_offers_a_readout_only_when_it_agrees(tiny_training, tmp_path, 
     assert isinstance(lazy["single_cell"], AllModel) and lazy.rebuilt("single_cell")
 
 
-def test_a_payload_the_readout_cannot_read_is_rebuilt(tiny_bundle, monkeypatch):
-    monkeypatch.delitem(readout._MEMBERS, "mlp")  # as if the model held a member it does not know
-    lazy = load_bundle(tiny_bundle, lazy=True, readouts=True).model.models
-    assert isinstance(lazy["single_cell"], AllModel) and lazy.rebuilt("single_cell")
+@pytest.mark.parametrize("odd", ["unknown member", "arrays that do not fit"])
+def test_a_payload_the_readout_cannot_read_is_rebuilt(tiny_bundle, tiny_predictor, monkeypatch, odd):
+    if odd == "unknown member":
+        monkeypatch.delitem(readout._MEMBERS, "mlp")  # as if the model held a member it does not know
+    else:  # as if a tree's arrays were malformed
+        monkeypatch.setattr(readout, "Trees", lambda *a: np.zeros((2, 2))[5])
+    for lazy in (True, False):
+        models = load_bundle(tiny_bundle, lazy=lazy, readouts=True).model.models
+        assert isinstance(models["single_cell"], AllModel)
+    img = make_cell_image(64, malignant=True, rng=np.random.default_rng(4))[0]
+    p = Predictor.from_bundle(tiny_bundle)
+    assert isinstance(p.model, AllModel)
+    assert p.predict(img).whole.probability == pytest.approx(tiny_predictor.predict(img).whole.probability,
+                                                             abs=1e-12)
 
 
 def test_the_skops_reader_runs_and_loads_nothing_it_does_not_know():

@@ -84,7 +84,11 @@ class _Fusion:
             _expect(pca, _PREFIX + "decomposition._pca.PCA")
             if pca["whiten"]:
                 raise SchemaError("whitened PCA")
-            self.pca = (np.asarray(pca["components_"]), np.asarray(pca["mean_"]))
+            components, mean = self.pca = (np.asarray(pca["components_"]), np.asarray(pca["mean_"]))
+            if components.ndim != 2 or components.shape[1] != sum(self.dims) or mean.shape != (sum(self.dims),):
+                raise SchemaError("PCA does not match the blocks")
+        #: width of the fused features (N, width) the members take
+        self.width = sum(self.dims) if self.pca is None else self.pca[0].shape[0]
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -128,6 +132,9 @@ class _SVM:
             self.parts.append((sv, np.square(sv).sum(axis=1)[None], float(svc["_gamma"]),
                                np.asarray(svc["_dual_coef_"], np.float64)[0],
                                float(np.asarray(svc["_intercept_"])[0]), float(sig["a_"]), float(sig["b_"])))
+        self.width = self.parts[0][0].shape[1]
+        if any(p[0].shape[1] != self.width or len(p[3]) != len(p[0]) for p in self.parts):
+            raise SchemaError("support vectors and their coefficients do not match")
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         total = np.zeros((len(X), 2))
@@ -159,6 +166,7 @@ class _KNN:
         if not 1 <= self.k <= len(self.X) or len(self.y) != len(self.X) or not np.isin(self.y, (0, 1)).all():
             raise SchemaError("a KNN's training rows do not match")
         self.sq = np.square(self.X).sum(axis=1)
+        self.width = self.X.shape[1]
 
     def predict_proba_ambiguous(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = np.maximum(np.square(X).sum(axis=1)[:, None] - 2.0 * (X @ self.X.T) + self.sq[None], 0.0)
@@ -196,7 +204,8 @@ class _Trees:
                            values[:, 0, :]))
         if not arrays:
             raise SchemaError("no trees")
-        self.trees = Trees(arrays, int(obj["n_features_in_"]))
+        self.width = int(obj["n_features_in_"])
+        self.trees = Trees(arrays, self.width)
         self.classes = np.asarray(obj["classes_"])
         if not self.forest:
             w = np.asarray(obj["estimator_weights_"], dtype=np.float64)
@@ -222,6 +231,7 @@ class _MLP:
         self.layers = [(np.asarray(w), np.asarray(b)) for w, b in zip(obj["coefs_"], obj["intercepts_"])]
         if not self.layers or self.layers[-1][0].shape[1] != 1:
             raise SchemaError("an MLP without one output")
+        self.width = self.layers[0][0].shape[0]
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         a = X
@@ -288,8 +298,15 @@ class ModelReadout:
     """
 
     def __init__(self, payload: bytes, exact: Callable[[], Any]) -> None:
-        root = _expect(skopsread.read(payload), _MODULES["model"])
         self._exact, self._lock, self._model = exact, threading.Lock(), None
+        try:
+            self._read(_expect(skopsread.read(payload), _MODULES["model"]))
+        except SchemaError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:  # arrays of odd shapes or kinds
+            raise SchemaError(f"the model's arrays do not fit together ({e})") from None
+
+    def _read(self, root: Obj) -> None:
         self.backbones = tuple(root["backbones"])
         self.threshold_ = float(root["threshold_"])
         self.classifier_names_ = [str(n) for n in root["classifier_names_"]]
@@ -314,6 +331,8 @@ class ModelReadout:
             raise SchemaError("the validation scores are missing")
         if len(self.weights_) != len(self.members) or (self.stacker and len(self.stacker[0]) != len(self.members)):
             raise SchemaError("weights do not match the members")
+        if any(m.width != self.fusion.width for m in self.members):
+            raise SchemaError("a member does not take the fused features' width")
 
     @property
     def exact_model(self):
