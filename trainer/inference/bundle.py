@@ -23,10 +23,11 @@ so an allgui that reads only versions 1 and 2 refuses a newer bundle instead of 
 
 Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
 allow-list (the scikit-learn estimators allgui writes, four scikit-learn internals and this package's
-estimators; see ``trainer.classical.serialise``), the base classifiers must be
-of the five kinds allgui writes, and safetensors holds raw tensors. Every member's hash is
-checked, so a truncated or altered file is refused with :class:`BundleError`. Writes go to a
-temporary file in the target folder and are moved into place atomically.
+estimators; see ``trainer.classical.serialise``), the base classifiers must be of the five kinds allgui
+writes, and safetensors holds raw tensors. A read-out (``load_bundle(readouts=True)``) builds no object
+from the file at all: it reads its JSON and arrays. Every member's hash is checked, so a truncated or
+altered file is refused with :class:`BundleError`. Writes go to a temporary file in the target folder and
+are moved into place atomically.
 """
 from __future__ import annotations
 
@@ -375,7 +376,6 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
     """
     if not isinstance(model, KindModels):
         from trainer.classical.model import AllModel  # scikit-learn: loaded with the model, not for a read-out
-
         if isinstance(model, AllModel):
             model = KindModels(models={"any": model})
             arrays = {(k if is_fingerprint(k) else f"any/{k}"): v for k, v in arrays.items()}
