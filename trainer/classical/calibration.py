@@ -7,14 +7,14 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
+from trainer.classical.kinds import PLATT_EPS, logit, tie_break
 from trainer.classical.stacking import inner_folds
 
 METHODS = ("platt", "isotonic")
 
 
 def _logit(s: np.ndarray) -> np.ndarray:
-    s = np.clip(np.asarray(s, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(s / (1 - s)).reshape(-1, 1)
+    return logit(s, PLATT_EPS).reshape(-1, 1)
 
 
 def _fit_one(method: str, s: np.ndarray, y: np.ndarray):
@@ -25,14 +25,11 @@ def _fit_one(method: str, s: np.ndarray, y: np.ndarray):
     raise ValueError(f"unknown calibration method {method!r}; choose auto, platt or isotonic")
 
 
-TIE_BREAK = 1e-6  # isotonic plateaus are ordered by the raw score, so calibration keeps the ranking
-
-
 def _apply(model, s: np.ndarray) -> np.ndarray:
     if isinstance(model, LogisticRegression):
         return model.predict_proba(_logit(s))[:, 1]
     s = np.asarray(s, dtype=float)
-    return model.predict(s) + TIE_BREAK * (np.clip(s, 0.0, 1.0) - 0.5)
+    return model.predict(s) + tie_break(s)
 
 
 class ScoreCalibrator(BaseEstimator):

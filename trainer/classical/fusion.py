@@ -7,6 +7,8 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from trainer.classical.kinds import join_blocks
+
 
 class FeatureFusion(TransformerMixin, BaseEstimator):
     """Fuse concatenated backbone embeddings into the classifier input.
@@ -46,12 +48,8 @@ class FeatureFusion(TransformerMixin, BaseEstimator):
         return [X[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
 
     def _scaled(self, X: np.ndarray) -> np.ndarray:
-        blocks = [s.transform(b) for s, b in zip(self.scalers_, self._blocks(X))]
-        if getattr(self, "block_l2", False):
-            blocks = [b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks]
-        Z = np.hstack(blocks)
-        norm = np.linalg.norm(Z, axis=1, keepdims=True)
-        return Z / np.maximum(norm, 1e-12)
+        return join_blocks([s.transform(b) for s, b in zip(self.scalers_, self._blocks(X))],
+                           getattr(self, "block_l2", False))
 
     def fit(self, X, y=None):
         blocks = self._blocks(X)

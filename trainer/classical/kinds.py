@@ -1,6 +1,8 @@
 """What prediction needs of a bundle's models without scikit-learn.
 
-The models per image kind, and the operating point of a threshold.
+The models per image kind, the operating point and ROC of a threshold, and the small formulas the fitted
+estimators (:mod:`trainer.classical.fusion`, ``calibration``, ``stacking``) and their numpy read-outs
+(:mod:`trainer.classical.readout`) share, so that both compute the same numbers.
 """
 from __future__ import annotations
 
@@ -70,3 +72,39 @@ def roc_points(y: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
     fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
     tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
     return {"fpr": fpr, "tpr": tpr, "thresholds": np.minimum(thresholds, 1.0)}
+
+
+#: probabilities are clipped to [eps, 1 - eps] before their logit: by the Platt calibrator, and by the
+#: stacked combiner
+PLATT_EPS = 1e-6
+STACK_EPS = 1e-4
+#: isotonic plateaus are ordered by the raw score, so calibration keeps the ranking
+TIE_BREAK = 1e-6
+
+
+def logit(p: np.ndarray, eps: float) -> np.ndarray:
+    """Element-wise log(p / (1 - p)) in float64, with p clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def stacked_score(P: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:
+    """(N,) the stacked combiner's P(ALL) of (N, C) member probabilities: logistic in their logits."""
+    z = logit(P, STACK_EPS) @ coef + intercept
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def tie_break(s: np.ndarray) -> np.ndarray:
+    """What the isotonic calibrator adds to its step function at raw scores ``s`` (N,)."""
+    return TIE_BREAK * (np.clip(s, 0.0, 1.0) - 0.5)
+
+
+def join_blocks(blocks: list[np.ndarray], block_l2: bool) -> np.ndarray:
+    """The fusion's (N, sum of widths) rows of standardised feature blocks, L2-normalised.
+
+    Where ``block_l2``, each block's rows are L2-normalised first.
+    """
+    if block_l2:
+        blocks = [b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks]
+    Z = np.hstack(blocks)
+    return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from trainer.classical import skopsread
-from trainer.classical.kinds import operating_point, roc_points
+from trainer.classical.kinds import PLATT_EPS, join_blocks, logit, operating_point, roc_points, stacked_score, tie_break
 from trainer.classical.skopsread import Obj, SchemaError
 from trainer.classical.treewalk import Trees, forest_proba, samme_proba
 from trainer.util.threads import ONE_THREAD_ROWS, one_thread
@@ -37,9 +37,6 @@ from trainer.util.threads import ONE_THREAD_ROWS, one_thread
 TOLERANCE = 1e-9
 #: relative width of the band around the k-th neighbour distance inside which rounding could reorder rows
 KNN_TIE = 1e-9
-_TIE_BREAK = 1e-6     # trainer.classical.calibration.TIE_BREAK
-_PLATT_EPS = 1e-6     # trainer.classical.calibration._logit's clip
-_STACK_EPS = 1e-4     # trainer.classical.stacking._EPS
 
 _PREFIX = "sklearn."
 _MODULES = {"model": "trainer.classical.model.AllModel", "fusion": "trainer.classical.fusion.FeatureFusion",
@@ -56,6 +53,15 @@ def _expect(obj: Any, type_name: str) -> Obj:
 
 def _expit(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _squared_distances(X: np.ndarray, Y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
+    """(N, M) squared euclidean distances of rows ``X`` (N, D) to rows ``Y`` (M, D), ``y_sq`` (M,) their squares.
+
+    As |x|^2 - 2 x.y + |y|^2 (scikit-learn's KNN does the same; libsvm sums the squared differences: the two
+    differ by rounding, about 1e-16 of the squared norms), clipped at 0.
+    """
+    return np.maximum(np.square(X).sum(axis=1)[:, None] - 2.0 * (X @ Y.T) + y_sq[None], 0.0)
 
 
 def _binary(obj: Obj) -> None:
@@ -95,14 +101,11 @@ class _Fusion:
         edges = np.cumsum((0,) + self.dims)
         blocks = []
         for (mean, scale), a, b in zip(self.scalers, edges[:-1], edges[1:]):
-            block = X[:, a:b].copy()
+            block = X[:, a:b].copy()  # StandardScaler.transform, in place on a copy
             block -= mean
             block /= scale
-            if self.block_l2:
-                block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
             blocks.append(block)
-        Z = np.hstack(blocks)
-        Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+        Z = join_blocks(blocks, self.block_l2)
         if self.pca is None:
             return Z
         components, mean = self.pca
@@ -129,7 +132,7 @@ class _SVM:
             if cc["method"] != "sigmoid" or svc["kernel"] != "rbf" or svc["_sparse"]:
                 raise SchemaError("an SVM other than a sigmoid-calibrated dense RBF SVC")
             sv = np.asarray(svc["support_vectors_"], np.float64)
-            self.parts.append((sv, np.square(sv).sum(axis=1)[None], float(svc["_gamma"]),
+            self.parts.append((sv, np.square(sv).sum(axis=1), float(svc["_gamma"]),
                                np.asarray(svc["_dual_coef_"], np.float64)[0],
                                float(np.asarray(svc["_intercept_"])[0]), float(sig["a_"]), float(sig["b_"])))
         self.width = self.parts[0][0].shape[1]
@@ -138,12 +141,8 @@ class _SVM:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         total = np.zeros((len(X), 2))
-        sq = np.square(X).sum(axis=1)[:, None]
         for sv, sv_sq, gamma, coef, intercept, a, b in self.parts:
-            # squared distances as |x|^2 - 2 x.sv + |sv|^2 (libsvm sums the squared differences: the two
-            # differ by rounding, about 1e-16 of the squared norms)
-            d = np.maximum(sq - 2.0 * (X @ sv.T) + sv_sq, 0.0)
-            dec = -(np.exp(-gamma * d) @ coef + intercept)
+            dec = -(np.exp(-gamma * _squared_distances(X, sv, sv_sq)) @ coef + intercept)
             p = _expit(-(a * dec + b))
             total += np.column_stack([1.0 - p, p])
         total /= len(self.parts)
@@ -169,7 +168,7 @@ class _KNN:
         self.width = self.X.shape[1]
 
     def predict_proba_ambiguous(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        d = np.maximum(np.square(X).sum(axis=1)[:, None] - 2.0 * (X @ self.X.T) + self.sq[None], 0.0)
+        d = _squared_distances(X, self.X, self.sq)
         kth = np.partition(d, self.k - 1, axis=1)[:, self.k - 1:self.k]
         band = KNN_TIE * (1.0 + kth + np.square(X).sum(axis=1)[:, None] + self.sq.max())
         inside, edge = d < kth - band, np.abs(d - kth) <= band
@@ -272,10 +271,9 @@ class _Calibrator:
     def transform(self, s: np.ndarray) -> np.ndarray:
         s = np.asarray(s, dtype=float).ravel()
         if self.platt:
-            c = np.clip(s, _PLATT_EPS, 1 - _PLATT_EPS)
-            p = _expit((np.log(c / (1 - c)).reshape(-1, 1) @ self.coef.T + self.intercept).reshape(-1))
+            p = _expit((logit(s, PLATT_EPS).reshape(-1, 1) @ self.coef.T + self.intercept).reshape(-1))
         else:
-            p = self._isotonic(np.clip(s, self.lo, self.hi)) + _TIE_BREAK * (np.clip(s, 0.0, 1.0) - 0.5)
+            p = self._isotonic(np.clip(s, self.lo, self.hi)) + tie_break(s)
         return np.clip(p, 0.0, 1.0)
 
     def _isotonic(self, t: np.ndarray) -> np.ndarray:
@@ -385,9 +383,7 @@ class ModelReadout:
                "vote_share": V @ self.weights_, "raw": P @ self.weights_}
         det["weighted"] = det["raw"]
         if self.stacker is not None:
-            coef, intercept = self.stacker
-            c = np.clip(P, _STACK_EPS, 1 - _STACK_EPS)
-            det["raw"] = 1.0 / (1.0 + np.exp(-(np.log(c / (1 - c)) @ coef + intercept)))
+            det["raw"] = stacked_score(P, *self.stacker)
         det["calibrated"] = self.calibrator.transform(det["raw"])
         ambiguous |= np.abs(det["calibrated"] - self.threshold_) <= TOLERANCE
         return det, ambiguous

@@ -14,13 +14,13 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-_EPS = 1e-4
+from trainer.classical.kinds import STACK_EPS, stacked_score
+from trainer.classical.kinds import logit as clipped_logit
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-    """Element-wise log(p / (1 - p)) with p clipped to [1e-4, 1 - 1e-4]."""
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
+    """Element-wise log(p / (1 - p)) with p clipped to [1e-4, 1 - 1e-4] (``STACK_EPS``)."""
+    return clipped_logit(p, STACK_EPS)
 
 
 def inner_folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int = 5, seed: int = 0):
@@ -98,5 +98,4 @@ class StackedCombiner(BaseEstimator):
     def combine(self, P) -> np.ndarray:
         """(N,) combined P(ALL) of (N, C) member probabilities."""
         check_is_fitted(self, "coef_")
-        z = logit(P) @ self.coef_ + self.intercept_
-        return 1.0 / (1.0 + np.exp(-z))
+        return stacked_score(P, self.coef_, self.intercept_)

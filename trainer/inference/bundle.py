@@ -31,6 +31,7 @@ are moved into place atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -455,10 +456,8 @@ class LazyModels(Mapping):
                     raise KeyError(key)
                 model = None
                 if self._readouts and self._table[key].get("readout") == READOUT_VERSION:
-                    try:
+                    with contextlib.suppress(readout.SchemaError):  # unreadable: rebuilt instead
                         model = readout.ModelReadout(self._payloads[key], exact=lambda: self._rebuild(key))
-                    except readout.SchemaError:
-                        model = None
                 self._models[key] = self._described(key, model) if model is not None else self._rebuild(key)
             return self._models[key]
 

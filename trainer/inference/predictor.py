@@ -59,7 +59,7 @@ class Predictor:
         self.bundle = bundle
         self.kind_models = bundle.model
         models = bundle.model.models
-        #: model key -> AllModel; a :class:`LazyModels` rebuilds a model when it first judges an image
+        #: model key -> AllModel or its read-out; a :class:`LazyModels` loads a model when it first judges an image
         self.models = models if isinstance(models, LazyModels) else dict(models)
         summary = {k: model_summary(self.models, k) for k in self.models}  # (threshold, blocks)
         self.config = cfg = bundle.config
@@ -158,7 +158,7 @@ class Predictor:
     @functools.cached_property
     def validation_roc(self) -> dict[str, np.ndarray]:
         """The first model's ROC on its validation split (computed when first asked for)."""
-        return self.model.validation_roc()
+        return self.validation_roc_for()
 
     @property
     def path(self) -> Path | None:
