@@ -7,14 +7,16 @@
 
 Measures (ratios against a baseline taken in the same process, never absolute goals):
 
-  raw        images/s of the two networks alone, float32, batches of 32 of ready tensors (baseline)
+  raw        images/s of the two networks alone, float32, batches of 32 of ready tensors (baseline), as the
+             extractor runs them (side by side on the CPU); also one after the other on all threads
   crops      images/s of ``allgui-train predict``'s path (its lazy load, ``cli.classify_files``) on N crops,
              default precision, and its ratio to ``raw`` (goal >= 1.0)
   fields     network passes/s (each field + each white cell found = one pass) on N fields through
              the same path, and its ratio to ``raw`` (goal >= 0.9)
   open       one crop opened -> result (``Predictor.predict`` on a warm model), median, against one
              batch-of-one forward pass of the two networks in the same precision (goal <= 1.3x); in the
-             default precision and in float32
+             default precision and in float32; the pass is timed as the app runs it (side by side) and,
+             for comparison, one network after the other
   startup    (``--startup``, ``--startup-only``) ``python -m trainer predict`` of one crop, start to
              exit, seconds, median of ``--startup-runs`` after one warm-up run (goal <= 4 s), with
              ``python -c "import torch"`` as its floor (also timed without the interpreter's teardown,
@@ -93,27 +95,38 @@ def load(model: str, precision: str | None, lazy: bool = False):
     raise TypeError("Predictor.from_bundle takes none of the arguments tried")
 
 
-def raw_rate(predictor, batch: int = 32, repeats: int = 2) -> float:
+def raw_rate(predictor, batch: int = 32, repeats: int = 2, side_by_side: bool = True) -> float:
+    """Images/s of the predictor's networks on ready (batch, 3, S, S) tensors, in its precision.
+
+    ``side_by_side``: as the extractor runs them (on the CPU, one lane per network, see
+    ``FeatureExtractor.forward``); False: one after the other, each on all of torch's threads (as
+    before the lanes, for comparison).
+    """
     ex = predictor.extractor
-    models = ex.models()
     x = torch.randn(batch, 3, ex.image_size, ex.image_size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        for m in models.values():
-            m(x[:2])
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            for m in models.values():
-                m(x)
+    run = (lambda b: ex.forward({name: b for name in ex.networks})) if side_by_side else (
+        lambda b: [ex.forward({name: b}) for name in ex.networks])
+    run(x[:2])
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        run(x)
     return batch * repeats / (time.perf_counter() - t0)
 
 
-def one_forward(predictor, repeats: int = 7) -> float:
-    """Median seconds of one batch-of-one forward pass through the two networks, in the predictor's precision."""
-    predictor.warm_up()
+def one_forward(predictor, repeats: int = 7, side_by_side: bool = True) -> float:
+    """Median seconds of one batch-of-one forward pass through the two networks, in the predictor's precision.
+
+    ``side_by_side``: as ``predictor.warm_up`` runs it (the networks in lanes on the CPU); False: one
+    network after the other on all of torch's threads.
+    """
+    ex = predictor.extractor
+    x = torch.zeros(1, 3, ex.image_size, ex.image_size).contiguous(memory_format=torch.channels_last)
+    run = predictor.warm_up if side_by_side else (lambda: [ex.forward({name: x}) for name in ex.networks])
+    run()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        predictor.warm_up()  # exactly that: one (1, 3, size, size) pass through every network
+        run()  # side by side: exactly warm_up, one (1, 3, size, size) pass through every network
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -292,6 +305,7 @@ def main(argv=None) -> dict:
     fp32 = load(model, "fp32")
 
     out["raw_fp32_img_s"] = raw = raw_rate(fp32)
+    out["raw_fp32_one_after_the_other_img_s"] = raw_rate(fp32, side_by_side=False)
     crops = images_in(a.crops, a.n)
     cli_pred.predict(crops[0])
     secs, passes, _ = cli_path(cli_pred, crops)
@@ -313,6 +327,7 @@ def main(argv=None) -> dict:
         out[f"open{tag}_s"] = open_time(p, img)
         out[f"one_forward{tag}_s"] = one_forward(p)
         out[f"open{tag}_ratio_to_one_forward"] = out[f"open{tag}_s"] / out[f"one_forward{tag}_s"]
+        out[f"one_forward{tag}_one_after_the_other_s"] = one_forward(p, side_by_side=False)
 
     if a.agreement:
         files = images_in(a.crops, a.agreement // 2, seed=1) + (

@@ -7,7 +7,6 @@ the same for every white cell found.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -142,18 +141,14 @@ class Predictor:
         is loaded, off the GUI thread).
         """
         ex = self.extractor
-        models = self.extractors[self.keys[0]].models()
-        for e in self.extractors.values():
-            models = {**e.models(), **models}
         x = torch.zeros(1, 3, int(ex.image_size), int(ex.image_size), device=ex.torch_device)
         x = x.contiguous(memory_format=torch.channels_last)
-        amp = ex._amp_dtype()
-
-        ctx = (torch.autocast(device_type=ex.torch_device.type, dtype=amp) if amp is not None
-               else contextlib.nullcontext())
-        with torch.inference_mode(), ctx:
-            for m in models.values():
-                m(x)
+        done: set[str] = set()
+        for e in self.extractors.values():  # every network once, side by side as images go through them
+            todo = [name for name in e.networks if name not in done]
+            if todo:
+                e.forward({name: x for name in todo})
+                done.update(todo)
 
     @functools.cached_property
     def validation_roc(self) -> dict[str, np.ndarray]:

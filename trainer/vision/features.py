@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import wait
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,7 @@ from trainer.io.imageio import as_rgb_uint8, content_hash, read_image
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
 from trainer.util.progress import Progress
+from trainer.util.threads import network_lanes
 from trainer.util.versions import torchvision_version
 from trainer.vision import handcrafted
 from trainer.vision.backbones import BACKBONES, build_backbone, weights_identity
@@ -143,6 +145,13 @@ def _collate(batch):
     x = torch.stack([x for _, x, _, _ in batch]) if batch[0][1] is not None else None
     hand = torch.stack([h for _, _, h, _ in batch]) if batch[0][2] is not None else None
     return idx, x, hand, None
+
+
+def _features(model: torch.nn.Module, x: torch.Tensor, device_type: str, amp: torch.dtype | None) -> np.ndarray:
+    """(B, D) float32 GAP features of ``x`` (B, 3, S, S); the contexts are set here, as the thread may be a lane."""
+    autocast = torch.autocast(device_type=device_type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        return model(x).float().cpu().numpy()
 
 
 def _worker_init(_: int) -> None:
@@ -277,6 +286,23 @@ class FeatureExtractor:
                 models[name] = m.to(self.torch_device, memory_format=torch.channels_last).eval()
             self._models = models
         return self._models
+
+    def forward(self, batches: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """GAP features ``{network: (B, D) float32}`` of ready batches ``{network: (B, 3, S, S)}`` on the device.
+
+        In this extractor's precision, without gradients. On the CPU two or more networks run side by
+        side, each on its share of torch's threads (see :func:`trainer.util.threads.network_lanes`).
+        """
+        models = self.models()
+        amp = self._amp_dtype()
+        device = self.torch_device.type
+        threads = torch.get_num_threads()
+        if device != "cpu" or len(batches) < 2 or threads < len(batches):
+            return {name: _features(models[name], x, device, amp) for name, x in batches.items()}
+        lanes = network_lanes(len(batches), threads // len(batches))
+        futures = {name: lanes.submit(_features, models[name], x, device, amp) for name, x in batches.items()}
+        wait(futures.values())                    # every lane done, also when one of them failed
+        return {name: f.result() for name, f in futures.items()}
 
     def use_networks_of(self, other: FeatureExtractor) -> None:
         """Share ``other``'s built networks (same backbones and weights) instead of building copies."""
@@ -430,15 +456,16 @@ class FeatureExtractor:
                                 self._cache_save(NUCLEUS, keys[NUCLEUS][r], vec)
                     if x is not None:
                         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    for name, model in models.items():
+                    jobs = {}
+                    for name in models:
                         need = missing[name][rows]
-                        if not need.any():
-                            continue
-                        xb = x if need.all() else x[torch.from_numpy(need).to(device)]
-                        feats = model(xb).float().cpu().numpy()
-                        out[name][rows[need]] = feats
+                        if need.any():
+                            jobs[name] = (need, x if need.all() else x[torch.from_numpy(need).to(device)])
+                    found = self.forward({name: xb for name, (_, xb) in jobs.items()})
+                    for name, (need, _) in jobs.items():
+                        out[name][rows[need]] = found[name]
                         if self.cache_dir is not None:
-                            for r, vec in zip(rows[need], feats):
+                            for r, vec in zip(rows[need], found[name]):
                                 self._cache_save(name, keys[name][r], vec)
                     done += len(rows)
                     if progress is not None:

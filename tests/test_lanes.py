@@ -1,0 +1,92 @@
+"""Networks side by side on the CPU: each in its own lane on its share of torch's threads, same features."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.io.synthetic import make_cell_image
+from trainer.vision.features import FeatureExtractor
+
+SIZE = 32
+
+
+@pytest.fixture
+def two_threads():
+    """The calling thread on two torch threads (as on a 2-core machine), put back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def extractor(backbones=("densenet121", "resnet34")) -> FeatureExtractor:
+    return FeatureExtractor(backbones=backbones, image_size=SIZE, num_workers=0, device="cpu", precision="fp32")
+
+
+def record_threads(ex: FeatureExtractor) -> list[tuple[str, str, int]]:
+    """(network, thread name, torch threads) of every forward pass of ``ex``'s networks, as they run."""
+    seen: list[tuple[str, str, int]] = []
+    for name, model in ex.models().items():
+        model.register_forward_hook(lambda m, i, o, name=name: seen.append(
+            (name, threading.current_thread().name, torch.get_num_threads())))
+    return seen
+
+
+def images(n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [make_cell_image(48, malignant=bool(i % 2), rng=rng)[0] for i in range(n)]
+
+
+def test_two_networks_run_in_two_lanes_on_one_thread_each_and_the_caller_keeps_its_threads(two_threads):
+    ex = extractor()
+    seen = record_threads(ex)
+    out = ex.extract(images())
+    assert {k: v.shape for k, v in out.items()} == {"densenet121": (3, 1024), "resnet34": (3, 512)}
+    assert sorted(n for n, _, _ in seen) == ["densenet121", "resnet34"]
+    lanes = {thread for _, thread, _ in seen}
+    assert len(lanes) == 2 and all(t.startswith("allgui-lane") for t in lanes)
+    assert [threads for _, _, threads in seen] == [1, 1]
+    # the caller, and a thread started afterwards, still compute on two threads
+    assert torch.get_num_threads() == 2
+    later: list[int] = []
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert later == [2]
+
+
+def test_side_by_side_features_equal_those_computed_one_after_the_other(two_threads):
+    ex = extractor()
+    imgs = images()
+    side_by_side = ex.extract(imgs)
+    torch.set_num_threads(1)            # one thread: no lanes, the networks run in the calling thread
+    seen = record_threads(ex)
+    one_after_the_other = ex.extract(imgs)
+    assert {thread for _, thread, _ in seen} == {threading.current_thread().name}
+    for name in side_by_side:           # the same numbers up to float32 summation order
+        np.testing.assert_allclose(side_by_side[name], one_after_the_other[name], rtol=0, atol=1e-5)
+
+
+def test_one_network_keeps_all_threads_in_the_calling_thread(two_threads):
+    ex = extractor(("resnet34",))
+    seen = record_threads(ex)
+    ex.extract(images(1))
+    assert seen == [("resnet34", threading.current_thread().name, 2)]
+
+
+def test_a_failing_network_is_raised_after_the_other_lane_is_done(two_threads):
+    ex = extractor()
+    finished: list[str] = []
+    models = ex.models()
+    models["resnet34"].register_forward_hook(lambda *a: finished.append("resnet34"))
+
+    def boom(module, inputs):
+        raise RuntimeError("out of memory in densenet121")
+
+    models["densenet121"].register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="densenet121"):
+        ex.extract(images(1))
+    assert finished == ["resnet34"]
