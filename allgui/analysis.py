@@ -22,7 +22,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from allgui.imaging import thumbnail
-from allgui.state import AppState
+from allgui.state import AppState, Topic
 from allgui.workers import Task, ThreadTask
 from trainer.io.imageio import read_image
 from trainer.util.memory import release_freed_memory
@@ -43,7 +43,6 @@ def predict_one(predictor, path: str, progress, cancel, emit) -> tuple[str, np.n
     image = read_image(path)
     emit(image)  # shown while the networks run; the window need not decode it a second time
     pred = predictor.predict(image, path=path)
-    release_freed_memory()  # the memory of this image's buffers goes back to the system
     return path, image, pred, thumbnail(image), time.perf_counter() - t0
 
 
@@ -124,6 +123,8 @@ class AnalysisController(QObject):
         self._explicit: set[str] = set()      # opened one by one: an error is shown at once
         self._batch_errors: list[str] = []
         self._shut = False
+        # subscribed before the views: an image made current is being read before they redraw for it
+        state.subscribe(Topic.CURRENT, self.start)
 
     # ---- model -----------------------------------------------------------------------------
     def load_model(self, path: str) -> ThreadTask:
@@ -176,7 +177,8 @@ class AnalysisController(QObject):
             return
         self.progress.emit(n - len(todo), n if n > 1 else 0)
         path = todo[0]
-        task = ThreadTask(predict_one, self.predictor, path, name="predict")
+        # the memory of the image's buffers goes back to the system once its result is on its way
+        task = ThreadTask(predict_one, self.predictor, path, name="predict", after=release_freed_memory)
         task.partial.connect(lambda image, p=path: self._on_read(p, image))
         task.finished.connect(self._on_done)
         task.failed.connect(lambda msg, p=path: self._on_error(p, msg))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QPainterPath, QPen
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsRectItem
 
 from allgui.imaging import cell_regions, fill_overlay, probability_colour
@@ -22,10 +22,8 @@ class _CellItem(QGraphicsPathItem):
     """One nucleus outline, pen colour = probability colour."""
 
     def __init__(self, index: int, contour: np.ndarray) -> None:
-        path = QPainterPath()
-        path.moveTo(QPointF(float(contour[0, 0]) + 0.5, float(contour[0, 1]) + 0.5))
-        for x, y in contour[1:]:
-            path.lineTo(QPointF(float(x) + 0.5, float(y) + 0.5))
+        xy = np.asarray(contour, np.float64) + 0.5     # through pixel centres
+        path = pg.arrayToQPath(xy[:, 0], xy[:, 1], connect="all")
         path.closeSubpath()
         super().__init__(path)
         self.index = index
@@ -92,7 +90,7 @@ class ImageView(pg.GraphicsLayoutWidget):
         if image is None:
             self.image_item.clear()
         else:
-            self.image_item.setImage(image, levels=(0, 255), autoLevels=False)
+            self.image_item.setImage(image, levels=None, autoLevels=False)  # uint8 RGB: shown as it is
             self.fit()
         self.refresh_overlay()
         self.refresh_heatmap()

@@ -121,16 +121,26 @@ class _Runnable(QRunnable):
             send("cancelled", None)
         except BaseException as exc:  # everything must reach the window as a message
             send("failed", (error_message(exc), traceback.format_exc()))
+        if t.after is not None:
+            try:
+                t.after()
+            except Exception:  # clean-up only: the outcome is on its way already
+                logging.getLogger(__name__).exception("clean-up after %s failed", t.name)
 
 
 class ThreadTask(Task):
-    """Runs ``fn`` on a QThreadPool (default: the app's inference pool, one thread)."""
+    """Runs ``fn`` on a QThreadPool (default: the app's inference pool, one thread).
+
+    ``after``: called on the pool thread once the outcome has been sent, whatever it was: clean-up that
+    need not delay the result (the pool's next task waits for it).
+    """
 
     def __init__(self, fn: Callable[..., Any], *args: Any, pool: QThreadPool | None = None,
-                 priority: int = 0, **kwargs: Any) -> None:
+                 priority: int = 0, after: Callable[[], Any] | None = None, **kwargs: Any) -> None:
         super().__init__(fn, *args, **kwargs)
         self.pool = pool or inference_pool()
         self.priority = priority
+        self.after = after
         self._relay = _Relay()
         self._relay.message.connect(self._on_message, Qt.QueuedConnection)
 

@@ -2,9 +2,9 @@
 
 Measures, in a real window (offscreen by default; run under an X server for on-screen numbers):
   open      median time from opening a 450x450 crop to its result painted
-  slider    median time from a threshold-slider move to the repainted window (goal < 16 ms)
-  forward   one batch-of-one forward pass of the two networks, in the loaded model's precision: the
-            baseline of ``open`` (goal: open <= 1.3x forward)
+  forward   one batch-of-one forward pass of the two networks, in the loaded model's precision, as the
+            app runs it (side by side on the CPU, ``Predictor.warm_up``): the baseline of ``open``
+            (goal: open <= 1.3x forward); also one network after the other, for comparison
   slider    median time from a threshold-slider move to the repainted window (goal < 16 ms)
   stall     longest event-loop stall while a retrain runs in the background (goal < 100 ms)
   startup   (``--startup K``) ``allgui --open CROP`` in a fresh process, median of K runs after one
@@ -120,6 +120,8 @@ def main(argv=None) -> dict:
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     app = QApplication.instance() or QApplication([])
+    import torch
+
     from allgui.main_window import MainWindow
     from allgui.resources import default_model_path
     from trainer.config import TrainConfig
@@ -170,6 +172,15 @@ def main(argv=None) -> dict:
             forward.append(time.perf_counter() - t0)
         out["precision"] = pred.precision
         out["one_forward_ms_median"] = round(1000 * statistics.median(forward), 1)
+        ex = pred.extractor
+        x = torch.zeros(1, 3, ex.image_size, ex.image_size).contiguous(memory_format=torch.channels_last)
+        serial = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for name in ex.networks:
+                ex.forward({name: x})
+            serial.append(time.perf_counter() - t0)
+        out["one_forward_one_after_the_other_ms_median"] = round(1000 * statistics.median(serial), 1)
         out["open_ratio_to_one_forward"] = round(out["open_to_result_ms_median"] / out["one_forward_ms_median"], 2)
 
         # slider -> repaint: (a) the updates Qt schedules, (b) forcing the whole window to repaint

@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from PySide6.QtCore import Qt
+
 from allgui.workers import ProcessTask, ThreadTask
 from trainer.util.errors import Cancelled, DataError
 
@@ -57,6 +59,23 @@ def test_thread_task_error_and_cancel(qtbot):
     with qtbot.waitSignal(task.cancelled, timeout=10_000):
         task.start()
         task.cancel()
+
+
+@pytest.mark.parametrize("fn, args, outcome", [(count_to, (3,), "finished"), (bad_data, (), "failed")])
+def test_clean_up_after_a_thread_task_runs_on_its_thread_once_the_outcome_is_sent(qtbot, fn, args, outcome):
+    import threading
+
+    ran: list[tuple[str, bool]] = []
+    sent = threading.Event()
+    task = ThreadTask(fn, *args)
+    task._relay.message.connect(lambda kind, payload: kind == outcome and sent.set(),
+                                Qt.DirectConnection)  # noted in the pool thread as the outcome is sent
+    task.after = lambda: ran.append((threading.current_thread().name, sent.is_set()))
+    with qtbot.waitSignal(getattr(task, outcome), timeout=10_000):
+        task.start()
+    qtbot.waitUntil(lambda: bool(ran), timeout=10_000)
+    (thread, outcome_sent), = ran
+    assert thread != threading.current_thread().name and outcome_sent
 
 
 def test_process_task_crash_is_reported_not_fatal(qtbot):
@@ -155,4 +174,30 @@ def test_analysis_of_a_superseded_model_never_lands(qtbot, tmp_path):
     qtbot.waitUntil(lambda: not old.running, timeout=20_000)
     qtbot.wait(50)
     assert state.predictions[path] == "new" and ctl.model_path == "new.allmodel"
+    ctl.shutdown()
+
+
+def test_an_image_made_current_is_being_analysed_before_the_views_redraw_for_it(qtbot, tmp_path):
+    import threading
+
+    import cv2
+    import numpy as np
+
+    from allgui.analysis import AnalysisController
+    from allgui.state import AppState, Topic
+
+    paths = [str(tmp_path / f"{n}.png") for n in "ab"]
+    for p in paths:
+        cv2.imwrite(p, np.full((20, 20, 3), 200, np.uint8))
+    state = AppState()
+    ctl = AnalysisController(state)
+    release = threading.Event()
+    ctl.set_predictor(_SlowPredictor("m", release), "m.allmodel")
+    seen = []
+    # a view, subscribed after the controller (as the window's views are)
+    state.subscribe(Topic.CURRENT, lambda: seen.append((state.current, ctl._task_path, ctl._task.running)))
+    state.add_images(paths[1:])
+    assert seen == [(paths[1], paths[1], True)]
+    release.set()
+    qtbot.waitUntil(lambda: state.predictions.get(paths[1]) == "m", timeout=20_000)
     ctl.shutdown()
