@@ -90,3 +90,19 @@ def test_a_failing_network_is_raised_after_the_other_lane_is_done(two_threads):
     with pytest.raises(RuntimeError, match="densenet121"):
         ex.extract(images(1))
     assert finished == ["resnet34"]
+
+
+def test_freed_memory_is_given_back_between_forward_batches_but_not_after_a_single_one(two_threads, monkeypatch):
+    """The lanes' allocators keep a batch's activations; an extraction of many batches gives them back."""
+    import trainer.vision.features as features
+
+    ex = extractor()
+    ex.batch_size = 2
+    batches = record_threads(ex)
+    trims: list[int] = []
+    monkeypatch.setattr(features, "release_freed_memory", lambda: trims.append(len(batches)))
+    ex.extract(images(5))                 # batches of 2, 2, 1, both networks each
+    assert trims == [2, 4, 6]
+    trims.clear()
+    ex.extract(images(2)[::-1])           # one batch (an opened image): its caller trims when it likes
+    assert trims == []

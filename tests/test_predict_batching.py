@@ -138,3 +138,21 @@ def test_freed_memory_is_given_back_between_batches(tmp_path, monkeypatch):
     import sys
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert release_freed_memory() is glibc  # trims on glibc; a no-op elsewhere, never an error
+
+
+def test_prediction_on_the_cpu_forwards_at_most_16_images_at_a_time(tiny_bundle):
+    """Memory: the networks' activations for a batch are bounded, whatever batch the model was trained with."""
+    import dataclasses
+
+    from trainer.inference.bundle import load_bundle
+    from trainer.inference.predictor import CPU_FORWARD_BATCH, Predictor
+
+    bundle = load_bundle(tiny_bundle)
+    bundle.config = dataclasses.replace(bundle.config, batch_size=32)
+    p = Predictor(bundle, device="cpu", precision="fp32")
+    sizes = []
+    for model in p.extractor.models().values():
+        model.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    g = np.random.default_rng(5)
+    p.predict_batch([make_cell_image(48, bool(i % 2), g)[0] for i in range(20)])
+    assert CPU_FORWARD_BATCH == 16 and max(sizes) == 16 and sum(sizes) == 20 * len(p.extractor.networks)

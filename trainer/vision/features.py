@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from trainer.io.imageio import as_rgb_uint8, content_hash, read_image
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
+from trainer.util.memory import release_freed_memory
 from trainer.util.progress import Progress
 from trainer.util.threads import network_lanes
 from trainer.util.versions import torchvision_version
@@ -439,6 +440,7 @@ class FeatureExtractor:
             torch.autocast(device_type=device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         )
         done = 0
+        many = len(todo) > int(self.batch_size)
         iterator = iter(loader)
         try:
             with torch.inference_mode(), autocast:
@@ -470,6 +472,8 @@ class FeatureExtractor:
                     done += len(rows)
                     if progress is not None:
                         progress((cached + done) / n, f"Features: {cached + done}/{n} images")
+                    if many:  # each lane's allocator keeps a batch's activations: give them back between batches
+                        release_freed_memory()
         finally:
             shutdown = getattr(iterator, "_shutdown_workers", None)
             if shutdown is not None:  # stop DataLoader workers now, also on errors / cancel
