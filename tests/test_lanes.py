@@ -93,11 +93,11 @@ def test_a_failing_network_is_raised_after_the_other_lane_is_done(two_threads):
 
 
 def test_freed_memory_is_given_back_between_forward_batches_but_not_after_a_single_one(two_threads, monkeypatch):
-    """The lanes' allocators keep a batch's activations; an extraction of many batches gives them back."""
+    """The lanes' allocators keep a batch's activations; a predictor's extraction of many batches gives them back."""
     import trainer.vision.features as features
 
     ex = extractor()
-    ex.batch_size = 2
+    ex.batch_size, ex.release_memory = 2, True  # as a predictor's extractors are
     batches = record_threads(ex)
     trims: list[int] = []
     monkeypatch.setattr(features, "release_freed_memory", lambda: trims.append(len(batches)))
@@ -106,3 +106,8 @@ def test_freed_memory_is_given_back_between_forward_batches_but_not_after_a_sing
     trims.clear()
     ex.extract(images(2)[::-1])           # one batch (an opened image): its caller trims when it likes
     assert trims == []
+
+
+def test_a_predictors_extractors_give_memory_back_and_trainings_do_not(tiny_predictor):
+    assert all(ex.release_memory for ex in tiny_predictor.extractors.values())
+    assert not extractor().release_memory

@@ -372,7 +372,8 @@ def _extractor(cfg, blocks, device, cache_dir, precision, state_dicts, reference
     return FeatureExtractor(
         backbones=tuple(blocks), weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
         batch_size=batch, num_workers=0, device=device, cache_dir=cache_dir, state_dicts=state_dicts,
-        seed=cfg.seed, precision=precision, stain_reference=reference)
+        seed=cfg.seed, precision=precision, stain_reference=reference,
+        release_memory=True)
 
 
 def _networks_ready(cfg, device, cache_dir, precision, legacy=False) -> tuple[FeatureExtractor, dict[str, np.ndarray]]:
