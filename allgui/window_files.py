@@ -87,12 +87,12 @@ class FilesMixin:
             self.open_folder(d)
         if not files:
             return
-        self.settings.setValue("dirs/images", str(Path(files[0]).parent))
         self.analysis.open(files, explicit=True)
+        self.state.add_images(files)   # the analysis of the first starts here, before the rest below
+        self.analysis.start()
+        self.settings.setValue("dirs/images", str(Path(files[0]).parent))
         for p in files:
             self._add_recent(p)
-        self.state.add_images(files)
-        self.analysis.start()
 
     def open_folder(self, folder: str) -> bool:
         """Open every image in ``folder`` as the batch; False (with a message) when there is none."""
