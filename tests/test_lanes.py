@@ -111,3 +111,23 @@ def test_freed_memory_is_given_back_between_forward_batches_but_not_after_a_sing
 def test_a_predictors_extractors_give_memory_back_and_trainings_do_not(tiny_predictor):
     assert all(ex.release_memory for ex in tiny_predictor.extractors.values())
     assert not extractor().release_memory
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX")
+def test_a_forked_child_gets_lanes_of_its_own(two_threads):
+    """A child forked after the lanes started (a DataLoader worker, a library's pool) has none of their
+    threads; work it gives its lanes must still run, not wait forever."""
+    import os
+
+    from trainer.util.threads import network_lanes
+
+    assert network_lanes(2, 1).submit(lambda: 7).result(timeout=30) == 7
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its lanes ran the work
+        ok = False
+        try:
+            ok = network_lanes(2, 1).submit(lambda: 7).result(timeout=20) == 7
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

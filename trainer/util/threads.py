@@ -62,6 +62,17 @@ _LANES: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _LANES_LOCK = threading.Lock()
 
 
+def _forget_lanes_in_child() -> None:
+    """A forked child has none of its parent's threads: its lanes are made afresh when it needs them."""
+    global _LANES_LOCK
+    _LANES.clear()
+    _LANES_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_lanes_in_child)
+
+
 def network_lanes(lanes: int, threads: int) -> ThreadPoolExecutor:
     """A pool of ``lanes`` threads whose torch operations each use ``threads`` intra-op threads (kept, shared).
 
