@@ -57,7 +57,7 @@ def map_in_chunks(fn: Callable[[T], R], items: Sequence[T], between: Callable[[i
     return out
 
 
-#: intra-op threads of the calling thread -> lanes; see :func:`network_lanes`
+#: (lanes, torch threads per lane) -> its pool; see :func:`network_lanes`
 _LANES: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _LANES_LOCK = threading.Lock()
 
@@ -101,9 +101,9 @@ def network_lanes(lanes: int, threads: int) -> ThreadPoolExecutor:
             torch.set_num_threads(key[1])
 
         pool = ThreadPoolExecutor(key[0], thread_name_prefix="allgui-lane", initializer=set_up)
-        for _ in range(key[0]):               # start every lane now, while the caller's number is put back after
+        for _ in range(key[0]):               # start every lane now (each sets its own count), then put the
             pool.submit(started.wait)
-        started.wait()
+        started.wait()                        # caller's count back for the threads started later
         torch.set_num_threads(before)
         _LANES[key] = pool
         return pool
