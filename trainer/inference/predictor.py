@@ -30,7 +30,8 @@ from trainer.vision.features import NUCLEUS, PRECISIONS, FeatureExtractor, cpu_h
 MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
 #: images per forward pass when predicting on the CPU: the two networks' activations for 32 images at
 #: 224 px, side by side, took the resident size of a folder of smear fields to 1.6-1.9 GB at its peak;
-#: with 16, 1.3 GB, at the same speed (1.47 against 1.41 fields/s on 2 cores)
+#: with 16 (and the heap trimmed between batches, ``release_memory``) 1.3-1.4 GB, at the same speed
+#: (1.47 against 1.41 fields/s on 2 cores)
 CPU_FORWARD_BATCH = 16
 
 

@@ -440,15 +440,12 @@ class FeatureExtractor:
             pin_memory=device.type == "cuda",
             worker_init_fn=_worker_init if workers else None,
         )
-        amp = self._amp_dtype()
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        )
+        self._amp_dtype()  # an unknown precision is refused before any image is read (forward() applies it)
         done = 0
         many = self.release_memory and len(todo) > int(self.batch_size)
         iterator = iter(loader)
         try:
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode():
                 for idx, x, hand, err in iterator:
                     check_cancel()
                     if err is not None:
