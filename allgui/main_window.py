@@ -333,7 +333,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
             self.image_view.set_image(None)
             self._update_status()
             return
-        self.analysis.start()  # inference first; it reads the file on its own thread
+        # the analysis controller, subscribed first, has started reading the file on its own thread
         # None until the picture is read, off this thread (imageReady)
         self.image_view.set_image(self.analysis.request_image(path))
         self._update_status()
