@@ -120,10 +120,9 @@ def main(argv=None) -> dict:
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     app = QApplication.instance() or QApplication([])
-    import torch
-
     from allgui.main_window import MainWindow
     from allgui.resources import default_model_path
+    from benchmarks.predict_throughput import one_forward
     from trainer.config import TrainConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="allgui_bench_"))
@@ -164,23 +163,10 @@ def main(argv=None) -> dict:
             win.state.predictions[p].seconds for p in win.state.predictions), 1)
         # baseline: one batch-of-one pass through the two networks, in the precision the window predicts in
         pred = win.predictor
-        pred.warm_up()
-        forward = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            pred.warm_up()
-            forward.append(time.perf_counter() - t0)
         out["precision"] = pred.precision
-        out["one_forward_ms_median"] = round(1000 * statistics.median(forward), 1)
-        ex = pred.extractor
-        x = torch.zeros(1, 3, ex.image_size, ex.image_size).contiguous(memory_format=torch.channels_last)
-        serial = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            for name in ex.networks:
-                ex.forward({name: x})
-            serial.append(time.perf_counter() - t0)
-        out["one_forward_one_after_the_other_ms_median"] = round(1000 * statistics.median(serial), 1)
+        out["one_forward_ms_median"] = round(1000 * one_forward(pred, args.repeats), 1)
+        out["one_forward_one_after_the_other_ms_median"] = round(
+            1000 * one_forward(pred, args.repeats, side_by_side=False), 1)
         out["open_ratio_to_one_forward"] = round(out["open_to_result_ms_median"] / out["one_forward_ms_median"], 2)
 
         # slider -> repaint: (a) the updates Qt schedules, (b) forcing the whole window to repaint
