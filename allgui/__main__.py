@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
 
     # the window's modules after the QApplication exists
-    from allgui.main_window import MainWindow
     from allgui.resources import samples_dir
+    from allgui.window.main_window import MainWindow
 
     win = MainWindow(model=args.model, load_now=False)
     if args.heatmap:

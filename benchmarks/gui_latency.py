@@ -120,8 +120,8 @@ def main(argv=None) -> dict:
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     app = QApplication.instance() or QApplication([])
-    from allgui.main_window import MainWindow
     from allgui.resources import default_model_path
+    from allgui.window.main_window import MainWindow
     from benchmarks.predict_throughput import one_forward
     from trainer.config import TrainConfig
 

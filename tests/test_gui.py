@@ -15,7 +15,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QPointF, QSettings, Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
-from allgui.main_window import MainWindow
+from allgui.window.main_window import MainWindow
 from trainer.config import TrainConfig
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
 from trainer.io.synthetic import make_cell_image, make_smear_field
@@ -224,7 +224,7 @@ def reads_on_gui_thread(monkeypatch):
     """For each image the app reads from now on, whether the GUI thread read it."""
     import threading
 
-    from allgui import analysis
+    from allgui.window import analysis
     real, on_gui_thread = analysis.read_image, []
 
     def read(p):
@@ -411,7 +411,7 @@ def test_drop_recent_shortcuts_and_model_card(qtbot, window, images):
     from PySide6.QtCore import QMimeData, QUrl
     from PySide6.QtGui import QDropEvent
 
-    from allgui.model_card import card_html
+    from allgui.model.card import card_html
 
     win = window
     mime = QMimeData()
@@ -452,7 +452,7 @@ def test_evaluation_report_opens_with_its_numbers(qtbot, window, tmp_path, boxes
 
 
 def test_model_card_headline_shows_sources_and_limitations():
-    from allgui.model_card import card_html
+    from allgui.model.card import card_html
     m = {"n": 8, "accuracy": 0.5, "auc": 0.9375, "auc_ci": [0.75, 1.0], "sensitivity": 0.0,
          "specificity": 1.0, "brier": 0.365}
     card = {"name": "m", "metrics": {"test": {"ensemble_calibrated": dict(m, n=208, accuracy=0.933)},
@@ -465,7 +465,7 @@ def test_model_card_headline_shows_sources_and_limitations():
 
 
 def test_overlay_names_do_not_collide():
-    from allgui.window_files import _overlay_name
+    from allgui.window.files import _overlay_name
     used: set[str] = set()
     names = [_overlay_name(p, used) for p in ("a/1.png", "b/1.png", "c/2.png", "d/1.png")]
     assert names == ["1_overlay.png", "1_2_overlay.png", "2_overlay.png", "1_3_overlay.png"]

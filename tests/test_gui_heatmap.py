@@ -14,8 +14,8 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QMessageBox
 
-import allgui.heatmap as heatmap_module
-from allgui.main_window import MainWindow
+import allgui.views.heatmap as heatmap_module
+from allgui.window.main_window import MainWindow
 from trainer.inference.explain import CAPTION
 from trainer.io.synthetic import make_cell_image, make_smear_field
 

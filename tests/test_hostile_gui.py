@@ -65,8 +65,8 @@ def test_blank_image_is_not_assessable_in_the_window(qtbot, window, tmp_path):
 
 
 def test_export_csv_neutralises_formulas_and_escapes_odd_names(tmp_path):
-    from allgui.batch_table import BatchModel
     from allgui.state import AppState
+    from allgui.views.batch_table import BatchModel
     st = AppState()
     odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"))
     paths = [str(tmp_path / "=HYPERLINK(1).png"), str(tmp_path / "@x.png"), odd]
@@ -86,7 +86,7 @@ def test_a_model_that_fails_to_load_leaves_the_window_saying_so(qtbot, tiny_bund
     from conftest import rewrite_bundle
     from PySide6.QtCore import QSettings
 
-    from allgui.main_window import MainWindow
+    from allgui.window.main_window import MainWindow
     bad = rewrite_bundle(tiny_bundle, tmp_path / "altered.allmodel",
                          change=lambda m: m["models"]["single_cell"].update(threshold=0.01))
     img = tmp_path / "cell.png"

@@ -15,7 +15,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt
 
-from allgui.main_window import MainWindow
+from allgui.window.main_window import MainWindow
 from trainer.cases import DEFAULT_CASE_NAME, CaseStore
 from trainer.config import TrainConfig
 from trainer.io.synthetic import make_cell_image, make_smear_field
@@ -239,7 +239,7 @@ def test_export_case_report_writes_the_pdf_in_the_background(qtbot, window, fold
 
 
 def test_model_card_shows_the_reviewed_corrections():
-    from allgui.model_card import card_html
+    from allgui.model.card import card_html
     card = {"name": "m", "trained_on": {"n_images": 30, "class_counts": {"normal": 14, "ALL": 16},
                                         "reviewed": {"n_images": 6, "by_label": {"normal": 2, "ALL": 4},
                                                      "n_train": 6, "n_validation": 0, "n_test": 0,

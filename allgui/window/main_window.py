@@ -1,6 +1,6 @@
 """The main window: views, menus and dialogs laid out around an analysis controller.
 
-The analysis work goes to an :class:`~allgui.analysis.AnalysisController`.
+The analysis work goes to an :class:`~allgui.window.analysis.AnalysisController`.
 
 Where to add things:
 
@@ -29,19 +29,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from allgui.analysis import AnalysisController
-from allgui.batch_table import BatchTable
-from allgui.heatmap import HeatmapController
-from allgui.image_view import ImageView
-from allgui.overlay_bar import OverlayBar
+from allgui.model.controller import ModelMixin
+from allgui.model.retrain import RetrainDialog
 from allgui.qtutil import signals_blocked
 from allgui.resources import default_model_path, icon_path
-from allgui.retrain import RetrainDialog
-from allgui.review_view import ReviewController
-from allgui.side_panel import RESEARCH_NOTE, SidePanel
+from allgui.review.controller import ReviewController
 from allgui.state import AppState, Topic
-from allgui.window_files import FilesMixin
-from allgui.window_model import ModelMixin
+from allgui.views.batch_table import BatchTable
+from allgui.views.heatmap import HeatmapController
+from allgui.views.image_view import ImageView
+from allgui.views.overlay_bar import OverlayBar
+from allgui.views.side_panel import RESEARCH_NOTE, SidePanel
+from allgui.window.analysis import AnalysisController
+from allgui.window.files import FilesMixin
 from trainer.config import TrainConfig, default_cache_dir
 
 

@@ -23,10 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from allgui.heatmap import HeatmapBox
 from allgui.imaging import DECISION_COLOURS, probability_colour
 from allgui.qtutil import signals_blocked
 from allgui.state import AppState, Topic
+from allgui.views.heatmap import HeatmapBox
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
 
 SLIDER_STEPS = 1000

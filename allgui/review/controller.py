@@ -1,10 +1,10 @@
 """Review mode in the window: the review bar, Review menu and shortcuts, case files, table column and filter.
 
-The review bar (:mod:`allgui.review_bar`: Confirm / ALL blast / Normal / Unclassifiable, comment,
+The review bar (:mod:`allgui.review.bar`: Confirm / ALL blast / Normal / Unclassifiable, comment,
 previous / next, undo / redo, table filter) sits in a panel under the image; the case file entries
-of the File menu and the case report export come from :mod:`allgui.review_cases`.
+of the File menu and the case report export come from :mod:`allgui.review.cases`.
 
-All state lives in :class:`allgui.review.ReviewModel` (Qt-free, persisted in the case file on every
+All state lives in :class:`allgui.review.review_model.ReviewModel` (Qt-free, persisted in the case file on every
 action); these views only show it and forward the user's actions. Keys: A = ALL blast, N = normal,
 U = unclassifiable, C = confirm the model, J / K = next / previous image in the table's order,
 Ctrl+Z / Ctrl+Shift+Z = undo / redo a review. A decision on the whole image moves on to the next
@@ -22,9 +22,9 @@ from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import QInputDialog, QLineEdit, QMainWindow, QMenu, QMessageBox
 
 from allgui.resources import samples_dir
-from allgui.review import ReviewModel, ReviewRefused
-from allgui.review_bar import ReviewBar, table_cell
-from allgui.review_cases import CaseFilesMixin
+from allgui.review.bar import ReviewBar, table_cell
+from allgui.review.cases import CaseFilesMixin
+from allgui.review.review_model import ReviewModel, ReviewRefused
 from allgui.state import Topic
 from allgui.workers import ThreadTask
 from trainer.cases import DEFAULT_CASE_NAME, REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, Review, file_sha256

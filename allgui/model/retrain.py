@@ -32,9 +32,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from allgui.case_picker import CasePicker
-from allgui.evaluation_view import EvaluationView
-from allgui.training_job import run_training
+from allgui.model.case_picker import CasePicker
+from allgui.model.evaluation_view import EvaluationView
+from allgui.model.training_job import run_training
 from allgui.workers import ProcessTask
 from trainer.config import FINETUNE_CHOICES, MIN_IMAGE_SIZE, TrainConfig, choices, describe, finetune_wanted
 

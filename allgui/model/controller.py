@@ -10,15 +10,15 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from allgui.model_card import ModelCardDialog
-from allgui.report_view import ReportDialog
-from allgui.retrain import RetrainDialog
+from allgui.model.card import ModelCardDialog
+from allgui.model.report_view import ReportDialog
+from allgui.model.retrain import RetrainDialog
 from allgui.workers import ThreadTask
 from trainer.util.errors import AllguiError
 
 
 class ModelMixin:
-    """The Model menu of :class:`~allgui.main_window.MainWindow`.
+    """The Model menu of :class:`~allgui.window.main_window.MainWindow`.
 
     Needs the window's ``state``, ``settings``, ``analysis``, ``side``, ``banner`` and ``model_label``.
     """

@@ -59,7 +59,7 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 class FilesMixin:
-    """The File menu of :class:`~allgui.main_window.MainWindow`.
+    """The File menu of :class:`~allgui.window.main_window.MainWindow`.
 
     Needs the window's ``state``, ``settings``, ``analysis``, ``table`` and ``recent_menu``.
     """
