@@ -57,7 +57,7 @@ def _window(qtbot, tmp_path, model_path):
 
 
 def _open(qtbot, win, path):
-    win.open_files([path])
+    win.files.open_files([path])
     qtbot.waitUntil(lambda: path in win.state.predictions, timeout=60_000)
 
 
