@@ -130,12 +130,13 @@ class AppState:
         self.emit(Topic.IMAGES)
         self.set_current(str(current) if current is not None else (self.paths[0] if self.paths else None))
 
-    def add_images(self, paths: list[str | Path]) -> None:
+    def add_images(self, paths: list[str | Path], make_current: bool = True) -> None:
+        """Add images to the list (the first becomes current, or the current one stays)."""
         new = list(dict.fromkeys(str(p) for p in paths if str(p) not in self.paths))  # no duplicates
         if new:
             self.paths.extend(new)
             self.emit(Topic.IMAGES)
-        if paths:
+        if paths and (make_current or self.current is None):
             self.set_current(str(paths[0]))
 
     def set_current(self, path: str | None) -> None:

@@ -42,7 +42,8 @@ class CaseController(QObject):
     status_bar : QStatusBar
         Where short confirmations go.
     open_files : callable
-        Opens image files (those of an opened case that are not open yet).
+        Opens image files (those of an opened case that are not open yet): ``open_files(paths,
+        make_current=True)``.
 
     Signals
     -------
@@ -53,7 +54,7 @@ class CaseController(QObject):
     reportWritten = Signal(str)
 
     def __init__(self, parent: QWidget, review: ReviewModel, state: AppState, settings: QSettings,
-                 status_bar: QStatusBar, open_files: Callable[[list[str]], None]) -> None:
+                 status_bar: QStatusBar, open_files: Callable[..., None]) -> None:
         super().__init__(parent)
         self.dialog_parent = parent
         self.review, self.state, self.settings = review, state, settings
@@ -97,25 +98,21 @@ class CaseController(QObject):
     def open_case(self, path: str) -> bool:
         """Open a case file and the images it holds that are not open yet (refused files: a message)."""
         try:
-            store = self.review.open_case(path)
+            self.review.open_case(path)
         except CaseError as exc:
             QMessageBox.warning(self.dialog_parent, "Open case", str(exc))
             return False
         self.settings.setValue("dirs/case", str(Path(path).parent))
-        found, missing = [], 0
-        for p, rel in store.image_paths().values():
-            where = store.resolve(p, rel)
-            if where is None:
-                missing += 1
-            elif str(where) not in self.state.paths:
-                found.append(str(where))
-        if found:
-            self.open_files(found)
-        msg = f"Case {Path(path).name} opened"
-        if missing:
-            msg += f"; {missing} of its images were not found"
-        self.status_bar.showMessage(msg, 8000)
+        self.status_bar.showMessage(f"Case {Path(path).name} opened" + self.open_case_images(), 8000)
         return True
+
+    def open_case_images(self, make_current: bool = True) -> str:
+        """Open the open case's images that are not open yet; what a status message adds about them."""
+        found, missing = self.review.unopened_images()
+        if found:
+            self.open_files(found, make_current=make_current)
+        return ((f"; {len(found)} of its images from other folders added" if found and not make_current else "")
+                + (f"; {missing} of its images were not found" if missing else ""))
 
     def export_report_dialog(self) -> ThreadTask | None:
         if self.review.store is None:

@@ -162,8 +162,9 @@ class ReviewController(QObject):
                                     f"{exc}\n\nReviews of these images are not recorded until you open or create "
                                     "another case (File \u2192 New case\u2026).")
             opened = None
-        if opened is not None:
-            self.status_bar.showMessage(f"Case {opened.name} opened: earlier reviews restored", 6000)
+        if opened is not None:   # the whole case: its images from other folders come too
+            self.status_bar.showMessage(f"Case {opened.name} opened: earlier reviews restored"
+                                        + self.cases.open_case_images(make_current=False), 8000)
         self._hash_missing()
         self.refresh()
 

@@ -97,7 +97,13 @@ class ReviewModel:
         self.case_redirects: dict[Path, Path] = {}
         self._recorded: set[tuple[str, str]] = set()   # (image hash, model hash) with a prediction row
         self._subs: dict[str, list[Callable[..., Any]]] = defaultdict(list)
+        # The case is the unit of work: images added to the open ones join its case, and a case made for
+        # them goes where the work began, not to the common folder of everything added since.
+        self._seen: set[str] = set(state.paths)
+        self._added = False                     # the last change of the open images only added some
+        self._home = self._folder_of(state.paths)
         state.subscribe(Topic.PREDICTION, self._on_prediction)
+        state.subscribe(Topic.IMAGES, self._on_images)
 
     # ---- observers -------------------------------------------------------------------------
     def subscribe(self, topic: str, callback: Callable[..., Any]) -> None:
@@ -112,17 +118,33 @@ class ReviewModel:
     def case_path(self) -> Path | None:
         return self.store.path if self.store is not None else None
 
+    def _on_images(self) -> None:
+        paths = set(self.state.paths)
+        self._added = bool(self._seen) and self._seen <= paths
+        if not self._added or self._home is None:
+            self._home = self._folder_of(self.state.paths)
+        self._seen = paths
+
     def default_case_path(self, paths: list[str] | None = None) -> Path | None:
-        """``allgui-case.sqlite`` in the folder that holds the open images (their common folder)."""
-        paths = self.state.paths if paths is None else paths
+        """``allgui-case.sqlite`` in the folder that holds the open images (their common folder).
+
+        Images added later (from other folders) leave it where it was.
+        """
+        folder = self._home if paths is None else self._folder_of(paths)
+        if folder is None:
+            return None
+        return self.case_redirects.get(folder.resolve(), folder / DEFAULT_CASE_NAME)
+
+    @staticmethod
+    def _folder_of(paths: list[str]) -> Path | None:
+        """The common folder of ``paths`` (None for none)."""
         if not paths:
             return None
         try:
             common = Path(os.path.commonpath([os.path.abspath(p) for p in paths]))
         except ValueError:    # different drives
             common = Path(os.path.abspath(paths[0]))
-        folder = common if common.is_dir() else common.parent
-        return self.case_redirects.get(folder.resolve(), folder / DEFAULT_CASE_NAME)
+        return common if common.is_dir() else common.parent
 
     def open_case(self, path: str | os.PathLike, explicit: bool = True) -> CaseStore:
         """Open an existing case file (raises :class:`trainer.errors.CaseError`)."""
@@ -158,10 +180,10 @@ class ReviewModel:
     def follow_images(self) -> Path | None:
         """After the open images changed: open the case file beside them, if there is one.
 
-        Not when the user chose a case. Returns the case opened, if any; raises CaseError for a
-        refused file.
+        Not when the user chose a case, nor when images were only added to those open (they join the
+        open case). Returns the case opened, if any; raises CaseError for a refused file.
         """
-        if self.explicit_case:
+        if self.explicit_case or (self.store is not None and self._added):
             return None
         default = self.default_case_path()
         if self.store is not None and default is not None and self.store.path == default:
@@ -172,6 +194,26 @@ class ReviewModel:
             self.open_case(default, explicit=False)
             return default
         return None
+
+    def has_reviews(self) -> bool:
+        """Whether the open case holds a review in effect of an open image (or of one of its cells)."""
+        if self.store is None:
+            return False
+        open_hashes = {self.hashes[p] for p in self.state.paths if p in self.hashes}
+        return any(sha in open_hashes for sha, _ in self.store.state.current)
+
+    def unopened_images(self) -> tuple[list[str], int]:
+        """The open case's images that are not open: where those still there are, and how many are not."""
+        if self.store is None:
+            return [], 0
+        found, missing, open_paths = [], 0, set(self.state.paths)
+        for p, rel in self.store.image_paths().values():
+            where = self.store.resolve(p, rel)
+            if where is None:
+                missing += 1
+            elif os.path.abspath(where) not in open_paths:   # '..' of a path beside the case resolved
+                found.append(os.path.abspath(where))
+        return found, missing
 
     def ensure_case(self) -> CaseStore:
         """The open case, or a new one in the default place (raises CaseError where it cannot be)."""

@@ -72,19 +72,22 @@ class FilesController(QObject):
         Recent files and the folders the dialogs start in.
     analysis : AnalysisController
         Told about opened images (``open``) and started on them (``start``).
+    review : ReviewModel
+        The open case: a folder opened while it holds reviews joins it, or it is closed, as the user says.
     batch
         The batch table's model (``export_csv(path)``).
     status_bar : QStatusBar
         Where short confirmations go.
     """
 
-    def __init__(self, parent: QWidget, state: AppState, settings: QSettings, analysis, batch,
+    def __init__(self, parent: QWidget, state: AppState, settings: QSettings, analysis, review, batch,
                  status_bar: QStatusBar) -> None:
         super().__init__(parent)
         self.dialog_parent = parent
         self.state = state
         self.settings = settings
         self.analysis = analysis
+        self.review = review
         self.batch = batch
         self.status_bar = status_bar
         self.recent_menu = QMenu("Open &recent", parent)
@@ -103,8 +106,8 @@ class FilesController(QObject):
         if d:
             self.open_folder(d)
 
-    def open_files(self, paths: list[str]) -> None:
-        """Open image files (added to the list; the first becomes current)."""
+    def open_files(self, paths: list[str], make_current: bool = True) -> None:
+        """Open image files, added to those open and to their case (the first becomes current)."""
         paths = [str(Path(p)) for p in paths]
         if not paths:
             return
@@ -115,7 +118,8 @@ class FilesController(QObject):
         if not files:
             return
         self.analysis.open(files, explicit=True)
-        self.state.add_images(files)   # the analysis of the first starts here, before the rest below
+        # the analysis of the first starts here, before the rest below
+        self.state.add_images(files, make_current=make_current)
         self.analysis.start()
         self.settings.setValue("dirs/images", str(Path(files[0]).parent))
         for p in files:
@@ -131,12 +135,43 @@ class FilesController(QObject):
             QMessageBox.warning(self.dialog_parent, "Open folder",
                                 f"No images found in {folder}.\n\nReadable types: {', '.join(IMAGE_SUFFIXES)}")
             return False
+        choice = self._add_or_replace(folder, len(paths))
+        if choice == "cancel":
+            return False
         self.settings.setValue("dirs/folder", str(folder))
         self._add_recent(str(folder))
         self.analysis.open(paths)
-        self.state.set_images(paths)
+        if choice == "add":
+            self.state.add_images(paths)
+        else:
+            if choice == "own":
+                self.review.close_case()   # its reviews stay in its file; the folder's own case follows
+            self.state.set_images(paths)
         self.analysis.start()
         return True
+
+    def _add_or_replace(self, folder: str, n: int) -> str:
+        """What a folder's images do: "replace", "add", "own" or "cancel".
+
+        They replace the open images, unless those hold reviews of the open case: then the user chooses
+        whether they join that case ("add"), open on their "own" (the case closes) or not at all.
+        """
+        if not self.state.paths or not self.review.has_reviews():
+            return "replace"
+        return self.ask_add_to_case(self.review.store.name, folder, n)
+
+    def ask_add_to_case(self, case: str, folder: str, n: int) -> str:
+        """Ask whether a folder's images join the open case: "add", "own" or "cancel"."""
+        box = QMessageBox(QMessageBox.Question, "Open folder",
+                          f"Case “{case}” is open, with reviews.\n\nAdd the {n} image(s) of "
+                          f"{Path(folder).name} to this case, or open them on their own? The case's reviews "
+                          "stay in its file either way.", parent=self.dialog_parent)
+        add = box.addButton(f"Add to case “{case}”", QMessageBox.AcceptRole)
+        own = box.addButton("Open on their own", QMessageBox.DestructiveRole)
+        box.addButton(QMessageBox.Cancel)
+        box.setDefaultButton(add)
+        box.exec()
+        return "add" if box.clickedButton() is add else "own" if box.clickedButton() is own else "cancel"
 
     def _add_recent(self, path: str) -> None:
         rec = [p for p in (self.settings.value("recent", [], list) or []) if p != path]

@@ -144,8 +144,9 @@ class MainWindow(QMainWindow):
     def _build_controllers(self, retrain_defaults: TrainConfig | None, models_dir: str | Path | None) -> None:
         """One controller per concern, given what it needs; the views and the analysis exist already."""
         sb = self.statusBar()
-        self.files = FilesController(self, self.state, self.settings, self.analysis, self.table.batch, sb)
         self.review = ReviewModel(self.state)   # the reviews and their case file (Qt-free)
+        self.files = FilesController(self, self.state, self.settings, self.analysis, self.review,
+                                     self.table.batch, sb)
         # features cached per user: a retrain re-extracts only new images
         self.models = ModelController(self, self.state, self.settings, self.analysis, self.side, self.banner,
                                       self.model_label, sb,
