@@ -378,9 +378,10 @@ def test_retrain_from_menu_keeps_window_responsive_and_switches(qtbot, window, t
     ev = dlg.evaluation_view
     assert list(ev.splits) == ["test"] and "AUC" in ev.summary.text()
     new = dlg.result["bundle_path"]
-    assert any(k == "question" for k, *_ in boxes)
+    assert dlg.comparison_view is not None and "held-out test split" in dlg.comparison_view.tables.text()
+    assert win.analysis.model_path == old                # nothing switches until the user chooses it
     with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
-        pass
+        dlg.use_btn.click()
     assert win.analysis.model_path == new and new != old
     assert _sha(old) == old_hash                       # the old model file is untouched
     qtbot.waitUntil(lambda: win.state.prediction is not None, timeout=60_000)

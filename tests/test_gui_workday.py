@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
 from test_review_gui import _key, _open, _png, _texts, _window, folder, model, settings, window  # noqa: F401
 
 from trainer.cases import DEFAULT_CASE_NAME, CaseStore
@@ -84,3 +85,77 @@ def test_a_folder_opened_while_a_case_holds_reviews_asks(qtbot, window, folder, 
     _analysed(qtbot, win)
     assert len(win.state.paths) == 2 and rv.store is None   # the second slide on its own, no case yet
     assert "No case file yet" in win.reviews.bar.case.text() and str(second) in win.reviews.bar.case.toolTip()
+
+
+@pytest.fixture
+def crop_and_field_model(tiny_bundle, tmp_path):
+    """The tiny model as one model for every image kind: it has a model that judges smear fields."""
+    from conftest import as_single_model
+
+    from trainer.inference.bundle import load_bundle, save_bundle
+    return save_bundle(tmp_path / "current-any.allmodel", as_single_model(load_bundle(tiny_bundle)))
+
+
+@pytest.fixture
+def worse_model(tiny_bundle, tmp_path):
+    """The tiny crop model, its card saying what a poor retraining reports: test AUC 0.656, sensitivity 0."""
+    from conftest import rewrite_bundle
+
+    def worse(manifest):
+        ens = manifest["card"]["models"]["single_cell"]["metrics"]["test"]["ensemble_calibrated"]
+        ens.update(auc=0.656, auc_ci=None, sensitivity=0.0)
+    return rewrite_bundle(tiny_bundle, tmp_path / "new.allmodel", change=worse)
+
+
+def test_retraining_ends_in_a_comparison_that_warns(qtbot, folder, tmp_path, settings, crop_and_field_model,
+                                                    worse_model, boxes, tiny_cnmc, monkeypatch):
+    from PySide6.QtCore import QPoint, QRect
+
+    from allgui.model.comparison import comparison_job
+    from allgui.model.retrain import RetrainDialog
+
+    win = _window(qtbot, crop_and_field_model, settings, tmp_path)
+    order = _open(qtbot, win, folder)
+    for p in order:
+        win.state.set_current(p)
+        _key(qtbot, win, Qt.Key_A if p.endswith(("cell0.png", "cell2.png", "cell4.png", "field.png")) else Qt.Key_N)
+    case = str(folder / DEFAULT_CASE_NAME)
+    monkeypatch.setattr(RetrainDialog, "available_geometry", lambda self: QRect(0, 0, 1366, 768 - 40))
+    dlg = win.models.show_retrain()
+    # what the training process hands back when it ends: the new model and the real comparison
+    comparison = comparison_job(str(crop_and_field_model), str(worse_model), [case])
+    dlg._on_finished({"bundle_path": str(worse_model), "evaluation": {}, "comparison": comparison, "seconds": 3})
+
+    view = dlg.comparison_view
+    warnings = view.warnings.text()
+    assert "no model for smear fields" in warnings                     # a kind the current model has
+    assert "worse on single-cell crops, held-out test split" in warnings and "AUC 0.656 vs" in warnings
+    assert "sensitivity 0.0% vs" in warnings and "#b00000" in view.warnings.styleSheet()
+    tables = view.tables.text()
+    assert "reviewed case images" in tables and "5 (3 ALL / 2 normal)" in tables   # the five crops, both models
+    assert "Held-out test: each model on its own" not in view.notes.text()        # the same split here
+    # the dialog fits a 1366 x 768 screen: it scrolls, and Close / Use stay on screen
+    assert dlg.height() + 40 <= 768 - 40 and dlg.width() <= 1366
+    for button in (dlg.close_btn, dlg.use_btn):
+        bottom = button.mapTo(dlg, QPoint(0, button.height())).y()
+        assert button.isVisible() and bottom <= dlg.height()
+    qtbot.waitUntil(lambda: dlg.scroll.verticalScrollBar().maximum() > 0, timeout=5_000)   # the rest scrolls
+
+    switched = []
+    dlg.accepted_model.connect(switched.append)
+    boxes.answer = QMessageBox.No
+    dlg.use_btn.click()                                   # switching is a choice, asked again over the warnings
+    assert switched == [] and "no model for smear fields" in boxes[-1][2]
+    boxes.answer = QMessageBox.Yes
+    dlg.use_btn.click()
+    assert switched == [str(worse_model)]
+
+    qtbot.keyClick(dlg, Qt.Key_Escape)                    # Esc closes
+    assert not dlg.isVisible()
+    dlg = win.models.show_retrain()                       # a second run, cancelled: Close still closes
+    dlg.data.setText(str(tiny_cnmc))
+    dlg.start_btn.click()
+    with qtbot.waitSignal(dlg.task.cancelled, timeout=30_000):
+        dlg.cancel_btn.click()
+    dlg.close_btn.click()
+    assert not dlg.isVisible()

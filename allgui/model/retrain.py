@@ -1,8 +1,10 @@
 """Retraining from the app.
 
 The dialog (data folder, layout, positive classes, split protocol, weights, device), the training run in a
-child process, progress, log, Cancel, and on success the new model's evaluation with the question whether to
-switch to it.
+child process, progress, log, Cancel, and on success the new model beside the one in use (per image kind,
+warnings in red where it is worse) and its evaluation; switching is the user's explicit choice ("Use the
+new model", confirmed once more where the comparison warns). The dialog never grows past the screen: its
+content scrolls, and its buttons (Close, Esc) always work.
 
 The new model is always written to a new file (never the loaded model's path); the trainer writes
 it atomically, so a cancelled or crashed run leaves the current model loaded and its file intact.
@@ -13,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QElapsedTimer, QSettings, QStandardPaths, Signal
+from PySide6.QtCore import QElapsedTimer, QRect, QSettings, QStandardPaths, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -27,12 +30,14 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from allgui.model.case_picker import CasePicker
+from allgui.model.comparison_view import ComparisonView
 from allgui.model.evaluation_view import EvaluationView
 from allgui.model.training_job import run_training
 from allgui.workers import ProcessTask
@@ -87,38 +92,48 @@ class RetrainDialog(QDialog):
         self.task: ProcessTask | None = None
         self.result: dict[str, Any] | None = None
         self.output: Path | None = None
+        self.comparison_view: ComparisonView | None = None
         self.settings = settings if settings is not None else QSettings()
         self._clock = QElapsedTimer()
 
         lay = QVBoxLayout(self)
-        lay.addLayout(self._options_form())
-
+        body = QWidget()
+        inner = QVBoxLayout(body)
+        inner.addLayout(self._options_form())
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setFormat("%p%")
         self.stage = QLabel("Not started.")
+        self.stage.setWordWrap(True)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
         self.log.setMinimumHeight(140)
-        lay.addWidget(self.stage)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.log, 1)
+        inner.addWidget(self.stage)
+        inner.addWidget(self.progress)
+        inner.addWidget(self.log, 1)
         self.eval_holder = QVBoxLayout()
-        lay.addLayout(self.eval_holder)
+        inner.addLayout(self.eval_holder)
+        # everything but the buttons scrolls: on a small screen Close and "Use the new model" stay in reach
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(body)
+        lay.addWidget(self.scroll, 1)
+        lay.addWidget(self._button_box())
 
+    def _button_box(self) -> QDialogButtonBox:
         self.buttons = QDialogButtonBox()
         self.start_btn = self.buttons.addButton("Start training", QDialogButtonBox.AcceptRole)
-        self.cancel_btn = self.buttons.addButton("Cancel training", QDialogButtonBox.RejectRole)
+        self.cancel_btn = self.buttons.addButton("Cancel training", QDialogButtonBox.ActionRole)
         self.use_btn = self.buttons.addButton("Use the new model", QDialogButtonBox.ApplyRole)
         self.use_btn.setEnabled(False)
-        self.use_btn.clicked.connect(lambda: self.result and self.accepted_model.emit(self.result["bundle_path"]))
-        self.close_btn = self.buttons.addButton("Close", QDialogButtonBox.DestructiveRole)
+        self.use_btn.clicked.connect(self.use_new_model)
+        self.close_btn = self.buttons.addButton("Close", QDialogButtonBox.RejectRole)
         self.cancel_btn.setEnabled(False)
         self.start_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
-        self.close_btn.clicked.connect(self.close)
-        lay.addWidget(self.buttons)
+        self.close_btn.clicked.connect(self.reject)
+        return self.buttons
 
     # ---- options ------------------------------------------------------------------------------
     def _options_form(self) -> QFormLayout:
@@ -143,12 +158,12 @@ class RetrainDialog(QDialog):
         form.addRow("Backbone weights", self.weights)
         self.device = choice_box("device")
         form.addRow("Device", self.device)
-        self.size = QSpinBox()
-        self.size.setRange(MIN_IMAGE_SIZE, 512)
-        self.size.setValue(int(self.base.image_size))
-        self.size.setSuffix(" px")
-        self.size.setToolTip(describe("image_size"))
-        form.addRow("Network input size", self.size)
+        self.size_box = QSpinBox()   # not "size": that would hide QWidget.size()
+        self.size_box.setRange(MIN_IMAGE_SIZE, 512)
+        self.size_box.setValue(int(self.base.image_size))
+        self.size_box.setSuffix(" px")
+        self.size_box.setToolTip(describe("image_size"))
+        form.addRow("Network input size", self.size_box)
         self.finetune = QComboBox()
         self.finetune.addItems(list(FINETUNE_CHOICES))
         ft = self.base.finetuning
@@ -180,7 +195,7 @@ class RetrainDialog(QDialog):
         cfg.split = self.split.currentText()
         cfg.weights = self.weights.currentText().strip() or "none"
         cfg.device = self.device.currentText()
-        cfg.image_size = int(self.size.value())
+        cfg.image_size = int(self.size_box.value())
         cfg.finetune = finetune_wanted(self.finetune.currentText(), cfg.device)
         cfg.cases = tuple(self.cases.paths())
         self.output = new_model_path(self.output_dir, avoid=self.current_model)
@@ -188,7 +203,7 @@ class RetrainDialog(QDialog):
         return cfg
 
     def _set_editable(self, on: bool) -> None:
-        for w in (self.data, self.layout_box, self.positive, self.split, self.weights, self.device, self.size,
+        for w in (self.data, self.layout_box, self.positive, self.split, self.weights, self.device, self.size_box,
                   self.finetune, self.cases):
             w.setEnabled(on)
 
@@ -215,7 +230,9 @@ class RetrainDialog(QDialog):
         if cfg.cases:
             self._append(f"Adding the reviewed images of {len(cfg.cases)} case(s): "
                          + ", ".join(Path(c).name for c in cfg.cases))
-        self.task = ProcessTask(run_training, cfg.to_dict(), name="retrain")
+        compare_cases = list(dict.fromkeys([*cfg.cases, *([str(c)] if (c := self.cases.open_case()) else [])]))
+        self.task = ProcessTask(run_training, cfg.to_dict(), compare_with=self.current_model,
+                                compare_cases=compare_cases, name="retrain")
         self.task.progress.connect(self._on_progress)
         self.task.log.connect(self._append)
         self.task.finished.connect(self._on_finished)
@@ -276,47 +293,78 @@ class RetrainDialog(QDialog):
         self.result = result
         self.progress.setValue(1000)
         secs = result.get("seconds", self._clock.elapsed() / 1000)
-        self.stage.setText(f"Training finished in {secs:.0f} s: {result['bundle_path']}")
+        self.stage.setText(f"Training finished in {secs:.0f} s: {result['bundle_path']}. Compare the two models "
+                           "below; the current one stays in use until you choose \u201cUse the new model\u201d.")
         self._append(f"New model written to {result['bundle_path']}")
-        threshold = _threshold_of(result)
-        self.show_evaluation(result.get("evaluation"), threshold)
+        if result.get("comparison_error"):
+            self._append(f"The comparison with the current model failed: {result['comparison_error']}")
+        self.show_evaluation(result.get("evaluation"), _threshold_of(result), result.get("comparison"))
         self.use_btn.setEnabled(True)
-        if self.ask_switch():
-            self.accepted_model.emit(result["bundle_path"])
 
     def _clear_evaluation(self) -> None:
         while self.eval_holder.count():
             w = self.eval_holder.takeAt(0).widget()
             if w is not None:
                 w.deleteLater()
+        self.comparison_view = None
 
-    def show_evaluation(self, evaluation: dict | None, threshold: float) -> EvaluationView:
+    def show_evaluation(self, evaluation: dict | None, threshold: float,
+                        comparison: dict | None = None) -> EvaluationView:
+        """The new model beside the current one (when compared), then its evaluation plots."""
         self._clear_evaluation()
+        if comparison:
+            self.comparison_view = ComparisonView(comparison)
+            self.eval_holder.addWidget(self.comparison_view)
         self.evaluation_view = EvaluationView(evaluation, threshold)
         self.eval_holder.addWidget(self.evaluation_view)
-        self.resize(max(self.width(), 760), max(self.height(), 820))
+        self.fit_to_screen()
+        if self.comparison_view is not None:
+            self.scroll.ensureWidgetVisible(self.comparison_view, 0, 0)
         return self.evaluation_view
 
-    def ask_switch(self) -> bool:
-        """Ask whether to use the new model now (the old one stays on disk either way)."""
-        ans = QMessageBox.question(self, "Use the new model?",
-                                   "Training finished. Switch to the new model now?\n\n"
-                                   "The current model file is kept either way.",
-                                   QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-        return ans == QMessageBox.Yes
+    def available_geometry(self) -> QRect:
+        """The part of the screen a window may take (without task bars)."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        return screen.availableGeometry()
 
-    def closeEvent(self, event) -> None:
+    def fit_to_screen(self) -> None:
+        """As large as the results want, never larger than the screen (the content scrolls instead)."""
+        avail = self.available_geometry()
+        frame = 40        # a title bar and borders, which resize() leaves out
+        w = min(max(self.width(), 900), avail.width() - 16)
+        h = min(max(self.height(), 820), avail.height() - frame)
+        self.resize(w, h)
+        # move() places the frame, resize() the inside: the whole window within the available area
+        self.move(max(min(self.x(), avail.right() - w), avail.left()),
+                  max(min(self.y(), avail.bottom() - h - frame), avail.top()))
+
+    def use_new_model(self) -> bool:
+        """Switch to the new model, asked once more where the comparison warns; True when switched."""
+        if not self.result:
+            return False
+        warnings = self.comparison_view.warning_texts if self.comparison_view is not None else []
+        if warnings:
+            ans = QMessageBox.question(self, "Use a model that is worse?",
+                                       "\n\n".join(warnings) + "\n\nUse the new model anyway? The current model "
+                                       "file is kept either way.", QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if ans != QMessageBox.Yes:
+                return False
+        self.accepted_model.emit(self.result["bundle_path"])
+        return True
+
+    def reject(self) -> None:
+        """Close, Esc and the title bar's close button: close, after stopping a run if the user agrees.
+
+        QDialog's own closeEvent comes here too, so one place decides, and a finished or cancelled run
+        never keeps the dialog open.
+        """
         if self.running():
             ans = QMessageBox.question(self, "Training is running", "Stop the training run and close?",
                                        QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
             if ans != QMessageBox.Yes:
-                event.ignore()
                 return
             self.cancel()
-        super().closeEvent(event)
-
-    def reject(self) -> None:  # Esc
-        self.close()
+        super().reject()
 
 
 def _threshold_of(result: dict[str, Any]) -> float:

@@ -96,12 +96,15 @@ def is_reviewed(sample: Sample) -> bool:
 def reviewed_summary(dataset: Dataset, splits, cases: list[dict[str, Any]]) -> dict[str, Any]:
     """What the model card records of the reviewed images.
 
-    How many were used in all and in each split, by the reviewer's label, and per case.
+    How many were used in all and in each split, by the reviewer's label, and per case; and the content
+    hashes (SHA-256) of those in the held-out test split (``test_images``), which the model never learnt
+    from: a later comparison of models may use them.
     """
     flags = np.array([is_reviewed(s) for s in dataset.samples], bool)
     labels = dataset.labels
     tr, va, te = (np.asarray(a, dtype=int) for a in splits)
+    held_out = sorted(file_sha256(dataset.samples[i].path) for i in te if flags[i])
     return {"n_images": int(flags.sum()),
             "by_label": {CLASS_NAMES[c]: int(np.sum(flags & (labels == c))) for c in (0, 1)},
             "n_train": int(flags[tr].sum()), "n_validation": int(flags[va].sum()), "n_test": int(flags[te].sum()),
-            "cases": cases}
+            "cases": cases, "test_images": held_out}
