@@ -2,6 +2,7 @@
 added, retraining ends in a comparison that warns, and the small things that get in the way."""
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,10 @@ def test_retraining_ends_in_a_comparison_that_warns(qtbot, folder, tmp_path, set
     case = str(folder / DEFAULT_CASE_NAME)
     monkeypatch.setattr(RetrainDialog, "available_geometry", lambda self: QRect(0, 0, 1366, 768 - 40))
     dlg = win.models.show_retrain()
-    # what the training process hands back when it ends: the new model and the real comparison
-    comparison = comparison_job(str(crop_and_field_model), str(worse_model), [case])
+    # what the training process hands back when it ends: the new model and the real comparison, made as
+    # there in a process of its own (its networks and threads never mix with the window's)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        comparison = pool.apply(comparison_job, (str(crop_and_field_model), str(worse_model), [case]))
     dlg._on_finished({"bundle_path": str(worse_model), "evaluation": {}, "comparison": comparison, "seconds": 3})
 
     view = dlg.comparison_view
@@ -147,8 +150,9 @@ def test_retraining_ends_in_a_comparison_that_warns(qtbot, folder, tmp_path, set
     dlg.use_btn.click()                                   # switching is a choice, asked again over the warnings
     assert switched == [] and "no model for smear fields" in boxes[-1][2]
     boxes.answer = QMessageBox.Yes
-    dlg.use_btn.click()
-    assert switched == [str(worse_model)]
+    with qtbot.waitSignal(win.modelLoaded, timeout=60_000):   # the window switches, as asked
+        dlg.use_btn.click()
+    assert switched == [str(worse_model)] and win.analysis.model_path == str(worse_model)
 
     qtbot.keyClick(dlg, Qt.Key_Escape)                    # Esc closes
     assert not dlg.isVisible()
@@ -159,3 +163,104 @@ def test_retraining_ends_in_a_comparison_that_warns(qtbot, folder, tmp_path, set
         dlg.cancel_btn.click()
     dlg.close_btn.click()
     assert not dlg.isVisible()
+
+
+def test_the_window_fits_a_1366_by_768_screen(qtbot, model, settings, tmp_path, boxes):
+    from PySide6.QtCore import QPoint, QRect
+    from PySide6.QtWidgets import QStyle
+
+    from allgui.window.main_window import MainWindow
+    from trainer.config import TrainConfig
+
+    d = tmp_path / "C-NMC fold"
+    d.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("UID_H10_1_1_hem.png", "UID_H10_12_3_hem.png", "UID_H14_2_9_hem.png", "UID_7_3_1_all.png"):
+        _png(d / name, make_cell_image(64, name.endswith("all.png"), rng)[0])
+    win = MainWindow(model=str(model), settings=settings, models_dir=tmp_path / "models",
+                     retrain_defaults=TrainConfig(image_size=32, weights="none", device="cpu", num_workers=0))
+    qtbot.addWidget(win)
+    win.resize(1366, 768 - 70)                            # a 1366 x 768 screen less its panel and title bar
+    with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
+        win.show()
+    win.files.open_folder(str(d))
+    _analysed(qtbot, win)
+    qtbot.wait(50)                                        # the panels take their first sizes
+
+    table = win.table
+    assert table.textElideMode() == Qt.ElideRight         # "UID_H10_1_1…", "UID_H10_12_3…": rows told apart
+    assert table.horizontalScrollBar().maximum() == 0     # Flagged and Model without scrolling
+    hh = table.horizontalHeader()
+    margin = 2 * win.style().pixelMetric(QStyle.PM_HeaderMargin)
+    for col in range(2, hh.count()):
+        text = table.model().headerData(col, Qt.Horizontal)
+        assert hh.sectionSize(col) >= hh.fontMetrics().horizontalAdvance(text) + margin, text   # not clipped
+    assert table.columnWidth(1) >= hh.fontMetrics().horizontalAdvance("UID_H10_12_")
+    # the threshold and its sensitivity / specificity are on screen without scrolling the panel
+    view = win.side.parentWidget()
+    label = win.side.sens_spec
+    assert label.text() != "\u2014" and label.mapTo(view, QPoint(0, label.height())).y() <= view.height()
+    # the analysis progress has its own place: the status text is elided beside it, never covered
+    win.statusBar().clearMessage()                        # no passing message over it
+    win._on_progress(1, 4)
+    win.status_label.setText("1/4  UID_H10_1_1_hem.png \u2014 " + "a long status line " * 12)
+    status, bar = win.status_label, win.status_progress
+    qtbot.waitUntil(lambda: status.isVisible() and bar.isVisible(), timeout=5_000)
+    qtbot.wait(50)
+    assert not QRect(status.mapTo(win, QPoint(0, 0)), status.size()).intersects(
+        QRect(bar.mapTo(win, QPoint(0, 0)), bar.size()))
+    assert status.shown_text().endswith("\u2026") and status.toolTip().endswith("a long status line ")
+
+
+def test_keys_go_where_the_pathologist_expects(qtbot, model, folder, tmp_path):
+    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtWidgets import QApplication, QLineEdit
+
+    settings = QSettings(str(tmp_path / "fresh.ini"), QSettings.IniFormat)   # no reviewer's name yet
+    win = _window(qtbot, model, settings, tmp_path)
+    order = _open(qtbot, win, folder)
+    win.state.set_current(order[0])
+
+    slider = win.side.slider
+    slider.setFocus()
+    start = win.state.threshold
+    qtbot.keyClick(slider, Qt.Key_Right)
+    assert win.state.threshold == pytest.approx(start + 0.01)
+    qtbot.keyClick(slider, Qt.Key_Right, Qt.ShiftModifier)        # fine steps with Shift
+    assert win.state.threshold == pytest.approx(start + 0.011)
+    qtbot.keyClick(slider, Qt.Key_PageDown)                       # the slider's page, not the next image
+    assert win.state.threshold == pytest.approx(start + 0.011 - 0.05) and win.state.current == order[0]
+    assert "Shift" in slider.toolTip()
+
+    win.image_view.setFocus()
+
+    def type_name():
+        dialog = QApplication.activeModalWidget()
+        dialog.findChild(QLineEdit).setText("Dr Late")
+        qtbot.keyClick(dialog.findChild(QLineEdit), Qt.Key_Return)
+    QTimer.singleShot(200, type_name)
+    qtbot.keyClick(win.image_view, Qt.Key_N)                      # asks the name, then records the decision
+    assert win.review.review_for(order[0]).reviewer == "Dr Late"
+    # the key right after the dialog, before the window system has made the window active again, is not lost
+    assert QApplication.activeWindow() is not win
+    qtbot.keyClick(win.focusWidget() or win, Qt.Key_A)
+    assert win.review.review_for(order[1]).reviewer_decision == "ALL blast"
+
+
+def test_an_unreadable_file_cannot_be_reviewed_and_other_files_are_counted(qtbot, window, folder, boxes):
+    win = window
+    (folder / "broken.png").write_bytes(b"not a picture at all")
+    (folder / "notes.txt").write_text("smear 12, stained today")
+    (folder / "labels.csv").write_text("file,label\n")
+    assert win.files.open_folder(str(folder))
+    assert "2 files that are not images skipped (labels.csv, notes.txt)" in win.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: not win.state.pending(), timeout=60_000)
+    assert "2 files that are not images skipped" in win.findChild(type(win._docks[0]), "imagesDock").windowTitle()
+    broken = str(folder / "broken.png")
+    win.state.set_current(broken)
+    qtbot.wait(200)                                               # the display read fails too
+    bar = win.reviews.bar
+    assert broken in win.state.errors
+    assert not any(b.isEnabled() for b in (bar.confirm_btn, *bar.buttons.values()))
+    _key(qtbot, win, Qt.Key_N)
+    assert win.review.review_for(broken) is None and "could not be read" in win.statusBar().currentMessage()

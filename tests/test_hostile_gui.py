@@ -57,7 +57,7 @@ def test_blank_image_is_not_assessable_in_the_window(qtbot, window, tmp_path):
     row = window.state.row(str(white))
     assert row.decision == DECISION_NOT_ASSESSABLE and row.probability is None and row.flagged
     assert window.side.decision.text() == DECISION_NOT_ASSESSABLE
-    assert "not assessable" in window.statusBar().currentMessage()
+    assert "not assessable" in window.status_label.text()
     out = tmp_path / "t.csv"
     window.table.batch.export_csv(out)
     (r,) = list(csv.DictReader(open(out)))

@@ -315,7 +315,7 @@ def comparison_job(current_path: str | None, new_path: str, cases: list[str],
         images, left = unseen_case_images(cases, [b.card for b in bundles.values()])
         case_result.update(n_images=len(images), n_left_out=left)
         if images:
-            predictors = {label: Predictor(b) for label, b in bundles.items()}
+            predictors = {label: Predictor.from_bundle(b.path) for label, b in bundles.items()}
             case_result["by_kind"] = case_figures(predictors, images, progress)
     progress(1.0, "Comparison done")
     return compare(facts.get("current"), facts["new"], case_result)

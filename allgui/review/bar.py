@@ -130,8 +130,11 @@ class ReviewBar(QWidget):
             self.filter.blockSignals(False)
 
 
-    def show_review(self, rv: ReviewModel) -> None:
-        """Show the current image's (or cell's) model result and review, the progress and the case."""
+    def show_review(self, rv: ReviewModel, readable: bool = True) -> None:
+        """Show the current image's (or cell's) model result and review, the progress and the case.
+
+        ``readable``: whether the current image's picture could be read (the decisions need it).
+        """
         bar, st = self, rv.state
         store = rv.store
         if store is not None:
@@ -147,7 +150,7 @@ class ReviewBar(QWidget):
         bar.undo_btn.setEnabled(rv.can_undo)
         bar.redo_btn.setEnabled(rv.can_redo)
         path = st.current
-        enabled = path is not None and (path in st.predictions or path in st.errors)
+        enabled = path is not None and (path in st.predictions or (path in st.errors and readable))
         for w in (bar.confirm_btn, *bar.buttons.values()):
             w.setEnabled(enabled)
         if path is None:
@@ -163,7 +166,7 @@ class ReviewBar(QWidget):
         model = rv.model_decision()
         if model is None:
             if path in st.errors:
-                bar.model.setText("model: could not analyse")
+                bar.model.setText("model: could not analyse" if readable else "the file could not be read")
             else:  # as the side panel says: nothing is analysed without a model
                 bar.model.setText("model: analysing\u2026" if st.model_name else "model: no model loaded")
         else:

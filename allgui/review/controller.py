@@ -12,6 +12,7 @@ image (unless switched off); with a cell of a field selected, the decision is th
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,20 @@ class ReviewController(QObject):
         Where refusals and confirmations go.
     cases : CaseController
         Asks where to keep a case when the default place cannot be written.
+    readable : callable, optional
+        ``readable(path)``: whether the picture of an image could be read; one that could not is shown to
+        nobody, so it cannot be reviewed (default: every image).
 
     The window places :attr:`bar` (a panel) and :attr:`menu`, and calls :meth:`set_session` when the model
     changes (reviews record its identity).
     """
 
     def __init__(self, parent: QWidget, review: ReviewModel, state: AppState, settings: QSettings, table,
-                 status_bar: QStatusBar, cases: CaseController) -> None:
+                 status_bar: QStatusBar, cases: CaseController,
+                 readable: Callable[[str], bool] = lambda path: True) -> None:
         super().__init__(parent)
         self.window = parent
+        self.readable = readable
         self.review, self.state, self.settings, self.table = review, state, settings, table
         self.status_bar = status_bar
         self.cases = cases
@@ -198,6 +204,7 @@ class ReviewController(QObject):
         name, ok = QInputDialog.getText(self.window, "Reviewer",
                                         "Your name, recorded with every review you make:",
                                         QLineEdit.Normal, self.review.reviewer)
+        self.window.activateWindow()   # back to the images (keys meanwhile: MainWindow.keyPressEvent)
         if ok and name.strip():
             self.review.reviewer = name.strip()
             self.settings.setValue("review/reviewer", self.review.reviewer)
@@ -240,7 +247,13 @@ class ReviewController(QObject):
             self.state.set_current(nxt)
 
     def decide(self, decision: str, confirmed: bool = False) -> Review | None:
-        if self.state.current is None or not self._ready():
+        path = self.state.current
+        if path is None:
+            return None
+        if path in self.state.errors and not self.readable(path):
+            self.status_bar.showMessage(f"{Path(path).name} could not be read: there is nothing to review.", 8000)
+            return None
+        if not self._ready():
             return None
         _, cell = self.review.target()
         advance = self.bar.advance.isChecked() and cell < 0
@@ -305,4 +318,5 @@ class ReviewController(QObject):
 
     def refresh(self, *_: Any) -> None:
         """Show the current image's (or cell's) model result and review, the progress and the case."""
-        self.bar.show_review(self.review)
+        path = self.state.current
+        self.bar.show_review(self.review, readable=path is None or self.readable(path))

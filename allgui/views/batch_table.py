@@ -194,20 +194,38 @@ class BatchTable(QTableView):
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.verticalHeader().setDefaultSectionSize(52)
         self.verticalHeader().setVisible(False)
-        hh = self.horizontalHeader()
-        hh.setSectionResizeMode(QHeaderView.Interactive)
-        hh.setStretchLastSection(True)
-        hh.setMinimumSectionSize(24)
-        for col, width in ((0, 54), (1, 132), (2, 40), (3, 52), (4, 106), (5, 112), (6, 52)):
-            self.setColumnWidth(col, width)
+        self._size_columns()
         self.setWordWrap(True)
-        self.setTextElideMode(Qt.ElideMiddle)
+        # names of one slide differ at the start (subject, cell number), not at the end: keep the start
+        self.setTextElideMode(Qt.ElideRight)
         self.setIconSize(self.iconSize().expandedTo(self.iconSize().__class__(48, 48)))
         self.setAlternatingRowColors(True)
         self.selectionModel().currentRowChanged.connect(self._on_row)
         state.subscribe(Topic.CURRENT, self._select_current)
 
     _syncing = False
+
+    #: widest text a column is sized for besides its header ("" = header only); wider cells wrap or elide
+    COLUMN_TEXT = ("", "", "99", "0.000", "uncertain,", "confirmed", "yes", "model")
+
+    def _size_columns(self) -> None:
+        """Every column as wide as its header (never clipped) and its usual text; the file name takes the rest.
+
+        So the table needs no horizontal scrolling in its panel on a 1366-pixel screen; a name too long
+        for its column shows its start, the full path in its tooltip.
+        """
+        hh = self.horizontalHeader()
+        hh.setMinimumSectionSize(24)
+        hh.setStretchLastSection(False)
+        fm, hfm = self.fontMetrics(), hh.fontMetrics()
+        pad = 2 * self.style().pixelMetric(self.style().PixelMetric.PM_HeaderMargin) + 6
+        for col, text in enumerate(self.COLUMN_TEXT):
+            if col == 1:
+                hh.setSectionResizeMode(col, QHeaderView.Stretch)
+                continue
+            width = 54 if col == 0 else max(hfm.horizontalAdvance(COLUMNS[col]) + pad, fm.horizontalAdvance(text) + 10)
+            hh.setSectionResizeMode(col, QHeaderView.Interactive)
+            self.setColumnWidth(col, width)
 
     def set_filter(self, accept: Callable[[str], bool] | None) -> None:
         """Show only the rows whose path ``accept`` takes (None: every row)."""

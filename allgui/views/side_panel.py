@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSlider,
     QVBoxLayout,
     QWidget,
 )
@@ -27,6 +26,7 @@ from allgui.imaging import DECISION_COLOURS, probability_colour
 from allgui.qtutil import signals_blocked
 from allgui.state import AppState, Topic
 from allgui.views.heatmap import HeatmapBox
+from allgui.views.threshold_slider import ThresholdSlider
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
 
 SLIDER_STEPS = 1000
@@ -121,10 +121,10 @@ class SidePanel(QWidget):
         lay.addWidget(self.caution)
         self.training_kinds: dict = {}
         lay.addWidget(self._result_box())
+        lay.addWidget(self._threshold_box())   # right under the decision it sets: on screen at 1366 x 768
         self.heatmap = HeatmapBox(state)  # where the networks looked, with its caption
         lay.addWidget(self.heatmap)
         lay.addWidget(self._votes_box())
-        lay.addWidget(self._threshold_box())
         lay.addStretch(1)
 
         self.slider.valueChanged.connect(lambda v: state.set_threshold(v / SLIDER_STEPS))
@@ -190,10 +190,7 @@ class SidePanel(QWidget):
         self.threshold_box = thr
         tl = QVBoxLayout(thr)
         row = QHBoxLayout()
-        self.slider = QSlider(Qt.Horizontal)
-        self.slider.setRange(0, SLIDER_STEPS)
-        self.slider.setObjectName("thresholdSlider")
-        self.slider.setToolTip("Calibrated probability above which a cell is called ALL blast")
+        self.slider = ThresholdSlider(SLIDER_STEPS)
         self.value = QLabel("0.500")
         self.value.setMinimumWidth(44)
         self.reset = QPushButton("Model default")

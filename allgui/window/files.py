@@ -19,6 +19,7 @@ from trainer.io.imageio import IMAGE_SUFFIXES, read_image
 from trainer.util.atomic import atomic_write
 
 MAX_RECENT = 10
+CASE_FILE_ENDINGS = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal")
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All files (*)"
 
 
@@ -55,8 +56,28 @@ def _overlay_name(path: str, used: set[str]) -> str:
 
 def list_images(folder: str | Path) -> list[str]:
     """Image files directly in ``folder`` and its sub-folders, sorted by path."""
-    root = Path(folder)
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return list_folder(folder)[0]
+
+
+def list_folder(folder: str | Path) -> tuple[list[str], list[str]]:
+    """(image files, other files) in ``folder`` and its sub-folders, each sorted by path.
+
+    Hidden files and the app's own case files (and SQLite's companions of them) are not counted as others.
+    """
+    images, others = [], []
+    for p in sorted(Path(folder).rglob("*")):
+        if not p.is_file():
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(str(p))
+        elif not p.name.startswith(".") and not p.name.endswith(CASE_FILE_ENDINGS):
+            others.append(str(p))
+    return images, others
+
+
+def skipped_text(n: int) -> str:
+    """'3 files that are not images skipped'."""
+    return f"{n} files that are not images skipped" if n != 1 else "1 file that is not an image skipped"
 
 
 class FilesController(QObject):
@@ -91,6 +112,8 @@ class FilesController(QObject):
         self.batch = batch
         self.status_bar = status_bar
         self.recent_menu = QMenu("Open &recent", parent)
+        #: files in the folders opened that are not images (left out; the window says how many)
+        self.skipped: list[str] = []
         self._overlay_task: ThreadTask | None = None
         self._rebuild_recent()
 
@@ -130,7 +153,7 @@ class FilesController(QObject):
         if not Path(folder).is_dir():
             QMessageBox.warning(self.dialog_parent, "Open folder", f"{folder} is not a folder.")
             return False
-        paths = list_images(folder)
+        paths, others = list_folder(folder)
         if not paths:
             QMessageBox.warning(self.dialog_parent, "Open folder",
                                 f"No images found in {folder}.\n\nReadable types: {', '.join(IMAGE_SUFFIXES)}")
@@ -141,6 +164,7 @@ class FilesController(QObject):
         self.settings.setValue("dirs/folder", str(folder))
         self._add_recent(str(folder))
         self.analysis.open(paths)
+        self.skipped = others if choice != "add" else self.skipped + others
         if choice == "add":
             self.state.add_images(paths)
         else:
@@ -148,6 +172,10 @@ class FilesController(QObject):
                 self.review.close_case()   # its reviews stay in its file; the folder's own case follows
             self.state.set_images(paths)
         self.analysis.start()
+        if others:
+            names = ", ".join(Path(p).name for p in others[:3]) + (", \u2026" if len(others) > 3 else "")
+            self.status_bar.showMessage(f"Opened {len(paths)} images of {Path(folder).name}; "
+                                        f"{skipped_text(len(others))} ({names})", 15000)
         return True
 
     def _add_or_replace(self, folder: str, n: int) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QDockWidget,
     QLabel,
     QMainWindow,
@@ -33,12 +34,13 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QScrollArea,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from allgui.model.controller import ModelController
-from allgui.qtutil import signals_blocked
+from allgui.qtutil import ElidedLabel, signals_blocked
 from allgui.resources import default_model_path, icon_path
 from allgui.review.cases import CaseController
 from allgui.review.controller import ReviewController
@@ -50,7 +52,7 @@ from allgui.views.image_view import ImageView
 from allgui.views.overlay_bar import OverlayBar
 from allgui.views.side_panel import RESEARCH_NOTE, SidePanel
 from allgui.window.analysis import AnalysisController
-from allgui.window.files import FilesController
+from allgui.window.files import FilesController, skipped_text
 from trainer.config import TrainConfig, default_cache_dir
 
 
@@ -119,6 +121,7 @@ class MainWindow(QMainWindow):
         self._build_controllers(retrain_defaults, models_dir)
         self._build_menus()
         self._restore_settings()
+        self._update_status()
 
         self._initial_model = model
         if load_now:
@@ -157,8 +160,11 @@ class MainWindow(QMainWindow):
         self._connect()
         # review mode after the window's own subscriptions: it redraws once the window has
         self.cases = CaseController(self, self.review, self.state, self.settings, sb, self.files.open_files)
-        self.reviews = ReviewController(self, self.review, self.state, self.settings, self.table, sb, self.cases)
+        # an image whose picture the analysis or the display could read (a failed analysis may still be read)
+        self.reviews = ReviewController(self, self.review, self.state, self.settings, self.table, sb, self.cases,
+                                        readable=lambda p: self.analysis.cached(p) is not None)
         self.analysis.modelChanged.connect(self.reviews.set_session)
+        self.analysis.imageReady.connect(lambda p: p == self.state.current and self.reviews.refresh())
         self.add_panel("Review", self.reviews.bar, Qt.BottomDockWidgetArea, "reviewDock")
 
     # ---- layout --------------------------------------------------------------------------------
@@ -192,10 +198,18 @@ class MainWindow(QMainWindow):
         self._docks_sized = False
 
         sb = self.statusBar()
+        # the status line is a widget of the bar's layout, not its message: the progress bar and the
+        # labels beside it take their own place and never cover it; it elides what does not fit
+        self.status_label = ElidedLabel()
+        self.status_label.setObjectName("statusText")
+        sb.addWidget(self.status_label, 1)
         self.status_progress = QProgressBar()
-        self.status_progress.setMaximumWidth(180)
+        self.status_progress.setMaximumWidth(160)
         self.status_progress.hide()
-        self.model_label = QLabel("no model")
+        self.model_label = ElidedLabel("no model")
+        self.model_label.setMinimumWidth(120)
+        self.model_label.setMaximumWidth(280)
+        self.model_label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
         note = QLabel(RESEARCH_NOTE)
         note.setStyleSheet("color:#7a5b00; font-weight:bold;")
         sb.addPermanentWidget(self.status_progress)
@@ -315,6 +329,22 @@ class MainWindow(QMainWindow):
         self.heatmaps.shutdown()
         super().closeEvent(event)
 
+    def keyPressEvent(self, event) -> None:  # Qt's name
+        """A key no shortcut took, because the window is not active yet (a dialog just closed): its shortcut.
+
+        Until the window system hands the focus back, Qt matches no window shortcut, and a decision key
+        typed right after the reviewer's name would be lost.
+        """
+        if QApplication.activeWindow() is not self:
+            pressed = QKeySequence(event.keyCombination())
+            for action in self.findChildren(QAction):
+                if (action.isEnabled() and action.shortcutContext() == Qt.WindowShortcut
+                        and any(s.matches(pressed) == QKeySequence.ExactMatch for s in action.shortcuts())):
+                    action.trigger()
+                    event.accept()
+                    return
+        super().keyPressEvent(event)
+
     def dragEnterEvent(self, event) -> None:  # Qt's name
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
@@ -385,7 +415,11 @@ class MainWindow(QMainWindow):
         self.state.set_overlay(mode="fill" if self.state.overlay_mode == "outline" else "outline")
 
     def _update_status(self) -> None:
-        self.statusBar().showMessage(status_text(self.state))
+        self.status_label.setText(status_text(self.state))
+        if hasattr(self, "files"):   # the image count, and what the folders held that is not an image
+            n, skipped = len(self.state.paths), len(self.files.skipped)
+            self._docks[0].setWindowTitle(f"Images ({n}" + (f"; {skipped_text(skipped)})" if skipped else ")")
+                                          if n else "Images")
 
     def about(self) -> None:
         QMessageBox.about(self, "About allgui",
