@@ -143,6 +143,8 @@ def test_retraining_ends_in_a_comparison_that_warns(qtbot, folder, tmp_path, set
         bottom = button.mapTo(dlg, QPoint(0, button.height())).y()
         assert button.isVisible() and bottom <= dlg.height()
     qtbot.waitUntil(lambda: dlg.scroll.verticalScrollBar().maximum() > 0, timeout=5_000)   # the rest scrolls
+    port = dlg.scroll.viewport()                          # ...and the warnings come into view by themselves
+    qtbot.waitUntil(lambda: 0 <= view.warnings.mapTo(port, QPoint(0, 0)).y() < port.height() - 40, timeout=5_000)
 
     switched = []
     dlg.accepted_model.connect(switched.append)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QElapsedTimer, QRect, QSettings, QStandardPaths, Signal
+from PySide6.QtCore import QElapsedTimer, QPoint, QRect, QSettings, QStandardPaths, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
@@ -118,6 +118,8 @@ class RetrainDialog(QDialog):
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setWidget(body)
+        self._scroll_pending = False
+        self.scroll.verticalScrollBar().rangeChanged.connect(self._scroll_to_comparison)
         lay.addWidget(self.scroll, 1)
         lay.addWidget(self._button_box())
 
@@ -318,9 +320,16 @@ class RetrainDialog(QDialog):
         self.evaluation_view = EvaluationView(evaluation, threshold)
         self.eval_holder.addWidget(self.evaluation_view)
         self.fit_to_screen()
-        if self.comparison_view is not None:
-            self.scroll.ensureWidgetVisible(self.comparison_view, 0, 0)
+        self._scroll_pending = self.comparison_view is not None   # its warnings at the top, once laid out
+        self._scroll_to_comparison()
         return self.evaluation_view
+
+    def _scroll_to_comparison(self, *_) -> None:
+        """Bring the comparison to the top of the view (when asked, as soon as the layout lets it scroll)."""
+        bar = self.scroll.verticalScrollBar()
+        if self._scroll_pending and self.comparison_view is not None and bar.maximum() > 0:
+            bar.setValue(self.comparison_view.mapTo(self.scroll.widget(), QPoint(0, 0)).y())
+            self._scroll_pending = False
 
     def available_geometry(self) -> QRect:
         """The part of the screen a window may take (without task bars)."""
