@@ -218,3 +218,14 @@ def test_a_writer_follows_an_upgrade_and_a_sign_off_by_another(case):
         b.close()
     with CaseStore.open(case) as s:
         assert s.status == "final" and s.signoff.author == "Dr B"
+
+
+def test_rows_are_read_in_the_order_of_their_columns():
+    """The store builds Review and Event from a row's values by position."""
+    from dataclasses import fields
+
+    from trainer.cases.events import Event
+    from trainer.cases.reviews import Review
+    from trainer.cases.schema import EVENT_COLUMNS, REVIEW_COLUMNS
+    assert [f.name for f in fields(Review)] == ["id", *REVIEW_COLUMNS]
+    assert [f.name for f in fields(Event)] == ["id", *EVENT_COLUMNS]

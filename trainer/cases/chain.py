@@ -27,6 +27,7 @@ from trainer.cases.schema import (
     UPGRADE_KEYS,
     expected_schema,
     genesis,
+    hash_row,
     meta_digest,
     now,
     plain,
@@ -114,8 +115,11 @@ class ChainedFile:
         """Whether the case's name, id and creation are protected (format 2; False: an older allgui's file)."""
         return self.version >= 2
 
-    def _take(self, table: str, rowid: int, values: dict[str, Any]) -> None:
-        """A row of ``table``, checked, in the file's order."""
+    #: the tables whose rows :meth:`_take` gets
+    KEPT: tuple[str, ...] = ()
+
+    def _take(self, table: str, rowid: int, values: list[Any]) -> None:
+        """A checked row of ``table`` (its values in the order of ``COLUMNS[table]``), in the file's order."""
 
     def _signoffs(self) -> list[Event]:
         """Sign-offs taken in since the last call, whose chains :meth:`_follow` checks."""
@@ -144,12 +148,14 @@ class ChainedFile:
             if meta.get(f"head:{table}") == prev and meta.get(f"count:{table}") == str(n):
                 continue
             cols = ", ".join(("id",) + COLUMNS[table] + ("prev_hash", "hash"))
+            kept = table in self.KEPT
             for row in self._con.execute(f"SELECT {cols} FROM {table} WHERE id > ? ORDER BY id", (last,)):
-                values = dict(zip(COLUMNS[table], row[1:-2]))
-                if row[-2] != prev or row_hash(table, prev, values) != row[-1]:
+                values = list(row[1:-2])
+                if row[-2] != prev or hash_row(table, prev, values) != row[-1]:
                     raise _refused(self.path, f"entry {row[0]} of '{table}' was altered")
                 prev, n, last = row[-1], n + 1, row[0]
-                self._take(table, row[0], values)
+                if kept:
+                    self._take(table, row[0], values)
             if meta.get(f"head:{table}") != prev or meta.get(f"count:{table}") != str(n):
                 raise _refused(self.path, f"entries of '{table}' were removed or added")
             self._chain[table] = (n, prev, last)
@@ -228,7 +234,8 @@ class ChainedFile:
                             "The last action was not recorded.") from None
         self._chain = chain
         for (table, values), rowid in zip(rows, ids):
-            self._take(table, rowid, values)
+            if table in self.KEPT:
+                self._take(table, rowid, [values[c] for c in COLUMNS[table]])
         return ids
 
     def _insert(self, rows: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, tuple[int, str, int]], list[int]]:

@@ -242,7 +242,7 @@ def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.Path
     Written atomically. ``thresholds``, ``band``, ``model_sha256``: see :func:`collect`.
     ``max_images``: images with an entry on the image pages at most (see the module). Returns the
     counts (see :func:`summary`) with ``pages``, ``shown`` (images with an entry), ``status``,
-    ``missing`` and ``changed`` (image files gone or changed since analysis).
+    ``missing`` and ``changed`` (image files of those shown gone or changed since analysis).
     """
     if not 1 <= per_page <= MAX_PER_PAGE:
         raise CaseError(f"Images per page must be between 1 and {MAX_PER_PAGE}.")
@@ -252,10 +252,12 @@ def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.Path
     store = CaseStore.open(case, readonly=True) if own else case
     try:
         view = case_view(store)
-        entries = collect(store, thresholds, band, model_sha256, view)
+        entries = collect(store, thresholds, band, model_sha256, view, locate=False)
         counts = summary(store, entries)
         adds = addenda(store, view)
         shown = _shown(entries, max_images)
+        for _, e in shown:                     # only the images drawn are looked for (a stat each)
+            e.file = store.resolve(e.path, e.rel_path)
         front = report_front.build(store, view, entries, counts, adds, len(shown)).pages()
         pages = len(front) + math.ceil(len(shown) / per_page)
         footer = (view.metadata.get("specimen_id", ""), short_status(view.signoff, len(adds)))
@@ -282,7 +284,7 @@ def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.Path
             progress(1.0, f"Report written: {Path(output).name}")
         counts.update(pages=pages, shown=len(shown), status=short_status(view.signoff, len(adds)),
                       changed=sum(1 for _, e in shown if e.changed),
-                      missing=sum(1 for e in entries if e.file is None))
+                      missing=sum(1 for _, e in shown if e.file is None))
         return counts
     finally:
         if own:

@@ -205,14 +205,22 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False, sort_keys=True)
+
+
 def dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys, no spaces, ASCII): what row hashes are computed over."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False, sort_keys=True)
+    return _CANONICAL.encode(obj)
 
 
 def row_hash(table: str, prev: str, values: dict[str, Any]) -> str:
     """SHA-256 chaining a row of ``table`` to the previous row's hash ``prev``."""
-    payload = dumps([table, prev, [values.get(c) for c in COLUMNS[table]]])
+    return hash_row(table, prev, [values.get(c) for c in COLUMNS[table]])
+
+
+def hash_row(table: str, prev: str, row: list[Any]) -> str:
+    """:func:`row_hash` of a row given as its values in the order of ``COLUMNS[table]``."""
+    payload = _CANONICAL.encode([table, prev, row])
     return hashlib.sha256(payload.encode("ascii")).hexdigest()
 
 

@@ -169,13 +169,15 @@ class CaseStore(ChainedFile, SignOffMixin):
             con.close()
             raise
 
-    def _take(self, table: str, rowid: int, values: dict[str, Any]) -> None:
+    KEPT = ("reviews", "events")
+
+    def _take(self, table: str, rowid: int, values: list[Any]) -> None:
         if table == "reviews":
-            row = Review(rowid, **values)
+            row = Review(rowid, *values)          # the dataclass's fields are the columns, in order
             self._reviews.append(row)
             self._state.apply(row)
-        elif table == "events":
-            self._record.apply(Event(rowid, **values))
+        else:
+            self._record.apply(Event(rowid, *values))
 
     def _signoffs(self) -> list[Event]:
         return self._record.unchecked()

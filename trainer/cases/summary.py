@@ -171,9 +171,10 @@ class ImageEntry:
     model_decision: str
     threshold: float | None
     band: float | None
-    file: Path | None                            # where the image is now (None: not found)
+    file: Path | None                            # where the image is now (None: not found or not looked for)
     changed: bool                                # the file's content differs from the recorded one
     later: str = ""                              # a signed case: what changed after the sign-off
+    rel_path: str | None = None                  # the recorded path relative to the case file
 
 
 def _id(r: Review | None) -> int | None:
@@ -203,10 +204,11 @@ def _later(view: CaseView, sha: str, cells: set[int]) -> str:
 
 
 def collect(store, thresholds: dict[str, float] | None = None, band: float | None = None,
-            model_sha256: str | None = None, view: CaseView | None = None) -> list[ImageEntry]:
+            model_sha256: str | None = None, view: CaseView | None = None, locate: bool = True) -> list[ImageEntry]:
     """The images of ``view`` sorted by file name, with their latest prediction and reviews in effect.
 
-    ``view``: default :func:`case_view` of ``store``.
+    ``view``: default :func:`case_view` of ``store``. ``locate``: look for each image's file
+    (:meth:`~trainer.cases.store.CaseStore.resolve`); else ``file`` stays None for the caller to fill.
     The model's decision of a reviewed image is the one the reviewer saw (its threshold is kept
     with the review); an unreviewed image is decided at ``thresholds[model key]`` and ``band`` when
     given (the app's current settings for the model ``model_sha256``; other models' predictions keep
@@ -237,9 +239,10 @@ def collect(store, thresholds: dict[str, float] | None = None, band: float | Non
             t = b = None
             decision = ""
         out.append(ImageEntry(sha, path, pred, review, sorted(by_image.get(sha, []), key=lambda r: r.cell),
-                              decision, t, b, store.resolve(path, rel), False,
-                              _later(view, sha, changed.get(sha, set()))))
-    out.sort(key=lambda e: (file_name(e.path).lower(), e.path))
+                              decision, t, b, store.resolve(path, rel) if locate else None, False,
+                              _later(view, sha, changed[sha]) if sha in changed else "", rel))
+    keys = {id(e): (file_name(e.path).lower(), e.path) for e in out}
+    out.sort(key=lambda e: keys[id(e)])
     return out
 
 
