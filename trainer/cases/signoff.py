@@ -8,7 +8,8 @@ ever entered, by whom and when::
     store.set_metadata({"specimen_id": "S24-0012", "stain": "May-Gruenwald-Giemsa",
                         "magnification": "100x oil"}, author="Dr A")
     store.metadata          # {"specimen_id": "S24-0012", ...}: the values in effect
-    store.sign("Dr A", conclusion="Blasts present (34 % of reviewed cells); consistent with ALL.")
+    store.sign("Dr A", conclusion="Blasts present (34 % of reviewed cells); consistent with ALL.",
+               metadata={"specimen_type": "peripheral blood"})   # entered and signed in one transaction
     store.status            # "final" ("preliminary" before the sign-off)
     store.signoff           # the sign-off Event: .author, .local_at (signer's local time and offset), .at (UTC)
     store.add_addendum("Flow cytometry confirms B-ALL.", author="Dr A")
@@ -47,6 +48,20 @@ def _name(who: str, what: str) -> str:
     return who
 
 
+def _clean(values: dict[str, str]) -> dict[str, str]:
+    """Metadata values checked (known fields, length) and stripped; raises :class:`CaseError`."""
+    clean: dict[str, str] = {}
+    for key, value in values.items():
+        if key not in METADATA_FIELDS:
+            raise CaseError(f"Unknown case metadata '{key}'; use one of {', '.join(METADATA_FIELDS)}.")
+        label, longest = METADATA_FIELDS[key]
+        text = "" if value is None else str(value).strip()
+        if len(text) > longest:
+            raise CaseError(f"{label} is longer than {longest} characters.")
+        clean[key] = text
+    return clean
+
+
 class SignOffMixin:
     """Metadata, sign-off and addenda of a :class:`~trainer.cases.store.CaseStore` (see the module)."""
 
@@ -81,54 +96,39 @@ class SignOffMixin:
         Returns the events written.
         """
         author = _name(author, "Case metadata")
-        clean: dict[str, str] = {}
-        for key, value in values.items():
-            if key not in METADATA_FIELDS:
-                raise CaseError(f"Unknown case metadata '{key}'; use one of {', '.join(METADATA_FIELDS)}.")
-            label, longest = METADATA_FIELDS[key]
-            text = "" if value is None else str(value).strip()
-            if len(text) > longest:
-                raise CaseError(f"{label} is longer than {longest} characters.")
-            clean[key] = text
+        clean = _clean(values)
 
         def build():
-            at, local = now(), local_now()
-            return [("events", self._event("metadata", k, v, author, at, local)) for k, v in clean.items()
-                    if self._record.metadata.get(k, "") != v]
+            return self._metadata_rows(clean, author, now(), local_now())
         return self._append_events(build)
 
-    def sign(self, signer: str, conclusion: str | None = None) -> Event:
+    def sign(self, signer: str, conclusion: str | None = None, metadata: dict[str, str] | None = None) -> Event:
         """Sign the case off: it becomes *final*. Returns the sign-off event.
 
-        ``conclusion`` (the reviewer's conclusion in words) is set first where given; without it the
-        conclusion set before is signed. Refused without a specimen id or a conclusion, and when the
-        case is already signed (add an addendum instead).
+        ``metadata`` (as for :meth:`set_metadata`) and ``conclusion`` (the reviewer's conclusion in
+        words) are entered first, in the same transaction, by the signer. Refused, with nothing
+        written, without a specimen id or a conclusion (given or entered before), and when the case is
+        already signed (add an addendum instead).
         """
         signer = _name(signer, "A sign-off")
-        text = None if conclusion is None else str(conclusion).strip()
-        label, longest = METADATA_FIELDS["conclusion"]
-        if text is not None and len(text) > longest:
-            raise CaseError(f"{label} is longer than {longest} characters.")
+        clean = _clean(dict(metadata or {}, **({} if conclusion is None else {"conclusion": conclusion})))
 
         def build():
             done = self._record.signoff
             if done is not None:
                 raise CaseError(f"The case was already signed by {done.author} ({done.local_at}); "
                                 "record further findings as an addendum.")
-            meta = self._record.metadata
+            meta = {**self._record.metadata, **clean}
             if not meta.get("specimen_id"):
                 raise CaseError("Enter the patient or specimen id before signing the case.")
-            if not (text or meta.get("conclusion")):
+            if not meta.get("conclusion"):
                 raise CaseError("A sign-off needs the reviewer's conclusion in words.")
             at, local = now(), local_now()
-            rows = []
-            if text and text != meta.get("conclusion"):
-                rows.append(("events", self._event("metadata", "conclusion", text, signer, at, local)))
+            rows = self._metadata_rows(clean, signer, at, local)
             signed = {t: [n, head] for t, (n, head, _) in self._chain.items() if t != "events"}
             numbers = case_numbers(self._state.current, self.latest_predictions())
-            detail = {"signed": signed, "numbers": numbers}
-            rows.append(("events", self._event("signoff", None, text or meta["conclusion"], signer, at, local,
-                                               detail)))
+            rows.append(("events", self._event("signoff", None, meta["conclusion"], signer, at, local,
+                                               {"signed": signed, "numbers": numbers})))
             return rows
         self._append_events(build)
         return self._record.signoff
@@ -150,6 +150,11 @@ class SignOffMixin:
         return self._record.events[-1]
 
     # ---- helpers --------------------------------------------------------------------------------
+    def _metadata_rows(self, clean: dict[str, str], author: str, at: str, local: str) -> list:
+        """Event rows for the values of ``clean`` that differ from those in effect."""
+        return [("events", self._event("metadata", k, v, author, at, local)) for k, v in clean.items()
+                if self._record.metadata.get(k, "") != v]
+
     @staticmethod
     def _event(kind: str, field: str | None, value: str, author: str, at: str, local: str,
                detail: dict[str, Any] | None = None) -> dict[str, Any]:
