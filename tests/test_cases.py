@@ -94,6 +94,14 @@ def _drop_last_row(case):
     _behind_trigger(case, "reviews_append_only_d", "DELETE FROM reviews WHERE id = (SELECT max(id) FROM reviews)")
 
 
+def _blob(case):
+    _behind_trigger(case, "reviews_append_only_u", "UPDATE reviews SET comment = X'00ff' WHERE id = 1")
+
+
+def _renumber(case):      # ids are not in the hashes; undo / redo and sign-offs name rows by them
+    _behind_trigger(case, "reviews_append_only_u", "UPDATE reviews SET id = 7 WHERE id = 2")
+
+
 def _drop_trigger(case):
     con = sqlite3.connect(case)
     con.execute("DROP TRIGGER reviews_append_only_u")
@@ -131,6 +139,8 @@ def _newer(case):
     (_add_column, "structure of this case file was changed outside allgui"),
     (_newer, "written by a newer version of allgui"),
     (_rename, "case description .* was altered outside allgui"),
+    (_blob, "entry 1 of 'reviews' was altered outside allgui"),
+    (_renumber, "entry 7 of 'reviews' was altered outside allgui"),
 ])
 def test_tampered_or_newer_case_files_are_refused(case, tamper, message):
     with CaseStore.create(case) as s:

@@ -41,6 +41,8 @@ from trainer.util.errors import CaseError
 
 #: how long a writer waits for another writer's transaction before giving up (milliseconds)
 BUSY_TIMEOUT_MS = 10000
+#: the chains a sign-off signs (their row counts and heads)
+SIGNED_TABLES = ("models", "predictions", "reviews")
 #: tries at taking a consistent snapshot when the file stays locked (a rollback-journal writer)
 READ_TRIES = 3
 
@@ -79,6 +81,14 @@ def _check_header(path: Path, con: sqlite3.Connection) -> int:
         raise CaseError(f"{path.name} is damaged (SQLite integrity check: {check}); it is refused.")
     _check_structure(path, con, version)
     return version
+
+
+def _hash(table: str, prev: str, values: list[Any]) -> str | None:
+    """The row's hash; None for values allgui never writes (a blob, an infinite number)."""
+    try:
+        return hash_row(table, prev, values)
+    except (TypeError, ValueError):
+        return None
 
 
 def _locked(exc: sqlite3.Error) -> bool:
@@ -126,7 +136,7 @@ class ChainedFile:
         return []
 
     def _check_meta(self, meta: dict[str, str]) -> None:
-        if meta.get("format") != FORMAT or not self.case_id:
+        if meta.get("format") != FORMAT or not self.case_id or not all(isinstance(v, str) for v in meta.values()):
             raise CaseError(f"{self.path.name}: the case description is missing or altered; it is refused.")
         if self.version < 2:
             return
@@ -151,7 +161,8 @@ class ChainedFile:
             kept = table in self.KEPT
             for row in self._con.execute(f"SELECT {cols} FROM {table} WHERE id > ? ORDER BY id", (last,)):
                 values = list(row[1:-2])
-                if row[-2] != prev or hash_row(table, prev, values) != row[-1]:
+                # ids run 1, 2, 3...: rows are never deleted, and undo / redo and sign-offs name rows by them
+                if row[0] != last + 1 or row[-2] != prev or _hash(table, prev, values) != row[-1]:
                     raise _refused(self.path, f"entry {row[0]} of '{table}' was altered")
                 prev, n, last = row[-1], n + 1, row[0]
                 if kept:
@@ -166,9 +177,10 @@ class ChainedFile:
 
     def _check_signed(self, event: Event) -> None:
         """A sign-off names the count and head of each chain it signed: they must be there."""
-        for table, (count, head) in event.signed().items():
-            if table not in COLUMNS:
-                raise _refused(self.path, f"the sign-off (entry {event.id} of 'events') was altered")
+        signed = event.signed()
+        if signed is None or set(signed) != set(SIGNED_TABLES):
+            raise _refused(self.path, f"the sign-off (entry {event.id} of 'events') was altered")
+        for table, (count, head) in signed.items():
             found = genesis(self.case_id, table) if count == 0 else (self._con.execute(
                 f"SELECT hash FROM {table} ORDER BY id LIMIT 1 OFFSET ?", (count - 1,)).fetchone() or [None])[0]
             if found != head:
@@ -185,7 +197,7 @@ class ChainedFile:
             finally:
                 if con.in_transaction:
                     con.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise CaseError(f"Could not read the case file {self.path.name}: {exc}.") from None
 
     def _catch_up(self) -> bool:
@@ -229,7 +241,7 @@ class ChainedFile:
                     self.version, self.upgraded_from = 1, None
                     del self._chain["events"]
                 raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise CaseError(f"Could not write to the case file {self.path.name}: {exc}. "
                             "The last action was not recorded.") from None
         self._chain = chain

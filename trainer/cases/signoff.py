@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.cases.chain import SIGNED_TABLES
 from trainer.cases.events import Event
 from trainer.cases.schema import MAX_ADDENDUM, METADATA_FIELDS, dumps, local_now, now
 from trainer.cases.summary import case_numbers
@@ -125,7 +126,7 @@ class SignOffMixin:
                 raise CaseError("A sign-off needs the reviewer's conclusion in words.")
             at, local = now(), local_now()
             rows = self._metadata_rows(clean, signer, at, local)
-            signed = {t: [n, head] for t, (n, head, _) in self._chain.items() if t != "events"}
+            signed = {t: [self._chain[t][0], self._chain[t][1]] for t in SIGNED_TABLES}
             numbers = case_numbers(self._state.current, self.latest_predictions())
             rows.append(("events", self._event("signoff", None, meta["conclusion"], signer, at, local,
                                                {"signed": signed, "numbers": numbers})))

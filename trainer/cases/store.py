@@ -165,6 +165,9 @@ class CaseStore(ChainedFile, SignOffMixin):
         except sqlite3.DatabaseError as exc:
             con.close()
             raise CaseError(f"{path.name} is not a readable allgui case file ({exc}).") from None
+        except UnicodeDecodeError:          # allgui writes UTF-8 only
+            con.close()
+            raise CaseError(f"{path.name} is damaged (text that is not UTF-8); it is refused.") from None
         except BaseException:
             con.close()
             raise
