@@ -83,7 +83,7 @@ def test_a_preliminary_report_says_so_and_lists_the_images_not_reviewed(smear, t
         assert key in first
     # 4 crops reviewed + 1 cell of the field: 3 blasts of 4 classified cells, 1 unclassifiable
     assert "Cells reviewed: 5; blasts counted: 3 of 4 classified cells = 75.0 % (1 unclassifiable" in first
-    assert "Reviewer's conclusion: not entered yet" in first
+    assert "Reviewer's conclusion not entered yet" in first
     _footers_ok(pages, "S24-0012", "Preliminary \u2014 not signed")
 
 
@@ -98,7 +98,7 @@ def test_a_signed_report_is_final_and_later_changes_are_addenda(smear, tmp_path)
     local = dt.datetime.fromisoformat(so.local_at)
     off = local.strftime("%z")
     assert f"Final Signed by Dr Test on {local:%Y-%m-%d %H:%M} (UTC{off[:3]}:{off[3:]})" in first
-    assert "Reviewer's conclusion: Blasts 75 % of reviewed cells; consistent with ALL." in first
+    assert "Reviewer's conclusion Blasts 75 % of reviewed cells; consistent with ALL." in first
     assert "Addenda" not in first
     _footers_ok(pages, "S24-0012", "Final")
 

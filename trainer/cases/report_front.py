@@ -158,10 +158,11 @@ def _case_summary(f: Flow, view: CaseView, counts: dict[str, Any]) -> None:
     for text in numbers_text(case_numbers(view.current, view.predictions)):
         f.line(text, 8.5, 0.017, x=0.09)
     conclusion = view.metadata.get("conclusion", "")
+    label = METADATA_FIELDS["conclusion"][0]
     if conclusion:
-        f.wrapped(conclusion, 95, 9, 10, x=0.09, first="Reviewer's conclusion: ", weight="bold")
+        f.wrapped(conclusion, 72, 9, 10, x=VALUE_X, label=label, weight="bold")
     else:
-        f.line("Reviewer's conclusion: not entered yet", 8.5, 0.017, x=0.09, color=GREY)
+        f.row([(LABEL_X, label, {"fontsize": 8.5}), (VALUE_X, "not entered yet", {"fontsize": 8.5, "color": GREY})])
     if view.signoff is not None:
         f.wrapped(signed_text(view.signoff) + ".", 95, 8.5, 3, x=0.09, weight="bold", color=FINAL_COLOUR)
     f.space(0.008)
