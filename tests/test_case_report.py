@@ -143,6 +143,18 @@ def test_text_from_a_case_is_drawn_literally_whatever_it_holds(tmp_path):
     assert "\x1b" not in text and "\ufeff" not in text
 
 
+@pytest.mark.parametrize("reviewer", ["$\\undefinedcmd$", "Dr \ufeffBOM", "Dr \x1b[31mESC\x07\r"])
+def test_a_reviewer_named_like_mathtext_or_with_control_characters_is_reported(tmp_path, reviewer):
+    from trainer.cases.report import write_case_report
+    case = tmp_path / "c.sqlite"
+    with CaseStore.create(case) as s:
+        s.add_review({"image_sha256": "a" * 64, "path": "/gone/a.png", "cell": -1}, "normal", reviewer,
+                     comment=f"seen by {reviewer}")
+    write_case_report(case, tmp_path / "r.pdf")
+    text = _flat(" ".join(_pdf_pages(tmp_path / "r.pdf")))
+    assert "$\\undefinedcmd$" in text if "$" in reviewer else ("\\ufeff" in text or "\\x1b" in text)
+
+
 def test_a_big_case_gets_image_pages_up_to_a_stated_limit(tmp_path):
     from trainer.cases.report import write_case_report
     case = tmp_path / "big.sqlite"
