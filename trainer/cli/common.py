@@ -1,4 +1,4 @@
-"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and SIGTERM handling."""
+"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and signal handling."""
 from __future__ import annotations
 
 import argparse
@@ -130,19 +130,78 @@ class ProgressBar:
             self.bar.close()
 
 
-def _terminate_as_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+#: a signal repeated within this many seconds of the first is ignored, so an impatient second Ctrl-C does
+#: not cut short the wind-down that keeps the finished work; a later one stops at once
+REPEAT_GRACE_S = 5.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop:
+    """Ctrl-C / SIGTERM as the command saw them.
+
+    The handler raises KeyboardInterrupt (the first signal; see REPEAT_GRACE_S) and remembers the request,
+    so a loop that checks :func:`stop_requested` stops even where some library code swallowed the
+    KeyboardInterrupt (an exception raised in a ``finally`` replaces it).
+    """
+
+    def __init__(self) -> None:
+        self.at: float | None = None  # time of the first signal
+        self.held = False
+
+    def __call__(self, signum, frame) -> None:
+        now = time.monotonic()
+        first = self.at is None
+        if first:
+            self.at = now
+        if self.held or (not first and now - self.at < REPEAT_GRACE_S):
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+_stop = _Stop()
+
+
+def stop_requested() -> bool:
+    """True once Ctrl-C or SIGTERM arrived inside :func:`sigterm_interrupts`."""
+    return _stop.at is not None
+
+
+def raise_if_stopped() -> None:
+    """KeyboardInterrupt when a stop was asked for (whatever became of the signal's own exception)."""
+    if stop_requested():
+        raise KeyboardInterrupt("stop requested")
+
+
+def hold_signals() -> None:
+    """From now until :func:`sigterm_interrupts` ends, a signal is only remembered.
+
+    For work that is done and being saved: a rename must not be cut off after the last row.
+    """
+    _stop.held = True
 
 
 @contextlib.contextmanager
 def sigterm_interrupts():
-    """SIGTERM is handled like Ctrl-C (temporary files removed, completed work kept and reported)."""
+    """SIGTERM is handled like Ctrl-C (temporary files removed, completed work kept and reported).
+
+    Both raise KeyboardInterrupt in the main thread and are remembered (:func:`stop_requested`). Ctrl-C
+    stays ignored where the shell made it so (a command started in the background). Re-entrant.
+    """
     try:
-        old = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        old = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+        outer = all(h is not _stop for h in old.values())
+        for s, h in old.items():
+            if h is not signal.SIG_IGN:
+                signal.signal(s, _stop)
     except (ValueError, OSError):  # not the main thread
         yield
         return
+    if outer:
+        _stop.at, _stop.held = None, False
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if outer:
+            _stop.at, _stop.held = None, False
