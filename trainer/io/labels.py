@@ -46,7 +46,8 @@ def find_labels_csv(root: Path, labels_csv) -> Path | None:
     return p
 
 
-def _positive_set(positive: Sequence[str] | str | None) -> set[str] | None:
+def positive_set(positive: Sequence[str] | str | None) -> set[str] | None:
+    """The positive class names given (a list or a comma-separated string), lower case; None for none given."""
     if positive is None:
         return None
     if isinstance(positive, str):
@@ -60,7 +61,7 @@ def _positive_set(positive: Sequence[str] | str | None) -> set[str] | None:
 def class_mapping(classes: Iterable[str], positive: Sequence[str] | str | None) -> dict[str, int]:
     """Binary label for each class name found (keys as found)."""
     classes = sorted(set(classes))
-    pos = _positive_set(positive)
+    pos = positive_set(positive)
     found = ", ".join(classes) if classes else "none"
     if pos is None:
         mapping = {}
@@ -137,7 +138,7 @@ def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | No
                             f"columns: {shown}.")
     else:
         group_col = _pick_column(columns, _GROUP_COLUMNS)
-    pos = _positive_set(positive)
+    pos = positive_set(positive)
     # with a positive-class mapping the class names decide; otherwise a 0/1 label column
     if pos is not None:
         value_col = class_col or label_col
