@@ -202,6 +202,7 @@ def test_full_disk_is_one_line_and_no_temporary(crops, tiny_bundle, counting, tm
 
     monkeypatch.setattr("trainer.util.atomic.os.fsync", full)
     out = tmp_path / "o" / "p.csv"
+    out.parent.mkdir()
     assert main(["predict", str(d), "-m", str(tiny_bundle), "-o", str(out), "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["allgui-train: error: No space left on device"]
@@ -361,3 +362,64 @@ def test_temporary_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
     atomic_write(target, lambda fh: fh.write(b"complete"))
     assert [p.name for p in tmp_path.iterdir()] == ["model.allmodel"]
     assert target.read_bytes() == b"complete"
+
+
+def test_explain_names_a_missing_cell_as_the_csv_numbers_cells(tiny_bundle, tmp_path, capsys):
+    import cv2
+
+    from trainer.io.synthetic import make_cell_image, make_smear_field
+    field, _ = make_smear_field(160, 2, np.random.default_rng(1))
+    cv2.imwrite(str(tmp_path / "field.png"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "h.png"
+    assert main(["explain", str(tmp_path / "field.png"), "-m", str(tiny_bundle), "-o", str(out), "--cell", "999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cell 999: there is no cell 999 in field.png; its " in err[0]
+    assert "numbered from 0 to" in err[0] or "its one white cell is cell 0" in err[0]
+    crop, _ = make_cell_image(64, True, 3)
+    cv2.imwrite(str(tmp_path / "crop.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    assert main(["explain", str(tmp_path / "crop.png"), "-m", str(tiny_bundle), "-o", str(out), "--cell", "0"]) == 2
+    assert "no white cell was found in crop.png" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["100000", "9", "0"])
+def test_report_per_page_out_of_range_is_refused_by_the_parser(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(tmp_path / "case.sqlite"), "-o", str(tmp_path / "r.pdf"), "--per-page", value])
+    assert stop.value.code == 2
+    assert f"--per-page: must be between 1 and 8, not {value}" in capsys.readouterr().err
+
+
+def _output_commands(tmp_path, tiny_cnmc, target):
+    img, model, case = str(tmp_path / "x.png"), str(tmp_path / "m.allmodel"), str(tmp_path / "c.sqlite")
+    return {
+        "predict -o": ["predict", img, "-m", model, "-o", f"{target}/p.csv", "-q"],
+        "train -o": ["train", str(tiny_cnmc), "-q", "-o", f"{target}/m.allmodel"],
+        "train --cache-dir": ["train", str(tiny_cnmc), "-q", "-o", model, "--cache-dir", f"{target}/cache"],
+        "train --checkpoint-dir": ["train", str(tiny_cnmc), "-q", "-o", model, "--checkpoint-dir", f"{target}/ck"],
+        "evaluate --out": ["evaluate", str(tiny_cnmc), "-q", "--out", f"{target}/report"],
+        "explain -o": ["explain", img, "-m", model, "-o", f"{target}/h.png"],
+        "report -o": ["report", case, "-o", f"{target}/r.pdf"],
+        "finetune --output": ["finetune", str(tiny_cnmc), "--output", f"{target}/w.safetensors"],
+        "finetune --checkpoint-dir": ["finetune", str(tiny_cnmc), "--output", str(tmp_path / "w.safetensors"),
+                                      "--checkpoint-dir", f"{target}/ck"],
+    }
+
+
+@pytest.mark.parametrize("option", ["predict -o", "train -o", "train --cache-dir", "train --checkpoint-dir",
+                                    "evaluate --out", "explain -o", "report -o", "finetune --output",
+                                    "finetune --checkpoint-dir"])
+def test_every_output_option_refuses_a_folder_that_does_not_exist(option, tmp_path, tiny_cnmc, monkeypatch, capsys):
+    _no_predictor(monkeypatch)
+    monkeypatch.setattr("trainer.training.distributed.setup_distributed", lambda *a, **k: pytest.fail("work began"))
+    missing = tmp_path / "no" / "such"
+    argv = _output_commands(tmp_path, tiny_cnmc, missing)[option]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"there is no folder {missing}" in err[0] and "create it first" in err[0], err
+    assert not (tmp_path / "no").exists()
+    # a file where a folder is expected: told as such
+    (tmp_path / "file.txt").write_text("")
+    argv = _output_commands(tmp_path, tiny_cnmc, tmp_path / "file.txt")[option]
+    assert main(argv) == 2
+    assert f"{tmp_path / 'file.txt'} is a file" in capsys.readouterr().err

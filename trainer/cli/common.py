@@ -18,21 +18,23 @@ class UsageError(AllguiError):
     """An argument or output path that cannot work, found before any work is done."""
 
 
-def _int_at_least(lo: int):
-    """An argparse type: a whole number >= ``lo``."""
+def int_range(lo: int, hi: int | None = None):
+    """An argparse type: a whole number from ``lo`` to ``hi`` (no upper bound when None)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if hi is not None and not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, not {v}")
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, not {v}")
         return v
     return parse
 
 
-positive_int = _int_at_least(1)
-non_negative_int = _int_at_least(0)
+positive_int = int_range(1)
+non_negative_int = int_range(0)
 
 
 def switch(group, flag: str, default: bool, help: str) -> None:
@@ -71,21 +73,41 @@ def _writable_folder(folder: Path, what: str) -> None:
                          f"({exc.strerror or 'permission denied or read-only'}).") from None
 
 
+def _existing_folder(folder: Path, what: str) -> None:
+    """Refuse a folder that does not exist: a mistyped path is told, never created."""
+    if folder.is_dir():
+        return
+    if folder.exists() or _nearest_existing(folder).is_file():
+        raise UsageError(f"{what}: {printable(str(_nearest_existing(folder)))} is a file, not a folder.")
+    raise UsageError(f"{what}: there is no folder {printable(str(folder))}; create it first.")
+
+
 def check_output_file(path: str, what: str) -> None:
-    """Refuse, before any work, an output file that is a folder or lies where nothing can be written."""
+    """Refuse, before any work, an output file that is a folder or lies where nothing can be written.
+
+    Its folder must exist: a mistyped path is told, never created.
+    """
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{what} {printable(path)} is an existing folder; give a file name.")
     if p.exists() and not p.is_file():
         raise UsageError(f"{what} {printable(path)} is not a regular file.")
-    _writable_folder(p.parent if str(p.parent) else Path("."), what)
+    folder = p.parent if str(p.parent) else Path(".")
+    _existing_folder(folder, what)
+    _writable_folder(folder, what)
 
 
-def check_output_dir(path: str, what: str) -> None:
-    """Refuse, before any work, an output folder that is a file or cannot be created/written."""
+def check_output_dir(path: str, what: str, parents: bool = False) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created/written.
+
+    The folder itself is created when missing, but not its parent (a mistyped path is told) unless
+    ``parents`` (a default under the user's cache folder, say).
+    """
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{what} {printable(path)} is a file; give a folder.")
+    if not parents and not p.exists():
+        _existing_folder(Path(os.path.abspath(p)).parent, what)
     _writable_folder(p, what)
 
 

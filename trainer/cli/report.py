@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.cli.common import ProgressBar, check_output_file, positive_int
+from trainer.cli.common import ProgressBar, check_output_file, int_range
 from trainer.util.csvsafe import printable
+
+#: most images a page: an image's block is then an eighth of the page, room for its thumbnail and its
+#: lines down to the reviewer's decision (smaller blocks cut that off; past 56 the layout has no room)
+MAX_PER_PAGE = 8
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -17,7 +21,8 @@ def register(sub) -> argparse.ArgumentParser:
                                    "Research use only.")
     c.add_argument("case", help="case file (.sqlite) written by the app")
     c.add_argument("-o", "--output", default="case.pdf", help="PDF to write (default: %(default)s)")
-    c.add_argument("--per-page", type=positive_int, default=6, help="images per page (default: %(default)s)")
+    c.add_argument("--per-page", type=int_range(1, MAX_PER_PAGE), default=6,
+                   help=f"images per page, 1 to {MAX_PER_PAGE} (default: %(default)s)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=run)
     return c
