@@ -423,3 +423,46 @@ def test_every_output_option_refuses_a_folder_that_does_not_exist(option, tmp_pa
     argv = _output_commands(tmp_path, tiny_cnmc, tmp_path / "file.txt")[option]
     assert main(argv) == 2
     assert f"{tmp_path / 'file.txt'} is a file" in capsys.readouterr().err
+
+
+def test_an_input_name_too_long_for_the_system_costs_only_its_own_row(crops, tiny_bundle, counting, tmp_path,
+                                                                      capsys):
+    d, _ = crops
+    out = tmp_path / "p.csv"
+    long_name = str(d / ("a" * 300 + ".png"))
+    assert main(["predict", str(d), long_name, "-m", str(tiny_bundle), "-o", str(out), "-q"]) == 0
+    rows = _rows(out)
+    assert len(rows) == 3 and rows[-1]["file"] == long_name and rows[-1]["error"]
+    assert "2 images classified, 1 could not be read" in capsys.readouterr().err
+
+
+def test_output_names_near_and_over_the_file_system_limit(crops, tiny_bundle, counting, tmp_path, capsys):
+    d, _ = crops
+    near = tmp_path / ("n" * 250 + ".csv")  # fits; its temporary's name must fit too
+    assert main(["predict", str(d), "-m", str(tiny_bundle), "-o", str(near), "-q"]) == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(("n", ".n"))] == [near.name]
+    assert len(_rows(near)) == 2
+    capsys.readouterr()
+    over = tmp_path / ("o" * 300 + ".csv")
+    assert main(["predict", str(d), "-m", str(tiny_bundle), "-o", str(over), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("allgui-train: error: -o/--output ") and "too long" in err[0]
+    assert main(["predict", str(d), "-m", str(tiny_bundle), "-o", str(tmp_path) + "/x" * 2500 + ".csv", "-q"]) == 2
+    assert "too long" in capsys.readouterr().err
+
+
+def test_report_of_a_case_folder_reads_the_case_file_the_app_keeps_there(tmp_path, capsys):
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    assert main(["report", str(folder), "-o", str(tmp_path / "r.pdf"), "-q"]) == 2
+    assert f"{folder} is a folder without a case file (allgui-case.sqlite)" in capsys.readouterr().err
+    (folder / "allgui-case.sqlite").write_text("not a database")
+    assert main(["report", str(folder), "-o", str(tmp_path / "r.pdf"), "-q"]) == 2
+    assert "allgui-case.sqlite is not an allgui case file" in capsys.readouterr().err
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_evaluate_refuses_a_single_fold_before_any_work(tiny_cnmc, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(tiny_cnmc), "--folds", "1", "--out", str(tmp_path / "r")])
+    assert stop.value.code == 2 and "--folds: must be at least 2, not 1" in capsys.readouterr().err

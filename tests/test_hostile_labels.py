@@ -91,3 +91,42 @@ def test_labels_csv_with_several_data_folders_is_refused_before_any_work(cnmc, t
     assert err == ["allgui-train: error: --labels-csv applies to one data folder, not 2: give one folder, or a "
                    "labels.csv inside each folder of the folders layout (read without the option)."]
     assert loaded == []
+
+
+@pytest.fixture
+def folders(tmp_path):
+    from trainer.io.synthetic import write_dataset
+    return write_dataset(tmp_path / "folders", layout="folders", n_per_class=4, size=48, seed=4)
+
+
+def _append_rows(folder, lines: bytes):
+    with open(folder / "labels.csv", "ab") as fh:
+        fh.write(lines)
+
+
+def test_a_labels_csv_path_that_is_not_utf8_names_the_file_on_disk(folders):
+    from trainer.io.data import load_dataset
+    src = sorted((folders / "Pro").glob("*.png"))[0]
+    with open(folders / "Pro" / "caf\udce9.png", "wb") as fh:  # the file name's byte 0xe9, as on disk
+        fh.write(src.read_bytes())
+    _append_rows(folders, b"Pro/caf\xe9.png,Pro,1,Pro-9\n")
+    ds = load_dataset(folders)
+    assert any(s.path.name == "caf\udce9.png" and s.label == 1 and s.group == "Pro-9" for s in ds.samples)
+
+
+def test_bad_labels_csv_rows_cost_only_themselves_and_say_why(folders):
+    from trainer.io.data import load_dataset
+    _append_rows(folders, b"Pro,Pro,1,Pro-1\n" + b"Pro/" + b"b" * 300 + b".png,Pro,1,Pro-1\n")
+    ds = load_dataset(folders)
+    why = {p.name[:8]: reason for p, reason in ds.skipped}
+    assert why["Pro"] == "a folder, not an image file (listed in labels.csv)"
+    assert why["bbbbbbbb"] == "File name too long (listed in labels.csv)"
+    assert len(ds) == 8
+
+
+def test_an_unreadable_labels_csv_is_refused_naming_the_line(folders):
+    from trainer.io.data import load_dataset
+    from trainer.util.errors import DataError
+    _append_rows(folders, b"Pro/x.png,Pro,1," + b"g" * 200_000 + b"\n")
+    with pytest.raises(DataError, match=r"Cannot read labels file labels.csv \(line 10\): field larger"):
+        load_dataset(folders)

@@ -82,19 +82,33 @@ def _existing_folder(folder: Path, what: str) -> None:
     raise UsageError(f"{what}: there is no folder {printable(str(folder))}; create it first.")
 
 
+def _name_fits(p: Path, folder: Path, what: str) -> None:
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    n = len(os.fsencode(p.name))
+    if n > limit:
+        raise UsageError(f"{what}: the file name is {n} bytes long; at most {limit} fit in {printable(str(folder))}.")
+
+
 def check_output_file(path: str, what: str) -> None:
     """Refuse, before any work, an output file that is a folder or lies where nothing can be written.
 
     Its folder must exist: a mistyped path is told, never created.
     """
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{what} {printable(path)} is an existing folder; give a file name.")
-    if p.exists() and not p.is_file():
-        raise UsageError(f"{what} {printable(path)} is not a regular file.")
-    folder = p.parent if str(p.parent) else Path(".")
-    _existing_folder(folder, what)
-    _writable_folder(folder, what)
+    try:
+        if p.is_dir():
+            raise UsageError(f"{what} {printable(path)} is an existing folder; give a file name.")
+        if p.exists() and not p.is_file():
+            raise UsageError(f"{what} {printable(path)} is not a regular file.")
+        folder = p.parent if str(p.parent) else Path(".")
+        _existing_folder(folder, what)
+        _writable_folder(folder, what)
+        _name_fits(p, folder, what)
+    except OSError as exc:  # a path longer than the system takes, say
+        raise UsageError(f"{what} {printable(path)}: {exc.strerror or exc}.") from None
 
 
 def check_output_dir(path: str, what: str, parents: bool = False) -> None:
@@ -104,11 +118,15 @@ def check_output_dir(path: str, what: str, parents: bool = False) -> None:
     ``parents`` (a default under the user's cache folder, say).
     """
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{what} {printable(path)} is a file; give a folder.")
-    if not parents and not p.exists():
-        _existing_folder(Path(os.path.abspath(p)).parent, what)
-    _writable_folder(p, what)
+    try:
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"{what} {printable(path)} is a file; give a folder.")
+        if not parents and not p.exists():
+            _existing_folder(Path(os.path.abspath(p)).parent, what)
+            _name_fits(p, Path(os.path.abspath(p)).parent, what)
+        _writable_folder(p, what)
+    except OSError as exc:
+        raise UsageError(f"{what} {printable(path)}: {exc.strerror or exc}.") from None
 
 
 def check_names(text: str | None, allowed: tuple[str, ...], what: str) -> None:

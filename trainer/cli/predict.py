@@ -56,7 +56,11 @@ def _input_files(inputs: list[str]) -> list[Path]:
     from trainer.io.imageio import IMAGE_SUFFIXES  # OpenCV loads only for this command
     files: list[Path] = []
     for p in map(Path, inputs):
-        if p.is_dir():
+        try:
+            folder = p.is_dir()
+        except OSError:  # a name too long, say: that input's own error row, not the run's end
+            folder = False
+        if folder:
             found = []
             for d, dirs, names in os.walk(p):
                 dirs.sort()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from trainer.cli.common import ProgressBar, check_output_file, int_range
+from trainer.cli.common import ProgressBar, UsageError, check_output_file, int_range
 from trainer.util.csvsafe import printable
 
 #: most images a page: an image's block is then an eighth of the page, room for its thumbnail and its
@@ -19,7 +20,7 @@ def register(sub) -> argparse.ArgumentParser:
                                    "counts, model card headline and limitations, then each image with its "
                                    "outlines, probabilities, votes, the model's and the reviewer's decision. "
                                    "Research use only.")
-    c.add_argument("case", help="case file (.sqlite) written by the app")
+    c.add_argument("case", help="case file (.sqlite) written by the app, or the folder the app keeps it in")
     c.add_argument("-o", "--output", default="case.pdf", help="PDF to write (default: %(default)s)")
     c.add_argument("--per-page", type=int_range(1, MAX_PER_PAGE), default=6,
                    help=f"images per page, 1 to {MAX_PER_PAGE} (default: %(default)s)")
@@ -30,10 +31,17 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(a) -> int:
     from trainer.cases.report import write_case_report  # matplotlib loads only when a report is written
+    from trainer.cases.schema import DEFAULT_CASE_NAME
+    case = Path(a.case)
+    if case.is_dir():  # the folder of a case's images: the case file the app keeps there
+        if not (case / DEFAULT_CASE_NAME).is_file():
+            raise UsageError(f"{printable(a.case)} is a folder without a case file ({DEFAULT_CASE_NAME}); "
+                             "give the case file.")
+        case = case / DEFAULT_CASE_NAME
     check_output_file(a.output, "-o/--output")
     bar = ProgressBar(a.quiet)
     try:
-        counts = write_case_report(a.case, a.output, per_page=a.per_page, progress=bar)
+        counts = write_case_report(case, a.output, per_page=a.per_page, progress=bar)
     finally:
         bar.close()
     print(f"Case report written to {printable(a.output)}: {counts['pages']} pages, {counts['images']} images, "
