@@ -284,8 +284,8 @@ def run(a) -> int:
     counts = _counts(n_done - n_na, n_na, n_err)
     where = "" if a.output == "-" else f"; results in {printable(a.output)}"
     if interrupted:
-        print(f"allgui-train: interrupted after {n_done + n_err} of {len(files)} images; the rows of the "
-              f"{counts} were kept{where}.", file=sys.stderr)
+        print(f"allgui-train: interrupted after {n_done + n_err} of {len(files)} images; their rows were kept "
+              f"({counts}){where}.", file=sys.stderr)
         return 130
     if n_done == n_na:  # not one image got a class: a script must not read this run as a success
         print(f"allgui-train: error: no image received a class ({counts}){where}.", file=sys.stderr)
