@@ -3,8 +3,8 @@
 Layout (format ``allgui-model``, version 3)::
 
     manifest.json          format, version, config, model card, metrics, versions, SHA-256 of members;
-                           ``models``: per model key its member, threshold and feature blocks, and
-                           ``readout`` where its numpy read-out was checked against it when saved
+                           ``models``: per model key its member, threshold and feature blocks (a
+                           ``readout`` flag that earlier versions wrote there is ignored)
     model-<key>.skops      one fitted :class:`trainer.classical.model.AllModel` per image kind (skops: no code
                            runs on load); ``load_bundle(lazy=True)`` rebuilds only the first until another
                            is asked for. Bundles of versions 1 and 2 hold one ``model.skops`` instead
@@ -24,14 +24,12 @@ so an allgui that reads only versions 1 and 2 refuses a newer bundle instead of 
 Loading never unpickles: skops reconstructs only skops' default-trusted types plus an explicit
 allow-list (the scikit-learn estimators allgui writes, four scikit-learn internals and this package's
 estimators; see ``trainer.classical.serialise``), the base classifiers must be of the five kinds allgui
-writes, and safetensors holds raw tensors. A read-out (``load_bundle(readouts=True)``) builds no object
-from the file at all: it reads its JSON and arrays. Every member's hash is checked, so a truncated or
-altered file is refused with :class:`BundleError`. Writes go to a temporary file in the target folder and
-are moved into place atomically.
+writes, and safetensors holds raw tensors. Every model is read this one way. Every member's hash is
+checked, so a truncated or altered file is refused with :class:`BundleError`. Writes go to a temporary
+file in the target folder and are moved into place atomically.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -53,7 +51,6 @@ import safetensors.torch
 import torch
 
 from trainer import __version__
-from trainer.classical import readout
 from trainer.classical.kinds import KindModels
 from trainer.config import TrainConfig
 from trainer.inference.manifest_schema import check_manifest
@@ -73,9 +70,6 @@ from trainer.vision.fingerprint import is_fingerprint
 
 FORMAT = "allgui-model"
 FORMAT_VERSION = 3
-#: a manifest's ``models.<key>.readout``: the model's classical stage was checked, when saved, to compute
-#: the same with :class:`trainer.classical.readout.ModelReadout` (numpy only) as with scikit-learn
-READOUT_VERSION = 1
 READABLE_VERSIONS = (1, 2, 3)
 SUFFIX = ".allmodel"
 OWN_TYPES = frozenset({
@@ -117,7 +111,7 @@ class ModelBundle:
 
 def package_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on."""
-    import sklearn  # only when saving: prediction from a read-out never imports scikit-learn
+    import sklearn  # only when saving: reading a bundle's manifest must not import scikit-learn
 
     return {"allgui": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "torch": torch.__version__,
@@ -139,10 +133,8 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
         for key, m in bundle.model.models.items():
             if not _MODEL_KEY.match(key):
                 raise ValueError(f"model key {key!r} is not a lower-case word")
-            members[f"model-{key}.skops"] = payload = skops_io.dumps(m)
+            members[f"model-{key}.skops"] = skops_io.dumps(m)
             table[key] = _summary(m, f"model-{key}.skops")
-            if readout.agrees(m, payload):  # offered to predictions that would rather not import scikit-learn
-                table[key]["readout"] = READOUT_VERSION
     else:
         members["model.skops"] = skops_io.dumps(bundle.model)
     arrays = {k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}
@@ -326,14 +318,12 @@ def _load_model(data: bytes, path: Path):
         raise BundleError(f"{path.name}: the model part cannot be reconstructed ({e}).") from None
 
 
-def load_bundle(path: str | os.PathLike, lazy: bool = False, readouts: bool = False) -> ModelBundle:
+def load_bundle(path: str | os.PathLike, lazy: bool = False) -> ModelBundle:
     """Read and verify a bundle. Raises :class:`BundleError` with a clear message.
 
     Every member is read and its checksum verified here. ``lazy``: of a bundle with one member per model,
     only the first model is rebuilt now and each other one when first asked for (see :class:`LazyModels`;
-    a one-crop prediction then skips the field model's share of the start-up). ``readouts``: a model the
-    manifest offers a read-out of comes back as a :class:`trainer.classical.readout.ModelReadout`, which
-    predicts without scikit-learn and rebuilds the model only for what it leaves to it.
+    a one-crop prediction then skips the field model's share of the start-up).
     """
     path = Path(path)
     with _open_zip(path) as zf:
@@ -341,7 +331,7 @@ def load_bundle(path: str | os.PathLike, lazy: bool = False, readouts: bool = Fa
         table = manifest.get("models")
         if table:
             payloads = {key: _verified(zf, manifest, entry["member"], path) for key, entry in table.items()}
-            pending = LazyModels(payloads, table, path, readouts=readouts)
+            pending = LazyModels(payloads, table, path)
             if lazy:
                 pending[next(iter(pending))]  # the first model now, the others when asked for
                 model = KindModels(models=pending)
@@ -376,7 +366,7 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
     classifiers are checked.
     """
     if not isinstance(model, KindModels):
-        from trainer.classical.model import AllModel  # scikit-learn: loaded with the model, not for a read-out
+        from trainer.classical.model import AllModel  # scikit-learn: imported by the rebuild that made ``model``
         if isinstance(model, AllModel):
             model = KindModels(models={"any": model})
             arrays = {(k if is_fingerprint(k) else f"any/{k}"): v for k, v in arrays.items()}
@@ -391,12 +381,7 @@ def _as_kind_models(model, arrays: dict[str, np.ndarray], path: Path):
 
 
 def _check_model(m, path: Path) -> None:
-    """Raise BundleError unless ``m`` is an AllModel whose base classifiers are of the kinds allgui writes.
-
-    A read-out was checked as it was read: it reads only those kinds.
-    """
-    if isinstance(m, readout.ModelReadout):
-        return
+    """Raise BundleError unless ``m`` is an AllModel whose base classifiers are of the kinds allgui writes."""
     from trainer.classical.model import AllModel  # scikit-learn: imported by the rebuild that made ``m``
 
     if not isinstance(m, AllModel):
@@ -433,20 +418,14 @@ class LazyModels(Mapping):
 
     The members' bytes were read and checksummed with the bundle; rebuilding one runs skops' audited load
     and the same checks as an eager load, and refuses a model whose threshold or feature blocks differ
-    from the manifest's (which :func:`model_summary` gives before it is rebuilt). ``readouts``: a model
-    whose manifest entry offers a read-out (``READOUT_VERSION``) comes back as a
-    :class:`trainer.classical.readout.ModelReadout` instead, which rebuilds the AllModel only for what it
-    leaves to it; a payload it cannot read is rebuilt as usual. Thread-safe.
+    from the manifest's (which :func:`model_summary` gives before it is rebuilt). Thread-safe.
     """
 
-    def __init__(self, payloads: dict[str, bytes], table: dict[str, dict[str, Any]], path: Path,
-                 readouts: bool = False):
+    def __init__(self, payloads: dict[str, bytes], table: dict[str, dict[str, Any]], path: Path):
         self._payloads = dict(payloads)
         self._table = table
         self._path = path
-        self._readouts = readouts
-        self._models: dict[str, Any] = {}     # key -> AllModel or ModelReadout, as handed out
-        self._rebuilt: dict[str, Any] = {}    # key -> AllModel
+        self._models: dict[str, Any] = {}     # key -> AllModel
         self._lock = threading.RLock()
 
     def __getitem__(self, key: str):
@@ -454,27 +433,14 @@ class LazyModels(Mapping):
             if key not in self._models:
                 if key not in self._table:
                     raise KeyError(key)
-                model = None
-                if self._readouts and self._table[key].get("readout") == READOUT_VERSION:
-                    with contextlib.suppress(readout.SchemaError):  # unreadable: rebuilt instead
-                        model = readout.ModelReadout(self._payloads[key], exact=lambda: self._rebuild(key))
-                self._models[key] = self._described(key, model) if model is not None else self._rebuild(key)
-            return self._models[key]
-
-    def _rebuild(self, key: str):
-        with self._lock:
-            if key not in self._rebuilt:
                 m = _load_model(self._payloads[key], self._path)
                 _check_model(m, self._path)
-                self._rebuilt[key] = self._described(key, m)
+                if _describe(m) != self.summary(key):
+                    raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
+                                      f"its {key} model.")
+                self._models[key] = m
                 del self._payloads[key]
-            return self._rebuilt[key]
-
-    def _described(self, key: str, model):
-        """``model``, if its threshold and feature blocks are what the manifest says of model ``key``."""
-        if _describe(model) != self.summary(key):
-            raise BundleError(f"{self._path.name} has been altered: the manifest does not describe its {key} model.")
-        return model
+            return self._models[key]
 
     def __contains__(self, key) -> bool:  # without rebuilding it
         return key in self._table
@@ -486,12 +452,8 @@ class LazyModels(Mapping):
         return len(self._table)
 
     def loaded(self, key: str) -> bool:
-        """Whether model ``key`` has been handed out: rebuilt, or read out."""
+        """Whether model ``key`` has been rebuilt."""
         return key in self._models
-
-    def rebuilt(self, key: str) -> bool:
-        """Whether model ``key`` has been rebuilt by skops (a read-out alone does not count)."""
-        return key in self._rebuilt
 
     def summary(self, key: str) -> tuple[float, list[str]]:
         """(threshold, feature blocks) of model ``key`` as the manifest gives them."""

@@ -111,8 +111,6 @@ def check_manifest(manifest: Any, name: str) -> dict[str, Any]:
             _need(_is_number(entry.get("threshold")), name, f"the threshold of model {key!r} is not a number")
             _need(isinstance(entry.get("blocks"), list) and all(isinstance(b, str) for b in entry["blocks"]),
                   name, f"the feature blocks of model {key!r} are not a list of names")
-            _need(entry.get("readout") is None or _is_int(entry["readout"]), name,
-                  f"the read-out version of model {key!r} is not a whole number")
     check_config(manifest.get("config", {}), name)
     versions = manifest.get("versions", {})
     _need(isinstance(versions, dict) and all(isinstance(v, str) for v in versions.values()), name,

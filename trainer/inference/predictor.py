@@ -45,8 +45,8 @@ class Predictor:
     Attributes
     ----------
     models : dict or LazyModels of str to AllModel
-        Model key -> fitted model: an AllModel, or its numpy read-out (``ModelReadout``) where the bundle
-        offers one (a LazyModels after ``from_bundle(lazy=True)``: each model is loaded when first asked for).
+        Model key -> fitted AllModel (a LazyModels after ``from_bundle(lazy=True)``: each model is loaded
+        when first asked for).
     thresholds : dict of str to float
         Model key -> default decision threshold on the calibrated probability (Youden's J
         optimum on that model's validation split); ``threshold`` is the first model's.
@@ -63,7 +63,7 @@ class Predictor:
         self.bundle = bundle
         self.kind_models = bundle.model
         models = bundle.model.models
-        #: model key -> AllModel or its read-out; a :class:`LazyModels` loads a model when it first judges an image
+        #: model key -> AllModel; a :class:`LazyModels` loads a model when it first judges an image
         self.models = models if isinstance(models, LazyModels) else dict(models)
         summary = {k: model_summary(self.models, k) for k in self.models}  # (threshold, blocks)
         self.config = cfg = bundle.config
@@ -115,27 +115,24 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None,
-                    precision: str | None = None, lazy: bool = False, readouts: bool = True) -> Predictor:
+                    precision: str | None = None, lazy: bool = False) -> Predictor:
         """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`.
 
         The networks are built and fingerprinted in a second thread while the classifiers are read
         (torch releases the interpreter lock while it computes, so the two overlap). ``lazy``: load a
         model other than the first only when an image of its kind arrives (see ``load_bundle``); its
-        BundleError, if any, is then raised by the prediction. ``readouts``: take each model's numpy
-        read-out where the bundle offers one (see :class:`trainer.classical.readout.ModelReadout`):
-        predictions then need no scikit-learn and equal the rebuilt model's to about 1e-13; False rebuilds
-        every model with skops.
+        BundleError, if any, is then raised by the prediction.
         """
         manifest = read_manifest(path)
         if "backbones.safetensors" in manifest.get("members", {}):  # fine-tuned weights: in the bundle itself
-            return cls(load_bundle(path, lazy=lazy, readouts=readouts), device=device, cache_dir=cache_dir,
+            return cls(load_bundle(path, lazy=lazy), device=device, cache_dir=cache_dir,
                        precision=precision)
         cfg = TrainConfig.from_dict(manifest.get("config", {}))
         prec = _precision(cfg, precision, device)
         legacy = manifest["format_version"] < 3  # fingerprinted at the model's input size
         with ThreadPoolExecutor(1, thread_name_prefix="allgui-networks") as pool:
             ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec, legacy)
-            bundle = load_bundle(path, lazy=lazy, readouts=readouts)
+            bundle = load_bundle(path, lazy=lazy)
             prebuilt = ready.result()
         return cls(bundle, device=device, cache_dir=cache_dir, precision=precision, prebuilt=prebuilt)
 
