@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import scipy.special  # noqa: F401 - before torch: see the note below
 import torch
 
 from trainer.classical.kinds import operating_point
@@ -27,6 +28,9 @@ from trainer.vision import fingerprint, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
 from trainer.vision.features import NUCLEUS, PRECISIONS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
 
+# Rebuilding a model imports skops, which looks up each of SciPy's ~450 ufuncs by walking every module
+# loaded before ``scipy.special`` (in import order): with torch's thousands of modules ahead of it, that
+# walk is the largest part of skops' import, so SciPy is imported first here.
 MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
 #: images per forward pass when predicting on the CPU: the two networks' activations for 32 images at
 #: 224 px, side by side, took the resident size of a folder of smear fields to 1.6-1.9 GB at its peak;
