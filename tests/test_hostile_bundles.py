@@ -9,8 +9,9 @@ import zipfile
 import pytest
 
 from trainer.inference import bundle
-from trainer.inference.bundle import load_bundle, read_manifest
+from trainer.inference.bundle import archive, load_bundle, read_manifest
 from trainer.util.errors import BundleError
+from trainer.util.limits import MAX_COMPRESSION_RATIO, RATIO_FLOOR_BYTES
 
 
 def _manifest(members: dict[str, bytes], **extra) -> dict:
@@ -48,7 +49,7 @@ def test_compressed_member_that_would_inflate_hugely_is_refused_before_inflating
 
 
 def test_member_declared_larger_than_the_cap_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle, "MAX_BUNDLE_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(archive, "MAX_BUNDLE_MEMBER_BYTES", 1000)
     data = bytes(range(256)) * 8
     f = _zip(tmp_path / "big.allmodel", _manifest({"model.skops": data}), {"model.skops": data},
              compress=zipfile.ZIP_STORED)
@@ -64,7 +65,7 @@ def test_padded_manifest_is_refused(tmp_path, monkeypatch):
         read_manifest(f)
     assert time.perf_counter() - t < 2
     # stored without compression (no ratio to catch), the size cap still refuses it
-    monkeypatch.setattr(bundle, "MAX_MANIFEST_BYTES", 4096)
+    monkeypatch.setattr(archive, "MAX_MANIFEST_BYTES", 4096)
     f2 = _zip(tmp_path / "padded2.allmodel", None, {}, manifest_text=json.dumps(_manifest({})) + " " * 5000,
               compress=zipfile.ZIP_STORED)
     with pytest.raises(BundleError, match="manifest.json would inflate"):
@@ -106,6 +107,6 @@ def test_the_real_bundle_passes_the_checks(tiny_bundle):
     m = read_manifest(tiny_bundle)
     with zipfile.ZipFile(tiny_bundle) as zf:
         for info in zf.infolist():  # allgui's own members stay far below the ratio cap
-            assert info.file_size <= bundle.MAX_COMPRESSION_RATIO * max(info.compress_size, 1) \
-                or info.file_size <= bundle.RATIO_FLOOR_BYTES
+            assert info.file_size <= MAX_COMPRESSION_RATIO * max(info.compress_size, 1) \
+                or info.file_size <= RATIO_FLOOR_BYTES
     assert set(m["members"]) >= {"model-single_cell.skops", "arrays.safetensors"}

@@ -6,6 +6,8 @@ model do not import it; the formulas are those the fitted estimators (:mod:`trai
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -52,8 +54,6 @@ def roc_points(y: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
 
     ``sklearn.metrics.roc_curve``'s points; NaN rates for an absent class.
     """
-    import warnings
-
     from sklearn.metrics import roc_curve  # imported with the fitted models that call this
 
     y = (np.asarray(y).ravel() == 1).astype(np.int64)
