@@ -2,6 +2,7 @@
 with a clear BundleError before much memory is spent."""
 import hashlib
 import json
+import re
 import time
 import tracemalloc
 import zipfile
@@ -110,3 +111,29 @@ def test_the_real_bundle_passes_the_checks(tiny_bundle):
             assert info.file_size <= MAX_COMPRESSION_RATIO * max(info.compress_size, 1) \
                 or info.file_size <= RATIO_FLOOR_BYTES
     assert set(m["members"]) >= {"model-single_cell.skops", "arrays.safetensors"}
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"image_size": 100000}, "image_size is 100000; allowed: 32 to 1024"),
+    ({"image_size": -5}, "image_size is -5; allowed: 32 to 1024"),
+    ({"gamma": 7.5}, "gamma is 7.5; allowed: 0.8 to 1.2"),
+    ({"batch_size": 0}, "batch_size is 0; allowed: 1 to"),
+    ({"seed": -1}, "seed is -1; allowed: 0 to"),
+    ({"pca_variance": float("nan")}, "pca_variance is nan; allowed: 0.01 to 1.0"),
+    ({"fractions": [0.7, 0.5, -0.2]}, "fractions is -0.2; allowed: 0.0 to 1.0"),
+    ({"backbones": ["vgg16"]}, "backbones is vgg16; allowed: one of densenet121, resnet34"),
+    ({"precision": "fp8"}, "precision is fp8; allowed: one of auto, fp32, bf16"),
+    ({"finetuning": {"epochs": 0}}, "finetuning.epochs is 0; allowed: 1 to"),
+    ({"finetune_lr": 50.0}, "finetuning.lr is 50.0; allowed: 0.0 to 1.0"),
+])
+def test_config_values_out_of_their_range_are_refused_at_load_by_name(tmp_path, config, words):
+    f = _zip(tmp_path / "ranged.allmodel", _manifest({}, config=config), {})
+    for load in (read_manifest, load_bundle):
+        with pytest.raises(BundleError, match="refused: its config's setting " + re.escape(words)):
+            load(f)
+
+
+def test_the_shipped_config_values_pass_the_range_checks(tiny_bundle):
+    from trainer.config import TrainConfig
+    m = read_manifest(tiny_bundle)  # refused if any stored value were out of range
+    TrainConfig.from_dict(m["config"]).validate()  # the command line's check: the same ranges

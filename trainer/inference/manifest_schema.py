@@ -3,8 +3,9 @@
 A hand-edited or hostile manifest is refused with :class:`trainer.util.errors.BundleError` instead of
 failing later with an AttributeError.
 
-Only types are checked here (and the shape of the member table); the bundle loader checks the
-format name, version and every member's size and SHA-256.
+Types are checked here (and the shape of the member table), and every config value against the choices
+and range its field allows (:func:`trainer.config.problem`, which the command line applies too); the
+bundle loader checks the format name, version and every member's size and SHA-256.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import dataclasses
 import re
 from typing import Any
 
-from trainer.config import LEGACY_FINETUNE_KEYS, FinetuneConfig, TrainConfig
+from trainer.config import LEGACY_FINETUNE_KEYS, FinetuneConfig, TrainConfig, problem
 from trainer.util.errors import BundleError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,6 +61,9 @@ def _check_fields(cls: type, values: dict, name: str, where: str = "") -> None:
         if not _value_ok(ann, value):
             raise BundleError(f"{name}: the manifest is damaged (config field '{where}{key}' has a value of "
                               f"type {type(value).__name__}; expected {ann}).")
+        wrong = problem(where + key, value)
+        if wrong:
+            raise BundleError(f"{name} is refused: its config's {wrong}.")
 
 
 def check_config(config: Any, name: str) -> None:

@@ -49,7 +49,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer.config import MIN_IMAGE_SIZE, ConfigError, FinetuneConfig, TrainConfig, as_train_config
+from trainer.config import ConfigError, FinetuneConfig, TrainConfig, as_train_config, problem
 from trainer.training.checkpoints import (
     CHECKPOINT_FORMAT,
     EarlyStopping,
@@ -308,8 +308,8 @@ def finetune_backbone(
     """
     config = as_train_config(cfg)
     config.finetuning.validate()
-    if int(config.image_size) < MIN_IMAGE_SIZE:
-        raise ConfigError(f"Image size must be at least {MIN_IMAGE_SIZE} pixels, not {config.image_size}.")
+    if problem("image_size", config.image_size):
+        raise ConfigError(problem("image_size", config.image_size) + ".")
     settings = config.finetune_summary()
     cfg = SimpleNamespace(**settings)  # the flat settings of this run, read below
     if name not in BACKBONES:
