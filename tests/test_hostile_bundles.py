@@ -7,6 +7,7 @@ import time
 import tracemalloc
 import zipfile
 
+import numpy as np
 import pytest
 
 from trainer.inference import bundle
@@ -137,3 +138,69 @@ def test_the_shipped_config_values_pass_the_range_checks(tiny_bundle):
     from trainer.config import TrainConfig
     m = read_manifest(tiny_bundle)  # refused if any stored value were out of range
     TrainConfig.from_dict(m["config"]).validate()  # the command line's check: the same ranges
+
+
+#: what an attacker would put in a skops member: a function to call and a method caller, each a node
+#: skops builds only when its type is trusted
+def _system(cmd):
+    return {"__class__": "system", "__module__": "posix", "__loader__": "FunctionNode"}
+
+
+def _methodcaller(cmd):
+    text = lambda v: {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+                      "content": json.dumps(v), "is_json": True}
+    return {"__class__": "methodcaller", "__module__": "operator", "__loader__": "OperatorFuncNode",
+            "attrs": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
+                      "content": [text("system"), text(cmd)]}}
+
+
+def _system_type(cmd):
+    return {"__class__": "system", "__module__": "posix", "__loader__": "TypeNode"}
+
+
+@pytest.mark.parametrize("readout", [False, True], ids=["plain", "manifest-says-readout"])
+@pytest.mark.parametrize("node, name", [(_system, "posix.system"), (_methodcaller, "operator.methodcaller"),
+                                        (_system_type, "posix.system")],
+                         ids=["function", "methodcaller", "type"])
+def test_a_member_whose_schema_calls_code_is_refused_whatever_the_manifest_says(tiny_bundle, tmp_path, node, name,
+                                                                               readout):
+    from conftest import rewrite_bundle, rewrite_schema
+
+    from trainer.inference.predictor import Predictor
+
+    member = "model-single_cell.skops"
+    sentinel = tmp_path / "ran"
+
+    def plant(schema):  # in place of the model's seed, and deep inside its ensemble
+        schema["content"]["content"]["seed"] = node(f"touch {sentinel}")
+        schema["content"]["content"]["ensemble_"]["content"]["content"]["seed"] = node(f"touch {sentinel}")
+
+    def flag(manifest):
+        if readout:  # what versions with a numpy read-out wrote: it must not open another way in
+            manifest["models"]["single_cell"]["readout"] = 1
+
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        hostile = rewrite_schema(zf.read(member), plant)
+    path = rewrite_bundle(tiny_bundle, tmp_path / "hostile.allmodel", replace={member: hostile}, change=flag)
+    for load in (lambda: load_bundle(path), lambda: load_bundle(path, lazy=True),
+                 lambda: Predictor.from_bundle(path, lazy=True), lambda: Predictor.from_bundle(path)):
+        with pytest.raises(BundleError, match=f"object types allgui does not load: .*{re.escape(name)}"):
+            load()
+    assert not sentinel.exists()
+
+
+def test_an_old_bundle_that_says_readout_loads_and_predicts_as_any_other(tiny_bundle, tiny_predictor, tmp_path):
+    from conftest import rewrite_bundle
+
+    from trainer.inference.predictor import Predictor
+    from trainer.io.synthetic import make_cell_image
+
+    def flag(manifest):
+        manifest["models"]["single_cell"]["readout"] = 1
+
+    path = rewrite_bundle(tiny_bundle, tmp_path / "readout.allmodel", change=flag)
+    img = make_cell_image(64, malignant=True, rng=np.random.default_rng(5))[0]
+    got, want = Predictor.from_bundle(path, lazy=True).predict(img), tiny_predictor.predict(img)
+    assert got.whole.probability == want.whole.probability
+    assert [(v.name, v.probability, v.vote) for v in got.whole.votes] == [
+        (v.name, v.probability, v.vote) for v in want.whole.votes]
