@@ -25,7 +25,8 @@ from typing import Any
 from trainer.util.errors import AllguiError
 
 CLASSIFIER_NAMES = ("svm", "knn", "rf", "adaboost", "mlp")
-BACKBONE_NAMES = ("densenet121", "resnet34")
+BACKBONE_NAMES = ("densenet121", "resnet34")   # the paper's two networks (trainer.vision.backbones)
+BACKBONE_LABELS = {"densenet121": "DenseNet-121", "resnet34": "ResNet-34"}   # their names for people
 CALIBRATE_ON = ("validation", "cross-fit")   # trainer.classical.model
 COMBINERS = ("weighted", "stacked")          # trainer.classical.stacking
 STAIN_METHODS = ("none", "reinhard")         # trainer.vision.stain

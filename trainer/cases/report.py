@@ -33,7 +33,8 @@ from trainer.cases.store import CaseStore
 from trainer.inference.results import DECISION_NOT_ASSESSABLE, decide
 from trainer.io.imageio import read_image
 from trainer.util.atomic import atomic_write
-from trainer.util.errors import Cancelled, CaseError
+from trainer.util.errors import CaseError
+from trainer.util.progress import check_cancel
 
 RESEARCH_ONLY = "Research use only \u2014 not for clinical diagnosis."
 DEFAULT_PER_PAGE = 6
@@ -388,8 +389,7 @@ def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.Path
             pdf.savefig(fig)
             numbered = list(enumerate(entries, 1))
             for page in range(2, pages + 1):
-                if cancel is not None and cancel():
-                    raise Cancelled("The case report was cancelled; nothing was written.")
+                check_cancel(cancel, "The case report was cancelled; nothing was written.")
                 if progress is not None:
                     progress((page - 1) / pages, f"Report page {page} of {pages}")
                 chunk = numbered[(page - 2) * per_page:(page - 1) * per_page]

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from trainer.config import GAMMA_RANGE
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GAMMA_RANGE = (0.8, 1.2)
 
 # paper's augmentation settings
 ROTATION_DEGREES = 20.0
