@@ -180,8 +180,7 @@ def run(a) -> int:
     files = _input_files(a.inputs)
     if not files:
         raise AllguiError("No images found in the given paths.")
-    # lazy: a model is loaded when the first image of its kind arrives (a folder of crops skips the field model),
-    # as its numpy read-out where the bundle offers one (no scikit-learn at start-up)
+    # lazy: a model is loaded when the first image of its kind arrives (a folder of crops skips the field model)
     predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision, lazy=True)
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     names = predictor.classifier_names

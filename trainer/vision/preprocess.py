@@ -3,8 +3,9 @@
 Transforms take one RGB uint8 image ``(H, W, 3)`` numpy array and return a float32 tensor
 ``(3, size, size)`` normalised with the ImageNet mean and standard deviation. The evaluation
 transform computes exactly what torchvision's v2 pipeline (ToImage, Resize with antialias,
-ToDtype with scale, Normalize) computes, without importing torchvision, which costs about a second
-of start-up; the training augmentations use torchvision.
+ToDtype with scale, Normalize) computes, without importing torchvision, which would add more to
+prediction's start-up than importing torch itself (benchmarks/README.md); the training augmentations
+use torchvision.
 """
 from __future__ import annotations
 
