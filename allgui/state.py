@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from trainer.config import BACKBONE_NAMES
 from trainer.inference.results import (
     DECISION_ALL,
     DECISION_NORMAL,
@@ -32,7 +33,7 @@ from trainer.inference.results import (
 )
 
 OVERLAY_MODES = ("outline", "fill")
-HEATMAP_BACKBONES = ("densenet121", "resnet34")
+HEATMAP_BACKBONES = BACKBONE_NAMES
 MAX_EXPLANATIONS = 256  # explanations kept (each a few small maps)
 
 
