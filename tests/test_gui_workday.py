@@ -266,3 +266,42 @@ def test_an_unreadable_file_cannot_be_reviewed_and_other_files_are_counted(qtbot
     assert not any(b.isEnabled() for b in (bar.confirm_btn, *bar.buttons.values()))
     _key(qtbot, win, Qt.Key_N)
     assert win.review.review_for(broken) is None and "could not be read" in win.statusBar().currentMessage()
+
+
+def test_a_case_is_described_and_signed_in_the_app(qtbot, window, folder, tmp_path, boxes):
+    from pypdf import PdfReader
+
+    win = window
+    order = _open(qtbot, win, folder)
+    crops = [p for p in order if "cell" in Path(p).name]
+    for p, key in zip(crops[:3], (Qt.Key_A, Qt.Key_N, Qt.Key_A)):
+        win.state.set_current(p)
+        _key(qtbot, win, key)
+    assert win.cases.act_signoff in win.menus["file"].actions()
+    dlg = win.cases.show_signoff()
+    assert "Preliminary" in dlg.status.text() and "2 of 3 classified cells = 66.7 %" in dlg.figures.text()
+    assert dlg.signer.text() == "Dr Test" and not dlg.addendum.isVisible()
+    dlg.fields["conclusion"].setPlainText("Blasts present (2 of 3 reviewed cells); consistent with B-ALL.")
+    boxes.answer = QMessageBox.Yes
+    dlg.sign_btn.click()
+    assert win.review.store.status == "preliminary" and "specimen id" in boxes[-1][2]   # refused without one
+    for key, value in (("specimen_id", "S25-0042"), ("specimen_type", "peripheral blood"),
+                       ("stain", "May-Gruenwald-Giemsa"), ("magnification", "100x oil")):
+        dlg.fields[key].setText(value)
+    dlg.sign_btn.click()
+
+    store = win.review.store
+    assert store.status == "final" and store.signoff.author == "Dr Test"
+    assert store.signoff.local_at[-6] in "+-" and store.metadata["stain"] == "May-Gruenwald-Giemsa"
+    assert "Final" in dlg.status.text() and "signed by Dr Test" in dlg.status.text()
+    assert not dlg.sign_btn.isVisible() and dlg.addendum.isVisible()
+    assert "final, signed" in win.reviews.bar.case.text()
+    dlg.addendum.setPlainText("Flow cytometry requested.")
+    dlg.addendum_btn.click()                              # after the sign-off: an addendum, never an edit
+    assert store.events()[-1].kind == "addendum" and "1 addendum since" in dlg.status.text()
+
+    out = tmp_path / "report.pdf"
+    with qtbot.waitSignal(win.cases.reportWritten, timeout=60_000):
+        win.cases.export_report(str(out))
+    first = PdfReader(str(out)).pages[0].extract_text()
+    assert "Final" in first and "Dr Test" in first and "S25-0042" in first

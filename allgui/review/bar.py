@@ -138,7 +138,8 @@ class ReviewBar(QWidget):
         bar, st = self, rv.state
         store = rv.store
         if store is not None:
-            bar.case.setText(f"Case: {store.name} ({store.path.name})")
+            bar.case.setText(f"Case: {store.name} ({store.path.name})"
+                             + (" \u2014 final, signed" if store.signoff is not None else ""))
             bar.case.setToolTip(str(store.path))
         else:
             default = rv.default_case_path()

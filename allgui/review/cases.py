@@ -1,4 +1,7 @@
-"""Case files in the app: File > New case, Open case and Export case report (the case controller)."""
+"""Case files in the app: the case controller.
+
+File > New case, Open case, Case details and sign-off, Export case report.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,6 +12,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QStatusBar, QWidget
 
 from allgui.review.review_model import ReviewModel
+from allgui.review.signoff import CaseSignOffDialog
 from allgui.state import AppState
 from allgui.workers import ThreadTask
 from trainer.cases import DEFAULT_CASE_NAME
@@ -65,14 +69,17 @@ class CaseController(QObject):
         self.act_new_case = QAction("&New case\u2026", parent)
         self.act_open_case = QAction("Open &case\u2026", parent)
         self.act_export_report = QAction("Export case &report (PDF)\u2026", parent)
+        self.act_signoff = QAction("Case &details and sign-off\u2026", parent)
+        self.act_signoff.triggered.connect(lambda: self.show_signoff())
+        self.signoff_dialog: CaseSignOffDialog | None = None
         self.act_new_case.triggered.connect(lambda: self.new_case_dialog())
         self.act_open_case.triggered.connect(lambda: self.open_case_dialog())
         self.act_export_report.triggered.connect(lambda: self.export_report_dialog())
 
     @property
-    def actions(self) -> tuple[QAction, QAction, QAction]:
-        """New case, Open case, Export case report."""
-        return self.act_new_case, self.act_open_case, self.act_export_report
+    def actions(self) -> tuple[QAction, QAction, QAction, QAction]:
+        """New case, Open case, Case details and sign-off, Export case report."""
+        return self.act_new_case, self.act_open_case, self.act_signoff, self.act_export_report
 
     def _start_dir(self) -> str:
         default = self.review.default_case_path()
@@ -113,6 +120,20 @@ class CaseController(QObject):
             self.open_files(found, make_current=make_current)
         return ((f"; {len(found)} of its images from other folders added" if found and not make_current else "")
                 + (f"; {missing} of its images were not found" if missing else ""))
+
+    def show_signoff(self) -> CaseSignOffDialog | None:
+        """The open case's details (specimen, stain, conclusion) and its sign-off."""
+        if self.review.store is None:
+            QMessageBox.information(self.dialog_parent, "Case details", "No case is open: review an image, or "
+                                    "open a case (File \u2192 Open case\u2026), first.")
+            return None
+        if self.signoff_dialog is not None:
+            self.signoff_dialog.close()
+        dlg = CaseSignOffDialog(self.review.store, self.review.reviewer, self.dialog_parent)
+        dlg.changed.connect(lambda: self.review.emit("case"))   # the review bar shows the status
+        self.signoff_dialog = dlg
+        dlg.show()
+        return dlg
 
     def export_report_dialog(self) -> ThreadTask | None:
         if self.review.store is None:
