@@ -173,6 +173,10 @@ class TrainConfig:
                       help="colour normalisation before feature extraction, reference fitted on the "
                            "training images: none or reinhard")
     per_kind: bool = _opt(True, help="one calibrated model per image kind (single-cell crops, smear fields)")
+    domain_rate: float = _opt(0.03, help="share of held-out subjects' images the domain check flags as outside "
+                                         "training (thresholds fitted on out-of-fold training rows)")
+    decided_accuracy: float = _opt(0.95, help="accuracy the uncertain band is fitted to: the narrowest band "
+                                              "around the threshold whose decided held-out images reach it")
     seed: int = _opt(0, help="seed for splits, initialisation and classifiers")
     jobs: int | None = _opt(-1, help="classifier fits run side by side (the final ones and those of the "
                                      "internal folds): -1 = one per CPU core, 1 = one after another; the "
@@ -233,6 +237,10 @@ class TrainConfig:
         lo, hi = GAMMA_RANGE
         if not lo <= float(self.gamma) <= hi:
             raise ConfigError(f"Gamma must be between {lo} and {hi}, not {self.gamma}.")
+        if not 0 < float(self.domain_rate) < 0.5:
+            raise ConfigError(f"Domain rate must lie between 0 and 0.5, not {self.domain_rate}.")
+        if not 0.5 <= float(self.decided_accuracy) < 1:
+            raise ConfigError(f"Decided accuracy must lie in [0.5, 1), not {self.decided_accuracy}.")
         if self.jobs is not None and int(self.jobs) == 0:
             raise ConfigError("Jobs must be a positive number, or -1 for one per CPU core; not 0.")
         if int(self.image_size) < 1 or int(self.batch_size) < 1:

@@ -60,16 +60,16 @@ def _input_files(inputs: list[str]) -> list[Path]:
 
 
 
-def _rows_for(r, f: Path, threshold: float) -> list[dict]:
-    """CSV rows of one image's result (image row, then one per cell) at ``threshold``."""
-    from trainer.inference.results import decide  # numpy loads only for this command
+def _rows_for(r, f: Path, threshold: float, band: float) -> list[dict]:
+    """CSV rows of one image's result (image row, then one per cell) at ``threshold`` with uncertain ``band``."""
     rows = []
-    decision = r.decision(threshold)
+    decision = r.decision(threshold, band)
     for c in [r.whole] + r.cells:
         image_row = c.index < 0
         # the image row carries the image-level result the app shows: the whole image, or for a
         # field decided by cells its most suspicious cell (named in decided_by)
         p_img = r.probability if image_row else c.probability
+        unit = r.deciding if image_row else c  # whose domain check the row reports
         if image_row and r.field_by_cells:
             decided_by = f"cell {r.deciding.index}"
         else:
@@ -79,9 +79,13 @@ def _rows_for(r, f: Path, threshold: float) -> list[dict]:
                "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
                "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
                "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
-               "probability": round(p_img, 4), "decision": decide(p_img, threshold),
+               "probability": round(p_img, 4),
+               "decision": decision if image_row else c.decision(threshold, band),
+               "novelty": "" if unit.novelty is None else round(unit.novelty, 3),
+               "in_domain": {None: "", True: "yes", False: "no"}[unit.in_domain],
+               "domain_checks": " ".join(unit.domain_checks),
                "decided_by": decided_by, "crop_probability": round(c.probability, 4),
-               "model": r.model_name, "threshold": round(threshold, 4),
+               "model": r.model_name, "threshold": round(threshold, 4), "band": round(band, 4),
                "notes": " ".join(r.notes) if image_row else ""}
         if image_row and not r.assessable:  # no nucleus: no class and no image-level probability
             row.update(probability="", decision=decision, decided_by="")
@@ -160,7 +164,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
                     rows.append({"file": str(f), "error": _error_text(r)})
                 else:
                     n_ok += 1
-                    rows += _rows_for(r, f, thresholds[r.model])
+                    rows += _rows_for(r, f, thresholds[r.model], predictor.band_for(r.model))
             release_freed_memory()  # RSS flat in the number of images (see trainer.util.memory)
             emit(rows)
     except KeyboardInterrupt:
@@ -186,8 +190,9 @@ def run(a) -> int:
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
-                                                        "probability", "decision", "decided_by", "model",
-                                                        "threshold", "notes"]
+                                                        "probability", "decision", "novelty", "in_domain",
+                                                        "domain_checks", "decided_by", "model", "threshold",
+                                                        "band", "notes"]
     outcome = {}
 
     def write_rows(out) -> None:

@@ -82,6 +82,7 @@ OWN_TYPES = frozenset({
     "trainer.classical.model.AllModel", "trainer.classical.model.KindModels", "trainer.classical.kinds.KindModels",
     "trainer.classical.stacking.StackedCombiner", "trainer.classical.fusion.FeatureFusion",
     "trainer.classical.ensemble.WeightedVotingEnsemble", "trainer.classical.calibration.ScoreCalibrator",
+    "trainer.classical.domain.DomainCheck", "trainer.classical.domain._Scorer",
 })
 #: the modules of this package's estimators in bundles written before the package was cut into
 #: layers; such a bundle's type names are mapped to today's modules before anything is trusted
