@@ -35,19 +35,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sklearn.covariance import LedoitWolf  # noqa: E402
-from sklearn.ensemble import IsolationForest  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
-from sklearn.neighbors import NearestNeighbors  # noqa: E402
+from sklearn.covariance import LedoitWolf
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.neighbors import NearestNeighbors
 
-from trainer.classical.model import fit_model, subset  # noqa: E402
-from trainer.classical.stacking import inner_folds  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND  # noqa: E402
-from trainer.io.data import load_dataset, merge_datasets  # noqa: E402
-from trainer.training.pipeline import feature_blocks, make_extractor  # noqa: E402
-from trainer.vision.features import input_check_columns  # noqa: E402
+from trainer.classical.model import fit_model, subset
+from trainer.classical.stacking import inner_folds
+from trainer.config import TrainConfig
+from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND
+from trainer.io.data import load_dataset, merge_datasets
+from trainer.training.pipeline import feature_blocks, make_extractor
+from trainer.vision.features import input_check_columns
 
 #: C-NMC subjects whose crops are the app's samples: left out, as the default model leaves them out
 SAMPLE_SUBJECTS = ("1", "11", "13", "H1", "H11", "H12")

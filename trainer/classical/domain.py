@@ -1,4 +1,4 @@
-"""The domain check: is an image like the images a model was trained on?
+"""The domain check: is an image like the images a model was trained on.
 
 A model's probabilities mean something only for images like its training images: the C-NMC crop
 model calls most normal white cells of another laboratory "ALL blast" with high confidence. A

@@ -200,8 +200,10 @@ class Predictor:
         return self.models[self._key(key)].operating_point(threshold)
 
     def band_for(self, key: str | None = None) -> float:
-        """Half-width of model ``key``'s uncertain band: fitted per model, or the old fixed band for a model
-        saved before bands were fitted."""
+        """Half-width of model ``key``'s uncertain band.
+
+        Fitted per model, or the old fixed band for a model saved before bands were fitted.
+        """
         band = getattr(self.models[self._key(key)], "band", None)
         return DEFAULT_UNCERTAINTY_BAND if band is None else band
 
