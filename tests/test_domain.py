@@ -161,3 +161,21 @@ def test_a_bundle_saved_before_the_check_predicts_and_says_it_cannot_tell(tiny_b
     assert r.in_domain is None and r.novelty is None
     assert p.band_for() == 0.05 and not p.has_domain_check()
     assert any("cannot say so" in n for n in r.notes)
+
+
+def test_risk_coverage_intervals_resample_subjects_and_need_three_per_class():
+    from trainer.stats.selective import risk_coverage
+
+    rng = np.random.default_rng(8)
+    groups = np.repeat(np.arange(12), 50)
+    y = (groups % 2).astype(int)                          # each subject one class, 6 subjects each
+    p = np.clip(0.5 + (y - 0.5) * 0.4 + rng.normal(0, 0.2, len(y)), 0, 1)
+    out = risk_coverage(y, p, 0.5, groups, n_boot=200)
+    assert out["n_groups"] == {"0": 6, "1": 6} and out["note"] is None
+    assert out["coverage"][0] == 1.0 and out["coverage"] == sorted(out["coverage"], reverse=True)
+    assert out["accuracy"][-1] > out["accuracy"][0]       # wider band, fewer decided, more often right
+    lo, hi = out["accuracy_ci"][2]
+    assert lo <= out["accuracy"][2] <= hi and hi - lo > 0
+    two = np.isin(groups, [0, 2, 1, 3, 5, 7])             # 2 normal subjects: no interval
+    few = risk_coverage(y[two], p[two], 0.5, groups[two], n_boot=50)
+    assert few["accuracy_ci"] is None and few["note"] == "not estimable: 2 normal subjects"

@@ -18,6 +18,7 @@ from trainer.classical.kinds import KindModels, operating_point, roc_points  # n
 from trainer.classical.stacking import StackedCombiner, inner_folds
 from trainer.config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, TrainConfig
 from trainer.stats.metrics import youden_threshold
+from trainer.stats.selective import risk_coverage
 from trainer.util.threads import ONE_THREAD_ROWS, one_thread
 
 STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
@@ -134,6 +135,8 @@ class AllModel(BaseEstimator):
         self.validation_ = {"y": y_cal, "raw": s_cal, "calibrated": calibrated, "probabilities": P_cal}
         self.band_report_ = fit_band(y_cal, calibrated, self.threshold_, self.decided_accuracy)
         self.band_report_["rows"] = self.calibrated_on_
+        self.band_report_["risk_coverage"] = risk_coverage(y_cal, calibrated, self.threshold_, g_cal, n_boot=500,
+                                                           seed=self.seed)
         self.band_ = self.band_report_["band"]
         self.domain_ = DomainCheck(clone(self.fusion_), self.domain_columns, target_rate=self.domain_rate,
                                    seed=self.seed).fit(self._stack(feats), groups)
