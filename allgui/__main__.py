@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
 
     # the window's modules after the QApplication exists
-    from allgui.main_window import MainWindow
     from allgui.resources import samples_dir
+    from allgui.window.main_window import MainWindow
 
     win = MainWindow(model=args.model, load_now=False)
     if args.heatmap:
@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [t for t in targets if Path(t).is_dir()]
     files = [t for t in targets if not Path(t).is_dir()]
     if dirs:
-        win.open_folder(dirs[0])
+        win.files.open_folder(dirs[0])
     if files:
-        win.open_files(files)
+        win.files.open_files(files)
     if args.case:
-        win.review_controller.open_case(args.case)
+        win.cases.open_case(args.case)
 
     if args.screenshot:
         out = args.screenshot
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready() -> None:
             shown = win.state.current and (win.state.prediction is not None or win.state.current in win.state.errors
-                                           or win.predictor is None and not win.analysis.loading)
-            if shown and heatmap_ready() and not (args.wait_all and win.predictor is not None
+                                           or win.analysis.predictor is None and not win.analysis.loading)
+            if shown and heatmap_ready() and not (args.wait_all and win.analysis.predictor is not None
                                                   and win.state.pending()):
                 QTimer.singleShot(400, shoot)
             else:

@@ -120,8 +120,8 @@ def main(argv=None) -> dict:
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     app = QApplication.instance() or QApplication([])
-    from allgui.main_window import MainWindow
     from allgui.resources import default_model_path
+    from allgui.window.main_window import MainWindow
     from benchmarks.predict_throughput import one_forward
     from trainer.config import TrainConfig
 
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
                                                       batch_size=16))
         win.resize(1440, 900)
         win.show()
-        _wait(app, lambda: win.predictor is not None, 120)
+        _wait(app, lambda: win.analysis.predictor is not None, 120)
 
         # open -> result painted
         shown: dict[str, float] = {}
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
             p = tmp / f"crop_{i:03d}{Path(image).suffix}"
             shutil.copyfile(image, p)
             t0 = time.perf_counter()
-            win.open_files([str(p)])
+            win.files.open_files([str(p)])
             _wait(app, lambda p=p: str(p) in shown or str(p) in win.state.errors, 60)
             win.repaint()                       # paint the result synchronously
             t1 = time.perf_counter()
@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
         out["predict_ms_median"] = round(1000 * statistics.median(
             win.state.predictions[p].seconds for p in win.state.predictions), 1)
         # baseline: one batch-of-one pass through the two networks, in the precision the window predicts in
-        pred = win.predictor
+        pred = win.analysis.predictor
         out["precision"] = pred.precision
         out["one_forward_ms_median"] = round(1000 * one_forward(pred, args.repeats), 1)
         out["one_forward_one_after_the_other_ms_median"] = round(
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
         out["open_ratio_to_one_forward"] = round(out["open_to_result_ms_median"] / out["one_forward_ms_median"], 2)
 
         # slider -> repaint: (a) the updates Qt schedules, (b) forcing the whole window to repaint
-        win.open_folder(str(Path(image).parent))
+        win.files.open_folder(str(Path(image).parent))
         _wait(app, lambda: not win.state.pending(), 300)
         out["table_rows"] = len(win.state.paths)
         for key, paint in (("slider_to_repaint", app.processEvents), ("slider_full_window_repaint", win.repaint)):
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
             data = _tiny_data(tmp / "retrain_data")
             QMessageBox.question = staticmethod(lambda *a, **k: QMessageBox.No)
             QMessageBox.critical = staticmethod(lambda *a, **k: print("retrain failed:", a[2]) or QMessageBox.Ok)
-            dlg = win.show_retrain()
+            dlg = win.models.show_retrain()
             dlg.data.setText(str(data))
             dlg.weights.setCurrentText("none")
             dlg.device.setCurrentText("cpu")

@@ -102,7 +102,7 @@ def test_a_scikit_learn_estimator_allgui_never_writes_is_refused(tiny_bundle, tm
     odd = _with_model(tiny_bundle, tmp_path / "nusvc.allmodel", nu)
     code = (
         "import sys\n"
-        "from allgui.analysis import load_predictor\n"
+        "from allgui.window.analysis import load_predictor\n"
         f"load_predictor({str(tiny_bundle)!r}, None, None, None, warm=False)\n"  # the app's model load
         "print('after the app loaded a model:', sorted(m for m in ('sklearn', 'skops.io') if m in sys.modules))\n"
         "from trainer.inference.bundle import load_bundle\n"

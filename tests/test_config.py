@@ -63,7 +63,7 @@ def test_config_round_trips_and_reads_the_flat_keys_of_older_bundles():
 
 def test_retrain_dialog_offers_the_configs_choices(qtbot):
     pytest.importorskip("pytestqt")
-    from allgui.retrain import RetrainDialog
+    from allgui.model.retrain import RetrainDialog
 
     d = RetrainDialog(settings=None)
     qtbot.addWidget(d)

@@ -15,7 +15,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QPointF, QSettings, Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
-from allgui.main_window import MainWindow
+from allgui.window.main_window import MainWindow
 from trainer.config import TrainConfig
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
 from trainer.io.synthetic import make_cell_image, make_smear_field
@@ -58,12 +58,12 @@ def window(qtbot, tiny_bundle, tmp_path, boxes, tiny_config):
     with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
         win.show()
     yield win
-    if win.retrain_dialog is not None and win.retrain_dialog.running():
-        win.retrain_dialog.cancel()
+    if win.models.retrain_dialog is not None and win.models.retrain_dialog.running():
+        win.models.retrain_dialog.cancel()
 
 
 def _open_and_wait(qtbot, win, paths):
-    win.open_files(paths)
+    win.files.open_files(paths)
     qtbot.waitUntil(lambda: all(p in win.state.predictions or p in win.state.errors for p in paths),
                     timeout=60_000)
 
@@ -85,7 +85,7 @@ def test_open_image_shows_overlay_and_votes(qtbot, window, images, boxes):
     fill = win.image_view.fill_item.image
     assert fill is not None and fill.shape[:2] == pred.shape and fill[..., 3].max() == round(255 * 0.5)
     # five classifiers' votes with weights summing to one, and the decision in words
-    assert win.side.chart.names == win.predictor.classifier_names
+    assert win.side.chart.names == win.analysis.predictor.classifier_names
     assert abs(sum(v.weight for v in pred.whole.votes) - 1) < 1e-6
     assert win.side.decision.text() in DECISIONS
     assert win.side.decision.text() == win.state.decide(pred.probability)
@@ -99,7 +99,7 @@ def test_open_image_shows_overlay_and_votes(qtbot, window, images, boxes):
 def test_caution_when_the_model_hardly_saw_this_kind_of_image(qtbot, window, images):
     win = window
     # the tiny model was trained on single-cell crops only, and its card says so
-    assert win.predictor.model_card["trained_on"]["image_kinds"]["single_cell"] == 1.0
+    assert win.analysis.predictor.model_card["trained_on"]["image_kinds"]["single_cell"] == 1.0
     _open_and_wait(qtbot, win, [images["blast"]])
     assert win.side.caution.isHidden()
     _open_and_wait(qtbot, win, [images["field"]])
@@ -121,7 +121,7 @@ def test_field_judged_whole_shows_cells_for_review_only(qtbot, window, images, t
     b = as_single_model(load_bundle(tiny_bundle))
     b.card["trained_on"]["image_kinds"] = {"single_cell": 0.0, "field": 1.0, "n_checked": 24}
     win = window
-    win.set_predictor(Predictor(b), str(tiny_bundle))
+    win.models.set_predictor(Predictor(b), str(tiny_bundle))
     _open_and_wait(qtbot, win, [images["field"]])
     pred = win.state.prediction
     assert pred.kind == "field" and len(pred.cells) == 3 and not pred.field_by_cells
@@ -170,7 +170,7 @@ def test_slider_redecides_without_computing_features(qtbot, window, images, monk
     paths = [images["blast"], images["normal"], images["field"]]
     _open_and_wait(qtbot, win, paths)
     calls = []
-    monkeypatch.setattr(win.predictor.extractor, "extract", lambda *a, **k: calls.append("extract"))
+    monkeypatch.setattr(win.analysis.predictor.extractor, "extract", lambda *a, **k: calls.append("extract"))
     import trainer.inference.predictor as tp
     monkeypatch.setattr(tp.segmentation, "segment_nuclei", lambda *a, **k: calls.append("segment"))
 
@@ -194,15 +194,15 @@ def test_slider_redecides_without_computing_features(qtbot, window, images, monk
             assert item_low.red() > item_low.blue()
         if cell.probability < 1.0 - win.state.band:
             assert item_high.pen().color().blue() > item_high.pen().color().red()
-    sens, spec = win.predictor.operating_point(1.0)
+    sens, spec = win.analysis.predictor.operating_point(1.0)
     assert f"validation data (they also set the threshold): sensitivity {sens:.1%}" in win.side.sens_spec.text()
-    held_out = win.predictor.test_operating_point(1.0)
+    held_out = win.analysis.predictor.test_operating_point(1.0)
     assert held_out is not None  # the tiny model has a test split with both classes
     assert f"held-out test split: sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}" \
         in win.side.sens_spec.text()
     assert calls == []                                 # nothing was recomputed
     win.side.reset.click()
-    assert win.state.threshold == pytest.approx(win.predictor.threshold)
+    assert win.state.threshold == pytest.approx(win.analysis.predictor.threshold)
 
 
 def test_threshold_and_opacity_persist_per_model(qtbot, window, tiny_bundle, tmp_path, boxes):
@@ -211,7 +211,7 @@ def test_threshold_and_opacity_persist_per_model(qtbot, window, tiny_bundle, tmp
     win.state.set_overlay(opacity=0.7)
     settings = win.settings
     win.close()
-    win2 = MainWindow(model=win.model_path, settings=settings, models_dir=tmp_path / "models")
+    win2 = MainWindow(model=win.analysis.model_path, settings=settings, models_dir=tmp_path / "models")
     qtbot.addWidget(win2)
     with qtbot.waitSignal(win2.modelLoaded, timeout=60_000):
         pass
@@ -224,7 +224,7 @@ def reads_on_gui_thread(monkeypatch):
     """For each image the app reads from now on, whether the GUI thread read it."""
     import threading
 
-    from allgui import analysis
+    from allgui.window import analysis
     real, on_gui_thread = analysis.read_image, []
 
     def read(p):
@@ -255,7 +255,7 @@ def test_no_picture_is_read_on_the_gui_thread_even_while_the_analysis_is_busy(qt
     for i in range(6):
         _png(folder / f"c{i}.png", make_cell_image(64 + 8 * i, bool(i % 2), rng)[0])
     win = window
-    win.open_folder(str(folder))
+    win.files.open_folder(str(folder))
     last = win.state.paths[-1]
     win.state.set_current(last)            # jump ahead of the analysis, which is busy with the first image
     qtbot.waitUntil(lambda: win.image_view.image is not None, timeout=30_000)
@@ -279,24 +279,24 @@ def test_a_model_loaded_with_images_open_analyses_them_without_a_warm_up_pass_fi
     other = tmp_path / "other.allmodel"
     shutil.copyfile(tiny_bundle, other)
     with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
-        win.load_model(str(other))
+        win.models.load_model(str(other))
     qtbot.waitUntil(lambda: images["blast"] in win.state.predictions, timeout=60_000)
     # the open image was analysed again by the new model, whose first pass did the set-up itself
-    assert win.model_path == str(other) and win.state.prediction is not None and warmed == []
+    assert win.analysis.model_path == str(other) and win.state.prediction is not None and warmed == []
     # with no image open, the network is warmed up for the first image to come
     settings = QSettings(str(tmp_path / "settings2.ini"), QSettings.IniFormat)
     fresh = MainWindow(model=str(other), settings=settings, models_dir=tmp_path / "models2")
     qtbot.addWidget(fresh)
     with qtbot.waitSignal(fresh.modelLoaded, timeout=60_000):
         fresh.show()
-    assert len(warmed) == 1 and warmed[0] is fresh.predictor
+    assert len(warmed) == 1 and warmed[0] is fresh.analysis.predictor
 
 
 def test_bad_image_gives_a_message_not_a_crash(qtbot, window, images, tmp_path, boxes):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
     win = window
-    win.open_files([str(bad)])
+    win.files.open_files([str(bad)])
     qtbot.waitUntil(lambda: bool(boxes), timeout=10_000)
     kind, _title, text = boxes[0]
     assert kind == "warning" and "broken.png" in text
@@ -312,20 +312,20 @@ def test_empty_folder_and_wrong_model_file_give_messages(qtbot, window, tmp_path
     win = window
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert win.open_folder(str(empty)) is False
+    assert win.files.open_folder(str(empty)) is False
     assert boxes[-1][0] == "warning" and "No images found" in boxes[-1][2]
-    before = win.predictor
+    before = win.analysis.predictor
     wrong = tmp_path / "notes.allmodel"
     wrong.write_text("this is not a model bundle")
-    win.load_model(str(wrong))
+    win.models.load_model(str(wrong))
     qtbot.waitUntil(lambda: boxes[-1][0] == "critical", timeout=20_000)
     assert "stays loaded" in boxes[-1][2]
-    assert win.predictor is before
+    assert win.analysis.predictor is before
 
 
 def test_export_csv_and_overlays(qtbot, window, images, tmp_path):
     win = window
-    assert win.open_folder(images["dir"])
+    assert win.files.open_folder(images["dir"])
     qtbot.waitUntil(lambda: not win.state.pending(), timeout=60_000)
     out = tmp_path / "table.csv"
     assert win.table.batch.export_csv(out) == 3
@@ -341,7 +341,7 @@ def test_export_csv_and_overlays(qtbot, window, images, tmp_path):
     assert win.state.current == win.table.batch.row_at(src.row()).path
     odir = tmp_path / "overlays"
     odir.mkdir()
-    task = win.save_overlays(str(odir))
+    task = win.files.save_overlays(str(odir))
     with qtbot.waitSignal(task.done, timeout=30_000):
         pass
     saved = sorted(p.name for p in odir.iterdir())
@@ -354,11 +354,11 @@ def test_export_csv_and_overlays(qtbot, window, images, tmp_path):
 
 def test_retrain_from_menu_keeps_window_responsive_and_switches(qtbot, window, tiny_cnmc, boxes, images):
     win = window
-    old = win.model_path
+    old = win.analysis.model_path
     old_hash = _sha(old)
     _open_and_wait(qtbot, win, [images["blast"]])
     win.act_retrain.trigger()
-    dlg = win.retrain_dialog
+    dlg = win.models.retrain_dialog
     assert dlg is not None and dlg.isVisible()
     dlg.data.setText(str(tiny_cnmc))
     boxes.answer = QMessageBox.Yes
@@ -381,16 +381,16 @@ def test_retrain_from_menu_keeps_window_responsive_and_switches(qtbot, window, t
     assert any(k == "question" for k, *_ in boxes)
     with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
         pass
-    assert win.model_path == new and new != old
+    assert win.analysis.model_path == new and new != old
     assert _sha(old) == old_hash                       # the old model file is untouched
     qtbot.waitUntil(lambda: win.state.prediction is not None, timeout=60_000)
 
 
 def test_cancel_retrain_keeps_old_model_and_file(qtbot, window, tiny_cnmc, boxes):
     win = window
-    old_pred, old_path = win.predictor, win.model_path
+    old_pred, old_path = win.analysis.predictor, win.analysis.model_path
     old_hash = _sha(old_path)
-    dlg = win.show_retrain()
+    dlg = win.models.show_retrain()
     dlg.data.setText(str(tiny_cnmc))
     dlg.start_btn.click()
     task = dlg.task
@@ -401,7 +401,7 @@ def test_cancel_retrain_keeps_old_model_and_file(qtbot, window, tiny_cnmc, boxes
     assert time.perf_counter() - t0 < 3.0
     assert not task._proc.is_alive()
     assert "cancelled" in dlg.stage.text().lower()
-    assert win.predictor is old_pred and win.model_path == old_path
+    assert win.analysis.predictor is old_pred and win.analysis.model_path == old_path
     assert _sha(old_path) == old_hash
     assert not dlg.output.exists()                   # no half-written new model left behind
     assert dlg.start_btn.isEnabled()
@@ -411,22 +411,22 @@ def test_drop_recent_shortcuts_and_model_card(qtbot, window, images):
     from PySide6.QtCore import QMimeData, QUrl
     from PySide6.QtGui import QDropEvent
 
-    from allgui.model_card import card_html
+    from allgui.model.card import card_html
 
     win = window
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(images["normal"]), QUrl.fromLocalFile(images["blast"])])
     win.dropEvent(QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
     assert win.state.paths == [images["normal"], images["blast"]] and win.state.current == images["normal"]
-    recent = [a.text() for a in win.recent_menu.actions()]
+    recent = [a.text() for a in win.files.recent_menu.actions()]
     assert recent[:2] == [images["blast"], images["normal"]]
     win.act_next.trigger()
     assert win.state.current == images["blast"]
     win.act_prev.trigger()
     assert win.state.current == images["normal"]
     assert win.act_overlay.shortcut().toString() == "O" and win.act_open.shortcut().toString() == "Ctrl+O"
-    card = win.predictor.model_card
-    text = card_html(card, win.model_path)
+    card = win.analysis.predictor.model_card
+    text = card_html(card, win.analysis.model_path)
     n_test = card["metrics"]["test"]["ensemble"]["n"]
     assert f"crop model: test (n = {n_test}" in text and "Research use only" in text
     assert f"{card['trained_on']['n_images']} images" in text
@@ -440,19 +440,19 @@ def test_evaluation_report_opens_with_its_numbers(qtbot, window, tmp_path, boxes
     _png(d / "roc_subject.png", fig)
     (d / "report.md").write_text("# ALL blast detection: evaluation report\n\n| Model | AUC |\n|---|---|\n"
                                  "| Ensemble | 0.966 (0.938-0.987) |\n\n![roc](roc_subject.png)\n")
-    dlg = window.show_report(str(d))
+    dlg = window.models.show_report(str(d))
     qtbot.addWidget(dlg)
     text = dlg.browser.toPlainText()
     assert "evaluation report" in text and "0.966 (0.938-0.987)" in text
     # the figure resolves relative to the report folder
     img = dlg.browser.document().resource(3, "roc_subject.png")  # QTextDocument.ImageResource
     assert img is not None and not img.isNull()
-    assert window.show_report(str(tmp_path)) is None
+    assert window.models.show_report(str(tmp_path)) is None
     assert boxes and boxes[-1][0] == "warning" and "report.md" in boxes[-1][2]
 
 
 def test_model_card_headline_shows_sources_and_limitations():
-    from allgui.model_card import card_html
+    from allgui.model.card import card_html
     m = {"n": 8, "accuracy": 0.5, "auc": 0.9375, "auc_ci": [0.75, 1.0], "sensitivity": 0.0,
          "specificity": 1.0, "brier": 0.365}
     card = {"name": "m", "metrics": {"test": {"ensemble_calibrated": dict(m, n=208, accuracy=0.933)},
@@ -465,7 +465,7 @@ def test_model_card_headline_shows_sources_and_limitations():
 
 
 def test_overlay_names_do_not_collide():
-    from allgui.window_files import _overlay_name
+    from allgui.window.files import _overlay_name
     used: set[str] = set()
     names = [_overlay_name(p, used) for p in ("a/1.png", "b/1.png", "c/2.png", "d/1.png")]
     assert names == ["1_overlay.png", "1_2_overlay.png", "2_overlay.png", "1_3_overlay.png"]

@@ -14,8 +14,8 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QMessageBox
 
-import allgui.heatmap as heatmap_module
-from allgui.main_window import MainWindow
+import allgui.views.heatmap as heatmap_module
+from allgui.window.main_window import MainWindow
 from trainer.inference.explain import CAPTION
 from trainer.io.synthetic import make_cell_image, make_smear_field
 
@@ -57,7 +57,7 @@ def _window(qtbot, tmp_path, model_path):
 
 
 def _open(qtbot, win, path):
-    win.open_files([path])
+    win.files.open_files([path])
     qtbot.waitUntil(lambda: path in win.state.predictions, timeout=60_000)
 
 

@@ -156,8 +156,8 @@ def test_analysis_of_a_superseded_model_never_lands(qtbot, tmp_path):
     import cv2
     import numpy as np
 
-    from allgui.analysis import AnalysisController
     from allgui.state import AppState
+    from allgui.window.analysis import AnalysisController
 
     path = str(tmp_path / "a.png")
     cv2.imwrite(path, np.full((20, 20, 3), 200, np.uint8))
@@ -183,8 +183,8 @@ def test_an_image_made_current_is_being_analysed_before_the_views_redraw_for_it(
     import cv2
     import numpy as np
 
-    from allgui.analysis import AnalysisController
     from allgui.state import AppState, Topic
+    from allgui.window.analysis import AnalysisController
 
     paths = [str(tmp_path / f"{n}.png") for n in "ab"]
     for p in paths:

@@ -23,7 +23,7 @@ def test_huge_png_gives_a_message_at_once(qtbot, window, tmp_path, boxes):
     f = tmp_path / "bomb.png"
     f.write_bytes(png_claiming(30000, 30000))
     t = time.perf_counter()
-    window.open_files([str(f)])
+    window.files.open_files([str(f)])
     qtbot.waitUntil(lambda: bool(boxes), timeout=10_000)
     assert time.perf_counter() - t < 10
     assert "too large" in boxes[0][2] and "Unexpected" not in boxes[0][2]
@@ -40,18 +40,18 @@ def test_manifest_of_the_wrong_type_gives_the_bundle_message(qtbot, window, tiny
                 m["members"] = list(m["members"])
                 data = json.dumps(m).encode()
             dst.writestr(info, data)
-    before = window.predictor
-    window.load_model(str(bad))
+    before = window.analysis.predictor
+    window.models.load_model(str(bad))
     qtbot.waitUntil(lambda: bool(boxes) and boxes[-1][0] == "critical", timeout=20_000)
     text = boxes[-1][2]
     assert "manifest is damaged" in text and "Unexpected error" not in text
-    assert window.predictor is before
+    assert window.analysis.predictor is before
 
 
 def test_blank_image_is_not_assessable_in_the_window(qtbot, window, tmp_path):
     white = tmp_path / "white.png"
     cv2.imwrite(str(white), np.full((64, 64, 3), 255, np.uint8))
-    window.open_files([str(white)])
+    window.files.open_files([str(white)])
     qtbot.waitUntil(lambda: str(white) in window.state.predictions, timeout=60_000)
     window.state.set_current(str(white))
     row = window.state.row(str(white))
@@ -65,8 +65,8 @@ def test_blank_image_is_not_assessable_in_the_window(qtbot, window, tmp_path):
 
 
 def test_export_csv_neutralises_formulas_and_escapes_odd_names(tmp_path):
-    from allgui.batch_table import BatchModel
     from allgui.state import AppState
+    from allgui.views.batch_table import BatchModel
     st = AppState()
     odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"))
     paths = [str(tmp_path / "=HYPERLINK(1).png"), str(tmp_path / "@x.png"), odd]
@@ -86,7 +86,7 @@ def test_a_model_that_fails_to_load_leaves_the_window_saying_so(qtbot, tiny_bund
     from conftest import rewrite_bundle
     from PySide6.QtCore import QSettings
 
-    from allgui.main_window import MainWindow
+    from allgui.window.main_window import MainWindow
     bad = rewrite_bundle(tiny_bundle, tmp_path / "altered.allmodel",
                          change=lambda m: m["models"]["single_cell"].update(threshold=0.01))
     img = tmp_path / "cell.png"
@@ -95,8 +95,8 @@ def test_a_model_that_fails_to_load_leaves_the_window_saying_so(qtbot, tiny_bund
                      models_dir=tmp_path / "models")
     qtbot.addWidget(win)
     win.show()
-    win.open_files([str(img)])
+    win.files.open_files([str(img)])
     qtbot.waitUntil(lambda: bool(boxes) and boxes[-1][0] == "critical", timeout=60_000)
-    assert "has been altered" in boxes[-1][2] and win.predictor is None
-    qtbot.waitUntil(lambda: win.review_controller.bar.model.text() == "model: no model loaded", timeout=10_000)
+    assert "has been altered" in boxes[-1][2] and win.analysis.predictor is None
+    qtbot.waitUntil(lambda: win.reviews.bar.model.text() == "model: no model loaded", timeout=10_000)
     assert win.side.where.text() == "No model loaded."  # the side panel agrees

@@ -15,7 +15,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt
 
-from allgui.main_window import MainWindow
+from allgui.window.main_window import MainWindow
 from trainer.cases import DEFAULT_CASE_NAME, CaseStore
 from trainer.config import TrainConfig
 from trainer.io.synthetic import make_cell_image, make_smear_field
@@ -71,8 +71,8 @@ def window(qtbot, model, settings, tmp_path, boxes):
 
 def _open(qtbot, win, folder) -> list[str]:
     """Open the folder and wait until every image is analysed and identified; the table order."""
-    assert win.open_folder(str(folder))
-    rv = win.review_controller.review
+    assert win.files.open_folder(str(folder))
+    rv = win.review
     qtbot.waitUntil(lambda: not win.state.pending() and not rv.missing_hashes() and bool(rv.model_sha256),
                     timeout=60_000)
     win.state.set_band(0.0)      # no 'uncertain' results: every image can be confirmed
@@ -92,7 +92,7 @@ def _key(qtbot, win, key, modifier=Qt.NoModifier):
 
 def test_review_by_keyboard_with_undo_filter_and_reopen(qtbot, window, folder, settings, model, tmp_path):
     win = window
-    ctl = win.review_controller
+    ctl = win.reviews
     rv = ctl.review
     order = _open(qtbot, win, folder)
     crops = [p for p in order if "cell" in Path(p).name]
@@ -153,10 +153,10 @@ def test_review_by_keyboard_with_undo_filter_and_reopen(qtbot, window, folder, s
     # reopened later: the same state, the trail intact
     win2 = _window(qtbot, model, settings, tmp_path)
     _open(qtbot, win2, folder)
-    rv2 = win2.review_controller.review
+    rv2 = win2.review
     assert rv2.case_path == folder / DEFAULT_CASE_NAME
     assert {p: rv2.status(p).text() for p in order} == state
-    assert len(rv2.store.actions()) == trail and "4 of 6 reviewed" in win2.review_controller.bar.progress.text()
+    assert len(rv2.store.actions()) == trail and "4 of 6 reviewed" in win2.reviews.bar.progress.text()
     win2.state.set_current(crops[0])
     _key(qtbot, win2, Qt.Key_Z, Qt.ControlModifier)        # undo carries on across sessions
     assert rv2.review_for(crops[3]) is None
@@ -164,12 +164,12 @@ def test_review_by_keyboard_with_undo_filter_and_reopen(qtbot, window, folder, s
 
 def test_a_cell_of_a_field_is_reviewed_on_its_own(qtbot, window, folder):
     win = window
-    rv = win.review_controller.review
+    rv = win.review
     _open(qtbot, win, folder)
     field = str(folder / "field.png")
     win.state.set_current(field)
     win.state.select_cell(1)
-    assert "cell 2 of 3" in win.review_controller.bar.target.text()
+    assert "cell 2 of 3" in win.reviews.bar.target.text()
     _key(qtbot, win, Qt.Key_A)
     assert win.state.current == field                      # a cell decision does not move on
     r = rv.review_for(field, 1)
@@ -179,14 +179,14 @@ def test_a_cell_of_a_field_is_reviewed_on_its_own(qtbot, window, folder):
 
 def test_confirm_is_refused_where_the_model_is_uncertain(qtbot, window, folder):
     win = window
-    rv = win.review_controller.review
+    rv = win.review
     order = _open(qtbot, win, folder)
     p = order[0]
     win.state.set_current(p)
     pred = win.state.predictions[p]
     win.state.set_band(0.05)
     win.state.set_threshold(pred.probability, pred.model)  # right at the threshold: uncertain
-    assert not win.review_controller.bar.confirm_btn.isEnabled()
+    assert not win.reviews.bar.confirm_btn.isEnabled()
     _key(qtbot, win, Qt.Key_C)
     assert rv.review_for(p) is None and "uncertain" in win.statusBar().currentMessage()
     _key(qtbot, win, Qt.Key_N)                             # a decision of the reviewer's own is fine
@@ -201,10 +201,10 @@ def test_a_case_file_from_a_newer_version_is_refused(qtbot, window, folder, boxe
     con.commit()
     con.close()
     win = window
-    assert win.open_folder(str(folder))
+    assert win.files.open_folder(str(folder))
     qtbot.waitUntil(lambda: bool(boxes), timeout=10_000)
     assert boxes[0][1] == "Case file refused" and "newer version of allgui" in boxes[0][2]
-    assert win.review_controller.review.store is None
+    assert win.review.store is None
 
 
 def test_the_reviewer_is_asked_once_and_remembered(qtbot, model, tmp_path, folder, boxes, monkeypatch):
@@ -218,13 +218,13 @@ def test_the_reviewer_is_asked_once_and_remembered(qtbot, model, tmp_path, folde
     _key(qtbot, win, Qt.Key_N)
     _key(qtbot, win, Qt.Key_N)
     assert asked == [1] and settings.value("review/reviewer") == "Dr New"
-    assert win.review_controller.review.review_for(order[0]).reviewer == "Dr New"
+    assert win.review.review_for(order[0]).reviewer == "Dr New"
 
 
 def test_export_case_report_writes_the_pdf_in_the_background(qtbot, window, folder, tmp_path):
     from pypdf import PdfReader
     win = window
-    ctl = win.review_controller
+    ctl = win.cases
     order = _open(qtbot, win, folder)
     for p in order[:3]:
         win.state.set_current(p)
@@ -239,7 +239,7 @@ def test_export_case_report_writes_the_pdf_in_the_background(qtbot, window, fold
 
 
 def test_model_card_shows_the_reviewed_corrections():
-    from allgui.model_card import card_html
+    from allgui.model.card import card_html
     card = {"name": "m", "trained_on": {"n_images": 30, "class_counts": {"normal": 14, "ALL": 16},
                                         "reviewed": {"n_images": 6, "by_label": {"normal": 2, "ALL": 4},
                                                      "n_train": 6, "n_validation": 0, "n_test": 0,
@@ -254,7 +254,7 @@ def test_retrain_dialog_adds_reviewed_cases(qtbot, window, folder, tmp_path, box
     order = _open(qtbot, win, folder)
     win.state.set_current(order[0])
     _key(qtbot, win, Qt.Key_N)
-    dlg = win.show_retrain()
+    dlg = win.models.show_retrain()
     dlg.cases.open_btn.click()                              # 'Add the open case'
     assert dlg.cases.paths() == [str(folder / DEFAULT_CASE_NAME)]
     assert dlg.config().cases == (str(folder / DEFAULT_CASE_NAME),)

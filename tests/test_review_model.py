@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allgui.review import ReviewModel, ReviewRefused
+from allgui.review.review_model import ReviewModel, ReviewRefused
 from allgui.state import AppState
 from trainer.cases import DEFAULT_CASE_NAME, CaseStore, file_sha256
 from trainer.inference.results import CellPrediction, ClassifierVote, ImagePrediction
@@ -50,7 +50,7 @@ def setup(folder: Path, probs=(0.9, 0.1, 0.52, 0.8)) -> tuple[AppState, ReviewMo
 
 
 def test_review_model_is_qt_free():
-    import allgui.review as rv
+    import allgui.review.review_model as rv
     src = open(rv.__file__).read()
     assert "PySide6" not in src and "pyqtgraph" not in src
 

@@ -1,10 +1,10 @@
 """Review mode in the window: the review bar, Review menu and shortcuts, case files, table column and filter.
 
-The review bar (:mod:`allgui.review_bar`: Confirm / ALL blast / Normal / Unclassifiable, comment,
+The review bar (:mod:`allgui.review.bar`: Confirm / ALL blast / Normal / Unclassifiable, comment,
 previous / next, undo / redo, table filter) sits in a panel under the image; the case file entries
-of the File menu and the case report export come from :mod:`allgui.review_cases`.
+of the File menu and the case report export come from :mod:`allgui.review.cases`.
 
-All state lives in :class:`allgui.review.ReviewModel` (Qt-free, persisted in the case file on every
+All state lives in :class:`allgui.review.review_model.ReviewModel` (Qt-free, persisted in the case file on every
 action); these views only show it and forward the user's actions. Keys: A = ALL blast, N = normal,
 U = unclassifiable, C = confirm the model, J / K = next / previous image in the table's order,
 Ctrl+Z / Ctrl+Shift+Z = undo / redo a review. A decision on the whole image moves on to the next
@@ -12,20 +12,18 @@ image (unless switched off); with a cell of a field selected, the decision is th
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QSettings, QStandardPaths, Qt, QThreadPool, Signal
+from PySide6.QtCore import QObject, QSettings, QStandardPaths, Qt, QThreadPool
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
-from PySide6.QtWidgets import QInputDialog, QLineEdit, QMainWindow, QMenu, QMessageBox
+from PySide6.QtWidgets import QInputDialog, QLineEdit, QMenu, QMessageBox, QStatusBar, QWidget
 
 from allgui.resources import samples_dir
-from allgui.review import ReviewModel, ReviewRefused
-from allgui.review_bar import ReviewBar, table_cell
-from allgui.review_cases import CaseFilesMixin
-from allgui.state import Topic
+from allgui.review.bar import ReviewBar, table_cell
+from allgui.review.cases import CaseController
+from allgui.review.review_model import ReviewModel, ReviewRefused
+from allgui.state import AppState, Topic
 from allgui.workers import ThreadTask
 from trainer.cases import DEFAULT_CASE_NAME, REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE, Review, file_sha256
 from trainer.cases.records import card_summary
@@ -50,42 +48,45 @@ def _hash_files(paths: list[str], progress, cancel, emit) -> int:
     return len(paths)
 
 
-def _model_identity(path: str | None, card: dict) -> str:
-    """SHA-256 of the model bundle file, or of its card when there is no file."""
-    if path and Path(path).is_file():
-        return file_sha256(path)
-    return hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()
+class ReviewController(QObject):
+    """Review mode: the review bar, the Review menu and its shortcuts, the table's Review column and filter.
 
+    Parameters
+    ----------
+    parent : QWidget
+        The window: parent of the dialogs and of the actions, whose shortcuts work wherever its focus is.
+    review : ReviewModel
+        The reviews and the case file they are kept in.
+    state : AppState
+        The open images and their results.
+    settings : QSettings
+        The reviewer's name and whether a decision moves on to the next image.
+    table : BatchTable
+        Gets the Review column (``batch.review_info``) and the filter; its order is the order of J / K.
+    status_bar : QStatusBar
+        Where refusals and confirmations go.
+    cases : CaseController
+        Asks where to keep a case when the default place cannot be written.
 
-class ReviewController(CaseFilesMixin, QObject):
-    """Review mode in a main window.
-
-    The review bar (a panel under the image), the Review menu and shortcuts, File > New / Open case
-    and Export case report, the table's Review column and filter. ``window`` provides ``state``,
-    ``table``, ``settings``, ``analysis`` (its ``modelChanged(predictor, path)``), ``add_panel``,
-    ``menus`` and ``open_files``.
+    The window places :attr:`bar` (a panel) and :attr:`menu`, and calls :meth:`set_session` when the model
+    changes (reviews record its identity).
     """
 
-    reportWritten = Signal(str)
-
-    def __init__(self, window: QMainWindow) -> None:
-        super().__init__(window)
-        self.window = window
-        self.state = window.state
-        self.table = window.table
-        self.settings: QSettings = window.settings
-        self.review = ReviewModel(self.state)
+    def __init__(self, parent: QWidget, review: ReviewModel, state: AppState, settings: QSettings, table,
+                 status_bar: QStatusBar, cases: CaseController) -> None:
+        super().__init__(parent)
+        self.window = parent
+        self.review, self.state, self.settings, self.table = review, state, settings, table
+        self.status_bar = status_bar
+        self.cases = cases
         self.review.reviewer = str(self.settings.value("review/reviewer", "", str) or "")
         if samples_dir().is_dir():   # the bundled samples: keep their case in the user's data folder
             base = QStandardPaths.writableLocation(QStandardPaths.AppDataLocation) or str(Path.home() / ".allgui")
             self.review.case_redirects[samples_dir().resolve()] = Path(base) / "cases" / f"samples-{DEFAULT_CASE_NAME}"
         self._hash_task: ThreadTask | None = None
-        self._model_task: ThreadTask | None = None
-        self.report_task: ThreadTask | None = None
         self._refused: set[str] = set()      # case files already reported as refused
 
         self.bar = ReviewBar()
-        self.dock = window.add_panel("Review", self.bar, Qt.BottomDockWidgetArea, "reviewDock")
         self.bar.advance.setChecked(self.settings.value("review/advance", True, bool))
         self.bar.advance.toggled.connect(lambda on: self.settings.setValue("review/advance", on))
         self.bar.decided.connect(self.decide)
@@ -97,7 +98,7 @@ class ReviewController(CaseFilesMixin, QObject):
         self.bar.commentSubmitted.connect(self.save_comment)
         QShortcut(QKeySequence(Qt.Key_Escape), self.bar.comment, context=Qt.WidgetShortcut,
                   activated=lambda: self.window.setFocus())   # Esc: back to the shortcuts
-        self._build_menus()
+        self.menu = self._build_menu()
 
         self.table.batch.review_info = self._review_info
         self.table.batch.update_all()
@@ -108,16 +109,12 @@ class ReviewController(CaseFilesMixin, QObject):
         self.review.subscribe("review", self._on_review)
         self.review.subscribe("case", self.refresh)
         self.review.subscribe("filter", self._on_filter)
-        window.analysis.modelChanged.connect(self._on_model)
-        if window.predictor is not None:
-            self._on_model(window.predictor, window.model_path or "")
         self.refresh()
 
     def close(self) -> None:
         """The window closes: stop background work and close the case file."""
-        for task in (self._hash_task, self._model_task):
-            if task is not None and task.running:
-                task.cancel()
+        if self._hash_task is not None and self._hash_task.running:
+            self._hash_task.cancel()
         self.review.close_case()
 
     # ---- menus --------------------------------------------------------------------------------
@@ -132,15 +129,8 @@ class ReviewController(CaseFilesMixin, QObject):
         self.window.addAction(a)      # shortcuts work wherever the focus is in the window
         return a
 
-    def _build_menus(self) -> None:
-        w = self.window
-        m = QMenu("Re&view", w)
-        help_menu = w.menus.get("help")
-        if help_menu is not None:
-            w.menuBar().insertMenu(help_menu.menuAction(), m)
-        else:
-            w.menuBar().addMenu(m)
-        w.menus["review"] = self.menu = m
+    def _build_menu(self) -> QMenu:
+        m = QMenu("Re&view", self.window)
         self.act_confirm = self._act(m, "&Confirm the model's decision", self.confirm, "C")
         self.act_all = self._act(m, "&ALL blast", lambda: self.decide(REVIEW_ALL), "A")
         self.act_normal = self._act(m, "&Normal", lambda: self.decide(REVIEW_NORMAL), "N")
@@ -153,35 +143,12 @@ class ReviewController(CaseFilesMixin, QObject):
         self.act_prev = self._act(m, "&Previous image in the table", lambda: self.step(-1), "K")
         m.addSeparator()
         self._act(m, "Reviewer &name\u2026", self.ask_reviewer)
-        file_menu = w.menus.get("file")
-        if file_menu is not None:
-            seps = [a for a in file_menu.actions() if a.isSeparator()]
-            before = seps[-1] if seps else None   # above Quit
-            self.act_new_case = QAction("&New case\u2026", self.window)
-            self.act_open_case = QAction("Open &case\u2026", self.window)
-            self.act_export_report = QAction("Export case &report (PDF)\u2026", self.window)
-            self.act_new_case.triggered.connect(lambda: self.new_case_dialog())
-            self.act_open_case.triggered.connect(lambda: self.open_case_dialog())
-            self.act_export_report.triggered.connect(lambda: self.export_report_dialog())
-            for a in (self.act_new_case, self.act_open_case, self.act_export_report):
-                file_menu.insertAction(before, a) if before is not None else file_menu.addAction(a)
-            sep = QAction(self.window)
-            sep.setSeparator(True)
-            file_menu.insertAction(before, sep) if before is not None else file_menu.addAction(sep)
+        return m
 
     # ---- model and images ---------------------------------------------------------------------
-    def _on_model(self, predictor, path: str) -> None:
-        card = dict(getattr(predictor, "model_card", {}) or {})
-        name = str(card.get("name") or (Path(path).stem if path else "model"))
-        self.review.model_sha256 = ""          # until the new model is identified
-        task = ThreadTask(lambda progress, cancel, emit: _model_identity(path, card),
-                          pool=QThreadPool.globalInstance(), name="model-hash")
-        task.finished.connect(lambda sha, n=name, c=card: self._model_identified(sha, n, c))
-        self._model_task = task
-        task.start()
-
-    def _model_identified(self, sha: str, name: str, card: dict) -> None:
-        self._guard(lambda: self.review.set_model(sha, name, card_summary(card)))
+    def set_session(self, session) -> None:
+        """The model changed: reviews from now on record its identity (``session``: a ModelSession)."""
+        self._guard(lambda: self.review.set_model(session.sha256, session.name, card_summary(session.card)))
         self.refresh()
 
     def _on_images(self) -> None:
@@ -196,7 +163,7 @@ class ReviewController(CaseFilesMixin, QObject):
                                     "another case (File \u2192 New case\u2026).")
             opened = None
         if opened is not None:
-            self.window.statusBar().showMessage(f"Case {opened.name} opened: earlier reviews restored", 6000)
+            self.status_bar.showMessage(f"Case {opened.name} opened: earlier reviews restored", 6000)
         self._hash_missing()
         self.refresh()
 
@@ -221,7 +188,7 @@ class ReviewController(CaseFilesMixin, QObject):
         try:
             return fn()
         except ReviewRefused as exc:
-            self.window.statusBar().showMessage(str(exc), 8000)
+            self.status_bar.showMessage(str(exc), 8000)
         except AllguiError as exc:
             QMessageBox.warning(self.window, "Review not recorded", str(exc))
         return None
@@ -240,17 +207,17 @@ class ReviewController(CaseFilesMixin, QObject):
     def _ready(self) -> bool:
         """A reviewer name, and a case file that can be written (asking where, when needed)."""
         if not self.review.reviewer and not self.ask_reviewer():
-            self.window.statusBar().showMessage("No review recorded: a reviewer's name is needed.", 8000)
+            self.status_bar.showMessage("No review recorded: a reviewer's name is needed.", 8000)
             return False
         if self.review.store is None:
             try:
                 self.review.ensure_case()
             except ReviewRefused as exc:
-                self.window.statusBar().showMessage(str(exc), 8000)
+                self.status_bar.showMessage(str(exc), 8000)
                 return False
             except CaseError as exc:
                 QMessageBox.warning(self.window, "Case file", f"{exc}\n\nChoose where to keep this case.")
-                return self.new_case_dialog()
+                return self.cases.new_case_dialog()
         return True
 
     def _next_path(self, delta: int) -> str | None:
@@ -281,7 +248,7 @@ class ReviewController(CaseFilesMixin, QObject):
         r = self._guard(lambda: self.review.confirm(comment) if confirmed else self.review.decide(decision, comment))
         if r is not None:
             what = f"cell {cell + 1}" if cell >= 0 else Path(r.path).name
-            self.window.statusBar().showMessage(
+            self.status_bar.showMessage(
                 f"{what}: {r.reviewer_decision}" + (" (override)" if r.override else "") + " recorded", 4000)
             if nxt is not None and nxt != self.state.current:
                 self.state.set_current(nxt)
@@ -294,7 +261,7 @@ class ReviewController(CaseFilesMixin, QObject):
         """Enter in the comment field: the decision in effect again, with the new comment."""
         r = self.review.review_for(self.state.current, self.review.target()[1]) if self.state.current else None
         if r is None:
-            self.window.statusBar().showMessage("Choose a decision (C, A, N or U); the comment is saved with it.", 6000)
+            self.status_bar.showMessage("Choose a decision (C, A, N or U); the comment is saved with it.", 6000)
             return
         if self._ready():
             self._guard(lambda: self.review.decide(r.reviewer_decision, self.bar.comment.text(),
@@ -303,14 +270,14 @@ class ReviewController(CaseFilesMixin, QObject):
 
     def _follow(self, r: Review | None, verb: str) -> None:
         if r is None:
-            self.window.statusBar().showMessage(f"Nothing to {verb.lower()}.", 4000)
+            self.status_bar.showMessage(f"Nothing to {verb.lower()}.", 4000)
             return
         path = self.review.path_of(r)
         if path is not None:
             self.state.set_current(path)
             if r.cell >= 0:
                 self.state.select_cell(r.cell)
-        self.window.statusBar().showMessage(f"{verb}: {Path(r.path).name}"
+        self.status_bar.showMessage(f"{verb}: {Path(r.path).name}"
                                             + (f" cell {r.cell + 1}" if r.cell >= 0 else "")
                                             + f" ({r.reviewer_decision})", 5000)
 

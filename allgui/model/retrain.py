@@ -32,9 +32,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from allgui.case_picker import CasePicker
-from allgui.evaluation_view import EvaluationView
-from allgui.training_job import run_training
+from allgui.model.case_picker import CasePicker
+from allgui.model.evaluation_view import EvaluationView
+from allgui.model.training_job import run_training
 from allgui.workers import ProcessTask
 from trainer.config import FINETUNE_CHOICES, MIN_IMAGE_SIZE, TrainConfig, choices, describe, finetune_wanted
 
@@ -91,6 +91,38 @@ class RetrainDialog(QDialog):
         self._clock = QElapsedTimer()
 
         lay = QVBoxLayout(self)
+        lay.addLayout(self._options_form())
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setFormat("%p%")
+        self.stage = QLabel("Not started.")
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        self.log.setMinimumHeight(140)
+        lay.addWidget(self.stage)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.log, 1)
+        self.eval_holder = QVBoxLayout()
+        lay.addLayout(self.eval_holder)
+
+        self.buttons = QDialogButtonBox()
+        self.start_btn = self.buttons.addButton("Start training", QDialogButtonBox.AcceptRole)
+        self.cancel_btn = self.buttons.addButton("Cancel training", QDialogButtonBox.RejectRole)
+        self.use_btn = self.buttons.addButton("Use the new model", QDialogButtonBox.ApplyRole)
+        self.use_btn.setEnabled(False)
+        self.use_btn.clicked.connect(lambda: self.result and self.accepted_model.emit(self.result["bundle_path"]))
+        self.close_btn = self.buttons.addButton("Close", QDialogButtonBox.DestructiveRole)
+        self.cancel_btn.setEnabled(False)
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.close_btn.clicked.connect(self.close)
+        lay.addWidget(self.buttons)
+
+    # ---- options ------------------------------------------------------------------------------
+    def _options_form(self) -> QFormLayout:
+        """The training options, each set as it was last used (else from the base config)."""
         form = QFormLayout()
         self.data = QLineEdit(self.settings.value("retrain/data", "", str))
         self.data.setPlaceholderText("folder with class sub-folders or a C-NMC style tree")
@@ -126,41 +158,13 @@ class RetrainDialog(QDialog):
         form.addRow("Fine-tune backbones", self.finetune)
         self.cases = CasePicker(self.settings.value("retrain/cases", "", str))
         form.addRow("Reviewed cases", self.cases)
-        lay.addLayout(form)
         for box, key in ((self.layout_box, "layout"), (self.split, "split"), (self.weights, "weights"),
                          (self.device, "device")):
             box.setCurrentText(self.settings.value(f"retrain/{key}", getattr(self.base, key), str))
         self.finetune.setCurrentText(self.settings.value("retrain/finetune",
                                                          "on" if self.base.finetune else "auto", str))
+        return form
 
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setFormat("%p%")
-        self.stage = QLabel("Not started.")
-        self.log = QPlainTextEdit()
-        self.log.setReadOnly(True)
-        self.log.setMaximumBlockCount(2000)
-        self.log.setMinimumHeight(140)
-        lay.addWidget(self.stage)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.log, 1)
-        self.eval_holder = QVBoxLayout()
-        lay.addLayout(self.eval_holder)
-
-        self.buttons = QDialogButtonBox()
-        self.start_btn = self.buttons.addButton("Start training", QDialogButtonBox.AcceptRole)
-        self.cancel_btn = self.buttons.addButton("Cancel training", QDialogButtonBox.RejectRole)
-        self.use_btn = self.buttons.addButton("Use the new model", QDialogButtonBox.ApplyRole)
-        self.use_btn.setEnabled(False)
-        self.use_btn.clicked.connect(lambda: self.result and self.accepted_model.emit(self.result["bundle_path"]))
-        self.close_btn = self.buttons.addButton("Close", QDialogButtonBox.DestructiveRole)
-        self.cancel_btn.setEnabled(False)
-        self.start_btn.clicked.connect(self.start)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.close_btn.clicked.connect(self.close)
-        lay.addWidget(self.buttons)
-
-    # ---- options ------------------------------------------------------------------------------
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Training data folder", self.data.text())
         if d:

@@ -10,7 +10,7 @@ A heatmap is Grad-CAM of a probe fitted on the network's features (see
 - :class:`HeatmapBox` is the side-panel group: the switch, the backbone, the opacity, what is shown,
   and the caption that a heatmap shows where the network looked, not why it is right.
 
-The image view draws the map (:meth:`allgui.image_view.ImageView.refresh_heatmap`).
+The image view draws the map (:meth:`allgui.views.image_view.ImageView.refresh_heatmap`).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class HeatmapController(QObject):
     ----------
     state : AppState
         Source of the target and the switch; where explanations and their errors go.
-    analysis : allgui.analysis.AnalysisController
+    analysis : allgui.window.analysis.AnalysisController
         Gives the predictor and the decoded images; a model switch there drops the task in flight.
     """
 

@@ -1,15 +1,23 @@
-"""The main window: views, menus and dialogs laid out around an analysis controller.
+"""The main window: it lays out the views and menus and wires the controllers that do the work.
 
-The analysis work goes to an :class:`~allgui.analysis.AnalysisController`.
+One controller per concern, each given what it needs in its constructor:
+
+- :class:`~allgui.window.analysis.AnalysisController`: the model in use (its
+  :class:`~allgui.model.session.ModelSession`), the queue of images, the image cache;
+- :class:`~allgui.window.files.FilesController`: the File menu's images, table export and overlays;
+- :class:`~allgui.model.controller.ModelController`: the Model menu, the model's thresholds and band;
+- :class:`~allgui.review.cases.CaseController` and :class:`~allgui.review.controller.ReviewController`:
+  case files and review mode;
+- :class:`~allgui.views.heatmap.HeatmapController`: explanations on demand.
 
 Where to add things:
 
-- a menu entry: ``self.add_action("model", "&Do it\u2026", self.do_it, "Ctrl+D")`` (menus ``file``,
-  ``view``, ``model``, ``help``; :meth:`MainWindow.add_menu` makes a new one);
+- a menu entry: ``self.add_action("model", "&Do it\u2026", controller.do_it, "Ctrl+D")`` (menus ``file``,
+  ``view``, ``model``, ``review``, ``help``; :meth:`MainWindow.add_menu` makes a new one);
 - a panel: ``self.add_panel("Title", widget, Qt.RightDockWidgetArea)``; a panel that shows results
   takes the :class:`~allgui.state.AppState` and subscribes to its topics (:class:`~allgui.state.Topic`);
-- work off the GUI thread: a :class:`~allgui.workers.ThreadTask`, or a method of the controller
-  when it concerns the model or the queue of images.
+- work off the GUI thread: a :class:`~allgui.workers.ThreadTask`, or a method of the analysis
+  controller when it concerns the model or the queue of images.
 """
 from __future__ import annotations
 
@@ -29,19 +37,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from allgui.analysis import AnalysisController
-from allgui.batch_table import BatchTable
-from allgui.heatmap import HeatmapController
-from allgui.image_view import ImageView
-from allgui.overlay_bar import OverlayBar
+from allgui.model.controller import ModelController
 from allgui.qtutil import signals_blocked
 from allgui.resources import default_model_path, icon_path
-from allgui.retrain import RetrainDialog
-from allgui.review_view import ReviewController
-from allgui.side_panel import RESEARCH_NOTE, SidePanel
+from allgui.review.cases import CaseController
+from allgui.review.controller import ReviewController
+from allgui.review.review_model import ReviewModel
 from allgui.state import AppState, Topic
-from allgui.window_files import FilesMixin
-from allgui.window_model import ModelMixin
+from allgui.views.batch_table import BatchTable
+from allgui.views.heatmap import HeatmapController
+from allgui.views.image_view import ImageView
+from allgui.views.overlay_bar import OverlayBar
+from allgui.views.side_panel import RESEARCH_NOTE, SidePanel
+from allgui.window.analysis import AnalysisController
+from allgui.window.files import FilesController
 from trainer.config import TrainConfig, default_cache_dir
 
 
@@ -73,7 +82,7 @@ def status_text(st: AppState) -> str:
     return text
 
 
-class MainWindow(FilesMixin, ModelMixin, QMainWindow):
+class MainWindow(QMainWindow):
     """allgui's window.
 
     Parameters
@@ -88,7 +97,7 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         Where retrained models are written (default: the user data folder).
     """
 
-    modelLoaded = Signal(str)        # path of the newly loaded model
+    modelLoaded = Signal(str)        # path of the newly loaded model, once its thresholds are set
     predictionShown = Signal(str)    # path whose result is now on screen
 
     def __init__(self, model: str | None = None, settings: QSettings | None = None,
@@ -96,14 +105,9 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
                  parent=None, load_now: bool = True) -> None:
         super().__init__(parent)
         self.settings = settings if settings is not None else QSettings()
-        # features cached per user: a retrain re-extracts only new images
-        self.retrain_defaults = retrain_defaults or TrainConfig(cache_dir=default_cache_dir())
-        self.models_dir = Path(models_dir) if models_dir else None
         self.state = AppState()
         self.analysis = AnalysisController(self.state, self)
         self.heatmaps = HeatmapController(self.state, self.analysis, self)  # explanations, on demand
-        self._model_key = ""
-        self.retrain_dialog: RetrainDialog | None = None
         self.menus: dict[str, QMenu] = {}
 
         self.setWindowTitle("allgui \u2014 ALL blast detection (research use only)")
@@ -112,9 +116,8 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1360, 860)
         self._build_ui()
+        self._build_controllers(retrain_defaults, models_dir)
         self._build_menus()
-        self._connect()
-        self.review_controller = ReviewController(self)   # review mode: its panel, menu and case file
         self._restore_settings()
 
         self._initial_model = model
@@ -134,19 +137,28 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
                 reason = f"The bundled default model was not found ({Path(model).name})."
                 model = ""
         if model:
-            self.load_model(model)
+            self.models.load_model(model)
         else:
-            self._no_model(reason)
+            self.models.no_model(reason)
 
-    @property
-    def predictor(self):
-        """The predictor in use (None before a model is loaded)."""
-        return self.analysis.predictor
-
-    @property
-    def model_path(self) -> str | None:
-        """The loaded bundle's path (None for a predictor set without one)."""
-        return self.analysis.model_path
+    def _build_controllers(self, retrain_defaults: TrainConfig | None, models_dir: str | Path | None) -> None:
+        """One controller per concern, given what it needs; the views and the analysis exist already."""
+        sb = self.statusBar()
+        self.files = FilesController(self, self.state, self.settings, self.analysis, self.table.batch, sb)
+        self.review = ReviewModel(self.state)   # the reviews and their case file (Qt-free)
+        # features cached per user: a retrain re-extracts only new images
+        self.models = ModelController(self, self.state, self.settings, self.analysis, self.side, self.banner,
+                                      self.model_label, sb,
+                                      retrain_defaults or TrainConfig(cache_dir=default_cache_dir()),
+                                      Path(models_dir) if models_dir else None, lambda: self.review.case_path)
+        self.models.modelLoaded.connect(self.modelLoaded)
+        self.side.thresholdReset.connect(self.models.reset_threshold)
+        self._connect()
+        # review mode after the window's own subscriptions: it redraws once the window has
+        self.cases = CaseController(self, self.review, self.state, self.settings, sb, self.files.open_files)
+        self.reviews = ReviewController(self, self.review, self.state, self.settings, self.table, sb, self.cases)
+        self.analysis.modelChanged.connect(self.reviews.set_session)
+        self.add_panel("Review", self.reviews.bar, Qt.BottomDockWidgetArea, "reviewDock")
 
     # ---- layout --------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -167,7 +179,6 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self.setCentralWidget(central)
 
         self.side = SidePanel(self.state)
-        self.side.thresholdReset.connect(self.reset_threshold)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.NoFrame)
@@ -218,13 +229,15 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
 
     def _build_menus(self) -> None:
         f = self.add_menu("file", "&File")
-        self.act_open = self.add_action(f, "&Open images\u2026", self.open_dialog, QKeySequence.Open)
-        self.act_open_folder = self.add_action(f, "Open &folder\u2026", self.open_folder_dialog, "Ctrl+Shift+O")
-        self.recent_menu = f.addMenu("Open &recent")
+        files = self.files
+        self.act_open = self.add_action(f, "&Open images\u2026", files.open_dialog, QKeySequence.Open)
+        self.act_open_folder = self.add_action(f, "Open &folder\u2026", files.open_folder_dialog, "Ctrl+Shift+O")
+        f.addMenu(files.recent_menu)
         f.addSeparator()
-        self.act_export = self.add_action(f, "&Export table as CSV\u2026", self.export_csv_dialog, "Ctrl+E")
-        self.act_save_overlays = self.add_action(f, "&Save overlay images\u2026", self.save_overlays_dialog,
+        self.act_export = self.add_action(f, "&Export table as CSV\u2026", files.export_csv_dialog, "Ctrl+E")
+        self.act_save_overlays = self.add_action(f, "&Save overlay images\u2026", files.save_overlays_dialog,
                                                  "Ctrl+S")
+        f.addActions(list(self.cases.actions))
         f.addSeparator()
         self.add_action(f, "&Quit", self.close, QKeySequence.Quit)
         v = self.add_menu("view", "&View")
@@ -240,13 +253,14 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         self.act_prev = self.add_action(v, "&Previous image", lambda: self.state.step(-1), "PgUp")
         self.act_next.setShortcuts([QKeySequence("PgDown"), QKeySequence("Ctrl+Right")])
         self.act_prev.setShortcuts([QKeySequence("PgUp"), QKeySequence("Ctrl+Left")])
-        m = self.add_menu("model", "&Model")
-        self.act_load_model = self.add_action(m, "&Load model\u2026", self.load_model_dialog, "Ctrl+L")
-        self.act_card = self.add_action(m, "Model &card\u2026", self.show_model_card, "Ctrl+I")
-        self.act_retrain = self.add_action(m, "&Retrain\u2026", self.show_retrain, "Ctrl+R")
-        self.act_report = self.add_action(m, "Evaluation &report\u2026", self.open_report_dialog)
+        m, models = self.add_menu("model", "&Model"), self.models
+        self.act_load_model = self.add_action(m, "&Load model\u2026", models.load_model_dialog, "Ctrl+L")
+        self.act_card = self.add_action(m, "Model &card\u2026", models.show_model_card, "Ctrl+I")
+        self.act_retrain = self.add_action(m, "&Retrain\u2026", models.show_retrain, "Ctrl+R")
+        self.act_report = self.add_action(m, "Evaluation &report\u2026", models.open_report_dialog)
+        self.menus["review"] = self.reviews.menu
+        self.menuBar().addMenu(self.reviews.menu)
         self.add_action(self.add_menu("help", "&Help"), "&About allgui", self.about)
-        self._rebuild_recent()
 
     def _connect(self) -> None:
         """Listen to the state and to the analysis controller."""
@@ -255,8 +269,6 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
                             (Topic.IMAGES, self._update_status), (Topic.HEATMAP, self._on_heatmap)):
             self.state.subscribe(topic, slot)
         a = self.analysis
-        a.modelChanged.connect(self._on_model_changed)
-        a.modelFailed.connect(self._model_failed)
         a.thumbnailReady.connect(self.table.batch.set_thumbnail)
         a.imageFailed.connect(self._on_image_failed)
         a.imageReady.connect(self._on_image_read)
@@ -278,9 +290,6 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
         mode = s.value("overlay/mode")
         if mode in ("outline", "fill"):
             self.state.set_overlay(mode=mode)
-        band = s.value("threshold/band")
-        if band is not None:
-            self.state.set_band(float(band))
 
     def showEvent(self, event) -> None:  # Qt's name
         super().showEvent(event)
@@ -290,22 +299,30 @@ class MainWindow(FilesMixin, ModelMixin, QMainWindow):
                 QTimer.singleShot(0, lambda: self.resizeDocks(list(self._docks), [520, 400], Qt.Horizontal))
 
     def closeEvent(self, event) -> None:  # Qt's name
-        if self.retrain_dialog is not None and self.retrain_dialog.running():
-            if not self.retrain_dialog.close():
-                event.ignore()
-                return
+        if not self.models.may_close():   # a retraining runs and the user keeps it
+            event.ignore()
+            return
         s = self.settings
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState())
         s.setValue("overlay/opacity", self.state.overlay_opacity)
         s.setValue("overlay/mode", self.state.overlay_mode)
-        s.setValue("threshold/band", self.state.band)
-        self._save_threshold()
+        self.models.save_settings()
         s.sync()
         self.analysis.shutdown()
-        self.review_controller.close()
+        self.reviews.close()
         self.heatmaps.shutdown()
         super().closeEvent(event)
+
+    def dragEnterEvent(self, event) -> None:  # Qt's name
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # Qt's name
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.files.open_files(paths)
 
     # ---- results --------------------------------------------------------------------------------
     def _on_progress(self, done: int, total: int) -> None:

@@ -1,4 +1,4 @@
-"""What the window's File menu does.
+"""What the window's File menu does: the files controller.
 
 Open images, folders and recent files (also by drag and drop), export the table as CSV and save overlay
 images.
@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from PySide6.QtCore import QThreadPool
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtCore import QObject, QSettings, QThreadPool
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QStatusBar, QWidget
 
 from allgui.imaging import draw_overlay
+from allgui.state import AppState
 from allgui.workers import ThreadTask, error_message
 from trainer.io.imageio import IMAGE_SUFFIXES, read_image
 from trainer.util.atomic import atomic_write
@@ -58,21 +59,47 @@ def list_images(folder: str | Path) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-class FilesMixin:
-    """The File menu of :class:`~allgui.main_window.MainWindow`.
+class FilesController(QObject):
+    """The File menu's images: open them (files, folders, recent, dropped), export the table, save overlays.
 
-    Needs the window's ``state``, ``settings``, ``analysis``, ``table`` and ``recent_menu``.
+    Parameters
+    ----------
+    parent : QWidget
+        The window: parent of the dialogs.
+    state : AppState
+        Where opened images go.
+    settings : QSettings
+        Recent files and the folders the dialogs start in.
+    analysis : AnalysisController
+        Told about opened images (``open``) and started on them (``start``).
+    batch
+        The batch table's model (``export_csv(path)``).
+    status_bar : QStatusBar
+        Where short confirmations go.
     """
+
+    def __init__(self, parent: QWidget, state: AppState, settings: QSettings, analysis, batch,
+                 status_bar: QStatusBar) -> None:
+        super().__init__(parent)
+        self.dialog_parent = parent
+        self.state = state
+        self.settings = settings
+        self.analysis = analysis
+        self.batch = batch
+        self.status_bar = status_bar
+        self.recent_menu = QMenu("Open &recent", parent)
+        self._overlay_task: ThreadTask | None = None
+        self._rebuild_recent()
 
     def open_dialog(self) -> None:
         start = self.settings.value("dirs/images", str(Path.home()), str)
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open images", start, IMAGE_FILTER)
+        paths, _ = QFileDialog.getOpenFileNames(self.dialog_parent, "Open images", start, IMAGE_FILTER)
         if paths:
             self.open_files(paths)
 
     def open_folder_dialog(self) -> None:
         start = self.settings.value("dirs/folder", str(Path.home()), str)
-        d = QFileDialog.getExistingDirectory(self, "Open folder of images", start)
+        d = QFileDialog.getExistingDirectory(self.dialog_parent, "Open folder of images", start)
         if d:
             self.open_folder(d)
 
@@ -97,11 +124,11 @@ class FilesMixin:
     def open_folder(self, folder: str) -> bool:
         """Open every image in ``folder`` as the batch; False (with a message) when there is none."""
         if not Path(folder).is_dir():
-            QMessageBox.warning(self, "Open folder", f"{folder} is not a folder.")
+            QMessageBox.warning(self.dialog_parent, "Open folder", f"{folder} is not a folder.")
             return False
         paths = list_images(folder)
         if not paths:
-            QMessageBox.warning(self, "Open folder",
+            QMessageBox.warning(self.dialog_parent, "Open folder",
                                 f"No images found in {folder}.\n\nReadable types: {', '.join(IMAGE_SUFFIXES)}")
             return False
         self.settings.setValue("dirs/folder", str(folder))
@@ -125,41 +152,31 @@ class FilesMixin:
             a.triggered.connect(lambda _=False, p=p: self.open_files([p]))
         self.recent_menu.setEnabled(bool(rec))
 
-    def dragEnterEvent(self, event) -> None:
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if paths:
-            event.acceptProposedAction()
-            self.open_files(paths)
-
     def export_csv_dialog(self) -> None:
         if not self.state.paths:
-            QMessageBox.information(self, "Export", "There are no images to export.")
+            QMessageBox.information(self.dialog_parent, "Export", "There are no images to export.")
             return
         start = self.settings.value("dirs/export", str(Path.home()), str)
-        path, _ = QFileDialog.getSaveFileName(self, "Export table as CSV", str(Path(start) / "allgui_results.csv"),
-                                              "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(self.dialog_parent, "Export table as CSV",
+                                              str(Path(start) / "allgui_results.csv"), "CSV (*.csv)")
         if path:
             self.settings.setValue("dirs/export", str(Path(path).parent))
             try:
-                n = self.table.batch.export_csv(path)
+                n = self.batch.export_csv(path)
             except OSError as exc:
-                QMessageBox.critical(self, "Export", f"Could not write {path}: {exc.strerror or exc}")
+                QMessageBox.critical(self.dialog_parent, "Export", f"Could not write {path}: {exc.strerror or exc}")
                 return
             except Exception as exc:  # never fail silently: the user asked for a file
-                QMessageBox.critical(self, "Export", f"Could not write {path}: {error_message(exc)}")
+                QMessageBox.critical(self.dialog_parent, "Export", f"Could not write {path}: {error_message(exc)}")
                 return
-            self.statusBar().showMessage(f"Exported {n} rows to {path}", 8000)
+            self.status_bar.showMessage(f"Exported {n} rows to {path}", 8000)
 
     def save_overlays_dialog(self) -> None:
         if not self.state.predictions:
-            QMessageBox.information(self, "Save overlays", "No analysed images yet.")
+            QMessageBox.information(self.dialog_parent, "Save overlays", "No analysed images yet.")
             return
         start = self.settings.value("dirs/export", str(Path.home()), str)
-        d = QFileDialog.getExistingDirectory(self, "Save overlay images to", start)
+        d = QFileDialog.getExistingDirectory(self.dialog_parent, "Save overlay images to", start)
         if d:
             self.settings.setValue("dirs/export", d)
             self.save_overlays(d)
@@ -170,7 +187,7 @@ class FilesMixin:
                  if p in st.predictions]
         task = ThreadTask(_save_overlays, items, folder, st.band, st.overlay_mode,
                           st.overlay_opacity, pool=QThreadPool.globalInstance(), name="save-overlays")
-        task.finished.connect(lambda n: self.statusBar().showMessage(f"Saved {n} overlay images to {folder}", 8000))
-        task.failed.connect(lambda msg: QMessageBox.critical(self, "Save overlays", msg))
+        task.finished.connect(lambda n: self.status_bar.showMessage(f"Saved {n} overlay images to {folder}", 8000))
+        task.failed.connect(lambda msg: QMessageBox.critical(self.dialog_parent, "Save overlays", msg))
         self._overlay_task = task  # kept alive while it runs
         return task.start()

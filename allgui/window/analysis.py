@@ -22,6 +22,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from allgui.imaging import thumbnail
+from allgui.model.session import ModelSession
 from allgui.state import AppState, Topic
 from allgui.workers import Task, ThreadTask
 from trainer.io.imageio import read_image
@@ -67,6 +68,11 @@ def load_predictor(path: str, progress, cancel, emit, warm: bool = True):
     return predictor
 
 
+def load_session(path: str, progress, cancel, emit, warm: bool = True) -> ModelSession:
+    """Model-loading work: the bundle's predictor in its session (identity, bands), off the GUI thread."""
+    return ModelSession.open(load_predictor(path, progress, cancel, emit, warm=warm), path)
+
+
 class AnalysisController(QObject):
     """Runs the analyses the window asks for and reports their outcomes.
 
@@ -79,8 +85,9 @@ class AnalysisController(QObject):
 
     Signals
     -------
-    modelChanged(predictor, path)
-        A model was switched to (``path`` "" when it has none); its analysis starts right after.
+    modelChanged(session)
+        A model was switched to (its :class:`~allgui.model.session.ModelSession`); its analysis starts
+        right after.
     modelFailed(path, message)
         Loading ``path`` failed; the current model stays.
     imageReady(path)
@@ -99,7 +106,7 @@ class AnalysisController(QObject):
         Analysis progress of the open images (``total`` 0: nothing to show).
     """
 
-    modelChanged = Signal(object, str)
+    modelChanged = Signal(object)
     modelFailed = Signal(str, str)
     imageReady = Signal(str)
     thumbnailReady = Signal(str, object)
@@ -111,8 +118,7 @@ class AnalysisController(QObject):
     def __init__(self, state: AppState, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.predictor = None
-        self.model_path: str | None = None
+        self.session: ModelSession | None = None  # the model in use
         self.loading = False                  # a model load is in flight
         self.last_seconds: float | None = None
         self._task: ThreadTask | None = None  # the analysis in flight
@@ -127,14 +133,24 @@ class AnalysisController(QObject):
         state.subscribe(Topic.CURRENT, self.start)
 
     # ---- model -----------------------------------------------------------------------------
+    @property
+    def predictor(self):
+        """The predictor in use (None before a model is loaded)."""
+        return self.session.predictor if self.session is not None else None
+
+    @property
+    def model_path(self) -> str | None:
+        """The loaded bundle's path (None for a predictor set without one)."""
+        return self.session.path if self.session is not None else None
+
     def load_model(self, path: str) -> ThreadTask:
         """Load a bundle in the background; a load started before it is superseded."""
         self._supersede(self._load)
         self.loading = True
-        # with images open, the new model analyses them at once (set_predictor): no warm-up pass first
-        task = ThreadTask(load_predictor, str(path), warm=not self.state.paths,
+        # with images open, the new model analyses them at once (set_session): no warm-up pass first
+        task = ThreadTask(load_session, str(path), warm=not self.state.paths,
                           pool=QThreadPool.globalInstance(), name="load-model")
-        task.finished.connect(lambda pred, p=str(path): self.set_predictor(pred, p))
+        task.finished.connect(self.set_session)
         task.failed.connect(lambda msg, p=str(path): self._load_failed(p, msg))
         self._load = task
         return task.start()
@@ -145,14 +161,17 @@ class AnalysisController(QObject):
         self.modelFailed.emit(path, message)
 
     def set_predictor(self, predictor, path: str | None = None) -> None:
-        """Switch to ``predictor``: the analysis and any load in flight are superseded."""
+        """Switch to ``predictor`` loaded from ``path`` (its session is made here, on the calling thread)."""
+        self.set_session(ModelSession.open(predictor, path))
+
+    def set_session(self, session: ModelSession) -> None:
+        """Switch to the model of ``session``: the analysis and any load in flight are superseded."""
         self._supersede(self._load)
         self._supersede(self._task)
         self._load = self._task = None
         self.loading = False
-        self.predictor = predictor
-        self.model_path = str(path) if path else None
-        self.modelChanged.emit(predictor, self.model_path or "")
+        self.session = session
+        self.modelChanged.emit(session)
         self.start()
 
     # ---- queue -----------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from allgui.heatmap import HeatmapBox
 from allgui.imaging import DECISION_COLOURS, probability_colour
 from allgui.qtutil import signals_blocked
 from allgui.state import AppState, Topic
+from allgui.views.heatmap import HeatmapBox
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
 
 SLIDER_STEPS = 1000
@@ -112,15 +112,7 @@ class SidePanel(QWidget):
         self._roc_key: str | None = None
         self.setMinimumWidth(360)
         lay = QVBoxLayout(self)
-
-        note = QLabel(RESEARCH_NOTE)
-        note.setObjectName("researchNote")
-        note.setStyleSheet("background:#fff3cd; color:#7a5b00; border:1px solid #e0c060; padding:4px;"
-                           "font-weight:bold;")
-        note.setAlignment(Qt.AlignCenter)
-        note.setWordWrap(True)
-        lay.addWidget(note)
-
+        lay.addWidget(self._research_note())
         self.caution = QLabel()
         self.caution.setObjectName("kindCaution")
         self.caution.setStyleSheet("background:#fde2e1; color:#8a1c12; border:1px solid #e0a09a; padding:4px;")
@@ -128,7 +120,32 @@ class SidePanel(QWidget):
         self.caution.hide()
         lay.addWidget(self.caution)
         self.training_kinds: dict = {}
+        lay.addWidget(self._result_box())
+        self.heatmap = HeatmapBox(state)  # where the networks looked, with its caption
+        lay.addWidget(self.heatmap)
+        lay.addWidget(self._votes_box())
+        lay.addWidget(self._threshold_box())
+        lay.addStretch(1)
 
+        self.slider.valueChanged.connect(lambda v: state.set_threshold(v / SLIDER_STEPS))
+        for topic, cb in ((Topic.CURRENT, self.refresh), (Topic.PREDICTION, self._on_prediction),
+                          (Topic.SELECTION, self.refresh), (Topic.THRESHOLD, self.on_threshold),
+                          (Topic.MODEL, self.refresh)):
+            state.subscribe(topic, cb)
+        self.on_threshold()
+
+    def _research_note(self) -> QWidget:
+        """The research-use-only note at the top."""
+        note = QLabel(RESEARCH_NOTE)
+        note.setObjectName("researchNote")
+        note.setStyleSheet("background:#fff3cd; color:#7a5b00; border:1px solid #e0c060; padding:4px;"
+                           "font-weight:bold;")
+        note.setAlignment(Qt.AlignCenter)
+        note.setWordWrap(True)
+        return note
+
+    def _result_box(self) -> QWidget:
+        """Decision, probabilities, cells and nucleus of the image or cell shown."""
         res = QGroupBox("Result")
         form = QFormLayout(res)
         self.where = QLabel("\u2014")
@@ -157,16 +174,18 @@ class SidePanel(QWidget):
         form.addRow("Weighted vote", self.vote_share)
         form.addRow("Cells", self.counts)
         form.addRow("Nucleus", self.morph)
-        lay.addWidget(res)
-        self.heatmap = HeatmapBox(state)  # where the networks looked, with its caption
-        lay.addWidget(self.heatmap)
+        return res
 
+    def _votes_box(self) -> QWidget:
+        """Each classifier's P(ALL), coloured by its vote."""
         votes = QGroupBox("Classifier votes (bar width ~ ensemble weight)")
         vl = QVBoxLayout(votes)
         self.chart = VotesChart()
         vl.addWidget(self.chart)
-        lay.addWidget(votes)
+        return votes
 
+    def _threshold_box(self) -> QWidget:
+        """The threshold slider, the uncertain band, the legend, sensitivity / specificity, ROC."""
         thr = QGroupBox("Decision threshold")
         self.threshold_box = thr
         tl = QVBoxLayout(thr)
@@ -189,8 +208,8 @@ class SidePanel(QWidget):
         self.band.setRange(0.0, 0.3)
         self.band.setSingleStep(0.01)
         self.band.setDecimals(2)
-        self.band.setValue(state.band)
-        self.band.valueChanged.connect(state.set_band)
+        self.band.setValue(self.state.band)
+        self.band.valueChanged.connect(self.state.set_band)
         brow.addWidget(self.band)
         brow.addStretch(1)
         tl.addLayout(brow)
@@ -205,15 +224,7 @@ class SidePanel(QWidget):
         tl.addWidget(self.sens_spec)
         self.roc = RocPlot()
         tl.addWidget(self.roc)
-        lay.addWidget(thr)
-        lay.addStretch(1)
-
-        self.slider.valueChanged.connect(lambda v: state.set_threshold(v / SLIDER_STEPS))
-        for topic, cb in ((Topic.CURRENT, self.refresh), (Topic.PREDICTION, self._on_prediction),
-                          (Topic.SELECTION, self.refresh), (Topic.THRESHOLD, self.on_threshold),
-                          (Topic.MODEL, self.refresh)):
-            state.subscribe(topic, cb)
-        self.on_threshold()
+        return thr
 
     # ---- model info ---------------------------------------------------------------------------
     def set_model(self, predictor) -> None:

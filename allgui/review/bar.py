@@ -1,6 +1,6 @@
 """The review bar under the image and the look of reviews (colours, the batch table's Review column).
 
-A thin view: it shows what :class:`allgui.review.ReviewModel` holds and emits what the user asks for.
+A thin view: it shows what :class:`allgui.review.review_model.ReviewModel` holds and emits what the user asks for.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from allgui.imaging import DECISION_COLOURS
-from allgui.review import FILTERS, ImageReview, ReviewModel
+from allgui.review.review_model import FILTERS, ImageReview, ReviewModel
 from trainer.cases import REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE
 
 OVERRIDE_RGB = (115, 25, 140)
