@@ -47,7 +47,7 @@ from trainer.config import TrainConfig
 from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND
 from trainer.io.data import load_dataset, merge_datasets
 from trainer.training.pipeline import feature_blocks, make_extractor
-from trainer.vision.features import input_check_columns
+from trainer.vision.input_checks import input_check_columns
 
 #: C-NMC subjects whose crops are the app's samples: left out, as the default model leaves them out
 SAMPLE_SUBJECTS = ("1", "11", "13", "H1", "H11", "H12")

@@ -14,7 +14,7 @@ when any of its checks fires:
     whole cloud's covariance would call them far.
 ``stain``, ``scale``, ``blur``
     Input statistics a laboratory would check, read from the hand-crafted nucleus block (the columns
-    :data:`trainer.vision.features.INPUT_CHECKS` names): the nucleus' and cytoplasm's mean Lab colour, the nucleus'
+    :data:`trainer.vision.input_checks.INPUT_CHECKS` names): the nucleus' and cytoplasm's mean Lab colour, the nucleus'
     equivalent diameter and the cell's area in pixels, and the chromatin's grey-level contrast at one
     pixel (blur removes it). Each is the largest robust z-score (median and inter-quartile range of
     the training rows, scikit-learn's :class:`~sklearn.preprocessing.RobustScaler`) of its columns.

@@ -256,7 +256,7 @@ def fit_model(feats, y, train_idx, val_idx, config: TrainConfig, backbones=None,
     """Fit an :class:`AllModel` on rows ``train_idx`` with validation rows ``val_idx``.
 
     ``groups`` (N,) subject ids of all rows, or None. ``domain_columns``: the domain check's input
-    checks (see :func:`trainer.vision.features.input_check_columns`), None for the ``features`` check alone.
+    checks (see :func:`trainer.vision.input_checks.input_check_columns`), None for the ``features`` check alone.
     """
     y = np.asarray(y)
     g = None if groups is None else np.asarray(groups)

@@ -35,7 +35,8 @@ from trainer.util.progress import Progress, stage
 from trainer.util.threads import map_in_chunks
 from trainer.vision import fingerprint
 from trainer.vision.backbones import build_backbone
-from trainer.vision.features import NUCLEUS, FeatureExtractor, input_check_columns
+from trainer.vision.features import NUCLEUS, FeatureExtractor
+from trainer.vision.input_checks import input_check_columns
 from trainer.vision.segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
 from trainer.vision.stain import ReinhardNormalizer, lab_stats
 
