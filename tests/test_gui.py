@@ -136,10 +136,11 @@ def test_field_judged_whole_shows_cells_for_review_only(qtbot, window, images, t
     assert frame.isVisible() and frame.rect().width() == pred.shape[1]
     win.state.set_threshold(1.0)
     assert frame.pen().color().getRgb()[:3] == probability_colour(pred.probability, 1.0, win.state.band)
-    # a selected cell still shows its own result, marked as not validated
+    # a selected cell shows its own score, small and marked as not validated; the field's decision stays
     win.state.select_cell(1)
     assert "not validated" in win.side.counts.text()
-    assert win.side.decision.text() == win.state.decide(pred.cells[1].probability)
+    assert win.side.decision.text() == win.state.decide(pred.whole.probability)
+    assert f"cell score {pred.cells[1].probability:.3f}, not validated" in win.side.cell_score.text()
 
 
 def test_field_cells_are_outlined_and_clickable(qtbot, window, images):
