@@ -105,6 +105,7 @@ def test_an_image_outside_training_says_so_in_every_view(qtbot, tmp_path, exact_
     assert GREY in side.calibrated.text() and "not meaningful outside training" in side.calibrated.text()
     assert f"threshold {st.threshold:.3f}" in side.calibrated.text()
     assert "outside training" in status_text(st)
+    assert {b.color().getRgb()[:3] for b in side.chart.bars.opts["brushes"]} == {(128, 128, 128)}  # votes greyed
     # the outline: dotted grey, and its tooltip says why
     item, = win.image_view.cell_items
     assert item.pen().style() == Qt.DotLine and item.pen().color().getRgb()[:3] == OUTSIDE
@@ -121,6 +122,10 @@ def test_an_image_outside_training_says_so_in_every_view(qtbot, tmp_path, exact_
     # the batch table: decision, domain with the novelty, flagged
     row, shown = _row(win, images["stained"])
     assert shown[4] == DECISION_OUTSIDE and shown[6] == "yes"
+    b = win.table.batch
+    p_all = b.index(next(i for i in range(b.rowCount()) if b.row_at(i).path == images["stained"]), 3)
+    assert p_all.data(Qt.ForegroundRole).color().getRgb()[:3] == (150, 150, 150)   # greyed
+    assert "Not meaningful outside training" in p_all.data(Qt.ToolTipRole)
     assert shown[DOMAIN_COLUMN] == f"outside {row.novelty:.2f}" and row.novelty > 1
     row, shown = _row(win, images["field"])            # every white cell of the field: outside training
     assert shown[4] == DECISION_OUTSIDE and row.n_outside == len(st.predictions[images["field"]].cells)
@@ -241,3 +246,4 @@ def test_a_field_cell_score_is_small_grey_and_the_field_decision_stays_the_headl
     assert side.result_form.isRowVisible(side.cell_score)
     assert side.cell_score.text() == (f"<small style='color:{GREY}'>cell score {pred.cells[1].probability:.3f}, "
                                       "not validated</small>")
+    assert "cell score" in win.reviews.bar.model.text() and "<b" not in win.reviews.bar.model.text()  # review bar

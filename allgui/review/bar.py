@@ -175,6 +175,10 @@ class ReviewBar(QWidget):
                 bar.model.setText("model: could not analyse")
             else:  # as the side panel says: nothing is analysed without a model
                 bar.model.setText("model: analysing\u2026" if st.model_name else "model: no model loaded")
+        elif cell >= 0 and pred is not None and pred.kind == "field" and not pred.field_by_cells:
+            # a model that judges whole fields scored this cell: a score, not a decision
+            bar.model.setText(f"model: <small style='color:#8c8c8c'>cell score {pred.cells[cell].probability:.3f}, "
+                              "not validated</small>")
         else:
             colour = DECISION_COLOURS.get(model, (0, 0, 0))
             bar.model.setText(f"model: <b style='color:{_rgb(colour)}'>{model}</b>")

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 from allgui.imaging import DECISION_COLOURS
 from allgui.state import AppState, Row, Topic
 from allgui.views.result_text import checks_text
+from trainer.inference.results import DECISION_OUTSIDE
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import safe_row
 
@@ -34,6 +35,7 @@ _DISPLAY, _SORT, _DECORATION = int(Qt.DisplayRole.value), int(SORT_ROLE), int(Qt
 _FOREGROUND, _TOOLTIP, _ALIGN = int(Qt.ForegroundRole.value), int(Qt.ToolTipRole.value), int(Qt.TextAlignmentRole.value)
 _ROLES = {_DISPLAY, _SORT, _DECORATION, _FOREGROUND, _TOOLTIP, _ALIGN}
 _RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
+_GREYED = QBrush(QColor(150, 150, 150))
 CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
               "vote_share", "decision", "novelty", "in_domain", "domain_checks", "n_outside", "flagged", "threshold",
               "band", "model", "error", "review")
@@ -157,8 +159,12 @@ class BatchModel(QAbstractTableModel):
         if role == _FOREGROUND:
             if col == REVIEW_COLUMN:
                 return rfg
+            if col == 3 and self._rows[i].decision == DECISION_OUTSIDE:
+                return _GREYED                  # the probability means nothing outside training
             return fg if (col in (4, DOMAIN_COLUMN) or self._rows[i].decision == "error") else None
         if role == _TOOLTIP:
+            if col == 3 and self._rows[i].decision == DECISION_OUTSIDE:
+                return "Not meaningful outside training: the model gives this image no class"
             return tips.get(col) or self._rows[i].error or self._rows[i].path
         if role == _ALIGN:
             return _RIGHT if col in (2, 3) else None

@@ -59,7 +59,8 @@ class VotesChart(pg.PlotWidget):
         self.bars: pg.BarGraphItem | None = None
         self.names: list[str] = []
 
-    def set_votes(self, votes) -> None:
+    def set_votes(self, votes, greyed: bool = False) -> None:
+        """Bars of ``votes``; ``greyed``: all in grey (outside training, where the votes mean nothing)."""
         if self.bars is not None:
             self.removeItem(self.bars)
             self.bars = None
@@ -68,8 +69,8 @@ class VotesChart(pg.PlotWidget):
             self.getAxis("bottom").setTicks([[]])
             return
         x = np.arange(len(votes))
-        brushes = [pg.mkBrush(*(DECISION_COLOURS[DECISION_ALL] if v.vote else DECISION_COLOURS[DECISION_NORMAL]))
-                   for v in votes]
+        brushes = [pg.mkBrush(*(DECISION_COLOURS[DECISION_OUTSIDE] if greyed else DECISION_COLOURS[DECISION_ALL]
+                                if v.vote else DECISION_COLOURS[DECISION_NORMAL])) for v in votes]
         # bar width shows the weight relative to an equal share
         n = len(votes)
         widths = [max(0.15, min(0.9, 0.6 * v.weight * n)) for v in votes]
@@ -368,7 +369,7 @@ class SidePanel(QWidget):
             self.morph.setText(f"area {shown.area_px:.0f} px, circularity {shown.circularity:.2f}{nc}")
         else:
             self.morph.setText("\u2014")
-        self.chart.set_votes(shown.votes)
+        self.chart.set_votes(shown.votes, greyed=shown.in_domain is False)
         self.refresh_decision()
 
     def _blank(self, text: str) -> None:
