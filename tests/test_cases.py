@@ -94,6 +94,14 @@ def _drop_last_row(case):
     _behind_trigger(case, "reviews_append_only_d", "DELETE FROM reviews WHERE id = (SELECT max(id) FROM reviews)")
 
 
+def _blob(case):
+    _behind_trigger(case, "reviews_append_only_u", "UPDATE reviews SET comment = X'00ff' WHERE id = 1")
+
+
+def _renumber(case):      # ids are not in the hashes; undo / redo and sign-offs name rows by them
+    _behind_trigger(case, "reviews_append_only_u", "UPDATE reviews SET id = 7 WHERE id = 2")
+
+
 def _drop_trigger(case):
     con = sqlite3.connect(case)
     con.execute("DROP TRIGGER reviews_append_only_u")
@@ -108,9 +116,18 @@ def _add_column(case):
     con.close()
 
 
-def _newer(case):
+def _rename(case):
     con = sqlite3.connect(case)
-    con.execute("PRAGMA user_version = 2")
+    con.execute("UPDATE meta SET value = 'Someone else patient' WHERE key = 'name'")
+    con.commit()
+    con.close()
+
+
+def _newer(case):
+    from trainer.cases.schema import SCHEMA_VERSION
+
+    con = sqlite3.connect(case)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.commit()
     con.close()
 
@@ -121,6 +138,9 @@ def _newer(case):
     (_drop_trigger, "structure of this case file was changed outside allgui"),
     (_add_column, "structure of this case file was changed outside allgui"),
     (_newer, "written by a newer version of allgui"),
+    (_rename, "case description .* was altered outside allgui"),
+    (_blob, "entry 1 of 'reviews' was altered outside allgui"),
+    (_renumber, "entry 7 of 'reviews' was altered outside allgui"),
 ])
 def test_tampered_or_newer_case_files_are_refused(case, tamper, message):
     with CaseStore.create(case) as s:
@@ -199,6 +219,60 @@ def test_a_killed_writer_loses_at_most_the_last_action(case, tmp_path):
         n = len(s.actions())
         s.add_review(_record(999), "normal", "Dr K")          # and the case goes on
         assert len(s.actions()) == n + 1
+
+
+CONCURRENT = textwrap.dedent("""
+    import sys
+    from trainer.cases import CaseStore
+    from trainer.util.errors import CaseError
+    case, tag, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    rec = dict(path="/images/x.png", cell=-1, model_sha256="m" * 64, model_name="crop model",
+               model_key="single_cell", threshold=0.5, band=0.05, probability=0.9, raw_probability=0.8,
+               vote_share=1.0, votes=[], model_decision="ALL blast")
+    for i in range(n):
+        try:
+            with CaseStore.open(case) as store:     # opened (and verified) anew for every action
+                store.add_review(dict(rec, image_sha256=f"{tag:08x}{i:056x}"), "normal", f"Dr {tag}")
+        except CaseError as exc:
+            print("REFUSED", exc, flush=True)
+            sys.exit(3)
+""")
+
+
+def test_two_processes_appending_at_once_never_see_tampering_and_lose_nothing(case, tmp_path):
+    """Two writers, each opening the case and adding a review 150 times, side by side."""
+    with CaseStore.create(case):
+        pass
+    script = tmp_path / "concurrent.py"
+    script.write_text(CONCURRENT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    n = 150
+    procs = [subprocess.Popen([sys.executable, str(script), str(case), str(tag), str(n)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for tag in (1, 2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    with CaseStore.open(case) as s:
+        keys = {r.image_sha256 for r in s.actions()}
+    assert len(keys) == 2 * n and len(s.actions()) == 2 * n
+
+
+def test_a_writer_takes_in_what_another_wrote_before_its_own_action(case):
+    a, b = CaseStore.create(case), CaseStore.open(case)
+    try:
+        r1 = a.add_review(_record(1), "normal", "Dr A")
+        r2 = b.add_review(_record(2), "normal", "Dr B")          # b was opened before r1
+        assert set(b.current_reviews()) == {r1.key, r2.key} and b.actions()[0].id == r1.id
+        assert b.undo("Dr B").id == r2.id and a.undo("Dr A").id == r1.id   # a's undo follows b's
+        assert a.current_reviews() == {} and a.redo("Dr A").id == r1.id
+        assert b.refresh() and set(b.current_reviews()) == {r1.key}
+        state = {k: r.id for k, r in a.current_reviews().items()}
+    finally:
+        a.close()
+        b.close()
+    with CaseStore.open(case) as s:
+        assert {k: r.id for k, r in s.current_reviews().items()} == state
+        assert [r.action for r in s.actions()] == ["review", "review", "undo", "undo", "redo"]
 
 
 # ---- report and retraining on real predictions of the tiny model ------------------------------

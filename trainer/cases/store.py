@@ -3,23 +3,34 @@
 A case file is an ordinary SQLite database (standard library ``sqlite3``), so it can be read by any
 SQLite tool. What allgui writes into it:
 
-``meta``         case id, name, creation time and version; the last hash of each chain below
+``meta``         case id, name, creation time and version; the last hash and count of each chain below,
+                 and (format 2) ``meta:sha256``, a hash over the case's description
 ``models``       each model bundle used (SHA-256 of the file, name, model card headline, limitations)
 ``predictions``  the model's result for an image: probabilities, votes, decision, cell outlines
 ``reviews``      every review action, in order: ``review`` (a person's decision, with the model's
                  result it was made on), ``undo`` and ``redo`` (naming the action they undo / redo)
+``events``       (format 2) case metadata entered by a person, the sign-off and the addenda after it
+                 (see :mod:`trainer.cases.signoff` for that API)
 
-Nothing is ever changed or deleted: the three tables are append-only (triggers abort any UPDATE or
-DELETE), and undo is an action of its own. The current review state is the replay of the actions
+Nothing is ever changed or deleted: the tables are append-only (triggers abort any UPDATE or DELETE),
+and undo is an action of its own. The current review state is the replay of the actions
 (:func:`replay`). Each action is one transaction with a synchronous commit (write-ahead log where the
 file system allows it), so a crash or a killed process loses at most the action being written.
 
-Integrity: every row carries ``hash`` = SHA-256 over its values and the previous row's hash (a chain
-per table that starts from the case id), and ``meta`` keeps the last hash and count of each chain.
-A file whose schema, rows or chain heads do not match is refused with :class:`CaseError`, as is a
-file of another application or of a newer case format. This finds edits made outside allgui (a
-spreadsheet tool, a careless script, a damaged copy); it is not a signature: someone who rewrites
-the whole chain on purpose is not stopped by it.
+Integrity (:mod:`trainer.cases.chain`): every row carries ``hash`` = SHA-256 over its values and the
+previous row's hash (a chain per table that starts from the case id), and ``meta`` keeps the last hash
+and count of each chain and a hash over the case's name, id and creation, so that no entry of ``meta``
+can be changed, added or removed unnoticed. A file whose schema, rows, description or chain heads do
+not match is refused with :class:`CaseError`, as is a file of another application or of a newer case
+format. This finds edits made outside allgui (a spreadsheet tool, a careless script, a damaged copy);
+it is not a signature: someone who rewrites the whole chain on purpose is not stopped by it. A case
+file of format 1 (an older allgui) still opens; its description is not protected
+(:attr:`CaseStore.meta_protected`) until metadata or a sign-off is written, which upgrades it.
+
+Several writers: the app and ``allgui-train predict --case`` (or two windows) may write one case at
+once. A store is opened and verified on one snapshot of the file, and each write first waits for
+another writer's transaction, takes in and checks what other writers appended since, then appends.
+Undo and redo therefore act on the newest action of the case, whoever wrote it.
 """
 from __future__ import annotations
 
@@ -28,54 +39,51 @@ import os
 import sqlite3
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainer import __version__
-from trainer.cases.reviews import Prediction, Review, ReviewState, replay
+from trainer.cases.chain import BUSY_TIMEOUT_MS, ChainedFile, snapshot
+from trainer.cases.events import CaseRecord, Event
+from trainer.cases.reviews import Prediction, Review, ReviewState
 from trainer.cases.schema import (
     APPLICATION_ID,
-    COLUMNS,
     FORMAT,
+    META_HASH,
     PREDICTION_COLUMNS,
     REVIEW_COLUMNS,
     REVIEW_DECISIONS,
-    SCHEMA,
     SCHEMA_VERSION,
     SQLITE_MAGIC,
     dumps,
-    expected_schema,
     genesis,
+    meta_digest,
     now,
     plain,
-    row_hash,
-    schema_of,
+    schema_script,
     statements,
+    tables,
 )
+from trainer.cases.signoff import SignOffMixin
 from trainer.util.errors import CaseError
 
-_EXPECTED: set[tuple] | None = None
 
-
-class CaseStore:
+class CaseStore(ChainedFile, SignOffMixin):
     """An open case file. Use :meth:`create` or :meth:`open`; :meth:`close` when done.
 
     Writes happen on the thread that opened the store. A store opened with ``readonly=True``
-    (reports, retraining) can be used next to a writer in another thread or process.
+    (reports, retraining) can be used next to a writer in another thread or process. Metadata,
+    sign-off and addenda: see :class:`~trainer.cases.signoff.SignOffMixin`.
     """
 
-    def __init__(self, path: Path, con: sqlite3.Connection, readonly: bool) -> None:
-        self.path = path
-        self._con = con
-        self.readonly = readonly
-        meta = dict(con.execute("SELECT key, value FROM meta"))
-        self.case_id: str = meta.get("case_id", "")
-        self.name: str = meta.get("name", "")
-        self.created_at: str = meta.get("created_at", "")
-        self.created_by: str = meta.get("created_by", "")
+    def __init__(self, path: Path, con: sqlite3.Connection, readonly: bool, version: int,
+                 meta: dict[str, str]) -> None:
+        """Verify every chain of the open file (inside one read transaction); see :meth:`open`."""
         self._reviews: list[Review] = []
         self._state = ReviewState()
-        self._verify(meta)
+        self._record = CaseRecord()
+        super().__init__(path, con, readonly, version, meta)
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -97,15 +105,16 @@ class CaseStore:
             con = sqlite3.connect(tmp, isolation_level=None)
             try:
                 con.execute("BEGIN IMMEDIATE")
-                for stmt in statements(SCHEMA):
+                for stmt in statements(schema_script(SCHEMA_VERSION)):
                     con.execute(stmt)
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                meta = {"format": FORMAT, "case_id": case_id, "name": name or path.stem,
+                meta = {"format": FORMAT, "case_id": case_id, "name": plain(name or path.stem),
                         "created_at": now(), "created_by": f"allgui {__version__}"}
-                for table in COLUMNS:
+                for table in tables(SCHEMA_VERSION):
                     meta[f"head:{table}"] = genesis(case_id, table)
                     meta[f"count:{table}"] = "0"
+                meta[META_HASH] = meta_digest(meta)
                 con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
                 con.execute("COMMIT")
             finally:
@@ -145,63 +154,36 @@ class CaseStore:
         except sqlite3.Error as exc:
             raise CaseError(f"Cannot open the case file {path.name}: {exc}.") from None
         try:
-            con.execute("PRAGMA busy_timeout = 5000")
-            app_id = con.execute("PRAGMA application_id").fetchone()[0]
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            if app_id != APPLICATION_ID:
-                raise CaseError(f"{path.name} is an SQLite database but not an allgui case file.")
-            if version > SCHEMA_VERSION:
-                raise CaseError(f"{path.name} was written by a newer version of allgui (case format {version}; "
-                                f"this version reads formats up to {SCHEMA_VERSION}). Open it with a newer "
-                                "allgui; it has not been changed.")
-            if version < 1:
-                raise CaseError(f"{path.name} has no valid case format version ({version}); it is refused.")
-            check = con.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise CaseError(f"{path.name} is damaged (SQLite integrity check: {check}); it is refused.")
-            global _EXPECTED
-            if _EXPECTED is None:
-                _EXPECTED = expected_schema()
-            found = schema_of(con)
-            if found != _EXPECTED:
-                names = sorted({r[1] for r in found ^ _EXPECTED})
-                raise CaseError(f"{path.name}: the structure of this case file was changed outside allgui "
-                                f"({', '.join(names[:5])}); it is refused so that its audit trail can be "
-                                "trusted.")
+            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            store = snapshot(cls, path, con, readonly)
             if not readonly:
                 mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":       # e.g. a network file system: rollback journal
                     con.execute("PRAGMA journal_mode = DELETE")
                 con.execute("PRAGMA synchronous = FULL")
-            return cls(path, con, readonly)
+            return store
         except sqlite3.DatabaseError as exc:
             con.close()
             raise CaseError(f"{path.name} is not a readable allgui case file ({exc}).") from None
+        except UnicodeDecodeError:          # allgui writes UTF-8 only
+            con.close()
+            raise CaseError(f"{path.name} is damaged (text that is not UTF-8); it is refused.") from None
         except BaseException:
             con.close()
             raise
 
-    def _verify(self, meta: dict[str, str]) -> None:
-        """Check every chain against its rows and ``meta``'s heads; load the review actions."""
-        if meta.get("format") != FORMAT or not self.case_id:
-            raise CaseError(f"{self.path.name}: the case description is missing or altered; it is refused.")
-        for table in COLUMNS:
-            prev = genesis(self.case_id, table)
-            n = 0
-            cols = ", ".join(("id",) + COLUMNS[table] + ("prev_hash", "hash"))
-            for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY id"):
-                values = dict(zip(COLUMNS[table], row[1:-2]))
-                if row[-2] != prev or row_hash(table, prev, values) != row[-1]:
-                    raise CaseError(f"{self.path.name}: entry {row[0]} of '{table}' was altered outside allgui; "
-                                    "the case is refused so that its audit trail can be trusted.")
-                prev = row[-1]
-                n += 1
-                if table == "reviews":
-                    self._reviews.append(Review(row[0], **values))
-            if meta.get(f"head:{table}") != prev or meta.get(f"count:{table}") != str(n):
-                raise CaseError(f"{self.path.name}: entries of '{table}' were removed or added outside allgui; "
-                                "the case is refused so that its audit trail can be trusted.")
-        self._state = replay(self._reviews)
+    KEPT = ("reviews", "events")
+
+    def _take(self, table: str, rowid: int, values: list[Any]) -> None:
+        if table == "reviews":
+            row = Review(rowid, *values)          # the dataclass's fields are the columns, in order
+            self._reviews.append(row)
+            self._state.apply(row)
+        else:
+            self._record.apply(Event(rowid, *values))
+
+    def _signoffs(self) -> list[Event]:
+        return self._record.unchecked()
 
     def close(self) -> None:
         if self._con is not None:
@@ -215,42 +197,6 @@ class CaseStore:
         self.close()
 
     # ---- writing ------------------------------------------------------------------------------
-    def _append(self, table: str, values: dict[str, Any]) -> int:
-        """Append one row in its own transaction; returns its id."""
-        return self._append_many(table, [values])[0]
-
-    def _append_many(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
-        """Append rows in one transaction (all or none); returns their ids."""
-        if self.readonly:
-            raise CaseError(f"{self.path.name} is open read-only.")
-        rows = [{c: plain(values.get(c)) for c in COLUMNS[table]} for values in rows]
-        cols = COLUMNS[table] + ("prev_hash", "hash")
-        insert = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        con = self._con
-        ids = []
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
-                                        (f"head:{table}", f"count:{table}")))
-                prev = meta[f"head:{table}"]
-                for values in rows:
-                    h = row_hash(table, prev, values)
-                    cur = con.execute(insert, [values[c] for c in COLUMNS[table]] + [prev, h])
-                    ids.append(int(cur.lastrowid))
-                    prev = h
-                con.execute("UPDATE meta SET value = ? WHERE key = ?", (prev, f"head:{table}"))
-                con.execute("UPDATE meta SET value = ? WHERE key = ?",
-                            (str(int(meta[f"count:{table}"]) + len(rows)), f"count:{table}"))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise CaseError(f"Could not write to the case file {self.path.name}: {exc}. "
-                            "The last action was not recorded.") from None
-        return ids
-
     def _rel(self, path: str) -> str | None:
         try:
             return Path(os.path.relpath(Path(path).resolve(), self.path.resolve().parent)).as_posix()
@@ -259,10 +205,12 @@ class CaseStore:
 
     def record_model(self, sha256: str, name: str, card: dict[str, Any] | None = None) -> bool:
         """Note a model bundle (once per SHA-256); True when it was new to this case."""
-        if self._con.execute("SELECT 1 FROM models WHERE sha256 = ?", (sha256,)).fetchone():
-            return False
-        self._append("models", {"at": now(), "sha256": sha256, "name": name, "card": dumps(card or {})})
-        return True
+        row = {"at": now(), "sha256": sha256, "name": name, "card": dumps(card or {})}
+
+        def build():
+            known = self._con.execute("SELECT 1 FROM models WHERE sha256 = ?", (sha256,)).fetchone()
+            return [] if known else [("models", row)]
+        return bool(self._write(build))
 
     def record_prediction(self, record: dict[str, Any]) -> int:
         """Append the model's result for an image (see :func:`trainer.cases.records.prediction_record`)."""
@@ -278,8 +226,8 @@ class CaseStore:
             for k in ("votes", "regions", "cells"):
                 if not isinstance(values.get(k), str):
                     values[k] = dumps(values.get(k) or [])
-            rows.append(values)
-        return self._append_many("predictions", rows) if rows else []
+            rows.append(("predictions", values))
+        return self._write(lambda: rows) if rows else []
 
     def has_prediction(self, image_sha256: str, model_sha256: str) -> bool:
         return self._con.execute("SELECT 1 FROM predictions WHERE image_sha256 = ? AND model_sha256 = ?",
@@ -304,36 +252,32 @@ class CaseStore:
             values["votes"] = dumps(values["votes"])
         if isinstance(values.get("cell_bbox"), (list, tuple)):
             values["cell_bbox"] = dumps([int(v) for v in values["cell_bbox"]])
-        return self._add_action(values)
+        self._write(lambda: [("reviews", values)])
+        return self._reviews[-1]
 
     def undo(self, reviewer: str = "") -> Review | None:
         """Undo the latest review action still in effect; returns the action undone (None: nothing)."""
-        if not self._state.applied:
-            return None
-        target = self._state.applied[-1]
-        self._add_action(self._follow_up("undo", target, reviewer))
-        return target
+        return self._follow_up("undo", lambda: self._state.applied, reviewer)
 
     def redo(self, reviewer: str = "") -> Review | None:
         """Redo the latest undone action; returns it (None: nothing to redo)."""
-        if not self._state.redoable:
-            return None
-        target = self._state.redoable[-1]
-        self._add_action(self._follow_up("redo", target, reviewer))
-        return target
+        return self._follow_up("redo", lambda: self._state.redoable, reviewer)
 
-    def _follow_up(self, action: str, target: Review, reviewer: str) -> dict[str, Any]:
-        values = {c: getattr(target, c) for c in REVIEW_COLUMNS}
-        values.update(at=now(), action=action, target=target.id, reviewer=reviewer.strip() or target.reviewer,
-                      comment="")
-        return values
+    def _follow_up(self, action: str, stack: Callable[[], list[Review]], reviewer: str) -> Review | None:
+        """Undo / redo the last action of ``stack()`` as it is once other writers' actions are in."""
+        done: list[Review] = []
 
-    def _add_action(self, values: dict[str, Any]) -> Review:
-        rowid = self._append("reviews", values)
-        row = Review(rowid, **{c: plain(values.get(c)) for c in REVIEW_COLUMNS})
-        self._reviews.append(row)
-        self._state.apply(row)
-        return row
+        def build():
+            if not stack():
+                return []
+            target = stack()[-1]
+            done.append(target)
+            values = {c: getattr(target, c) for c in REVIEW_COLUMNS}
+            values.update(at=now(), action=action, target=target.id,
+                          reviewer=reviewer.strip() or target.reviewer, comment="")
+            return [("reviews", values)]
+        self._write(build)
+        return done[-1] if done else None
 
     # ---- reading ------------------------------------------------------------------------------
     @property
@@ -354,10 +298,13 @@ class CaseStore:
         return [Prediction(r[0], *r[1:]) for r in self._con.execute(
             f"SELECT {cols} FROM predictions ORDER BY id")]
 
-    def latest_predictions(self) -> dict[str, Prediction]:
-        """Image hash -> its latest recorded prediction, in the order images were first recorded."""
+    def latest_predictions(self, upto: int | None = None) -> dict[str, Prediction]:
+        """Image hash -> its latest recorded prediction, in the order images were first recorded.
+
+        ``upto``: only the first ``upto`` predictions (what a sign-off signed).
+        """
         out: dict[str, Prediction] = {}
-        for p in self.predictions():
+        for p in self.predictions()[:upto]:
             out[p.image_sha256] = p      # a later row replaces an earlier one, keeping its place
         return out
 
@@ -379,10 +326,7 @@ class CaseStore:
         Beside the case file first (the case moved with its images), else the recorded path.
         """
         if rel_path:
-            p = self.path.parent / rel_path
-            if p.is_file():
-                return p
-        p = Path(path)
-        return p if p.is_file() else None
-
-
+            p = os.path.join(self.path.parent, rel_path)
+            if os.path.isfile(p):
+                return Path(p)
+        return Path(path) if path and os.path.isfile(path) else None

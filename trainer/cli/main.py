@@ -1,4 +1,4 @@
-"""Command line: ``allgui-train train|evaluate|predict|explain|finetune|report`` (also ``python -m trainer``).
+"""Command line: ``allgui-train train|evaluate|predict|explain|finetune|report|sign`` (also ``python -m trainer``).
 
 Each subcommand is a module of this package with ``register(subparsers)`` and ``run(args)``.
 """
@@ -10,13 +10,13 @@ import logging
 import os
 import sys
 
-from trainer.cli import evaluate, explain, finetune, predict, report, train
+from trainer.cli import evaluate, explain, finetune, predict, report, sign, train
 from trainer.cli.common import sigterm_interrupts
 from trainer.util.csvsafe import printable
 from trainer.util.errors import AllguiError, Cancelled
 
 #: the subcommands, in the order ``--help`` lists them
-COMMANDS = (train, evaluate, predict, explain, finetune, report)
+COMMANDS = (train, evaluate, predict, explain, finetune, report, sign)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and apply the allgui ALL-blast ensemble (DenseNet-121 + ResNet-34 deep "
                     "features, SVM/KNN/RF/AdaBoost/MLP, weighted voting, calibration). Research use only.")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,evaluate,predict,explain,finetune,report}")
+                           metavar="{train,evaluate,predict,explain,finetune,report,sign}")
     for command in COMMANDS:
         command.register(sub)
     return p

@@ -36,6 +36,9 @@ def register(sub) -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="forward-pass arithmetic: auto (default) = bfloat16 on CPUs that compute it natively "
                         "(AVX512-BF16/AMX), else float32; fp32 = always float32")
+    r.add_argument("--case", metavar="CASE.sqlite",
+                   help="also record every result in this case file (created if missing) for review in the app; "
+                        "DIR/allgui-case.sqlite opens with the folder")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=run)
     return r
@@ -184,10 +187,15 @@ def run(a) -> int:
     files = _input_files(a.inputs)
     if not files:
         raise AllguiError("No images found in the given paths.")
+    if a.case:  # refused here, before any work, when it cannot be opened or created
+        from trainer.cases.batch import CaseRecorder, open_for_predictions  # sqlite and the case code only here
+        case = open_for_predictions(a.case)
     # lazy: a model is loaded when the first image of its kind arrives (a folder of crops skips the field model),
     # as its numpy read-out where the bundle offers one (no scikit-learn at start-up)
     predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision, lazy=True)
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
+    if a.case:
+        predictor = CaseRecorder(predictor, case, a.model, thresholds)
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
                                                         "probability", "decision", "novelty", "in_domain",
@@ -226,6 +234,9 @@ def run(a) -> int:
 
             atomic_write(a.output, write_text)
     n_ok, n_err, interrupted = outcome["result"]
+    if a.case:
+        case.close()
+        print(f"{predictor.recorded} result(s) recorded in the case file {printable(a.case)}", file=sys.stderr)
     where = "" if a.output == "-" else f"; results in {printable(a.output)}"
     if interrupted:
         print(f"allgui-train: interrupted after {n_ok + n_err} of {len(files)} images; the rows of the "

@@ -11,13 +11,18 @@ from trainer.util.csvsafe import printable
 def register(sub) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to ``sub`` (an argparse subparsers object)."""
     c = sub.add_parser("report", help="write a case's review report as a PDF",
-                       description="Write the report of a case file (the app's review database): case summary, "
-                                   "counts, model card headline and limitations, then each image with its "
-                                   "outlines, probabilities, votes, the model's and the reviewer's decision. "
-                                   "Research use only.")
+                       description="Write the report of a case file (the app's review database): status "
+                                   "(preliminary, or final with the signer and their local time), specimen, "
+                                   "case summary (cells reviewed, blasts and their proportion, conclusion), "
+                                   "addenda after the sign-off, the images not reviewed, counts, model card "
+                                   "headline and limitations, then each image with its outlines, probabilities, "
+                                   "votes, the model's and the reviewer's decision. Research use only.")
     c.add_argument("case", help="case file (.sqlite) written by the app")
     c.add_argument("-o", "--output", default="case.pdf", help="PDF to write (default: %(default)s)")
-    c.add_argument("--per-page", type=positive_int, default=6, help="images per page (default: %(default)s)")
+    c.add_argument("--per-page", type=positive_int, default=6, help="images per page, 1 to 12 (default: %(default)s)")
+    c.add_argument("--max-images", type=positive_int, default=500,
+                   help="images with an entry on the image pages at most, the reviewed first; the first page says "
+                        "when a case has more, and its counts and lists cover all (default: %(default)s)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=run)
     return c
@@ -28,11 +33,13 @@ def run(a) -> int:
     check_output_file(a.output, "-o/--output")
     bar = ProgressBar(a.quiet)
     try:
-        counts = write_case_report(a.case, a.output, per_page=a.per_page, progress=bar)
+        counts = write_case_report(a.case, a.output, per_page=a.per_page, progress=bar, max_images=a.max_images)
     finally:
         bar.close()
     print(f"Case report written to {printable(a.output)}: {counts['pages']} pages, {counts['images']} images, "
-          f"{counts['reviewed']} reviewed, {counts['overrides']} overridden")
+          f"{counts['reviewed']} reviewed, {counts['overrides']} overridden; {counts['status']}"
+          + (f"; image pages for {counts['shown']} of them (--max-images)" if counts["shown"] < counts["images"]
+             else ""))
     if counts["missing"] or counts["changed"]:
         print(f"allgui-train: {counts['missing']} image file(s) not found and {counts['changed']} changed since "
               "analysis; the report says which", file=sys.stderr)
