@@ -179,3 +179,19 @@ def test_risk_coverage_intervals_resample_subjects_and_need_three_per_class():
     two = np.isin(groups, [0, 2, 1, 3, 5, 7])             # 2 normal subjects: no interval
     few = risk_coverage(y[two], p[two], 0.5, groups[two], n_boot=50)
     assert few["accuracy_ci"] is None and few["note"] == "not estimable: 2 normal subjects"
+
+
+def test_the_case_file_and_the_report_keep_outside_training():
+    from trainer.cases.pdftext import decision_style
+    from trainer.cases.records import prediction_record, review_record
+
+    cell = CellPrediction(index=0, bbox=(0, 0, 5, 5), contour=np.zeros((0, 2)), probability=0.99, novelty=2.0,
+                          domain_checks=["stain"])
+    other = CellPrediction(index=1, bbox=(5, 5, 5, 5), contour=np.zeros((0, 2)), probability=0.2, novelty=0.4)
+    field = ImagePrediction(path="f.png", shape=(10, 10), kind="field", nucleus_mask=np.ones((10, 10), bool),
+                            whole=CellPrediction(index=-1, bbox=(0, 0, 10, 10), contour=np.zeros((0, 2))),
+                            cells=[cell, other], unit="cells")
+    assert review_record(field, "h", "f.png", 0, "m", 0.5, 0.05)["model_decision"] == DECISION_OUTSIDE
+    assert prediction_record(field, "h", "f.png", "m", 0.5, 0.05)["decision"] == DECISION_NORMAL
+    words, colour = decision_style(DECISION_OUTSIDE)
+    assert words == DECISION_OUTSIDE and colour != decision_style(None)[1]
