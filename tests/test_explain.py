@@ -173,7 +173,7 @@ def test_cli_writes_the_picture(tiny_bundle, tmp_path, capsys):
     assert main(["explain", fsrc, "-m", str(tiny_bundle), "-o", str(tmp_path / "cell0.png"), "--cell", "0"]) == 0
     assert "cell 0" in capsys.readouterr().out and (tmp_path / "cell0.png").is_file()
     assert main(["explain", fsrc, "-m", str(tiny_bundle), "-o", str(tmp_path / "c.png"), "--cell", "99"]) == 2
-    assert "no cell 100" in capsys.readouterr().err
+    assert "there is no cell 99" in capsys.readouterr().err  # numbered as in the CSV, from 0
     assert main(["explain", src, "-m", str(tiny_bundle), "-o", str(tmp_path / "heat.jpg")]) == 2
     assert ".png" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and SIGTERM handling."""
+"""Pieces every subcommand shares: argument types, output-path checks, the progress bar and signal handling."""
 from __future__ import annotations
 
 import argparse
@@ -18,21 +18,23 @@ class UsageError(AllguiError):
     """An argument or output path that cannot work, found before any work is done."""
 
 
-def _int_at_least(lo: int):
-    """An argparse type: a whole number >= ``lo``."""
+def int_range(lo: int, hi: int | None = None):
+    """An argparse type: a whole number from ``lo`` to ``hi`` (no upper bound when None)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if hi is not None and not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, not {v}")
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, not {v}")
         return v
     return parse
 
 
-positive_int = _int_at_least(1)
-non_negative_int = _int_at_least(0)
+positive_int = int_range(1)
+non_negative_int = int_range(0)
 
 
 def switch(group, flag: str, default: bool, help: str) -> None:
@@ -71,22 +73,60 @@ def _writable_folder(folder: Path, what: str) -> None:
                          f"({exc.strerror or 'permission denied or read-only'}).") from None
 
 
+def _existing_folder(folder: Path, what: str) -> None:
+    """Refuse a folder that does not exist: a mistyped path is told, never created."""
+    if folder.is_dir():
+        return
+    if folder.exists() or _nearest_existing(folder).is_file():
+        raise UsageError(f"{what}: {printable(str(_nearest_existing(folder)))} is a file, not a folder.")
+    raise UsageError(f"{what}: there is no folder {printable(str(folder))}; create it first.")
+
+
+def _name_fits(p: Path, folder: Path, what: str) -> None:
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    n = len(os.fsencode(p.name))
+    if n > limit:
+        raise UsageError(f"{what}: the file name is {n} bytes long; at most {limit} fit in {printable(str(folder))}.")
+
+
 def check_output_file(path: str, what: str) -> None:
-    """Refuse, before any work, an output file that is a folder or lies where nothing can be written."""
+    """Refuse, before any work, an output file that is a folder or lies where nothing can be written.
+
+    Its folder must exist: a mistyped path is told, never created.
+    """
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{what} {printable(path)} is an existing folder; give a file name.")
-    if p.exists() and not p.is_file():
-        raise UsageError(f"{what} {printable(path)} is not a regular file.")
-    _writable_folder(p.parent if str(p.parent) else Path("."), what)
+    try:
+        if p.is_dir():
+            raise UsageError(f"{what} {printable(path)} is an existing folder; give a file name.")
+        if p.exists() and not p.is_file():
+            raise UsageError(f"{what} {printable(path)} is not a regular file.")
+        folder = p.parent if str(p.parent) else Path(".")
+        _existing_folder(folder, what)
+        _writable_folder(folder, what)
+        _name_fits(p, folder, what)
+    except OSError as exc:  # a path longer than the system takes, say
+        raise UsageError(f"{what} {printable(path)}: {exc.strerror or exc}.") from None
 
 
-def check_output_dir(path: str, what: str) -> None:
-    """Refuse, before any work, an output folder that is a file or cannot be created/written."""
+def check_output_dir(path: str, what: str, parents: bool = False) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created/written.
+
+    The folder itself is created when missing, but not its parent (a mistyped path is told) unless
+    ``parents`` (a default under the user's cache folder, say).
+    """
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{what} {printable(path)} is a file; give a folder.")
-    _writable_folder(p, what)
+    try:
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"{what} {printable(path)} is a file; give a folder.")
+        if not parents and not p.exists():
+            _existing_folder(Path(os.path.abspath(p)).parent, what)
+            _name_fits(p, Path(os.path.abspath(p)).parent, what)
+        _writable_folder(p, what)
+    except OSError as exc:
+        raise UsageError(f"{what} {printable(path)}: {exc.strerror or exc}.") from None
 
 
 def check_names(text: str | None, allowed: tuple[str, ...], what: str) -> None:
@@ -130,19 +170,78 @@ class ProgressBar:
             self.bar.close()
 
 
-def _terminate_as_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+#: a signal repeated within this many seconds of the first is ignored, so an impatient second Ctrl-C does
+#: not cut short the wind-down that keeps the finished work; a later one stops at once
+REPEAT_GRACE_S = 5.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop:
+    """Ctrl-C / SIGTERM as the command saw them.
+
+    The handler raises KeyboardInterrupt (the first signal; see REPEAT_GRACE_S) and remembers the request,
+    so a loop that checks :func:`stop_requested` stops even where some library code swallowed the
+    KeyboardInterrupt (an exception raised in a ``finally`` replaces it).
+    """
+
+    def __init__(self) -> None:
+        self.at: float | None = None  # time of the first signal
+        self.held = False
+
+    def __call__(self, signum, frame) -> None:
+        now = time.monotonic()
+        first = self.at is None
+        if first:
+            self.at = now
+        if self.held or (not first and now - self.at < REPEAT_GRACE_S):
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+_stop = _Stop()
+
+
+def stop_requested() -> bool:
+    """True once Ctrl-C or SIGTERM arrived inside :func:`sigterm_interrupts`."""
+    return _stop.at is not None
+
+
+def raise_if_stopped() -> None:
+    """KeyboardInterrupt when a stop was asked for (whatever became of the signal's own exception)."""
+    if stop_requested():
+        raise KeyboardInterrupt("stop requested")
+
+
+def hold_signals() -> None:
+    """From now until :func:`sigterm_interrupts` ends, a signal is only remembered.
+
+    For work that is done and being saved: a rename must not be cut off after the last row.
+    """
+    _stop.held = True
 
 
 @contextlib.contextmanager
 def sigterm_interrupts():
-    """SIGTERM is handled like Ctrl-C (temporary files removed, completed work kept and reported)."""
+    """SIGTERM is handled like Ctrl-C (temporary files removed, completed work kept and reported).
+
+    Both raise KeyboardInterrupt in the main thread and are remembered (:func:`stop_requested`). Ctrl-C
+    stays ignored where the shell made it so (a command started in the background). Re-entrant.
+    """
     try:
-        old = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        old = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+        outer = all(h is not _stop for h in old.values())
+        for s, h in old.items():
+            if h is not signal.SIG_IGN:
+                signal.signal(s, _stop)
     except (ValueError, OSError):  # not the main thread
         yield
         return
+    if outer:
+        _stop.at, _stop.held = None, False
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if outer:
+            _stop.at, _stop.held = None, False

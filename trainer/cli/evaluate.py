@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli.common import ProgressBar, check_names, check_output_dir, csv_list, non_negative_int, positive_int
+from trainer.cli.common import ProgressBar, check_names, check_output_dir, csv_list, int_range, non_negative_int
 from trainer.cli.options import add_data_options, add_model_options, check_model_args, config_from_args
 from trainer.config import PROTOCOLS
 
@@ -16,7 +16,7 @@ def register(sub) -> argparse.ArgumentParser:
     add_data_options(e)
     add_model_options(e)
     e.add_argument("--out", default="report", help="output folder for report.md, report.json and figures")
-    e.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)")
+    e.add_argument("--folds", type=int_range(2), default=5, help="cross-validation folds, 2 or more (default: 5)")
     e.add_argument("--bootstrap", type=non_negative_int, default=1000,
                    help="bootstrap resamples for CIs (default: 1000)")
     e.add_argument("--protocols", default=",".join(PROTOCOLS),

@@ -19,6 +19,19 @@ def _cell(text: str) -> int:
     return v
 
 
+def _check_cell(cell: int | None, n_cells: int, name: str) -> None:
+    """Refuse a --cell the image does not have, counting as predict's CSV does (from 0)."""
+    if cell is None or cell < n_cells:
+        return
+    if n_cells == 0:
+        raise UsageError(f"--cell {cell}: no white cell was found in {printable(name)} (a single-cell crop is "
+                         "explained whole: leave out --cell).")
+    which = "its one white cell is cell 0" if n_cells == 1 else \
+        f"its {n_cells} white cells are numbered from 0 to {n_cells - 1}"
+    raise UsageError(f"--cell {cell}: there is no cell {cell} in {printable(name)}; {which}, as in the cell "
+                     "column of predict's CSV.")
+
+
 def register(sub) -> argparse.ArgumentParser:
     """Add the ``explain`` subcommand to ``sub`` (an argparse subparsers object)."""
     e = sub.add_parser(
@@ -60,6 +73,7 @@ def run(a) -> int:
     predictor = Predictor.from_bundle(a.model, device=a.device)
     require_probes(predictor)  # before the image is analysed
     prediction = predictor.predict(image, path=str(a.image))
+    _check_cell(a.cell, len(prediction.cells), Path(a.image).name)
     cell = target_cell(prediction) if a.cell is None else a.cell
     ex = explain(image, predictor, cell=cell, prediction=prediction, reference=not a.plain)
     shown = prediction.whole if cell < 0 else prediction.cells[cell]

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from trainer.cli.common import check_output_dir, check_output_file
 from trainer.cli.options import setting
 from trainer.config import FinetuneConfig, TrainConfig, default, describe
 from trainer.util.errors import AllguiError
@@ -72,6 +73,9 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Fine-tune as ``args`` say, inside and then out of the torchrun process group."""
+    check_output_file(args.output, "--output")  # before the hours of fine-tuning, not after them
+    if args.checkpoint_dir:
+        check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     if args.deterministic:  # must be set before cuBLAS starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     from trainer.training.distributed import cleanup_distributed  # torch loads only for this command

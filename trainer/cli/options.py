@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.cli.common import UsageError, check_names, csv_list, positive_int, switch
+from trainer.cli.common import UsageError, check_names, check_output_dir, csv_list, positive_int, switch
 from trainer.config import (
     BACKBONE_NAMES,
     CLASSIFIER_NAMES,
@@ -44,7 +44,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--positive", metavar="CLASSES",
                    help="comma-separated class folders that are ALL, e.g. Early,Pre,Pro (folders layout)")
     g.add_argument("--labels-csv", metavar="FILE",
-                   help="labels.csv with path, label or class, and group columns (default: DATA/labels.csv if present)")
+                   help="labels.csv with path, label or class, and group columns; it gives the labels in every "
+                        "layout, with one data folder (default: DATA/labels.csv if present, in the folders layout)")
     g.add_argument("--group-column", metavar="NAME", help=describe("group_column"))
     setting(g, "--split", "split")
     setting(g, "--seed", "seed", type=int)
@@ -115,7 +116,14 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 
 
 def check_model_args(a) -> None:
-    """Everything about the model options that can be checked before data is read."""
+    """Everything about the data and model options that can be checked before data is read."""
+    if a.labels_csv and len(a.data) > 1:  # one file cannot hold the paths of several folders
+        raise UsageError(f"--labels-csv applies to one data folder, not {len(a.data)}: give one folder, or a "
+                         "labels.csv inside each folder of the folders layout (read without the option).")
+    if not a.no_cache:  # the default may be created with its parents; a folder the user typed may not
+        check_output_dir(a.cache_dir, "--cache-dir", parents=a.cache_dir == default_cache_dir())
+    if a.checkpoint_dir:
+        check_output_dir(a.checkpoint_dir, "--checkpoint-dir")
     check_names(a.classifiers, CLASSIFIER_NAMES, "classifiers")
     check_names(a.backbones, BACKBONE_NAMES, "backbones")
     lo, hi = GAMMA_RANGE

@@ -9,7 +9,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trainer.cli.common import ProgressBar, check_output_file, probability, sigterm_interrupts
+from trainer.cli.common import (
+    ProgressBar,
+    check_output_file,
+    hold_signals,
+    probability,
+    raise_if_stopped,
+    sigterm_interrupts,
+    stop_requested,
+)
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import printable, safe_dict
 from trainer.util.errors import AllguiError, BundleError, Cancelled
@@ -51,7 +59,11 @@ def _input_files(inputs: list[str]) -> list[Path]:
     from trainer.io.imageio import IMAGE_SUFFIXES  # OpenCV loads only for this command
     files: list[Path] = []
     for p in map(Path, inputs):
-        if p.is_dir():
+        try:
+            folder = p.is_dir()
+        except OSError:  # a name too long, say: that input's own error row, not the run's end
+            folder = False
+        if folder:
             found = []
             for d, dirs, names in os.walk(p):
                 dirs.sort()
@@ -105,61 +117,104 @@ def _error_text(exc: BaseException) -> str:
     return f"Unexpected error ({type(exc).__name__}): {exc}"
 
 
+#: errors that end the whole run rather than cost one image its row (a model loaded late may be refused)
+_FATAL = (KeyboardInterrupt, Cancelled, BundleError)
+
+
+def _one_by_one(batch: list, judge) -> list[tuple]:
+    """(item, judge(item) or the exception it raised) for each of ``batch``, stopping when asked to."""
+    out = []
+    for item in batch:
+        raise_if_stopped()
+        try:
+            out.append((item, judge(item)))
+        except _FATAL:
+            raise
+        except Exception as exc:
+            out.append((item, exc))
+    return out
+
+
+def _judge_prepared(predictor, batch: list[Path], prepared: list) -> list[tuple]:
+    """(file, result or exception) for each of ``batch``, prepared already (``Predictor.prepare``).
+
+    A file whose preparation failed (unreadable, too small) gets its error without going near the
+    networks; if the batch of the others fails, they are redone one at a time, each with its preparation.
+    """
+    good = [(f, p) for f, p in zip(batch, prepared) if not isinstance(p, BaseException)]
+    judged: dict[int, object] = {}
+    if good:
+        try:
+            done = predictor.predict_batch([f for f, _ in good], prepared=[p for _, p in good])
+            judged = {id(f): r for (f, _), r in zip(good, done)}
+        except _FATAL:
+            raise
+        except Exception:  # one bad image among them
+            one = _one_by_one(good, lambda fp: predictor.predict_batch([fp[0]], prepared=[fp[1]])[0])
+            judged = {id(f): r for (f, _), r in one}
+    return [(f, judged[id(f)] if id(f) in judged else p) for f, p in zip(batch, prepared)]
+
+
+def _judge_unprepared(predictor, batch: list[Path]) -> list[tuple]:
+    """(file, result or exception) for each of ``batch``, for a predictor that prepares its own images."""
+    try:
+        if len(batch) == 1:  # a lone image: its networks run beside its segmentation
+            return [(batch[0], predictor.predict(batch[0]))]
+        return list(zip(batch, predictor.predict_batch(batch)))
+    except _FATAL:
+        raise
+    except Exception:  # one bad file: redo this batch image by image
+        return _one_by_one(batch, predictor.predict)
+
+
 def classify_files(predictor, files: list[Path], thresholds: dict[str, float], emit,
                    progress=None) -> tuple[int, int, bool]:
     """Classify ``files`` in batches of PREDICT_BATCH through ``predictor.predict_batch``.
 
     Each image is decided at the threshold of the model that judged it (``thresholds``: model key ->
-    threshold); ``emit(rows)`` gets the CSV rows of each batch as soon as it is done. A batch that fails is
-    redone one image at a time, so one bad file costs only its own error row.
+    threshold); ``emit(rows)`` gets the CSV rows of each batch as soon as it is done. A file that cannot be
+    read costs only its own error row (found by ``predictor.prepare``, it never reaches the networks); a
+    batch that fails is redone one image at a time.
 
-    Returns (images classified, images with an error, interrupted). Ctrl-C / SIGTERM stop the run
-    after the batches already emitted.
+    Returns (images with a result, images with an error, interrupted); a result may be *not assessable*.
+    Ctrl-C / SIGTERM stop the run after the batches already emitted, within about one image's work
+    (see :func:`trainer.cli.common.sigterm_interrupts`).
     """
     n_ok = n_err = 0
     batches = [files[s:s + PREDICT_BATCH] for s in range(0, len(files), PREDICT_BATCH)]
-    prepare = getattr(predictor, "prepare", None)
+    prepare = None if len(files) == 1 else getattr(predictor, "prepare", None)
     pool = None
     if prepare is not None and len(batches) > 1:
         # decoding and segmentation of the next batch overlap the networks' work on this one
-
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
 
     def prepare_all(batch):
         out = []
         for f in batch:
+            if stop_requested():  # the main thread waits for this one when it stops
+                break
             try:
                 out.append(prepare(f))
-            except Exception as exc:  # raised again by predict_batch, then redone alone
+            except Exception as exc:  # becomes the file's error row
                 out.append(exc)
         return out
 
     ahead = pool.submit(prepare_all, batches[0]) if pool is not None else None
     try:
         for b, batch in enumerate(batches):
-            start = b * PREDICT_BATCH
+            raise_if_stopped()
             if progress is not None:
-                progress(start / len(files), printable(batch[0].name))
-            kwargs = {}
-            if ahead is not None:
-                kwargs["prepared"] = ahead.result()
-                ahead = pool.submit(prepare_all, batches[b + 1]) if b + 1 < len(batches) else None
-            try:
-                if len(batch) == 1 and not kwargs:  # a lone image: its networks run beside its segmentation
-                    results = [(batch[0], predictor.predict(batch[0]))]
+                progress(b * PREDICT_BATCH / len(files), printable(batch[0].name))
+            if prepare is None:
+                results = _judge_unprepared(predictor, batch)
+            else:
+                if ahead is not None:
+                    prepared = ahead.result()
+                    ahead = pool.submit(prepare_all, batches[b + 1]) if b + 1 < len(batches) else None
                 else:
-                    results = list(zip(batch, predictor.predict_batch(batch, **kwargs)))
-            except (KeyboardInterrupt, Cancelled, BundleError):  # a model loaded late may be refused
-                raise
-            except Exception:  # one bad file: redo this batch image by image
-                results = []
-                for f in batch:
-                    try:
-                        results.append((f, predictor.predict(f)))
-                    except (KeyboardInterrupt, Cancelled, BundleError):
-                        raise
-                    except Exception as exc:
-                        results.append((f, exc))
+                    prepared = prepare_all(batch)
+                raise_if_stopped()  # prepare_all may have stopped short
+                results = _judge_prepared(predictor, batch, prepared)
             rows = []
             for f, r in results:
                 if isinstance(r, BaseException):
@@ -182,6 +237,8 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
 
 def run(a) -> int:
     from trainer.inference.predictor import Predictor  # torch and the models load only for this command
+    from trainer.inference.results import DECISION_NOT_ASSESSABLE as NOT_ASSESSABLE
+    from trainer.inference.results import DECISION_OUTSIDE as OUTSIDE
     if a.output != "-":
         check_output_file(a.output, "-o/--output")
     files = _input_files(a.inputs)
@@ -201,7 +258,7 @@ def run(a) -> int:
                                                         "probability", "decision", "novelty", "in_domain",
                                                         "domain_checks", "decided_by", "model", "threshold",
                                                         "band", "notes"]
-    outcome = {}
+    outcome = {NOT_ASSESSABLE: 0, OUTSIDE: 0}
 
     def write_rows(out) -> None:
         header = io.StringIO(newline="")
@@ -215,12 +272,16 @@ def run(a) -> int:
                 w.writerow(safe_dict(row))
             out.write(buf.getvalue())
             out.flush()
+            for r in rows:
+                if r.get("cell") == "image" and r.get("decision") in outcome:
+                    outcome[r["decision"]] += 1
 
         bar = ProgressBar(a.quiet or a.output == "-")
         try:
             outcome["result"] = classify_files(predictor, files, thresholds, emit, bar)
         finally:
             bar.close()
+        hold_signals()  # every row is written: a late signal must not cost the file its rename
 
     with sigterm_interrupts():
         if a.output == "-":
@@ -233,22 +294,35 @@ def run(a) -> int:
                 text.detach()  # leave the binary file open for atomic_write to sync and rename
 
             atomic_write(a.output, write_text)
-    n_ok, n_err, interrupted = outcome["result"]
+    n_done, n_err, interrupted = outcome["result"]
+    n_na, n_out = outcome[NOT_ASSESSABLE], outcome[OUTSIDE]
+    counts = _counts(n_done - n_na - n_out, n_na, n_out, n_err)
     if a.case:
         case.close()
         print(f"{predictor.recorded} result(s) recorded in the case file {printable(a.case)}", file=sys.stderr)
     where = "" if a.output == "-" else f"; results in {printable(a.output)}"
     if interrupted:
-        print(f"allgui-train: interrupted after {n_ok + n_err} of {len(files)} images; the rows of the "
-              f"{n_ok} classified" + (f" and {n_err} unreadable" if n_err else "") + f" were kept{where}.",
-              file=sys.stderr)
+        print(f"allgui-train: interrupted after {n_done + n_err} of {len(files)} images; their rows were kept "
+              f"({counts}){where}.", file=sys.stderr)
         return 130
+    if n_done == n_na + n_out:  # not one image got a class: a script must not read this run as a success
+        print(f"allgui-train: error: no image received a class ({counts}){where}.", file=sys.stderr)
+        return 1
     from trainer.inference.results import MODEL_NAMES  # see _rows_for
     at = ", ".join(f"{MODEL_NAMES.get(k, k)} {t:.3f}" for k, t in thresholds.items())
-    print(f"{n_ok} images classified at threshold {at}"
-          + (f", {n_err} could not be read" if n_err else "") + where, file=sys.stderr)
-    if n_ok == 0:
-        print("allgui-train: error: no image could be classified (see the error column).", file=sys.stderr)
-        return 1
+    print(f"{counts} (threshold {at}){where}", file=sys.stderr)
     return 0
 
+
+def _counts(n_classified: int, n_not_assessable: int, n_outside: int, n_errors: int) -> str:
+    """'3 images classified, 1 not assessable, 1 outside training, 2 could not be read' (zero counts after the
+    first left out).
+    """
+    text = f"{n_classified} image{'' if n_classified == 1 else 's'} classified"
+    if n_not_assessable:
+        text += f", {n_not_assessable} not assessable (no cell found, no class given)"
+    if n_outside:
+        text += f", {n_outside} outside training (unlike the model's training images, no class given)"
+    if n_errors:
+        text += f", {n_errors} could not be read"
+    return text

@@ -236,8 +236,13 @@ class Predictor:
         side = self._side.submit(self._prepare_with_nucleus, img, path)
         try:
             whole = self._networks.extract([img])
-        finally:
-            prep, nucleus = side.result()  # waits for the thread also when the networks failed
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: wait for the thread, but its error must not replace this
+            side.exception()
+            raise
+        except Exception:
+            side.result()  # a bad image: the thread's error names it better than the networks' does
+            raise
+        prep, nucleus = side.result()
         given = {name: v[0] for name, v in whole.items()}
         if nucleus is not None:
             given[NUCLEUS] = nucleus

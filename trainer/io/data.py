@@ -4,7 +4,9 @@ Two layouts are read:
 
 * ``cnmc``: the C-NMC 2019 layout, ``training_data/fold_0..2/{all,hem}/*.bmp`` at any depth, or a
   flat folder with ``all/`` and ``hem/``. ``all`` is positive (ALL blast), ``hem`` negative; the
-  subject id comes from the file name (``UID_11_10_1_all.bmp`` -> ``11``).
+  subject id comes from the file name (``UID_11_10_1_all.bmp`` -> ``11``). A labels.csv named by
+  ``labels_csv`` (or one present when a ``group_column`` of it is asked for) decides instead: its labels,
+  and its groups where it has them, else the file names'; one merely present is not read.
 * ``folders``: one sub-folder per class and a mapping naming the positive classes (for example
   ``Early, Pre, Pro`` positive, ``Benign`` negative). A ``labels.csv`` (a path column, a label or
   class column, optionally a group column) takes precedence over the folder names when present.
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from trainer.config import LAYOUTS
 from trainer.io.imageio import IMAGE_SUFFIXES, content_hash, is_image_file, read_image
-from trainer.io.labels import class_mapping, find_labels_csv, load_labels_csv
+from trainer.io.labels import class_mapping, find_labels_csv, load_labels_csv, positive_set
 from trainer.io.samples import CLASS_NAMES, Dataset, Sample
 from trainer.util.errors import AllguiError, Cancelled, DataError, ImageReadError
 from trainer.util.progress import Progress
@@ -79,8 +81,9 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
         positive: class names that are positive (ALL), as a list or comma-separated string;
             case-insensitive. Needed for 'folders' unless the class names say it
             (``all``/``hem``, ``ALL``/``normal``, ``malignant``/``benign``, ...).
-        labels_csv: csv file (absolute, or relative to root) for the 'folders' layout;
-            None uses ``root/labels.csv`` when present, False ignores any csv.
+        labels_csv: csv file (absolute, or relative to root) giving the labels in every layout;
+            None uses ``root/labels.csv`` when present in the 'folders' layout (in the 'cnmc' layout
+            only with a ``group_column``), False ignores any csv.
         group_column: csv column holding subject/group ids; None picks the first of
             group, subject_id, subject, patient_id, patient.
         check_readable: open every image; unreadable ones go to ``skipped``.
@@ -89,7 +92,8 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
 
     Raises
     ------
-        DataError: missing/empty folder, no images, only one class, unknown classes or columns.
+        DataError: missing/empty folder, no images, only one class, unknown classes or columns, a
+            group column without a labels.csv.
     """
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv" and labels_csv is None:
@@ -106,7 +110,23 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
     skipped: list[tuple[Path, str]] = []
     warnings: list[str] = []
     if layout == "cnmc":
-        samples = _load_cnmc(root, skipped, warnings)
+        # the folders give the labels unless a labels.csv is named (or a column of it): then the csv
+        # does, as in every layout
+        csv_path = None
+        if labels_csv is not None and labels_csv is not False:
+            csv_path = find_labels_csv(root, labels_csv)
+        elif group_column is not None and labels_csv is None:
+            csv_path = find_labels_csv(root, None)
+        if csv_path is not None:
+            samples = _cnmc_from_csv(root, csv_path, positive, group_column, skipped, warnings)
+        elif group_column is not None:
+            raise DataError(f"A group column ('{group_column}') is read from a labels.csv; there is none in "
+                            f"{root}, whose C-NMC layout takes each subject from the file name.")
+        else:
+            if positive is not None and positive_set(positive) != {"all"}:
+                raise DataError(f"{root} has the C-NMC layout, where all/ holds the ALL images and hem/ the "
+                                "normal ones; positive classes apply to one folder per class or a labels.csv.")
+            samples = _load_cnmc(root, skipped, warnings)
     else:
         csv_path = find_labels_csv(root, labels_csv)
         if csv_path is not None:
@@ -247,6 +267,28 @@ def _load_cnmc(root: Path, skipped: list, warnings: list) -> list[Sample]:
     if unnamed:
         warnings.append(f"{unnamed} image(s) have no C-NMC subject id in their name; "
                         "subject-level splitting is not possible.")
+    return samples
+
+
+def _cnmc_from_csv(root: Path, csv_path: Path, positive, group_column: str | None, skipped: list,
+                   warnings: list) -> list[Sample]:
+    """A C-NMC folder labelled by a named labels.csv: its labels and groups decide.
+
+    An image the csv gives no group gets the subject of its C-NMC file name; images whose csv label
+    contradicts their all/ or hem/ folder are counted in a warning (the csv is what was asked for).
+    """
+    samples = []
+    contradicted = 0
+    for s in load_labels_csv(root, csv_path, positive, group_column, skipped, warnings):
+        folder = s.path.parent.name.lower()
+        if folder in ("all", "hem") and s.label != (folder == "all"):
+            contradicted += 1
+        if s.group is None and _CNMC_NAME.match(s.path.stem):
+            s = Sample(s.path, s.label, s.class_name, parse_cnmc_subject(s.path.name))
+        samples.append(s)
+    if contradicted:
+        warnings.append(f"{contradicted} image(s) are labelled in {csv_path.name} against their all/ or hem/ "
+                        f"folder; the labels of {csv_path.name} were used.")
     return samples
 
 

@@ -46,7 +46,8 @@ def find_labels_csv(root: Path, labels_csv) -> Path | None:
     return p
 
 
-def _positive_set(positive: Sequence[str] | str | None) -> set[str] | None:
+def positive_set(positive: Sequence[str] | str | None) -> set[str] | None:
+    """The positive class names given (a list or a comma-separated string), lower case; None for none given."""
     if positive is None:
         return None
     if isinstance(positive, str):
@@ -60,7 +61,7 @@ def _positive_set(positive: Sequence[str] | str | None) -> set[str] | None:
 def class_mapping(classes: Iterable[str], positive: Sequence[str] | str | None) -> dict[str, int]:
     """Binary label for each class name found (keys as found)."""
     classes = sorted(set(classes))
-    pos = _positive_set(positive)
+    pos = positive_set(positive)
     found = ", ".join(classes) if classes else "none"
     if pos is None:
         mapping = {}
@@ -114,12 +115,15 @@ def _label_from_value(value: str, pos: set[str] | None) -> int | None:
 
 def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | None,
               skipped: list, warnings: list) -> list[Sample]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+    reader = None
+    try:  # bytes that are not UTF-8 kept as they are: a path column then names the very file on disk
+        with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
             header = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"Cannot read labels file {csv_path.name}: {exc}") from exc
+    except (OSError, csv.Error) as exc:
+        where = f" (line {reader.reader.line_num})" if isinstance(exc, csv.Error) and reader is not None else ""
+        raise DataError(f"Cannot read labels file {csv_path.name}{where}: {exc}") from exc
     if not rows:
         raise DataError(f"Labels file {csv_path.name} has no rows.")
     columns = {str(c).strip().lower(): c for c in header if c is not None}
@@ -137,7 +141,7 @@ def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | No
                             f"columns: {shown}.")
     else:
         group_col = _pick_column(columns, _GROUP_COLUMNS)
-    pos = _positive_set(positive)
+    pos = positive_set(positive)
     # with a positive-class mapping the class names decide; otherwise a 0/1 label column
     if pos is not None:
         value_col = class_col or label_col
@@ -173,8 +177,12 @@ def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | No
             skipped.append((p, f"listed twice in {csv_path.name}"))
             continue
         seen.add(key)
-        if not p.is_file():
-            skipped.append((p, f"file not found (listed in {csv_path.name})"))
+        try:
+            what = None if p.is_file() else "a folder, not an image file" if p.is_dir() else "file not found"
+        except OSError as exc:  # a name longer than the system takes, say: that row's loss alone
+            what = exc.strerror or str(exc)
+        if what is not None:
+            skipped.append((p, f"{what} (listed in {csv_path.name})"))
             continue
         if not is_image_file(p):
             skipped.append((p, f"not an image file (suffix '{p.suffix}')"))

@@ -18,15 +18,27 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()  # read once at import: os.umask is process-wide and would race with threads
 
-#: Temporary files are named ``.<target name>.<pid>.<random>.allgui-tmp`` next to the target, so a
-#: temporary left by a killed process (kill -9, power cut) is recognised and removed by the next write
-#: of the same target.
+#: Temporary files are named ``.<target name>.<pid>.<random>.allgui-tmp`` next to the target (the name
+#: cut to TMP_NAME_BYTES), so a temporary left by a killed process (kill -9, power cut) is recognised
+#: and removed by the next write of the same target.
 TMP_SUFFIX = ".allgui-tmp"
+
+
+#: most bytes of the target's name a temporary's name repeats: with the pid, mkstemp's random part and
+#: TMP_SUFFIX it then fits the usual 255-byte limit even where the target's own name nearly fills it
+TMP_NAME_BYTES = 200
+
+
+def _stem(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    while len(os.fsencode(name)) > TMP_NAME_BYTES:
+        name = name[:-1]
+    return name
 
 
 def temporary_prefix(path: str | os.PathLike) -> str:
     """Prefix of the temporary files of a write to ``path`` by this process."""
-    return f".{Path(path).name}.{os.getpid()}."
+    return f".{_stem(path)}.{os.getpid()}."
 
 
 def _alive(pid: int) -> bool:
@@ -44,7 +56,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove temporaries of writes to ``path`` whose process no longer runs; returns them."""
     path = Path(path)
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^/]*" + re.escape(TMP_SUFFIX) + "$")
+    pattern = re.compile(re.escape(f".{_stem(path)}.") + r"(\d+)\.[^/]*" + re.escape(TMP_SUFFIX) + "$")
     removed = []
     try:
         entries = list(os.scandir(path.parent))
