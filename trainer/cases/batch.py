@@ -35,8 +35,8 @@ class CaseRecorder:
     """A predictor (``predict``, ``predict_batch``, the rest passed through) that records its results.
 
     ``thresholds``: model key -> the threshold each image is decided at (as the CSV rows are);
-    ``band``: the uncertainty band of a predictor that has no per-model bands (``band_for``). Results of images given as arrays (no file)
-    are not recorded. :attr:`recorded` counts the results written.
+    ``band``: the uncertainty band of a predictor without per-model bands (``band_for``). Results of images
+    given as arrays (no file) are not recorded. :attr:`recorded` counts the results written.
     """
 
     def __init__(self, predictor, store: CaseStore, model_path: str | os.PathLike, thresholds: dict[str, float],

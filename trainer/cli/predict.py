@@ -315,8 +315,9 @@ def run(a) -> int:
 
 
 def _counts(n_classified: int, n_not_assessable: int, n_outside: int, n_errors: int) -> str:
-    """'3 images classified, 1 not assessable, 1 outside training, 2 could not be read' (zero counts after the
-    first left out).
+    """The run's counts in words, e.g. '3 images classified, 1 outside training, 2 could not be read'.
+
+    Zero counts after the first are left out.
     """
     text = f"{n_classified} image{'' if n_classified == 1 else 's'} classified"
     if n_not_assessable:
