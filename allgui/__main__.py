@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from allgui.platform_check import display_problem
+from trainer.config import BACKBONE_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", nargs="+", metavar="PATH", help="image files or folders to open")
     p.add_argument("--screenshot", metavar="FILE", help="save a picture of the window once results are "
                    "shown, then exit")
-    p.add_argument("--heatmap", nargs="?", const="densenet121", choices=("densenet121", "resnet34"),
+    p.add_argument("--heatmap", nargs="?", const="densenet121", choices=BACKBONE_NAMES,
                    help="show the heatmap of where this network looked (default: densenet121)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for results with --screenshot")
     p.add_argument("--wait-all", action="store_true", help="with --screenshot: wait until every open image is "

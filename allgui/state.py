@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from trainer.config import BACKBONE_NAMES
 from trainer.inference.results import (
     DECISION_ALL,
     DECISION_NORMAL,
@@ -37,7 +38,7 @@ from trainer.inference.results import (
 )
 
 OVERLAY_MODES = ("outline", "fill")
-HEATMAP_BACKBONES = ("densenet121", "resnet34")
+HEATMAP_BACKBONES = BACKBONE_NAMES
 MAX_EXPLANATIONS = 256  # explanations kept (each a few small maps)
 #: a band narrower than this counts as this wide when the review queue measures closeness to the threshold
 #: (|p - t| / band): a fitted band may be 0 where the model was right on every held-out image

@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
+from trainer.config import BACKBONE_NAMES
+
 
 def make_images(folder: Path, n: int, crop: int, seed: int = 0) -> list[Path]:
     import cv2
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.vision.backbones import build_backbone
     from trainer.vision.features import FeatureExtractor
 
-    names = ("densenet121", "resnet34")
+    names = BACKBONE_NAMES
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.n, args.crop)
         models = {name: build_backbone(name, "none", seed=0) for name in names}

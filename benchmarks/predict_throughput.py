@@ -1,7 +1,7 @@
 """Prediction speed, start-up, memory and bfloat16 agreement, each with its baseline in the same run.
 
   python benchmarks/predict_throughput.py --crops DIR --fields DIR [--model BUNDLE] [--n 32]
-         [--agreement 300] [--readout-agreement 400] [--rss 300] [--startup] [--startup-only]
+         [--agreement 300] [--rss 300] [--startup] [--startup-only]
          [--startup-runs 12]
          [--baseline OLD_CHECKOUT --baseline-model OLD.allmodel]
 
@@ -25,9 +25,6 @@ Measures (ratios against a baseline taken in the same process, never absolute go
   agreement  (``--agreement K``) K images predicted in float32 and in bfloat16: share of identical
              decisions and the largest probability difference (bfloat16 is the default only where
              this is >= 99.5 %)
-  readout    (``--readout-agreement K``) K images judged by the rebuilt scikit-learn models and by their
-             numpy read-outs (what the app and ``allgui-train predict`` use): identical decisions and votes, the
-             largest probability differences, and the rows the read-out left to the exact model
   rss        (``--rss K``) resident memory after every batch of K fields through the CLI path, in a
              process of its own that loads the bundle as ``allgui-train predict`` does:
              growth after the first 100 images (goal: flat)
@@ -212,37 +209,6 @@ def startup_times(model: str, crop: Path, tmp: Path, runs: int, baseline: str | 
     return out
 
 
-def readout_agreement(model: str, precision: str | None, files: list[Path]) -> dict[str, float]:
-    """The same images through the rebuilt models (scikit-learn) and the numpy read-outs (the CLI's lazy load).
-
-    The networks' features are computed once per batch and given to both, so only the classical stage
-    differs: the share of identical decisions and votes, the largest probability difference (calibrated
-    and per member), and how many rows the read-out left to the exact model.
-    """
-    from trainer.inference.predictor import Predictor
-
-    eager = Predictor.from_bundle(model, precision=precision, readouts=False)  # every model rebuilt by skops
-    lazy = Predictor.from_bundle(model, precision=precision, lazy=True)
-    same = votes = rows = left = 0
-    worst, worst_member = 0.0, 0.0
-    for path in files:
-        _, img, single, _, seg = eager.prepare(path)
-        key = eager.route("single_cell" if single else "field")
-        feats = eager.extractors[key].extract([img], segs=[seg])  # the whole image's row
-        want = eager.models[key].predict_details(feats)
-        left += int(lazy.models[key].details(feats)[1].sum())
-        got = lazy.models[key].predict_details(feats)
-        t = eager.thresholds[key]
-        rows += 1
-        same += int((got["calibrated"][0] >= t) == (want["calibrated"][0] >= t))
-        votes += int(np.array_equal(got["votes"], want["votes"]))
-        worst = max(worst, float(np.abs(got["calibrated"] - want["calibrated"]).max()))
-        worst_member = max(worst_member, float(np.abs(got["probabilities"] - want["probabilities"]).max()))
-    return {"readout_images": rows, "readout_identical_decisions": same / rows,
-            "readout_identical_votes": votes / rows, "readout_max_prob_diff": worst,
-            "readout_max_member_prob_diff": worst_member, "readout_rows_left_to_exact": left}
-
-
 def rss_trace(model: str, precision: str | None, files: list[Path]) -> dict[str, float]:
     """Resident memory while ``files`` go through the CLI path: after 100 images, at the end, its peak.
 
@@ -271,8 +237,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--precision", default=None, help="prediction precision (default: auto)")
     ap.add_argument("--agreement", type=int, default=0)
-    ap.add_argument("--readout-agreement", type=int, default=0,
-                    help="K images judged by the rebuilt scikit-learn models and by their numpy read-outs")
     ap.add_argument("--rss", type=int, default=0)
     ap.add_argument("--startup", action="store_true")
     ap.add_argument("--startup-runs", type=int, default=3, help="rounds of the start-up measure")
@@ -345,10 +309,6 @@ def main(argv=None) -> dict:
         out["agreement_identical_decisions"] = same / len(files)
         out["agreement_max_prob_diff"] = float(max(diffs))
         out["agreement_mean_prob_diff"] = float(np.mean(diffs))
-
-    if a.readout_agreement:
-        out.update(readout_agreement(model, a.precision, images_in(a.crops, a.readout_agreement // 2, seed=3) + (
-            images_in(a.fields, a.readout_agreement - a.readout_agreement // 2, seed=3) if a.fields else [])))
 
     if a.rss and a.fields:
         # in a process of its own that loads the bundle as allgui-train predict does, and nothing else

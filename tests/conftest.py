@@ -44,6 +44,24 @@ def rewrite_bundle(src, dst, replace: dict | None = None, drop=(), change=None):
     return dst
 
 
+def rewrite_schema(skops_bytes: bytes, edit) -> bytes:
+    """A skops payload whose ``schema.json`` is ``edit(schema)`` (a dict changed in place or returned)."""
+    import io
+    import json
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(skops_bytes)) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "schema.json":
+                schema = json.loads(data)
+                schema = edit(schema) or schema
+                data = json.dumps(schema).encode()
+            zout.writestr(info.filename, data)
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="session")
 def tiny_cnmc(tmp_path_factory):
     """A C-NMC-style folder (all/ + hem/, UID_ names): 12 images per class, 6 subjects each."""

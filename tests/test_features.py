@@ -197,7 +197,7 @@ def test_cancel_raises_and_unreadable_file_is_named(paths, tmp_path):
 
 
 def test_invalid_settings_are_clear_errors():
-    with pytest.raises(AllguiError, match="Gamma"):
+    with pytest.raises(AllguiError, match="gamma is 2.0; allowed: 0.8 to 1.2"):
         make(gamma=2.0).extract([np.zeros((40, 40, 3), np.uint8)])
     with pytest.raises(AllguiError, match="Unknown backbone"):
         make(backbones=("alexnet",)).extract([np.zeros((40, 40, 3), np.uint8)])

@@ -108,3 +108,97 @@ def test_fuzzed_bundles_raise_only_bundle_errors(tiny_bundle, tmp_path):
                 pass
         n += 1
     assert n > 3
+
+
+#: types an attacker would name in a skops schema; none is on the bundle loader's allow-list
+HOSTILE_TYPES = [("posix", "system"), ("os", "system"), ("builtins", "eval"), ("builtins", "exec"),
+                 ("builtins", "getattr"), ("builtins", "open"), ("subprocess", "Popen"), ("operator", "methodcaller"),
+                 ("operator", "attrgetter"), ("functools", "partial"), ("numpy", "load"), ("pickle", "loads"),
+                 ("sklearn.svm._classes", "NuSVC"), ("trainer.util.atomic", "atomic_write")]
+#: the skops loaders that import the type a node names (the others read data: JSON, arrays, containers)
+RESOLVING = ["FunctionNode", "TypeNode", "ObjectNode", "MethodNode", "OperatorFuncNode", "PartialNode",
+             "ConstructorFromReduceNode", "ReduceNode"]
+LOADERS = RESOLVING + ["DictNode", "ListNode", "JsonNode", "NdArrayNode"]
+
+
+def _nodes(node, found=None, path="") -> list[tuple[str, dict]]:
+    """(path, node) of every node (a dict with a ``__loader__``) of a skops schema."""
+    found = [] if found is None else found
+    if isinstance(node, dict):
+        if "__loader__" in node:
+            found.append((path, node))
+        for k, v in node.items():
+            _nodes(v, found, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _nodes(v, found, f"{path}/{i}")
+    return found
+
+
+def _hostile_schema(r: random.Random, sentinel: str):
+    """An edit of a skops schema, and what it did: ``edited["node"]``, and ``edited["hostile"]`` when the node
+    now names code outside the allow-list under a loader that would import it (else it is damaged)."""
+    hostile = r.random() < 0.7
+    kind = r.randrange(4)
+    edited = {}
+
+    def edit(schema):
+        where, node = r.choice(_nodes(schema))
+        module, name = r.choice(HOSTILE_TYPES)
+        edited.update(node=node, where=where, hostile=False)
+        if not hostile:  # damaged, not hostile: a key lost, a loader swapped, junk content
+            if kind == 0 and len(node) > 1:
+                node.pop(r.choice([k for k in node if k != "__loader__"] or ["__loader__"]))
+            elif kind == 1:
+                node["__loader__"] = r.choice(LOADERS)
+            else:
+                node["content"] = r.choice([None, 7, "x", [1, 2], {"a": 1}, {"__loader__": "JsonNode"}])
+            return
+        if kind == 0:  # another type under the same loader
+            node.update({"__module__": module, "__class__": name})
+        elif kind == 1:  # another type and loader
+            node.update({"__module__": module, "__class__": name, "__loader__": r.choice(LOADERS)})
+        else:  # a whole node that would call the type on an attacker's argument
+            args = {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
+                    "content": [{"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+                                 "content": f'"touch {sentinel}"', "is_json": True}]}
+            node.clear()
+            node.update({"__module__": module, "__class__": name,
+                         "__loader__": "ObjectNode" if kind == 2 else "ConstructorFromReduceNode",
+                         "content": {"__class__": "dict", "__module__": "builtins", "__loader__": "DictNode",
+                                     "content": {"args": args}, "key_types": {"__class__": "list",
+                                     "__module__": "builtins", "__loader__": "ListNode", "content": []}},
+                         "args": args})
+        # a node whose ``__id__`` was seen before is taken from skops' memo, never read: an attacker gives it a new one
+        node["__id__"] = 10**15 + r.randrange(10**9)
+        edited["hostile"] = node.get("__loader__") in RESOLVING
+    return edited, edit
+
+
+@pytest.mark.timeout(300)
+def test_fuzzed_skops_schemas_are_refused_and_run_nothing(tiny_bundle, tmp_path):
+    from conftest import rewrite_bundle, rewrite_schema
+
+    from trainer.inference.bundle import load_bundle
+    from trainer.util.errors import BundleError
+
+    member = "model-single_cell.skops"
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        real = zf.read(member)
+    sentinel = tmp_path / "ran"
+    r = random.Random(11)
+    refused = 0
+    hostile = 0
+    for i in range(40):
+        edited, edit = _hostile_schema(r, str(sentinel))
+        path = rewrite_bundle(tiny_bundle, tmp_path / f"fuzz{i}.allmodel", replace={member: rewrite_schema(real, edit)},
+                              change=lambda m: m["models"]["single_cell"].update(readout=1))
+        hostile += edited["hostile"]
+        try:
+            load_bundle(path)
+        except BundleError:
+            refused += 1
+        else:
+            assert not edited["hostile"], f"a schema naming code outside the allow-list was loaded: {edited}"
+        assert not sentinel.exists()
+    assert hostile >= 15 and refused >= hostile

@@ -2,15 +2,18 @@
 with a clear BundleError before much memory is spent."""
 import hashlib
 import json
+import re
 import time
 import tracemalloc
 import zipfile
 
+import numpy as np
 import pytest
 
 from trainer.inference import bundle
-from trainer.inference.bundle import load_bundle, read_manifest
+from trainer.inference.bundle import archive, load_bundle, read_manifest
 from trainer.util.errors import BundleError
+from trainer.util.limits import MAX_COMPRESSION_RATIO, RATIO_FLOOR_BYTES
 
 
 def _manifest(members: dict[str, bytes], **extra) -> dict:
@@ -48,7 +51,7 @@ def test_compressed_member_that_would_inflate_hugely_is_refused_before_inflating
 
 
 def test_member_declared_larger_than_the_cap_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle, "MAX_BUNDLE_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(archive, "MAX_BUNDLE_MEMBER_BYTES", 1000)
     data = bytes(range(256)) * 8
     f = _zip(tmp_path / "big.allmodel", _manifest({"model.skops": data}), {"model.skops": data},
              compress=zipfile.ZIP_STORED)
@@ -64,7 +67,7 @@ def test_padded_manifest_is_refused(tmp_path, monkeypatch):
         read_manifest(f)
     assert time.perf_counter() - t < 2
     # stored without compression (no ratio to catch), the size cap still refuses it
-    monkeypatch.setattr(bundle, "MAX_MANIFEST_BYTES", 4096)
+    monkeypatch.setattr(archive, "MAX_MANIFEST_BYTES", 4096)
     f2 = _zip(tmp_path / "padded2.allmodel", None, {}, manifest_text=json.dumps(_manifest({})) + " " * 5000,
               compress=zipfile.ZIP_STORED)
     with pytest.raises(BundleError, match="manifest.json would inflate"):
@@ -106,6 +109,98 @@ def test_the_real_bundle_passes_the_checks(tiny_bundle):
     m = read_manifest(tiny_bundle)
     with zipfile.ZipFile(tiny_bundle) as zf:
         for info in zf.infolist():  # allgui's own members stay far below the ratio cap
-            assert info.file_size <= bundle.MAX_COMPRESSION_RATIO * max(info.compress_size, 1) \
-                or info.file_size <= bundle.RATIO_FLOOR_BYTES
+            assert info.file_size <= MAX_COMPRESSION_RATIO * max(info.compress_size, 1) \
+                or info.file_size <= RATIO_FLOOR_BYTES
     assert set(m["members"]) >= {"model-single_cell.skops", "arrays.safetensors"}
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"image_size": 100000}, "image_size is 100000; allowed: 32 to 1024"),
+    ({"image_size": -5}, "image_size is -5; allowed: 32 to 1024"),
+    ({"gamma": 7.5}, "gamma is 7.5; allowed: 0.8 to 1.2"),
+    ({"batch_size": 0}, "batch_size is 0; allowed: 1 to"),
+    ({"seed": -1}, "seed is -1; allowed: 0 to"),
+    ({"pca_variance": float("nan")}, "pca_variance is nan; allowed: 0.01 to 1.0"),
+    ({"fractions": [0.7, 0.5, -0.2]}, "fractions is -0.2; allowed: 0.0 to 1.0"),
+    ({"backbones": ["vgg16"]}, "backbones is vgg16; allowed: one of densenet121, resnet34"),
+    ({"precision": "fp8"}, "precision is fp8; allowed: one of auto, fp32, bf16"),
+    ({"finetuning": {"epochs": 0}}, "finetuning.epochs is 0; allowed: 1 to"),
+    ({"finetune_lr": 50.0}, "finetuning.lr is 50.0; allowed: 0.0 to 1.0"),
+])
+def test_config_values_out_of_their_range_are_refused_at_load_by_name(tmp_path, config, words):
+    f = _zip(tmp_path / "ranged.allmodel", _manifest({}, config=config), {})
+    for load in (read_manifest, load_bundle):
+        with pytest.raises(BundleError, match="refused: its config's setting " + re.escape(words)):
+            load(f)
+
+
+def test_the_shipped_config_values_pass_the_range_checks(tiny_bundle):
+    from trainer.config import TrainConfig
+    m = read_manifest(tiny_bundle)  # refused if any stored value were out of range
+    TrainConfig.from_dict(m["config"]).validate()  # the command line's check: the same ranges
+
+
+#: what an attacker would put in a skops member: a function to call and a method caller, each a node
+#: skops builds only when its type is trusted
+def _system(cmd):
+    return {"__class__": "system", "__module__": "posix", "__loader__": "FunctionNode"}
+
+
+def _methodcaller(cmd):
+    text = lambda v: {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+                      "content": json.dumps(v), "is_json": True}
+    return {"__class__": "methodcaller", "__module__": "operator", "__loader__": "OperatorFuncNode",
+            "attrs": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
+                      "content": [text("system"), text(cmd)]}}
+
+
+def _system_type(cmd):
+    return {"__class__": "system", "__module__": "posix", "__loader__": "TypeNode"}
+
+
+@pytest.mark.parametrize("readout", [False, True], ids=["plain", "manifest-says-readout"])
+@pytest.mark.parametrize("node, name", [(_system, "posix.system"), (_methodcaller, "operator.methodcaller"),
+                                        (_system_type, "posix.system")],
+                         ids=["function", "methodcaller", "type"])
+def test_a_member_whose_schema_calls_code_is_refused_whatever_the_manifest_says(tiny_bundle, tmp_path, node, name,
+                                                                               readout):
+    from conftest import rewrite_bundle, rewrite_schema
+
+    from trainer.inference.predictor import Predictor
+
+    member = "model-single_cell.skops"
+    sentinel = tmp_path / "ran"
+
+    def plant(schema):  # in place of the model's seed, and deep inside its ensemble
+        schema["content"]["content"]["seed"] = node(f"touch {sentinel}")
+        schema["content"]["content"]["ensemble_"]["content"]["content"]["seed"] = node(f"touch {sentinel}")
+
+    def flag(manifest):
+        if readout:  # what versions with a numpy read-out wrote: it must not open another way in
+            manifest["models"]["single_cell"]["readout"] = 1
+
+    with zipfile.ZipFile(tiny_bundle) as zf:
+        hostile = rewrite_schema(zf.read(member), plant)
+    path = rewrite_bundle(tiny_bundle, tmp_path / "hostile.allmodel", replace={member: hostile}, change=flag)
+    for load in (lambda: load_bundle(path), lambda: load_bundle(path, lazy=True),
+                 lambda: Predictor.from_bundle(path, lazy=True), lambda: Predictor.from_bundle(path)):
+        with pytest.raises(BundleError, match=f"object types allgui does not load: .*{re.escape(name)}"):
+            load()
+    assert not sentinel.exists()
+
+
+def test_an_old_bundle_that_says_readout_loads_and_predicts_as_any_other(tiny_bundle, tiny_predictor, tmp_path):
+    from conftest import rewrite_bundle
+
+    from trainer.inference.predictor import Predictor
+    from trainer.io.synthetic import make_cell_image
+
+    def flag(manifest):
+        manifest["models"]["single_cell"]["readout"] = 1
+
+    path = rewrite_bundle(tiny_bundle, tmp_path / "readout.allmodel", change=flag)
+    img = make_cell_image(64, malignant=True, rng=np.random.default_rng(5))[0]
+    got, want = Predictor.from_bundle(path, lazy=True).predict(img), tiny_predictor.predict(img)
+    assert got.whole.probability == want.whole.probability
+    assert [(v.name, v.probability, v.vote) for v in got.whole.votes] == [
+        (v.name, v.probability, v.vote) for v in want.whole.votes]

@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 
 # OpenMP threads that wait for work by sleeping, not spinning: on a desktop with few cores that
 # is also running the GUI, decoding, segmentation or another program, spinning threads turn every
-# parallel region of a forward pass into a fight for the cores (measured: one DenseNet-121 pass
-# 50x slower on 2 busy cores). Read by the OpenMP runtime when torch loads, so it is set before;
+# parallel region of a forward pass into a fight for the cores (many times slower on a busy machine
+# with few cores; see benchmarks/README.md). Read by the OpenMP runtime when torch loads, so it is set before;
 # an explicit setting in the environment wins. Its price, waking the team for each of the many small
 # operations of a batch-of-one pass, is avoided by running the networks side by side on one thread
 # each (trainer.util.threads.network_lanes).

@@ -2,13 +2,14 @@
 
 :class:`TrainConfig` with its fine-tuning part nested as :class:`FinetuneConfig`.
 
-Every default, every set of choices and every short description lives here, in the dataclass
-fields (``metadata`` keys ``choices`` and ``help``). The command line builds its options from them
-(:func:`choices`, :func:`describe`) and so does the app's Retrain dialog; nothing restates a
-default. A config is stored in every model bundle and checkpoint as JSON (:meth:`TrainConfig.to_dict`)
-and read back by :meth:`TrainConfig.from_dict`, which also reads the flat ``finetune_*`` keys that
-bundles written before the nesting hold. :meth:`TrainConfig.validate` refuses values that cannot work,
-with a message for a person.
+Every default, every set of choices, every allowed range and every short description lives here, in
+the dataclass fields (``metadata`` keys ``choices``, ``bounds`` and ``help``). The command line builds its
+options from them (:func:`choices`, :func:`describe`) and so does the app's Retrain dialog; nothing
+restates a default. A config is stored in every model bundle and checkpoint as JSON
+(:meth:`TrainConfig.to_dict`) and read back by :meth:`TrainConfig.from_dict`, which also reads the flat
+``finetune_*`` keys that bundles written before the nesting hold. :func:`problem` says what is wrong with
+one value, by the field's choices and range: :meth:`TrainConfig.validate` (the command line, the app)
+and the bundle loader (``trainer.inference.manifest_schema``) both refuse with its message.
 
 This module is light to import (no numpy, no torch), so the command line can show ``--help`` fast.
 """
@@ -24,7 +25,8 @@ from typing import Any
 from trainer.util.errors import AllguiError
 
 CLASSIFIER_NAMES = ("svm", "knn", "rf", "adaboost", "mlp")
-BACKBONE_NAMES = ("densenet121", "resnet34")
+BACKBONE_NAMES = ("densenet121", "resnet34")   # the paper's two networks (trainer.vision.backbones)
+BACKBONE_LABELS = {"densenet121": "DenseNet-121", "resnet34": "ResNet-34"}   # their names for people
 CALIBRATE_ON = ("validation", "cross-fit")   # trainer.classical.model
 COMBINERS = ("weighted", "stacked")          # trainer.classical.stacking
 STAIN_METHODS = ("none", "reinhard")         # trainer.vision.stain
@@ -38,16 +40,26 @@ WEIGHTS = ("none", "imagenet")               # or the path of a state_dict file
 FINETUNE_CHOICES = ("auto", "on", "off")     # the tri-state the command line and the app offer
 GAMMA_RANGE = (0.8, 1.2)                     # eq. 1
 MIN_IMAGE_SIZE = 32                          # the smallest input both backbones accept
+#: the largest network input: an image is resized to size x size before both networks, whose activations
+#: grow with the square of the size (a 100000 px setting would ask for tens of gigabytes per image)
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH = 4096
+MAX_EPOCHS = 10_000
+MAX_SEED = 2**32 - 1                         # numpy's and torch's seeds are 32-bit here
 
 
 class ConfigError(AllguiError):
     """A setting that cannot work (an unknown choice, a value out of range)."""
 
 
-def _opt(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, help: str = "",
-         factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its choices and a one-line description in ``metadata``."""
-    meta = {"choices": choices, "help": help}
+def _opt(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, bounds: tuple | None = None,
+         exclude: tuple = (), help: str = "", factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its choices or bounds and a one-line description in ``metadata``.
+
+    ``bounds``: (lowest, highest) allowed, both included; for a tuple, of every element; ``exclude``:
+    values inside the bounds that are not allowed. A field annotated ``... | None`` also takes None.
+    """
+    meta = {"choices": choices, "bounds": bounds, "exclude": exclude, "help": help}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,12 +97,14 @@ class FinetuneConfig:
     size are the enclosing TrainConfig's: they are not restated here.
     """
 
-    epochs: int = _opt(50, help="fine-tuning epochs at most")
-    patience: int = _opt(10, help="early-stopping patience in epochs (validation loss)")
-    min_delta: float = _opt(0.0, help="an epoch improves when the validation loss drops by more than this")
-    lr: float = _opt(1e-4, help="Adam learning rate for fine-tuning")
-    weight_decay: float = _opt(1e-3, help="Adam weight decay for fine-tuning")
-    batch_size: int | None = _opt(None, help="batch per process when fine-tuning (default: the batch size)")
+    epochs: int = _opt(50, bounds=(1, MAX_EPOCHS), help="fine-tuning epochs at most")
+    patience: int = _opt(10, bounds=(1, MAX_EPOCHS), help="early-stopping patience in epochs (validation loss)")
+    min_delta: float = _opt(0.0, bounds=(0.0, 1.0),
+                            help="an epoch improves when the validation loss drops by more than this")
+    lr: float = _opt(1e-4, bounds=(0.0, 1.0), help="Adam learning rate for fine-tuning")
+    weight_decay: float = _opt(1e-3, bounds=(0.0, 1.0), help="Adam weight decay for fine-tuning")
+    batch_size: int | None = _opt(None, bounds=(1, MAX_BATCH),
+                                  help="batch per process when fine-tuning (default: the batch size)")
     amp: bool = _opt(True, help="mixed precision on CUDA (bf16 where supported, else fp16)")
     deterministic: bool = _opt(False, help="deterministic fine-tuning (slower)")
     channels_last: bool | None = _opt(None, help="channels_last memory format (default: on CUDA only)")
@@ -99,14 +113,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot work."""
-        if int(self.epochs) < 1:
-            raise ConfigError(f"Fine-tuning needs at least 1 epoch, not {self.epochs}.")
-        if int(self.patience) < 1:
-            raise ConfigError(f"Early-stopping patience must be at least 1 epoch, not {self.patience}.")
-        if not float(self.lr) >= 0:
-            raise ConfigError(f"The fine-tuning learning rate must be >= 0, not {self.lr}.")
-        if self.batch_size is not None and int(self.batch_size) < 1:
-            raise ConfigError(f"The fine-tuning batch size must be at least 1, not {self.batch_size}.")
+        _refuse_problems(self, "finetuning.")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
@@ -141,20 +148,21 @@ class TrainConfig:
     split: str = _opt("auto", choices=SPLITS,
                       help="subject: no subject on two sides (default where ids are known); "
                            "image: the paper's random image-level split")
-    fractions: tuple[float, float, float] = _opt((0.70, 0.15, 0.15), help="train / validation / test")
+    fractions: tuple[float, float, float] = _opt((0.70, 0.15, 0.15), bounds=(0.0, 1.0),
+                                                 help="train / validation / test")
     backbones: tuple[str, ...] = _opt(BACKBONE_NAMES, choices=BACKBONE_NAMES, help="CNN backbones")
     weights: str = _opt("none", choices=WEIGHTS,
                         help="backbone weights: none (random init), imagenet (torch cache) or a state_dict file")
-    image_size: int = _opt(224, help="network input size in pixels")
-    gamma: float = _opt(1.0, help="gamma correction (eq. 1), in [0.8, 1.2]")
-    batch_size: int = _opt(32, help="images per batch")
-    num_workers: int | None = _opt(None, help="data loader workers (default: automatic)")
+    image_size: int = _opt(224, bounds=(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), help="network input size in pixels")
+    gamma: float = _opt(1.0, bounds=GAMMA_RANGE, help="gamma correction (eq. 1), in [0.8, 1.2]")
+    batch_size: int = _opt(32, bounds=(1, MAX_BATCH), help="images per batch")
+    num_workers: int | None = _opt(None, bounds=(0, 256), help="data loader workers (default: automatic)")
     device: str = _opt("auto", choices=DEVICES, help="auto uses a CUDA GPU when one is present")
     precision: str = _opt("auto", choices=PRECISIONS,
                           help="feature extraction arithmetic: auto = mixed precision on CUDA, float32 on the "
                                "CPU; bf16 = bfloat16 also on CPUs with native support")
     pca: bool = _opt(True, help="PCA keeping pca_variance of the variance")
-    pca_variance: float = _opt(0.98, help="variance PCA keeps")
+    pca_variance: float = _opt(0.98, bounds=(0.01, 1.0), help="variance PCA keeps")
     classifiers: tuple[str, ...] = _opt(CLASSIFIER_NAMES, choices=CLASSIFIER_NAMES, help="base classifiers")
     calibration: str = _opt("auto", choices=CALIBRATIONS,
                             help="auto keeps the method with the lower cross-validated Brier score")
@@ -173,14 +181,17 @@ class TrainConfig:
                       help="colour normalisation before feature extraction, reference fitted on the "
                            "training images: none or reinhard")
     per_kind: bool = _opt(True, help="one calibrated model per image kind (single-cell crops, smear fields)")
-    domain_rate: float = _opt(0.03, help="share of held-out subjects' images the domain check flags as outside "
-                                         "training (thresholds fitted on out-of-fold training rows)")
-    decided_accuracy: float = _opt(0.95, help="accuracy the uncertain band is fitted to: the narrowest band "
-                                              "around the threshold whose decided held-out images reach it")
-    seed: int = _opt(0, help="seed for splits, initialisation and classifiers")
-    jobs: int | None = _opt(-1, help="classifier fits run side by side (the final ones and those of the "
-                                     "internal folds): -1 = one per CPU core, 1 = one after another; the "
-                                     "model is the same either way")
+    domain_rate: float = _opt(0.03, bounds=(0.001, 0.49),
+                              help="share of held-out subjects' images the domain check flags as outside "
+                                   "training (thresholds fitted on out-of-fold training rows)")
+    decided_accuracy: float = _opt(0.95, bounds=(0.5, 0.999),
+                                   help="accuracy the uncertain band is fitted to: the narrowest band "
+                                        "around the threshold whose decided held-out images reach it")
+    seed: int = _opt(0, bounds=(0, MAX_SEED), help="seed for splits, initialisation and classifiers")
+    jobs: int | None = _opt(-1, bounds=(-1, 1024), exclude=(0,),
+                            help="classifier fits run side by side (the final ones and those of the "
+                                 "internal folds): -1 = one per CPU core, 1 = one after another; the "
+                                 "model is the same either way")
     cache_dir: str | None = _opt(None, help="feature cache folder (None: no disk cache)")
     output: str = _opt("model.allmodel", help="model bundle to write")
     finetune: bool = _opt(False, help="fine-tune the backbones on the training split first")
@@ -222,31 +233,9 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` for a setting that cannot work; returns the config."""
-        for f in dataclasses.fields(self):
-            allowed = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if not allowed or f.name == "weights":
-                continue  # weights may also name a file
-            values = value if isinstance(value, (tuple, list)) else (value,)
-            unknown = [v for v in values if v not in allowed]
-            if unknown:
-                raise ConfigError(f"Unknown {f.name.replace('_', ' ')} {', '.join(map(str, unknown))}; "
-                                  f"choose from {', '.join(allowed)}.")
-            if not values:
-                raise ConfigError(f"No {f.name.replace('_', ' ')} given; choose from {', '.join(allowed)}.")
-        lo, hi = GAMMA_RANGE
-        if not lo <= float(self.gamma) <= hi:
-            raise ConfigError(f"Gamma must be between {lo} and {hi}, not {self.gamma}.")
-        if not 0 < float(self.domain_rate) < 0.5:
-            raise ConfigError(f"Domain rate must lie between 0 and 0.5, not {self.domain_rate}.")
-        if not 0.5 <= float(self.decided_accuracy) < 1:
-            raise ConfigError(f"Decided accuracy must lie in [0.5, 1), not {self.decided_accuracy}.")
-        if self.jobs is not None and int(self.jobs) == 0:
-            raise ConfigError("Jobs must be a positive number, or -1 for one per CPU core; not 0.")
-        if int(self.image_size) < 1 or int(self.batch_size) < 1:
-            raise ConfigError("Image size and batch size must be positive.")
-        if len(self.fractions) != 3 or any(float(x) < 0 for x in self.fractions):
-            raise ConfigError(f"Split fractions must be three non-negative numbers, not {self.fractions}.")
+        _refuse_problems(self)
+        if len(self.fractions) != 3:
+            raise ConfigError(f"Split fractions must be three numbers, not {self.fractions}.")
         self.finetuning.validate()
         return self
 
@@ -279,6 +268,51 @@ def _owner(name: str) -> tuple[type, str]:
     if name.startswith("finetuning."):
         return FinetuneConfig, name.split(".", 1)[1]
     return TrainConfig, name
+
+
+def _allowed(meta: Mapping[str, Any]) -> str:
+    """The allowed values of a field with ``meta``, in words."""
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    lo, hi = meta["bounds"]
+    return f"{lo} to {hi}" + "".join(f", not {v}" for v in meta.get("exclude", ()))
+
+
+def problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for setting ``name`` (``"image_size"``, ``"finetuning.epochs"``); None if nothing.
+
+    Checks the field's ``choices`` (every element of a tuple; ``weights`` may also name a file) and
+    ``bounds``; the value's type is the caller's to check. The message names the setting and what it allows.
+    """
+    f = _field(*_owner(name))
+    meta = f.metadata
+    if value is None and "None" in str(f.type):
+        return None
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    if meta.get("choices") and name != "weights":
+        bad = [v for v in values if v not in meta["choices"]]
+        if bad or not values:
+            found = ", ".join(map(str, bad)) if bad else "nothing"
+            return f"setting {name} is {found}; allowed: {_allowed(meta)}"
+    elif meta.get("bounds"):
+        lo, hi = meta["bounds"]
+        for v in values:
+            try:
+                ok = lo <= v <= hi and v not in meta.get("exclude", ())  # NaN is neither
+            except TypeError:
+                ok = False
+            if not ok:
+                return f"setting {name} is {v!r}; allowed: {_allowed(meta)}"
+    return None
+
+
+def _refuse_problems(config: Any, prefix: str = "") -> None:
+    """Raise ConfigError with the first :func:`problem` of ``config``'s fields (``prefix``: its place)."""
+    for f in dataclasses.fields(config):
+        if f.metadata.get("choices") or f.metadata.get("bounds"):
+            message = problem(prefix + f.name, getattr(config, f.name))
+            if message:
+                raise ConfigError(message[0].upper() + message[1:] + ".")
 
 
 def choices(name: str) -> tuple:

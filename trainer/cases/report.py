@@ -54,7 +54,8 @@ from trainer.cases.summary import ImageEntry, addenda, case_view, collect, file_
 from trainer.inference.results import DECISION_OUTSIDE, decide
 from trainer.io.imageio import read_image
 from trainer.util.atomic import atomic_write
-from trainer.util.errors import Cancelled, CaseError
+from trainer.util.errors import CaseError
+from trainer.util.progress import check_cancel
 
 __all__ = ["DEFAULT_MAX_IMAGES", "DEFAULT_PER_PAGE", "MAX_PER_PAGE", "RESEARCH_ONLY", "ImageEntry", "collect",
            "summary", "write_case_report"]
@@ -270,8 +271,7 @@ def write_case_report(case: str | os.PathLike | CaseStore, output: str | os.Path
                 "Keywords": f"case {store.case_id}"}
         with PdfPages(buf, metadata=meta) as pdf:
             for page in range(1, pages + 1):
-                if cancel is not None and cancel():
-                    raise Cancelled("The case report was cancelled; nothing was written.")
+                check_cancel(cancel, "The case report was cancelled; nothing was written.")
                 if progress is not None:
                     progress((page - 1) / pages, f"Report page {page} of {pages}")
                 fig = Figure(figsize=PAGE_SIZE)

@@ -5,7 +5,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from trainer.classical import treeread
 from trainer.classical.classifiers import fit_balanced, make_classifiers
 from trainer.config import CLASSIFIER_NAMES
 from trainer.util.errors import DataError
@@ -59,11 +58,9 @@ class WeightedVotingEnsemble(ClassifierMixin, BaseEstimator):
 
         Each of the five classifiers' ``predict`` is the argmax of its ``predict_proba`` (ties to
         class 0), so the vote is taken from the probabilities instead of a second pass over
-        every tree and stump (that pass cost as much as both CNNs on a single image). For a few rows
-        the forest and AdaBoost walk all their trees at once (:mod:`trainer.classical.treeread`; the same
-        probabilities).
+        every tree and stump (that pass cost as much as both CNNs on a single image).
         """
-        probas = [treeread.predict_proba(self.estimators_[n], X) for n in self.names_]
+        probas = [self.estimators_[n].predict_proba(X) for n in self.names_]
         P = np.column_stack([p[:, 1] for p in probas])
         V = np.column_stack([np.argmax(p, axis=1) for p in probas]).astype(int)
         return P, V

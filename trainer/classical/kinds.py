@@ -1,10 +1,12 @@
-"""What prediction needs of a bundle's models without scikit-learn.
+"""The models of a bundle per image kind, the operating point and ROC of a threshold, and small formulas.
 
-The models per image kind, the operating point and ROC of a threshold, and the small formulas the fitted
-estimators (:mod:`trainer.classical.fusion`, ``calibration``, ``stacking``) and their numpy read-outs
-(:mod:`trainer.classical.readout`) share, so that both compute the same numbers.
+This module imports no scikit-learn, so that reading a bundle's manifest and routing an image to its
+model do not import it; the formulas are those the fitted estimators (:mod:`trainer.classical.fusion`,
+``calibration``, ``stacking``) compute with.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -14,9 +16,7 @@ class KindModels:
 
     ``models`` maps a model key to its AllModel: ``"single_cell"`` (single-cell crops),
     ``"field"`` (smear fields), or ``"any"`` (one model for every image, as in bundles written
-    before per-kind models). A model may also be a :class:`trainer.classical.readout.ModelReadout`.
-    A plain class (scikit-learn's conventions without its base class), so that prediction needs no
-    scikit-learn.
+    before per-kind models). A plain class (scikit-learn's conventions without its base class).
     """
 
     def __init__(self, models: dict | None = None):
@@ -52,25 +52,14 @@ def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[flo
 def roc_points(y: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
     """ROC of (N,) scores against (N,) 0/1 labels: ``fpr``, ``tpr``, ``thresholds`` (capped at 1).
 
-    The points of ``sklearn.metrics.roc_curve`` (``drop_intermediate=True``), number for number, in plain
-    numpy: one point per distinct score, collinear points dropped, (0, 0) first; NaN rates for an
-    absent class.
+    ``sklearn.metrics.roc_curve``'s points; NaN rates for an absent class.
     """
-    y = (np.asarray(y).ravel() == 1).astype(np.float64)
-    score = np.asarray(score).ravel()
-    order = np.argsort(-score, kind="stable")
-    score, y = score[order], y[order]
-    idx = np.concatenate([np.flatnonzero(np.diff(score)), [len(y) - 1]])
-    tps = np.cumsum(y)[idx]
-    fps = 1 + idx.astype(np.float64) - tps
-    thresholds = score[idx]
-    if len(fps) > 2:
-        keep = np.flatnonzero(np.concatenate([[True], (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), [True]]))
-        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
-    tps, fps = np.concatenate([[0.0], tps]), np.concatenate([[0.0], fps])
-    thresholds = np.concatenate([[np.inf], thresholds.astype(np.float64)])
-    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
-    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+    from sklearn.metrics import roc_curve  # imported with the fitted models that call this
+
+    y = (np.asarray(y).ravel() == 1).astype(np.int64)
+    with warnings.catch_warnings():  # an absent class: NaN rates, as documented, without the warning
+        warnings.simplefilter("ignore")
+        fpr, tpr, thresholds = roc_curve(y, np.asarray(score).ravel())
     return {"fpr": fpr, "tpr": tpr, "thresholds": np.minimum(thresholds, 1.0)}
 
 

@@ -2,10 +2,9 @@
 
 On import, skops lists every scikit-learn estimator to build its default allow-list, which imports all
 of scikit-learn (and torch, through scikit-learn's array-API shim), and then looks for every SciPy
-ufunc in every loaded module: about two seconds. allgui passes its own allow-list
+ufunc in every loaded module: the larger part of a prediction's start-up. allgui passes its own allow-list
 (``SKLEARN_ESTIMATORS``, the estimators it writes) to every load, so skops is shown only those while it
-imports. Prediction from a bundle that offers read-outs (:mod:`trainer.classical.readout`) does not
-import this module at all; saving a bundle and rebuilding a model do.
+imports. Saving a bundle and rebuilding its models (prediction included) import it.
 Were skops to build its list another way, it would import as slowly as before and load the same.
 """
 from __future__ import annotations

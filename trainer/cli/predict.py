@@ -247,8 +247,7 @@ def run(a) -> int:
     if a.case:  # refused here, before any work, when it cannot be opened or created
         from trainer.cases.batch import CaseRecorder, open_for_predictions  # sqlite and the case code only here
         case = open_for_predictions(a.case)
-    # lazy: a model is loaded when the first image of its kind arrives (a folder of crops skips the field model),
-    # as its numpy read-out where the bundle offers one (no scikit-learn at start-up)
+    # lazy: a model is loaded when the first image of its kind arrives (a folder of crops skips the field model)
     predictor = Predictor.from_bundle(a.model, device=a.device, precision=a.precision, lazy=True)
     thresholds = {k: (t if a.threshold is None else a.threshold) for k, t in predictor.thresholds.items()}
     if a.case:

@@ -25,7 +25,7 @@ from trainer.stats import metrics as M
 from trainer.stats.significance import compare_folds, holm
 from trainer.training.pipeline import split_dataset
 from trainer.util.errors import AllguiError, Cancelled, DataError
-from trainer.util.progress import CancelCheck, Progress
+from trainer.util.progress import CancelCheck, Progress, check_cancel
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class _Steps:
         self.progress, self.cancel, self.start, self.stop = progress, cancel, start, stop
 
     def step(self, message: str) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled()
+        check_cancel(self.cancel)
         if self.progress is not None:
             frac = self.start + (self.stop - self.start) * min(1.0, self.done / self.total)
             self.progress(frac, message)

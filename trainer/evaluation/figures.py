@@ -14,11 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from trainer.config import BACKBONE_LABELS
 from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
 
 DISPLAY = {"svm": "SVM", "knn": "KNN", "rf": "RF", "adaboost": "AdaBoost", "mlp": "BPN (MLP)",
            ENSEMBLE: "Ensemble", ENSEMBLE_CAL: "Ensemble, calibrated"}
-BACKBONE_DISPLAY = {"densenet121": "DenseNet-121", "resnet34": "ResNet-34"}
+BACKBONE_DISPLAY = BACKBONE_LABELS
 COLORS = {"svm": "#1f77b4", "knn": "#ff7f0e", "rf": "#2ca02c", "adaboost": "#9467bd",
           "mlp": "#8c564b", ENSEMBLE: "#d62728", ENSEMBLE_CAL: "#e377c2"}
 STYLES = {"svm": "-", "knn": "--", "rf": "-.", "adaboost": ":", "mlp": (0, (5, 1, 1, 1))}

@@ -19,8 +19,7 @@ from trainer.evaluation.report import write_report
 from trainer.evaluation.variants import evaluate_variants
 from trainer.training.pipeline import detect_kinds, load_config_dataset, make_extractor, split_dataset, stain_reference
 from trainer.training.weights import finetune_overlap
-from trainer.util.errors import Cancelled
-from trainer.util.progress import stage
+from trainer.util.progress import check_cancel, stage
 from trainer.vision.features import NUCLEUS, FeatureExtractor
 
 
@@ -127,8 +126,7 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     say = progress or (lambda f, m: None)
     say(0.0, f"Reading {Path(config.data).name}")
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
-    if cancel is not None and cancel():
-        raise Cancelled("Evaluation was cancelled; nothing was written.")
+    check_cancel(cancel, "Evaluation was cancelled; nothing was written.")
     say(0.05, dataset.summary())
     # every image is a test image in some CV fold: none may be among the fine-tuning images
     overlap = finetune_overlap(config.weights, dataset.paths, allow=config.allow_finetune_overlap,

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from trainer.config import BACKBONE_LABELS
 from trainer.inference.probes import NO_PROBES, NoProbesError, bundle_name, probes_from_arrays
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError
 
-#: display names of the backbones
-BACKBONE_LABELS = {"densenet121": "DenseNet-121", "resnet34": "ResNet-34"}
 CAPTION = "Heatmap: where the network looked, not why it is right."
 COLOUR_KEY = ("Colours: clear/blue = none, red = most of the ALL evidence in that map (each map scaled to its "
               "own maximum); + = peak")

@@ -32,7 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from trainer.io.imageio import read_image
-from trainer.util.errors import Cancelled
+from trainer.util.progress import check_cancel
 from trainer.vision.preprocess import eval_transform
 from trainer.vision.stain import reinhard
 
@@ -71,8 +71,7 @@ def reference_maps(extractor, images, cancel=None) -> dict[str, np.ndarray]:
     sums: dict[str, Any] = {}
     n = 0
     for item in images:
-        if cancel is not None and cancel():
-            raise Cancelled("Training was cancelled; nothing was written.")
+        check_cancel(cancel, "The explanation was cancelled.")
         x = network_input(read_image(item) if isinstance(item, (str, os.PathLike)) else item, extractor)
         for b, net in extractor.models().items():
             m = feature_map(net, b, x)[0]

@@ -3,8 +3,9 @@
 A hand-edited or hostile manifest is refused with :class:`trainer.util.errors.BundleError` instead of
 failing later with an AttributeError.
 
-Only types are checked here (and the shape of the member table); the bundle loader checks the
-format name, version and every member's size and SHA-256.
+Types are checked here (and the shape of the member table), and every config value against the choices
+and range its field allows (:func:`trainer.config.problem`, which the command line applies too); the
+bundle loader checks the format name, version and every member's size and SHA-256.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import dataclasses
 import re
 from typing import Any
 
-from trainer.config import LEGACY_FINETUNE_KEYS, FinetuneConfig, TrainConfig
+from trainer.config import LEGACY_FINETUNE_KEYS, FinetuneConfig, TrainConfig, problem
 from trainer.util.errors import BundleError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,6 +61,9 @@ def _check_fields(cls: type, values: dict, name: str, where: str = "") -> None:
         if not _value_ok(ann, value):
             raise BundleError(f"{name}: the manifest is damaged (config field '{where}{key}' has a value of "
                               f"type {type(value).__name__}; expected {ann}).")
+        wrong = problem(where + key, value)
+        if wrong:
+            raise BundleError(f"{name} is refused: its config's {wrong}.")
 
 
 def check_config(config: Any, name: str) -> None:
@@ -111,8 +115,6 @@ def check_manifest(manifest: Any, name: str) -> dict[str, Any]:
             _need(_is_number(entry.get("threshold")), name, f"the threshold of model {key!r} is not a number")
             _need(isinstance(entry.get("blocks"), list) and all(isinstance(b, str) for b in entry["blocks"]),
                   name, f"the feature blocks of model {key!r} are not a list of names")
-            _need(entry.get("readout") is None or _is_int(entry["readout"]), name,
-                  f"the read-out version of model {key!r} is not a whole number")
     check_config(manifest.get("config", {}), name)
     versions = manifest.get("versions", {})
     _need(isinstance(versions, dict) and all(isinstance(v, str) for v in versions.values()), name,

@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import scipy.special  # noqa: F401 - before torch: see the note below
 import torch
 
 from trainer.classical.kinds import operating_point
-from trainer.config import TrainConfig
+from trainer.config import PRECISIONS, TrainConfig
 from trainer.inference.bundle import LazyModels, ModelBundle, load_bundle, model_summary, read_manifest
 from trainer.inference.results import (
     DEFAULT_UNCERTAINTY_BAND,
@@ -29,17 +31,30 @@ from trainer.inference.results import (
     ImagePrediction,
 )
 from trainer.io.imageio import as_rgb_uint8, read_image
-from trainer.util.errors import AllguiError, BundleError, Cancelled, ImageReadError
+from trainer.util.errors import AllguiError, BundleError, ImageReadError
+from trainer.util.progress import check_cancel
 from trainer.vision import fingerprint, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
-from trainer.vision.features import NUCLEUS, PRECISIONS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
+from trainer.vision.features import NUCLEUS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
 
+# Rebuilding a model imports skops, which looks up each of SciPy's ~450 ufuncs by walking every module
+# loaded before ``scipy.special`` (in import order): with torch's thousands of modules ahead of it, that
+# walk is the largest part of skops' import, so SciPy is imported first here.
 MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meaningfully
-#: images per forward pass when predicting on the CPU: the two networks' activations for 32 images at
-#: 224 px, side by side, took the resident size of a folder of smear fields to 1.6-1.9 GB at its peak;
-#: with 16 (and the heap trimmed between batches, ``release_memory``) 1.3-1.4 GB, at the same speed
-#: (1.47 against 1.41 fields/s on 2 cores)
+#: images per forward pass when predicting on the CPU: the two networks' activations side by side bound the
+#: resident size of a folder run; 16 (with the heap trimmed between batches, ``release_memory``) keeps it
+#: well under what 32 took, at the same speed (``predict_throughput.py --rss``; benchmarks/README.md)
 CPU_FORWARD_BATCH = 16
+
+
+class Prepared(NamedTuple):
+    """What :meth:`Predictor.prepare` makes of one image before the networks."""
+
+    path: str | None
+    image: np.ndarray                 # RGB uint8
+    single: bool                      # a single-cell crop (else a smear field)
+    cells: list                       # the white cells of a field to judge one by one (bbox, nucleus)
+    seg: segmentation.Segmentation
 
 
 class Predictor:
@@ -52,8 +67,8 @@ class Predictor:
     Attributes
     ----------
     models : dict or LazyModels of str to AllModel
-        Model key -> fitted model: an AllModel, or its numpy read-out (``ModelReadout``) where the bundle
-        offers one (a LazyModels after ``from_bundle(lazy=True)``: each model is loaded when first asked for).
+        Model key -> fitted AllModel (a LazyModels after ``from_bundle(lazy=True)``: each model is loaded
+        when first asked for).
     thresholds : dict of str to float
         Model key -> default decision threshold on the calibrated probability (Youden's J
         optimum on that model's validation split); ``threshold`` is the first model's.
@@ -70,7 +85,7 @@ class Predictor:
         self.bundle = bundle
         self.kind_models = bundle.model
         models = bundle.model.models
-        #: model key -> AllModel or its read-out; a :class:`LazyModels` loads a model when it first judges an image
+        #: model key -> AllModel; a :class:`LazyModels` loads a model when it first judges an image
         self.models = models if isinstance(models, LazyModels) else dict(models)
         summary = {k: model_summary(self.models, k) for k in self.models}  # (threshold, blocks)
         self.config = cfg = bundle.config
@@ -122,27 +137,24 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", cache_dir=None,
-                    precision: str | None = None, lazy: bool = False, readouts: bool = True) -> Predictor:
+                    precision: str | None = None, lazy: bool = False) -> Predictor:
         """Load and verify ``path``. Raises :class:`trainer.util.errors.BundleError`.
 
         The networks are built and fingerprinted in a second thread while the classifiers are read
         (torch releases the interpreter lock while it computes, so the two overlap). ``lazy``: load a
         model other than the first only when an image of its kind arrives (see ``load_bundle``); its
-        BundleError, if any, is then raised by the prediction. ``readouts``: take each model's numpy
-        read-out where the bundle offers one (see :class:`trainer.classical.readout.ModelReadout`):
-        predictions then need no scikit-learn and equal the rebuilt model's to about 1e-13; False rebuilds
-        every model with skops.
+        BundleError, if any, is then raised by the prediction.
         """
         manifest = read_manifest(path)
         if "backbones.safetensors" in manifest.get("members", {}):  # fine-tuned weights: in the bundle itself
-            return cls(load_bundle(path, lazy=lazy, readouts=readouts), device=device, cache_dir=cache_dir,
+            return cls(load_bundle(path, lazy=lazy), device=device, cache_dir=cache_dir,
                        precision=precision)
         cfg = TrainConfig.from_dict(manifest.get("config", {}))
         prec = _precision(cfg, precision, device)
         legacy = manifest["format_version"] < 3  # fingerprinted at the model's input size
         with ThreadPoolExecutor(1, thread_name_prefix="allgui-networks") as pool:
             ready = pool.submit(_networks_ready, cfg, device, cache_dir, prec, legacy)
-            bundle = load_bundle(path, lazy=lazy, readouts=readouts)
+            bundle = load_bundle(path, lazy=lazy)
             prebuilt = ready.result()
         return cls(bundle, device=device, cache_dir=cache_dir, precision=precision, prebuilt=prebuilt)
 
@@ -250,12 +262,12 @@ class Predictor:
         result.seconds = time.perf_counter() - t0  # the whole of it, networks included
         return result
 
-    def _prepare_with_nucleus(self, img: np.ndarray, path: str | None) -> tuple:
+    def _prepare_with_nucleus(self, img: np.ndarray, path: str | None) -> tuple[Prepared, np.ndarray | None]:
         """(what :meth:`prepare` returns, the whole image's nucleus block or None)."""
         prep = self.prepare(img, path)
-        key = self.route("single_cell" if prep[2] else "field")
+        key = self.route("single_cell" if prep.single else "field")
         ex = self.extractors[key]
-        return prep, (nucleus_block(img, ex.gamma, prep[4]) if NUCLEUS in ex.backbones else None)
+        return prep, (nucleus_block(img, ex.gamma, prep.seg) if NUCLEUS in ex.backbones else None)
 
     @staticmethod
     def _decode(item, path: str | None) -> tuple[np.ndarray, str | None]:
@@ -263,7 +275,7 @@ class Predictor:
             return read_image(item), path or str(item)
         return as_rgb_uint8(item), path
 
-    def prepare(self, item, path: str | None = None) -> tuple:
+    def prepare(self, item, path: str | None = None) -> Prepared:
         """The work before the networks for one image: decode (a path) and segment.
 
         Thread-safe, so the next images can be prepared while the networks judge the current ones; pass the
@@ -274,7 +286,7 @@ class Predictor:
             raise ImageReadError(f"{Path(path).name if path else 'The image'} is too small to analyse "
                                  f"({img.shape[1]}x{img.shape[0]} pixels; at least {MIN_SIDE} are needed).")
         single, cells, seg = self._segment(img)
-        return (path, img, single, cells, seg)
+        return Prepared(path, img, single, cells, seg)
 
     def predict_batch(self, items: Iterable, paths: list | None = None,
                       progress: Callable[[float, str], None] | None = None,
@@ -291,8 +303,7 @@ class Predictor:
         t0 = time.perf_counter()
         given, prepared, crops, owners = prepared, [], [], []
         for i, (item, p) in enumerate(zip(items, paths)):
-            if cancel is not None and cancel():
-                raise Cancelled()
+            check_cancel(cancel)
             if given is not None:
                 if isinstance(given[i], BaseException):
                     raise given[i]
@@ -310,7 +321,7 @@ class Predictor:
             if progress is not None:
                 progress(0.3 * (i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
         # one pass per model: each image (and its cells) through the model of its kind
-        keys = [self.route("single_cell" if single else "field") for (_, _, single, _, _) in prepared]
+        keys = [self.route("single_cell" if prep.single else "field") for prep in prepared]
         dets: dict[str, dict] = {}
         where: list[tuple[str, int]] = []          # crop row -> (model key, row in that model's batch)
         counts: dict[str, int] = {}
@@ -324,7 +335,7 @@ class Predictor:
             lo = 0.3 + 0.65 * done / len(crops)
             hi = 0.3 + 0.65 * (done + len(rows)) / len(crops)
             # the whole image's segmentation is the nucleus block's too: not made twice
-            segs = [prepared[owners[r][0]][4] if owners[r][1] < 0 else None for r in rows]
+            segs = [prepared[owners[r][0]].seg if owners[r][1] < 0 else None for r in rows]
             known = ([blocks[owners[r][0]] if owners[r][1] < 0 else None for r in rows]
                      if blocks is not None else None)
             feats = self.extractors[key].extract(
@@ -444,9 +455,9 @@ def inference_precision(requested: str | None = None, device: str = "auto") -> s
     return "bf16" if AUTO_BF16 and cpu_has_bf16() else "fp32"
 
 
-#: whether ``"auto"`` predicts in bfloat16 on CPUs that have it. Checked with
-#: ``benchmarks/predict_throughput.py --agreement 200`` (shipped model, 100 real crops + 100 real
-#: fields): 100 % identical decisions, mean |p_bf16 - p_fp32| 0.012, largest 0.15 (a calibration step)
+#: whether ``"auto"`` predicts in bfloat16 on CPUs that have it: only while bfloat16 and float32 decide
+#: the shipped model's real images alike (``benchmarks/predict_throughput.py --agreement``; the last
+#: check is in benchmarks/README.md)
 AUTO_BF16 = True
 
 

@@ -28,8 +28,8 @@ from trainer.config import LAYOUTS
 from trainer.io.imageio import IMAGE_SUFFIXES, content_hash, is_image_file, read_image
 from trainer.io.labels import class_mapping, find_labels_csv, load_labels_csv, positive_set
 from trainer.io.samples import CLASS_NAMES, Dataset, Sample
-from trainer.util.errors import AllguiError, Cancelled, DataError, ImageReadError
-from trainer.util.progress import Progress
+from trainer.util.errors import AllguiError, DataError, ImageReadError
+from trainer.util.progress import Progress, check_cancel
 from trainer.util.threads import map_in_chunks
 
 _CNMC_NAME = re.compile(r"^UID_(H?\d+)_(\d+)_(\d+)_(all|hem)$", re.IGNORECASE)
@@ -338,8 +338,7 @@ def _readable(samples: list[Sample], skipped: list, progress: Progress | None,
     n = len(samples)
 
     def between(done: int) -> None:
-        if cancel is not None and cancel():
-            raise Cancelled()
+        check_cancel(cancel)
         if progress is not None:
             progress(done / max(n, 1), f"Checked {done}/{n} images")
 

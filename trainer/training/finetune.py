@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer.config import MIN_IMAGE_SIZE, ConfigError, FinetuneConfig, TrainConfig, as_train_config
+from trainer.config import BACKBONE_NAMES, ConfigError, FinetuneConfig, TrainConfig, as_train_config, problem
 from trainer.training.checkpoints import (
     CHECKPOINT_FORMAT,
     EarlyStopping,
@@ -64,7 +64,7 @@ from trainer.training.finetune_data import EpochShardSampler, FinetuneDataset, a
 from trainer.training.precision import Precision, amp_dtype, determinism, resolve_training_device
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import AllguiError, Cancelled, DataError
-from trainer.util.progress import CancelCheck, Progress
+from trainer.util.progress import CancelCheck, Progress, check_cancel
 from trainer.vision.backbones import BACKBONES, build_classifier_model
 
 
@@ -108,8 +108,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     n_counted = torch.zeros((), dtype=torch.float32, device=precision.device)
     n_images = 0
     for b, (x, y) in enumerate(loader):
-        if cancelled is not None and cancelled():
-            raise Cancelled("Fine-tuning was cancelled.")
+        check_cancel(cancelled, "Fine-tuning was cancelled.")
         x, y = precision.batch(x, y)
         with precision.autocast():
             logits = model(x).squeeze(1)
@@ -137,16 +136,16 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, precision: Precisio
         ``[loss sum, correct, images]`` on the device; the loss sum weights each batch by its size.
     """
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float32, device=precision.device)
+    loss_sum, correct, images = torch.zeros(3, dtype=torch.float32, device=precision.device)
     for x, y in loader:
         x, y = precision.batch(x, y)
         with precision.autocast():
             logits = model(x).squeeze(1)
         logits = logits.float()
-        totals[0] += criterion(logits, y) * x.shape[0]
-        totals[1] += ((logits > 0).float() == y).sum()
-        totals[2] += x.shape[0]
-    return totals
+        loss_sum += criterion(logits, y) * x.shape[0]
+        correct += ((logits > 0).float() == y).sum()
+        images += x.shape[0]
+    return torch.stack([loss_sum, correct, images])
 
 
 def _labels(train_labels, val_labels) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -308,8 +307,8 @@ def finetune_backbone(
     """
     config = as_train_config(cfg)
     config.finetuning.validate()
-    if int(config.image_size) < MIN_IMAGE_SIZE:
-        raise ConfigError(f"Image size must be at least {MIN_IMAGE_SIZE} pixels, not {config.image_size}.")
+    if problem("image_size", config.image_size):
+        raise ConfigError(problem("image_size", config.image_size) + ".")
     settings = config.finetune_summary()
     cfg = SimpleNamespace(**settings)  # the flat settings of this run, read below
     if name not in BACKBONES:
@@ -386,13 +385,13 @@ def finetune_backbone(
             val = evaluate(model, criterion, val_loader, precision)
             stop_flag = torch.tensor([1.0 if (info.active and cancelled()) else 0.0], device=dev)
             totals = torch.cat([torch.stack([loss_sum, n_counted]), val, stop_flag])
-            totals = all_reduce_sum(totals).tolist()  # the one host-device sync of the epoch
+            totals = EpochTotals(*all_reduce_sum(totals).tolist())  # the one host-device sync of the epoch
             improved = _end_epoch(run, name, totals, n_images * info.world_size, time.perf_counter() - t0,
                                   epochs, report)
             if ckpt_file is not None and info.is_main:
                 atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, settings, improved)))
             barrier()
-            if totals[5] > 0:  # distributed cancel: every rank stops after the same epoch
+            if totals.stop > 0:  # distributed cancel: every rank stops after the same epoch
                 raise Cancelled(f"Fine-tuning {name} was cancelled.")
 
     assert run.best_state is not None
@@ -408,16 +407,26 @@ def finetune_backbone(
     return backbone_state, run.history
 
 
-def _end_epoch(run: _Run, name: str, totals: list[float], n_images: int, seconds: float, epochs: int,
-               report: Progress | None) -> bool:
-    """Record an epoch's losses (``totals``.
+class EpochTotals(NamedTuple):
+    """An epoch's sums over every rank.
 
-    Train loss sum, train images, validation loss sum, correct, images) in the run's history and
-    early-stopping rule; True when it is a new best.
+    What :func:`train_one_epoch` and :func:`evaluate` return, and the ranks' cancel flags.
     """
-    train_loss = totals[0] / totals[1] if totals[1] > 0 else math.nan
-    val_loss = totals[2] / max(totals[4], 1.0)
-    val_acc = totals[3] / max(totals[4], 1.0)
+
+    train_loss_sum: float
+    train_images: float      # the images of steps with a finite loss
+    val_loss_sum: float
+    val_correct: float
+    val_images: float
+    stop: float              # ranks asked to stop
+
+
+def _end_epoch(run: _Run, name: str, totals: EpochTotals, n_images: int, seconds: float, epochs: int,
+               report: Progress | None) -> bool:
+    """Record an epoch's losses in the run's history and early-stopping rule; True when it is a new best."""
+    train_loss = totals.train_loss_sum / totals.train_images if totals.train_images > 0 else math.nan
+    val_loss = totals.val_loss_sum / max(totals.val_images, 1.0)
+    val_acc = totals.val_correct / max(totals.val_images, 1.0)
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
         raise AllguiError(
             f"Fine-tuning {name} diverged at epoch {run.epoch + 1} (training loss {train_loss}, "
@@ -458,7 +467,7 @@ def finetune_backbones(
     if checkpoint_dir is None:
         checkpoint_dir = getattr(getattr(cfg, "finetuning", cfg), "checkpoint_dir", None)
     if backbones is None:
-        backbones = tuple(getattr(cfg, "backbones", None) or ("densenet121", "resnet34"))
+        backbones = tuple(getattr(cfg, "backbones", None) or BACKBONE_NAMES)
     setup_distributed(str(device))
     states: dict[str, dict[str, torch.Tensor]] = {}
     histories: dict[str, dict[str, Any]] = {}

@@ -6,6 +6,7 @@ Plain functions in the style of torchvision's reference training script; one
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from trainer.io.splits import split_train_val_test
 from trainer.training.distributed import is_main_process
 from trainer.training.finetune import finetune_backbones
 from trainer.training.weights import finetune_overlap
-from trainer.util.errors import Cancelled, DataError
+from trainer.util import progress as _progress
+from trainer.util.errors import DataError
 from trainer.util.progress import Progress, stage
 from trainer.util.threads import map_in_chunks
 from trainer.vision import fingerprint
@@ -57,9 +59,8 @@ class TrainResult:
     per_model: dict[str, Any] = field(default_factory=dict)  # test metrics of each per-kind model
 
 
-def check_cancel(cancel: Callable[[], bool] | None) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled("Training was cancelled; nothing was written.")
+#: the one cancel check (:func:`trainer.util.progress.check_cancel`) with training's message
+check_cancel = functools.partial(_progress.check_cancel, message="Training was cancelled; nothing was written.")
 
 
 def load_config_dataset(config: TrainConfig, progress=None, cancel=None,

@@ -60,9 +60,9 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 @contextlib.contextmanager
 def determinism(deterministic: bool, device: torch.device):
     """Set cuDNN / deterministic-algorithm flags for the run and restore them afterwards."""
-    prev = (torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    was_deterministic, was_warn_only = (torch.are_deterministic_algorithms_enabled(),
+                                        torch.is_deterministic_algorithms_warn_only_enabled())
+    was_benchmark, was_cudnn_deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -73,5 +73,5 @@ def determinism(deterministic: bool, device: torch.device):
             torch.backends.cudnn.benchmark = True
         yield
     finally:
-        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[2], prev[3]
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = was_benchmark, was_cudnn_deterministic

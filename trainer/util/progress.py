@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from trainer.util.errors import Cancelled
+
 Progress = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
+
+
+def check_cancel(cancel: CancelCheck | None, message: str = "Cancelled by the user.") -> None:
+    """Raise :class:`Cancelled` with ``message`` when ``cancel()`` is True (never when ``cancel`` is None)."""
+    if cancel is not None and cancel():
+        raise Cancelled(message)
 
 
 def stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:

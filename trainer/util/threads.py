@@ -21,8 +21,8 @@ R = TypeVar("R")
 #: almost twice as fast on two cores; more than four gain little and hold more decoded images in memory
 IMAGE_THREADS = max(1, min(4, os.cpu_count() or 1))
 #: up to this many rows the classifiers run on one thread: waking OpenMP / BLAS thread pools (which the
-#: networks' threads have just left) costs more than the work; KNN on one crop took 8 ms on two threads,
-#: 1.2 ms on one, and BLAS threads left spinning slow the next forward pass. The results are the same.
+#: networks' threads have just left) costs more than the work, and BLAS threads left spinning slow the
+#: next forward pass (numbers: benchmarks/README.md). The results are the same.
 ONE_THREAD_ROWS = 64
 
 
@@ -79,9 +79,8 @@ def network_lanes(lanes: int, threads: int) -> ThreadPoolExecutor:
     Two networks run side by side, one per lane with half the cores each, instead of one after the
     other on all of them: every operation of a batch-of-one pass is too small to keep several threads
     busy, and each one wakes and waits for the OpenMP team (which sleeps between operations so that the
-    GUI, decoding and segmentation get the cores). Measured on 2 cores: DenseNet-121 + ResNet-34 on one
-    224 px image, 50 ms side by side on one thread each, 102-116 ms one after the other on two; on
-    batches of 32, 9.6 against 9.6 images/s in float32 and 23 against 21 in bfloat16.
+    GUI, decoding and segmentation get the cores): a batch-of-one pass takes half the time side by side,
+    and batches are no slower (``benchmarks/predict_throughput.py``; numbers in benchmarks/README.md).
 
     The thread count is per thread in torch's OpenMP build: each lane sets its own; the number that
     threads started later take is put back to the caller's.

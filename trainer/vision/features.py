@@ -21,16 +21,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainer.config import BACKBONE_NAMES, PRECISIONS, problem
 from trainer.io.imageio import as_rgb_uint8, content_hash, read_image
 from trainer.util.atomic import atomic_write
-from trainer.util.errors import AllguiError, Cancelled, ImageReadError
+from trainer.util.errors import AllguiError, ImageReadError
 from trainer.util.memory import release_freed_memory
-from trainer.util.progress import Progress
+from trainer.util.progress import Progress, check_cancel
 from trainer.util.threads import network_lanes
 from trainer.util.versions import torchvision_version
 from trainer.vision import handcrafted
 from trainer.vision.backbones import BACKBONES, build_backbone, weights_identity
-from trainer.vision.preprocess import GAMMA_RANGE, eval_transform, gamma_correct
+from trainer.vision.preprocess import eval_transform, gamma_correct
 from trainer.vision.stain import reinhard
 
 #: Bump when the evaluation pre-processing changes (resize method, mean/std): old cache entries
@@ -38,8 +39,6 @@ from trainer.vision.stain import reinhard
 PREPROCESS_VERSION = "eval-v1-imagenet-norm"
 
 
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 #: the hand-crafted nucleus block (see :mod:`trainer.vision.handcrafted`), extracted beside the networks
 NUCLEUS = "nucleus"
@@ -181,19 +180,19 @@ class FeatureExtractor:
     state_dicts: optional ``{backbone name: state_dict}`` overriding ``weights`` (fine-tuned).
     seed: seeds the random initialisation when ``weights='none'``.
     precision: ``'auto'`` (autocast on CUDA, float32 on the CPU), ``'fp32'`` (never autocast) or
-        ``'bf16'`` (bfloat16 autocast also on CPUs that compute it natively: about 2x faster there,
-        features within ~0.5 % relative of float32). Part of the cache key.
+        ``'bf16'`` (bfloat16 autocast also on CPUs that compute it natively: faster there, features
+        close to float32's; see benchmarks/README.md). Part of the cache key.
     stain_reference: optional Reinhard reference (6,): Lab mean and std that every image's
         foreground is mapped to before any block is computed (see :mod:`trainer.vision.stain`).
         Part of the cache key.
     release_memory: give freed memory back to the system after each batch of an extraction of
-        several (each lane's allocator keeps a batch's activations); costs 3-5 % of the speed, so it
-        is for prediction, whose resident size is bounded, not for training.
+        several (each lane's allocator keeps a batch's activations); costs a few per cent of the speed,
+        so it is for prediction, whose resident size is bounded, not for training.
     """
 
     def __init__(
         self,
-        backbones: Sequence[str] = ("densenet121", "resnet34"),
+        backbones: Sequence[str] = BACKBONE_NAMES,
         weights: str | os.PathLike = "none",
         image_size: int = 224,
         gamma: float = 1.0,
@@ -234,13 +233,10 @@ class FeatureExtractor:
                 raise AllguiError(f"Unknown backbone or feature block {name!r}; choose from: {', '.join(BLOCKS)}.")
         if self.stain_reference is not None and len(self.stain_reference) != 6:
             raise AllguiError("A stain reference is six numbers (Lab mean and standard deviation).")
-        if int(self.image_size) < 32:
-            raise AllguiError(f"Image size must be at least 32 pixels, not {self.image_size}.")
-
-        if not GAMMA_RANGE[0] <= float(self.gamma) <= GAMMA_RANGE[1]:
-            raise AllguiError(f"Gamma must be between {GAMMA_RANGE[0]} and {GAMMA_RANGE[1]}, not {self.gamma}.")
-        if int(self.batch_size) < 1:
-            raise AllguiError(f"Batch size must be at least 1, not {self.batch_size}.")
+        for setting in ("image_size", "gamma", "batch_size"):  # the ranges of a training config
+            wrong = problem(setting, getattr(self, setting))
+            if wrong:
+                raise AllguiError(wrong[0].upper() + wrong[1:] + ".")
 
     @property
     def dims(self) -> dict[str, int]:
@@ -388,10 +384,6 @@ class FeatureExtractor:
         if n == 0:
             return out
 
-        def check_cancel() -> None:
-            if cancel is not None and cancel():
-                raise Cancelled("Feature extraction was cancelled.")
-
         # 1. cache look-up (hashing only, no decoding)
         missing = {name: np.ones(n, dtype=bool) for name in self.backbones}
         keys: dict[str, list[str]] = {}
@@ -399,7 +391,7 @@ class FeatureExtractor:
             keys = {name: [] for name in self.backbones}
             for i, item in enumerate(items):
                 if i % 64 == 0:
-                    check_cancel()
+                    check_cancel(cancel, "Feature extraction was cancelled.")
                 h = content_hash(np.ascontiguousarray(item) if isinstance(item, np.ndarray) else item)
                 for name in self.backbones:
                     key = self.cache_key(h, name)
@@ -421,7 +413,7 @@ class FeatureExtractor:
             return out
 
         # 2. one decode per image, one batch through every backbone that still needs it
-        check_cancel()
+        check_cancel(cancel, "Feature extraction was cancelled.")
         models = self.models()
         need_tensor = any(missing[name][todo].any() for name in self.networks)
         need_nucleus = NUCLEUS in self.backbones and bool(missing[NUCLEUS][todo].any())
@@ -447,7 +439,7 @@ class FeatureExtractor:
         try:
             with torch.inference_mode():
                 for idx, x, hand, err in iterator:
-                    check_cancel()
+                    check_cancel(cancel, "Feature extraction was cancelled.")
                     if err is not None:
                         raise ImageReadError(err)
                     rows = idx.numpy()

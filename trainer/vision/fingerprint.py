@@ -6,7 +6,7 @@ features, so a prediction is never made with silently different weights.
 
 Bundles of format 3 on store the probes' features with the probes fed to the networks at PROBE_INPUT
 pixels (``probe64/<backbone>``): a twelfth of the arithmetic at 224 pixels, which every start-up pays
-(0.10-0.13 s in place of 0.29-0.34 s on a 2-core CPU, network set-up included). Bundles of formats 1
+(numbers in benchmarks/README.md). Bundles of formats 1
 and 2 store them at the model's input size (``probe/<backbone>``); both are checked.
 """
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Transforms take one RGB uint8 image ``(H, W, 3)`` numpy array and return a float32 tensor
 ``(3, size, size)`` normalised with the ImageNet mean and standard deviation. The evaluation
 transform computes exactly what torchvision's v2 pipeline (ToImage, Resize with antialias,
-ToDtype with scale, Normalize) computes, without importing torchvision, which costs about a second
-of start-up; the training augmentations use torchvision.
+ToDtype with scale, Normalize) computes, without importing torchvision, which would add more to
+prediction's start-up than importing torch itself (benchmarks/README.md); the training augmentations
+use torchvision.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from trainer.config import GAMMA_RANGE
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GAMMA_RANGE = (0.8, 1.2)
 
 # paper's augmentation settings
 ROTATION_DEGREES = 20.0
