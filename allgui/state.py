@@ -4,9 +4,13 @@ Views observe it through :meth:`AppState.subscribe`; they never keep their own c
 threshold only re-decides from cached probabilities: nothing here computes features.
 
 A model bundle may hold one model per image kind (crop model, field model), each with its own
-threshold: ``thresholds`` maps model key -> threshold, and :attr:`AppState.threshold` is the one of
-the *active* model (the model that judged the current image). :meth:`AppState.threshold_for`
-gives the threshold that decides any prediction.
+threshold and uncertain band: ``thresholds`` and ``bands`` map model key -> value, and
+:attr:`AppState.threshold` / :attr:`AppState.band` are those of the *active* model (the model that
+judged the current image). :meth:`AppState.threshold_for` and :meth:`AppState.band_for` give the ones
+that decide any prediction, and :meth:`AppState.decision` its decision ("outside training" included).
+
+The batch table's default order is the review queue (:func:`review_priority`): what most needs a
+person first.
 
 The topics it emits are declared in :class:`Topic`; subscribing to (or emitting) any other name
 fails at once, so a mistyped topic cannot go silently unheard.
@@ -25,6 +29,7 @@ from trainer.inference.results import (
     DECISION_ALL,
     DECISION_NORMAL,
     DECISION_NOT_ASSESSABLE,
+    DECISION_OUTSIDE,
     DECISION_UNCERTAIN,
     DEFAULT_UNCERTAINTY_BAND,
     CellPrediction,
@@ -35,6 +40,9 @@ from trainer.inference.results import (
 OVERLAY_MODES = ("outline", "fill")
 HEATMAP_BACKBONES = BACKBONE_NAMES
 MAX_EXPLANATIONS = 256  # explanations kept (each a few small maps)
+#: a band narrower than this counts as this wide when the review queue measures closeness to the threshold
+#: (|p - t| / band): a fitted band may be 0 where the model was right on every held-out image
+MIN_QUEUE_BAND = 0.01
 
 
 class Topic(str, Enum):
@@ -76,11 +84,41 @@ class Row:
     probability: float | None    # calibrated, image level
     raw_probability: float | None
     vote_share: float | None
-    decision: str                # decision in words ("not assessable" without a nucleus), "pending" or "error"
-    flagged: bool                # any cell "ALL blast" or "uncertain, review", not assessable, or an error
+    decision: str                # decision in words ("not assessable" without a nucleus, "outside training"),
+                                 # "pending" or "error"
+    flagged: bool                # any cell "ALL blast", "uncertain, review" or outside training, not assessable,
+                                 # or an error
     error: str = ""
     model: str = ""              # the model that judged it, e.g. "crop model"
     threshold: float | None = None  # the threshold that decided it
+    band: float | None = None    # the uncertain band (half-width) that decided it
+    novelty: float | None = None  # the domain check's novelty of the deciding unit (> 1: outside training);
+                                  # None where the model has no domain check
+    domain_checks: tuple[str, ...] = ()  # the checks that fired on the deciding unit
+    n_outside: int = 0           # deciding units (cells of a field decided by cells, else the image) outside training
+    queue: float = 0.0           # place in the review queue, smallest first (:func:`review_priority`)
+
+    @property
+    def outside(self) -> bool:
+        """True when the image, or any of the cells that decide it, lies outside the model's training."""
+        return self.decision == DECISION_OUTSIDE or self.n_outside > 0
+
+
+def review_priority(row: Row) -> float:
+    """The row's place in the review queue: what most needs a person comes first (smallest).
+
+    Outside training (the most unlike the training images first), then no class (not assessable, or
+    the image could not be read), then uncertain, then decided, each by closeness to the threshold
+    (|p - t| / band), then images still being analysed.
+    """
+    if row.decision == DECISION_OUTSIDE:
+        return 1.0 / (1.0 + max(row.novelty or 0.0, 0.0))
+    if row.decision in (DECISION_NOT_ASSESSABLE, "error"):
+        return 1000.0
+    if row.probability is None or row.threshold is None:
+        return 4000.0
+    closeness = min(abs(row.probability - row.threshold) / max(row.band or 0.0, MIN_QUEUE_BAND), 999.0)
+    return (2000.0 if row.decision == DECISION_UNCERTAIN else 3000.0) + closeness
 
 
 class AppState:
@@ -95,7 +133,9 @@ class AppState:
         self.selected_cell: int = -1          # -1 = the whole image
         self.thresholds: dict[str, float] = {"any": float(threshold)}
         self.default_thresholds: dict[str, float] = {"any": float(threshold)}
-        self.band: float = float(band)
+        #: model key -> the half-width of its uncertain band in use, and the model's own (fitted) one
+        self.bands: dict[str, float] = {"any": float(band)}
+        self.default_bands: dict[str, float] = {"any": float(band)}
         self.overlay_visible: bool = True
         self.overlay_mode: str = "outline"
         self.overlay_opacity: float = 0.45   # fill alpha, 0..1
@@ -207,11 +247,15 @@ class AppState:
         return pred.whole
 
     # ---- threshold -------------------------------------------------------------------------
-    def set_models(self, defaults: dict[str, float], saved: dict[str, float] | None = None) -> None:
-        """The loaded model's keys with their default thresholds, and any saved by the user."""
+    def set_models(self, defaults: dict[str, float], saved: dict[str, float] | None = None,
+                   bands: dict[str, float] | None = None, saved_bands: dict[str, float] | None = None) -> None:
+        """The loaded model's keys with their default thresholds and own bands, and any saved by the user."""
         self.default_thresholds = {k: float(v) for k, v in defaults.items()}
         saved = saved or {}
-        self.thresholds = {k: min(1.0, max(0.0, float(saved.get(k, v)))) for k, v in self.default_thresholds.items()}
+        self.thresholds = {k: _clip(saved.get(k, v), 1.0) for k, v in self.default_thresholds.items()}
+        own, saved_bands = bands or {}, saved_bands or {}
+        self.default_bands = {k: _clip(own.get(k, DEFAULT_UNCERTAINTY_BAND), 0.5) for k in self.default_thresholds}
+        self.bands = {k: _clip(saved_bands.get(k, v), 0.5) for k, v in self.default_bands.items()}
         self.emit(Topic.THRESHOLD)
 
     @property
@@ -231,28 +275,60 @@ class AppState:
     def default_threshold(self) -> float:
         return self.default_thresholds.get(self.active_model, self.threshold)
 
+    @property
+    def band(self) -> float:
+        """The active model's uncertain band (half-width around its threshold)."""
+        return self.bands.get(self.active_model, DEFAULT_UNCERTAINTY_BAND)
+
+    @property
+    def default_band(self) -> float:
+        """The active model's own band (fitted when it was trained)."""
+        return self.default_bands.get(self.active_model, self.band)
+
+    def _key(self, pred: ImagePrediction | str | None) -> str:
+        key = pred if isinstance(pred, str) or pred is None else pred.model
+        return key if key in self.thresholds else self.active_model
+
     def threshold_for(self, pred: ImagePrediction | str | None) -> float:
         """The threshold that decides ``pred`` (a prediction or a model key)."""
-        key = pred if isinstance(pred, str) or pred is None else pred.model
-        return self.thresholds.get(key, self.threshold) if key is not None else self.threshold
+        return self.thresholds[self._key(pred)]
+
+    def band_for(self, pred: ImagePrediction | str | None) -> float:
+        """The uncertain band that decides ``pred`` (a prediction or a model key): its model's."""
+        return self.bands.get(self._key(pred), DEFAULT_UNCERTAINTY_BAND)
 
     def set_threshold(self, threshold: float, model: str | None = None) -> None:
         """Set the threshold of ``model`` (default: the active model)."""
         key = model if model in self.thresholds else self.active_model
-        t = min(1.0, max(0.0, float(threshold)))
+        t = _clip(threshold, 1.0)
         if t != self.thresholds[key]:
             self.thresholds[key] = t
             self.emit(Topic.THRESHOLD)
 
-    def set_band(self, band: float) -> None:
-        b = min(0.5, max(0.0, float(band)))
-        if b != self.band:
-            self.band = b
+    def set_band(self, band: float, model: str | None = None) -> None:
+        """Set the uncertain band of ``model`` (default: the active model)."""
+        key = model if model in self.thresholds else self.active_model
+        b = _clip(band, 0.5)
+        if b != self.bands.get(key):
+            self.bands[key] = b
             self.emit(Topic.THRESHOLD)
 
     def decide(self, probability: float, model: ImagePrediction | str | None = None) -> str:
-        """Decision in words at the threshold of ``model`` (default: the active model's)."""
-        return decide(probability, self.threshold_for(model), self.band)
+        """Decision in words on a probability alone, at the threshold and band of ``model`` (default: the active one).
+
+        It knows nothing of the training domain: :meth:`decision` gives a prediction's decision.
+        """
+        return decide(probability, self.threshold_for(model), self.band_for(model))
+
+    def decision(self, pred: ImagePrediction, cell: int = -1) -> str:
+        """The model's decision on image ``pred`` (``cell`` -1) or on one of its cells.
+
+        At the threshold and band of its model; "outside training" and "not assessable" included.
+        """
+        t, b = self.threshold_for(pred), self.band_for(pred)
+        if 0 <= cell < len(pred.cells):
+            return pred.cells[cell].decision(t, b)
+        return pred.decision(t, b)
 
     # ---- overlay ---------------------------------------------------------------------------
     def set_overlay(self, visible: bool | None = None, mode: str | None = None,
@@ -318,7 +394,12 @@ class AppState:
 
     # ---- table rows ------------------------------------------------------------------------
     def row(self, path: str) -> Row:
-        """The batch-table line for ``path`` at the current threshold."""
+        """The batch-table line for ``path`` at the current thresholds and bands."""
+        row = self._row(path)
+        row.queue = review_priority(row)
+        return row
+
+    def _row(self, path: str) -> Row:
         name = Path(path).name
         if path in self.errors:
             return Row(path, name, "error", None, None, None, None, None, None, "error", True, self.errors[path])
@@ -328,22 +409,27 @@ class AppState:
         if not pred.assessable:  # no nucleus / white cell: no class, and a person should look
             return Row(path, name, pred.kind, 0, 0, 0, None, None, None, DECISION_NOT_ASSESSABLE, True,
                        model=pred.model_name)
-        threshold = self.threshold_for(pred)
-        counts = pred.count(threshold, self.band)
+        threshold, band = self.threshold_for(pred), self.band_for(pred)
+        counts = pred.count(threshold, band)
         image_level = pred.deciding
-        decision = self.decide(pred.probability, pred)
+        decision = pred.decision(threshold, band)
         flagged = decision != DECISION_NORMAL
         if pred.field_by_cells or pred.kind != "field":
-            flagged = flagged or counts[DECISION_ALL] > 0 or counts[DECISION_UNCERTAIN] > 0
+            flagged = flagged or any(counts[d] > 0 for d in (DECISION_ALL, DECISION_UNCERTAIN, DECISION_OUTSIDE))
         n_cells = len(pred.cells) if pred.kind == "field" else 1
         return Row(path, name, pred.kind, n_cells, counts[DECISION_ALL], counts[DECISION_UNCERTAIN],
                    float(pred.probability), float(image_level.raw_probability),
                    float(image_level.vote_share), decision, flagged, model=pred.model_name,
-                   threshold=threshold)
+                   threshold=threshold, band=band, novelty=image_level.novelty,
+                   domain_checks=tuple(image_level.domain_checks), n_outside=counts[DECISION_OUTSIDE])
 
     def rows(self) -> list[Row]:
         return [self.row(p) for p in self.paths]
 
 
+def _clip(value: float, top: float) -> float:
+    return min(top, max(0.0, float(value)))
+
+
 __all__ = ["AppState", "Row", "OVERLAY_MODES", "DECISION_ALL", "DECISION_NORMAL", "DECISION_UNCERTAIN",
-           "DECISION_NOT_ASSESSABLE"]
+           "DECISION_NOT_ASSESSABLE", "DECISION_OUTSIDE", "review_priority"]

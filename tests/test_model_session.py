@@ -16,7 +16,6 @@ from allgui.model.session import ModelSession
 from allgui.window.main_window import MainWindow
 from trainer.inference.bundle import load_bundle
 from trainer.inference.predictor import Predictor
-from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND
 
 
 def _settings(tmp_path: Path, name: str = "settings.ini") -> QSettings:
@@ -70,11 +69,12 @@ def test_the_band_is_the_models_own_unless_the_user_set_one(qtbot, tiny_bundle, 
     shutil.copyfile(tiny_bundle, model)
     settings = _settings(tmp_path)
     win = _window(qtbot, model, settings, tmp_path)
-    assert win.analysis.session.band() == pytest.approx(DEFAULT_UNCERTAINTY_BAND)
+    own = win.analysis.predictor.model_card["models"][key]["method"]["uncertain_band"]["band"]
+    assert win.analysis.session.band() == pytest.approx(own)      # the band the card says it fitted
     win.models.set_predictor(Predictor(bundle), str(model))
     assert win.analysis.session.band(key) == pytest.approx(0.12) and win.state.band == pytest.approx(0.12)
     assert win.side.band.value() == pytest.approx(0.12)
-    # a band the user chose is kept, for this model and the next
+    # a band the user chose is kept for this model
     win.state.set_band(0.2)
     win.close()
     win2 = _window(qtbot, model, settings, tmp_path)

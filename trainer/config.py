@@ -181,6 +181,12 @@ class TrainConfig:
                       help="colour normalisation before feature extraction, reference fitted on the "
                            "training images: none or reinhard")
     per_kind: bool = _opt(True, help="one calibrated model per image kind (single-cell crops, smear fields)")
+    domain_rate: float = _opt(0.03, bounds=(0.001, 0.49),
+                              help="share of held-out subjects' images the domain check flags as outside "
+                                   "training (thresholds fitted on out-of-fold training rows)")
+    decided_accuracy: float = _opt(0.95, bounds=(0.5, 0.999),
+                                   help="accuracy the uncertain band is fitted to: the narrowest band "
+                                        "around the threshold whose decided held-out images reach it")
     seed: int = _opt(0, bounds=(0, MAX_SEED), help="seed for splits, initialisation and classifiers")
     jobs: int | None = _opt(-1, bounds=(-1, 1024), exclude=(0,),
                             help="classifier fits run side by side (the final ones and those of the "

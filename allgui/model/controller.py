@@ -1,7 +1,8 @@
 """What the window's Model menu does: the model controller.
 
-Load a bundle, switch to it with its own thresholds and uncertainty band (kept per model by its
-:class:`~allgui.model.session.ModelSession`), show its card, an evaluation report, and the Retrain dialog.
+Load a bundle, switch to it with its own thresholds and uncertainty bands, one per model key (kept per
+model by its :class:`~allgui.model.session.ModelSession`), show its card, an evaluation report, and the
+Retrain dialog.
 """
 from __future__ import annotations
 
@@ -18,11 +19,7 @@ from allgui.model.session import ModelSession
 from allgui.state import AppState
 from allgui.workers import ThreadTask
 from trainer.config import TrainConfig
-from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND
 from trainer.util.errors import AllguiError
-
-#: the user's uncertainty band, kept when it differs from the loaded model's own
-BAND_KEY = "threshold/band"
 
 
 class ModelController(QObject):
@@ -72,9 +69,6 @@ class ModelController(QObject):
         self.case_path = case_path
         self.retrain_dialog: RetrainDialog | None = None
         self._shown: ModelSession | None = None  # the model whose thresholds the state holds
-        band = settings.value(BAND_KEY)
-        if band is not None:
-            state.set_band(float(band))
         analysis.modelChanged.connect(self._on_model_changed)
         analysis.modelFailed.connect(self._model_failed)
 
@@ -121,10 +115,9 @@ class ModelController(QObject):
         self.save_settings(self._shown)  # the previous model's thresholds and band, under its identity
         self._shown = session
         self.state.clear_predictions(model_name=session.name)
-        self.state.set_models(session.default_thresholds, session.saved_thresholds(self.settings))
-        band = self.settings.value(BAND_KEY)
-        self.state.set_band(float(band) if band is not None else session.band())
-        self.side.set_model(session.predictor)
+        self.state.set_models(session.default_thresholds, session.saved_thresholds(self.settings),
+                              session.bands, session.saved_bands(self.settings))
+        self.side.set_model(session.predictor, session)
         self.side.set_training_kinds(session.training_kinds)
         self.banner.hide()
         self.model_label.setText(f"model: {session.name}")
@@ -132,19 +125,17 @@ class ModelController(QObject):
         self.modelLoaded.emit(session.path or "")
 
     def reset_threshold(self) -> None:
+        """The active model's own threshold and band."""
         self.state.set_threshold(self.state.default_threshold)
+        self.state.set_band(self.state.default_band)
 
     # ---- settings -----------------------------------------------------------------------------
     def save_settings(self, session: ModelSession | None = None) -> None:
-        """Keep the thresholds and band the user set for ``session`` (default: the model in use)."""
+        """Keep the thresholds and bands the user set for ``session`` (default: the model in use)."""
         session = session if session is not None else self._shown
         if session is not None:
             session.save_thresholds(self.settings, self.state.thresholds)
-        own = session.band() if session is not None else DEFAULT_UNCERTAINTY_BAND
-        if abs(self.state.band - own) > 1e-9:
-            self.settings.setValue(BAND_KEY, self.state.band)
-        else:  # the model's own band: a later model's own band applies to it
-            self.settings.remove(BAND_KEY)
+            session.save_bands(self.settings, self.state.bands)
 
     def may_close(self) -> bool:
         """False when a retraining runs and the user keeps it (the window stays open)."""

@@ -5,8 +5,10 @@ file), the hash its reviews record. The user's thresholds are kept in the settin
 key (crop model, field model). Thresholds saved by earlier versions under a shorter key (a SHA-1 of name,
 date and file name) are still read when none are saved under the hash.
 
-The uncertainty band of a model key is asked of the session alone: a fitted model may carry its own
-(``band_``), else the default band of :mod:`trainer.inference.results`.
+The uncertainty band of a model key is asked of the session alone: a fitted model carries its own
+(``band_``, also in its card's ``uncertain_band``), else the default band of :mod:`trainer.inference.results`.
+A band the user sets is kept, like a threshold, per model key under the model's hash. What the band rests on
+(its target, the coverage and accuracy it had on held-out subjects) comes from the card: :meth:`ModelSession.band_text`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainer.cases import file_sha256
-from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND
+from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND, MODEL_NAMES
 
 
 class Settings(Protocol):
@@ -27,6 +29,8 @@ class Settings(Protocol):
 
     def setValue(self, key: str, value: Any) -> None: ...
 
+    def remove(self, key: str) -> None: ...
+
 
 def model_identity(path: str | None, card: dict) -> str:
     """SHA-256 of the model bundle file, or of its card when there is no file."""
@@ -35,11 +39,52 @@ def model_identity(path: str | None, card: dict) -> str:
     return hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def fitted_band(model: Any) -> float:
-    """The uncertainty band a fitted model carries (``band_``), else the default band."""
+def fitted_band(model: Any, report: dict | None = None) -> float:
+    """The uncertainty band a fitted model carries (``band_``, else its card's ``report``), else the default band."""
     # looked up statically: a model read-out answers unknown attributes by rebuilding the whole estimator
-    band = inspect.getattr_static(model, "band_", DEFAULT_UNCERTAINTY_BAND)
+    band = inspect.getattr_static(model, "band_", None)
+    if not isinstance(band, (int, float)) and report:
+        band = report.get("band")
     return float(band) if isinstance(band, (int, float)) else DEFAULT_UNCERTAINTY_BAND
+
+
+def band_report(card: dict, key: str) -> dict | None:
+    """The card's account of model ``key``'s fitted band (``method.uncertain_band``); None for an older model."""
+    section = (card.get("models") or {}).get(key) or {}
+    report = (section.get("method") or {}).get("uncertain_band")
+    return dict(report) if isinstance(report, dict) else None
+
+
+def _subjects(report: dict) -> str:
+    """'5 normal and 5 ALL subjects' from a band report's risk-coverage subject counts ('' without them)."""
+    groups = (report.get("risk_coverage") or {}).get("n_groups") or {}
+    if not groups:
+        return ""
+    return f", {groups.get('0', 0)} normal and {groups.get('1', 0)} ALL subjects"
+
+
+def band_summary(name: str, report: dict | None, band: float) -> str:
+    """What the uncertain band of the model ``name`` rests on, in words, from its card's ``report``.
+
+    ``band`` is the band in use; where the user set another than the model's own, the text says so.
+    """
+    if report is None:
+        return (f"Uncertain band \u00b1{band:.3f}: a fixed band; the {name} was saved before bands were fitted "
+                "to its held-out subjects (retrain it for one).")
+    own = float(report.get("band", band))
+    target = float(report.get("target", 0.95))
+    rests = str(report.get("rests_on") or f"{report.get('n_rows', '?')} images") + _subjects(report)
+    if report.get("reached"):
+        text = (f"Uncertain band \u00b1{own:.3f} (the {name}'s own): decides {report['coverage']:.0%} of images "
+                f"of held-out subjects, right in {report['accuracy_decided']:.0%} of them (target {target:.0%}; "
+                f"{rests}).")
+    else:
+        text = (f"Uncertain band \u00b1{own:.3f} (the {name}'s own): no band reached the target of {target:.0%} "
+                f"right on images of held-out subjects, so it decides none of them: treat every result as "
+                f"uncertain ({rests}).")
+    if abs(band - own) > 5e-4:
+        text += f" You set \u00b1{band:.3f}: that band's accuracy is not known (Model default restores the own one)."
+    return text
 
 
 class ModelSession:
@@ -69,6 +114,8 @@ class ModelSession:
         #: model key -> the model's own decision threshold (its validation optimum)
         self.default_thresholds = {str(k): float(v) for k, v in thresholds.items()}
         self.bands = {k: float((bands or {}).get(k, DEFAULT_UNCERTAINTY_BAND)) for k in self.default_thresholds}
+        #: model key -> the card's account of its fitted band (None: saved before bands were fitted)
+        self.band_reports = {k: band_report(self.card, k) for k in self.default_thresholds}
 
     @classmethod
     def open(cls, predictor: Any, path: str | None = None) -> ModelSession:
@@ -76,7 +123,8 @@ class ModelSession:
         path = str(path) if path else None
         card = dict(getattr(predictor, "model_card", None) or {})
         models = getattr(predictor, "models", None) or {}
-        return cls(predictor, path, model_identity(path, card), {k: fitted_band(m) for k, m in models.items()})
+        return cls(predictor, path, model_identity(path, card),
+                   {k: fitted_band(m, band_report(card, k)) for k, m in models.items()})
 
     @property
     def keys(self) -> list[str]:
@@ -91,6 +139,11 @@ class ModelSession:
     def band(self, key: str | None = None) -> float:
         """The uncertainty band of model ``key`` (default: the first model's)."""
         return self.bands.get(key if key is not None else self.keys[0], DEFAULT_UNCERTAINTY_BAND)
+
+    def band_text(self, key: str, band: float | None = None) -> str:
+        """What model ``key``'s band rests on, in words (:func:`band_summary`); ``band``: the one in use."""
+        name = MODEL_NAMES.get(key, key)
+        return band_summary(name, self.band_reports.get(key), self.band(key) if band is None else band)
 
     # ---- thresholds the user set, kept per model ---------------------------------------------------
     def _legacy_key(self) -> str:
@@ -111,3 +164,18 @@ class ModelSession:
         for key, t in thresholds.items():
             if key in self.default_thresholds:
                 settings.setValue(f"threshold/{self.sha256}/{key}", float(t))
+
+    def saved_bands(self, settings: Settings) -> dict[str, float]:
+        """The uncertain bands the user set for this model (keys where the model's own is in use are left out)."""
+        return {k: float(v) for k in self.default_thresholds
+                if (v := settings.value(f"band/{self.sha256}/{k}")) is not None}
+
+    def save_bands(self, settings: Settings, bands: dict[str, float]) -> None:
+        """Keep the bands (model key -> band) that differ from the model's own; forget the others."""
+        for key, b in bands.items():
+            if key not in self.default_thresholds:
+                continue
+            if abs(float(b) - self.band(key)) > 1e-9:
+                settings.setValue(f"band/{self.sha256}/{key}", float(b))
+            elif settings.value(f"band/{self.sha256}/{key}") is not None:
+                settings.remove(f"band/{self.sha256}/{key}")

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QLineEd
 from allgui.imaging import DECISION_COLOURS
 from allgui.review.review_model import FILTERS, ImageReview, ReviewModel
 from trainer.cases import REVIEW_ALL, REVIEW_NORMAL, REVIEW_UNCLASSIFIABLE
+from trainer.inference.results import DECISION_OUTSIDE, DECISION_UNCERTAIN
 
 OVERRIDE_RGB = (115, 25, 140)
 REVIEW_RGB = {REVIEW_ALL: DECISION_COLOURS["ALL blast"], REVIEW_NORMAL: DECISION_COLOURS["normal"],
@@ -46,6 +47,7 @@ class ReviewBar(QWidget):
     redoRequested = Signal()
     filterChanged = Signal(str)
     commentSubmitted = Signal()
+    reviewOrderRequested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -107,6 +109,11 @@ class ReviewBar(QWidget):
             self.filter.addItem(label, key)
         self.filter.setToolTip("Images shown in the table (and visited by Next / Previous)")
         self.filter.currentIndexChanged.connect(lambda i: self.filterChanged.emit(self.filter.itemData(i)))
+        self.order_btn = QPushButton("Review order")
+        self.order_btn.setObjectName("reviewOrder")
+        self.order_btn.setToolTip("Sort the table as the review queue: outside training first, then uncertain, "
+                                  "then the closest to the threshold (a click on a column header sorts by it)")
+        self.order_btn.clicked.connect(self.reviewOrderRequested.emit)
         row.addWidget(self.prev_btn)
         row.addWidget(self.confirm_btn)
         for b in self.buttons.values():
@@ -118,8 +125,10 @@ class ReviewBar(QWidget):
         row.addWidget(self.advance)
         row.addWidget(QLabel("Show"))
         row.addWidget(self.filter)
+        row.addWidget(self.order_btn)
         v.addLayout(row)
-        for w in (self.prev_btn, self.next_btn, self.confirm_btn, self.undo_btn, self.redo_btn, *self.buttons.values()):
+        for w in (self.prev_btn, self.next_btn, self.confirm_btn, self.undo_btn, self.redo_btn, self.order_btn,
+                  *self.buttons.values()):
             w.setFocusPolicy(Qt.NoFocus)    # keys stay with the window's shortcuts
 
     def set_filter(self, key: str) -> None:
@@ -170,10 +179,16 @@ class ReviewBar(QWidget):
                 bar.model.setText("model: could not analyse" if readable else "the file could not be read")
             else:  # as the side panel says: nothing is analysed without a model
                 bar.model.setText("model: analysing\u2026" if st.model_name else "model: no model loaded")
+        elif cell >= 0 and pred is not None and pred.kind == "field" and not pred.field_by_cells:
+            # a model that judges whole fields scored this cell: a score, not a decision
+            bar.model.setText(f"model: <small style='color:#8c8c8c'>cell score {pred.cells[cell].probability:.3f}, "
+                              "not validated</small>")
         else:
             colour = DECISION_COLOURS.get(model, (0, 0, 0))
             bar.model.setText(f"model: <b style='color:{_rgb(colour)}'>{model}</b>")
-        bar.confirm_btn.setEnabled(enabled and model is not None and model != "uncertain, review")
+        # nothing to confirm where the model gives no class for lack of certainty or of like training images
+        bar.confirm_btn.setEnabled(enabled and model is not None and model not in (DECISION_UNCERTAIN,
+                                                                                    DECISION_OUTSIDE))
         r = rv.review_for(path, cell)
         if r is None:
             bar.status.setText("<span style='color:#777'>not reviewed</span>")

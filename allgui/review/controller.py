@@ -8,7 +8,8 @@ All state lives in :class:`allgui.review.review_model.ReviewModel` (Qt-free, per
 action); these views only show it and forward the user's actions. Keys: A = ALL blast, N = normal,
 U = unclassifiable, C = confirm the model, J / K = next / previous image in the table's order,
 Ctrl+Z / Ctrl+Shift+Z = undo / redo a review. A decision on the whole image moves on to the next
-image (unless switched off); with a cell of a field selected, the decision is that cell's.
+image (unless switched off); with a cell of a field selected, the decision is that cell's. The table's
+order is the review queue unless the user sorts it by a column; Review > Review order restores it.
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ class ReviewController(QObject):
         self.bar.undoRequested.connect(self.undo)
         self.bar.redoRequested.connect(self.redo)
         self.bar.filterChanged.connect(self.review.set_filter)
+        self.bar.reviewOrderRequested.connect(self.review_order)
         self.bar.commentSubmitted.connect(self.save_comment)
         QShortcut(QKeySequence(Qt.Key_Escape), self.bar.comment, context=Qt.WidgetShortcut,
                   activated=lambda: self.window.setFocus())   # Esc: back to the shortcuts
@@ -147,6 +149,7 @@ class ReviewController(QObject):
         m.addSeparator()
         self.act_next = self._act(m, "Ne&xt image in the table", lambda: self.step(1), "J")
         self.act_prev = self._act(m, "&Previous image in the table", lambda: self.step(-1), "K")
+        self.act_order = self._act(m, "Review &order: what most needs a person first", self.review_order)
         m.addSeparator()
         self._act(m, "Reviewer &name\u2026", self.ask_reviewer)
         return m
@@ -240,6 +243,12 @@ class ReviewController(QObject):
         after = [p for p in (paths[i + 1:] + paths[:i + 1] if delta > 0 else paths[:i][::-1] + paths[i:][::-1])
                  if p in order]
         return after[0] if after else order[0]
+
+    def review_order(self) -> None:
+        """Sort the table (and so Next / Previous) in the review queue's order."""
+        self.table.review_order()
+        self.status_bar.showMessage("Review order: outside training first, then uncertain, then the closest to "
+                                    "the threshold", 5000)
 
     def step(self, delta: int) -> None:
         nxt = self._next_path(delta)

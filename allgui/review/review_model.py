@@ -31,12 +31,12 @@ from trainer.cases import (
     model_review_decision,
 )
 from trainer.cases.records import prediction_record, review_record
-from trainer.inference.results import DECISION_UNCERTAIN
+from trainer.inference.results import DECISION_OUTSIDE, DECISION_UNCERTAIN
 from trainer.util.errors import AllguiError
 
 #: table filters: key -> label
 FILTERS = {"all": "All images", "unreviewed": "Not reviewed", "flagged": "Flagged",
-           "attention": "Flagged or not reviewed", "overrides": "Overrides"}
+           "attention": "Flagged or not reviewed", "outside": "Outside training", "overrides": "Overrides"}
 
 
 class ReviewRefused(AllguiError):
@@ -272,7 +272,8 @@ class ReviewModel:
             if pred is None or sha is None or key in self._recorded or key in keys:
                 continue
             keys.add(key)
-            records.append(prediction_record(pred, sha, path, self.model_sha256, st.threshold_for(pred), st.band))
+            records.append(prediction_record(pred, sha, path, self.model_sha256, st.threshold_for(pred),
+                                                 st.band_for(pred)))
         if records:
             self.store.record_model(self.model_sha256, self.model_name, self.model_card)
             self.store.record_predictions(records)
@@ -299,9 +300,7 @@ class ReviewModel:
         pred = self.state.predictions.get(path)
         if pred is None:
             return None
-        if cell >= 0:
-            return self.state.decide(pred.cells[cell].probability, pred)
-        return pred.decision(self.state.threshold_for(pred), self.state.band)
+        return self.state.decision(pred, cell)
 
     def decide(self, decision: str, comment: str = "", path: str | None = None, cell: int | None = None,
                confirmed: bool = False) -> Review:
@@ -324,7 +323,7 @@ class ReviewModel:
         sha = self.hash_of(path)
         self._record_paths([path])
         if pred is not None:
-            record = review_record(pred, sha, path, cell, self.model_sha256, st.threshold_for(pred), st.band)
+            record = review_record(pred, sha, path, cell, self.model_sha256, st.threshold_for(pred), st.band_for(pred))
         else:        # the image could not be analysed: the reviewer's decision stands alone
             record = {"image_sha256": sha, "path": path, "cell": -1, "model_sha256": self.model_sha256 or None,
                       "model_name": self.model_name or None, "model_decision": "error"}
@@ -340,6 +339,9 @@ class ReviewModel:
         if model == DECISION_UNCERTAIN:
             raise ReviewRefused("The model is uncertain here: choose ALL blast (A), normal (N) or "
                                 "unclassifiable (U).")
+        if model == DECISION_OUTSIDE:
+            raise ReviewRefused("The model gives no class here: this image is unlike its training images. Choose "
+                                "ALL blast (A), normal (N) or unclassifiable (U).")
         if agreed is None:
             raise ReviewRefused(f"{Path(path).name} has no result to confirm yet.")
         return self.decide(agreed, comment, path, cell, confirmed=True)
@@ -418,5 +420,7 @@ class ReviewModel:
             return not s.reviewed
         if f == "overrides":
             return s.override or s.cell_overrides > 0
+        if f == "outside":
+            return self.state.row(path).outside
         flagged = self.state.row(path).flagged
         return flagged if f == "flagged" else (flagged or not s.reviewed)

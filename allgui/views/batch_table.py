@@ -1,7 +1,10 @@
-"""Batch table of the opened images: thumbnail, file, cells, probability, decision, review, flagged.
+"""Batch table of the opened images: thumbnail, file, cells, probability, decision, review, flagged, domain.
 
-Sortable and filterable; selecting a row makes that image current. Rows are computed from the state at
-the current threshold, so moving the slider only repaints.
+Sortable and filterable; selecting a row makes that image current. Its default order is the review
+queue (what most needs a person first: outside training, then uncertain, then by closeness to the
+threshold; :func:`allgui.state.review_priority`), kept in a hidden column; a click on a header sorts by
+that column and :meth:`BatchTable.review_order` restores the queue. Rows are computed from the state at
+the current thresholds, so moving the slider only repaints (and re-sorts the queue).
 """
 from __future__ import annotations
 
@@ -18,18 +21,38 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from allgui.imaging import DECISION_COLOURS
 from allgui.state import AppState, Row, Topic
+from allgui.views.result_text import checks_text
+from trainer.inference.results import DECISION_OUTSIDE
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import safe_row
 
-COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Review", "Flagged", "Model")
+COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Review", "Flagged", "Model", "Domain", "Queue")
 REVIEW_COLUMN = 5
+DOMAIN_COLUMN = 8
+QUEUE_COLUMN = 9   # hidden: the review queue's order (Row.queue)
 SORT_ROLE = Qt.UserRole + 1
 _DISPLAY, _SORT, _DECORATION = int(Qt.DisplayRole.value), int(SORT_ROLE), int(Qt.DecorationRole.value)
 _FOREGROUND, _TOOLTIP, _ALIGN = int(Qt.ForegroundRole.value), int(Qt.ToolTipRole.value), int(Qt.TextAlignmentRole.value)
 _ROLES = {_DISPLAY, _SORT, _DECORATION, _FOREGROUND, _TOOLTIP, _ALIGN}
 _RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
+_GREYED = QBrush(QColor(150, 150, 150))
 CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
-              "vote_share", "decision", "flagged", "threshold", "band", "model", "error", "review")
+              "vote_share", "decision", "novelty", "in_domain", "domain_checks", "n_outside", "flagged", "threshold",
+              "band", "model", "error", "review")
+
+
+def domain_cell(r: Row) -> tuple[str, float, str]:
+    """The Domain column of a row: text, sort key (novelty; -1 without one), tooltip."""
+    if r.novelty is None:
+        if r.probability is None:
+            return "", -1.0, ""
+        return "\u2014", -1.0, "This model cannot tell images unlike its training (saved before the check); retrain it"
+    cells = f", {r.n_outside} cells out" if r.n_outside and r.kind == "field" else ""
+    if r.domain_checks:
+        return (f"outside {r.novelty:.2f}", r.novelty,
+                f"Outside training (novelty {r.novelty:.2f}, above 1): {checks_text(r.domain_checks)}{cells}")
+    return (f"inside {r.novelty:.2f}{cells}", r.novelty,
+            f"Like the training images (novelty {r.novelty:.2f}; above 1 is outside){cells}")
 
 
 def to_qimage(image: np.ndarray) -> QImage:
@@ -70,14 +93,17 @@ class BatchModel(QAbstractTableModel):
         data() only looks them up.
         """
         text, key, rcolour, rtip = self.review_info(r.path) if self.review_info is not None else ("", "", None, "")
+        dtext, dkey, dtip = domain_cell(r)
         display = ("", r.file, "" if r.cells is None else str(r.cells),
                    "" if r.probability is None else f"{r.probability:.3f}", r.decision, text,
-                   "yes" if r.flagged else ("" if r.decision == "pending" else "no"), r.model)
+                   "yes" if r.flagged else ("" if r.decision == "pending" else "no"), r.model, dtext, "")
         sort = (0, r.file, r.cells if r.cells is not None else -1,
-                r.probability if r.probability is not None else -1.0, r.decision, key, int(r.flagged), r.model)
+                r.probability if r.probability is not None else -1.0, r.decision, key, int(r.flagged), r.model,
+                dkey, r.queue)
         colour = DECISION_COLOURS.get(r.decision)
         fg = QBrush(QColor(*colour)) if colour else (QBrush(QColor(160, 0, 0)) if r.decision == "error" else None)
-        return display, sort, fg, QBrush(QColor(*rcolour)) if rcolour else None, rtip
+        return display, sort, fg, QBrush(QColor(*rcolour)) if rcolour else None, {REVIEW_COLUMN: rtip,
+                                                                                    DOMAIN_COLUMN: dtip}
 
     def _set_rows(self, rows: list[Row]) -> None:
         self._rows = rows
@@ -123,7 +149,7 @@ class BatchModel(QAbstractTableModel):
         if role not in _ROLES:
             return None
         i, col = index.row(), index.column()
-        display, sort, fg, rfg, rtip = self._view[i]
+        display, sort, fg, rfg, tips = self._view[i]
         if role == _DISPLAY:
             return display[col]
         if role == _SORT:
@@ -133,11 +159,13 @@ class BatchModel(QAbstractTableModel):
         if role == _FOREGROUND:
             if col == REVIEW_COLUMN:
                 return rfg
-            return fg if (col == 4 or self._rows[i].decision == "error") else None
+            if col == 3 and self._rows[i].decision == DECISION_OUTSIDE:
+                return _GREYED                  # the probability means nothing outside training
+            return fg if (col in (4, DOMAIN_COLUMN) or self._rows[i].decision == "error") else None
         if role == _TOOLTIP:
-            if col == REVIEW_COLUMN and rtip:
-                return rtip
-            return self._rows[i].error or self._rows[i].path
+            if col == 3 and self._rows[i].decision == DECISION_OUTSIDE:
+                return "Not meaningful outside training: the model gives this image no class"
+            return tips.get(col) or self._rows[i].error or self._rows[i].path
         if role == _ALIGN:
             return _RIGHT if col in (2, 3) else None
         return None
@@ -152,8 +180,10 @@ class BatchModel(QAbstractTableModel):
         w.writerow(CSV_FIELDS)
         for r in rows:  # names a spreadsheet would run as formulas are neutralised; odd bytes escaped
             w.writerow(safe_row([r.file, r.path, r.kind, _v(r.cells), _v(r.n_all), _v(r.n_uncertain),
-                        _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision,
-                        int(r.flagged), _f(r.threshold), f"{st.band:.4f}", r.model, r.error,
+                        _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision, _f(r.novelty),
+                        {None: "", True: "yes", False: "no"}[None if r.novelty is None else not r.domain_checks],
+                        " ".join(r.domain_checks), _v(r.n_outside if r.probability is not None else None),
+                        int(r.flagged), _f(r.threshold), _f(r.band), r.model, r.error,
                         self.review_info(r.path)[0] if self.review_info is not None else ""]))
         atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))  # never a half-written CSV
         return len(rows)
@@ -188,7 +218,8 @@ class BatchTable(QTableView):
         self.proxy.setSortRole(SORT_ROLE)
         self.setModel(self.proxy)
         self.setSortingEnabled(True)
-        self.sortByColumn(-1, Qt.AscendingOrder)
+        self.setColumnHidden(QUEUE_COLUMN, True)
+        self.review_order()
         self.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.setSelectionMode(QAbstractItemView.SingleSelection)
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -206,7 +237,7 @@ class BatchTable(QTableView):
     _syncing = False
 
     #: widest text a column is sized for besides its header ("" = header only); wider cells wrap or elide
-    COLUMN_TEXT = ("", "", "99", "0.000", "uncertain,", "confirmed", "yes", "model")
+    COLUMN_TEXT = ("", "", "99", "0.000", "uncertain,", "confirmed", "yes", "model", "outside 2.44", "")
 
     def _size_columns(self) -> None:
         """Every column as wide as its header (never clipped) and its usual text; the file name takes the rest.
@@ -226,6 +257,14 @@ class BatchTable(QTableView):
             width = 54 if col == 0 else max(hfm.horizontalAdvance(COLUMNS[col]) + pad, fm.horizontalAdvance(text) + 10)
             hh.setSectionResizeMode(col, QHeaderView.Interactive)
             self.setColumnWidth(col, width)
+
+    def review_order(self) -> None:
+        """Sort in the review queue's order: what most needs a person first (the default)."""
+        self.sortByColumn(QUEUE_COLUMN, Qt.AscendingOrder)
+
+    @property
+    def in_review_order(self) -> bool:
+        return self.horizontalHeader().sortIndicatorSection() == QUEUE_COLUMN
 
     def set_filter(self, accept: Callable[[str], bool] | None) -> None:
         """Show only the rows whose path ``accept`` takes (None: every row)."""

@@ -1,6 +1,8 @@
 """The image view: zoom (wheel), pan (drag), fit; nuclei outlines or translucent fill; cell picking.
 
-Observes :class:`allgui.state.AppState`; clicking a cell calls ``state.select_cell``.
+Observes :class:`allgui.state.AppState`; clicking a cell calls ``state.select_cell``. Outlines: solid in the
+probability colour where the model decides, dashed inside the uncertain band, dotted grey outside the
+model's training (no class); each outline's tooltip says which.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsRectItem
 
-from allgui.imaging import cell_regions, fill_overlay, probability_colour
+from allgui.imaging import cell_regions, fill_overlay, region_colour, regions_outside
 from allgui.state import AppState, Topic
+from allgui.views.result_text import checks_text
 from trainer.inference.explain import heatmap_rgba
+from trainer.inference.results import DECISION_OUTSIDE, ImagePrediction
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
@@ -29,12 +33,26 @@ class _CellItem(QGraphicsPathItem):
         self.index = index
         self.contour = contour
 
-    def set_style(self, colour: tuple[int, int, int], width: float, dashed: bool, selected: bool) -> None:
+    def set_style(self, colour: tuple[int, int, int], width: float, dashed: bool, selected: bool,
+                  outside: bool = False) -> None:
         pen = QPen(QColor(*colour))
         pen.setCosmetic(True)                    # width in screen pixels, independent of zoom
         pen.setWidthF(width + (1.5 if selected else 0.0))
-        pen.setStyle(Qt.DashLine if dashed else Qt.SolidLine)
+        pen.setStyle(Qt.DotLine if outside else Qt.DashLine if dashed else Qt.SolidLine)
         self.setPen(pen)
+
+
+def outline_tip(pred: ImagePrediction, index: int, p: float | None, outside: bool, threshold: float,
+                band: float) -> str:
+    """The tooltip of one outline: what it is and the model's result on it."""
+    what = f"Cell {index + 1}" if index >= 0 else "This cell"
+    if p is None:
+        return f"{what}: outlined for review; this model judges the whole field"
+    unit = pred.cells[index] if 0 <= index < len(pred.cells) else pred.whole
+    if outside:
+        return (f"{what}: {DECISION_OUTSIDE} ({checks_text(unit.domain_checks)}): no class; "
+                f"its P(ALL) {p:.3f} is not meaningful")
+    return f"{what}: {unit.decision(threshold, band)}, P(ALL) {p:.3f} (threshold {threshold:.3f} \u00b1 {band:.3f})"
 
 
 class ImageView(pg.GraphicsLayoutWidget):
@@ -145,29 +163,32 @@ class ImageView(pg.GraphicsLayoutWidget):
         if pred is None:
             return
         st = self.state
-        threshold = st.threshold_for(pred)
+        threshold, band = st.threshold_for(pred), st.band_for(pred)
         visible = st.overlay_visible
         regions = cell_regions(pred)
-        for k, (item, (index, _, p)) in enumerate(zip(self.cell_items, regions)):
-            colour = probability_colour(p, threshold, st.band)
-            uncertain = p is not None and abs(p - threshold) < st.band
+        for k, (item, (index, _, p), outside) in enumerate(zip(self.cell_items, regions, regions_outside(pred))):
+            colour = region_colour(p, outside, threshold, band)
+            uncertain = p is not None and abs(p - threshold) < band
             selected = pred.kind == "field" and index == st.selected_cell
             width = 3.0 if st.overlay_mode == "outline" else 1.5
-            item.set_style(colour, width, uncertain, selected)
+            item.set_style(colour, width, uncertain, selected, outside)
+            item.setToolTip(outline_tip(pred, index, p, outside, threshold, band))
             item.setVisible(visible)
             if k < len(self.labels):
-                self.labels[k].setText(f"#{index + 1}" if p is None else f"#{index + 1}  {p:.2f}",
-                                       color=QColor(*colour))
+                score = "" if p is None else "  outside" if outside else f"  {p:.2f}"
+                self.labels[k].setText(f"#{index + 1}{score}", color=QColor(*colour))
                 self.labels[k].setVisible(visible)
         self.field_frame.hide()
         if pred.kind == "field" and not pred.field_by_cells and visible:
             h, w = pred.shape
-            pen = QPen(QColor(*probability_colour(pred.probability, threshold, st.band)))
+            outside = pred.in_domain is False
+            pen = QPen(QColor(*region_colour(pred.probability, outside, threshold, band)))
             pen.setCosmetic(True)
             pen.setWidthF(5.0)
-            uncertain = abs(pred.probability - threshold) < st.band
-            pen.setStyle(Qt.DashLine if uncertain else Qt.SolidLine)
+            uncertain = abs(pred.probability - threshold) < band
+            pen.setStyle(Qt.DotLine if outside else Qt.DashLine if uncertain else Qt.SolidLine)
             self.field_frame.setPen(pen)
+            self.field_frame.setToolTip(f"The field: {st.decision(pred)}")
             self.field_frame.setRect(0, 0, w, h)
             self.field_frame.show()
         self.selection_box.hide()
@@ -177,7 +198,7 @@ class ImageView(pg.GraphicsLayoutWidget):
             self.selection_box.setRect(x - m, y - m, w + 2 * m, h + 2 * m)
             self.selection_box.show()
         if visible and st.overlay_mode == "fill":
-            self.fill_item.setImage(fill_overlay(pred, threshold, st.overlay_opacity, st.band),
+            self.fill_item.setImage(fill_overlay(pred, threshold, st.overlay_opacity, band),
                                     levels=(0, 255), autoLevels=False)
             self.fill_item.setVisible(True)
         else:

@@ -1,7 +1,10 @@
 """Side panel: the decision, the probabilities, the votes and the threshold.
 
-The decision in words, raw and calibrated probability, per-classifier votes (bar chart), the
-decision-threshold slider with validation sensitivity / specificity and a small ROC plot.
+The image's decision in words (the headline, also while a cell of a field is selected), whether the image
+is like the model's training images, the calibrated probability with the threshold beside it (greyed
+and "not meaningful" outside training), the selected cell's own result, raw probability, per-classifier
+votes (bar chart), the decision-threshold slider with the model's uncertain band and what it rests on,
+validation sensitivity / specificity and a small ROC plot.
 
 Moving the slider only sets ``state.threshold``; every view re-decides from cached probabilities.
 """
@@ -22,18 +25,23 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from allgui.imaging import DECISION_COLOURS, probability_colour
+from allgui.imaging import DECISION_COLOURS, counts_text
 from allgui.qtutil import signals_blocked
 from allgui.state import AppState, Topic
 from allgui.views.heatmap import HeatmapBox
+from allgui.views.result_text import cell_text, domain_text, probability_text, rgb
 from allgui.views.threshold_slider import ThresholdSlider
-from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_NOT_ASSESSABLE, MODEL_NAMES
+from trainer.inference.results import (
+    DECISION_ALL,
+    DECISION_NORMAL,
+    DECISION_NOT_ASSESSABLE,
+    DECISION_OUTSIDE,
+    MODEL_NAMES,
+)
 
 SLIDER_STEPS = 1000
 RESEARCH_NOTE = "Research use only \u2014 not for clinical diagnosis."
 RARE_KIND_SHARE = 0.10  # warn when fewer of the training images were of the shown image's kind
-
-
 class VotesChart(pg.PlotWidget):
     """Bars: each classifier's P(ALL); colour = its vote; tick label carries its ensemble weight."""
 
@@ -51,7 +59,8 @@ class VotesChart(pg.PlotWidget):
         self.bars: pg.BarGraphItem | None = None
         self.names: list[str] = []
 
-    def set_votes(self, votes) -> None:
+    def set_votes(self, votes, greyed: bool = False) -> None:
+        """Bars of ``votes``; ``greyed``: all in grey (outside training, where the votes mean nothing)."""
         if self.bars is not None:
             self.removeItem(self.bars)
             self.bars = None
@@ -60,8 +69,8 @@ class VotesChart(pg.PlotWidget):
             self.getAxis("bottom").setTicks([[]])
             return
         x = np.arange(len(votes))
-        brushes = [pg.mkBrush(*(DECISION_COLOURS[DECISION_ALL] if v.vote else DECISION_COLOURS[DECISION_NORMAL]))
-                   for v in votes]
+        brushes = [pg.mkBrush(*(DECISION_COLOURS[DECISION_OUTSIDE] if greyed else DECISION_COLOURS[DECISION_ALL]
+                                if v.vote else DECISION_COLOURS[DECISION_NORMAL])) for v in votes]
         # bar width shows the weight relative to an equal share
         n = len(votes)
         widths = [max(0.15, min(0.9, 0.6 * v.weight * n)) for v in votes]
@@ -109,6 +118,7 @@ class SidePanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.predictor = None  # the loaded model (trainer.inference.predictor.Predictor or alike), or None
+        self.session = None    # its ModelSession (what its bands rest on), or None
         self._roc_key: str | None = None
         self.setMinimumWidth(360)
         lay = QVBoxLayout(self)
@@ -155,7 +165,14 @@ class SidePanel(QWidget):
         f.setPointSize(f.pointSize() + 5)
         f.setBold(True)
         self.decision.setFont(f)
+        self.domain = QLabel("\u2014")
+        self.domain.setObjectName("trainingDomain")
+        self.domain.setToolTip("Whether this image is like the images the model was trained on (its domain "
+                               "check); outside them the model gives no class")
         self.calibrated = QLabel("\u2014")
+        self.calibrated.setObjectName("calibratedProbability")
+        self.cell_score = QLabel("\u2014")
+        self.cell_score.setObjectName("cellScore")
         self.raw = QLabel("\u2014")
         self.vote_share = QLabel("\u2014")
         self.counts = QLabel("\u2014")
@@ -164,12 +181,16 @@ class SidePanel(QWidget):
         self.model.setObjectName("decidingModel")
         self.model.setToolTip("The calibrated model that judged this image: the crop model for single-cell "
                               "crops, the field model for smear fields")
-        for w in (self.raw, self.vote_share, self.counts, self.morph):
+        for w in (self.raw, self.vote_share, self.counts, self.morph, self.domain, self.cell_score):
             w.setWordWrap(True)
         form.addRow("Showing", self.where)
         form.addRow("Decision", self.decision)
+        form.addRow("Training domain", self.domain)
         form.addRow("Decided by", self.model)
         form.addRow("Calibrated P(ALL)", self.calibrated)
+        form.addRow("Selected cell", self.cell_score)
+        self.result_form = form
+        form.setRowVisible(self.cell_score, False)
         form.addRow("Raw ensemble P", self.raw)
         form.addRow("Weighted vote", self.vote_share)
         form.addRow("Cells", self.counts)
@@ -202,18 +223,23 @@ class SidePanel(QWidget):
         brow = QHBoxLayout()
         brow.addWidget(QLabel("Uncertain band \u00b1"))
         self.band = QDoubleSpinBox()
-        self.band.setRange(0.0, 0.3)
+        self.band.setRange(0.0, 0.5)     # a band fitted where the target was not reached may be wide
         self.band.setSingleStep(0.01)
-        self.band.setDecimals(2)
+        self.band.setDecimals(3)         # fitted bands are not round numbers
         self.band.setValue(self.state.band)
         self.band.valueChanged.connect(self.state.set_band)
         brow.addWidget(self.band)
         brow.addStretch(1)
         tl.addLayout(brow)
+        self.band_text = QLabel("\u2014")
+        self.band_text.setObjectName("bandText")
+        self.band_text.setWordWrap(True)
+        tl.addWidget(self.band_text)
         legend = QLabel("Outlines: <span style='color:#08458f'>\u25a0</span><span style='color:#5aa0d7'>\u25a0</span>"
                         " normal \u00b7 <span style='color:#f09600'>\u25a0</span> uncertain, review (dashed) \u00b7 "
                         "<span style='color:#f05028'>\u25a0</span><span style='color:#a50026'>\u25a0</span> ALL blast"
-                        "; darker = further from the threshold")
+                        "; darker = further from the threshold \u00b7 <span style='color:#969696'>\u25a0</span> "
+                        "outside training (dotted grey): no class")
         legend.setWordWrap(True)
         tl.addWidget(legend)
         self.sens_spec = QLabel("\u2014")
@@ -224,13 +250,16 @@ class SidePanel(QWidget):
         return thr
 
     # ---- model info ---------------------------------------------------------------------------
-    def set_model(self, predictor) -> None:
+    def set_model(self, predictor, session=None) -> None:
         """Show ``predictor``'s validation ROC and operating points (None: no model).
 
         Uses ``predictor.validation_roc_for(key)``, ``operating_point(t, key)`` and
-        ``test_operating_point(t, key)`` of the active model key (the current image's model).
+        ``test_operating_point(t, key)`` of the active model key (the current image's model), and
+        ``session.band_text(key, band)`` (a :class:`~allgui.model.session.ModelSession`) for what its
+        uncertain band rests on.
         """
         self.predictor = predictor
+        self.session = session
         self._roc_key = None
         self.on_threshold()
 
@@ -279,7 +308,10 @@ class SidePanel(QWidget):
         name = MODEL_NAMES.get(key, key)
         several = len(st.thresholds) > 1
         self.threshold_box.setTitle(f"Decision threshold \u2014 {name}" if several else "Decision threshold")
-        self.reset.setToolTip(f"Back to the {name}'s validation (Youden) threshold {st.default_threshold:.3f}")
+        self.reset.setToolTip(f"Back to the {name}'s validation (Youden) threshold {st.default_threshold:.3f} "
+                              f"and its own uncertain band \u00b1{st.default_band:.3f}")
+        self.band_text.setText(self.session.band_text(key, st.band) if self.session is not None
+                               else f"Uncertain band \u00b1{st.band:.3f}")
         if self.predictor is not None:
             self._show_roc(key)
             sens, spec = self.predictor.operating_point(st.threshold, key)
@@ -334,40 +366,44 @@ class SidePanel(QWidget):
             self.morph.setText(f"area {shown.area_px:.0f} px, circularity {shown.circularity:.2f}{nc}")
         else:
             self.morph.setText("\u2014")
-        self.chart.set_votes(shown.votes)
+        self.chart.set_votes(shown.votes, greyed=shown.in_domain is False)
         self.refresh_decision()
 
     def _blank(self, text: str) -> None:
         self.caution.hide()
         self.where.setText(text)
-        for w in (self.raw, self.vote_share, self.morph, self.counts, self.calibrated, self.model):
+        for w in (self.raw, self.vote_share, self.morph, self.counts, self.calibrated, self.model, self.domain):
             w.setText("\u2014")
+        self.result_form.setRowVisible(self.cell_score, False)
         self.decision.setText("\u2014")
         self.decision.setStyleSheet("")
         self.chart.set_votes([])
 
     def refresh_decision(self) -> None:
-        """Decision, calibrated probability and counts at the current threshold (cheap)."""
+        """Decision, calibrated probability, the selected cell and counts at the current threshold (cheap).
+
+        The headline is always the image's decision; a selected cell of a field gets its own line.
+        """
         st = self.state
         pred = st.prediction
         cell = st.selected
         if pred is None or cell is None:
             return
+        self.domain.setText(domain_text(pred))
+        self.result_form.setRowVisible(self.cell_score, False)
         if not pred.assessable:
-            self.decision.setText(DECISION_NOT_ASSESSABLE)
-            r, g, b = DECISION_COLOURS[DECISION_NOT_ASSESSABLE]
-            self.decision.setStyleSheet(f"color: rgb({r},{g},{b});")
+            self._headline(DECISION_NOT_ASSESSABLE)
             self.calibrated.setText("\u2014")
             self.counts.setText("No nucleus or white cell was found: the image gets no class "
                                 "(check focus, staining and that it shows blood cells)")
             return
-        p = pred.probability if (pred.kind == "field" and cell.index < 0) else cell.probability
-        decision = st.decide(p)
-        self.decision.setText(decision)
-        r, g, b = DECISION_COLOURS[decision]
-        self.decision.setStyleSheet(f"color: rgb({r},{g},{b});")
-        cr, cg, cb = probability_colour(p, st.threshold, st.band)
-        self.calibrated.setText(f"<b style='color:rgb({cr},{cg},{cb})'>{p:.3f}</b>")
+        threshold, band = st.threshold_for(pred), st.band_for(pred)
+        decision = st.decision(pred)
+        self._headline(decision)
+        self.calibrated.setText(probability_text(pred.probability, threshold, band, decision == DECISION_OUTSIDE))
+        if pred.kind == "field" and cell.index >= 0:
+            self.cell_score.setText(cell_text(pred, cell, threshold, band))
+            self.result_form.setRowVisible(self.cell_score, True)
         if pred.kind == "field" and not pred.field_by_cells:
             self.counts.setText(f"{len(pred.cells)} white cells found, outlined for review; this model "
                                 "judges the whole field")
@@ -375,7 +411,10 @@ class SidePanel(QWidget):
                 self.counts.setText("This cell's own result, from a model trained on whole fields: "
                                     "for review only, not validated")
             return
-        counts = pred.count(st.threshold, st.band)
-        n = sum(counts.values())
-        self.counts.setText(f"{n} analysed: {counts['ALL blast']} ALL blast, {counts['uncertain, review']} "
-                            f"uncertain, {counts[DECISION_NORMAL]} normal")
+        counts = pred.count(threshold, band)
+        self.counts.setText(f"{sum(counts.values())} analysed: {counts_text(counts)}")
+
+    def _headline(self, decision: str) -> None:
+        """The big decision word, in its colour."""
+        self.decision.setText(decision)
+        self.decision.setStyleSheet(f"color: {rgb(DECISION_COLOURS[decision])};")

@@ -23,12 +23,12 @@ CASE_FILE_ENDINGS = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal")
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ");;All files (*)"
 
 
-def _save_overlays(items: list[tuple[str, Any, float]], folder: str, band: float, mode: str,
+def _save_overlays(items: list[tuple[str, Any, float, float]], folder: str, mode: str,
                    opacity: float, progress, cancel, emit) -> int:
-    """Write an overlay PNG per (path, prediction, threshold) item; returns how many."""
+    """Write an overlay PNG per (path, prediction, threshold, band) item; returns how many."""
     n = 0
     used: set[str] = set()
-    for i, (path, pred, threshold) in enumerate(items):
+    for i, (path, pred, threshold, band) in enumerate(items):
         if cancel():
             break
         img = draw_overlay(read_image(path), pred, threshold, band, mode, opacity)
@@ -246,9 +246,9 @@ class FilesController(QObject):
 
     def save_overlays(self, folder: str) -> ThreadTask:
         st = self.state
-        items = [(p, st.predictions[p], st.threshold_for(st.predictions[p])) for p in st.paths
-                 if p in st.predictions]
-        task = ThreadTask(_save_overlays, items, folder, st.band, st.overlay_mode,
+        items = [(p, pred, st.threshold_for(pred), st.band_for(pred)) for p in st.paths
+                 if (pred := st.predictions.get(p)) is not None]
+        task = ThreadTask(_save_overlays, items, folder, st.overlay_mode,
                           st.overlay_opacity, pool=QThreadPool.globalInstance(), name="save-overlays")
         task.finished.connect(lambda n: self.status_bar.showMessage(f"Saved {n} overlay images to {folder}", 8000))
         task.failed.connect(lambda msg: QMessageBox.critical(self.dialog_parent, "Save overlays", msg))

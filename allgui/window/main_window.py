@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from allgui.imaging import counts_text
 from allgui.model.controller import ModelController
 from allgui.qtutil import ElidedLabel, signals_blocked
 from allgui.resources import default_model_path, icon_path
@@ -66,16 +67,15 @@ def status_text(st: AppState) -> str:
     text = f"{i}/{len(st.paths)}  {name}"
     if pred is not None:
         t = st.threshold_for(pred)
-        c = pred.count(t, st.band)
+        c = pred.count(t, st.band_for(pred))
         if not pred.assessable:
             text += "  \u2014 not assessable: no nucleus or white cell was found"
         elif pred.kind == "field" and not pred.field_by_cells:
             text += (f"  \u2014 field judged whole ({len(pred.cells)} white cells found): "
-                     f"{st.decide(pred.probability, pred)} at threshold {t:.3f}")
+                     f"{st.decision(pred)} at threshold {t:.3f}")
         else:
             kind = "field" if pred.kind == "field" else "single-cell crop"
-            text += (f"  \u2014 {kind}: {c['ALL blast']} ALL blast, {c['uncertain, review']} uncertain, "
-                     f"{c['normal']} normal at threshold {t:.3f}")
+            text += f"  \u2014 {kind}: {counts_text(c)} at threshold {t:.3f}"
         text += f"  [{pred.model_name}]"
         if pred.seconds:
             text += f"  ({pred.seconds * 1000:.0f} ms)"

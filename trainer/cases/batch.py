@@ -35,8 +35,8 @@ class CaseRecorder:
     """A predictor (``predict``, ``predict_batch``, the rest passed through) that records its results.
 
     ``thresholds``: model key -> the threshold each image is decided at (as the CSV rows are);
-    ``band``: the uncertainty band the app starts with. Results of images given as arrays (no file)
-    are not recorded. :attr:`recorded` counts the results written.
+    ``band``: the uncertainty band of a predictor without per-model bands (``band_for``). Results of images
+    given as arrays (no file) are not recorded. :attr:`recorded` counts the results written.
     """
 
     def __init__(self, predictor, store: CaseStore, model_path: str | os.PathLike, thresholds: dict[str, float],
@@ -75,8 +75,9 @@ class CaseRecorder:
                 sha = file_sha256(item)
             except OSError:               # gone since it was read: its CSV row stands, the case skips it
                 continue
+            band = self._inner.band_for(r.model) if hasattr(self._inner, "band_for") else self.band
             records.append(prediction_record(r, sha, os.path.abspath(item), self.model_sha256,
-                                             self.thresholds[r.model], self.band))
+                                             self.thresholds[r.model], band))
         if records:
             if not self.recorded:
                 self.store.record_model(self.model_sha256, self.model_name, self._card)

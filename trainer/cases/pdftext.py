@@ -26,7 +26,7 @@ MAX_TEXT = 400
 
 #: outline / text colours (RGB 0..1), as the app draws them
 COLOURS = {"ALL blast": (0.84, 0.10, 0.11), "normal": (0.13, 0.44, 0.71), "uncertain, review": (0.90, 0.55, 0.0),
-           "not assessable": (0.43, 0.43, 0.43), None: (0.30, 0.30, 0.30),
+           "not assessable": (0.43, 0.43, 0.43), "outside training": (0.45, 0.40, 0.55), None: (0.30, 0.30, 0.30),
            REVIEW_UNCLASSIFIABLE: (0.43, 0.43, 0.43)}
 OVERRIDE_COLOUR = (0.45, 0.10, 0.55)
 GREY = (0.35, 0.35, 0.35)

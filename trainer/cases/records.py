@@ -6,7 +6,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from trainer.inference.results import CellPrediction, ImagePrediction, decide
+from trainer.inference.results import CellPrediction, ImagePrediction
 
 MAX_OUTLINE_POINTS = 200
 
@@ -86,7 +86,7 @@ def review_record(pred: ImagePrediction, image_sha256: str, path: str, cell: int
         c = pred.cells[cell]
         rec.update(cell_bbox=[int(v) for v in c.bbox], probability=float(c.probability),
                    raw_probability=float(c.raw_probability), vote_share=float(c.vote_share), votes=votes_of(c),
-                   model_decision=decide(c.probability, threshold, band))
+                   model_decision=c.decision(threshold, band))
     elif pred.assessable:
         d = pred.deciding
         rec.update(probability=float(pred.probability), raw_probability=float(d.raw_probability),

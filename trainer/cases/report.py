@@ -51,7 +51,7 @@ from trainer.cases.reviews import Prediction, Review
 from trainer.cases.schema import file_sha256
 from trainer.cases.store import CaseStore
 from trainer.cases.summary import ImageEntry, addenda, case_view, collect, file_name, summary, when
-from trainer.inference.results import decide
+from trainer.inference.results import DECISION_OUTSIDE, decide
 from trainer.io.imageio import read_image
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import CaseError
@@ -160,6 +160,9 @@ def _entry_lines(i: int, e: ImageEntry) -> list[tuple[str, dict]]:
                       f"{_fmt(vs, '.0%')}", {}))
         lines.append((f"model decision at threshold {_fmt(e.threshold)} \u00b1 {_fmt(e.band, '.2f')}: "
                       f"{words}", {"color": colour, "weight": "bold"}))
+        if e.model_decision == DECISION_OUTSIDE:
+            lines.append(("unlike the model's training images: no class, the probability is not meaningful",
+                          {"color": colour}))
         votes = src.votes if src is not None and src.votes else pred.votes
         vl = json.loads(votes) if isinstance(votes, str) else votes
         if vl:

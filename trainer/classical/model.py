@@ -5,10 +5,11 @@ import contextlib
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from trainer.classical.calibration import ScoreCalibrator
+from trainer.classical.domain import DomainCheck, fit_band
 from trainer.classical.ensemble import WeightedVotingEnsemble
 from trainer.classical.fusion import FeatureFusion
 
@@ -17,6 +18,7 @@ from trainer.classical.kinds import KindModels, operating_point, roc_points  # n
 from trainer.classical.stacking import StackedCombiner, inner_folds
 from trainer.config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, TrainConfig
 from trainer.stats.metrics import youden_threshold
+from trainer.stats.selective import risk_coverage
 from trainer.util.threads import ONE_THREAD_ROWS, one_thread
 
 STACK_FOLDS = 5  # internal folds that give the stacked combiner its out-of-fold probabilities
@@ -50,13 +52,19 @@ class AllModel(BaseEstimator):
     Learned: ``fusion_``, ``ensemble_``, ``stacker_`` (StackedCombiner or None), ``calibrator_``,
     ``threshold_`` (on calibrated probability), ``classifier_names_``, ``calibrated_on_``,
     ``validation_`` (dict of the arrays that set the calibration and threshold: ``y``, ``raw``,
-    ``calibrated``, ``probabilities``; used for the ROC and operating points).
+    ``calibrated``, ``probabilities``; used for the ROC and operating points), ``domain_`` (a
+    :class:`trainer.classical.domain.DomainCheck` fitted on the training rows, ``domain_rate`` of
+    held-out subjects' rows flagged), ``band_`` (half-width of the uncertain band around
+    ``threshold_``: the narrowest whose decided rows of the cross-fit pool reach ``decided_accuracy``)
+    and ``band_report_`` (its target, coverage and accuracy, see :func:`~trainer.classical.domain.fit_band`).
+    Models saved before the domain check have neither ``domain_`` nor ``band_``.
     """
 
     def __init__(self, backbones: tuple[str, ...] = BACKBONE_NAMES, pca: bool = True,
                  pca_variance: float = 0.98, classifiers: tuple[str, ...] = CLASSIFIER_NAMES,
                  calibration: str = "auto", seed: int = 0, combiner: str = "weighted",
-                 block_l2: bool = False, calibrate_on: str = "cross-fit", n_jobs: int | None = None):
+                 block_l2: bool = False, calibrate_on: str = "cross-fit", n_jobs: int | None = None,
+                 domain_columns: dict | None = None, domain_rate: float = 0.03, decided_accuracy: float = 0.95):
         self.backbones = backbones
         self.pca = pca
         self.pca_variance = pca_variance
@@ -67,14 +75,18 @@ class AllModel(BaseEstimator):
         self.block_l2 = block_l2
         self.calibrate_on = calibrate_on
         self.n_jobs = n_jobs
+        self.domain_columns = domain_columns
+        self.domain_rate = domain_rate
+        self.decided_accuracy = decided_accuracy
 
     @classmethod
-    def from_config(cls, config: TrainConfig, backbones=None, pca=None) -> AllModel:
+    def from_config(cls, config: TrainConfig, backbones=None, pca=None, domain_columns=None) -> AllModel:
         return cls(backbones=tuple(backbones or config.backbones),
                    pca=config.pca if pca is None else pca, pca_variance=config.pca_variance,
                    classifiers=tuple(config.classifiers), calibration=config.calibration,
                    seed=config.seed, combiner=config.combiner, block_l2=config.block_l2,
-                   calibrate_on=config.calibrate_on, n_jobs=config.jobs)
+                   calibrate_on=config.calibrate_on, n_jobs=config.jobs, domain_columns=domain_columns,
+                   domain_rate=config.domain_rate, decided_accuracy=config.decided_accuracy)
 
     def _stack(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         missing = [b for b in self.backbones if b not in feats]
@@ -121,6 +133,13 @@ class AllModel(BaseEstimator):
         calibrated = self.calibrator_.transform(s_cal)
         self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_cal, calibrated)[0])
         self.validation_ = {"y": y_cal, "raw": s_cal, "calibrated": calibrated, "probabilities": P_cal}
+        self.band_report_ = fit_band(y_cal, calibrated, self.threshold_, self.decided_accuracy)
+        self.band_report_["rows"] = self.calibrated_on_
+        self.band_report_["risk_coverage"] = risk_coverage(y_cal, calibrated, self.threshold_, g_cal, n_boot=500,
+                                                           seed=self.seed)
+        self.band_ = self.band_report_["band"]
+        self.domain_ = DomainCheck(clone(self.fusion_), self.domain_columns, target_rate=self.domain_rate,
+                                   seed=self.seed).fit(self._stack(feats), groups)
         return self
 
     def _oof_folds(self, y: np.ndarray, groups) -> list | None:
@@ -183,7 +202,16 @@ class AllModel(BaseEstimator):
         with one_thread() if len(X) <= ONE_THREAD_ROWS else contextlib.nullcontext():
             det = self._details(self.fusion_.transform(X))
         det["calibrated"] = self.calibrator_.transform(det["raw"])
+        domain = getattr(self, "domain_", None)
+        if domain is not None:
+            det["novelty"], det["domain_flags"] = domain.novelty(X)
         return det
+
+    @property
+    def band(self) -> float | None:
+        """Half-width of the fitted uncertain band; None for a model saved before bands were fitted."""
+        band = getattr(self, "band_", None)
+        return None if band is None else float(band)
 
     def predict_proba(self, feats) -> np.ndarray:
         p = self.predict_details(feats)["calibrated"]
@@ -224,13 +252,14 @@ def subset(feats: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
 
 
 def fit_model(feats, y, train_idx, val_idx, config: TrainConfig, backbones=None, pca=None,
-              progress=None, groups=None) -> AllModel:
+              progress=None, groups=None, domain_columns=None) -> AllModel:
     """Fit an :class:`AllModel` on rows ``train_idx`` with validation rows ``val_idx``.
 
-    ``groups`` (N,) subject ids of all rows, or None.
+    ``groups`` (N,) subject ids of all rows, or None. ``domain_columns``: the domain check's input
+    checks (see :func:`trainer.vision.input_checks.input_check_columns`), None for the ``features`` check alone.
     """
     y = np.asarray(y)
     g = None if groups is None else np.asarray(groups)
-    return AllModel.from_config(config, backbones, pca).fit(
+    return AllModel.from_config(config, backbones, pca, domain_columns).fit(
         subset(feats, train_idx), y[train_idx], subset(feats, val_idx), y[val_idx], progress=progress,
         groups=None if g is None else g[train_idx], val_groups=None if g is None else g[val_idx])

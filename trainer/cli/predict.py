@@ -75,16 +75,16 @@ def _input_files(inputs: list[str]) -> list[Path]:
 
 
 
-def _rows_for(r, f: Path, threshold: float) -> list[dict]:
-    """CSV rows of one image's result (image row, then one per cell) at ``threshold``."""
-    from trainer.inference.results import decide  # numpy loads only for this command
+def _rows_for(r, f: Path, threshold: float, band: float) -> list[dict]:
+    """CSV rows of one image's result (image row, then one per cell) at ``threshold`` with uncertain ``band``."""
     rows = []
-    decision = r.decision(threshold)
+    decision = r.decision(threshold, band)
     for c in [r.whole] + r.cells:
         image_row = c.index < 0
         # the image row carries the image-level result the app shows: the whole image, or for a
         # field decided by cells its most suspicious cell (named in decided_by)
         p_img = r.probability if image_row else c.probability
+        unit = r.deciding if image_row else c  # whose domain check the row reports
         if image_row and r.field_by_cells:
             decided_by = f"cell {r.deciding.index}"
         else:
@@ -94,9 +94,13 @@ def _rows_for(r, f: Path, threshold: float) -> list[dict]:
                "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
                "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
                "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
-               "probability": round(p_img, 4), "decision": decide(p_img, threshold),
+               "probability": round(p_img, 4),
+               "decision": decision if image_row else c.decision(threshold, band),
+               "novelty": "" if unit.novelty is None else round(unit.novelty, 3),
+               "in_domain": {None: "", True: "yes", False: "no"}[unit.in_domain],
+               "domain_checks": " ".join(unit.domain_checks),
                "decided_by": decided_by, "crop_probability": round(c.probability, 4),
-               "model": r.model_name, "threshold": round(threshold, 4),
+               "model": r.model_name, "threshold": round(threshold, 4), "band": round(band, 4),
                "notes": " ".join(r.notes) if image_row else ""}
         if image_row and not r.assessable:  # no nucleus: no class and no image-level probability
             row.update(probability="", decision=decision, decided_by="")
@@ -218,7 +222,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
                     rows.append({"file": str(f), "error": _error_text(r)})
                 else:
                     n_ok += 1
-                    rows += _rows_for(r, f, thresholds[r.model])
+                    rows += _rows_for(r, f, thresholds[r.model], predictor.band_for(r.model))
             release_freed_memory()  # RSS flat in the number of images (see trainer.util.memory)
             emit(rows)
     except KeyboardInterrupt:
@@ -234,6 +238,7 @@ def classify_files(predictor, files: list[Path], thresholds: dict[str, float], e
 def run(a) -> int:
     from trainer.inference.predictor import Predictor  # torch and the models load only for this command
     from trainer.inference.results import DECISION_NOT_ASSESSABLE as NOT_ASSESSABLE
+    from trainer.inference.results import DECISION_OUTSIDE as OUTSIDE
     if a.output != "-":
         check_output_file(a.output, "-o/--output")
     files = _input_files(a.inputs)
@@ -249,9 +254,10 @@ def run(a) -> int:
         predictor = CaseRecorder(predictor, case, a.model, thresholds)
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
-                                                        "probability", "decision", "decided_by", "model",
-                                                        "threshold", "notes"]
-    outcome = {"not_assessable": 0}
+                                                        "probability", "decision", "novelty", "in_domain",
+                                                        "domain_checks", "decided_by", "model", "threshold",
+                                                        "band", "notes"]
+    outcome = {NOT_ASSESSABLE: 0, OUTSIDE: 0}
 
     def write_rows(out) -> None:
         header = io.StringIO(newline="")
@@ -265,8 +271,9 @@ def run(a) -> int:
                 w.writerow(safe_dict(row))
             out.write(buf.getvalue())
             out.flush()
-            outcome["not_assessable"] += sum(r.get("cell") == "image" and r.get("decision") == NOT_ASSESSABLE
-                                             for r in rows)
+            for r in rows:
+                if r.get("cell") == "image" and r.get("decision") in outcome:
+                    outcome[r["decision"]] += 1
 
         bar = ProgressBar(a.quiet or a.output == "-")
         try:
@@ -287,8 +294,8 @@ def run(a) -> int:
 
             atomic_write(a.output, write_text)
     n_done, n_err, interrupted = outcome["result"]
-    n_na = outcome["not_assessable"]
-    counts = _counts(n_done - n_na, n_na, n_err)
+    n_na, n_out = outcome[NOT_ASSESSABLE], outcome[OUTSIDE]
+    counts = _counts(n_done - n_na - n_out, n_na, n_out, n_err)
     if a.case:
         case.close()
         print(f"{predictor.recorded} result(s) recorded in the case file {printable(a.case)}", file=sys.stderr)
@@ -297,7 +304,7 @@ def run(a) -> int:
         print(f"allgui-train: interrupted after {n_done + n_err} of {len(files)} images; their rows were kept "
               f"({counts}){where}.", file=sys.stderr)
         return 130
-    if n_done == n_na:  # not one image got a class: a script must not read this run as a success
+    if n_done == n_na + n_out:  # not one image got a class: a script must not read this run as a success
         print(f"allgui-train: error: no image received a class ({counts}){where}.", file=sys.stderr)
         return 1
     from trainer.inference.results import MODEL_NAMES  # see _rows_for
@@ -306,11 +313,16 @@ def run(a) -> int:
     return 0
 
 
-def _counts(n_classified: int, n_not_assessable: int, n_errors: int) -> str:
-    """'3 images classified, 1 not assessable, 2 could not be read' (zero counts after the first left out)."""
+def _counts(n_classified: int, n_not_assessable: int, n_outside: int, n_errors: int) -> str:
+    """The run's counts in words, e.g. '3 images classified, 1 outside training, 2 could not be read'.
+
+    Zero counts after the first are left out.
+    """
     text = f"{n_classified} image{'' if n_classified == 1 else 's'} classified"
     if n_not_assessable:
         text += f", {n_not_assessable} not assessable (no cell found, no class given)"
+    if n_outside:
+        text += f", {n_outside} outside training (unlike the model's training images, no class given)"
     if n_errors:
         text += f", {n_errors} could not be read"
     return text

@@ -22,7 +22,14 @@ import torch
 from trainer.classical.kinds import operating_point
 from trainer.config import PRECISIONS, TrainConfig
 from trainer.inference.bundle import LazyModels, ModelBundle, load_bundle, model_summary, read_manifest
-from trainer.inference.results import MODEL_NAMES, CellPrediction, ClassifierVote, ImagePrediction
+from trainer.inference.results import (
+    DEFAULT_UNCERTAINTY_BAND,
+    DOMAIN_CHECK_TEXT,
+    MODEL_NAMES,
+    CellPrediction,
+    ClassifierVote,
+    ImagePrediction,
+)
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, BundleError, ImageReadError
 from trainer.util.progress import check_cancel
@@ -204,6 +211,18 @@ class Predictor:
         """
         return self.models[self._key(key)].operating_point(threshold)
 
+    def band_for(self, key: str | None = None) -> float:
+        """Half-width of model ``key``'s uncertain band.
+
+        Fitted per model, or the old fixed band for a model saved before bands were fitted.
+        """
+        band = getattr(self.models[self._key(key)], "band", None)
+        return DEFAULT_UNCERTAINTY_BAND if band is None else band
+
+    def has_domain_check(self, key: str | None = None) -> bool:
+        """True when model ``key`` can tell images unlike its training images (saved with a domain check)."""
+        return getattr(self.models[self._key(key)], "domain_", None) is not None
+
     def test_operating_point(self, threshold: float, key: str | None = None) -> tuple[float, float] | None:
         """(sensitivity, specificity) of model ``key`` on its held-out test split at ``threshold``; None without one."""
         key = self._key(key)
@@ -339,6 +358,11 @@ class Predictor:
                 notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
                              "No white cell was found in this image: the result is not meaningful.")
             kind = "single_cell" if single else "field"
+            if not self.has_domain_check(key):
+                notes.append(f"The {MODEL_NAMES[key]} was saved before allgui checked whether an image is like its "
+                             "training images: it cannot say so; retrain it for that check.")
+            elif any(c.in_domain is False for c in [whole, *cell_preds]):
+                notes.append(_outside_note(whole, cell_preds, self.field_units[key] == "cells" and not single))
             if not self.has_model_for(kind):
                 notes.append(f"This bundle has no model for {'single-cell crops' if single else 'smear fields'}: "
                              f"the {MODEL_NAMES[key]} judged it, outside what it was trained on.")
@@ -374,7 +398,20 @@ class Predictor:
             out.perimeter_px = float(nucleus.perimeter_px)
             out.circularity = float(nucleus.circularity)
             out.nc_ratio = None if nucleus.nc_ratio is None else float(nucleus.nc_ratio)
+        if "novelty" in det:
+            out.novelty = float(det["novelty"][row])
+            out.domain_checks = self.models[key].domain_.fired(det["domain_flags"][row])
         return out
+
+
+def _outside_note(whole: CellPrediction, cells: list[CellPrediction], by_cells: bool) -> str:
+    """The note on an image of which the whole or some cells lie outside the model's domain."""
+    units = [c for c in cells if c.in_domain is False] if by_cells else [whole]
+    fired = [c for c in DOMAIN_CHECK_TEXT if any(c in u.domain_checks for u in units)]
+    what = "; ".join(DOMAIN_CHECK_TEXT.get(f, f) for f in fired)
+    if by_cells and units:
+        return (f"{len(units)} of {len(cells)} white cells are outside training ({what}): they get no class.")
+    return f"This image is outside the model's training ({what}): its probability is not meaningful."
 
 
 def _precision(cfg, requested: str | None, device: str) -> str:

@@ -15,6 +15,17 @@ DECISION_UNCERTAIN = "uncertain, review"
 #: The decision for an image in which no nucleus (no white cell) was found: the classifiers' output
 #: on such an image means nothing (a blank white image scores p = 0.97), so no class is given.
 DECISION_NOT_ASSESSABLE = "not assessable"
+#: The decision for an image (or a white cell) unlike the model's training images (see
+#: :mod:`trainer.classical.domain`): its probability is not meaningful, so no class is given.
+DECISION_OUTSIDE = "outside training"
+#: what each check of the domain check (trainer.classical.domain) means, for the reader of a flag
+DOMAIN_CHECK_TEXT = {
+    "features": "unlike the training images as a whole",
+    "stain": "stain or colour unlike the training images",
+    "scale": "cell size in pixels unlike the training images (another magnification?)",
+    "blur": "sharper or more blurred than the training images",
+}
+#: the uncertain band of models saved before bands were fitted per model (absolute probability)
 DEFAULT_UNCERTAINTY_BAND = 0.05
 #: display names of the models a bundle may hold, by model key (see trainer.classical.model.KindModels)
 MODEL_NAMES = {"single_cell": "crop model", "field": "field model", "any": "model"}
@@ -56,8 +67,19 @@ class CellPrediction:
     vote_share: float = 0.0           # weighted hard vote for ALL (eq. 8), in [0, 1]
     raw_probability: float = 0.0      # weighted mean of the classifiers' probabilities
     probability: float = 0.0          # calibrated ensemble probability
+    novelty: float | None = None      # domain check: largest score / threshold, > 1 outside training;
+                                      # None where the model has no domain check
+    domain_checks: list[str] = field(default_factory=list)  # the domain checks that fired
+
+    @property
+    def in_domain(self) -> bool | None:
+        """False when the domain check calls this cell unlike the training images; None without a check."""
+        return None if self.novelty is None else not self.domain_checks
 
     def decision(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
+        """:data:`DECISION_OUTSIDE` outside the model's domain, else :func:`decide`."""
+        if self.in_domain is False:
+            return DECISION_OUTSIDE
         return decide(self.probability, threshold, band)
 
 
@@ -91,11 +113,23 @@ class ImagePrediction:
     def deciding(self) -> CellPrediction:
         """The prediction that gives the image its result.
 
-        The most suspicious cell of a field decided by cells, else the whole image.
+        The most suspicious cell within the model's domain of a field decided by cells (the most
+        suspicious of all when none is), else the whole image.
         """
         if self.field_by_cells:
-            return max(self.cells, key=lambda c: c.probability)
+            inside = [c for c in self.cells if c.in_domain is not False] or self.cells
+            return max(inside, key=lambda c: c.probability)
         return self.whole
+
+    @property
+    def in_domain(self) -> bool | None:
+        """Whether the unit that gives the image its result lies within the model's domain (None: no check)."""
+        return self.deciding.in_domain
+
+    @property
+    def novelty(self) -> float | None:
+        """The domain check's novelty of the unit that gives the image its result (None: no check)."""
+        return self.deciding.novelty
 
     @property
     def probability(self) -> float:
@@ -114,11 +148,12 @@ class ImagePrediction:
     def decision(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
         """The image-level decision.
 
-        :data:`DECISION_NOT_ASSESSABLE` without a nucleus, else :func:`decide` on :attr:`probability`.
+        :data:`DECISION_NOT_ASSESSABLE` without a nucleus, :data:`DECISION_OUTSIDE` where the deciding
+        unit is outside the model's domain, else :func:`decide` on :attr:`probability`.
         """
         if not self.assessable:
             return DECISION_NOT_ASSESSABLE
-        return decide(self.probability, threshold, band)
+        return self.deciding.decision(threshold, band)
 
     def count(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> dict[str, int]:
         """Number of deciding units per decision at ``threshold``.
@@ -126,7 +161,8 @@ class ImagePrediction:
         The cells of a field decided by cells, else the whole image as one.
         """
         cells = self.cells if self.field_by_cells else [self.whole]
-        out = {DECISION_ALL: 0, DECISION_NORMAL: 0, DECISION_UNCERTAIN: 0, DECISION_NOT_ASSESSABLE: 0}
+        out = {DECISION_ALL: 0, DECISION_NORMAL: 0, DECISION_UNCERTAIN: 0, DECISION_OUTSIDE: 0,
+               DECISION_NOT_ASSESSABLE: 0}
         if not self.assessable:
             out[DECISION_NOT_ASSESSABLE] = 1
             return out

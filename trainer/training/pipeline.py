@@ -38,6 +38,7 @@ from trainer.util.threads import map_in_chunks
 from trainer.vision import fingerprint
 from trainer.vision.backbones import build_backbone
 from trainer.vision.features import NUCLEUS, FeatureExtractor
+from trainer.vision.input_checks import input_check_columns
 from trainer.vision.segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
 from trainer.vision.stain import ReinhardNormalizer, lab_stats
 
@@ -330,7 +331,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
         say(a + 0.8 * span, f"Fitting the {name}'s classifiers")
         g = None if groups is None else groups[rows]
         model = fit_model(feats, y[rows], ltr, lva, config, backbones=feature_blocks(config),
-                          progress=stage(progress, a + 0.8 * span, a + 0.95 * span), groups=g)
+                          progress=stage(progress, a + 0.8 * span, a + 0.95 * span), groups=g,
+                          domain_columns=input_check_columns(feature_blocks(config)))
         check_cancel(cancel)
         val_metrics, _ = evaluate_split(model, subset(feats, lva), y[va], n_boot=0, seed=config.seed)
         test_metrics, test_arrays = ({}, {})
@@ -425,9 +427,34 @@ def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model
             "threshold_rule": ("Youden J on the out-of-fold training scores and the validation split"
                                if getattr(model, "calibrated_on_", "validation") == "cross-fit"
                                else "Youden J on the validation split"),
+            "uncertain_band": band_section(model),
+            "domain_check": domain_section(model),
         },
         "metrics": {"validation": val_metrics, "test": test_metrics},
     }
+
+
+def band_section(model: AllModel) -> dict:
+    """The card's account of a model's fitted uncertain band: its width, target and what it rests on."""
+    report = dict(model.band_report_)
+    rows = report.pop("rows")
+    report["rests_on"] = (f"{report['n_rows']} images of the cross-fit pool (out-of-fold scores of the training "
+                          "subjects, and the validation split)" if rows == "cross-fit"
+                          else f"{report['n_rows']} images of the validation split")
+    return report
+
+
+def domain_section(model: AllModel) -> dict:
+    """The card's account of a model's domain check: its checks, flag rate and the subjects it rests on."""
+    d = model.domain_
+    basis = d.basis_
+    held = ("subjects held out in turn" if basis["held_out"] == "subjects"
+            else "images held out in turn (the data have no subject ids)")
+    who = f"{basis['n_groups']} subjects" if basis["n_groups"] else "unknown subjects"
+    return {"checks": list(d.checks_), "neighbours": int(d.k), "target_rate": float(d.target_rate),
+            "flagged_rate_held_out": round(float(d.oof_rate_), 4), "folds": int(basis["folds"]),
+            "n_rows": int(basis["n_rows"]), "n_groups": basis["n_groups"],
+            "rests_on": f"{basis['n_rows']} training images of {who}, {held} ({basis['folds']} folds)"}
 
 
 def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, extractor: FeatureExtractor,

@@ -19,6 +19,7 @@ OWN_TYPES = frozenset({
     "trainer.classical.model.AllModel", "trainer.classical.model.KindModels", "trainer.classical.kinds.KindModels",
     "trainer.classical.stacking.StackedCombiner", "trainer.classical.fusion.FeatureFusion",
     "trainer.classical.ensemble.WeightedVotingEnsemble", "trainer.classical.calibration.ScoreCalibrator",
+    "trainer.classical.domain.DomainCheck", "trainer.classical.domain._Scorer",
 })
 #: scikit-learn internals an AllModel holds that skops does not trust by default; nothing else is
 #: accepted beyond these, SKLEARN_ESTIMATORS and skops' own defaults (numpy, builtins).

@@ -1,0 +1,186 @@
+"""The domain check: is an image like the images a model was trained on.
+
+A model's probabilities mean something only for images like its training images: the C-NMC crop
+model calls most normal white cells of another laboratory "ALL blast" with high confidence. A
+:class:`DomainCheck` is fitted on a model's own training rows and flags a row as *outside training*
+when any of its checks fires:
+
+``features``
+    Mean Euclidean distance to the ``k`` nearest training rows in the model's fused feature space
+    (per-block standardisation, L2, PCA: :class:`trainer.classical.fusion.FeatureFusion`), by
+    scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors`. Chosen over a Mahalanobis distance
+    and an isolation forest by measurement (``benchmarks/domain_check.py``; numbers in
+    ``benchmarks/README.md``): a new subject's crops lie close to some training crop even where the
+    whole cloud's covariance would call them far.
+``stain``, ``scale``, ``blur``
+    Input statistics a laboratory would check, read from the hand-crafted nucleus block (the columns
+    :data:`trainer.vision.input_checks.INPUT_CHECKS` names): the nucleus' and cytoplasm's mean Lab colour, the nucleus'
+    equivalent diameter and the cell's area in pixels, and the chromatin's grey-level contrast at one
+    pixel (blur removes it). Each is the largest robust z-score (median and inter-quartile range of
+    the training rows, scikit-learn's :class:`~sklearn.preprocessing.RobustScaler`) of its columns.
+    A model without the nucleus block has only the ``features`` check.
+
+Thresholds are fitted on **held-out subjects**: the training rows are split into folds by subject
+(:class:`~sklearn.model_selection.GroupKFold`), and every check is fitted (fusion included) on the
+other folds and scores the held-out fold. Each check's threshold is the same upper quantile of its
+out-of-fold scores, the quantile chosen so that ``target_rate`` of the out-of-fold rows is flagged by
+at least one check. The final checks are then fitted on all training rows.
+
+A row's ``novelty`` is its largest score-to-threshold ratio over the checks: above 1 it is outside
+training.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.model_selection import GroupKFold, KFold
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import RobustScaler
+from sklearn.utils.validation import check_is_fitted
+
+DOMAIN_FOLDS = 5
+#: fewest decided rows whose accuracy a fitted band may rest on: the few most confident rows of a model
+#: without skill can all be right by chance
+MIN_DECIDED_ROWS = 30
+
+
+class DomainCheck(BaseEstimator):
+    """Flags feature rows unlike a model's training rows (see the module docstring).
+
+    Parameters
+    ----------
+    fusion : FeatureFusion
+        The model's (unfitted or fitted) fusion: cloned and refitted on each fold and on all rows.
+    input_columns : dict of str to sequence of int
+        Check name -> column indices of the stacked raw features that it reads (empty: no input checks).
+    k : int
+        Neighbours whose mean distance is the ``features`` score.
+    target_rate : float
+        Share of held-out subjects' rows to flag, in (0, 0.5).
+    seed : int
+        Seed of the folds where rows have no subject ids.
+
+    Attributes
+    ----------
+    checks_ : list of str
+        The checks in use, ``"features"`` first.
+    thresholds_ : ndarray of shape (n_checks,)
+        Each check's threshold on its score.
+    oof_rate_ : float
+        Share of out-of-fold rows flagged at the thresholds (about ``target_rate``).
+    basis_ : dict
+        ``{"held_out": "subjects" | "images", "n_groups": int | None, "n_rows": int, "folds": int}``.
+    """
+
+    def __init__(self, fusion=None, input_columns=None, k: int = 5, target_rate: float = 0.03, seed: int = 0):
+        self.fusion = fusion
+        self.input_columns = input_columns
+        self.k = k
+        self.target_rate = target_rate
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, groups=None) -> DomainCheck:
+        """Fit on (N, D) stacked raw feature rows (the model's blocks side by side); ``groups`` (N,) subject ids."""
+        X = np.asarray(X, dtype=np.float32)
+        if not 0 < self.target_rate < 0.5:
+            raise ValueError(f"target_rate must lie in (0, 0.5), not {self.target_rate}")
+        self.checks_ = ["features", *[c for c, cols in (self.input_columns or {}).items() if len(cols)]]
+        folds, basis = self._folds(len(X), groups)
+        oof = np.full((len(X), len(self.checks_)), np.nan)
+        for tr, te in folds:
+            oof[te] = _Scorer(self).fit(X[tr]).scores(X[te])
+        self.thresholds_, self.oof_rate_ = _common_quantile(oof, self.target_rate)
+        self.basis_ = dict(basis, n_rows=int(len(X)), folds=len(folds))
+        self.scorer_ = _Scorer(self).fit(X)
+        return self
+
+    def _folds(self, n: int, groups) -> tuple[list, dict]:
+        if groups is not None:
+            g = np.asarray(groups)
+            n_groups = len(np.unique(g))
+            if n_groups >= 2:
+                cv = GroupKFold(min(DOMAIN_FOLDS, n_groups))
+                return list(cv.split(np.zeros(n), groups=g)), {"held_out": "subjects", "n_groups": n_groups}
+        cv = KFold(min(DOMAIN_FOLDS, n), shuffle=True, random_state=self.seed)
+        return list(cv.split(np.zeros(n))), {"held_out": "images", "n_groups": None}
+
+    def novelty(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((N,) novelty, (N, n_checks) bool: which checks fired) of stacked raw feature rows.
+
+        Novelty is the largest score / threshold over the checks; a row is outside training above 1.
+        """
+        check_is_fitted(self, "scorer_")
+        ratios = self.scorer_.scores(np.asarray(X, dtype=np.float32)) / self.thresholds_
+        return ratios.max(axis=1), ratios > 1.0
+
+    def fired(self, flags_row) -> list[str]:
+        """The names of the checks that fired in one row of :meth:`novelty`'s flags."""
+        return [c for c, f in zip(self.checks_, flags_row) if f]
+
+
+class _Scorer:
+    """One fit of every check of a :class:`DomainCheck`: the fusion, the neighbours and the robust scalers."""
+
+    def __init__(self, owner: DomainCheck):
+        self.k, self.fusion = owner.k, clone(owner.fusion)
+        self.columns = [list((owner.input_columns or {})[c]) for c in owner.checks_[1:]]
+
+    def fit(self, X: np.ndarray) -> _Scorer:
+        Z = self.fusion.fit(X).transform(X)
+        self.neighbours = NearestNeighbors(n_neighbors=min(self.k, len(Z)), algorithm="brute").fit(Z)
+        self.scalers = [RobustScaler(unit_variance=True).fit(X[:, cols]) for cols in self.columns]
+        return self
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_checks) scores: larger is further from the training rows."""
+        dist, _ = self.neighbours.kneighbors(self.fusion.transform(X))
+        out = [dist.mean(axis=1)]
+        out += [np.abs(s.transform(X[:, cols])).max(axis=1) for s, cols in zip(self.scalers, self.columns)]
+        return np.column_stack(out)
+
+
+def _common_quantile(scores: np.ndarray, target: float) -> tuple[np.ndarray, float]:
+    """(per-column thresholds at one common upper quantile, the share of rows flagged by any column).
+
+    The quantile is found by bisection so that about ``target`` of the rows exceed at least one
+    column's threshold.
+    """
+    lo, hi = 1.0 - target, 1.0
+    for _ in range(30):
+        q = (lo + hi) / 2
+        rate = float(np.mean((scores > np.quantile(scores, q, axis=0)).any(axis=1)))
+        lo, hi = (q, hi) if rate > target else (lo, q)
+    thresholds = np.quantile(scores, hi, axis=0)
+    return thresholds, float(np.mean((scores > thresholds).any(axis=1)))
+
+
+def fit_band(y: np.ndarray, p: np.ndarray, threshold: float, target: float = 0.95) -> dict:
+    """The narrowest band around ``threshold`` whose decided rows reach ``target`` accuracy.
+
+    ``y`` (N,) labels and ``p`` (N,) calibrated probabilities of held-out subjects' rows. A row is
+    decided when ``|p - threshold| >= band``; its decision is ALL where ``p >= threshold``. The band
+    must decide at least :data:`MIN_DECIDED_ROWS` rows (all of fewer). Returns
+    ``{"band", "target", "coverage", "accuracy_decided", "n_rows", "reached"}``; where no band reaches
+    the target the band excludes every row (``reached`` False, coverage 0).
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    margin = np.abs(p - threshold)
+    correct = (p >= threshold).astype(int) == y
+    order = np.argsort(-margin)                    # most confident first
+    right = np.cumsum(correct[order])
+    n = np.arange(1, len(y) + 1)
+    accuracy = right / n
+    # a band of width margin[order[i]] decides rows order[:j] with margin >= it; candidate cuts are
+    # where the margin changes, so ties stay on one side
+    m = margin[order]
+    last_of_tie = np.r_[m[1:] < m[:-1], True]
+    ok = np.flatnonzero((accuracy >= target) & last_of_tie & (n >= min(MIN_DECIDED_ROWS, len(y))))
+    if not len(ok):
+        return {"band": float(margin.max() + 1e-9) if len(y) else 0.5, "target": float(target), "coverage": 0.0,
+                "accuracy_decided": None, "n_rows": int(len(y)), "reached": False}
+    j = int(ok.max())                              # the widest coverage that still reaches the target
+    # half-way to the next less confident row, so the band does not sit on a row's own score
+    band = float((m[j] + m[j + 1]) / 2) if j + 1 < len(m) else 0.0
+    return {"band": band, "target": float(target), "coverage": float(n[j] / len(y)),
+            "accuracy_decided": float(accuracy[j]), "n_rows": int(len(y)), "reached": True}
