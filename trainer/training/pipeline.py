@@ -29,6 +29,7 @@ from trainer.io.imageio import read_image
 from trainer.io.samples import CLASS_NAMES, Dataset
 from trainer.io.splits import split_train_val_test
 from trainer.training.distributed import is_main_process
+from trainer.training.domain_card import band_section, domain_section
 from trainer.training.finetune import finetune_backbones
 from trainer.training.weights import finetune_overlap
 from trainer.util import progress as _progress
@@ -432,29 +433,6 @@ def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model
         },
         "metrics": {"validation": val_metrics, "test": test_metrics},
     }
-
-
-def band_section(model: AllModel) -> dict:
-    """The card's account of a model's fitted uncertain band: its width, target and what it rests on."""
-    report = dict(model.band_report_)
-    rows = report.pop("rows")
-    report["rests_on"] = (f"{report['n_rows']} images of the cross-fit pool (out-of-fold scores of the training "
-                          "subjects, and the validation split)" if rows == "cross-fit"
-                          else f"{report['n_rows']} images of the validation split")
-    return report
-
-
-def domain_section(model: AllModel) -> dict:
-    """The card's account of a model's domain check: its checks, flag rate and the subjects it rests on."""
-    d = model.domain_
-    basis = d.basis_
-    held = ("subjects held out in turn" if basis["held_out"] == "subjects"
-            else "images held out in turn (the data have no subject ids)")
-    who = f"{basis['n_groups']} subjects" if basis["n_groups"] else "unknown subjects"
-    return {"checks": list(d.checks_), "neighbours": int(d.k), "target_rate": float(d.target_rate),
-            "flagged_rate_held_out": round(float(d.oof_rate_), 4), "folds": int(basis["folds"]),
-            "n_rows": int(basis["n_rows"]), "n_groups": basis["n_groups"],
-            "rests_on": f"{basis['n_rows']} training images of {who}, {held} ({basis['folds']} folds)"}
 
 
 def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, extractor: FeatureExtractor,
