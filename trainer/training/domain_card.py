@@ -1,4 +1,4 @@
-"""The model card's account of a model's domain check and fitted uncertain band (see :mod:`trainer.classical.domain`)."""
+"""The model card's account of a model's domain check and fitted band (see :mod:`trainer.classical.domain`)."""
 from __future__ import annotations
 
 from trainer.classical.model import AllModel
