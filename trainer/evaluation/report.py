@@ -71,7 +71,10 @@ def _auc_ci(r: dict[str, Any]) -> str:
     if r.get("auc") is None:
         return "n/a"
     ci = r.get("auc_ci")
-    return f"{r['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}; {_ci_units(r)})" if ci else f"{r['auc']:.3f}"
+    if ci:
+        return f"{r['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}; {_ci_units(r)})"
+    note = r.get("ci_warning") or r.get("ci_note")
+    return f"{r['auc']:.3f} ({note})" if note else f"{r['auc']:.3f}"
 
 
 def _ci_method_text(rows: list[dict[str, Any]], n_boot: int) -> str:
@@ -136,8 +139,9 @@ def _holdout_md(proto: str, e: dict[str, Any], figs: dict[str, str], n_boot: int
         rows = []
         for n in _ordered(list(h["auc_tests"])):
             t = h["auc_tests"][n]
-            rows.append([f"Ensemble vs {F.display(n)}", _num(t["auc1"]), _num(t["auc2"]),
-                         f"{t['diff']:+.3f} ({t['ci_low']:+.3f} to {t['ci_high']:+.3f})",
+            ci = (f"({t['ci_low']:+.3f} to {t['ci_high']:+.3f})" if t.get("ci_low") is not None
+                  else f"({t.get('warning') or 'no interval'})")
+            rows.append([f"Ensemble vs {F.display(n)}", _num(t["auc1"]), _num(t["auc2"]), f"{t['diff']:+.3f} {ci}",
                          _p(t["p_value"]), _p(t.get("p_value_holm"))])
         lines += _table(["Comparison", "AUC ensemble", "AUC classifier", "Difference (95% CI)",
                          "p", "Holm p"], rows)
@@ -251,8 +255,9 @@ def _variants_md(v: dict[str, Any]) -> list[str]:
         for r in e["rows"]:
             fold = (f"{r['fold_auc_mean']:.3f} ± {r['fold_auc_sd']:.3f}" if r.get("fold_auc_sd") is not None
                     else _num(r.get("fold_auc_mean")))
-            rows.append([r["variant"], f"{r['auc']:.3f} ({r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f}, "
-                         f"{r['ci_method']})", fold, _pct(r["sensitivity"]), _pct(r["specificity"]),
+            ci = (f"{r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f}, {r['ci_method']}" if r.get("auc_ci")
+                  else r.get("ci_note") or "no interval")
+            rows.append([r["variant"], f"{r['auc']:.3f} ({ci})", fold, _pct(r["sensitivity"]), _pct(r["specificity"]),
                          _pct(r["balanced_accuracy"])])
         lines += _table(["Variant", "AUC (95% CI, resampling)", "Fold AUC mean ± sd", "Sensitivity (%)",
                          "Specificity (%)", "Balanced accuracy (%)"], rows)
