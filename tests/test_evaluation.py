@@ -57,7 +57,8 @@ def test_holdout_numbers_match_an_independent_refit(leak_run):
     h = res["protocols"]["image"]["holdout"]
     tr, va, te = split_train_val_test(samples, protocol="image", fractions=cfg.fractions, seed=0)
     assert h["split"]["n_test"] == te.size and h["split"]["n_train"] == tr.size
-    det = fit_model(feats, y, tr, va, cfg).predict_details(subset(feats, te))
+    groups = np.array([s.group for s in samples], dtype=object)  # the fit is grouped in every protocol
+    det = fit_model(feats, y, tr, va, cfg, groups=groups).predict_details(subset(feats, te))
     yt = y[te]
     for i, name in enumerate(h["classifier_names"]):
         r = h["rows"][name]

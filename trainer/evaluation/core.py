@@ -118,7 +118,9 @@ def evaluate_holdout(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.nda
     bootstrap); ``auc_tests`` carry Holm-adjusted p-values (``p_value_holm``) over the classifiers.
     """
     train, val, test = (np.asarray(a, dtype=int) for a in split)
-    model = fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
+    # subject ids reach the fit in every protocol: the inner folds (cross-fit calibration, the SVM's
+    # Platt scaling) are grouped as in the shipped model, whatever the outer split
+    model = fit_model(feats, y, train, val, config, backbones=backbones, pca=pca, groups=groups)
     yt = y[test]
     gt = None if groups is None else np.asarray(groups, dtype=object)[test]
     det = model.predict_details(subset(feats, test))
@@ -237,13 +239,14 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
                 f"{feasible} {unit}, and every test fold needs both classes.")
         n_folds = feasible
     folds, warnings = cv_plan(samples, protocol, n_folds, config)
+    groups = sample_groups(samples)
     per_fold = []
     names: list[str] = []
     for k, (fit_i, val_i, te) in enumerate(folds):
         if steps:
             steps.step(f"{protocol} split: cross-validation fold {k + 1}/{len(folds)}")
         tr = np.concatenate([fit_i, val_i])
-        model = fit_model(feats, y, fit_i, val_i, config)
+        model = fit_model(feats, y, fit_i, val_i, config, groups=groups)
         names = list(model.classifier_names_)
         det = model.predict_details(subset(feats, te))
         rows, _ = _score_rows(model, det, y[te], 0, config.seed, curves=False)

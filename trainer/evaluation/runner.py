@@ -45,7 +45,7 @@ def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, ca
     classifiers = ("ensemble", "logreg")
     out = frozen_vs_finetuned(dataset.paths, dataset.labels, tr, va, te, config, classifiers=classifiers,
                               device=config.device, progress=progress, cancel=cancel,
-                              checkpoint_dir=config.finetuning.checkpoint_dir)
+                              checkpoint_dir=config.finetuning.checkpoint_dir, groups=dataset.groups)
     histories = {b: {k: v for k, v in h.items() if k != "config"} for b, h in out["histories"].items()}
     return {"protocol": protocol, "weights": str(config.weights), "classifiers": list(classifiers),
             "frozen": out["frozen"], "finetuned": out["finetuned"], "histories": histories,
