@@ -37,6 +37,7 @@ CALIBRATIONS = ("auto", "platt", "isotonic")
 WEIGHTS = ("none", "imagenet")               # or the path of a state_dict file
 FINETUNE_CHOICES = ("auto", "on", "off")     # the tri-state the command line and the app offer
 GAMMA_RANGE = (0.8, 1.2)                     # eq. 1
+IMAGE_KINDS = ("single_cell", "field", "any")  # model keys (trainer.classical.model.KindModels)
 MIN_IMAGE_SIZE = 32                          # the smallest input both backbones accept
 
 
@@ -173,6 +174,11 @@ class TrainConfig:
                       help="colour normalisation before feature extraction, reference fitted on the "
                            "training images: none or reinhard")
     per_kind: bool = _opt(True, help="one calibrated model per image kind (single-cell crops, smear fields)")
+    cv_repeats: int = _opt(3, help="repeats of the subject-grouped cross-validation that is each model's headline "
+                                   "(the whole pipeline refitted in every fold); 0 = none")
+    cv_folds: int = _opt(5, help="folds of that cross-validation (fewer where a class has fewer subjects)")
+    block_groups: tuple[str, ...] = _opt((), help="image kinds (single_cell, field, any) whose group ids are "
+                                                  "blocks of images rather than subjects; the card says so")
     seed: int = _opt(0, help="seed for splits, initialisation and classifiers")
     jobs: int | None = _opt(-1, help="classifier fits run side by side (the final ones and those of the "
                                      "internal folds): -1 = one per CPU core, 1 = one after another; the "
@@ -237,6 +243,13 @@ class TrainConfig:
             raise ConfigError("Jobs must be a positive number, or -1 for one per CPU core; not 0.")
         if int(self.image_size) < 1 or int(self.batch_size) < 1:
             raise ConfigError("Image size and batch size must be positive.")
+        if int(self.cv_repeats) < 0 or int(self.cv_folds) < 2:
+            raise ConfigError(f"Cross-validation needs repeats >= 0 and at least 2 folds, not {self.cv_repeats} "
+                              f"x {self.cv_folds}.")
+        unknown = [k for k in self.block_groups if k not in IMAGE_KINDS]
+        if unknown:
+            raise ConfigError(f"Unknown image kind {', '.join(map(str, unknown))} in block groups; choose from "
+                              f"{', '.join(IMAGE_KINDS)}.")
         if len(self.fractions) != 3 or any(float(x) < 0 for x in self.fractions):
             raise ConfigError(f"Split fractions must be three non-negative numbers, not {self.fractions}.")
         self.finetuning.validate()

@@ -307,7 +307,11 @@ def _summary_page(fig, store: CaseStore, entries: list[ImageEntry], counts: dict
              8.5, weight="bold")
         if used:
             line("thresholds in this report: " + ", ".join(used), 7.5)
-        for name, h in (card.get("headline") or {}).items():
+        for name, lines in (card.get("headline_lines") or {}).items():  # the model card's own words
+            for k, text in enumerate(lines[:3]):
+                for part in textwrap.wrap(f"{name}: {text}" if k == 0 else text, 130)[:3]:
+                    line(part, 7.5)
+        for name, h in ({} if card.get("headline_lines") else card.get("headline") or {}).items():
             parts = [f"n = {h['n']}" if "n" in h else ""]
             for key, label, spec in (("accuracy", "accuracy", ".1%"), ("auc", "AUC", ".3f"),
                                      ("sensitivity", "sensitivity", ".1%"), ("specificity", "specificity", ".1%")):

@@ -12,7 +12,7 @@ import numpy as np
 
 from trainer.util.errors import DataError
 
-__all__ = ["MIN_GROUPS", "not_estimable", "interval", "group_counts", "subject_bootstrap_weights"]
+__all__ = ["MIN_GROUPS", "not_estimable", "interval", "group_counts", "subject_bootstrap_weights", "weighted_aucs"]
 
 
 def _group_strata(y: np.ndarray, groups: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -155,3 +155,14 @@ def _ci_design(y: np.ndarray, groups: Any, unit: str = "subject"
     codes, strata = _group_strata(y, groups)
     k = {str(c): int((strata == c).sum()) for c in (0, 1)}
     return {"ci_method": "group", "n_groups": k, "warning": not_estimable(k, unit)}, codes, strata
+
+
+def weighted_aucs(y: Any, s: Any, w: np.ndarray) -> np.ndarray:
+    """(B,) AUC of scores ``s`` (N,) under each row of (B, N) image weights ``w`` (e.g. a subject resample).
+
+    Identical to the AUC of the resample that repeats image i ``w[b, i]`` times; NaN for rows without
+    both classes.
+    """
+    y = np.asarray(y).astype(np.int64).ravel()
+    s = np.asarray(s, dtype=np.float64).ravel()
+    return _weighted_auc_rows(y, *_tie_blocks(s), np.asarray(w, dtype=np.float64), s)
