@@ -220,7 +220,12 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
             "allowed by --allow-finetune-overlap. Test metrics on them are optimistic.")
     elif overlap:
         meta["notes"].append(f"The backbone weights {overlap['weights']} record their fine-tuning "
-                             "images; none of them is among the evaluated images.")
+                             f"images (by {overlap['by']}); none of them, and none of their subjects, is among "
+                             "the evaluated images.")
+    elif str(config.weights).lower() not in ("none", "imagenet"):
+        meta["notes"].append(f"The backbone weights {Path(config.weights).name} record no fine-tuning images: "
+                             "whether any evaluated image or subject was among them is unknown, so the figures "
+                             "may be optimistic.")
     if config.finetune:
         meta["notes"].append("Backbone fine-tuning is not repeated per split; the evaluation uses "
                              f"the backbones as configured (weights '{config.weights}').")
