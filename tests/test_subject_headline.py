@@ -251,3 +251,24 @@ def test_validation_and_training_rows_are_checked_and_unknown_provenance_is_stat
     assert finetune_calibration(cfg, info).calibrate_on == "validation"
     assert finetune_calibration(cfg, None).calibrate_on == cfg.calibrate_on
     assert finetune_check(dataclasses.replace(cfg, finetune=True), ds, (tr, va, te))["calibrate_on_validation"]
+
+
+def test_a_card_written_before_the_rule_shows_no_interval_on_one_normal_subject():
+    """The shipped card held "AUC 0.917 (0.80-0.97)" on one normal subject; read today it says why there is none,
+    and names the data that set the threshold (the side panel's figures) apart from the validation split."""
+    old = {"name": "crop model", "data": {"n_groups": {"train": 8, "validation": 15, "test": 5}},
+           "method": {"threshold": 0.728, "threshold_rule": "Youden J on the out-of-fold training scores and the "
+                                                           "validation split"},
+           "metrics": {"test": {"ensemble_calibrated": {"n": 735, "auc": 0.917, "auc_ci": [0.7956, 0.9731],
+                                                        "n_groups": {"0": 1, "1": 4}, "sensitivity": 0.796,
+                                                        "specificity": 0.871}},
+                       "validation": {"ensemble_calibrated": {"n": 381, "auc": 0.570, "sensitivity": 0.608,
+                                                              "specificity": 0.474}}}}
+    lines = headline_lines(old)
+    assert lines[0] == "Cross-validation: not run for this model."
+    assert lines[1] == ("Test split, one split (1 normal / 4 ALL subjects, 735 images): AUC 0.917 (not estimable: "
+                        "1 normal subject), sensitivity 79.6 %, specificity 87.1 %.")
+    assert "0.80" not in " ".join(lines)
+    assert lines[2].startswith("Validation split (381 images): AUC 0.570")
+    from trainer.inference.card_text import calibration_source
+    assert calibration_source(old) == "cross-fit pool"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.stats.intervals import not_estimable
+
 CROSS_VALIDATION = "cross-validation"
 TEST_SPLIT = "test split"
 VALIDATION_SPLIT = "validation split"
@@ -74,7 +76,10 @@ def _split_line(label: str, m: dict[str, Any], n_groups, group_kind) -> str:
     head = f"{label} ({_counts(n_groups, group_kind, m.get('n'))})"
     figs = []
     if isinstance(m.get("auc"), (int, float)):
-        figs.append(f"AUC {m['auc']:.3f}{_ci(m.get('auc_ci'), m.get('ci_warning'), '.2f')}")
+        # cards written before the rule may hold an interval on one subject: withheld here as well
+        note = not_estimable(n_groups if isinstance(n_groups, dict) else None, group_kind or "subject")
+        ci = None if note else m.get("auc_ci")
+        figs.append(f"AUC {m['auc']:.3f}{_ci(ci, note or m.get('ci_warning'), '.2f')}")
     figs += [f"sensitivity {_pct(m.get('sensitivity'))}", f"specificity {_pct(m.get('specificity'))}"]
     return head + ": " + ", ".join(figs) + "."
 

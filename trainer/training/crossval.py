@@ -127,7 +127,8 @@ def _summary(y, units, P, T, B, n_boot: int, seed: int, n_groups, unit: str) -> 
         lo, hi = (np.percentile(b, [2.5, 97.5]) if b.size else (None, None))
         mean = float(np.nanmean(per_repeat)) if np.isfinite(per_repeat).any() else None
         out[m] = {"mean": mean, **interval(lo, hi, n_groups, unit),
-                  "sd_repeats": float(np.nanstd(per_repeat, ddof=1)) if R > 1 and mean is not None else None}
+                  "sd_repeats": float(np.nanstd(per_repeat, ddof=1)) if R > 1 and mean is not None else None,
+                  "per_repeat": [None if not np.isfinite(v) else float(v) for v in per_repeat]}
     return out
 
 
@@ -159,8 +160,9 @@ def cv_headline(feats: dict[str, np.ndarray], y, groups, config: TrainConfig, *,
         ``{"source": "cross-validation", "grouped", "group_kind", "repeats", "folds", "folds_requested",
         "n_groups": {"0", "1"}, "n_images": {"0", "1"}, "auc", "sensitivity", "specificity",
         "balanced_accuracy", "coverage", "accuracy_decided", "fits", "fits_failed", "calibrated_on",
-        "inner_folds", "notes"}``; each metric ``{"mean", "ci", "ci_note", "sd_repeats"}``. With fewer
-        than 2 subjects of a class no fold can be made: the metrics are then absent and ``notes`` says why.
+        "inner_folds", "notes"}``; each metric ``{"mean", "ci", "ci_note", "sd_repeats", "per_repeat"}``.
+        Where no fold can be fitted (e.g. 2 subjects of a class: a training fold holds one, too few for its
+        own validation split) the metrics are absent and ``notes`` says why.
     """
     repeats, requested = int(config.cv_repeats), int(config.cv_folds)
     if repeats < 1:
