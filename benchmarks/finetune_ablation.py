@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     res = frozen_vs_finetuned(ds.paths, y, tr, va, te, cfg,
                               classifiers=tuple(args.classifiers.split(",")), device=args.device,
-                              progress=progress, checkpoint_dir=args.checkpoint_dir)
+                              progress=progress, checkpoint_dir=args.checkpoint_dir, groups=ds.groups)
     total = time.perf_counter() - t0
     print(f"\n{'features':<10} {'classifier':<9} {'accuracy':>8} {'bal.acc':>8} {'AUC':>6}")
     for kind in ("frozen", "finetuned"):

@@ -75,7 +75,7 @@ def tiny_config(tiny_cnmc, tmp_path_factory):
     from trainer.config import TrainConfig
     out = tmp_path_factory.mktemp("model")
     return TrainConfig(data=str(tiny_cnmc), image_size=TINY_SIZE, num_workers=0, batch_size=16,
-                       output=str(out / "tiny.allmodel"), cache_dir=str(out / "cache"))
+                       output=str(out / "tiny.allmodel"), cache_dir=str(out / "cache"), cv_repeats=1, cv_folds=3)
 
 
 @pytest.fixture(scope="session")

@@ -324,6 +324,9 @@ def test_report_has_a_summary_page_then_one_page_per_n_images(reviewed_case, tmp
     first = pages[0]
     assert "Research use only" in first and "slide 7" in first and "Dr Test" in first
     assert "Counts" in first and "reviewed" in first
+    # each model's headline in the model card's words: cross-validation first, subject counts beside each figure
+    flat = " ".join(first.split())
+    assert flat.index("Cross-validation (") < flat.index("Test split, one split (") and "ALL subjects" in flat
     body = "\n".join(pages[1:])
     for p in paths:
         assert Path(p).name in body

@@ -1,6 +1,7 @@
 """Fusion, classifiers, weighted voting, calibration and the fitted AllModel on known data."""
 import numpy as np
 import pytest
+from sklearn.dummy import DummyClassifier
 
 from trainer.classical.calibration import ScoreCalibrator
 from trainer.classical.classifiers import fit_balanced, make_classifiers, oversample
@@ -82,18 +83,35 @@ def test_paper_classifier_settings():
         make_classifiers(names=("svm", "xgboost"))
 
 
-def test_ensemble_weights_are_normalised_validation_accuracies():
+def test_ensemble_weights_are_normalised_validation_balanced_accuracies():
     feats, y = blobs(n=300, shift=0.5)
     X = np.hstack(list(feats.values()))
     ens = WeightedVotingEnsemble(seed=0).fit(X[:200], y[:200], X[200:], y[200:])
-    acc = np.array([ens.val_accuracy_[n] for n in ens.names_])
-    np.testing.assert_allclose(ens.weights_, acc / acc.sum())
+    from sklearn.metrics import balanced_accuracy_score
+    votes = ens.predict_details(X[200:])["votes"]
+    bal = np.array([balanced_accuracy_score(y[200:], votes[:, i]) for i in range(len(ens.names_))])
+    np.testing.assert_allclose(ens.weights_, bal / bal.sum())
+    assert ens.val_balanced_accuracy_ == dict(zip(ens.names_, bal))
     d = ens.predict_details(X[200:])
     assert d["probabilities"].shape == (100, 5) and d["votes"].shape == (100, 5)
     # eq. 8: the vote share is the weighted count of ALL votes
     np.testing.assert_allclose(d["vote_share"], d["votes"] @ ens.weights_)
     np.testing.assert_allclose(d["raw"], d["probabilities"] @ ens.weights_)
     assert np.mean(ens.predict(X[200:]) == y[200:]) > 0.8
+
+
+def test_a_classifier_that_calls_everything_all_gets_little_weight_on_an_unbalanced_validation_split():
+    """Eq. 8 by plain accuracy gave 'always ALL' 0.95 on a 95 % ALL validation split; balanced accuracy 0.5."""
+    feats, y = blobs(n=400, shift=1.5)
+    X = np.hstack(list(feats.values()))
+    val = np.concatenate([np.flatnonzero(y[300:] == 1)[:57], np.flatnonzero(y[300:] == 0)[:3]]) + 300
+    ens = WeightedVotingEnsemble(classifiers=("knn", "svm"), seed=0).fit(X[:300], y[:300], X[val], y[val])
+    always_all = DummyClassifier(strategy="constant", constant=1).fit(X[:300], y[:300])  # ALL for every image
+    ens.estimators_["knn"] = always_all
+    ens._set_weights(X[val], y[val])
+    assert ens.val_accuracy_["knn"] == pytest.approx(np.mean(y[val])) and np.mean(y[val]) > 0.9
+    assert ens.val_balanced_accuracy_["knn"] == pytest.approx(0.5)
+    assert ens.weights_[0] < ens.weights_[1]
 
 
 def test_one_class_training_is_refused():

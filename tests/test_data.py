@@ -258,11 +258,14 @@ def test_subject_split_no_group_on_two_sides_and_close_to_stratified():
     assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(len(y)))
     sets = [set(g[p]) for p in (tr, va, te)]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    # every part first gets 3 subjects of each class (13 allow it), then images are balanced: the image shares
+    # come out a little less exact than by images alone, the figures of each part rest on 3 subjects or more
     for part, frac in ((tr, 0.70), (va, 0.15), (te, 0.15)):
         assert set(y[part]) == {0, 1}
-        assert abs(len(part) / len(y) - frac) < 0.06
+        assert all(len(set(g[part][y[part] == c])) >= 3 for c in (0, 1))
+        assert abs(len(part) / len(y) - frac) < 0.08
         for c in (0, 1):   # each class spread close to its fractions
-            assert abs((y[part] == c).sum() / (y == c).sum() - frac) < 0.08
+            assert abs((y[part] == c).sum() / (y == c).sum() - frac) < 0.1
     again = split_train_val_test(y, g, protocol="subject", seed=0)
     assert all((a == b).all() for a, b in zip((tr, va, te), again))
     assert any(set(g[a]) != set(g[b]) for a, b in

@@ -267,7 +267,7 @@ def test_weights_record_their_finetuning_images_and_tests_on_them_are_refused(tm
     from trainer.cli.main import main as train_main
     from trainer.evaluation import run_evaluation
     from trainer.io.data import load_dataset
-    from trainer.io.imageio import content_hash
+    from trainer.io.imageio import pixel_hash
     from trainer.training.pipeline import split_dataset, train
 
     root = write_dataset(tmp_path / "data", layout="cnmc", n_per_class=8, size=SIZE, seed=2,
@@ -279,8 +279,11 @@ def test_weights_record_their_finetuning_images_and_tests_on_them_are_refused(tm
     ds = load_dataset(root)
     tr, va, te = split_dataset(ds.samples, "subject", TrainConfig(split="subject"))
     _, meta = load_state_dicts(out)
-    assert meta["finetune_images"]["train"] == sorted(content_hash(ds.paths[i]) for i in tr)
-    assert meta["finetune_images"]["validation"] == sorted(content_hash(ds.paths[i]) for i in va)
+    # recorded by decoded pixels (a BMP re-saved as PNG is still recognised) and by subject
+    assert meta["finetune_images"]["hash"] == "pixels"
+    assert meta["finetune_images"]["train"] == sorted(pixel_hash(ds.paths[i]) for i in tr)
+    assert meta["finetune_images"]["validation"] == sorted(pixel_hash(ds.paths[i]) for i in va)
+    assert meta["finetune_images"]["train_subjects"] == sorted(set(ds.groups[tr]))
 
     cfg = TrainConfig(data=str(root), backbones=("resnet34",), weights=str(out), image_size=SIZE,
                       batch_size=8, num_workers=0, device="cpu", classifiers=("knn",), seed=0,
@@ -300,7 +303,11 @@ def test_weights_record_their_finetuning_images_and_tests_on_them_are_refused(tm
         train(img)
     # the same split as the fine-tuning run: its test images were never fine-tuned on
     ok = train(dataclasses.replace(cfg, split="subject"))
-    assert ok.card["finetune_overlap"]["n_train"] + ok.card["finetune_overlap"]["n_validation"] == 0
+    test_part = ok.card["finetune_provenance"]["test"]
+    assert test_part["n_train"] + test_part["n_validation"] == 0
+    # the networks were trained on the training split: calibration and threshold from the validation split
+    assert ok.card["finetune_provenance"]["training"]["n_train"] == len(tr)
+    assert all(sec["calibration_data"]["source"] == "validation split" for sec in ok.card["models"].values())
     # allowed explicitly: evaluated, and the report states it
     rep = run_evaluation(dataclasses.replace(cfg, allow_finetune_overlap=True), tmp_path / "report",
                          n_boot=20, n_folds=2, protocols=("subject",), ablation=False)

@@ -198,10 +198,11 @@ def test_slider_redecides_without_computing_features(qtbot, window, images, monk
         if cell.probability < 1.0 - win.state.band:
             assert item_high.pen().color().blue() > item_high.pen().color().red()
     sens, spec = win.analysis.predictor.operating_point(1.0)
-    assert f"validation data (they also set the threshold): sensitivity {sens:.1%}" in win.side.sens_spec.text()
+    # named for the data that set the threshold: the cross-fit pool, not "validation"
+    assert f"cross-fit pool (it set the threshold): sensitivity {sens:.1%}" in win.side.sens_spec.text()
     held_out = win.analysis.predictor.test_operating_point(1.0)
     assert held_out is not None  # the tiny model has a test split with both classes
-    assert f"held-out test split: sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}" \
+    assert f"test split (one split): sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}" \
         in win.side.sens_spec.text()
     assert calls == []                                 # nothing was recomputed
     win.side.reset.click()
@@ -432,7 +433,9 @@ def test_drop_recent_shortcuts_and_model_card(qtbot, window, images):
     card = win.analysis.predictor.model_card
     text = card_html(card, win.analysis.model_path)
     n_test = card["metrics"]["test"]["ensemble"]["n"]
-    assert f"crop model: test (n = {n_test}" in text and "Research use only" in text
+    # each model's labelled headline: cross-validation first, then the test split as one split
+    assert "Crop model" in text and text.index("Cross-validation (") < text.index("Test split, one split (")
+    assert f"{n_test} images): AUC" in text and "Research use only" in text
     assert f"{card['trained_on']['n_images']} images" in text
 
 

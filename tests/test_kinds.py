@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_SIZE, rewrite_bundle
 
-from trainer.classical.stacking import StackedCombiner, inner_folds
+from trainer.classical.stacking import StackedCombiner, fold_report, inner_folds
 from trainer.config import TrainConfig
 from trainer.inference.bundle import FORMAT, FORMAT_VERSION, load_bundle, read_manifest
 from trainer.inference.predictor import Predictor
@@ -278,9 +278,42 @@ def test_inner_folds_keep_each_subject_on_one_side():
     for tr, te in folds:
         assert not set(groups[tr]) & set(groups[te])
         assert set(y[tr]) == {0, 1}
-    # too few subjects of a class: stratified by image instead
-    folds = inner_folds(y, np.array(["a"] * 60), 5, seed=0)
-    assert len(folds) == 5
+    # too few subjects of a class: no folds at all, never folds of images that split a subject
+    assert inner_folds(y, np.array(["a"] * 60), 5, seed=0) == []
+    one_normal = np.where(y == 0, "n0", np.array([f"a{i % 6}" for i in range(60)]))
+    assert inner_folds(y, one_normal, 5, seed=0) == []
+    # no subject ids: folds of images are all there is
+    assert len(inner_folds(y, None, 5, seed=0)) == 5
+    # 3 normal subjects: the fold count shrinks to 3, and the card can say so
+    three = np.where(y == 0, np.array([f"n{i % 3}" for i in range(60)]), np.array([f"a{i % 12}" for i in range(60)]))
+    assert len(inner_folds(y, three, 5, seed=0)) == 3
+    assert fold_report(y, three, 5) == {"requested": 5, "realised": 3, "grouped": True,
+                                        "n_groups": {"0": 3, "1": 6}}
+
+
+def test_too_few_subjects_for_grouped_folds_calibrates_on_validation_and_says_so():
+    """A training split with one normal subject: no image-level folds behind the user's back."""
+    from trainer.classical.model import AllModel
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 40)
+    X = (rng.normal(size=(80, 6)) + y[:, None]).astype(np.float32)
+    groups = np.where(y == 0, "n0", np.array([f"a{i % 5}" for i in range(80)]))
+    yv = np.array([0, 1] * 10)
+    Xv = (rng.normal(size=(20, 6)) + yv[:, None]).astype(np.float32)
+    gv = np.array([f"v{i % 6}" for i in range(20)])
+    m = AllModel(backbones=("a",), pca=False, classifiers=("svm", "knn"), calibrate_on="cross-fit").fit(
+        {"a": X}, y, {"a": Xv}, yv, groups=groups, val_groups=gv)
+    assert m.calibrated_on_ == "validation" and len(m.validation_["y"]) == 20
+    assert m.inner_folds_["cross_fit"] == {"requested": 5, "realised": 0, "grouped": True,
+                                           "n_groups": {"0": 1, "1": 5}}
+    assert "1 normal and 5 ALL subjects: calibrated on the validation split alone" in m.calibration_note_
+    assert "Platt scaling used folds of images" in m.calibration_note_
+    # enough subjects: cross-fit on 5 grouped folds, nothing to say
+    groups = np.array([f"s{i % 16}" for i in range(80)])
+    m = AllModel(backbones=("a",), pca=False, classifiers=("svm", "knn"), calibrate_on="cross-fit").fit(
+        {"a": X}, y, {"a": Xv}, yv, groups=groups, val_groups=gv)
+    assert m.calibrated_on_ == "cross-fit" and m.inner_folds_["cross_fit"]["realised"] == 5
+    assert m.calibration_note_ is None
 
 
 def test_stacked_combiner_is_at_least_as_good_as_its_best_member():

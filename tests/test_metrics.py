@@ -186,7 +186,9 @@ def test_group_bootstrap_wider_on_clustered_scores_and_warns_on_few_groups():
     assert grp["n_groups"] == {"0": 5, "1": 4} and grp["warning"] is None
     few = M.bootstrap_auc_ci(y[:100], s[:100], n=200, seed=0, groups=g[:100])  # 3 normal, 2 ALL
     assert few["n_groups"] == {"0": 3, "1": 2}
-    assert "2 ALL" in few["warning"] and "unreliable" in few["warning"]
+    # no interval on 2 subjects of a class: a note instead of a number pair
+    assert few["warning"] == "not estimable: 2 ALL subjects"
+    assert few["ci_low"] is None and few["ci_high"] is None and few["auc"] is not None
     # a subject with images of both classes goes with its majority class, all its images along
     mixed = g.copy()
     y2 = y.copy()
@@ -211,6 +213,26 @@ def test_paired_group_bootstrap_test_and_binary_report_record_the_method():
     assert r["auc_ci"] == [ci["ci_low"], ci["ci_high"]]
     plain = M.binary_report(y, 1 / (1 + np.exp(-s)), n_boot=300)
     assert plain["ci_method"] == "image" and plain["n_groups"] is None
+
+
+def test_no_interval_on_fewer_than_three_subjects_of_a_class_anywhere():
+    """One normal subject (the shipped test splits had one): every interval is null with a note."""
+    y, s, g = _clustered(n_groups=9)
+    keep = (y == 1) | (g == "subject0")  # the only normal subject left
+    y1, s1, g1 = y[keep], s[keep], g[keep]
+    assert M.not_estimable({"0": 1, "1": 4}) == "not estimable: 1 normal subject"
+    assert M.not_estimable({"0": 2, "1": 2}, "image block") == "not estimable: 2 normal image blocks and 2 ALL " \
+                                                                "image blocks"
+    assert M.not_estimable({"0": 3, "1": 3}) is None and M.not_estimable(None) is None
+    assert M.interval(0.1, 0.9, {"0": 1, "1": 4}) == {"ci": None, "ci_note": "not estimable: 1 normal subject"}
+    assert M.interval(0.1, 0.9, {"0": 3, "1": 4}) == {"ci": [0.1, 0.9], "ci_note": None}
+    r = M.binary_report(y1, 1 / (1 + np.exp(-s1)), n_boot=300, groups=g1)
+    assert r["auc"] is not None and r["auc_ci"] is None
+    assert r["ci_warning"] == "not estimable: 1 normal subject"
+    t = M.bootstrap_auc_diff_test(y1, s1, s1 + 1e-3 * np.arange(s1.size), n=300, groups=g1)
+    assert t["ci_low"] is None and t["p_value"] is None and t["warning"] == "not estimable: 1 normal subject"
+    fields = M.binary_report(y1, 1 / (1 + np.exp(-s1)), n_boot=300, groups=g1, unit="image block")
+    assert fields["ci_warning"] == "not estimable: 1 normal image block"
 
 
 def test_group_bootstrap_is_fast():

@@ -252,7 +252,9 @@ def test_fields_are_judged_by_the_unit_the_model_was_trained_on(tiny_bundle, tin
     by_image = p.predict(field)
     assert p.field_unit == "image" and not by_image.field_by_cells
     assert by_image.probability == by_image.whole.probability
-    assert [c.probability for c in by_image.cells] == [c.probability for c in by_cells.cells]
+    # the file's numpy read-out and the in-memory model agree to about 1e-13 (README, Model bundles)
+    assert [c.probability for c in by_image.cells] == pytest.approx([c.probability for c in by_cells.cells],
+                                                                     abs=1e-12)
 
 
 def test_odd_images_get_clear_messages_or_notes(tiny_predictor):

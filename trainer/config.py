@@ -39,6 +39,7 @@ CALIBRATIONS = ("auto", "platt", "isotonic")
 WEIGHTS = ("none", "imagenet")               # or the path of a state_dict file
 FINETUNE_CHOICES = ("auto", "on", "off")     # the tri-state the command line and the app offer
 GAMMA_RANGE = (0.8, 1.2)                     # eq. 1
+IMAGE_KINDS = ("single_cell", "field", "any")  # model keys (trainer.classical.model.KindModels)
 MIN_IMAGE_SIZE = 32                          # the smallest input both backbones accept
 #: the largest network input: an image is resized to size x size before both networks, whose activations
 #: grow with the square of the size (a 100000 px setting would ask for tens of gigabytes per image)
@@ -187,6 +188,13 @@ class TrainConfig:
     decided_accuracy: float = _opt(0.95, bounds=(0.5, 0.999),
                                    help="accuracy the uncertain band is fitted to: the narrowest band "
                                         "around the threshold whose decided held-out images reach it")
+    cv_repeats: int = _opt(3, bounds=(0, 100),
+                           help="repeats of the subject-grouped cross-validation that is each model's headline "
+                                "(the whole pipeline refitted in every fold); 0 = none")
+    cv_folds: int = _opt(5, bounds=(2, 100),
+                         help="folds of that cross-validation (fewer where a class has fewer subjects)")
+    block_groups: tuple[str, ...] = _opt((), help="image kinds (single_cell, field, any) whose group ids are "
+                                                  "blocks of images rather than subjects; the card says so")
     seed: int = _opt(0, bounds=(0, MAX_SEED), help="seed for splits, initialisation and classifiers")
     jobs: int | None = _opt(-1, bounds=(-1, 1024), exclude=(0,),
                             help="classifier fits run side by side (the final ones and those of the "
@@ -234,6 +242,10 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` for a setting that cannot work; returns the config."""
         _refuse_problems(self)
+        unknown = [k for k in self.block_groups if k not in IMAGE_KINDS]
+        if unknown:
+            raise ConfigError(f"Unknown image kind {', '.join(map(str, unknown))} in block groups; choose from "
+                              f"{', '.join(IMAGE_KINDS)}.")
         if len(self.fractions) != 3:
             raise ConfigError(f"Split fractions must be three numbers, not {self.fractions}.")
         self.finetuning.validate()

@@ -7,6 +7,8 @@ from typing import Any
 
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout, QWidget
 
+from trainer.inference.card_text import headline_lines
+
 FIRST = ("name", "created", "intended_use", "trained_on", "split", "split_protocol", "models", "metrics",
          "threshold", "config", "versions", "notes")
 
@@ -83,13 +85,11 @@ def _headline(card: dict[str, Any]) -> str:
     model, field model), and what the model was trained on.
     """
     sections = card.get("models") or {}
-    rows = []
-    if sections:
-        for sec in sections.values():
-            data = sec.get("data") or {}
-            rows += _metric_rows(sec.get("metrics") or {}, f"{sec.get('name', 'model')}: ", data.get("n_groups"))
-    else:
-        rows = _metric_rows(card.get("metrics") or {})
+    rows = [] if sections else _metric_rows(card.get("metrics") or {})
+    # each model's labelled headline (cross-validation first, then the test split), as the case report says it
+    lines = "".join(f"<p><b>{html.escape(str(sec.get('name', 'model')).capitalize())}</b></p><ul>"
+                    + "".join(f"<li>{html.escape(x)}</li>" for x in headline_lines(sec)) + "</ul>"
+                    for sec in sections.values())
     out = ""
     trained = card.get("trained_on") or {}
     if trained:
@@ -111,6 +111,7 @@ def _headline(card: dict[str, Any]) -> str:
         names = ", ".join(html.escape(str(sec.get("name", k))) for k, sec in sections.items())
         out += (f"<p><b>Models:</b> {names}. Each image is judged by the model of its kind (single-cell crop "
                 "or smear field), with that model's own calibration and threshold.</p>")
+    out += lines
     if rows:
         head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE)
         out += ("<p><b>Calibrated ensemble probability at the model threshold (the app's decision rule)</b></p>"

@@ -31,6 +31,7 @@ from allgui.state import AppState, Topic
 from allgui.views.heatmap import HeatmapBox
 from allgui.views.result_text import cell_text, domain_text, probability_text, rgb
 from allgui.views.threshold_slider import ThresholdSlider
+from trainer.inference.card_text import calibration_source
 from trainer.inference.results import (
     DECISION_ALL,
     DECISION_NORMAL,
@@ -315,11 +316,12 @@ class SidePanel(QWidget):
         if self.predictor is not None:
             self._show_roc(key)
             sens, spec = self.predictor.operating_point(st.threshold, key)
-            text = (f"At {st.threshold:.3f}, validation data (they also set the threshold): sensitivity "
+            section = (getattr(self.predictor, "model_card", {}).get("models") or {}).get(key) or {}
+            text = (f"At {st.threshold:.3f}, {calibration_source(section)} (it set the threshold): sensitivity "
                     f"{sens:.1%}, specificity {spec:.1%}")
             held_out = self.predictor.test_operating_point(st.threshold, key)
             if held_out is not None:
-                text += f"; held-out test split: sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}"
+                text += f"; test split (one split): sensitivity {held_out[0]:.1%}, specificity {held_out[1]:.1%}"
             self.sens_spec.setText(text)
             self.roc.set_point(sens, spec)
         else:

@@ -82,7 +82,7 @@ LIMITATIONS = [
 def annotate(bundle_path: Path) -> dict:
     """Add the limitations to the bundle's model card (rewritten atomically).
 
-    Returns per-model test metrics of the calibrated ensemble.
+    Returns per model its cross-validation headline and the calibrated ensemble's test-split metrics.
     """
     from trainer.inference.bundle import load_bundle, save_bundle
 
@@ -90,7 +90,8 @@ def annotate(bundle_path: Path) -> dict:
     bundle.card["limitations"] = LIMITATIONS
     bundle.card["sample_subjects_left_out"] = list(SAMPLE_SUBJECTS)
     save_bundle(bundle_path, bundle)
-    return {k: sec["metrics"]["test"].get("ensemble_calibrated") for k, sec in bundle.card["models"].items()}
+    return {k: {"cross-validation": sec.get("cv"), "test split": sec["metrics"]["test"].get("ensemble_calibrated")}
+            for k, sec in bundle.card["models"].items()}
 
 
 def main(argv=None) -> int:
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = combined_folder(a.cnmc_fold1, a.cnmc_sample, a.aria, Path(tmp))
         config = TrainConfig(data=str(root), layout="folders", positive=["ALL", "all"] + sorted(ARIA_POSITIVE),
-                             group_column="group", split="subject", weights="none",
+                             group_column="group", split="subject", weights="none", block_groups=("field",),
                              image_size=a.image_size, seed=a.seed, output=str(a.out), cache_dir=a.cache_dir,
                              extra={"name": "allgui default model (random-init backbones)",
                                     "data_description": DESCRIPTION, "data_credits": CREDITS})

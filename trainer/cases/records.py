@@ -6,6 +6,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from trainer.inference.card_text import headline_lines
 from trainer.inference.results import CellPrediction, ImagePrediction
 
 MAX_OUTLINE_POINTS = 200
@@ -100,7 +101,8 @@ def card_summary(card: dict[str, Any]) -> dict[str, Any]:
     """What a case keeps of a model card.
 
     Name, creation, intended use, limitations, notes, and each model's headline numbers (calibrated
-    ensemble on the held-out test split, else validation).
+    ensemble on the held-out test split, else validation) and, for cards that have them, its labelled
+    headline lines (:func:`trainer.inference.card_text.headline_lines`).
     """
     out: dict[str, Any] = {k: card.get(k) for k in ("name", "created", "intended_use") if card.get(k)}
     out["limitations"] = [str(x) for x in (card.get("limitations") or [])]
@@ -121,4 +123,7 @@ def card_summary(card: dict[str, Any]) -> dict[str, Any]:
                                        if isinstance(ens.get(k), (int, float))}}
                 break
     out["headline"] = headline
+    # the labelled headline the app's model card shows (cross-validation first, subject counts beside each figure)
+    out["headline_lines"] = {str(sec.get("name", key)): headline_lines(sec) for key, sec in sections.items()
+                             if sec.get("cv") or sec.get("calibration_data")}
     return out

@@ -248,7 +248,10 @@ def _models(f: Flow, store, entries: list[ImageEntry]) -> None:
              8.5, weight="bold")
         if used:
             f.wrapped("thresholds in this report: " + ", ".join(used), 120, 7.5, 2)
-        for name, h in (card.get("headline") or {}).items():
+        for name, lines in (card.get("headline_lines") or {}).items():  # the model card's own words
+            for k, text in enumerate(lines[:3]):
+                f.wrapped(literal(f"{name}: {text}" if k == 0 else text), 130, 7.5, 3)
+        for name, h in ({} if card.get("headline_lines") else card.get("headline") or {}).items():
             parts = [f"n = {h['n']}" if "n" in h else ""]
             for key, label, spec in (("accuracy", "accuracy", ".1%"), ("auc", "AUC", ".3f"),
                                      ("sensitivity", "sensitivity", ".1%"), ("specificity", "specificity", ".1%")):

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from trainer.classical.kinds import PLATT_EPS, logit, tie_break
-from trainer.classical.stacking import inner_folds
+from trainer.classical.stacking import fold_report, inner_folds
 
 METHODS = ("platt", "isotonic")
 
@@ -38,8 +38,10 @@ class ScoreCalibrator(BaseEstimator):
     ``method="auto"`` compares Platt scaling and isotonic regression by the Brier score of
     their out-of-fold predictions on the calibration data (stratified k-fold, grouped by subject
     where ``groups`` are given, so isotonic's flexibility is not rewarded for memorising a
-    subject), keeps the lower one and refits it on all the data. Learned: ``method_``, ``model_``,
-    ``cv_brier_`` (method -> Brier, where compared).
+    subject), keeps the lower one and refits it on all the data; with too few subjects for grouped
+    folds it keeps Platt (two parameters) without comparing. Learned: ``method_``, ``model_``,
+    ``cv_brier_`` (method -> Brier, where compared), ``folds_`` (the folds realised, see
+    :func:`trainer.classical.stacking.fold_report`; None where not compared).
     """
 
     def __init__(self, method: str = "auto", n_splits: int = 5, seed: int = 0):
@@ -53,8 +55,10 @@ class ScoreCalibrator(BaseEstimator):
         if len(np.unique(y)) < 2:
             raise ValueError("calibration data hold only one class")
         self.cv_brier_ = {}
+        self.folds_ = None
         if self.method == "auto":
             folds = inner_folds(y, groups, self.n_splits, self.seed)
+            self.folds_ = fold_report(y, groups, self.n_splits, self.seed, folds)
             if folds:
                 oof = {m: np.empty_like(s) for m in METHODS}
                 for tr, te in folds:

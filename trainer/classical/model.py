@@ -15,7 +15,7 @@ from trainer.classical.fusion import FeatureFusion
 
 # KindModels: bundles of format 2 name it in this module
 from trainer.classical.kinds import KindModels, operating_point, roc_points  # noqa: F401
-from trainer.classical.stacking import StackedCombiner, inner_folds
+from trainer.classical.stacking import StackedCombiner, fold_report, inner_folds
 from trainer.config import BACKBONE_NAMES, CALIBRATE_ON, CLASSIFIER_NAMES, TrainConfig
 from trainer.stats.metrics import youden_threshold
 from trainer.stats.selective import risk_coverage
@@ -133,6 +133,8 @@ class AllModel(BaseEstimator):
         calibrated = self.calibrator_.transform(s_cal)
         self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_cal, calibrated)[0])
         self.validation_ = {"y": y_cal, "raw": s_cal, "calibrated": calibrated, "probabilities": P_cal}
+        oof_folds = (folds or []) if need_oof else None  # the realised folds and any fallback go to the card
+        self.inner_folds_, self.calibration_note_ = fold_provenance(self, y, groups, oof_folds)
         self.band_report_ = fit_band(y_cal, calibrated, self.threshold_, self.decided_accuracy)
         self.band_report_["rows"] = self.calibrated_on_
         self.band_report_["risk_coverage"] = risk_coverage(y_cal, calibrated, self.threshold_, g_cal, n_boot=500,
@@ -224,6 +226,37 @@ class AllModel(BaseEstimator):
     def validation_roc(self) -> dict[str, np.ndarray]:
         """``fpr``, ``tpr``, ``thresholds`` of the calibrated probability on the validation split."""
         return roc_points(self.validation_["y"], self.validation_["calibrated"])
+
+
+def fold_provenance(model: AllModel, y: np.ndarray, groups, folds) -> tuple[dict, str | None]:
+    """The internal folds a fit realised, and a sentence where one fell back for lack of subjects.
+
+    ``{"cross_fit": ..., "calibrator": ..., "svm_platt": ...}``, each :func:`fold_report`'s answer (None
+    where not used). With subject ids and too few subjects for grouped folds, cross-fit calibration falls
+    back to the validation split, the stacked combiner to the eq. 8 weights and the SVM's Platt scaling
+    to folds of images (the only choice that keeps an SVM probability): the sentence says which.
+    """
+    k = int(np.bincount(y, minlength=2).min())
+    svm_cv = 3 if k >= 12 else 2  # as make_classifiers sets it
+    out = {"cross_fit": None if folds is None else fold_report(y, groups, STACK_FOLDS, model.seed, folds or []),
+           "calibrator": getattr(model.calibrator_, "folds_", None),
+           "svm_platt": fold_report(y, groups, svm_cv, model.seed) if "svm" in model.classifier_names_ else None}
+    notes = []
+    if folds is not None and not folds and groups is not None:
+        g = out["cross_fit"]["n_groups"]
+        what = {"cross-fit": "cross-fit calibration", "stacked": "the stacked combiner"}
+        wanted = [what[x] for x in ("cross-fit", "stacked") if x in (model.calibrate_on, model.combiner)]
+        notes.append(f"{' and '.join(wanted).capitalize()} need at least 2 subject-grouped folds of the training "
+                     f"split, which has {g['0']} normal and {g['1']} ALL subjects: "
+                     + ("calibrated on the validation split alone" if model.calibrate_on == "cross-fit" else "")
+                     + ("; " if len(wanted) == 2 else "")
+                     + ("eq. 8 weights instead of stacking" if model.combiner == "stacked" else "") + ".")
+    svm = out["svm_platt"]
+    if svm is not None and groups is not None and svm["realised"] == 0:
+        notes.append(f"The SVM's Platt scaling used folds of images: the training split has "
+                     f"{svm['n_groups']['0']} normal and {svm['n_groups']['1']} ALL subjects, too few for "
+                     "grouped folds.")
+    return out, " ".join(notes) or None
 
 
 def _fit_ensemble(classifiers, seed: int, X, y, X_val, y_val, groups) -> WeightedVotingEnsemble:

@@ -16,7 +16,7 @@ ENSEMBLE_CAL = "ensemble_calibrated"  # calibrated probability at the validation
 
 
 def score_report(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 groups: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+                 groups: np.ndarray | None = None, unit: str = "subject") -> dict[str, dict[str, Any]]:
     """:func:`trainer.stats.metrics.binary_report` of every read-out of a model on rows ``y``.
 
     Parameters
@@ -31,6 +31,9 @@ def score_report(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int =
         Bootstrap resamples for the AUC interval, and their seed.
     groups : ndarray of shape (N,), optional
         Subject ids: every AUC interval then resamples subjects (group bootstrap), else images.
+    unit : str
+        What a group is ("subject" or "image block"), for the note that replaces an interval on fewer
+        than 3 of a class.
 
     Returns
     -------
@@ -43,9 +46,9 @@ def score_report(model, det: dict[str, np.ndarray], y: np.ndarray, n_boot: int =
     out: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(model.classifier_names_):
         out[name] = M.binary_report(y, det["probabilities"][:, j], 0.5, n_boot=n_boot, seed=seed,
-                                    pred=det["votes"][:, j], groups=groups)
+                                    pred=det["votes"][:, j], groups=groups, unit=unit)
     out[ENSEMBLE] = M.binary_report(y, det["raw"], 0.5, n_boot=n_boot, seed=seed,
-                                    pred=(det["vote_share"] > 0.5).astype(int), groups=groups)
+                                    pred=(det["vote_share"] > 0.5).astype(int), groups=groups, unit=unit)
     out[ENSEMBLE_CAL] = M.binary_report(y, det["calibrated"], model.threshold_, n_boot=n_boot, seed=seed,
-                                        groups=groups)
+                                        groups=groups, unit=unit)
     return out

@@ -26,25 +26,44 @@ def logit(p: np.ndarray) -> np.ndarray:
 def inner_folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int = 5, seed: int = 0):
     """(train, test) index pairs for an internal cross-validation of (N,) labels ``y``.
 
-    Grouped (no group on both sides) and stratified where ``groups`` is given and holds enough
-    groups of each class; else stratified by image. The fold count shrinks to what the smaller
-    class allows; returns [] when fewer than 2 folds are possible.
+    With ``groups`` (subject ids) the folds are grouped (no subject on both sides) and stratified;
+    the fold count shrinks to what the subjects of the smaller class allow, and when fewer than 2
+    grouped folds with both classes in every training part are possible the answer is [] (no
+    folds): never folds of images, which would put one subject's images on both sides and reward
+    recognising subjects. Callers then fall back to something that needs no folds and say so (see
+    :func:`fold_report`). Without ``groups`` the folds are stratified by image; [] when fewer than 2
+    are possible.
     """
     y = np.asarray(y).astype(int)
-    counts = np.bincount(y, minlength=2)
     if groups is not None:
         groups = np.asarray(groups)
         per_class = [len(set(groups[y == c].tolist())) for c in (0, 1)]
-        k = int(min(n_splits, *per_class))
-        if k >= 2:
+        for k in range(int(min(n_splits, *per_class)), 1, -1):
             cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
             folds = list(cv.split(np.zeros(len(y)), y, groups))
             if all(len(np.unique(y[tr])) == 2 for tr, _ in folds):
                 return folds
-    k = int(min(n_splits, counts.min()))
+        return []
+    k = int(min(n_splits, np.bincount(y, minlength=2).min()))
     if k < 2:
         return []
     return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def fold_report(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int = 0,
+                folds: list | None = None) -> dict:
+    """``{"requested", "realised", "grouped", "n_groups"}`` of :func:`inner_folds` on these rows, for the card.
+
+    ``folds``: the folds already made (else they are made here); ``n_groups``: subjects of each class
+    (None without subject ids).
+    """
+    y = np.asarray(y).astype(int)
+    if folds is None:
+        folds = inner_folds(y, groups, n_splits, seed)
+    n_groups = (None if groups is None else
+                {str(c): len(set(np.asarray(groups)[y == c].tolist())) for c in (0, 1)})
+    return {"requested": int(n_splits), "realised": len(folds), "grouped": groups is not None,
+            "n_groups": n_groups}
 
 
 class StackedCombiner(BaseEstimator):

@@ -6,6 +6,7 @@ Fine-tune the CNN backbones on the training split and write their weights to a s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -89,21 +90,20 @@ def run(args: argparse.Namespace) -> int:
 def run_cli(args: argparse.Namespace) -> int:
     """Load the data, split it, fine-tune, write ``--output`` (rank 0). Returns an exit code."""
     # torch and the training code load only when this command runs, not for ``allgui-train --help``
-    from trainer.io.data import load_dataset
     from trainer.training.distributed import barrier, setup_distributed
     from trainer.training.finetune import finetune_backbones
-    from trainer.training.pipeline import resolve_protocol, split_dataset
+    from trainer.training.pipeline import load_config_dataset, resolve_protocol, split_dataset
     from trainer.training.weights import FINETUNE_IMAGES_KEY, finetune_provenance, save_state_dicts
 
     info = setup_distributed(args.device)
     say = (lambda msg: print(msg, flush=True)) if info.is_main else (lambda msg: None)
-    ds = load_dataset(args.data, layout=args.layout, positive=args.positive,
-                      labels_csv=args.labels_csv, group_column=args.group_column)
-    config = config_from_args(args).validate()
+    config = dataclasses.replace(config_from_args(args), data=str(args.data), positive=args.positive,
+                                 labels_csv=args.labels_csv, group_column=args.group_column).validate()
+    ds = load_config_dataset(config)  # read as train/evaluate read it (duplicates once), so the splits agree
     # the very split `allgui-train train/evaluate` use, so their test images are never fine-tuned on
     protocol = resolve_protocol(config, ds)
     tr, va, _ = split_dataset(ds.samples, protocol, config)
-    paths, y = ds.paths, ds.labels
+    paths, y, groups = ds.paths, ds.labels, ds.groups
     say(f"{len(ds)} images: {len(tr)} training, {len(va)} validation; world size {info.world_size}")
     last = [-1.0]
 
@@ -118,7 +118,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if info.is_main:
         out = save_state_dicts(args.output, states, {
             "finetune_config": config.finetune_summary(),
-            FINETUNE_IMAGES_KEY: finetune_provenance([paths[i] for i in tr], [paths[i] for i in va]),
+            FINETUNE_IMAGES_KEY: finetune_provenance([paths[i] for i in tr], [paths[i] for i in va],
+                                                     *((None, None) if groups is None else (groups[tr], groups[va]))),
             "history": {k: {kk: vv for kk, vv in h.items() if kk != "config"} for k, h in histories.items()},
         })
         for name, h in histories.items():

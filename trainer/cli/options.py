@@ -82,6 +82,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     switch(g, "--per-kind", default("per_kind"), describe("per_kind"))
     setting(g, "--domain-rate", "domain_rate", type=float)
     setting(g, "--decided-accuracy", "decided_accuracy", type=float)
+    setting(g, "--cv-repeats", "cv_repeats", type=int)
+    setting(g, "--cv-folds", "cv_folds", type=positive_int)
+    setting(g, "--block-groups", "block_groups", default="", metavar="KINDS",
+            help="comma-separated image kinds (single_cell, field) whose group ids are blocks of images, "
+                 "not subjects; the card and report call them image blocks")
     g.add_argument("--cache-dir", default=default_cache_dir(), help="feature cache folder (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     g.add_argument("--finetune", nargs="?", const="on", default="auto", choices=FINETUNE_CHOICES,
@@ -109,6 +114,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         combiner=a.combiner, nucleus_features=a.nucleus_features == "on", block_l2=a.block_l2 == "on",
         stain=a.stain, per_kind=a.per_kind == "on", calibrate_on=a.calibrate_on, jobs=a.jobs,
         domain_rate=a.domain_rate, decided_accuracy=a.decided_accuracy,
+        cv_repeats=a.cv_repeats, cv_folds=a.cv_folds, block_groups=tuple(csv_list(a.block_groups) or ()),
         output=str(getattr(a, "output", default("output"))), finetune=finetune_wanted(a.finetune, a.device),
         finetuning=FinetuneConfig(epochs=a.epochs, patience=a.patience, lr=a.finetune_lr,
                                   checkpoint_dir=a.checkpoint_dir, deterministic=a.deterministic,

@@ -20,6 +20,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(a) -> int:
+    from trainer.inference.card_text import calibration_source, headline_lines  # numpy, only when training
     from trainer.training.pipeline import train  # torch and the models load only when training
     check_model_args(a)
     check_output_file(a.output, "-o/--output")
@@ -41,11 +42,12 @@ def run(a) -> int:
         section = result.card["models"][key]
         data = section["data"]
         print(f"\n{section['name'].capitalize()}: {data['n_train']}/{data['n_validation']}/{data['n_test']} images, "
-              f"test subjects/groups: {data['n_groups']['test']}; threshold (Youden, validation) "
+              f"test subjects/groups: {data['n_groups']['test']}; threshold (Youden, {calibration_source(section)}) "
               f"{model.threshold_:.3f}; combiner {model.combiner_}; calibration {model.calibrator_.method_}")
+        print("\n".join(headline_lines(section)))  # cross-validation first, then the test split, as the card says
         test = result.per_model.get(key) or {}
         if test:
-            print(_table(test))
+            print("Test split, one split, every read-out:\n" + _table(test))
         else:
             val = section["metrics"]["validation"]["ensemble_calibrated"]
             print(f"No test split; validation accuracy {val['accuracy']:.3f}")

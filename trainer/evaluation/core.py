@@ -23,7 +23,7 @@ from trainer.io.samples import sample_groups
 from trainer.io.splits import cv_folds, max_folds, one_sided_strata, source_strata, split_train_val_test, stratum_name
 from trainer.stats import metrics as M
 from trainer.stats.significance import compare_folds, holm
-from trainer.training.pipeline import split_dataset
+from trainer.training.pipeline import feature_blocks, split_dataset
 from trainer.util.errors import AllguiError, Cancelled, DataError
 from trainer.util.progress import CancelCheck, Progress, check_cancel
 
@@ -117,7 +117,9 @@ def evaluate_holdout(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.nda
     bootstrap); ``auc_tests`` carry Holm-adjusted p-values (``p_value_holm``) over the classifiers.
     """
     train, val, test = (np.asarray(a, dtype=int) for a in split)
-    model = fit_model(feats, y, train, val, config, backbones=backbones, pca=pca)
+    # subject ids reach the fit in every protocol: the inner folds (cross-fit calibration, the SVM's
+    # Platt scaling) are grouped as in the shipped model, whatever the outer split
+    model = fit_model(feats, y, train, val, config, backbones=backbones, pca=pca, groups=groups)
     yt = y[test]
     gt = None if groups is None else np.asarray(groups, dtype=object)[test]
     det = model.predict_details(subset(feats, test))
@@ -219,7 +221,7 @@ def cv_plan(samples, protocol: str, n_folds: int, config: TrainConfig
 
 
 def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: int = 5,
-                steps: _Steps | None = None) -> dict[str, Any]:
+                steps: _Steps | None = None, backbones: Sequence[str] | None = None) -> dict[str, Any]:
     """``n_folds``-fold CV: per-fold metrics, mean +- sd, ensemble vs each classifier tests.
 
     Within each training fold a grouped/stratified inner split provides the validation rows
@@ -236,13 +238,14 @@ def evaluate_cv(feats, samples, y, protocol: str, config: TrainConfig, n_folds: 
                 f"{feasible} {unit}, and every test fold needs both classes.")
         n_folds = feasible
     folds, warnings = cv_plan(samples, protocol, n_folds, config)
+    groups = sample_groups(samples)
     per_fold = []
     names: list[str] = []
     for k, (fit_i, val_i, te) in enumerate(folds):
         if steps:
             steps.step(f"{protocol} split: cross-validation fold {k + 1}/{len(folds)}")
         tr = np.concatenate([fit_i, val_i])
-        model = fit_model(feats, y, fit_i, val_i, config)
+        model = fit_model(feats, y, fit_i, val_i, config, backbones=backbones, groups=groups)
         names = list(model.classifier_names_)
         det = model.predict_details(subset(feats, te))
         rows, _ = _score_rows(model, det, y[te], 0, config.seed, curves=False)
@@ -311,8 +314,14 @@ def _primary(config: TrainConfig, has_groups: bool) -> str:
 def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: TrainConfig,
                       protocols: Sequence[str] = PROTOCOLS, n_boot: int = 2000, n_folds: int = 5,
                       ablation: bool = True, progress: Progress | None = None,
-                      cancel: CancelCheck | None = None) -> dict[str, Any]:
+                      cancel: CancelCheck | None = None, splits: dict | None = None,
+                      backbones: Sequence[str] | None = None) -> dict[str, Any]:
     """Full evaluation of one dataset's features.
+
+    ``backbones``: the feature blocks the model uses (default: every block of ``feats`` that the config
+    names, the nucleus block included), as the shipped model does; ``splits``: protocol -> (train,
+    validation, test) rows to use instead of splitting ``samples`` afresh (e.g. the training run's split
+    restricted to one image kind).
 
     ``feats``: backbone name -> (N, D) array, rows aligned with ``samples`` (objects with
     ``label`` 0/1 and ``group``). Returns ``{"meta", "protocols": {protocol: {"available",
@@ -329,6 +338,8 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     for b, f in feats.items():
         if len(f) != len(samples):
             raise DataError(f"{b} features have {len(f)} rows for {len(samples)} images.")
+    if backbones is None:
+        backbones = [b for b in feature_blocks(config) if b in feats] or list(feats)
     primary = _primary(config, groups is not None)
     strata = source_strata(samples)
     protocols = [p for p in protocols if p in PROTOCOLS]
@@ -353,15 +364,15 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
         t = time.perf_counter()
         try:
             steps.step(f"{proto} split: held-out test set")
-            split = split_dataset(samples, proto, config)  # the split `allgui-train train` uses
+            split = (splits or {}).get(proto) or split_dataset(samples, proto, config)  # as `train` splits
             if strata is not None:
                 for w in split_warnings(strata, f"{proto} held-out split", *split):
                     log.warning(w)
                     entry["warnings"].append(w)
-            entry["holdout"] = evaluate_holdout(feats, y, groups, split, config, n_boot)
+            entry["holdout"] = evaluate_holdout(feats, y, groups, split, config, n_boot, backbones=backbones)
             if proto == primary:
                 primary_split = split
-            entry["cv"] = evaluate_cv(feats, samples, y, proto, config, n_folds, steps)
+            entry["cv"] = evaluate_cv(feats, samples, y, proto, config, n_folds, steps, backbones=backbones)
             entry["warnings"] += entry["cv"]["warnings"]
         except Cancelled:
             raise
@@ -384,7 +395,7 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     n_groups = len(set(groups.tolist())) if groups is not None else 0
     res["meta"] = {"n": int(y.size), "n_positive": int(y.sum()), "n_groups": n_groups,
                    "primary_protocol": primary, "n_boot": int(n_boot), "n_folds": int(n_folds),
-                   "seed": int(config.seed), "backbones": [b for b in config.backbones if b in feats],
+                   "seed": int(config.seed), "backbones": list(backbones),
                    "feature_dims": {b: int(np.asarray(f).shape[1]) for b, f in feats.items()},
                    "config": config.to_dict(), "timings_s": timings}
     if progress is not None:

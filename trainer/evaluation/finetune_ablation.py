@@ -36,18 +36,19 @@ def _scores_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[
 
 
 def classical_stage_scores(feats: Mapping[str, np.ndarray], y: Sequence[int], train_idx, val_idx,
-                           test_idx, config: Any, classifier: str = "ensemble") -> dict[str, float]:
+                           test_idx, config: Any, classifier: str = "ensemble", groups=None) -> dict[str, float]:
     """Test metrics of the classical stage fitted on ``feats`` rows ``train_idx`` (validation ``val_idx``).
 
     ``classifier='ensemble'`` is ``trainer.classical.model.fit_model`` (fusion, five classifiers, weighted
     vote, calibration, Youden threshold); ``'logreg'`` a standardised logistic regression on the
-    concatenated features at threshold 0.5. Returns accuracy, balanced_accuracy, auc, threshold.
+    concatenated features at threshold 0.5. ``groups`` (N,): subject ids of all rows, for the ensemble's
+    grouped inner folds. Returns accuracy, balanced_accuracy, auc, threshold.
     """
     y = np.asarray(y, dtype=int)
     names = [b for b in getattr(config, "backbones", feats.keys()) if b in feats]
     if classifier == "ensemble":
 
-        model = fit_model(feats, y, train_idx, val_idx, config, backbones=tuple(names))
+        model = fit_model(feats, y, train_idx, val_idx, config, backbones=tuple(names), groups=groups)
         score = model.predict_details(subset(feats, test_idx))["calibrated"]
         return _scores_metrics(y[test_idx], score, model.threshold_)
     if classifier == "logreg":
@@ -73,13 +74,15 @@ def frozen_vs_finetuned(
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    groups: Sequence | None = None,
 ) -> dict[str, Any]:
     """Ablation: the classical stage on frozen features (``config.weights``) vs on fine-tuned ones.
 
     Fine-tunes on ``train_idx`` / ``val_idx`` unless ``state_dicts`` are given. ``config`` is a
     TrainConfig (image_size, gamma, weights, seed, backbones, finetune_* and the classical-stage
     options). ``classifiers``: classical stages to compare, each ``'ensemble'`` or ``'logreg'``
-    (see ``classical_stage_scores``). Returns ``{'frozen': {classifier: metrics}, 'finetuned':
+    (see ``classical_stage_scores``); ``groups`` (N,) subject ids of ``items``. Returns
+    ``{'frozen': {classifier: metrics}, 'finetuned':
     {classifier: metrics}, 'histories': {...}, 'state_dicts': {...}, 'seconds': {'finetune': s,
     'features': s, 'classical': s}}``; metrics on ``test_idx``.
     """
@@ -104,7 +107,7 @@ def frozen_vs_finetuned(
         items, progress_stage(progress, 0.8, 0.9), cancel)
     t2 = time.perf_counter()
     out: dict[str, Any] = {
-        kind: {c: classical_stage_scores(feats, y, train_idx, val_idx, test_idx, config, c)
+        kind: {c: classical_stage_scores(feats, y, train_idx, val_idx, test_idx, config, c, groups)
                for c in classifiers}
         for kind, feats in (("frozen", frozen), ("finetuned", tuned))
     }

@@ -12,51 +12,21 @@ from typing import Any
 
 from trainer.evaluation import figures as F
 from trainer.evaluation.core import ENSEMBLE, ENSEMBLE_CAL, PROTOCOL_LABELS
+from trainer.evaluation.report_text import (
+    ALPHA,
+    _finetune_md,
+    _ms,
+    _num,
+    _ordered,
+    _p,
+    _p_holm,
+    _pct,
+    _table,
+    _variants_md,
+    headline_md,
+)
 from trainer.util.atomic import atomic_write
 from trainer.util.plain import to_jsonable
-
-PAPER_ORDER = ("knn", "adaboost", "svm", "rf", "mlp")
-ALPHA = 0.05
-
-
-# --------------------------------------------------------------------------- formatting
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
-
-
-def _num(v: float | None, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def _p(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "undefined"
-    return "<0.001" if v < 0.001 else f"{v:.3f}"
-
-
-def _p_holm(t: dict[str, Any]) -> str:
-    """Raw and Holm-adjusted p of one test, "0.030 / 0.150"."""
-    if "p_value_holm" not in t:
-        return _p(t.get("p_value"))
-    return f"{_p(t.get('p_value'))} / {_p(t.get('p_value_holm'))}"
-
-
-def _ms(s: dict[str, Any], pct: bool = True) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    k = 100 if pct else 1
-    sd = "" if s["sd"] is None else f" ± {k * s['sd']:.{1 if pct else 3}f}"
-    return f"{k * s['mean']:.{1 if pct else 3}f}{sd}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out + [""]
-
-
-def _ordered(names: list[str]) -> list[str]:
-    return [n for n in PAPER_ORDER if n in names] + [n for n in names if n not in PAPER_ORDER]
 
 
 def _ci_units(r: dict[str, Any]) -> str:
@@ -71,7 +41,10 @@ def _auc_ci(r: dict[str, Any]) -> str:
     if r.get("auc") is None:
         return "n/a"
     ci = r.get("auc_ci")
-    return f"{r['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}; {_ci_units(r)})" if ci else f"{r['auc']:.3f}"
+    if ci:
+        return f"{r['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}; {_ci_units(r)})"
+    note = r.get("ci_warning") or r.get("ci_note")
+    return f"{r['auc']:.3f} ({note})" if note else f"{r['auc']:.3f}"
 
 
 def _ci_method_text(rows: list[dict[str, Any]], n_boot: int) -> str:
@@ -122,8 +95,8 @@ def _holdout_md(proto: str, e: dict[str, Any], figs: dict[str, str], n_boot: int
     lines += _table(["Model", "Accuracy (%)", "Precision (%)", "Recall (%)", "Specificity (%)",
                      "F1 (%)", "AUC (95% CI)", "AP", "Brier", "Youden thr. (sens / spec %)"], rows)
     w = ", ".join(f"{F.display(n)} {h['weights'][n]:.3f}" for n in _ordered(h["classifier_names"]))
-    lines += [f"Ensemble weights (validation accuracy, normalised): {w}. Fused features after "
-              f"PCA: {h['n_components']} dimensions.", ""]
+    lines += [f"Ensemble weights (validation balanced accuracy, normalised; the paper's eq. 8 uses plain "
+              f"accuracy): {w}. Fused features after PCA: {h['n_components']} dimensions.", ""]
     if h["auc_tests"]:
         first = next(iter(h["auc_tests"].values()))
         unit = ("subjects/groups (" + _ci_units(first) + ")" if first.get("ci_method") == "group"
@@ -136,8 +109,9 @@ def _holdout_md(proto: str, e: dict[str, Any], figs: dict[str, str], n_boot: int
         rows = []
         for n in _ordered(list(h["auc_tests"])):
             t = h["auc_tests"][n]
-            rows.append([f"Ensemble vs {F.display(n)}", _num(t["auc1"]), _num(t["auc2"]),
-                         f"{t['diff']:+.3f} ({t['ci_low']:+.3f} to {t['ci_high']:+.3f})",
+            ci = (f"({t['ci_low']:+.3f} to {t['ci_high']:+.3f})" if t.get("ci_low") is not None
+                  else f"({t.get('warning') or 'no interval'})")
+            rows.append([f"Ensemble vs {F.display(n)}", _num(t["auc1"]), _num(t["auc2"]), f"{t['diff']:+.3f} {ci}",
                          _p(t["p_value"]), _p(t.get("p_value_holm"))])
         lines += _table(["Comparison", "AUC ensemble", "AUC classifier", "Difference (95% CI)",
                          "p", "Holm p"], rows)
@@ -230,63 +204,6 @@ def _ablation_md(ab: dict[str, Any], fig: str | None) -> list[str]:
     return lines
 
 
-def _variants_md(v: dict[str, Any]) -> list[str]:
-    """Grouped-CV ablation of the feature and ensemble variants, one table per image kind."""
-    names = {"single_cell": "single-cell crops", "field": "smear fields"}
-    lines = ["## Ablation: feature and ensemble variants (grouped cross-validation)", "",
-             f"{PROTOCOL_LABELS.get(v['protocol'], v['protocol'])}, {v['n_folds']} folds stratified by label x "
-             "source class, an inner grouped split of each training fold for validation. AUC of the pooled "
-             "out-of-fold ensemble scores with a 95 % interval that resamples subjects (groups); sensitivity, "
-             "specificity and balanced accuracy of the calibrated ensemble at each fold's own threshold. The "
-             "Reinhard reference of the stain-normalised rows was fitted once, on the held-out split's "
-             f"{v.get('stain_reference_rows', '?')} training images (a colour target, no labels).", ""]
-    for kind, e in v["kinds"].items():
-        g = e.get("n_groups") or {}
-        lines += [f"### {names.get(kind, kind)}: {e['n']} images"
-                  + (f", {g.get('1', '?')} ALL / {g.get('0', '?')} normal subjects" if g else ""), ""]
-        if not e.get("rows"):
-            lines += [f"Not evaluated: {e.get('reason', 'too few subjects')}", ""]
-            continue
-        rows = []
-        for r in e["rows"]:
-            fold = (f"{r['fold_auc_mean']:.3f} ± {r['fold_auc_sd']:.3f}" if r.get("fold_auc_sd") is not None
-                    else _num(r.get("fold_auc_mean")))
-            rows.append([r["variant"], f"{r['auc']:.3f} ({r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f}, "
-                         f"{r['ci_method']})", fold, _pct(r["sensitivity"]), _pct(r["specificity"]),
-                         _pct(r["balanced_accuracy"])])
-        lines += _table(["Variant", "AUC (95% CI, resampling)", "Fold AUC mean ± sd", "Sensitivity (%)",
-                         "Specificity (%)", "Balanced accuracy (%)"], rows)
-        for w in e.get("warnings") or []:
-            lines.append(f"- {w}")
-        lines.append("")
-    return lines
-
-
-def _finetune_md(ft: dict[str, Any]) -> list[str]:
-    """Frozen vs fine-tuned backbone features, same split, same classical stages."""
-    lines = ["## Ablation: frozen vs fine-tuned backbone features", "",
-             f"One split ({PROTOCOL_LABELS[ft['protocol']]}); both backbones fine-tuned on its training "
-             f"part (early stopping on its validation part) from weights `{ft['weights']}`, then the same "
-             "classical stages on frozen and on fine-tuned features; test-set metrics. *Ensemble* is the "
-             "full calibrated pipeline at its validation Youden threshold, *logistic regression* a plain "
-             "linear probe at 0.5. Caveat: with fine-tuning, the classical stages are fitted on features "
-             "of images the CNN was trained on, which it separates better than unseen test images.", ""]
-    rows = []
-    for clf in ft["classifiers"]:
-        for kind in ("frozen", "finetuned"):
-            m = ft[kind][clf]
-            rows.append([{"ensemble": "Ensemble, calibrated", "logreg": "Logistic regression"}.get(clf, clf),
-                         "fine-tuned" if kind == "finetuned" else "frozen", _pct(m["accuracy"]),
-                         _pct(m["balanced_accuracy"]), _num(m["auc"])])
-    lines += _table(["Classical stage", "Backbone features", "Accuracy (%)", "Balanced accuracy (%)", "AUC"],
-                    rows)
-    epochs = ", ".join(f"{F.BACKBONE_DISPLAY.get(b, b)}: best epoch {h['best_epoch']} of {len(h['epoch'])}"
-                       for b, h in ft.get("histories", {}).items())
-    sec = ft.get("seconds", {})
-    lines += [f"Fine-tuning: {epochs}. Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sec.items()), ""]
-    return lines
-
-
 def _protocol_md(results: dict[str, Any], fig: str | None) -> list[str]:
     protos = [p for p, e in results["protocols"].items() if e.get("holdout")]
     lines = ["## Split protocols side by side", "",
@@ -348,6 +265,25 @@ def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
     if str(cfg.get("weights", "")) == "none":
         lines += ["> The backbones are randomly initialised (weights `none`): these numbers test "
                   "the pipeline, they are not comparable with the paper's pretrained features.", ""]
+    lines += headline_md(results)
+    models = results.get("models")
+    for key, sub in (models or {"": results}).items():
+        if models:
+            m = sub["meta"]
+            lines += [f"# {sub.get('name', key).capitalize()}: {m['n']} images ({m['n_positive']} ALL), "
+                      f"{m['n_groups']} {sub.get('group_kind', 'subject')}s", ""]
+            lines += [f"- {w}" for w in sub.get("warnings") or []] + ([""] if sub.get("warnings") else [])
+        lines += _model_md(sub, figs.get(key, {}) if models else figs)
+    if results.get("variants"):
+        lines += _variants_md(results["variants"])
+    if results.get("finetune_ablation"):
+        lines += _finetune_md(results["finetune_ablation"])
+    return "\n".join(lines) + "\n"
+
+
+def _model_md(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> list[str]:
+    """One model's held-out split and 5-fold CV per protocol, its ablation and the protocol comparison."""
+    meta, lines = results["meta"], []
     order = [meta["primary_protocol"]] + [p for p in results["protocols"] if p != meta["primary_protocol"]]
     for p in order:
         e = results["protocols"].get(p)
@@ -358,16 +294,13 @@ def markdown(results: dict[str, Any], figs: dict[str, dict[str, str]]) -> str:
             lines += _cv_md(p, e["cv"], figs.get(p, {}))
     if results.get("ablation"):
         lines += _ablation_md(results["ablation"], figs.get("summary", {}).get("ablation"))
-    if results.get("variants"):
-        lines += _variants_md(results["variants"])
-    if results.get("finetune_ablation"):
-        lines += _finetune_md(results["finetune_ablation"])
-    lines += _protocol_md(results, figs.get("summary", {}).get("protocols"))
-    return "\n".join(lines) + "\n"
+    return lines + _protocol_md(results, figs.get("summary", {}).get("protocols"))
 
 
-def write_figures(results: dict[str, Any], out_dir: Path) -> dict[str, dict[str, str]]:
-    """All PNGs into ``out_dir``; returns section -> kind -> file name."""
+def write_figures(results: dict[str, Any], out_dir: Path, prefix: str = "") -> dict[str, Any]:
+    """All PNGs into ``out_dir``; returns section -> kind -> file name (per model key, with ``models``)."""
+    if results.get("models"):
+        return {k: write_figures(sub, out_dir, f"{k}_") for k, sub in results["models"].items()}
     out: dict[str, dict[str, str]] = {}
     for p, e in results["protocols"].items():
         h = e.get("holdout")
@@ -378,27 +311,27 @@ def write_figures(results: dict[str, Any], out_dir: Path) -> dict[str, dict[str,
         out[p] = {}
         if h["curves"]:
             out[p]["roc"] = F.roc_figure(h, f"ROC, held-out test set (n={n})\n{label}",
-                                         out_dir / f"roc_{p}.png").name
+                                         out_dir / f"{prefix}roc_{p}.png").name
             out[p]["pr"] = F.pr_figure(h, f"Precision-recall, held-out test set (n={n})\n{label}",
-                                       out_dir / f"pr_{p}.png").name
+                                       out_dir / f"{prefix}pr_{p}.png").name
         if h["calibration"]:
             out[p]["reliability"] = F.reliability_figure(
                 h, f"Reliability of the ensemble, held-out test set (n={n})\n{label}",
-                out_dir / f"reliability_{p}.png").name
+                out_dir / f"{prefix}reliability_{p}.png").name
         out[p]["confusion"] = F.confusion_figure(
             h, f"Confusion matrices, held-out test set (n={n}), {label}",
-            out_dir / f"confusion_{p}.png").name
+            out_dir / f"{prefix}confusion_{p}.png").name
         if e.get("cv"):
             out[p]["cv"] = F.cv_folds_figure(e["cv"], f"Per-fold accuracy, {label}",
-                                             out_dir / f"cv_folds_{p}.png").name
+                                             out_dir / f"{prefix}cv_folds_{p}.png").name
     out["summary"] = {}
     if results.get("ablation"):
         ab = results["ablation"]
         out["summary"]["ablation"] = F.ablation_figure(
             ab, f"Ablation: ensemble on the held-out test set ({PROTOCOL_LABELS[ab['protocol']]})",
-            out_dir / "ablation.png").name
+            out_dir / f"{prefix}ablation.png").name
     if any(e.get("cv") for e in results["protocols"].values()):
-        out["summary"]["protocols"] = F.protocol_figure(results, out_dir / "protocols.png").name
+        out["summary"]["protocols"] = F.protocol_figure(results, out_dir / f"{prefix}protocols.png").name
     return out
 
 
@@ -418,5 +351,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     md_path = out_dir / "report.md"
     text = markdown(clean, figs).encode("utf-8")
     atomic_write(md_path, lambda fh: fh.write(text))
-    return {"json": json_path, "markdown": md_path,
-            "figures": [out_dir / f for sec in figs.values() for f in sec.values()]}
+    return {"json": json_path, "markdown": md_path, "figures": [out_dir / f for f in _files(figs)]}
+
+
+def _files(figs: dict[str, Any]) -> list[str]:
+    return [f for v in figs.values() for f in (_files(v) if isinstance(v, dict) else [v])]

@@ -17,7 +17,20 @@ from trainer.evaluation.core import PROTOCOLS, evaluate_features
 from trainer.evaluation.finetune_ablation import frozen_vs_finetuned
 from trainer.evaluation.report import write_report
 from trainer.evaluation.variants import evaluate_variants
-from trainer.training.pipeline import detect_kinds, load_config_dataset, make_extractor, split_dataset, stain_reference
+from trainer.inference.results import MODEL_NAMES
+from trainer.io.splits import source_strata
+from trainer.training.card_facts import group_kind
+from trainer.training.crossval import cv_headline
+from trainer.training.pipeline import (
+    detect_kinds,
+    feature_blocks,
+    kind_parts,
+    load_config_dataset,
+    make_extractor,
+    resolve_protocol,
+    split_dataset,
+    stain_reference,
+)
 from trainer.training.weights import finetune_overlap
 from trainer.util.progress import check_cancel, stage
 from trainer.vision.features import NUCLEUS, FeatureExtractor
@@ -44,7 +57,7 @@ def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, ca
     classifiers = ("ensemble", "logreg")
     out = frozen_vs_finetuned(dataset.paths, dataset.labels, tr, va, te, config, classifiers=classifiers,
                               device=config.device, progress=progress, cancel=cancel,
-                              checkpoint_dir=config.finetuning.checkpoint_dir)
+                              checkpoint_dir=config.finetuning.checkpoint_dir, groups=dataset.groups)
     histories = {b: {k: v for k, v in h.items() if k != "config"} for b, h in out["histories"].items()}
     return {"protocol": protocol, "weights": str(config.weights), "classifiers": list(classifiers),
             "frozen": out["frozen"], "finetuned": out["finetuned"], "histories": histories,
@@ -78,6 +91,42 @@ def _variant_ablation(dataset, feats, config: TrainConfig, protocol: str, n_fold
     return out
 
 
+def _per_model(dataset, config: TrainConfig, protocols, n_boot: int, n_folds: int, ablation: bool,
+               progress, cancel) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_features` and the cross-validation headline of every model `train` would ship.
+
+    The same split, image kinds, feature blocks (the nucleus block included) and stain reference (fitted on
+    each kind's training rows) as :func:`trainer.training.pipeline.train`, so the report evaluates what ships.
+    """
+    protocol = resolve_protocol(config, dataset)
+    split = split_dataset(dataset, protocol, config)
+    y, groups, paths, strata = dataset.labels, dataset.groups, dataset.paths, source_strata(dataset)
+    kinds = (detect_kinds(paths, stage(progress, 0.0, 0.05), cancel) if config.per_kind
+             else np.full(len(paths), "any"))
+    parts, notes = kind_parts(kinds, y, split, config.per_kind)
+    out = {}
+    for j, (key, (tr, va, te)) in enumerate(parts.items()):
+        lo, hi = 0.05 + 0.95 * j / len(parts), 0.05 + 0.95 * (j + 1) / len(parts)
+        rows = np.concatenate([tr, va, te])
+        ref = stain_reference(config, [paths[i] for i in tr], None, cancel)
+        ex = make_extractor(config, backbones=feature_blocks(config), stain_reference=ref)
+        feats = ex.extract([paths[i] for i in rows], progress=stage(progress, lo, lo + 0.4 * (hi - lo)), cancel=cancel)
+        local = np.arange(len(rows))
+        own = (local[:len(tr)], local[len(tr):len(tr) + len(va)], local[len(tr) + len(va):])
+        samples = [dataset.samples[i] for i in rows]
+        res = evaluate_features(feats, samples, config, protocols=protocols, n_boot=n_boot, n_folds=n_folds,
+                                ablation=ablation, progress=stage(progress, lo + 0.4 * (hi - lo), lo + 0.8 * (hi - lo)),
+                                cancel=cancel, splits={protocol: own}, backbones=feature_blocks(config))
+        kind = group_kind(key, config)
+        res.update(name=MODEL_NAMES[key], group_kind=kind, notes=list(notes))
+        res["cv_headline"] = cv_headline(feats, y[rows], None if groups is None else groups[rows], config,
+                                         backbones=feature_blocks(config), group_kind=kind, cancel=cancel,
+                                         strata=None if strata is None else strata[rows],
+                                         progress=stage(progress, lo + 0.8 * (hi - lo), hi))
+        out[key] = res
+    return out
+
+
 def run_evaluation(config: TrainConfig, out_dir: str | Path,
                    progress: Callable[[float, str], None] | None = None,
                    cancel: Callable[[], bool] | None = None, n_boot: int = 2000,
@@ -85,11 +134,12 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
                    ablation: bool = True, finetune_ablation: bool = False) -> EvaluationOutput:
     """Evaluate the configured pipeline on ``config.data`` and write the report to ``out_dir``.
 
-    Steps: read the data folder (unreadable files skipped and listed), extract the deep
-    features once (cached when ``config.cache_dir`` is set), then
-    :func:`~trainer.evaluation.core.evaluate_features` and
-    :func:`~trainer.evaluation.report.write_report`. Progress: 0-5 % reading, 5-50 %
-    features, 50-97 % model fits, then the report.
+    Steps: read the data folder (unreadable files and repeated images skipped and listed), then for
+    each model `train` would ship (one per image kind with ``per_kind``) its features as `train` extracts
+    them (cached when ``config.cache_dir`` is set), :func:`~trainer.evaluation.core.evaluate_features` on
+    `train`'s split and the cross-validation headline (:func:`trainer.training.crossval.cv_headline`),
+    then :func:`~trainer.evaluation.report.write_report`. ``results["models"]`` holds each model's part;
+    the top-level ``protocols`` and ``ablation`` are the first model's.
 
     Parameters
     ----------
@@ -128,22 +178,25 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
     check_cancel(cancel, "Evaluation was cancelled; nothing was written.")
     say(0.05, dataset.summary())
-    # every image is a test image in some CV fold: none may be among the fine-tuning images
+    # every image is a test image in some CV fold: none may be among the fine-tuning images or subjects
     overlap = finetune_overlap(config.weights, dataset.paths, allow=config.allow_finetune_overlap,
-                               what="evaluated (held-out and cross-validation test)")
+                               what="evaluated (held-out and cross-validation test)", groups=dataset.groups,
+                               hashes=[s.pixel_hash for s in dataset.samples])
     t = time.perf_counter()
-    feats = make_extractor(config).extract(dataset.paths, progress=stage(progress, 0.05, 0.5),
-                                           cancel=cancel)
-    t_feat = time.perf_counter() - t
-    results = evaluate_features(feats, dataset.samples, config, protocols=protocols,
-                                n_boot=n_boot, n_folds=n_folds, ablation=ablation,
-                                progress=stage(progress, 0.5, 0.97), cancel=cancel)
+    models = _per_model(dataset, config, protocols, n_boot, n_folds, ablation, stage(progress, 0.05, 0.9), cancel)
+    first = next(iter(models.values()))
+    results = {**first, "models": models, "meta": dict(first["meta"]),
+               "warnings": [w for m in models.values() for w in m["warnings"]]}
     meta = results["meta"]
-    meta["timings_s"] = {"features": t_feat, **meta["timings_s"]}
+    y, groups = dataset.labels, dataset.groups
+    meta.update(n=int(len(y)), n_positive=int(y.sum()),
+                n_groups=0 if groups is None else len(set(groups.tolist())))
+    meta["timings_s"] = {"models": time.perf_counter() - t}
     if ablation:
         t = time.perf_counter()
+        feats = make_extractor(config).extract(dataset.paths, progress=stage(progress, 0.9, 0.92), cancel=cancel)
         results["variants"] = _variant_ablation(dataset, feats, config, meta["primary_protocol"], n_folds,
-                                                min(n_boot, 1000), stage(progress, 0.9, 0.97), cancel)
+                                                min(n_boot, 1000), stage(progress, 0.92, 0.97), cancel)
         meta["timings_s"]["variants"] = time.perf_counter() - t
     if finetune_ablation:
         t = time.perf_counter()
@@ -165,7 +218,12 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
             "allowed by --allow-finetune-overlap. Test metrics on them are optimistic.")
     elif overlap:
         meta["notes"].append(f"The backbone weights {overlap['weights']} record their fine-tuning "
-                             "images; none of them is among the evaluated images.")
+                             f"images (by {overlap['by']}); none of them, and none of their subjects, is among "
+                             "the evaluated images.")
+    elif str(config.weights).lower() not in ("none", "imagenet"):
+        meta["notes"].append(f"The backbone weights {Path(config.weights).name} record no fine-tuning images: "
+                             "whether any evaluated image or subject was among them is unknown, so the figures "
+                             "may be optimistic.")
     if config.finetune:
         meta["notes"].append("Backbone fine-tuning is not repeated per split; the evaluation uses "
                              f"the backbones as configured (weights '{config.weights}').")

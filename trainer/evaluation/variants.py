@@ -58,8 +58,9 @@ def _score_variant(feats: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarr
     g = None if groups is None else groups[done]
     ci = M.bootstrap_auc_ci(y, raw, n=n_boot, seed=config.seed, groups=g)
     sens, spec = float(np.mean(pred[y == 1])), float(np.mean(pred[y == 0] == 0))
-    return {"auc": ci["auc"], "auc_ci": [ci["ci_low"], ci["ci_high"]], "ci_method": ci.get("ci_method", "image"),
-            "n_groups": ci.get("n_groups"), "fold_auc_mean": float(np.mean(fold_auc)) if fold_auc else None,
+    return {"auc": ci["auc"], "auc_ci": M.interval(ci["ci_low"], ci["ci_high"], ci["n_groups"])["ci"],
+            "ci_note": ci["warning"], "ci_method": ci.get("ci_method", "image"), "n_groups": ci.get("n_groups"),
+            "fold_auc_mean": float(np.mean(fold_auc)) if fold_auc else None,
             "fold_auc_sd": float(np.std(fold_auc, ddof=1)) if len(fold_auc) > 1 else None,
             "sensitivity": sens, "specificity": spec, "balanced_accuracy": (sens + spec) / 2,
             "n": int(y.size), "n_positive": int(y.sum())}

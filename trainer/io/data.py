@@ -17,6 +17,7 @@ The samples themselves are :mod:`trainer.io.samples`, ``labels.csv`` and class n
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trainer.config import LAYOUTS
-from trainer.io.imageio import IMAGE_SUFFIXES, content_hash, is_image_file, read_image
+from trainer.io.imageio import IMAGE_SUFFIXES, content_hash, is_image_file, pixel_hash
 from trainer.io.labels import class_mapping, find_labels_csv, load_labels_csv, positive_set
 from trainer.io.samples import CLASS_NAMES, Dataset, Sample
 from trainer.util.errors import AllguiError, DataError, ImageReadError
@@ -86,7 +87,9 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
             only with a ``group_column``), False ignores any csv.
         group_column: csv column holding subject/group ids; None picks the first of
             group, subject_id, subject, patient_id, patient.
-        check_readable: open every image; unreadable ones go to ``skipped``.
+        check_readable: open every image; unreadable ones go to ``skipped``, and images with identical
+            pixels are found (see :func:`_drop_pixel_duplicates`); without it only byte-identical files
+            under both labels are.
         progress, cancel: optional callbacks (fraction, message) and cancel check for
             the readability pass.
 
@@ -151,7 +154,9 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
     samples = kept
     if check_readable:
         samples = _readable(samples, skipped, progress, cancel)
-    samples = _drop_conflicting_duplicates(samples, skipped, warnings)
+        samples = _drop_pixel_duplicates(samples, skipped, warnings)
+    else:
+        samples = _drop_conflicting_duplicates(samples, skipped, warnings)
 
     samples.sort(key=lambda s: str(s.path))
     ds = Dataset(samples, CLASS_NAMES, skipped, root, layout, warnings)
@@ -185,6 +190,42 @@ def _digest(path: Path, head_only: bool) -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+def _drop_pixel_duplicates(samples: list[Sample], skipped: list, warnings: list) -> list[Sample]:
+    """One copy of every image whose pixels occur more than once; none of an image under both labels.
+
+    Copies of an image (the same pixels, whatever the file format or name) could otherwise land in the
+    training and the test split and be recognised rather than judged. Same-label copies are kept once
+    (the first by path), the others listed in ``skipped``; copies labelled both ALL and normal are all left
+    out. ``samples`` carry their ``pixel_hash``.
+    """
+    by_hash: dict[str, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        by_hash.setdefault(s.pixel_hash or f"path:{s.path}", []).append(s)
+    drop: set[Path] = set()
+    n_same = n_conflict = 0
+    for copies in by_hash.values():
+        if len(copies) < 2:
+            continue
+        if len({c.label for c in copies}) > 1:
+            names = ", ".join(sorted(c.path.name for c in copies)[:4])
+            for c in copies:
+                skipped.append((c.path, f"the same image is labelled both ALL and normal ({names}); left out"))
+                drop.add(c.path)
+            n_conflict += len(copies)
+            continue
+        for c in copies[1:]:
+            skipped.append((c.path, f"same pixels as {copies[0].path.name} (kept once)"))
+            drop.add(c.path)
+            n_same += 1
+    if n_conflict:
+        warnings.append(f"{n_conflict} file(s) hold identical images under both labels and were left "
+                        "out; check their labels.")
+    if n_same:
+        warnings.append(f"{n_same} file(s) repeat the pixels of another image with the same label; each image "
+                        "is used once.")
+    return [s for s in samples if s.path not in drop]
 
 
 def _drop_conflicting_duplicates(samples: list[Sample], skipped: list, warnings: list) -> list[Sample]:
@@ -323,18 +364,20 @@ def _load_class_folders(root: Path, positive, skipped: list, warnings: list) -> 
     return [Sample(f, mapping[c], c, None) for c, files in class_files.items() for f in files]
 
 
-def _read_error(sample: Sample) -> str | None:
-    """Why ``sample``'s image cannot be read, or None."""
+def _read_error(sample: Sample) -> tuple[str | None, str | None]:
+    """(why ``sample``'s image cannot be read or None, the hash of its pixels or None)."""
     try:
-        read_image(sample.path)
+        return None, pixel_hash(sample.path)
     except AllguiError as exc:
-        return str(exc)
-    return None
+        return str(exc), None
 
 
 def _readable(samples: list[Sample], skipped: list, progress: Progress | None,
               cancel: Callable[[], bool] | None) -> list[Sample]:
-    """The samples whose image can be read (in a few threads); the others go to ``skipped`` with the reason."""
+    """The samples whose image can be read (in a few threads), with their pixel hashes.
+
+    The others go to ``skipped`` with the reason.
+    """
     n = len(samples)
 
     def between(done: int) -> None:
@@ -342,9 +385,9 @@ def _readable(samples: list[Sample], skipped: list, progress: Progress | None,
         if progress is not None:
             progress(done / max(n, 1), f"Checked {done}/{n} images")
 
-    errors = map_in_chunks(_read_error, samples, between, chunk=50)
-    skipped.extend((s.path, e) for s, e in zip(samples, errors) if e is not None)
-    return [s for s, e in zip(samples, errors) if e is None]
+    results = map_in_chunks(_read_error, samples, between, chunk=50)
+    skipped.extend((s.path, e) for s, (e, _) in zip(samples, results) if e is not None)
+    return [dataclasses.replace(s, pixel_hash=h) for s, (e, h) in zip(samples, results) if e is None]
 
 
 def _check_dataset(ds: Dataset) -> None:
@@ -386,7 +429,7 @@ def merge_datasets(datasets: Sequence[Dataset]) -> Dataset:
         warnings.extend(ds.warnings)
         for s in ds.samples:
             try:
-                h = content_hash(read_image(s.path))
+                h = s.pixel_hash or pixel_hash(s.path)
             except ImageReadError as exc:
                 skipped.append((s.path, str(exc)))
                 continue
@@ -394,7 +437,7 @@ def merge_datasets(datasets: Sequence[Dataset]) -> Dataset:
                 skipped.append((s.path, f"same file as {seen[h]}"))
                 continue
             seen[h] = s.path
-            samples.append(s)
+            samples.append(dataclasses.replace(s, pixel_hash=h))
     merged = Dataset(samples, CLASS_NAMES, skipped, datasets[0].root, "+".join(d.layout for d in datasets),
                      warnings)
     _check_dataset(merged)

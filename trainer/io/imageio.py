@@ -312,3 +312,12 @@ def content_hash(source: str | os.PathLike | np.ndarray | bytes) -> str:
     except OSError as exc:
         raise ImageReadError(f"Cannot read image '{p.name}': {exc.strerror or exc}.") from exc
     return h.hexdigest()
+
+
+def pixel_hash(source: str | os.PathLike | np.ndarray) -> str:
+    """SHA-256 of an image's decoded pixels (:func:`read_image`, then :func:`content_hash` of the array).
+
+    Unlike the file's bytes, it is the same for an image saved as BMP and re-saved as PNG; duplicates and
+    fine-tuning provenance are checked with it.
+    """
+    return content_hash(np.ascontiguousarray(source) if isinstance(source, np.ndarray) else read_image(source))

@@ -40,13 +40,15 @@ class Sample:
 
     ``label`` is 0 (normal) or 1 (ALL); ``class_name`` is the class as found in the data
     (folder name or csv class, e.g. ``'hem'`` or ``'Early'``); ``group`` the subject/group id
-    or None when unknown.
+    or None when unknown; ``pixel_hash`` the SHA-256 of its decoded pixels, where it was read
+    (:func:`trainer.io.imageio.pixel_hash`; the same image as BMP and as PNG has one).
     """
 
     path: Path
     label: int
     class_name: str
     group: str | None = None
+    pixel_hash: str | None = None
 
 
 @dataclass

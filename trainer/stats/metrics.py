@@ -16,11 +16,21 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+from trainer.stats.intervals import (
+    MIN_GROUPS,
+    _ci_design,
+    _group_bootstrap_aucs,
+    group_counts,
+    interval,
+    not_estimable,
+    subject_bootstrap_weights,
+)
 from trainer.util.errors import DataError
 
 __all__ = [
     "accuracy", "precision", "recall", "sensitivity", "specificity", "f1", "confusion_matrix",
     "roc", "auc", "bootstrap_auc_ci", "bootstrap_auc_diff_test", "pr_curve", "average_precision",
+    "MIN_GROUPS", "not_estimable", "interval", "group_counts", "subject_bootstrap_weights",
     "youden_threshold", "brier", "reliability_curve", "expected_calibration_error",
     "threshold_metrics", "binary_report",
 ]
@@ -156,103 +166,8 @@ def _bootstrap_aucs(y: np.ndarray, score_sets: list[np.ndarray], n: int, seed: i
     return res[:, np.isfinite(res).all(axis=0)]
 
 
-def _group_strata(y: np.ndarray, groups: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) group code of each sample and (G,) stratum (majority label, ties -> ALL) of each group.
-
-    Missing ids (None, NaN, "") each become a group of their own.
-    """
-    g = np.asarray(groups, dtype=object).ravel()
-    if g.shape != y.shape:
-        raise DataError(f"Got {y.size} labels but {g.size} group ids.")
-    keys = np.array([f"\x00{i}" if x is None or x == "" or (isinstance(x, float) and np.isnan(x))
-                     else str(x) for i, x in enumerate(g)])
-    _, codes = np.unique(keys, return_inverse=True)
-    n_pos = np.bincount(codes, weights=y)
-    n_all = np.bincount(codes)
-    return codes.astype(np.int64), (2 * n_pos >= n_all).astype(np.int64)
-
-
-def _group_weights(strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, G) times each group is drawn.
-
-    The groups of each stratum resampled with replacement, as many draws as the stratum has groups.
-    """
-    G = strata.size
-    w = np.zeros(n * G)
-    offset = (np.arange(n) * G)[:, None]
-    for c in (1, 0):
-        members = np.flatnonzero(strata == c)
-        if members.size:
-            draws = members[rng.integers(0, members.size, size=(n, members.size))]
-            w += np.bincount((draws + offset).ravel(), minlength=n * G)
-    return w.reshape(n, G)
-
-
-def _weighted_auc_rows(y: np.ndarray, order: np.ndarray, first: np.ndarray, last: np.ndarray,
-                       w: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUC (ties count one half) of each row of (B, N) sample weights ``w``.
-
-    ``order`` sorts ``s`` ascending; ``first`` / ``last`` are, in sorted position, the first and
-    last position of each sample's tie block. Identical to the AUC of the resample that repeats
-    sample i ``w[b, i]`` times. NaN for rows without a positive or a negative.
-    """
-    ws = w[:, order]
-    ys = y[order]
-    neg = ws * (ys == 0)
-    pos = ws * (ys == 1)
-    cum = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(neg, axis=1)], axis=1)
-    below = cum[:, first]
-    equal = cum[:, last + 1] - below
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (pos * (below + 0.5 * equal)).sum(axis=1) / (n_pos * n_neg)
-    out[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return out
-
-
-def _tie_blocks(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    order = np.argsort(s, kind="stable")
-    ss = s[order]
-    new = np.r_[True, ss[1:] != ss[:-1]]
-    block = np.cumsum(new) - 1
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:] - 1, ss.size - 1]
-    return order, starts[block], ends[block]
-
-
-def _group_bootstrap_aucs(y: np.ndarray, score_sets: list[np.ndarray], codes: np.ndarray,
-                          strata: np.ndarray, n: int, seed: int, chunk: int = 256) -> np.ndarray:
-    """(len(score_sets), n') AUCs on the same n cluster resamples, one-class resamples dropped."""
-    rng = np.random.default_rng(seed)
-    ties = [_tie_blocks(s) for s in score_sets]
-    out = []
-    for start in range(0, n, chunk):
-        w = _group_weights(strata, min(chunk, n - start), rng)[:, codes]
-        out.append(np.stack([_weighted_auc_rows(y, *t, w, s) for t, s in zip(ties, score_sets)]))
-    res = np.concatenate(out, axis=1)
-    return res[:, np.isfinite(res).all(axis=0)]
-
-
-MIN_GROUPS = 3  # fewer test groups of a class than this: the group bootstrap CI is flagged
-
-
-def _ci_design(y: np.ndarray, groups: Any) -> tuple[dict[str, Any], np.ndarray | None,
-                                                     np.ndarray | None]:
-    """``{"ci_method", "n_groups", "warning"}`` and the group codes / strata (None: image method)."""
-    if groups is None:
-        return {"ci_method": "image", "n_groups": None, "warning": None}, None, None
-    codes, strata = _group_strata(y, groups)
-    k = {str(c): int((strata == c).sum()) for c in (0, 1)}
-    few = [f"{k[str(c)]} {name}" for c, name in ((0, "normal"), (1, "ALL")) if k[str(c)] < MIN_GROUPS]
-    warning = None
-    if few:
-        warning = (f"Only {' and '.join(few)} subject/group(s) in the test data (fewer than "
-                   f"{MIN_GROUPS}): the group bootstrap interval is unreliable.")
-    return {"ci_method": "group", "n_groups": k, "warning": warning}, codes, strata
-
-
 def bootstrap_auc_ci(y: Any, s: Any, n: int = 2000, seed: int = 0, alpha: float = 0.05,
-                     stratified: bool = True, groups: Any = None) -> dict[str, Any]:
+                     stratified: bool = True, groups: Any = None, unit: str = "subject") -> dict[str, Any]:
     """AUC with a percentile bootstrap confidence interval.
 
     Without ``groups``: ``n`` seeded resamples of the samples (``stratified``: positives and
@@ -263,26 +178,31 @@ def bootstrap_auc_ci(y: Any, s: Any, n: int = 2000, seed: int = 0, alpha: float 
     and every image of a drawn group comes along, whatever its label. ``stratified`` is then
     ignored. Returns ``{"auc", "ci_low", "ci_high", "level", "n_boot", "seed", "ci_method",
     "n_groups", "warning"}`` with ``level = 1 - alpha``, ``ci_method`` "group" or "image",
-    ``n_groups`` ``{"0": normal groups, "1": ALL groups}`` (None for "image") and ``warning`` a
-    sentence when a class has fewer than 3 groups, else None.
+    ``n_groups`` ``{"0": normal groups, "1": ALL groups}`` (None for "image"). With fewer than 3
+    groups of a class there is no interval: ``ci_low`` and ``ci_high`` are None and ``warning`` says
+    "not estimable: ..." (:func:`not_estimable`, in words of ``unit``).
     """
     y, s = _pair(y, s)
     _both_classes(y, "A bootstrap AUC interval")
     if n < 1:
         raise ValueError("n must be >= 1")
-    design, codes, strata = _ci_design(y, groups)
+    design, codes, strata = _ci_design(y, groups, unit)
+    out = {"auc": auc(y, s), "ci_low": None, "ci_high": None, "level": 1 - alpha, "n_boot": 0,
+           "seed": int(seed), **design}
+    if design["warning"] is not None:
+        return out
     if codes is None:
         boots = _bootstrap_aucs(y, [s], n, seed, stratified)[0]
     else:
         boots = _group_bootstrap_aucs(y, [s], codes, strata, n, seed)[0]
     lo, hi = np.percentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {"auc": auc(y, s), "ci_low": float(lo), "ci_high": float(hi), "level": 1 - alpha,
-            "n_boot": int(boots.size), "seed": int(seed), **design}
+    out.update(ci_low=float(lo), ci_high=float(hi), n_boot=int(boots.size))
+    return out
 
 
 def bootstrap_auc_diff_test(y: Any, s1: Any, s2: Any, n: int = 2000, seed: int = 0,
                             alpha: float = 0.05, stratified: bool = True,
-                            groups: Any = None) -> dict[str, Any]:
+                            groups: Any = None, unit: str = "subject") -> dict[str, Any]:
     """Paired bootstrap test of AUC(s1) - AUC(s2) on the same samples (two-sided).
 
     Both score sets are evaluated on the same ``n`` resamples (of groups when ``groups`` is
@@ -292,14 +212,18 @@ def bootstrap_auc_diff_test(y: Any, s1: Any, s2: Any, n: int = 2000, seed: int =
     (p < alpha exactly when the CI excludes 0, up to ties); its smallest value is 2 / (B + 1).
     ``p_value_normal`` is pROC's bootstrap ``roc.test`` variant: ``z = diff / sd(d)``,
     ``p = 2 * (1 - Phi(|z|))`` (1 when sd is 0 and diff is 0). Also returns ``ci_method``,
-    ``n_groups`` and ``warning`` as :func:`bootstrap_auc_ci` does.
+    ``n_groups`` and ``warning`` as :func:`bootstrap_auc_ci` does; on fewer than 3 groups of a class
+    the interval, sd, z and both p-values are None.
     """
     y, s1 = _pair(y, s1)
     _, s2 = _pair(y, s2)
     _both_classes(y, "A bootstrap AUC test")
     a1, a2 = auc(y, s1), auc(y, s2)
     diff = a1 - a2
-    design, codes, strata = _ci_design(y, groups)
+    design, codes, strata = _ci_design(y, groups, unit)
+    if design["warning"] is not None:
+        return {"auc1": a1, "auc2": a2, "diff": float(diff), "ci_low": None, "ci_high": None, "sd": None,
+                "z": None, "p_value": None, "p_value_normal": None, "n_boot": 0, "seed": int(seed), **design}
     if codes is None:
         boots = _bootstrap_aucs(y, [s1, s2], n, seed, stratified)
     else:
@@ -421,7 +345,7 @@ def threshold_metrics(y: Any, pred: Any) -> dict[str, Any]:
 
 def binary_report(y: Any, s: Any, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0,
                   probabilities: bool | None = None, n_bins: int = 10,
-                  pred: Any = None, groups: Any = None) -> dict[str, Any]:
+                  pred: Any = None, groups: Any = None, unit: str = "subject") -> dict[str, Any]:
     """Every scalar metric for one score vector at one threshold, JSON-ready.
 
     Threshold metrics use ``s >= threshold``, or the hard predictions ``pred`` when given
@@ -430,7 +354,8 @@ def binary_report(y: Any, s: Any, threshold: float = 0.5, n_boot: int = 2000, se
     Brier and ECE are included when the scores are probabilities (``probabilities`` None:
     auto-detect values in [0, 1]). ``groups`` (N,) subject/group ids make the AUC interval a
     group (cluster) bootstrap, see :func:`bootstrap_auc_ci`; ``ci_method``, ``n_groups`` and
-    ``ci_warning`` describe the interval (None without one).
+    ``ci_warning`` describe the interval (None without one). On fewer than 3 subjects of a class
+    (``unit``: what a group is) ``auc_ci`` is None and ``ci_warning`` says "not estimable: ...".
     """
     y, s = _pair(y, s)
     out: dict[str, Any] = {
@@ -443,8 +368,8 @@ def binary_report(y: Any, s: Any, threshold: float = 0.5, n_boot: int = 2000, se
     if 0 < y.sum() < y.size:
         out["auc"] = auc(y, s)
         if n_boot > 0:
-            ci = bootstrap_auc_ci(y, s, n=n_boot, seed=seed, groups=groups)
-            out["auc_ci"] = [ci["ci_low"], ci["ci_high"]]
+            ci = bootstrap_auc_ci(y, s, n=n_boot, seed=seed, groups=groups, unit=unit)
+            out["auc_ci"] = interval(ci["ci_low"], ci["ci_high"], ci["n_groups"], unit)["ci"]
             out.update(ci_method=ci["ci_method"], n_groups=ci["n_groups"], ci_warning=ci["warning"])
         out["average_precision"] = average_precision(y, s)
         t, se, sp = youden_threshold(y, s)

@@ -27,11 +27,13 @@ from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import load_dataset, merge_datasets
 from trainer.io.imageio import read_image
 from trainer.io.samples import CLASS_NAMES, Dataset
-from trainer.io.splits import split_train_val_test
+from trainer.io.splits import source_strata, split_train_val_test
+from trainer.training.card_facts import group_kind, model_facts, part_facts
+from trainer.training.crossval import cv_headline
 from trainer.training.distributed import is_main_process
 from trainer.training.domain_card import band_section, domain_section
 from trainer.training.finetune import finetune_backbones
-from trainer.training.weights import finetune_overlap
+from trainer.training.provenance import finetune_calibration, finetune_check
 from trainer.util import progress as _progress
 from trainer.util.errors import DataError
 from trainer.util.progress import Progress, stage
@@ -165,15 +167,16 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
-                   seed: int = 0, groups=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                   seed: int = 0, groups=None, unit: str = "subject") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of every classifier and of the ensemble on one split, plus its score arrays.
 
     The metrics are the evaluation report's :func:`~trainer.classical.scoring.score_report`.
 
-    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects, else images.
+    ``groups`` (len(y),) subject/group ids: AUC intervals resample subjects (``unit``: what a group is),
+    else images.
     """
     det = model.predict_details(feats)
-    out = score_report(model, det, y, n_boot=n_boot, seed=seed, groups=groups)
+    out = score_report(model, det, y, n_boot=n_boot, seed=seed, groups=groups, unit=unit)
     arrays = {"y": np.asarray(y, dtype=np.int64), "raw": det["raw"], "calibrated": det["calibrated"],
               "vote_share": det["vote_share"], "probabilities": det["probabilities"]}
     return out, arrays
@@ -292,8 +295,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
     dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel, cases_info)
     protocol = resolve_protocol(config, dataset)
     train_idx, val_idx, test_idx = split_dataset(dataset, protocol, config)
-    overlap = finetune_overlap(config.weights, [dataset.paths[i] for i in test_idx],
-                               allow=config.allow_finetune_overlap, what="held-out test")
+    provenance = finetune_check(config, dataset, (train_idx, val_idx, test_idx))
     say(0.05, f"{dataset.summary()}; {protocol}-level split "
               f"{len(train_idx)}/{len(val_idx)}/{len(test_idx)}")
     check_cancel(cancel)
@@ -311,6 +313,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
         lo = 0.5
     y, paths = dataset.labels, dataset.paths
     groups = dataset.groups
+    strata = source_strata(dataset)
+    fit_cfg = finetune_calibration(config, provenance)  # fine-tuned features: calibrate on the validation split
     kinds = (detect_kinds(paths, stage(progress, lo, lo + 0.03), cancel) if config.per_kind
              else np.full(len(paths), "any"))
     parts, notes = kind_parts(kinds, y, (train_idx, val_idx, test_idx), config.per_kind)
@@ -331,15 +335,21 @@ def train(config: TrainConfig, progress: Progress | None = None,
         check_cancel(cancel)
         say(a + 0.8 * span, f"Fitting the {name}'s classifiers")
         g = None if groups is None else groups[rows]
-        model = fit_model(feats, y[rows], ltr, lva, config, backbones=feature_blocks(config),
-                          progress=stage(progress, a + 0.8 * span, a + 0.95 * span), groups=g,
+        model = fit_model(feats, y[rows], ltr, lva, fit_cfg, backbones=feature_blocks(config),
+                          progress=stage(progress, a + 0.8 * span, a + 0.86 * span), groups=g,
                           domain_columns=input_check_columns(feature_blocks(config)))
         check_cancel(cancel)
+        cv = cv_headline(feats, y[rows], g, fit_cfg, backbones=feature_blocks(config), cancel=cancel,
+                         strata=None if strata is None else strata[rows], group_kind=group_kind(key, config),
+                         progress=stage(progress, a + 0.86 * span, a + 0.95 * span))
+        if cv is not None and (provenance or {}).get("calibrate_on_validation"):
+            cv["notes"].append("The backbones were trained on images of these folds: the figures are optimistic.")
         val_metrics, _ = evaluate_split(model, subset(feats, lva), y[va], n_boot=0, seed=config.seed)
         test_metrics, test_arrays = ({}, {})
         if len(te):
             test_metrics, test_arrays = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed,
-                                                       groups=None if groups is None else groups[te])
+                                                       groups=None if groups is None else groups[te],
+                                                       unit=group_kind(key, config))
         models[key] = model
         # explanation probes: one logistic regression per backbone on its own training features
         probes, probe_report = fit_probes(subset(feats, ltr), y[tr], config.backbones,
@@ -355,6 +365,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
         sections[key] = model_section(key, config, (tr, va, te), dataset, model, extractor, val_metrics,
                                       test_metrics, ref)
         sections[key]["explanation_probes"] = probe_report
+        sections[key].update(model_facts(key, model, config, y, groups, (tr, va, te)), cv=cv)
         test_all[key] = (test_metrics, test_arrays)
     check_cancel(cancel)
 
@@ -365,8 +376,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     kind_model = KindModels(models=models)
     card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), probe, sections,
                       finetune_history, notes, kinds=kinds if config.per_kind else None)
-    if overlap is not None:
-        card["finetune_overlap"] = overlap
+    card["split"]["realised"] = part_facts(y, groups, (train_idx, val_idx, test_idx))
+    card["finetune_provenance"] = provenance
     if config.cases:
         card["trained_on"]["reviewed"] = reviewed_summary(dataset, (train_idx, val_idx, test_idx), cases_info)
     bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,

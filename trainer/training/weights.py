@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from trainer.io.imageio import content_hash
+from trainer.io.imageio import content_hash, pixel_hash
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import AllguiError, DataError
 
@@ -40,16 +40,26 @@ def save_state_dicts(path: str | os.PathLike, state_dicts: Mapping[str, Mapping[
 FINETUNE_IMAGES_KEY = "finetune_images"
 
 
-def finetune_provenance(train_items: Sequence, val_items: Sequence) -> dict[str, list[str]]:
-    """``{"train": [...], "validation": [...]}``.
+def _pixel_hashes(items: Sequence) -> list[str]:
+    return [pixel_hash(i) for i in items]
 
-    Sorted content hashes (``trainer.io.imageio.content_hash``) of the images a run was fine-tuned and
-    early-stopped on, for a weights file's metadata (key ``"finetune_images"``).
+
+def finetune_provenance(train_items: Sequence, val_items: Sequence, train_groups: Sequence | None = None,
+                        val_groups: Sequence | None = None) -> dict[str, Any]:
+    """What a weights file records of its fine-tuning images (key ``"finetune_images"`` of its metadata).
+
+    ``{"hash": "pixels", "train": [...], "validation": [...], "train_subjects": [...] or None,
+    "validation_subjects": [...] or None}``: sorted hashes of the decoded pixels
+    (:func:`trainer.io.imageio.pixel_hash`, so a BMP re-saved as PNG is still recognised) of the images a
+    run was fine-tuned and early-stopped on, and their subject ids where known, so that an image of a
+    fine-tuning subject is recognised too.
     """
-    def hashes(items):
-        return sorted({content_hash(np.ascontiguousarray(i) if isinstance(i, np.ndarray) else i)
-                       for i in items})
-    return {"train": hashes(train_items), "validation": hashes(val_items)}
+    def subjects(groups):
+        return None if groups is None else sorted({str(g) for g in groups})
+
+    return {"hash": "pixels", "train": sorted(set(_pixel_hashes(train_items))),
+            "validation": sorted(set(_pixel_hashes(val_items))),
+            "train_subjects": subjects(train_groups), "validation_subjects": subjects(val_groups)}
 
 
 def weights_metadata(weights: str | os.PathLike) -> dict[str, Any]:
@@ -78,30 +88,45 @@ def weights_metadata(weights: str | os.PathLike) -> dict[str, Any]:
 
 
 def finetune_overlap(weights: str | os.PathLike, items: Sequence, *, allow: bool = False,
-                     what: str = "test") -> dict[str, Any] | None:
-    """Refuse to test on images the backbone weights were fine-tuned on.
+                     what: str = "test", groups: Sequence | None = None,
+                     hashes: Sequence[str | None] | None = None) -> dict[str, Any] | None:
+    """Refuse to test on images (or subjects) the backbone weights were fine-tuned on.
 
-    ``weights``: the configured backbone weights; ``items``: the images that will be tested
-    (paths or arrays). When the weights file records its fine-tuning images (see
-    :func:`finetune_provenance`) and any of ``items`` is among them (same content, whatever the
-    name), raises ``DataError`` unless ``allow``. Returns None when the file records nothing,
-    else ``{"weights", "n_checked", "n_train", "n_validation", "allowed"}`` (counts of ``items``
-    among the fine-tuning training / validation images).
+    ``weights``: the configured backbone weights; ``items``: the images that will be tested (paths or
+    arrays), ``groups`` their subject ids and ``hashes`` their pixel hashes where already known. When the
+    weights file records its fine-tuning images (see :func:`finetune_provenance`) and any of ``items`` is
+    among them (the same pixels, whatever the file), or is of a fine-tuning subject, raises ``DataError``
+    unless ``allow``. Files written before pixel hashes recorded the hashes of file bytes; those are
+    compared as such (``"by"`` says which). Returns None when the file records nothing, else ``{"weights",
+    "by", "n_checked", "n_train", "n_validation", "n_train_subjects", "n_validation_subjects", "allowed"}``
+    (images of ``items`` among the fine-tuning training / validation images; distinct subjects of ``items``
+    among the fine-tuning subjects).
     """
     seen = weights_metadata(weights).get(FINETUNE_IMAGES_KEY)
     if not isinstance(seen, Mapping):
         return None
+    by = "pixels" if seen.get("hash") == "pixels" else "file bytes"
+    if by == "pixels":
+        known = list(hashes) if hashes is not None else [None] * len(items)
+        found = [h or pixel_hash(i) for h, i in zip(known, items)]
+    else:
+        found = [content_hash(np.ascontiguousarray(i) if isinstance(i, np.ndarray) else i) for i in items]
     tr, va = set(seen.get("train") or ()), set(seen.get("validation") or ())
-    hashes = [content_hash(np.ascontiguousarray(i) if isinstance(i, np.ndarray) else i) for i in items]
-    n_tr = sum(h in tr for h in hashes)
-    n_va = sum(h in va and h not in tr for h in hashes)
-    info = {"weights": Path(weights).name, "n_checked": len(hashes), "n_train": int(n_tr),
-            "n_validation": int(n_va), "allowed": bool(allow)}
-    if (n_tr or n_va) and not allow:
+    n_tr = sum(h in tr for h in found)
+    n_va = sum(h in va and h not in tr for h in found)
+    mine = set() if groups is None else {str(g) for g in groups}
+    s_tr = mine & set(seen.get("train_subjects") or ())
+    s_va = (mine & set(seen.get("validation_subjects") or ())) - s_tr
+    info = {"weights": Path(weights).name, "by": by, "n_checked": len(found), "n_train": int(n_tr),
+            "n_validation": int(n_va), "n_train_subjects": len(s_tr), "n_validation_subjects": len(s_va),
+            "allowed": bool(allow)}
+    if (n_tr or n_va or s_tr or s_va) and not allow:
+        subj = "" if not (s_tr or s_va) else (
+            f"; {len(s_tr) + len(s_va)} of their subjects ({', '.join(sorted(s_tr | s_va)[:5])}) were fine-tuned on")
         raise DataError(
-            f"{n_tr + n_va} of the {len(hashes)} {what} images were used to fine-tune the backbone "
+            f"{n_tr + n_va} of the {len(found)} {what} images were used to fine-tune the backbone "
             f"weights {Path(weights).name} ({n_tr} in its training, {n_va} in its validation "
-            "images): results on them would be optimistic. Evaluate on other images, or pass "
+            f"images){subj}: results on them would be optimistic. Evaluate on other images, or pass "
             "--allow-finetune-overlap to go ahead anyway (the report then says so).")
     return info
 
