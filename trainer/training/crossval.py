@@ -60,7 +60,7 @@ def _inner_split(y: np.ndarray, groups, strata, train: np.ndarray, fractions, se
 
 
 def _fold_scores(feats, y, groups, strata, config: TrainConfig, k: int, repeats: int, backbones,
-                 progress: Progress | None, cancel: Callable[[], bool] | None):
+                 progress: Progress | None, cancel: Callable[[], bool] | None, domain_columns=None):
     """(R, N) calibrated probabilities, thresholds and bands of the fold that held each image out, and facts."""
     n = len(y)
     P, T, B = (np.full((repeats, n), np.nan) for _ in range(3))
@@ -77,13 +77,17 @@ def _fold_scores(feats, y, groups, strata, config: TrainConfig, k: int, repeats:
                 progress((r * k + j) / total, f"Cross-validation: repeat {r + 1}/{repeats}, fold {j + 1}/{k}")
             try:
                 fit_i, val_i = _inner_split(y, groups, strata, np.asarray(tr), config.fractions, seed)
-                model = fit_model(feats, y, fit_i, val_i, config, backbones=backbones, groups=groups)
+                model = fit_model(feats, y, fit_i, val_i, config, backbones=backbones, groups=groups,
+                                  domain_columns=domain_columns)
             except (AllguiError, ValueError):
                 facts["fits_failed"] += 1  # its images stay undecided in this repeat; the result says how many
                 continue
-            P[r, te] = model.predict_details(subset(feats, te))["calibrated"]
+            det = model.predict_details(subset(feats, te))
+            P[r, te] = det["calibrated"]
             T[r, te] = model.threshold_
-            B[r, te] = getattr(model, "band_", DEFAULT_UNCERTAINTY_BAND)
+            # an image outside the fold model's training domain is never decided (inference.results)
+            outside = det["novelty"] > 1 if "novelty" in det else np.zeros(len(te), bool)
+            B[r, te] = np.where(outside, np.inf, getattr(model, "band_", DEFAULT_UNCERTAINTY_BAND))
             facts["fits"] += 1
             on = getattr(model, "calibrated_on_", "validation")
             facts["calibrated_on"][on] = facts["calibrated_on"].get(on, 0) + 1
@@ -133,7 +137,7 @@ def _summary(y, units, P, T, B, n_boot: int, seed: int, n_groups, unit: str) -> 
 
 
 def cv_headline(feats: dict[str, np.ndarray], y, groups, config: TrainConfig, *, backbones=None,
-                strata=None, group_kind: str = "subject", progress: Progress | None = None,
+                strata=None, group_kind: str = "subject", progress: Progress | None = None, domain_columns=None,
                 cancel: Callable[[], bool] | None = None, n_boot: int = N_BOOT) -> dict[str, Any] | None:
     """Repeated subject-grouped cross-validation of one model's pipeline, JSON-ready; None when turned off.
 
@@ -151,6 +155,9 @@ def cv_headline(feats: dict[str, np.ndarray], y, groups, config: TrainConfig, *,
         The feature blocks the shipped model uses.
     strata : array of shape (N,), optional
         Source classes (``"label:class"``) to stratify folds and inner splits by, where subjects allow.
+    domain_columns : dict, optional
+        The domain check's input checks, as the shipped model has them (an image outside a fold model's
+        domain is not decided).
     group_kind : str
         ``"subject"`` or ``"image block"``: what a group is, in the result's words.
 
@@ -191,7 +198,7 @@ def cv_headline(feats: dict[str, np.ndarray], y, groups, config: TrainConfig, *,
         out["notes"].append("The stain reference is the shipped model's (fitted on its training split), "
                             "not refitted in each fold.")
     s = None if strata is None else np.asarray(strata).astype(str)
-    P, T, B, facts = _fold_scores(feats, y, g, s, config, k, repeats, backbones, progress, cancel)
+    P, T, B, facts = _fold_scores(feats, y, g, s, config, k, repeats, backbones, progress, cancel, domain_columns)
     out.update(fits=facts["fits"], fits_failed=facts["fits_failed"], calibrated_on=facts["calibrated_on"],
                inner_folds=({"min": int(min(facts["inner_folds"])), "max": int(max(facts["inner_folds"]))}
                             if facts["inner_folds"] else None))

@@ -341,6 +341,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
         check_cancel(cancel)
         cv = cv_headline(feats, y[rows], g, fit_cfg, backbones=feature_blocks(config), cancel=cancel,
                          strata=None if strata is None else strata[rows], group_kind=group_kind(key, config),
+                         domain_columns=input_check_columns(feature_blocks(config)),
                          progress=stage(progress, a + 0.86 * span, a + 0.95 * span))
         if cv is not None and (provenance or {}).get("calibrate_on_validation"):
             cv["notes"].append("The backbones were trained on images of these folds: the figures are optimistic.")
