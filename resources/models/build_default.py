@@ -17,7 +17,7 @@ are not part of this repository.
 Usage::
 
     python resources/models/build_default.py --cnmc-fold1 PATH/cnmc-fold1 --cnmc-sample PATH/cnmc-sample \
-        --aria PATH/aria [--out resources/models/default.allmodel] [--cache-dir DIR]
+        --aria PATH/aria [--out resources/models/default.allmodel] [--cache-dir DIR] [--cv-repeats N]
 """
 from __future__ import annotations
 
@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None, help="feature cache folder (default: none, a cold build)")
+    ap.add_argument("--cv-repeats", type=int, default=None,
+                    help="repeats of each model's subject-grouped cross-validation headline (default: the config's)")
     a = ap.parse_args(argv)
 
     from trainer.cli.common import ProgressBar
@@ -115,6 +117,7 @@ def main(argv=None) -> int:
         config = TrainConfig(data=str(root), layout="folders", positive=["ALL", "all"] + sorted(ARIA_POSITIVE),
                              group_column="group", split="subject", weights="none", block_groups=("field",),
                              image_size=a.image_size, seed=a.seed, output=str(a.out), cache_dir=a.cache_dir,
+                             **({} if a.cv_repeats is None else {"cv_repeats": a.cv_repeats}),
                              extra={"name": "allgui default model (random-init backbones)",
                                     "data_description": DESCRIPTION, "data_credits": CREDITS})
         bar = ProgressBar()
