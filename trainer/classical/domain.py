@@ -8,10 +8,11 @@ when any of its checks fires:
 ``features``
     Mean Euclidean distance to the ``k`` nearest training rows in the model's fused feature space
     (per-block standardisation, L2, PCA: :class:`trainer.classical.fusion.FeatureFusion`), by
-    scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors`. Chosen over a Mahalanobis distance
-    and an isolation forest by measurement (``benchmarks/domain_check.py``; numbers in
-    ``benchmarks/README.md``): a new subject's crops lie close to some training crop even where the
-    whole cloud's covariance would call them far.
+    scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors`: it assumes no shape of the training
+    cloud. ``benchmarks/domain_check.py`` compares it with a Mahalanobis distance and an isolation forest
+    on the same fused rows (``benchmarks/README.md``): on its own the Mahalanobis distance separates
+    another laboratory's cells better; together with the input checks below every check set flags
+    them all, so the neighbours stay until a model is rebuilt with the other score.
 ``stain``, ``scale``, ``blur``
     Input statistics a laboratory would check, read from the hand-crafted nucleus block (the columns
     :data:`trainer.vision.input_checks.INPUT_CHECKS` names): the nucleus' and cytoplasm's mean Lab colour, the nucleus'
