@@ -84,7 +84,7 @@ def test_predict_into_a_case_then_a_report_that_can_be_signed(folder, tmp_path, 
 
 def test_the_app_opens_a_batch_case_for_review_without_recording_it_again(folder, tmp_path, tiny_bundle,
                                                                           tiny_predictor):
-    from allgui.review import ReviewModel
+    from allgui.review.review_model import ReviewModel
     from allgui.state import AppState
     case = folder / "allgui-case.sqlite"
     assert main(["predict", str(folder), "-m", str(tiny_bundle), "-o", str(tmp_path / "p.csv"), "--case", str(case),

@@ -224,7 +224,7 @@ class SidePanel(QWidget):
         brow = QHBoxLayout()
         brow.addWidget(QLabel("Uncertain band \u00b1"))
         self.band = QDoubleSpinBox()
-        self.band.setRange(0.0, 0.5)     # a band fitted where the target was not reached may be wide
+        self.band.setRange(0.0, 1.0)     # a band fitted where the target was not reached may be wide
         self.band.setSingleStep(0.01)
         self.band.setDecimals(3)         # fitted bands are not round numbers
         self.band.setValue(self.state.band)
