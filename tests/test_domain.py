@@ -195,3 +195,11 @@ def test_the_case_file_and_the_report_keep_outside_training():
     assert prediction_record(field, "h", "f.png", "m", 0.5, 0.05)["decision"] == DECISION_NORMAL
     words, colour = decision_style(DECISION_OUTSIDE)
     assert words == DECISION_OUTSIDE and colour != decision_style(None)[1]
+
+
+@pytest.mark.parametrize("colour", [(60, 60, 200), (80, 30, 120), (128, 0, 128)])
+def test_a_solid_colour_image_gets_no_class(tiny_predictor, colour):
+    img = np.zeros((450, 450, 3), np.uint8)
+    img[:] = colour
+    r = tiny_predictor.predict(img, path="solid.png")
+    assert r.decision(tiny_predictor.threshold, tiny_predictor.band_for()) in ("outside training", "not assessable")
