@@ -89,16 +89,42 @@ def tiny_training(tiny_config):
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_training):
-    """Path of the tiny model bundle (do not modify it; copy it first)."""
+def tiny_domain_bundle(tiny_training):
+    """Path of the tiny model bundle as trained, with its domain check and fitted band (do not modify it)."""
     return tiny_training.bundle_path
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tiny_domain_bundle, tmp_path_factory):
+    """Path of the tiny model bundle without its domain check and fitted band, as bundles saved before them.
+
+    The check's thresholds rest on the tiny model's 16 training images, so which other generated image it
+    calls unlike them is chance; tests of everything else use this bundle (the ±0.05 band, no check), the
+    tests of the check ``tiny_domain_bundle``. Do not modify it; copy it first.
+    """
+    from trainer.inference.bundle import load_bundle, save_bundle
+    bundle = load_bundle(tiny_domain_bundle)
+    for model in bundle.model.models.values():
+        for attr in ("domain_", "band_", "band_report_"):
+            model.__dict__.pop(attr, None)
+    for section in bundle.card.get("models", {}).values():
+        for key in ("uncertain_band", "domain_check"):
+            section.get("method", {}).pop(key, None)
+    return save_bundle(tmp_path_factory.mktemp("plain") / "tiny.allmodel", bundle)
+
+
+@pytest.fixture(scope="session")
 def tiny_predictor(tiny_bundle):
-    """A Predictor on the tiny bundle, loaded once per test session."""
+    """A Predictor on the tiny bundle (no domain check), loaded once per test session."""
     from trainer.inference.predictor import Predictor
     return Predictor.from_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="session")
+def tiny_domain_predictor(tiny_domain_bundle):
+    """A Predictor on the tiny bundle with its domain check and fitted band, loaded once per test session."""
+    from trainer.inference.predictor import Predictor
+    return Predictor.from_bundle(tiny_domain_bundle)
 
 
 def as_single_model(bundle):

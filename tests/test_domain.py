@@ -116,28 +116,28 @@ def test_the_tiny_model_has_a_domain_check_and_a_fitted_band(tiny_training):
     assert band["target"] == 0.95 and 0 <= band["band"] <= 1 and "cross-fit pool" in band["rests_on"]
 
 
-def test_images_far_from_training_are_outside_training(tiny_predictor):
+def test_images_far_from_training_are_outside_training(tiny_domain_predictor):
     rng = np.random.default_rng(5)
     far = _far_images(rng)
-    t = tiny_predictor.threshold
-    band = tiny_predictor.band_for()
+    t = tiny_domain_predictor.threshold
+    band = tiny_domain_predictor.band_for()
     for name, img in far.items():
-        r = tiny_predictor.predict(img, path=name)
+        r = tiny_domain_predictor.predict(img, path=name)
         assert r.in_domain is False, name
         assert r.decision(t, band) == DECISION_OUTSIDE, name
         assert any("outside" in n for n in r.notes), name
     own, _ = make_cell_image(64, malignant=True, rng=np.random.default_rng(0))
-    assert tiny_predictor.predict(own).decision(t, band) in (DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN,
+    assert tiny_domain_predictor.predict(own).decision(t, band) in (DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN,
                                                              DECISION_OUTSIDE)
 
 
-def test_predict_csv_names_the_novelty_and_the_domain(tiny_bundle, tmp_path):
+def test_predict_csv_names_the_novelty_and_the_domain(tiny_domain_bundle, tmp_path):
     from trainer.cli.main import main
     rng = np.random.default_rng(6)
     for name, img in _far_images(rng).items():
         cv2.imwrite(str(tmp_path / f"{name.replace(' ', '_')}.png"), img[..., ::-1])
     out = tmp_path / "p.csv"
-    assert main(["predict", str(tmp_path), "-m", str(tiny_bundle), "-o", str(out), "-q"]) in (0, 1)
+    assert main(["predict", str(tmp_path), "-m", str(tiny_domain_bundle), "-o", str(out), "-q"]) in (0, 1)
     rows = [r for r in csv.DictReader(open(out, newline="")) if r["cell"] == "image"]
     assert len(rows) == 4
     for r in rows:
@@ -146,11 +146,11 @@ def test_predict_csv_names_the_novelty_and_the_domain(tiny_bundle, tmp_path):
         assert float(r["band"]) >= 0
 
 
-def test_a_bundle_saved_before_the_check_predicts_and_says_it_cannot_tell(tiny_bundle, tmp_path):
+def test_a_bundle_saved_before_the_check_predicts_and_says_it_cannot_tell(tiny_domain_bundle, tmp_path):
     from trainer.inference.bundle import load_bundle, save_bundle
     from trainer.inference.predictor import Predictor
 
-    bundle = load_bundle(tiny_bundle)
+    bundle = load_bundle(tiny_domain_bundle)
     for m in bundle.model.models.values():
         for attr in ("domain_", "band_", "band_report_"):
             m.__dict__.pop(attr, None)
@@ -198,8 +198,8 @@ def test_the_case_file_and_the_report_keep_outside_training():
 
 
 @pytest.mark.parametrize("colour", [(60, 60, 200), (80, 30, 120), (128, 0, 128)])
-def test_a_solid_colour_image_gets_no_class(tiny_predictor, colour):
+def test_a_solid_colour_image_gets_no_class(tiny_domain_predictor, colour):
     img = np.zeros((450, 450, 3), np.uint8)
     img[:] = colour
-    r = tiny_predictor.predict(img, path="solid.png")
-    assert r.decision(tiny_predictor.threshold, tiny_predictor.band_for()) in ("outside training", "not assessable")
+    r = tiny_domain_predictor.predict(img, path="solid.png")
+    assert r.decision(tiny_domain_predictor.threshold, tiny_domain_predictor.band_for()) in ("outside training", "not assessable")

@@ -44,9 +44,9 @@ def _stained(crop: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exact_predictor(tiny_bundle):
+def exact_predictor(tiny_domain_bundle):
     """The tiny model rebuilt with scikit-learn: its numpy read-out does not run the domain check."""
-    return Predictor.from_bundle(tiny_bundle, readouts=False)
+    return Predictor.from_bundle(tiny_domain_bundle)
 
 
 @pytest.fixture
@@ -87,8 +87,8 @@ def _row(win, path):
     return b.row_at(i), [b.index(i, c).data() for c in range(b.columnCount())]
 
 
-def test_an_image_outside_training_says_so_in_every_view(qtbot, tmp_path, exact_predictor, tiny_bundle, images):
-    win = _window(qtbot, tmp_path, exact_predictor, tiny_bundle)
+def test_an_image_outside_training_says_so_in_every_view(qtbot, tmp_path, exact_predictor, tiny_domain_bundle, images):
+    win = _window(qtbot, tmp_path, exact_predictor, tiny_domain_bundle)
     paths = list(images.values())
     _open(qtbot, win, paths)
     st = win.state
@@ -191,8 +191,8 @@ def test_the_review_queue_orders_the_table_and_a_column_sort_can_be_undone(qtbot
     assert table.visible_paths()[2] == "far.png"
 
 
-def test_the_band_says_what_it_rests_on(qtbot, tmp_path, exact_predictor, tiny_bundle):
-    win = _window(qtbot, tmp_path, exact_predictor, tiny_bundle)
+def test_the_band_says_what_it_rests_on(qtbot, tmp_path, exact_predictor, tiny_domain_bundle):
+    win = _window(qtbot, tmp_path, exact_predictor, tiny_domain_bundle)
     key = win.analysis.session.keys[0]
     report = exact_predictor.model_card["models"][key]["method"]["uncertain_band"]
     groups = report["risk_coverage"]["n_groups"]
@@ -212,15 +212,15 @@ def test_the_band_says_what_it_rests_on(qtbot, tmp_path, exact_predictor, tiny_b
     assert "decides none of them" in band_summary("crop model", missed, 0.4)
 
 
-def test_a_model_saved_before_the_check_says_it_cannot_tell(qtbot, tmp_path, tiny_bundle, images):
-    bundle = load_bundle(tiny_bundle)
+def test_a_model_saved_before_the_check_says_it_cannot_tell(qtbot, tmp_path, tiny_domain_bundle, images):
+    bundle = load_bundle(tiny_domain_bundle)
     for key, m in bundle.model.models.items():
         for attr in ("domain_", "band_", "band_report_"):
             m.__dict__.pop(attr, None)
         for section in ("uncertain_band", "domain_check"):
             bundle.card["models"][key]["method"].pop(section, None)
     old = save_bundle(tmp_path / "old.allmodel", bundle)
-    win = _window(qtbot, tmp_path, Predictor.from_bundle(old, readouts=False), old)
+    win = _window(qtbot, tmp_path, Predictor.from_bundle(old), old)
     assert "a fixed band" in win.side.band_text.text() and "retrain it" in win.side.band_text.text()
     _open(qtbot, win, [images["stained"]])
     assert win.side.domain.text().endswith(f"{NO_DOMAIN_CHECK}</span>")
@@ -228,12 +228,12 @@ def test_a_model_saved_before_the_check_says_it_cannot_tell(qtbot, tmp_path, tin
     assert _row(win, images["stained"])[1][DOMAIN_COLUMN] == "\u2014"
 
 
-def test_a_field_cell_score_is_small_grey_and_the_field_decision_stays_the_headline(qtbot, tmp_path, tiny_bundle,
+def test_a_field_cell_score_is_small_grey_and_the_field_decision_stays_the_headline(qtbot, tmp_path, tiny_domain_bundle,
                                                                                     images):
     from conftest import as_single_model
-    b = as_single_model(load_bundle(tiny_bundle))     # one model for every kind, trained on fields
+    b = as_single_model(load_bundle(tiny_domain_bundle))     # one model for every kind, trained on fields
     b.card["trained_on"]["image_kinds"] = {"single_cell": 0.0, "field": 1.0, "n_checked": 24}
-    win = _window(qtbot, tmp_path, Predictor(b), tiny_bundle)
+    win = _window(qtbot, tmp_path, Predictor(b), tiny_domain_bundle)
     _open(qtbot, win, [images["field"]])
     st, side = win.state, win.side
     pred = st.prediction

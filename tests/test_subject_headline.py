@@ -94,7 +94,9 @@ def test_the_card_says_what_set_calibration_and_threshold_and_the_band(recorded)
     assert cal["prevalence"] == pytest.approx(
         (parts["train"]["images"]["1"] + parts["validation"]["images"]["1"]) / (n_tr + n_va))
     assert cal["inner_folds"]["cross_fit"]["grouped"] and cal["inner_folds"]["cross_fit"]["realised"] >= 2
-    assert sec["uncertain_band"]["half_width"] > 0 and sec["uncertain_band"]["source"] in ("fitted", "default")
+    # the fitted band (0 where every image of the cross-fit pool is decided at the target accuracy)
+    assert sec["uncertain_band"]["source"] == "fitted"
+    assert sec["uncertain_band"]["half_width"] == pytest.approx(sec["method"]["uncertain_band"]["band"])
     # the realised split: images and subjects per class per part, and the parts short of subjects named
     real = result.card["split"]["realised"]
     assert sum(real[p]["images"]["0"] for p in ("train", "validation", "test")) == 18
