@@ -201,5 +201,6 @@ def test_the_case_file_and_the_report_keep_outside_training():
 def test_a_solid_colour_image_gets_no_class(tiny_domain_predictor, colour):
     img = np.zeros((450, 450, 3), np.uint8)
     img[:] = colour
-    r = tiny_domain_predictor.predict(img, path="solid.png")
-    assert r.decision(tiny_domain_predictor.threshold, tiny_domain_predictor.band_for()) in ("outside training", "not assessable")
+    p = tiny_domain_predictor
+    r = p.predict(img, path="solid.png")
+    assert r.decision(p.threshold, p.band_for()) in ("outside training", "not assessable")

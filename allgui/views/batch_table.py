@@ -254,7 +254,7 @@ class BatchTable(QTableView):
             if col == 1:
                 hh.setSectionResizeMode(col, QHeaderView.Stretch)
                 continue
-            width = 54 if col == 0 else max(hfm.horizontalAdvance(COLUMNS[col]) + pad, fm.horizontalAdvance(text) + 10)
+            width = 54 if col == 0 else max(hfm.horizontalAdvance(COLUMNS[col]) + pad, fm.horizontalAdvance(text) + 8)
             hh.setSectionResizeMode(col, QHeaderView.Interactive)
             self.setColumnWidth(col, width)
 
