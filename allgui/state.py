@@ -43,6 +43,9 @@ MAX_EXPLANATIONS = 256  # explanations kept (each a few small maps)
 #: a band narrower than this counts as this wide when the review queue measures closeness to the threshold
 #: (|p - t| / band): a fitted band may be 0 where the model was right on every held-out image
 MIN_QUEUE_BAND = 0.01
+#: widest uncertain band (half-width): a model whose fitted band reached no target may decide nothing, and a
+#: band of 1 covers every probability
+MAX_BAND = 1.0
 
 
 class Topic(str, Enum):
@@ -254,8 +257,8 @@ class AppState:
         saved = saved or {}
         self.thresholds = {k: _clip(saved.get(k, v), 1.0) for k, v in self.default_thresholds.items()}
         own, saved_bands = bands or {}, saved_bands or {}
-        self.default_bands = {k: _clip(own.get(k, DEFAULT_UNCERTAINTY_BAND), 0.5) for k in self.default_thresholds}
-        self.bands = {k: _clip(saved_bands.get(k, v), 0.5) for k, v in self.default_bands.items()}
+        self.default_bands = {k: _clip(own.get(k, DEFAULT_UNCERTAINTY_BAND), MAX_BAND) for k in self.default_thresholds}
+        self.bands = {k: _clip(saved_bands.get(k, v), MAX_BAND) for k, v in self.default_bands.items()}
         self.emit(Topic.THRESHOLD)
 
     @property
@@ -308,7 +311,7 @@ class AppState:
     def set_band(self, band: float, model: str | None = None) -> None:
         """Set the uncertain band of ``model`` (default: the active model)."""
         key = model if model in self.thresholds else self.active_model
-        b = _clip(band, 0.5)
+        b = _clip(band, MAX_BAND)
         if b != self.bands.get(key):
             self.bands[key] = b
             self.emit(Topic.THRESHOLD)

@@ -18,7 +18,7 @@ def test_every_subcommand_has_help(sub, capsys):
     assert "usage: allgui-train " + sub in out
 
 
-def test_predict_writes_a_row_per_image_and_per_cell(tiny_bundle, tiny_cnmc, tmp_path, capsys):
+def test_predict_writes_a_row_per_image_and_per_cell(tiny_domain_bundle, tiny_cnmc, tmp_path, capsys):
     import cv2
     field, masks = make_smear_field(224, n_wbc=3, rng=np.random.default_rng(4))
     cv2.imwrite(str(tmp_path / "field.png"), field[:, :, ::-1])
@@ -26,7 +26,7 @@ def test_predict_writes_a_row_per_image_and_per_cell(tiny_bundle, tiny_cnmc, tmp
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "pred.csv"
     code = main(["predict", str(crop), str(tmp_path / "field.png"), str(tmp_path / "broken.jpg"),
-                 "-m", str(tiny_bundle), "-o", str(out), "-q", "--threshold", "0.5"])
+                 "-m", str(tiny_domain_bundle), "-o", str(out), "-q", "--threshold", "0.5"])
     rows = list(csv.DictReader(open(out)))
     # exit 1 only where no image got a class (a field given to the crop-only model may be outside training)
     classified = [r for r in rows if r.get("cell") == "image" and r["decision"] not in

@@ -61,12 +61,12 @@ def test_thresholds_saved_by_an_earlier_version_are_still_found(tiny_predictor, 
     assert settings.value(f"threshold/{session.sha256}/{key}") is not None
 
 
-def test_the_band_is_the_models_own_unless_the_user_set_one(qtbot, tiny_bundle, tmp_path):
-    bundle = load_bundle(tiny_bundle)
+def test_the_band_is_the_models_own_unless_the_user_set_one(qtbot, tiny_domain_bundle, tmp_path):
+    bundle = load_bundle(tiny_domain_bundle)
     key = next(iter(bundle.model.models))
     bundle.model.models[key].band_ = 0.12        # a model that fitted its own uncertainty band
     model = tmp_path / "current.allmodel"
-    shutil.copyfile(tiny_bundle, model)
+    shutil.copyfile(tiny_domain_bundle, model)
     settings = _settings(tmp_path)
     win = _window(qtbot, model, settings, tmp_path)
     own = win.analysis.predictor.model_card["models"][key]["method"]["uncertain_band"]["band"]

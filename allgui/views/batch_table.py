@@ -49,9 +49,9 @@ def domain_cell(r: Row) -> tuple[str, float, str]:
         return "\u2014", -1.0, "This model cannot tell images unlike its training (saved before the check); retrain it"
     cells = f", {r.n_outside} cells out" if r.n_outside and r.kind == "field" else ""
     if r.domain_checks:
-        return (f"outside {r.novelty:.2f}", r.novelty,
+        return (f"out {r.novelty:.2f}", r.novelty,
                 f"Outside training (novelty {r.novelty:.2f}, above 1): {checks_text(r.domain_checks)}{cells}")
-    return (f"inside {r.novelty:.2f}{cells}", r.novelty,
+    return (f"in {r.novelty:.2f}{cells}", r.novelty,
             f"Like the training images (novelty {r.novelty:.2f}; above 1 is outside){cells}")
 
 
@@ -237,7 +237,7 @@ class BatchTable(QTableView):
     _syncing = False
 
     #: widest text a column is sized for besides its header ("" = header only); wider cells wrap or elide
-    COLUMN_TEXT = ("", "", "99", "0.000", "uncertain,", "confirmed", "yes", "model", "outside 2.44", "")
+    COLUMN_TEXT = ("", "", "99", "0.000", "uncertain,", "confirmed", "yes", "model", "out 2.44", "")
 
     def _size_columns(self) -> None:
         """Every column as wide as its header (never clipped) and its usual text; the file name takes the rest.

@@ -25,15 +25,15 @@ class OverlayBar(QWidget):
         self.opacity = QSlider(Qt.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(int(st.overlay_opacity * 100))
-        self.opacity.setMinimumWidth(90)
+        self.opacity.setMinimumWidth(70)
         self.opacity.setMaximumWidth(140)
-        self.opacity.setToolTip("Fill opacity")
+        self.opacity.setToolTip("Opacity of the nucleus fill (Style: fill)")
         self.opacity.valueChanged.connect(lambda x: st.set_overlay(opacity=x / 100))
         fit = QPushButton("Fit (F)")
         fit.clicked.connect(self.fitRequested)
         bar = QHBoxLayout(self)
         bar.setContentsMargins(0, 0, 0, 0)
-        for w in (self.overlay_box, QLabel("Style"), self.mode_box, QLabel("Fill opacity"), self.opacity, fit):
+        for w in (self.overlay_box, QLabel("Style"), self.mode_box, QLabel("Opacity"), self.opacity, fit):
             bar.addWidget(w)
         bar.addStretch(1)
         st.subscribe(Topic.OVERLAY, self._on_overlay)

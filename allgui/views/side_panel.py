@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from allgui.imaging import DECISION_COLOURS, counts_text
 from allgui.qtutil import signals_blocked
-from allgui.state import AppState, Topic
+from allgui.state import MAX_BAND, AppState, Topic
 from allgui.views.heatmap import HeatmapBox
 from allgui.views.result_text import cell_text, domain_text, probability_text, rgb
 from allgui.views.threshold_slider import ThresholdSlider
@@ -207,7 +207,7 @@ class SidePanel(QWidget):
         return votes
 
     def _threshold_box(self) -> QWidget:
-        """The threshold slider, the uncertain band, the legend, sensitivity / specificity, ROC."""
+        """The threshold slider, sensitivity / specificity, the uncertain band, the legend, ROC."""
         thr = QGroupBox("Decision threshold")
         self.threshold_box = thr
         tl = QVBoxLayout(thr)
@@ -221,10 +221,14 @@ class SidePanel(QWidget):
         row.addWidget(self.value)
         row.addWidget(self.reset)
         tl.addLayout(row)
+        # what the threshold means comes right under it; the band and its explanation after
+        self.sens_spec = QLabel("\u2014")
+        self.sens_spec.setWordWrap(True)
+        tl.addWidget(self.sens_spec)
         brow = QHBoxLayout()
         brow.addWidget(QLabel("Uncertain band \u00b1"))
         self.band = QDoubleSpinBox()
-        self.band.setRange(0.0, 1.0)     # a band fitted where the target was not reached may be wide
+        self.band.setRange(0.0, MAX_BAND)     # a band fitted where the target was not reached may be wide
         self.band.setSingleStep(0.01)
         self.band.setDecimals(3)         # fitted bands are not round numbers
         self.band.setValue(self.state.band)
@@ -243,9 +247,6 @@ class SidePanel(QWidget):
                         "outside training (dotted grey): no class")
         legend.setWordWrap(True)
         tl.addWidget(legend)
-        self.sens_spec = QLabel("\u2014")
-        self.sens_spec.setWordWrap(True)
-        tl.addWidget(self.sens_spec)
         self.roc = RocPlot()
         tl.addWidget(self.roc)
         return thr

@@ -311,7 +311,7 @@ class MainWindow(QMainWindow):
         if not self._docks_sized:
             self._docks_sized = True
             if self.settings.value("window/state") is None:
-                QTimer.singleShot(0, lambda: self.resizeDocks(list(self._docks), [520, 400], Qt.Horizontal))
+                QTimer.singleShot(0, lambda: self.resizeDocks(list(self._docks), [550, 390], Qt.Horizontal))
 
     def closeEvent(self, event) -> None:  # Qt's name
         if not self.models.may_close():   # a retraining runs and the user keeps it
