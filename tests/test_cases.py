@@ -370,7 +370,8 @@ def test_retraining_with_reviewed_corrections_changes_the_model(reviewed_case, t
     case, paths, decisions = reviewed_case
     out = tmp_path / "corrected.allmodel"
     code = main(["train", tiny_config.data, "--add-case", str(case), "--image-size", str(tiny_config.image_size),
-                 "--batch-size", str(tiny_config.batch_size), "--workers", "0", "--cache-dir",
+                 "--batch-size", str(tiny_config.batch_size), "--workers", "0", "--cv-repeats", "1", "--cv-folds", "3",
+                 "--cache-dir",
                  tiny_config.cache_dir, "-q", "-o", str(out)])
     assert code == 0, capsys.readouterr().err
     card = read_manifest(out)["card"]

@@ -69,7 +69,8 @@ def test_train_reports_clear_errors(tmp_path, capsys):
 def test_train_from_the_command_line(tiny_cnmc, tmp_path, capsys):
     out = tmp_path / "cli.allmodel"
     code = main(["train", str(tiny_cnmc), "--image-size", "32", "--workers", "0", "--no-cache",
-                 "--classifiers", "svm,knn,mlp", "--no-pca", "-q", "-o", str(out)])
+                 "--classifiers", "svm,knn,mlp", "--no-pca", "--cv-repeats", "1", "--cv-folds", "3", "-q",
+                 "-o", str(out)])
     assert code == 0 and out.is_file()
     text = capsys.readouterr().out
     assert "subject-level" in text and "ensemble" in text

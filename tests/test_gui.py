@@ -51,7 +51,7 @@ def window(qtbot, tiny_bundle, tmp_path, boxes, tiny_config):
     shutil.copyfile(tiny_bundle, model)
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
     defaults = TrainConfig(image_size=32, weights="none", device="cpu", batch_size=24, num_workers=0,
-                           backbones=("resnet34",))
+                           backbones=("resnet34",), cv_repeats=1, cv_folds=3)
     win = MainWindow(model=str(model), settings=settings, retrain_defaults=defaults,
                      models_dir=tmp_path / "models")
     qtbot.addWidget(win)

@@ -35,7 +35,8 @@ def mixed_training(tmp_path_factory):
                          kind="mixed")
     cfg = TrainConfig(data=str(root), image_size=TINY_SIZE, num_workers=0, batch_size=16,
                       output=str(d / "mixed.allmodel"), cache_dir=str(d / "cache"), nucleus_features=True,
-                      stain="reinhard", combiner="stacked", block_l2=True, per_kind=True)
+                      stain="reinhard", combiner="stacked", block_l2=True, per_kind=True,
+                      cv_repeats=1, cv_folds=3)
     return train(cfg)
 
 

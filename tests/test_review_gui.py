@@ -42,7 +42,7 @@ def folder(tmp_path):
 
 def _window(qtbot, model, settings, tmp_path):
     defaults = TrainConfig(image_size=32, weights="none", device="cpu", batch_size=24, num_workers=0,
-                           backbones=("resnet34",))
+                           backbones=("resnet34",), cv_repeats=1, cv_folds=3)
     win = MainWindow(model=str(model), settings=settings, retrain_defaults=defaults, models_dir=tmp_path / "models")
     qtbot.addWidget(win)
     with qtbot.waitSignal(win.modelLoaded, timeout=60_000):
