@@ -209,3 +209,28 @@ def test_svm_probability_rises_with_its_decision_value_and_is_calibrated():
     yt = y[300:]
     assert abs(p.mean() - yt.mean()) < 0.1
     assert np.mean((p - yt) ** 2) < 0.8 * yt.mean() * (1 - yt.mean())
+
+
+def test_the_mlp_stops_early_on_subjects_it_did_not_see(monkeypatch):
+    """Labels here can only be learnt by recognising subjects. With subject ids the MLP's early stopping
+    holds out whole subjects, on which it cannot improve, so it stops sooner than when it holds out
+    images of subjects it trains on."""
+    from sklearn.neural_network import MLPClassifier
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(30), 8)
+    y = (np.arange(30) % 2)[g]
+    X = rng.normal(size=(30, 16))[g] * 2 + rng.normal(size=(g.size, 16)) * 0.5
+    seen = []
+    partial_fit = MLPClassifier.partial_fit
+    monkeypatch.setattr(MLPClassifier, "partial_fit",
+                        lambda self, Xp, *a, **k: seen.append(Xp) or partial_fit(self, Xp, *a, **k))
+    by_subject = fit_balanced("mlp", make_classifiers(0, ("mlp",), n_train=120)["mlp"], X, y, 0, groups=g)
+    trained_on = {tuple(r) for r in seen[0]}
+    rows_per_subject = {s: sum(tuple(r) in trained_on for r in X[g == s]) for s in range(30)}
+    assert set(rows_per_subject.values()) == {0, 8}            # a subject is held out whole or not at all
+    held_out = [s for s, n in rows_per_subject.items() if n == 0]
+    assert {0, 1} == set(y[np.isin(g, held_out)]) and 3 <= len(held_out) <= 10
+    by_image = fit_balanced("mlp", make_classifiers(0, ("mlp",), n_train=120)["mlp"], X, y, 0)
+    assert not by_subject.early_stopping and by_subject.n_iter_ < by_image.n_iter_
+    # the model kept is fitted on every row for the chosen number of epochs: an ordinary MLP
+    assert by_subject.n_iter_ <= by_subject.max_iter and by_subject.predict_proba(X).shape == (g.size, 2)
