@@ -97,6 +97,11 @@ def test_the_card_says_what_set_calibration_and_threshold_and_the_band(recorded)
     # the fitted band (0 where every image of the cross-fit pool is decided at the target accuracy)
     assert sec["uncertain_band"]["source"] == "fitted"
     assert sec["uncertain_band"]["half_width"] == pytest.approx(sec["method"]["uncertain_band"]["band"])
+    # the band and the domain check name their groups as what they are (--block-groups: image blocks)
+    from allgui.model.session import band_summary
+    band, domain = sec["method"]["uncertain_band"], sec["method"]["domain_check"]
+    assert "image blocks" in band["rests_on"] and "image blocks" in domain["rests_on"]
+    assert "subject" not in band_summary("crop model", band, band["band"]) + domain["rests_on"]
     # the realised split: images and subjects per class per part, and the parts short of subjects named
     real = result.card["split"]["realised"]
     assert sum(real[p]["images"]["0"] for p in ("train", "validation", "test")) == 18

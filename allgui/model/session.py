@@ -55,12 +55,17 @@ def band_report(card: dict, key: str) -> dict | None:
     return dict(report) if isinstance(report, dict) else None
 
 
+def _units(report: dict | None) -> str:
+    """What the model's groups are, plural: "subjects", or "image blocks" where the data had no subject ids."""
+    return f"{(report or {}).get('group_kind') or 'subject'}s"
+
+
 def _subjects(report: dict) -> str:
-    """'5 normal and 5 ALL subjects' from a band report's risk-coverage subject counts ('' without them)."""
+    """'5 normal and 5 ALL subjects' from a band report's risk-coverage group counts ('' without them)."""
     groups = (report.get("risk_coverage") or {}).get("n_groups") or {}
     if not groups:
         return ""
-    return f", {groups.get('0', 0)} normal and {groups.get('1', 0)} ALL subjects"
+    return f", {groups.get('0', 0)} normal and {groups.get('1', 0)} ALL {_units(report)}"
 
 
 def band_summary(name: str, report: dict | None, band: float) -> str:
@@ -73,14 +78,15 @@ def band_summary(name: str, report: dict | None, band: float) -> str:
                 "to its held-out subjects (retrain it for one).")
     own = float(report.get("band", band))
     target = float(report.get("target", 0.95))
+    units = _units(report)
     rests = str(report.get("rests_on") or f"{report.get('n_rows', '?')} images") + _subjects(report)
     if report.get("reached"):
         text = (f"Uncertain band \u00b1{own:.3f} (the {name}'s own): decides {report['coverage']:.0%} of images "
-                f"of held-out subjects, right in {report['accuracy_decided']:.0%} of them (target {target:.0%}; "
+                f"of held-out {units}, right in {report['accuracy_decided']:.0%} of them (target {target:.0%}; "
                 f"{rests}).")
     else:
         text = (f"Uncertain band \u00b1{own:.3f} (the {name}'s own): no band reached the target of {target:.0%} "
-                f"right on images of held-out subjects, so it decides none of them: treat every result as "
+                f"right on images of held-out {units}, so it decides none of them: treat every result as "
                 f"uncertain ({rests}).")
     if abs(band - own) > 5e-4:
         text += f" You set \u00b1{band:.3f}: that band's accuracy is not known (Model default restores the own one)."

@@ -440,8 +440,8 @@ def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model
             "threshold_rule": ("Youden J on the out-of-fold training scores and the validation split"
                                if getattr(model, "calibrated_on_", "validation") == "cross-fit"
                                else "Youden J on the validation split"),
-            "uncertain_band": band_section(model),
-            "domain_check": domain_section(model),
+            "uncertain_band": band_section(model, group_kind(key, config)),
+            "domain_check": domain_section(model, group_kind(key, config)),
         },
         "metrics": {"validation": val_metrics, "test": test_metrics},
     }
