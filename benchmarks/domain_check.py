@@ -1,7 +1,7 @@
 """Does the model know its domain? Subject-grouped cross-validation of the domain check and the fitted band.
 
   python benchmarks/domain_check.py --cnmc-fold1 PATH --cnmc-sample PATH --other-lab PATH/cutouts \
-         [--aria PATH] --cache-dir CACHE [--folds 5] [--out result.json]
+         [--aria PATH] --cache-dir CACHE [--folds 5] [--stain none|reinhard] [--out result.json]
 
 For each kind of image (C-NMC crops; with ``--aria``, smear fields grouped by image block) the model is
 fitted as ``allgui-train train`` fits it (the default settings of the default model: random-init
@@ -21,6 +21,12 @@ crops are; none is a blast). Reported, pooled over the folds and per fold:
 
 Subjects never straddle a fold (StratifiedGroupKFold); the subject counts are printed beside every
 figure. Features come from the feature cache where they are there (the same key as training).
+
+``--stain reinhard`` normalises every image (crops, the other lab's cells, fields) to one Reinhard
+reference before all feature blocks, networks included, as ``--stain reinhard`` training does. Training
+fits the reference on its training images; here one reference is fitted on all C-NMC crops (and one on
+all fields), labels unused, so that the features are extracted once rather than once per fold: the
+held-out subjects' colours take a small part in the reference.
 """
 from __future__ import annotations
 
@@ -46,15 +52,15 @@ from trainer.classical.stacking import inner_folds
 from trainer.config import TrainConfig
 from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND
 from trainer.io.data import load_dataset, merge_datasets
-from trainer.training.pipeline import feature_blocks, make_extractor
+from trainer.training.pipeline import feature_blocks, make_extractor, stain_reference
 from trainer.vision.input_checks import input_check_columns
 
 #: C-NMC subjects whose crops are the app's samples: left out, as the default model leaves them out
 SAMPLE_SUBJECTS = ("1", "11", "13", "H1", "H11", "H12")
 
 
-def features(config: TrainConfig, paths) -> dict[str, np.ndarray]:
-    extractor = make_extractor(config, backbones=feature_blocks(config))
+def features(config: TrainConfig, paths, reference=None) -> dict[str, np.ndarray]:
+    extractor = make_extractor(config, backbones=feature_blocks(config), stain_reference=reference)
     return extractor.extract([str(p) for p in paths])
 
 
@@ -160,23 +166,28 @@ def main(argv=None) -> int:
     ap.add_argument("--aria", type=Path, default=None, help="smear fields with labels.csv (group = image block)")
     ap.add_argument("--cache-dir", required=True)
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--stain", choices=("none", "reinhard"), default="none")
+    ap.add_argument("--limit", type=int, default=0, help="every n-th crop only (a quick look), 0 = all")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
-    config = TrainConfig(weights="none", image_size=224, seed=0, cache_dir=a.cache_dir)
+    config = TrainConfig(weights="none", image_size=224, seed=0, cache_dir=a.cache_dir, stain=a.stain)
     cnmc = [s for s in merge_datasets([load_dataset(a.cnmc_fold1), load_dataset(a.cnmc_sample, layout="cnmc")])
             if s.group not in SAMPLE_SUBJECTS]
+    if a.limit:
+        cnmc = cnmc[::a.limit]
     y = np.array([s.label for s in cnmc])
     groups = np.array([f"cnmc-{s.group}" for s in cnmc])
     with open(a.other_lab / "labels.csv", newline="") as fh:
         other_rows = list(csv.DictReader(fh))
     print(f"C-NMC: {len(cnmc)} crops, {len(set(groups))} subjects; other lab: {len(other_rows)} cells", flush=True)
-    feats = features(config, [s.path for s in cnmc])
-    other = features(config, [a.other_lab / r["path"] for r in other_rows])
+    ref = stain_reference(config, [s.path for s in cnmc])
+    feats = features(config, [s.path for s in cnmc], ref)
+    other = features(config, [a.other_lab / r["path"] for r in other_rows], ref)
     results = [cross_validate("crops", feats, y, groups, config, a.folds, other,
                               np.array([r["class"] for r in other_rows]))]
     if a.aria is not None:
         aria = list(load_dataset(a.aria, layout="folders", positive=["Early", "Pre", "Pro"], group_column="group"))
-        fa = features(config, [s.path for s in aria])
+        fa = features(config, [s.path for s in aria], stain_reference(config, [s.path for s in aria]))
         results.append(cross_validate("fields", fa, np.array([s.label for s in aria]),
                                       np.array([f"aria-{s.group}" for s in aria]), config, a.folds))
     text = json.dumps(results, indent=1)
