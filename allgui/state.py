@@ -100,6 +100,7 @@ class Row:
     domain_checks: tuple[str, ...] = ()  # the checks that fired on the deciding unit
     n_outside: int = 0           # deciding units (cells of a field decided by cells, else the image) outside training
     queue: float = 0.0           # place in the review queue, smallest first (:func:`review_priority`)
+    quality_flags: tuple[str, ...] = ()  # a crop's quality flags (several or touching cells, cut by the edge)
 
     @property
     def outside(self) -> bool:
@@ -424,7 +425,8 @@ class AppState:
                    float(pred.probability), float(image_level.raw_probability),
                    float(image_level.vote_share), decision, flagged, model=pred.model_name,
                    threshold=threshold, band=band, novelty=image_level.novelty,
-                   domain_checks=tuple(image_level.domain_checks), n_outside=counts[DECISION_OUTSIDE])
+                   domain_checks=tuple(image_level.domain_checks), n_outside=counts[DECISION_OUTSIDE],
+                   quality_flags=tuple(image_level.quality_flags))
 
     def rows(self) -> list[Row]:
         return [self.row(p) for p in self.paths]

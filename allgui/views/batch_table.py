@@ -25,11 +25,13 @@ from allgui.views.result_text import checks_text
 from trainer.inference.results import DECISION_OUTSIDE
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import safe_row
+from trainer.vision.crop_quality import QUALITY_TEXT
 
 COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Review", "Flagged", "Model", "Domain", "Queue")
 REVIEW_COLUMN = 5
 DOMAIN_COLUMN = 8
 QUEUE_COLUMN = 9   # hidden: the review queue's order (Row.queue)
+FLAGGED_COLUMN = 6  # "yes" (needs a look), "crop" (a quality flag: the crop itself needs a look) or "no"
 SORT_ROLE = Qt.UserRole + 1
 _DISPLAY, _SORT, _DECORATION = int(Qt.DisplayRole.value), int(SORT_ROLE), int(Qt.DecorationRole.value)
 _FOREGROUND, _TOOLTIP, _ALIGN = int(Qt.ForegroundRole.value), int(Qt.ToolTipRole.value), int(Qt.TextAlignmentRole.value)
@@ -37,8 +39,8 @@ _ROLES = {_DISPLAY, _SORT, _DECORATION, _FOREGROUND, _TOOLTIP, _ALIGN}
 _RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 _GREYED = QBrush(QColor(150, 150, 150))
 CSV_FIELDS = ("file", "path", "kind", "cells", "n_all_blast", "n_uncertain", "probability", "raw_probability",
-              "vote_share", "decision", "novelty", "in_domain", "domain_checks", "n_outside", "flagged", "threshold",
-              "band", "model", "error", "review")
+              "vote_share", "decision", "novelty", "in_domain", "domain_checks", "n_outside", "quality_flags",
+              "flagged", "threshold", "band", "model", "error", "review")
 
 
 def domain_cell(r: Row) -> tuple[str, float, str]:
@@ -94,16 +96,20 @@ class BatchModel(QAbstractTableModel):
         """
         text, key, rcolour, rtip = self.review_info(r.path) if self.review_info is not None else ("", "", None, "")
         dtext, dkey, dtip = domain_cell(r)
+        flag = "crop" if r.quality_flags else "yes" if r.flagged else ("" if r.decision == "pending" else "no")
         display = ("", r.file, "" if r.cells is None else str(r.cells),
                    "" if r.probability is None else f"{r.probability:.3f}", r.decision, text,
-                   "yes" if r.flagged else ("" if r.decision == "pending" else "no"), r.model, dtext, "")
+                   flag, r.model, dtext, "")
         sort = (0, r.file, r.cells if r.cells is not None else -1,
                 r.probability if r.probability is not None else -1.0, r.decision, key, int(r.flagged), r.model,
                 dkey, r.queue)
         colour = DECISION_COLOURS.get(r.decision)
         fg = QBrush(QColor(*colour)) if colour else (QBrush(QColor(160, 0, 0)) if r.decision == "error" else None)
-        return display, sort, fg, QBrush(QColor(*rcolour)) if rcolour else None, {REVIEW_COLUMN: rtip,
-                                                                                    DOMAIN_COLUMN: dtip}
+        tips = {REVIEW_COLUMN: rtip, DOMAIN_COLUMN: dtip}
+        if r.quality_flags:
+            tips[FLAGGED_COLUMN] = tips[4] = ("Check the crop: " + "; ".join(QUALITY_TEXT[f] for f in r.quality_flags)
+                                              + ". No class without review.")
+        return display, sort, fg, QBrush(QColor(*rcolour)) if rcolour else None, tips
 
     def _set_rows(self, rows: list[Row]) -> None:
         self._rows = rows
@@ -183,6 +189,7 @@ class BatchModel(QAbstractTableModel):
                         _f(r.probability), _f(r.raw_probability), _f(r.vote_share), r.decision, _f(r.novelty),
                         {None: "", True: "yes", False: "no"}[None if r.novelty is None else not r.domain_checks],
                         " ".join(r.domain_checks), _v(r.n_outside if r.probability is not None else None),
+                        "; ".join(r.quality_flags),
                         int(r.flagged), _f(r.threshold), _f(r.band), r.model, r.error,
                         self.review_info(r.path)[0] if self.review_info is not None else ""]))
         atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))  # never a half-written CSV

@@ -99,6 +99,7 @@ def _rows_for(r, f: Path, threshold: float, band: float) -> list[dict]:
                "novelty": "" if unit.novelty is None else round(unit.novelty, 3),
                "in_domain": {None: "", True: "yes", False: "no"}[unit.in_domain],
                "domain_checks": " ".join(unit.domain_checks),
+               "quality_flags": "; ".join(unit.quality_flags),
                "decided_by": decided_by, "crop_probability": round(c.probability, 4),
                "model": r.model_name, "threshold": round(threshold, 4), "band": round(band, 4),
                "notes": " ".join(r.notes) if image_row else ""}
@@ -255,7 +256,8 @@ def run(a) -> int:
     names = predictor.classifier_names
     fields = CSV_FIELDS + [f"p_{n}" for n in names] + ["vote_share", "raw_probability", "crop_probability",
                                                         "probability", "decision", "novelty", "in_domain",
-                                                        "domain_checks", "decided_by", "model", "threshold",
+                                                        "domain_checks", "quality_flags", "decided_by", "model",
+                                                        "threshold",
                                                         "band", "notes"]
     outcome = {NOT_ASSESSABLE: 0, OUTSIDE: 0}
 

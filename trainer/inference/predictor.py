@@ -35,6 +35,7 @@ from trainer.util.errors import AllguiError, BundleError, ImageReadError
 from trainer.util.progress import check_cancel
 from trainer.vision import fingerprint, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
+from trainer.vision.crop_quality import QUALITY_TEXT, crop_quality_flags
 from trainer.vision.features import NUCLEUS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
 
 # Rebuilding a model imports skops, which looks up each of SciPy's ~450 ufuncs by walking every module
@@ -354,6 +355,11 @@ class Predictor:
             cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus, key)
                           for k, r in enumerate(cell_rows)]
             notes = []
+            if single:
+                whole.quality_flags = crop_quality_flags(img)
+                if whole.quality_flags:
+                    notes.append("Check this crop: " + "; ".join(QUALITY_TEXT[f] for f in whole.quality_flags)
+                                 + ". It gets no class without review.")
             if not seg.nuclei:
                 notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
                              "No white cell was found in this image: the result is not meaningful.")

@@ -70,6 +70,9 @@ class CellPrediction:
     novelty: float | None = None      # domain check: largest score / threshold, > 1 outside training;
                                       # None where the model has no domain check
     domain_checks: list[str] = field(default_factory=list)  # the domain checks that fired
+    #: what makes a crop's one-cell result unsafe (trainer.vision.crop_quality): several or touching cells,
+    #: a cell cut by the image edge; such a unit gets "uncertain, review" whatever its probability
+    quality_flags: list[str] = field(default_factory=list)
 
     @property
     def in_domain(self) -> bool | None:
@@ -77,9 +80,15 @@ class CellPrediction:
         return None if self.novelty is None else not self.domain_checks
 
     def decision(self, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
-        """:data:`DECISION_OUTSIDE` outside the model's domain, else :func:`decide`."""
+        """The unit's decision: outside training, uncertain with a quality flag, else :func:`decide`.
+
+        :data:`DECISION_OUTSIDE` outside the model's domain; :data:`DECISION_UNCERTAIN` with a quality flag
+        (no class without review).
+        """
         if self.in_domain is False:
             return DECISION_OUTSIDE
+        if self.quality_flags:
+            return DECISION_UNCERTAIN
         return decide(self.probability, threshold, band)
 
 

@@ -49,7 +49,7 @@ BLOCKS: dict[str, int] = {**BACKBONES, NUCLEUS: handcrafted.NUCLEUS_DIM}
 def cpu_has_bf16() -> bool:
     """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX), so autocast pays off."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
