@@ -13,8 +13,9 @@ from trainer.inference.bundle import load_bundle, read_manifest, save_bundle
 from trainer.inference.predictor import Predictor
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
 from trainer.io.synthetic import make_cell_image, make_smear_field
-from trainer.training.pipeline import train
+from trainer.training.pipeline import train, train_stages
 from trainer.util.errors import BundleError, Cancelled, DataError
+from trainer.util.progress import Stages
 from trainer.vision import fingerprint
 
 
@@ -223,7 +224,15 @@ def test_finetuned_backbones_travel_in_the_bundle(tiny_config, tmp_path):
                               finetuning=FinetuneConfig(epochs=1),
                               output=str(tmp_path / "ft.allmodel"), cache_dir=None,
                               classifiers=("svm", "knn"))
-    result = train(cfg)
+    seen = []
+    result = train(cfg, progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions[-1] == 1.0 and seen[-1][1].startswith("Saved")
+    assert all(a <= b for a, b in zip(fractions, fractions[1:]))
+    # the epochs' reports fill the fine-tuning stage's share of the bar
+    lo, hi = Stages(None, train_stages(cfg)).share("fine-tuning")
+    epochs = [f for f, m in seen if "epoch" in m]
+    assert epochs and all(lo <= f <= hi for f in epochs) and max(epochs) == pytest.approx(hi)
     assert result.card["method"]["finetuned"] is True
     assert set(result.card["finetune"]) == {"densenet121", "resnet34"}
     bundle = load_bundle(result.bundle_path)

@@ -5,9 +5,7 @@ Plain functions in the style of torchvision's reference training script; one
 """
 from __future__ import annotations
 
-import datetime as _dt
 import functools
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,17 +24,17 @@ from trainer.inference.probes import REFERENCE_IMAGES, fit_probes, probe_arrays
 from trainer.inference.results import MODEL_NAMES
 from trainer.io.data import load_dataset, merge_datasets
 from trainer.io.imageio import read_image
-from trainer.io.samples import CLASS_NAMES, Dataset
+from trainer.io.samples import Dataset
 from trainer.io.splits import source_strata, split_train_val_test
+from trainer.training.card import model_card, model_section
 from trainer.training.card_facts import group_kind, model_facts, part_facts
 from trainer.training.crossval import cv_headline
 from trainer.training.distributed import is_main_process
-from trainer.training.domain_card import band_section, domain_section
 from trainer.training.finetune import finetune_backbones
 from trainer.training.provenance import finetune_calibration, finetune_check
 from trainer.util import progress as _progress
 from trainer.util.errors import DataError
-from trainer.util.progress import Progress, stage
+from trainer.util.progress import Progress, Stages
 from trainer.util.threads import map_in_chunks
 from trainer.vision import fingerprint
 from trainer.vision.backbones import build_backbone
@@ -44,9 +42,6 @@ from trainer.vision.features import NUCLEUS, FeatureExtractor
 from trainer.vision.input_checks import input_check_columns
 from trainer.vision.segmentation import KIND_FIELD, KIND_SINGLE, is_single_cell_crop
 from trainer.vision.stain import ReinhardNormalizer, lab_stats
-
-INTENDED_USE = ("Research and education only. Not a medical device and not for clinical diagnosis: "
-                "every result must be reviewed by a qualified haematologist or pathologist.")
 
 
 @dataclass
@@ -75,10 +70,11 @@ def load_config_dataset(config: TrainConfig, progress=None, cancel=None,
     roots = [config.data] if isinstance(config.data, (str, Path)) else list(config.data or [])
     if not roots or not all(roots):
         raise DataError("No data folder was given.")
+    folders = Stages(progress, [(f"folder {i + 1}", 1) for i in range(len(roots))])
     parts = [load_dataset(r, layout=config.layout, positive=config.positive,
                           labels_csv=config.labels_csv if len(roots) == 1 else None,
                           group_column=config.group_column, check_readable=True,
-                          progress=stage(progress, i / len(roots), (i + 1) / len(roots)), cancel=cancel)
+                          progress=folders.start(f"folder {i + 1}"), cancel=cancel)
              for i, r in enumerate(roots)]
     if config.cases:
         reviewed, info = case_dataset(config.cases)
@@ -130,40 +126,6 @@ def split_dataset(samples, protocol: str, config: TrainConfig):
         except DataError:
             pass
     return split_train_val_test(labels, groups, **kw)
-
-
-def image_kinds(paths, n_max: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Share of single-cell crops and smear fields among (up to ``n_max`` sampled) images.
-
-    Stored in the model card so the app can warn when an image is of a kind the model hardly saw.
-    """
-    paths = list(paths)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(paths), size=min(n_max, len(paths)), replace=False) if paths else []
-    single = checked = 0
-    for i in pick:
-        try:
-            single += is_single_cell_crop(read_image(paths[int(i)]))
-            checked += 1
-        except Exception:  # unreadable files were reported already
-            continue
-    share = single / checked if checked else 0.0
-    return {"single_cell": share, "field": 1.0 - share if checked else 0.0, "n_checked": checked}
-
-
-def _kind_shares(kinds: np.ndarray) -> dict[str, Any]:
-    """:func:`image_kinds`'s shares from already detected kinds (N,)."""
-    share = float(np.mean(kinds == "single_cell")) if kinds.size else 0.0
-    return {"single_cell": share, "field": 1.0 - share if kinds.size else 0.0, "n_checked": int(kinds.size)}
-
-
-def data_fingerprint(dataset: Dataset) -> str:
-    """SHA-256 over every sample's file name, size and label (cheap; no image is read)."""
-    h = hashlib.sha256()
-    for s in sorted(dataset.samples, key=lambda s: str(s.path)):
-        size = s.path.stat().st_size if s.path.exists() else -1
-        h.update(f"{Path(s.path).name}|{size}|{s.label}|{s.group}\n".encode())
-    return h.hexdigest()
 
 
 def evaluate_split(model: AllModel, feats, y: np.ndarray, n_boot: int = 1000,
@@ -257,6 +219,42 @@ def feature_blocks(config: TrainConfig) -> tuple[str, ...]:
     return tuple(config.backbones) + ((NUCLEUS,) if config.nucleus_features else ())
 
 
+@dataclass
+class TrainData:
+    """A training run's data and its one split; every per-kind model takes its rows from it."""
+
+    dataset: Dataset
+    protocol: str                                   # "subject" or "image"
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray]  # train, validation, test indices into dataset
+    provenance: dict[str, Any] | None               # fine-tuning images among these (finetune_check)
+    fit_config: TrainConfig                         # the config the classical stage is fitted with
+    strata: np.ndarray | None                       # (N,) source strata (source_strata)
+    cases_info: list = field(default_factory=list)  # what was used of each reviewed case
+
+
+@dataclass
+class KindFit:
+    """One per-kind model as `train` fitted it, with its part of the card and its arrays for the bundle."""
+
+    model: AllModel
+    extractor: FeatureExtractor
+    section: dict[str, Any]                         # the card's ``models[key]``
+    arrays: dict[str, np.ndarray]                   # bundle arrays, named ``"<key>/..."``
+    test: tuple[dict[str, Any], dict[str, np.ndarray]]  # test metrics and score arrays (empty without a test split)
+
+
+#: the steps of one per-kind model and their weights (rough shares of its time on a CPU)
+MODEL_STAGES = (("stain reference", 5), ("features", 75), ("classifiers", 6), ("cross-validation", 9),
+                ("explanations", 5))
+
+
+def train_stages(config: TrainConfig) -> list[tuple[str, float]]:
+    """`train`'s stages and their weights (rough shares of a run's time)."""
+    return [("data", 5), *([("fine-tuning", 45)] if config.finetune else []),
+            *([("image kinds", 3)] if config.per_kind else []),
+            ("models", 45 if config.finetune else 89), ("saving", 3)]
+
+
 def train(config: TrainConfig, progress: Progress | None = None,
           cancel: Callable[[], bool] | None = None) -> TrainResult:
     """Train on ``config.data`` and write the bundle to ``config.output`` (atomically).
@@ -289,108 +287,160 @@ def train(config: TrainConfig, progress: Progress | None = None,
     """
     t0 = time.perf_counter()
     config.validate()
-    say = progress or (lambda f, m: None)
-    say(0.0, f"Reading {config.data}")
-    cases_info: list = []
-    dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel, cases_info)
-    protocol = resolve_protocol(config, dataset)
-    train_idx, val_idx, test_idx = split_dataset(dataset, protocol, config)
-    provenance = finetune_check(config, dataset, (train_idx, val_idx, test_idx))
-    say(0.05, f"{dataset.summary()}; {protocol}-level split "
-              f"{len(train_idx)}/{len(val_idx)}/{len(test_idx)}")
-    check_cancel(cancel)
-
+    stages = Stages(progress, train_stages(config))
+    data = read_training_data(config, stages, cancel)
     state_dicts, finetune_history = None, None
-    lo = 0.05
     if config.finetune:
-        paths, y_all = dataset.paths, dataset.labels
-        state_dicts, finetune_history = finetune_backbones(
-            [paths[i] for i in train_idx], y_all[train_idx], [paths[i] for i in val_idx], y_all[val_idx],
-            cfg=config, backbones=config.backbones, device=config.device,
-            progress=stage(progress, 0.05, 0.5), cancel=cancel)
+        state_dicts, finetune_history = finetune_on_split(config, data, stages.start("fine-tuning"), cancel)
         if not is_main_process():  # under torchrun only rank 0 builds and saves the model
             return None  # type: ignore[return-value]
-        lo = 0.5
-    y, paths = dataset.labels, dataset.paths
-    groups = dataset.groups
-    strata = source_strata(dataset)
-    fit_cfg = finetune_calibration(config, provenance)  # fine-tuned features: calibrate on the validation split
-    kinds = (detect_kinds(paths, stage(progress, lo, lo + 0.03), cancel) if config.per_kind
+    paths = data.dataset.paths
+    kinds = (detect_kinds(paths, stages.start("image kinds"), cancel) if config.per_kind
              else np.full(len(paths), "any"))
-    parts, notes = kind_parts(kinds, y, (train_idx, val_idx, test_idx), config.per_kind)
+    parts, notes = kind_parts(kinds, data.dataset.labels, data.splits, config.per_kind)
     for note in notes:
-        say(lo + 0.03, note)
-    models, sections, arrays, test_all = {}, {}, {}, {}
-    span = (0.93 - (lo + 0.03)) / len(parts)
-    for j, (key, (tr, va, te)) in enumerate(parts.items()):
-        a = lo + 0.03 + j * span
-        name = MODEL_NAMES[key]
-        ref = stain_reference(config, [paths[i] for i in tr], stage(progress, a, a + 0.05 * span), cancel)
-        extractor = make_extractor(config, state_dicts, backbones=feature_blocks(config), stain_reference=ref)
-        rows = np.concatenate([tr, va, te])
-        feats = extractor.extract([paths[i] for i in rows], progress=stage(progress, a + 0.05 * span, a + 0.8 * span),
-                                  cancel=cancel)
-        local = np.arange(len(rows))
-        ltr, lva, lte = local[:len(tr)], local[len(tr):len(tr) + len(va)], local[len(tr) + len(va):]
-        check_cancel(cancel)
-        say(a + 0.8 * span, f"Fitting the {name}'s classifiers")
-        g = None if groups is None else groups[rows]
-        model = fit_model(feats, y[rows], ltr, lva, fit_cfg, backbones=feature_blocks(config),
-                          progress=stage(progress, a + 0.8 * span, a + 0.86 * span), groups=g,
-                          domain_columns=input_check_columns(feature_blocks(config)))
-        check_cancel(cancel)
-        cv = cv_headline(feats, y[rows], g, fit_cfg, backbones=feature_blocks(config), cancel=cancel,
-                         strata=None if strata is None else strata[rows], group_kind=group_kind(key, config),
-                         domain_columns=input_check_columns(feature_blocks(config)),
-                         progress=stage(progress, a + 0.86 * span, a + 0.95 * span))
-        if cv is not None and (provenance or {}).get("calibrate_on_validation"):
-            cv["notes"].append("The backbones were trained on images of these folds: the figures are optimistic.")
-        val_metrics, _ = evaluate_split(model, subset(feats, lva), y[va], n_boot=0, seed=config.seed)
-        test_metrics, test_arrays = ({}, {})
-        if len(te):
-            test_metrics, test_arrays = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed,
-                                                       groups=None if groups is None else groups[te],
-                                                       unit=group_kind(key, config))
-        models[key] = model
-        # explanation probes: one logistic regression per backbone on its own training features
-        probes, probe_report = fit_probes(subset(feats, ltr), y[tr], config.backbones,
-                                          subset(feats, lva), y[va], seed=config.seed)
-        say(a + 0.95 * span, f"Reference maps of the {name}'s explanation probes")
-        pick = np.linspace(0, len(tr) - 1, min(REFERENCE_IMAGES, len(tr))).round().astype(int)
-        references = reference_maps(extractor, [paths[i] for i in tr[np.unique(pick)]], cancel)
-        arrays.update(probe_arrays(key, probes, references))
-        if ref is not None:
-            arrays[f"{key}/stain_reference"] = np.asarray(ref, dtype=np.float64)
-        arrays.update({f"{key}/validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
-        arrays.update({f"{key}/test/{k}": np.asarray(v) for k, v in test_arrays.items()})
-        sections[key] = model_section(key, config, (tr, va, te), dataset, model, extractor, val_metrics,
-                                      test_metrics, ref)
-        sections[key]["explanation_probes"] = probe_report
-        sections[key].update(model_facts(key, model, config, y, groups, (tr, va, te)), cv=cv)
-        test_all[key] = (test_metrics, test_arrays)
+        stages.say(note)
+    # each model's share of the bar: its number of images
+    models = Stages(stages.start("models"), [(key, max(sum(map(len, rows)), 1)) for key, rows in parts.items()])
+    fits = {key: fit_kind_model(key, rows, config, data, state_dicts, models.start(key), cancel)
+            for key, rows in parts.items()}
     check_cancel(cancel)
+    stages.start("saving", "Saving the model")
+    path, kind_model, card = save_model(config, data, fits, (state_dicts, finetune_history), notes,
+                                        kinds if config.per_kind else None, cancel)
+    seconds = time.perf_counter() - t0
+    stages.done(f"Saved {path} in {seconds:.0f} s")
+    first = next(iter(fits.values()))
+    return TrainResult(bundle_path=path, model=kind_model, card=card, metrics=first.test[0],
+                       evaluation=first.test[1], seconds=seconds,
+                       per_model={key: fit.test[0] for key, fit in fits.items()})
 
-    say(0.97, "Saving the model")
+
+def read_training_data(config: TrainConfig, stages: Stages, cancel=None) -> TrainData:
+    """`train`'s ``"data"`` stage: the dataset, its split and the fine-tuning provenance check."""
+    cases_info: list = []
+    dataset = load_config_dataset(config, stages.start("data", f"Reading {config.data}"), cancel, cases_info)
+    protocol = resolve_protocol(config, dataset)
+    splits = tuple(split_dataset(dataset, protocol, config))
+    provenance = finetune_check(config, dataset, splits)
+    stages.say(f"{dataset.summary()}; {protocol}-level split {'/'.join(str(len(s)) for s in splits)}")
+    check_cancel(cancel)
+    # fine-tuned features: the classical stage is calibrated on the validation split
+    return TrainData(dataset, protocol, splits, provenance, finetune_calibration(config, provenance),
+                     source_strata(dataset), cases_info)
+
+
+def finetune_on_split(config: TrainConfig, data: TrainData, progress=None, cancel=None):
+    """``({backbone: state_dict}, {backbone: history})`` fine-tuned on the split's training and validation rows."""
+    paths, y = data.dataset.paths, data.dataset.labels
+    tr, va, _ = data.splits
+    return finetune_backbones([paths[i] for i in tr], y[tr], [paths[i] for i in va], y[va], cfg=config,
+                              backbones=config.backbones, device=config.device, progress=progress, cancel=cancel)
+
+
+def _local(rows) -> tuple[np.ndarray, ...]:
+    """Positions of each of ``rows`` (train, validation, test index arrays) in their concatenation."""
+    ends = np.cumsum([len(r) for r in rows])
+    return tuple(np.arange(end - len(r), end) for r, end in zip(rows, ends))
+
+
+def fit_kind_model(key: str, rows, config: TrainConfig, data: TrainData, state_dicts=None,
+                   progress: Progress | None = None, cancel=None) -> KindFit:
+    """Model ``key`` on its (train, validation, test) ``rows`` of the dataset, and its part of the card.
+
+    Stain reference (training rows), features, classifiers, cross-validation headline, validation and
+    test metrics, explanation probes with their reference maps (see :data:`MODEL_STAGES`).
+    """
+    stages = Stages(progress, MODEL_STAGES)
+    tr = rows[0]
+    paths = data.dataset.paths
+    ref = stain_reference(config, [paths[i] for i in tr], stages.start("stain reference"), cancel)
+    extractor = make_extractor(config, state_dicts, backbones=feature_blocks(config), stain_reference=ref)
+    feats = extractor.extract([paths[i] for i in np.concatenate(rows)], progress=stages.start("features"),
+                              cancel=cancel)
+    model, cv, val_metrics, (test_metrics, test_arrays) = fit_and_score(key, rows, feats, config, data, stages,
+                                                                        cancel)
+    arrays, probe_report = explanation_probes(key, rows, feats, extractor, config, data, stages, cancel)
+    if ref is not None:
+        arrays[f"{key}/stain_reference"] = np.asarray(ref, dtype=np.float64)
+    arrays.update({f"{key}/validation/{k}": np.asarray(v) for k, v in model.validation_.items()})
+    arrays.update({f"{key}/test/{k}": np.asarray(v) for k, v in test_arrays.items()})
+    section = model_section(key, config, rows, data.dataset, model, extractor, val_metrics, test_metrics, ref)
+    section["explanation_probes"] = probe_report
+    section.update(model_facts(key, model, config, data.dataset.labels, data.dataset.groups, rows), cv=cv)
+    return KindFit(model, extractor, section, arrays, (test_metrics, test_arrays))
+
+
+def fit_and_score(key: str, rows, feats: dict[str, np.ndarray], config: TrainConfig, data: TrainData,
+                  stages: Stages, cancel=None):
+    """(model, cross-validation headline, validation metrics, (test metrics, test arrays)) of model ``key``.
+
+    ``feats``: ``{block: (N, D)}`` of ``rows``' images, training then validation then test rows.
+    """
+    tr, va, te = rows
+    ltr, lva, lte = _local(rows)
+    every = np.concatenate(rows)
+    y, groups, blocks = data.dataset.labels, data.dataset.groups, feature_blocks(config)
+    g = None if groups is None else groups[every]
+    check_cancel(cancel)
+    model = fit_model(feats, y[every], ltr, lva, data.fit_config, backbones=blocks,
+                      progress=stages.start("classifiers", f"Fitting the {MODEL_NAMES[key]}'s classifiers"),
+                      groups=g, domain_columns=input_check_columns(blocks))
+    check_cancel(cancel)
+    cv = cv_headline(feats, y[every], g, data.fit_config, backbones=blocks, cancel=cancel,
+                     strata=None if data.strata is None else data.strata[every], group_kind=group_kind(key, config),
+                     domain_columns=input_check_columns(blocks), progress=stages.start("cross-validation"))
+    if cv is not None and (data.provenance or {}).get("calibrate_on_validation"):
+        cv["notes"].append("The backbones were trained on images of these folds: the figures are optimistic.")
+    val_metrics, _ = evaluate_split(model, subset(feats, lva), y[va], n_boot=0, seed=config.seed)
+    test = ({}, {})
+    if len(te):
+        test = evaluate_split(model, subset(feats, lte), y[te], seed=config.seed,
+                              groups=None if groups is None else groups[te], unit=group_kind(key, config))
+    return model, cv, val_metrics, test
+
+
+def explanation_probes(key: str, rows, feats: dict[str, np.ndarray], extractor: FeatureExtractor,
+                       config: TrainConfig, data: TrainData, stages: Stages, cancel=None):
+    """(bundle arrays of model ``key``'s explanation probes and reference maps, the card's probe report).
+
+    One logistic regression per backbone on its own training features; reference maps of up to
+    ``REFERENCE_IMAGES`` training images.
+    """
+    tr, va, _ = rows
+    ltr, lva, _ = _local(rows)
+    y, paths = data.dataset.labels, data.dataset.paths
+    probes, report = fit_probes(subset(feats, ltr), y[tr], config.backbones, subset(feats, lva), y[va],
+                                seed=config.seed)
+    stages.start("explanations", f"Reference maps of the {MODEL_NAMES[key]}'s explanation probes")
+    pick = np.linspace(0, len(tr) - 1, min(REFERENCE_IMAGES, len(tr))).round().astype(int)
+    references = reference_maps(extractor, [paths[i] for i in tr[np.unique(pick)]], cancel)
+    return dict(probe_arrays(key, probes, references)), report
+
+
+def save_model(config: TrainConfig, data: TrainData, fits: dict[str, KindFit], finetuned, notes,
+               kinds: np.ndarray | None, cancel=None) -> tuple[Path, KindModels, dict[str, Any]]:
+    """Write the bundle of the per-kind ``fits`` atomically; returns (its path, the models, the model card).
+
+    ``finetuned``: (fine-tuned state dicts, fine-tuning history), each None without fine-tuning;
+    ``kinds`` (N,): each image's detected kind, or None.
+    """
+    state_dicts, finetune_history = finetuned
     probe = make_extractor(config, state_dicts)  # the networks alone: their fingerprint
-    probe.use_networks_of(extractor)             # the same networks, already built
+    probe.use_networks_of(list(fits.values())[-1].extractor)  # the same networks, already built
+    arrays = {name: v for fit in fits.values() for name, v in fit.arrays.items()}
     arrays.update(fingerprint.compute(probe))
-    kind_model = KindModels(models=models)
-    card = model_card(config, dataset, protocol, (train_idx, val_idx, test_idx), probe, sections,
-                      finetune_history, notes, kinds=kinds if config.per_kind else None)
-    card["split"]["realised"] = part_facts(y, groups, (train_idx, val_idx, test_idx))
-    card["finetune_provenance"] = provenance
+    kind_model = KindModels(models={key: fit.model for key, fit in fits.items()})
+    card = model_card(config, data.dataset, data.protocol, data.splits, probe,
+                      {key: fit.section for key, fit in fits.items()}, finetune_history, notes, kinds=kinds)
+    card["split"]["realised"] = part_facts(data.dataset.labels, data.dataset.groups, data.splits)
+    card["finetune_provenance"] = data.provenance
     if config.cases:
-        card["trained_on"]["reviewed"] = reviewed_summary(dataset, (train_idx, val_idx, test_idx), cases_info)
+        card["trained_on"]["reviewed"] = reviewed_summary(data.dataset, data.splits, data.cases_info)
     bundle = ModelBundle(model=kind_model, config=config, card=card, arrays=arrays,
                          backbone_state=_embedded_weights(config, state_dicts))
     check_cancel(cancel)
-    path = save_bundle(config.resolved_output(), bundle)
-    seconds = time.perf_counter() - t0
-    say(1.0, f"Saved {path} in {seconds:.0f} s")
-    first = next(iter(test_all))
-    return TrainResult(bundle_path=path, model=kind_model, card=card, metrics=test_all[first][0],
-                       evaluation=test_all[first][1], seconds=seconds,
-                       per_model={k: v[0] for k, v in test_all.items()})
+    return save_bundle(config.resolved_output(), bundle), kind_model, card
 
 
 def _embedded_weights(config: TrainConfig, state_dicts):
@@ -400,92 +450,3 @@ def _embedded_weights(config: TrainConfig, state_dicts):
     if config.weights not in ("none", "imagenet"):
         return {b: build_backbone(b, config.weights).state_dict() for b in config.backbones}
     return None
-
-
-def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model: AllModel,
-                  extractor: FeatureExtractor, val_metrics, test_metrics, stain_ref=None) -> dict:
-    """The model card's part for one per-kind model: its data, method and metrics."""
-    tr, va, te = splits
-    groups = dataset.groups
-    ens = model.ensemble_
-
-    def n_groups(idx):
-        return None if groups is None else int(len(set(groups[idx].tolist())))
-
-    return {
-        "name": MODEL_NAMES[key], "image_kind": key,
-        "data": {"n_images": int(len(tr) + len(va) + len(te)),
-                 "class_counts": {CLASS_NAMES[c]: int(np.sum(dataset.labels[np.concatenate([tr, va, te])] == c))
-                                  for c in (0, 1)},
-                 "n_train": int(len(tr)), "n_validation": int(len(va)), "n_test": int(len(te)),
-                 "n_groups": {"train": n_groups(tr), "validation": n_groups(va), "test": n_groups(te)}},
-        "method": {
-            "feature_blocks": {b: extractor.identities()[b] for b in model.backbones},
-            "stain_normalisation": "none" if stain_ref is None else
-            "Reinhard (Lab mean/std of the training images: "
-            + ", ".join(f"{v:.2f}" for v in np.asarray(stain_ref)) + ")",
-            "fusion": "per-block standardisation" + (", per-block L2" if model.block_l2 else "")
-                      + ", concatenation, L2"
-                      + (f", PCA {config.pca_variance:.0%} variance -> {model.fusion_.n_components_} components"
-                         if model.pca else ""),
-            "classifiers": list(model.classifier_names_),
-            "validation_accuracy": ens.val_accuracy_,
-            "ensemble_weights": dict(zip(ens.names_, map(float, ens.weights_))),
-            "combiner": model.combiner_,
-            "stacked_coefficients": (None if model.stacker_ is None else
-                                     dict(zip(model.classifier_names_, map(float, model.stacker_.coef_)))),
-            "calibration": model.calibrator_.method_,
-            "calibration_cv_brier": model.calibrator_.cv_brier_,
-            "threshold": float(model.threshold_),
-            "threshold_rule": ("Youden J on the out-of-fold training scores and the validation split"
-                               if getattr(model, "calibrated_on_", "validation") == "cross-fit"
-                               else "Youden J on the validation split"),
-            "uncertain_band": band_section(model, group_kind(key, config)),
-            "domain_check": domain_section(model, group_kind(key, config)),
-        },
-        "metrics": {"validation": val_metrics, "test": test_metrics},
-    }
-
-
-def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, extractor: FeatureExtractor,
-               sections: dict[str, dict], finetune_history=None, notes=(), kinds=None) -> dict:
-    """JSON-able description of a model: data, method, split, per-kind models, intended use.
-
-    ``sections`` maps each model key (``"single_cell"``, ``"field"`` or ``"any"``) to its
-    :func:`model_section`. The top-level ``method`` and ``metrics`` repeat the first model's, so
-    readers of single-model cards keep working. ``kinds`` (N,): each image's detected kind, when
-    already known; otherwise a sample of the training images is read to count them.
-    """
-    train_idx, val_idx, test_idx = splits
-    groups = dataset.groups
-    n_groups = None if groups is None else int(len(set(groups.tolist())))
-    first = next(iter(sections.values()))
-    card = {
-        "name": config.extra.get("name", Path(config.output).stem),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "intended_use": INTENDED_USE,
-        "class_names": list(CLASS_NAMES),
-        "trained_on": {
-            "data": config.extra.get("data_description", str(config.data)),
-            "credits": config.extra.get("data_credits"),
-            "layout": config.layout, "positive_classes": config.positive,
-            "n_images": len(dataset), "class_counts": dataset.class_counts(),
-            "source_class_counts": dataset.source_class_counts(), "n_groups": n_groups,
-            "skipped_files": [[str(p), r] for p, r in dataset.skipped][:50],
-            "n_skipped": len(dataset.skipped), "fingerprint": data_fingerprint(dataset),
-            "image_kinds": (image_kinds([dataset.paths[i] for i in train_idx], seed=config.seed) if kinds is None
-                            else _kind_shares(np.asarray(kinds)[train_idx])),
-        },
-        "split": {"protocol": protocol, "seed": config.seed, "fractions": list(config.fractions),
-                  "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
-                  "n_test": int(len(test_idx))},
-        "models": sections,
-        "method": dict(first["method"], backbones={b: extractor.identities()[b] for b in config.backbones},
-                       image_size=config.image_size, gamma=config.gamma, finetuned=bool(config.finetune)),
-        "metrics": first["metrics"],
-    }
-    if notes:
-        card["notes"] = list(notes)
-    if finetune_history is not None:
-        card["finetune"] = finetune_history
-    return card
