@@ -213,8 +213,13 @@ def test_report_compares_frozen_and_finetuned_features(tmp_path):
     cfg = TrainConfig(data=str(root), backbones=("resnet34",), image_size=32, batch_size=8,
                       num_workers=0, device="cpu", classifiers=("knn", "svm"), seed=0,
                       finetuning=FinetuneConfig(epochs=1))
+    seen = []
     out = run_evaluation(cfg, tmp_path / "report", n_boot=50, n_folds=2, protocols=("subject",),
-                         ablation=False, finetune_ablation=True)
+                         ablation=False, finetune_ablation=True, progress=lambda f, m: seen.append((f, m)))
+    # the bar never moves backwards from the fine-tuning to the report, and the report comes last
+    fractions = [f for f, _ in seen]
+    assert all(a <= b for a, b in zip(fractions, fractions[1:])) and fractions[-1] == 1.0
+    assert [m for _, m in seen].index("Writing the report") > max(i for i, (_, m) in enumerate(seen) if "epoch" in m)
     ft = json.loads(out.json_path.read_text())["finetune_ablation"]
     assert ft["protocol"] == "subject" and ft["classifiers"] == ["ensemble", "logreg"]
     assert set(ft["histories"]) == {"resnet34"} and len(ft["histories"]["resnet34"]["epoch"]) == 1

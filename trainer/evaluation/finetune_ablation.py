@@ -21,8 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from trainer.classical.model import fit_model, subset
 from trainer.training.finetune import finetune_backbones
 from trainer.util.errors import AllguiError
-from trainer.util.progress import CancelCheck, Progress
-from trainer.util.progress import stage as progress_stage
+from trainer.util.progress import CancelCheck, Progress, Stages
 from trainer.vision.features import FeatureExtractor
 
 
@@ -92,20 +91,24 @@ def frozen_vs_finetuned(
     backbones = tuple(config.backbones)
 
     histories: dict[str, Any] = {}
+    # the classical stages are quick beside fine-tuning and the two feature passes
+    stages = Stages(progress, [("fine-tuning", 70), ("frozen features", 10), ("fine-tuned features", 10),
+                               ("classifiers", 10)])
     t0 = time.perf_counter()
     if state_dicts is None:
         state_dicts, histories = finetune_backbones(
             [items[i] for i in train_idx], y[train_idx], [items[i] for i in val_idx], y[val_idx],
-            config, backbones, device, progress_stage(progress, 0.0, 0.7), cancel, checkpoint_dir)
+            config, backbones, device, stages.start("fine-tuning"), cancel, checkpoint_dir)
     t1 = time.perf_counter()
     common = dict(backbones=backbones, image_size=config.image_size, gamma=config.gamma,
                   batch_size=config.batch_size, num_workers=config.num_workers, device=device,
                   seed=config.seed)
     frozen = FeatureExtractor(weights=config.weights, **common).extract(
-        items, progress_stage(progress, 0.7, 0.8), cancel)
+        items, stages.start("frozen features"), cancel)
     tuned = FeatureExtractor(weights=config.weights, state_dicts=state_dicts, **common).extract(
-        items, progress_stage(progress, 0.8, 0.9), cancel)
+        items, stages.start("fine-tuned features"), cancel)
     t2 = time.perf_counter()
+    stages.start("classifiers", "Ablation: fitting the classifiers")
     out: dict[str, Any] = {
         kind: {c: classical_stage_scores(feats, y, train_idx, val_idx, test_idx, config, c, groups)
                for c in classifiers}
@@ -113,6 +116,5 @@ def frozen_vs_finetuned(
     }
     out.update(histories=histories, state_dicts=dict(state_dicts),
                seconds={"finetune": t1 - t0, "features": t2 - t1, "classical": time.perf_counter() - t2})
-    if progress is not None:
-        progress(1.0, "Ablation done")
+    stages.done("Ablation done")
     return out

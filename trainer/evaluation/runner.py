@@ -32,8 +32,14 @@ from trainer.training.pipeline import (
     stain_reference,
 )
 from trainer.training.weights import finetune_overlap
-from trainer.util.progress import check_cancel, stage
+from trainer.util.progress import Stages, check_cancel
 from trainer.vision.features import NUCLEUS, FeatureExtractor
+
+#: the steps of each model's evaluation and their weights (rough shares of their time)
+MODEL_STEPS = (("features", 40), ("evaluation", 40), ("cross-validation", 20))
+#: the steps of the variant ablation and their weights
+VARIANT_STAGES = (("network features", 8), ("image kinds", 1), ("nucleus", 5), ("nucleus, stain-normalised", 5),
+                  ("scores", 9))
 
 
 @dataclass
@@ -64,26 +70,30 @@ def _finetune_ablation(dataset, config: TrainConfig, protocol: str, progress, ca
             "seconds": out["seconds"], "epochs": config.finetuning.epochs}
 
 
-def _variant_ablation(dataset, feats, config: TrainConfig, protocol: str, n_folds: int, n_boot: int,
+def _variant_ablation(dataset, config: TrainConfig, protocol: str, n_folds: int, n_boot: int,
                       progress, cancel) -> dict[str, Any]:
     """Feature and ensemble variants by grouped CV, per image kind (see :mod:`.variants`).
 
-    The hand-crafted nucleus block is extracted on the images as they are and on Reinhard-
-    normalised images; the Reinhard reference is fitted on the training rows of the pipeline's
-    held-out split (one colour target for every fold, stated in the report).
+    The networks' features are the config's (no nucleus block, no stain normalisation). The hand-crafted
+    nucleus block is extracted on the images as they are and on Reinhard-normalised images; the Reinhard
+    reference is fitted on the training rows of the pipeline's held-out split (one colour target for every
+    fold, stated in the report).
     """
     paths = dataset.paths
-    kinds = detect_kinds(paths, stage(progress, 0.0, 0.05), cancel)
+    stages = Stages(progress, VARIANT_STAGES)
+    feats = make_extractor(config).extract(paths, progress=stages.start("network features"), cancel=cancel)
+    kinds = detect_kinds(paths, stages.start("image kinds"), cancel)
     tr, _, _ = split_dataset(dataset.samples, protocol, config)
     ref = stain_reference(TrainConfig(stain="reinhard"), [paths[i] for i in tr], None, cancel)
 
-    def nucleus(reference, lo, hi):
+    def nucleus(reference, name):
         ex = FeatureExtractor(backbones=(NUCLEUS,), gamma=config.gamma, batch_size=config.batch_size,
                               num_workers=config.num_workers, cache_dir=config.cache_dir, stain_reference=reference)
-        return ex.extract(paths, progress=stage(progress, lo, hi), cancel=cancel)
+        return ex.extract(paths, progress=stages.start(name), cancel=cancel)
 
     sets = {"networks": {b: feats[b] for b in config.backbones if b in feats},
-            "nucleus": nucleus(None, 0.05, 0.3), "nucleus_stain": nucleus(ref, 0.3, 0.55)}
+            "nucleus": nucleus(None, "nucleus"), "nucleus_stain": nucleus(ref, "nucleus, stain-normalised")}
+    stages.start("scores", "Variant ablation: cross-validated scores")
     out = evaluate_variants(sets, dataset.samples, np.asarray(kinds), config, protocol=protocol, n_folds=n_folds,
                             n_boot=n_boot)
     out["stain_reference"] = [float(v) for v in ref]
@@ -101,28 +111,31 @@ def _per_model(dataset, config: TrainConfig, protocols, n_boot: int, n_folds: in
     protocol = resolve_protocol(config, dataset)
     split = split_dataset(dataset, protocol, config)
     y, groups, paths, strata = dataset.labels, dataset.groups, dataset.paths, source_strata(dataset)
-    kinds = (detect_kinds(paths, stage(progress, 0.0, 0.05), cancel) if config.per_kind
+    stages = Stages(progress, [("image kinds", 5 if config.per_kind else 0), ("models", 95)])
+    kinds = (detect_kinds(paths, stages.start("image kinds"), cancel) if config.per_kind
              else np.full(len(paths), "any"))
     parts, notes = kind_parts(kinds, y, split, config.per_kind)
+    # each model's share of the bar: its number of images
+    models = Stages(stages.start("models"), [(key, max(sum(map(len, rows)), 1)) for key, rows in parts.items()])
     out = {}
-    for j, (key, (tr, va, te)) in enumerate(parts.items()):
-        lo, hi = 0.05 + 0.95 * j / len(parts), 0.05 + 0.95 * (j + 1) / len(parts)
+    for key, (tr, va, te) in parts.items():
+        steps = Stages(models.start(key), MODEL_STEPS)
         rows = np.concatenate([tr, va, te])
         ref = stain_reference(config, [paths[i] for i in tr], None, cancel)
         ex = make_extractor(config, backbones=feature_blocks(config), stain_reference=ref)
-        feats = ex.extract([paths[i] for i in rows], progress=stage(progress, lo, lo + 0.4 * (hi - lo)), cancel=cancel)
+        feats = ex.extract([paths[i] for i in rows], progress=steps.start("features"), cancel=cancel)
         local = np.arange(len(rows))
         own = (local[:len(tr)], local[len(tr):len(tr) + len(va)], local[len(tr) + len(va):])
         samples = [dataset.samples[i] for i in rows]
         res = evaluate_features(feats, samples, config, protocols=protocols, n_boot=n_boot, n_folds=n_folds,
-                                ablation=ablation, progress=stage(progress, lo + 0.4 * (hi - lo), lo + 0.8 * (hi - lo)),
+                                ablation=ablation, progress=steps.start("evaluation"),
                                 cancel=cancel, splits={protocol: own}, backbones=feature_blocks(config))
         kind = group_kind(key, config)
         res.update(name=MODEL_NAMES[key], group_kind=kind, notes=list(notes))
         res["cv_headline"] = cv_headline(feats, y[rows], None if groups is None else groups[rows], config,
                                          backbones=feature_blocks(config), group_kind=kind, cancel=cancel,
                                          strata=None if strata is None else strata[rows],
-                                         progress=stage(progress, lo + 0.8 * (hi - lo), hi))
+                                         progress=steps.start("cross-validation"))
         out[key] = res
     return out
 
@@ -173,17 +186,16 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     """
     t0 = time.perf_counter()
     config.validate()
-    say = progress or (lambda f, m: None)
-    say(0.0, f"Reading {Path(config.data).name}")
-    dataset = load_config_dataset(config, stage(progress, 0.0, 0.05), cancel)
+    stages = Stages(progress, evaluation_stages(ablation, finetune_ablation))
+    dataset = load_config_dataset(config, stages.start("data", f"Reading {Path(config.data).name}"), cancel)
     check_cancel(cancel, "Evaluation was cancelled; nothing was written.")
-    say(0.05, dataset.summary())
+    stages.say(dataset.summary())
     # every image is a test image in some CV fold: none may be among the fine-tuning images or subjects
     overlap = finetune_overlap(config.weights, dataset.paths, allow=config.allow_finetune_overlap,
                                what="evaluated (held-out and cross-validation test)", groups=dataset.groups,
                                hashes=[s.pixel_hash for s in dataset.samples])
     t = time.perf_counter()
-    models = _per_model(dataset, config, protocols, n_boot, n_folds, ablation, stage(progress, 0.05, 0.9), cancel)
+    models = _per_model(dataset, config, protocols, n_boot, n_folds, ablation, stages.start("models"), cancel)
     first = next(iter(models.values()))
     results = {**first, "models": models, "meta": dict(first["meta"]),
                "warnings": [w for m in models.values() for w in m["warnings"]]}
@@ -194,52 +206,76 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     meta["timings_s"] = {"models": time.perf_counter() - t}
     if ablation:
         t = time.perf_counter()
-        feats = make_extractor(config).extract(dataset.paths, progress=stage(progress, 0.9, 0.92), cancel=cancel)
-        results["variants"] = _variant_ablation(dataset, feats, config, meta["primary_protocol"], n_folds,
-                                                min(n_boot, 1000), stage(progress, 0.92, 0.97), cancel)
+        results["variants"] = _variant_ablation(dataset, config, meta["primary_protocol"], n_folds,
+                                                min(n_boot, 1000), stages.start("variants"), cancel)
         meta["timings_s"]["variants"] = time.perf_counter() - t
     if finetune_ablation:
         t = time.perf_counter()
         results["finetune_ablation"] = _finetune_ablation(dataset, config, meta["primary_protocol"],
-                                                          stage(progress, 0.97, 0.99), cancel)
+                                                          stages.start("fine-tune ablation"), cancel)
         meta["timings_s"]["finetune_ablation"] = time.perf_counter() - t
-    meta["dataset"] = {"name": Path(config.data).name, "summary": dataset.summary(),
-                       "class_counts": dataset.class_counts(),
-                       "source_class_counts": dataset.source_class_counts(),
-                       "n_skipped": len(dataset.skipped),
-                       "skipped": [[Path(p).name, r] for p, r in dataset.skipped][:50]}
-    meta["notes"] = []
+    meta["dataset"] = dataset_meta(config, dataset)
+    meta["notes"] = evaluation_notes(config, overlap, finetune_ablation)
     meta["finetune_overlap"] = overlap
+    meta["environment"] = environment()
+    stages.start("report", "Writing the report")
+    meta["timings_s"]["total"] = time.perf_counter() - t0
+    paths = write_report(results, out_dir)
+    seconds = time.perf_counter() - t0
+    stages.done(f"Report written in {seconds:.0f} s")
+    return EvaluationOutput(Path(out_dir), paths["json"], paths["markdown"], paths["figures"],
+                            results, seconds)
+
+
+def evaluation_stages(ablation: bool, finetune_ablation: bool) -> list[tuple[str, float]]:
+    """`run_evaluation`'s stages and their weights (rough shares of a run's time)."""
+    # the fine-tune ablation fine-tunes every backbone: the longest stage when it runs
+    return [("data", 5), ("models", 85), *([("variants", 7)] if ablation else []),
+            *([("fine-tune ablation", 60)] if finetune_ablation else []), ("report", 3)]
+
+
+def dataset_meta(config: TrainConfig, dataset) -> dict[str, Any]:
+    """The report's description of the evaluated data (at most 50 skipped files named)."""
+    return {"name": Path(config.data).name, "summary": dataset.summary(),
+            "class_counts": dataset.class_counts(),
+            "source_class_counts": dataset.source_class_counts(),
+            "n_skipped": len(dataset.skipped),
+            "skipped": [[Path(p).name, r] for p, r in dataset.skipped][:50]}
+
+
+def evaluation_notes(config: TrainConfig, overlap: dict[str, Any] | None, finetune_ablation: bool) -> list[str]:
+    """The report's notes on fine-tuned weights: which evaluated images they learnt from, and the design caveat.
+
+    ``overlap``: what :func:`trainer.training.weights.finetune_overlap` found (None: nothing recorded).
+    """
+    notes = []
     if overlap and overlap["n_train"] + overlap["n_validation"]:
-        meta["notes"].append(
+        notes.append(
             f"{overlap['n_train'] + overlap['n_validation']} of the {overlap['n_checked']} evaluated "
             f"images were used to fine-tune the backbone weights {overlap['weights']} "
             f"({overlap['n_train']} training, {overlap['n_validation']} validation images); "
             "allowed by --allow-finetune-overlap. Test metrics on them are optimistic.")
     elif overlap:
-        meta["notes"].append(f"The backbone weights {overlap['weights']} record their fine-tuning "
-                             f"images (by {overlap['by']}); none of them, and none of their subjects, is among "
-                             "the evaluated images.")
+        notes.append(f"The backbone weights {overlap['weights']} record their fine-tuning "
+                     f"images (by {overlap['by']}); none of them, and none of their subjects, is among "
+                     "the evaluated images.")
     elif str(config.weights).lower() not in ("none", "imagenet"):
-        meta["notes"].append(f"The backbone weights {Path(config.weights).name} record no fine-tuning images: "
-                             "whether any evaluated image or subject was among them is unknown, so the figures "
-                             "may be optimistic.")
+        notes.append(f"The backbone weights {Path(config.weights).name} record no fine-tuning images: "
+                     "whether any evaluated image or subject was among them is unknown, so the figures "
+                     "may be optimistic.")
     if config.finetune:
-        meta["notes"].append("Backbone fine-tuning is not repeated per split; the evaluation uses "
-                             f"the backbones as configured (weights '{config.weights}').")
+        notes.append("Backbone fine-tuning is not repeated per split; the evaluation uses "
+                     f"the backbones as configured (weights '{config.weights}').")
     if finetune_ablation or config.finetune or overlap:
-        meta["notes"].append(
+        notes.append(
             "Design caveat of fine-tuning: the classifiers are fitted on deep features of images "
             "the CNN was itself trained on, where it separates the classes better than on new "
             "images, so the classifiers and the ensemble weights, calibration and threshold tuned "
             "on them can be over-confident on unseen images.")
-    meta["environment"] = {"python": platform.python_version(), "numpy": np.__version__,
-                           "scikit-learn": sklearn.__version__, "torch": torch.__version__,
-                           "machine": platform.machine()}
-    say(0.97, "Writing the report")
-    meta["timings_s"]["total"] = time.perf_counter() - t0
-    paths = write_report(results, out_dir)
-    seconds = time.perf_counter() - t0
-    say(1.0, f"Report written in {seconds:.0f} s")
-    return EvaluationOutput(Path(out_dir), paths["json"], paths["markdown"], paths["figures"],
-                            results, seconds)
+    return notes
+
+
+def environment() -> dict[str, str]:
+    """Versions the report's figures were computed with."""
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "torch": torch.__version__, "machine": platform.machine()}
