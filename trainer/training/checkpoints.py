@@ -1,4 +1,4 @@
-"""Early stopping and the per-epoch checkpoints of a fine-tuning run.
+"""Early stopping, the state of a fine-tuning run and its per-epoch checkpoints.
 
 Checkpoints are written atomically and read back with ``torch.load(weights_only=True)``: tensors and plain
 containers only.
@@ -10,14 +10,18 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from trainer.training.distributed import DistInfo
 from trainer.util.errors import AllguiError
+from trainer.util.progress import Progress
 
 CHECKPOINT_FORMAT = "allgui-finetune-checkpoint/1"
 
@@ -107,3 +111,68 @@ def run_key(name: str, settings: Mapping[str, Any], world_size: int, train_fp: s
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of ``module.state_dict()`` in the standard (contiguous) layout."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class FinetuneRun:
+    """The state a fine-tuning run carries from epoch to epoch (and into its checkpoint)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    history: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": [], "train_loss": [], "val_loss": [], "val_accuracy": [], "seconds": [],
+        "train_images_per_s": []})
+    best_state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0
+
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`checkpoint`."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"] and self.scaler.is_enabled():  # empty when saved without fp16 scaling
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.stopper.load_state_dict(ckpt["stopper"])
+        self.history.update({k: list(v) for k, v in ckpt["history"].items() if k in self.history})
+        self.best_state = ckpt["best_model"] if ckpt["best_model"] is not None else ckpt["model"]
+        self.epoch = int(ckpt["epoch"])
+
+    def checkpoint(self, name: str, key: str, settings: dict[str, Any], improved: bool) -> dict[str, Any]:
+        """Everything :meth:`resume` needs, tensors and plain containers only."""
+        return {
+            "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": key, "config": settings,
+            "epoch": self.epoch, "model": self.best_state if improved else cpu_state(self.model),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "stopper": self.stopper.state_dict(),
+            # None: the best weights are this epoch's ("model"), not stored twice
+            "best_model": None if improved else self.best_state,
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+
+def checkpoint_to_resume(ckpt_file: Path | None, key: str, resume: bool, info: DistInfo, dev: torch.device,
+                          name: str, report: Progress | None) -> dict[str, Any] | None:
+    """The checkpoint of this very run (same data and settings), or None to start afresh.
+
+    Under DDP every rank takes part, and the run resumes only if all of them can.
+    """
+    if ckpt_file is None or not resume:
+        return None
+    ckpt = None
+    if ckpt_file.is_file():
+        try:
+            ckpt = load_checkpoint(ckpt_file)
+        except AllguiError as exc:
+            if report:
+                report(0.0, f"{name}: starting afresh ({exc})")
+        if ckpt is not None and ckpt.get("run_key") != key:
+            if report:
+                report(0.0, f"{name}: the checkpoint is for other data or settings; starting afresh")
+            ckpt = None
+    if info.active:
+        ok = torch.tensor([0 if ckpt is None else 1], device=dev if dev.type == "cuda" else "cpu")
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if int(ok.item()) == 0:
+            ckpt = None
+    return ckpt

@@ -38,25 +38,23 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer.config import BACKBONE_NAMES, ConfigError, FinetuneConfig, TrainConfig, as_train_config, problem
 from trainer.training.checkpoints import (
-    CHECKPOINT_FORMAT,
     EarlyStopping,
+    FinetuneRun,
     checkpoint_path,
+    checkpoint_to_resume,
     cpu_state,
     data_fingerprint,
-    load_checkpoint,
     run_key,
 )
 from trainer.training.distributed import DistInfo, all_reduce_sum, barrier, dist_info, setup_distributed
@@ -64,7 +62,7 @@ from trainer.training.finetune_data import EpochShardSampler, FinetuneDataset, a
 from trainer.training.precision import Precision, amp_dtype, determinism, resolve_training_device
 from trainer.util.atomic import atomic_write
 from trainer.util.errors import AllguiError, Cancelled, DataError
-from trainer.util.progress import CancelCheck, Progress, check_cancel
+from trainer.util.progress import CancelCheck, Progress, Stages, check_cancel
 from trainer.vision.backbones import BACKBONES, build_classifier_model
 
 
@@ -181,84 +179,11 @@ def _network(name: str, cfg: SimpleNamespace, report: Progress | None) -> tuple[
     return model, init
 
 
-@dataclass
-class _Run:
-    """The state a fine-tuning run carries from epoch to epoch (and into its checkpoint)."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    stopper: EarlyStopping
-    history: dict[str, Any] = field(default_factory=lambda: {
-        "epoch": [], "train_loss": [], "val_loss": [], "val_accuracy": [], "seconds": [],
-        "train_images_per_s": []})
-    best_state: dict[str, torch.Tensor] | None = None
-    epoch: int = 0
-
-    def resume(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`checkpoint`."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"] and self.scaler.is_enabled():  # empty when saved without fp16 scaling
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.stopper.load_state_dict(ckpt["stopper"])
-        self.history.update({k: list(v) for k, v in ckpt["history"].items() if k in self.history})
-        self.best_state = ckpt["best_model"] if ckpt["best_model"] is not None else ckpt["model"]
-        self.epoch = int(ckpt["epoch"])
-
-    def checkpoint(self, name: str, key: str, settings: dict[str, Any], improved: bool) -> dict[str, Any]:
-        """Everything :meth:`resume` needs, tensors and plain containers only."""
-        return {
-            "format": CHECKPOINT_FORMAT, "backbone": name, "run_key": key, "config": settings,
-            "epoch": self.epoch, "model": self.best_state if improved else cpu_state(self.model),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "stopper": self.stopper.state_dict(),
-            # None: the best weights are this epoch's ("model"), not stored twice
-            "best_model": None if improved else self.best_state,
-            "history": {k: list(v) for k, v in self.history.items()},
-        }
-
-
-def _checkpoint_to_resume(ckpt_file: Path | None, key: str, resume: bool, info: DistInfo, dev: torch.device,
-                          name: str, report: Progress | None) -> dict[str, Any] | None:
-    """The checkpoint of this very run (same data and settings), or None to start afresh.
-
-    Under DDP every rank takes part, and the run resumes only if all of them can.
-    """
-    if ckpt_file is None or not resume:
-        return None
-    ckpt = None
-    if ckpt_file.is_file():
-        try:
-            ckpt = load_checkpoint(ckpt_file)
-        except AllguiError as exc:
-            if report:
-                report(0.0, f"{name}: starting afresh ({exc})")
-        if ckpt is not None and ckpt.get("run_key") != key:
-            if report:
-                report(0.0, f"{name}: the checkpoint is for other data or settings; starting afresh")
-            ckpt = None
-    if info.active:
-        ok = torch.tensor([0 if ckpt is None else 1], device=dev if dev.type == "cuda" else "cpu")
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if int(ok.item()) == 0:
-            ckpt = None
-    return ckpt
-
-
-def finetune_backbone(
-    name: str,
-    train_items: Sequence,
-    train_labels: Sequence[int],
-    val_items: Sequence,
-    val_labels: Sequence[int],
-    cfg: TrainConfig | FinetuneConfig | Any = None,
-    device: str | torch.device = "auto",
-    progress: Progress | None = None,
-    cancel: CancelCheck | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = True,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def finetune_backbone(name: str, train_items: Sequence, train_labels: Sequence[int], val_items: Sequence,
+                      val_labels: Sequence[int], cfg: TrainConfig | FinetuneConfig | Any = None,
+                      device: str | torch.device = "auto", progress: Progress | None = None,
+                      cancel: CancelCheck | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                      resume: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Fine-tune one backbone and keep the weights of the epoch with the lowest validation loss.
 
     The backbone gets a Linear(D, 1) head, trained with ``BCEWithLogitsLoss(pos_weight=n_normal /
@@ -305,106 +230,173 @@ def finetune_backbone(
     AllguiError
         When training diverges.
     """
+    settings = _run_settings(name, cfg)
+    y_train, y_val, n_pos, n_neg = _labels(train_labels, val_labels)
+    setup = _setup(name, settings, device, progress, cancel)
+    loaders = _loaders(setup, (train_items, y_train), (val_items, y_val))
+    model, init = _network(name, setup.cfg, setup.report)
+    run, criterion = _new_run(setup, model, pos_weight=n_neg / n_pos)
+    key = run_key(name, settings, setup.info.world_size, data_fingerprint(train_items, y_train),
+                  data_fingerprint(val_items, y_val))
+    ckpt_file = checkpoint_path(checkpoint_dir, name) if checkpoint_dir is not None else None
+    ckpt = checkpoint_to_resume(ckpt_file, key, resume, setup.info, setup.precision.device, name, setup.report)
+    if ckpt is not None:
+        run.resume(ckpt)
+        if setup.report:
+            setup.report(run.epoch / setup.cfg.epochs, f"{name}: resumed after epoch {run.epoch}")
+    resumed_from = run.epoch
+
+    def save(improved: bool) -> None:
+        if ckpt_file is not None and setup.info.is_main:
+            atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, settings, improved)))
+
+    train_epochs(setup, run, criterion, loaders, save)
+    return _backbone_state(run), _history(setup, run, init, resumed_from, n_neg / n_pos)
+
+
+@dataclass
+class _Setup:
+    """What every step of one backbone's fine-tuning reads."""
+
+    name: str
+    cfg: SimpleNamespace          # the run's flat settings (``TrainConfig.finetune_summary``)
+    settings: dict[str, Any]      # the same as a dict: in the checkpoints and the history
+    info: DistInfo
+    precision: Precision          # device, autocast dtype, memory format
+    report: Progress | None       # the progress callback, on the main process only
+    cancel: CancelCheck | None
+
+
+class _Loaders(NamedTuple):
+    """The run's data loaders and what the epochs loop needs of them."""
+
+    train: Any                    # DataLoader of (images, labels) over train_sampler
+    val: Any
+    train_sampler: EpochShardSampler
+    n_batches: int                # training batches per epoch and process
+
+
+def _run_settings(name: str, cfg) -> dict[str, Any]:
+    """The checked flat settings of fine-tuning backbone ``name`` with ``cfg`` (see :func:`finetune_backbone`)."""
     config = as_train_config(cfg)
     config.finetuning.validate()
     if problem("image_size", config.image_size):
         raise ConfigError(problem("image_size", config.image_size) + ".")
-    settings = config.finetune_summary()
-    cfg = SimpleNamespace(**settings)  # the flat settings of this run, read below
     if name not in BACKBONES:
         raise AllguiError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
-    y_train, y_val, n_pos, n_neg = _labels(train_labels, val_labels)
+    return config.finetune_summary()
 
+
+def _setup(name: str, settings: dict[str, Any], device, progress: Progress | None,
+           cancel: CancelCheck | None) -> _Setup:
+    """The run's device, arithmetic and process place (under torchrun only rank 0 reports progress)."""
+    cfg = SimpleNamespace(**settings)
     info = dist_info()
     dev = resolve_training_device(device, info)
-    report = progress if (progress is not None and info.is_main) else None
     amp = amp_dtype(dev, cfg.amp)
     channels_last = dev.type == "cuda" if cfg.channels_last is None else bool(cfg.channels_last)
     precision = Precision(dev, amp, torch.channels_last if channels_last else torch.contiguous_format)
+    report = progress if (progress is not None and info.is_main) else None
+    return _Setup(name, cfg, settings, info, precision, report, cancel)
 
-    # ---- data
-    train_ds = FinetuneDataset(train_items, y_train, cfg.image_size, cfg.gamma, train=True, seed=cfg.seed)
-    val_ds = FinetuneDataset(val_items, y_val, cfg.image_size, cfg.gamma, train=False)
+
+def _loaders(setup: _Setup, train: tuple, val: tuple) -> _Loaders:
+    """Training and validation loaders of ``(items, labels)`` pairs, sharded over the processes."""
+    cfg, info, dev = setup.cfg, setup.info, setup.precision.device
+    train_ds = FinetuneDataset(*train, cfg.image_size, cfg.gamma, train=True, seed=cfg.seed)
+    val_ds = FinetuneDataset(*val, cfg.image_size, cfg.gamma, train=False)
     train_sampler = EpochShardSampler(len(train_ds), True, cfg.seed, info.rank, info.world_size, pad=True)
     val_sampler = EpochShardSampler(len(val_ds), False, cfg.seed, info.rank, info.world_size, pad=False)
     bs = int(cfg.batch_size)
     drop_last = len(train_sampler) > bs  # avoid a last batch of 1 (BatchNorm) unless the split is tiny
     n_batches = len(train_sampler) // bs if drop_last else math.ceil(len(train_sampler) / bs)
     workers = auto_workers(dev, n_batches, info.world_size) if cfg.num_workers is None else cfg.num_workers
-    train_loader = make_loader(train_ds, train_sampler, bs, int(workers), dev, drop_last)
-    val_loader = make_loader(val_ds, val_sampler, bs, int(workers), dev, False)
+    return _Loaders(make_loader(train_ds, train_sampler, bs, int(workers), dev, drop_last),
+                    make_loader(val_ds, val_sampler, bs, int(workers), dev, False), train_sampler, n_batches)
 
-    # ---- model, loss, optimiser
-    model, init = _network(name, cfg, report)
-    if info.active and cfg.sync_bn and dev.type == "cuda":
+
+def _new_run(setup: _Setup, model: nn.Module, pos_weight: float) -> tuple[FinetuneRun, nn.Module]:
+    """(the run's state at epoch 0 with ``model`` on the device, the weighted loss)."""
+    cfg, dev, precision = setup.cfg, setup.precision.device, setup.precision
+    if setup.info.active and cfg.sync_bn and dev.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(dev, memory_format=precision.memory_format)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([n_neg / n_pos], dtype=torch.float32, device=dev))
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], dtype=torch.float32, device=dev))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  fused=(dev.type == "cuda") or None)
-    run = _Run(model, optimizer, torch.amp.GradScaler(dev.type, enabled=amp == torch.float16),
-               EarlyStopping(cfg.patience, cfg.min_delta))
+    run = FinetuneRun(model, optimizer, torch.amp.GradScaler(dev.type, enabled=precision.amp_dtype == torch.float16),
+                      EarlyStopping(cfg.patience, cfg.min_delta))
+    return run, criterion
 
-    # ---- resume
-    ckpt_file = checkpoint_path(checkpoint_dir, name) if checkpoint_dir is not None else None
-    key = run_key(name, settings, info.world_size, data_fingerprint(train_items, y_train),
-                  data_fingerprint(val_items, y_val))
-    ckpt = _checkpoint_to_resume(ckpt_file, key, resume, info, dev, name, report)
-    if ckpt is not None:
-        run.resume(ckpt)
-        if report:
-            report(run.epoch / cfg.epochs, f"{name}: resumed after epoch {run.epoch}")
-    resumed_from = run.epoch
 
-    train_model: nn.Module = model
+def train_epochs(setup: _Setup, run: FinetuneRun, criterion: nn.Module, loaders: _Loaders,
+                 save: Callable[[bool], None]) -> None:
+    """Epochs until ``cfg.epochs`` or early stopping; ``save(improved)`` after each (the checkpoint).
+
+    Raises Cancelled (every rank after the same epoch under DDP) and AllguiError when the loss diverges.
+    """
+    name, info, dev, epochs = setup.name, setup.info, setup.precision.device, int(setup.cfg.epochs)
+    train_model: nn.Module = run.model
     if info.active:
-
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
-        train_model = DDP(model, device_ids=ids, gradient_as_bucket_view=True)
+        train_model = DDP(run.model, device_ids=ids, gradient_as_bucket_view=True)
 
     def cancelled() -> bool:
-        return cancel is not None and bool(cancel())
+        return setup.cancel is not None and bool(setup.cancel())
 
-    epochs = int(cfg.epochs)
-    with determinism(cfg.deterministic, dev):
+    with determinism(setup.cfg.deterministic, dev):
         while run.epoch < epochs and not run.stopper.should_stop:
             t0 = time.perf_counter()
-            train_sampler.set_epoch(run.epoch)
-
-            def on_batch(b: int, epoch: int = run.epoch) -> None:
-                if report:
-                    report((epoch + (b + 1) / max(n_batches, 1)) / epochs,
-                           f"{name}: epoch {epoch + 1}/{epochs}, batch {b + 1}/{n_batches}")
-
+            loaders.train_sampler.set_epoch(run.epoch)
             try:
                 loss_sum, n_counted, n_images = train_one_epoch(
-                    train_model, criterion, optimizer, run.scaler, train_loader, precision, on_batch,
-                    None if info.active else cancelled)
+                    train_model, criterion, run.optimizer, run.scaler, loaders.train, setup.precision,
+                    _batch_reporter(setup, run.epoch, loaders.n_batches), None if info.active else cancelled)
             except Cancelled:
                 raise Cancelled(f"Fine-tuning {name} was cancelled.") from None
-            val = evaluate(model, criterion, val_loader, precision)
+            val = evaluate(run.model, criterion, loaders.val, setup.precision)
             stop_flag = torch.tensor([1.0 if (info.active and cancelled()) else 0.0], device=dev)
             totals = torch.cat([torch.stack([loss_sum, n_counted]), val, stop_flag])
             totals = EpochTotals(*all_reduce_sum(totals).tolist())  # the one host-device sync of the epoch
-            improved = _end_epoch(run, name, totals, n_images * info.world_size, time.perf_counter() - t0,
-                                  epochs, report)
-            if ckpt_file is not None and info.is_main:
-                atomic_write(ckpt_file, functools.partial(torch.save, run.checkpoint(name, key, settings, improved)))
+            save(_end_epoch(run, name, totals, n_images * info.world_size, time.perf_counter() - t0, epochs,
+                            setup.report))
             barrier()
             if totals.stop > 0:  # distributed cancel: every rank stops after the same epoch
                 raise Cancelled(f"Fine-tuning {name} was cancelled.")
 
+
+def _batch_reporter(setup: _Setup, epoch: int, n_batches: int) -> Callable[[int], None] | None:
+    """``on_batch(b)`` for :func:`train_one_epoch`: progress through the epochs, batch by batch."""
+    if not setup.report:
+        return None
+    epochs = int(setup.cfg.epochs)
+
+    def on_batch(b: int) -> None:
+        setup.report((epoch + (b + 1) / max(n_batches, 1)) / epochs,
+                     f"{setup.name}: epoch {epoch + 1}/{epochs}, batch {b + 1}/{n_batches}")
+
+    return on_batch
+
+
+def _backbone_state(run: FinetuneRun) -> dict[str, torch.Tensor]:
+    """The best epoch's backbone weights (the head dropped), also loaded into ``run.model``."""
     assert run.best_state is not None
-    model.load_state_dict(run.best_state)
-    backbone_state = {k[len("backbone."):]: v for k, v in run.best_state.items() if k.startswith("backbone.")}
+    run.model.load_state_dict(run.best_state)
+    return {k[len("backbone."):]: v for k, v in run.best_state.items() if k.startswith("backbone.")}
+
+
+def _history(setup: _Setup, run: FinetuneRun, init: str, resumed_from: int, pos_weight: float) -> dict[str, Any]:
+    """The run's per-epoch history with its summary (see :func:`finetune_backbone`'s Returns)."""
+    amp = setup.precision.amp_dtype
     run.history.update({
-        "backbone": name, "init": init, "best_epoch": run.stopper.best_epoch, "best_val_loss": run.stopper.best,
-        "stopped_early": run.stopper.should_stop and len(run.history["epoch"]) < epochs,
-        "resumed_from_epoch": resumed_from, "pos_weight": n_neg / n_pos, "device": str(dev),
+        "backbone": setup.name, "init": init, "best_epoch": run.stopper.best_epoch,
+        "best_val_loss": run.stopper.best,
+        "stopped_early": run.stopper.should_stop and len(run.history["epoch"]) < int(setup.cfg.epochs),
+        "resumed_from_epoch": resumed_from, "pos_weight": pos_weight, "device": str(setup.precision.device),
         "amp": str(amp).replace("torch.", "") if amp is not None else "off",
-        "world_size": info.world_size, "config": settings,
+        "world_size": setup.info.world_size, "config": setup.settings,
     })
-    return backbone_state, run.history
+    return run.history
 
 
 class EpochTotals(NamedTuple):
@@ -421,7 +413,7 @@ class EpochTotals(NamedTuple):
     stop: float              # ranks asked to stop
 
 
-def _end_epoch(run: _Run, name: str, totals: EpochTotals, n_images: int, seconds: float, epochs: int,
+def _end_epoch(run: FinetuneRun, name: str, totals: EpochTotals, n_images: int, seconds: float, epochs: int,
                report: Progress | None) -> bool:
     """Record an epoch's losses in the run's history and early-stopping rule; True when it is a new best."""
     train_loss = totals.train_loss_sum / totals.train_images if totals.train_images > 0 else math.nan
@@ -471,13 +463,10 @@ def finetune_backbones(
     setup_distributed(str(device))
     states: dict[str, dict[str, torch.Tensor]] = {}
     histories: dict[str, dict[str, Any]] = {}
-    k = len(backbones)
+    # an equal share of the bar per backbone, named by position (a name given twice is fine-tuned twice)
+    stages = Stages(progress, [(str(j), 1) for j in range(len(backbones))]) if backbones else None
     for j, name in enumerate(backbones):
-        sub = None
-        if progress is not None:
-            def sub(f: float, msg: str, j: int = j) -> None:
-                progress((j + f) / k, msg)
         states[name], histories[name] = finetune_backbone(
-            name, train_items, train_labels, val_items, val_labels, cfg, device, sub, cancel,
+            name, train_items, train_labels, val_items, val_labels, cfg, device, stages.start(str(j)), cancel,
             checkpoint_dir, resume)
     return states, histories
