@@ -10,7 +10,7 @@ from conftest import rewrite_bundle
 
 from trainer.config import FinetuneConfig
 from trainer.inference.bundle import load_bundle, read_manifest, save_bundle
-from trainer.inference.predictor import Predictor
+from trainer.inference.predictor import PREDICT_STAGES, Predictor
 from trainer.inference.results import DECISION_ALL, DECISION_NORMAL, DECISION_UNCERTAIN
 from trainer.io.synthetic import make_cell_image, make_smear_field
 from trainer.training.pipeline import train, train_stages
@@ -43,6 +43,22 @@ def test_synthetic_classes_are_learned(tiny_predictor):
     probs = np.array([r.whole.probability for r in p.predict_batch(images)])
     assert probs[ys == 1].mean() > probs[ys == 0].mean() + 0.2
     assert np.mean((probs >= p.threshold) == ys) >= 0.75
+
+
+def test_batch_progress_goes_through_its_stages_once(tiny_predictor):
+    rng = np.random.default_rng(4)
+    images = [make_cell_image(64, malignant=bool(i % 2), rng=rng)[0] for i in range(3)]
+    images.append(make_smear_field(160, n_wbc=2, rng=rng)[0])
+    seen = []
+    tiny_predictor.predict_batch(images, progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert all(a <= b for a, b in zip(fractions, fractions[1:]))
+    assert seen[-1] == (1.0, "Classified 4 images")
+    _, end = Stages(None, PREDICT_STAGES).share("segmentation")
+    assert [f for f, m in seen if m.startswith("Segmented")] == pytest.approx([end * k / 4 for k in (1, 2, 3, 4)])
+    seen.clear()
+    assert tiny_predictor.predict_batch([], progress=lambda f, m: seen.append((f, m))) == []
+    assert seen == [(1.0, "Classified 0 images")]
 
 
 def test_bundle_round_trip_gives_identical_probabilities(tiny_training, tiny_predictor, tmp_path):

@@ -127,7 +127,6 @@ def test_stages_start_in_order_and_once():
 
 
 @pytest.mark.parametrize("spec, match", [
-    ([], "at least one"),
     ([("a", 1), ("a", 2)], "repeat"),
     ([("a", -1), ("b", 2)], "non-negative"),
     ([("a", 0), ("b", 0)], "not all zero"),
@@ -136,6 +135,15 @@ def test_stages_start_in_order_and_once():
 def test_bad_stage_lists_are_refused(spec, match):
     with pytest.raises(ValueError, match=match):
         Stages(None, spec)
+
+
+def test_no_stages_only_report_done():
+    rec = Recorder()
+    stages = Stages(rec, [])
+    with pytest.raises(ValueError, match="Unknown stage"):
+        stages.start("a")
+    stages.done("nothing to do")
+    assert rec.calls == [(1.0, "nothing to do")]
 
 
 def test_current_names_the_stage_started_last():

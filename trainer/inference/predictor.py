@@ -32,7 +32,7 @@ from trainer.inference.results import (
 )
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, BundleError, ImageReadError
-from trainer.util.progress import check_cancel
+from trainer.util.progress import Stages, check_cancel
 from trainer.vision import fingerprint, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
 from trainer.vision.crop_quality import QUALITY_TEXT, crop_quality_flags
@@ -46,6 +46,8 @@ MIN_SIDE = 16  # pixels; smaller images cannot be segmented or classified meanin
 #: resident size of a folder run; 16 (with the heap trimmed between batches, ``release_memory``) keeps it
 #: well under what 32 took, at the same speed (``predict_throughput.py --rss``; benchmarks/README.md)
 CPU_FORWARD_BATCH = 16
+#: predict_batch's stages and their weights (rough shares of a batch's time on a CPU)
+PREDICT_STAGES = (("segmentation", 30), ("features", 65), ("results", 5))
 
 
 class Prepared(NamedTuple):
@@ -302,7 +304,44 @@ class Predictor:
         items = list(items)
         paths = list(paths) if paths is not None else [None] * len(items)
         t0 = time.perf_counter()
-        given, prepared, crops, owners = prepared, [], [], []
+        stages = Stages(progress, PREDICT_STAGES)
+        prepared, crops, owners = self._crops(items, paths, prepared, stages.start("segmentation"), cancel)
+        # one pass per model: each image (and its cells) through the model of its kind
+        keys = [self.route("single_cell" if prep.single else "field") for prep in prepared]
+        where: list[tuple[str, int]] = []          # crop row -> (model key, row in that model's batch)
+        counts: dict[str, int] = {}
+        for owner, _ in owners:
+            key = keys[owner]
+            where.append((key, counts.get(key, 0)))
+            counts[key] = counts.get(key, 0) + 1
+        per_model = Stages(stages.start("features"), list(counts.items()))  # each model's share: its crops
+        dets: dict[str, dict] = {}
+        for key in counts:
+            rows = [r for r, (k, _) in enumerate(where) if k == key]
+            # the whole image's segmentation is the nucleus block's too: not made twice
+            segs = [prepared[owners[r][0]].seg if owners[r][1] < 0 else None for r in rows]
+            known = ([blocks[owners[r][0]] if owners[r][1] < 0 else None for r in rows]
+                     if blocks is not None else None)
+            feats = self.extractors[key].extract([crops[r] for r in rows], cancel=cancel, segs=segs, given=known,
+                                                 progress=per_model.start(key))
+            dets[key] = self.models[key].predict_details(feats)
+        stages.start("results")
+        results = []
+        for i, prep in enumerate(prepared):
+            rows = [r for r, (owner, _) in enumerate(owners) if owner == i]
+            results.append(self._image_prediction(prep, keys[i], dets[keys[i]], [where[r][1] for r in rows]))
+        elapsed = time.perf_counter() - t0
+        for r in results:
+            r.seconds = elapsed / max(len(results), 1)
+        stages.done(f"Classified {len(results)} images")
+        return results
+
+    def _crops(self, items: list, paths: list, given: list | None, progress, cancel) -> tuple[list, list, list]:
+        """(Prepared per item, crops, crop owners): each image whole, then each of its cells.
+
+        ``owners[r]`` is ``(item index, cell index)`` of crop ``r``, the cell index -1 for the whole image.
+        """
+        prepared, crops, owners = [], [], []
         for i, (item, p) in enumerate(zip(items, paths)):
             check_cancel(cancel)
             if given is not None:
@@ -312,76 +351,43 @@ class Predictor:
             else:
                 prep = self.prepare(item, p)
             prepared.append(prep)
-            p, img, single, cells, seg = prep
-            crops.append(img)
+            crops.append(prep.image)
             owners.append((i, -1))
-            for k, cell in enumerate(cells):
+            for k, cell in enumerate(prep.cells):
                 x, y, w, h = cell.bbox
-                crops.append(img[y:y + h, x:x + w])
+                crops.append(prep.image[y:y + h, x:x + w])
                 owners.append((i, k))
-            if progress is not None:
-                progress(0.3 * (i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
-        # one pass per model: each image (and its cells) through the model of its kind
-        keys = [self.route("single_cell" if prep.single else "field") for prep in prepared]
-        dets: dict[str, dict] = {}
-        where: list[tuple[str, int]] = []          # crop row -> (model key, row in that model's batch)
-        counts: dict[str, int] = {}
-        for owner, _ in owners:
-            key = keys[owner]
-            where.append((key, counts.get(key, 0)))
-            counts[key] = counts.get(key, 0) + 1
-        done = 0
-        for key in counts:
-            rows = [r for r, (k, _) in enumerate(where) if k == key]
-            lo = 0.3 + 0.65 * done / len(crops)
-            hi = 0.3 + 0.65 * (done + len(rows)) / len(crops)
-            # the whole image's segmentation is the nucleus block's too: not made twice
-            segs = [prepared[owners[r][0]].seg if owners[r][1] < 0 else None for r in rows]
-            known = ([blocks[owners[r][0]] if owners[r][1] < 0 else None for r in rows]
-                     if blocks is not None else None)
-            feats = self.extractors[key].extract(
-                [crops[r] for r in rows], cancel=cancel, segs=segs, given=known,
-                progress=(lambda f, m, lo=lo, hi=hi: progress(lo + (hi - lo) * f, m)) if progress is not None else None)
-            dets[key] = self.models[key].predict_details(feats)
-            done += len(rows)
-        results = []
-        for i, (p, img, single, cells, seg) in enumerate(prepared):
-            rows = [r for r, (owner, _) in enumerate(owners) if owner == i]
-            key = keys[i]
-            det = dets[key]
-            whole_row, cell_rows = where[rows[0]][1], [where[r][1] for r in rows[1:]]
-            main = _largest(seg.nuclei) if single else None
-            whole = self._cell_prediction(det, whole_row, -1, (0, 0, img.shape[1], img.shape[0]), main, key)
-            cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus, key)
-                          for k, r in enumerate(cell_rows)]
-            notes = []
-            if single:
-                whole.quality_flags = crop_quality_flags(img)
-                if whole.quality_flags:
-                    notes.append("Check this crop: " + "; ".join(QUALITY_TEXT[f] for f in whole.quality_flags)
-                                 + ". It gets no class without review.")
-            if not seg.nuclei:
-                notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
-                             "No white cell was found in this image: the result is not meaningful.")
-            kind = "single_cell" if single else "field"
-            if not self.has_domain_check(key):
-                notes.append(f"The {MODEL_NAMES[key]} was saved before allgui checked whether an image is like its "
-                             "training images: it cannot say so; retrain it for that check.")
-            elif any(c.in_domain is False for c in [whole, *cell_preds]):
-                notes.append(_outside_note(whole, cell_preds, self.field_units[key] == "cells" and not single))
-            if not self.has_model_for(kind):
-                notes.append(f"This bundle has no model for {'single-cell crops' if single else 'smear fields'}: "
-                             f"the {MODEL_NAMES[key]} judged it, outside what it was trained on.")
-            results.append(ImagePrediction(
-                path=p, shape=(int(img.shape[0]), int(img.shape[1])),
-                kind=kind, nucleus_mask=seg.mask,
-                whole=whole, cells=cell_preds, unit=self.field_units[key], notes=notes, model=key))
-        elapsed = time.perf_counter() - t0
-        for r in results:
-            r.seconds = elapsed / max(len(results), 1)
-        if progress is not None:
-            progress(1.0, f"Classified {len(results)} images")
-        return results
+            progress((i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
+        return prepared, crops, owners
+
+    def _image_prediction(self, prep: Prepared, key: str, det: dict, rows: list[int]) -> ImagePrediction:
+        """One image's result from model ``key``'s details ``det``; ``rows``: its crops' rows there, whole first."""
+        p, img, single, cells, seg = prep
+        main = _largest(seg.nuclei) if single else None
+        whole = self._cell_prediction(det, rows[0], -1, (0, 0, img.shape[1], img.shape[0]), main, key)
+        cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus, key)
+                      for k, r in enumerate(rows[1:])]
+        notes = []
+        if single:
+            whole.quality_flags = crop_quality_flags(img)
+            if whole.quality_flags:
+                notes.append("Check this crop: " + "; ".join(QUALITY_TEXT[f] for f in whole.quality_flags)
+                             + ". It gets no class without review.")
+        if not seg.nuclei:
+            notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
+                         "No white cell was found in this image: the result is not meaningful.")
+        kind = "single_cell" if single else "field"
+        if not self.has_domain_check(key):
+            notes.append(f"The {MODEL_NAMES[key]} was saved before allgui checked whether an image is like its "
+                         "training images: it cannot say so; retrain it for that check.")
+        elif any(c.in_domain is False for c in [whole, *cell_preds]):
+            notes.append(_outside_note(whole, cell_preds, self.field_units[key] == "cells" and not single))
+        if not self.has_model_for(kind):
+            notes.append(f"This bundle has no model for {'single-cell crops' if single else 'smear fields'}: "
+                         f"the {MODEL_NAMES[key]} judged it, outside what it was trained on.")
+        return ImagePrediction(path=p, shape=(int(img.shape[0]), int(img.shape[1])), kind=kind,
+                               nucleus_mask=seg.mask, whole=whole, cells=cell_preds, unit=self.field_units[key],
+                               notes=notes, model=key)
 
     def _segment(self, img: np.ndarray):
         """(is_single_cell, cells to classify separately, Segmentation)."""

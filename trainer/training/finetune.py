@@ -464,7 +464,7 @@ def finetune_backbones(
     states: dict[str, dict[str, torch.Tensor]] = {}
     histories: dict[str, dict[str, Any]] = {}
     # an equal share of the bar per backbone, named by position (a name given twice is fine-tuned twice)
-    stages = Stages(progress, [(str(j), 1) for j in range(len(backbones))]) if backbones else None
+    stages = Stages(progress, [(str(j), 1) for j in range(len(backbones))])
     for j, name in enumerate(backbones):
         states[name], histories[name] = finetune_backbone(
             name, train_items, train_labels, val_items, val_labels, cfg, device, stages.start(str(j)), cancel,

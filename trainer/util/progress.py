@@ -52,18 +52,17 @@ class Stages:
     goes backwards: a report below the highest fraction reported so far is raised to it.
 
     Weights are relative (any non-negative numbers, not all zero); a stage that is skipped is left out
-    of the list, or simply never started (the bar then jumps over it). Stages start in the listed
-    order. With ``progress=None`` nothing is reported and every call still works.
+    of the list, or simply never started (the bar then jumps over it); with no stages at all only
+    :meth:`done` reports. Stages start in the listed order. With ``progress=None`` nothing is reported
+    and every call still works.
     """
 
     def __init__(self, progress: Progress | None, stages: Sequence[tuple[str, float]]):
         names = [str(name) for name, _ in stages]
         weights = [float(w) for _, w in stages]
-        if not names:
-            raise ValueError("Stages needs at least one stage.")
         if len(set(names)) != len(names):
             raise ValueError(f"Stage names repeat: {names}.")
-        if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or (weights and sum(weights) <= 0):
             raise ValueError(f"Stage weights must be non-negative numbers, not all zero: {weights}.")
         total, below = sum(weights), 0.0
         self._bounds: dict[str, tuple[float, float]] = {}
