@@ -30,13 +30,6 @@ def check_cancel(cancel: CancelCheck | None, message: str = "Cancelled by the us
         raise Cancelled(message)
 
 
-def stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
-    """Map a sub-task's 0..1 progress onto [lo, hi] of the caller's progress."""
-    if progress is None:
-        return None
-    return lambda f, msg: progress(lo + (hi - lo) * min(max(f, 0.0), 1.0), msg)
-
-
 def _unit(fraction: float) -> float:
     """``fraction`` clamped to [0, 1]; NaN counts as 0 (no progress)."""
     return min(max(fraction, 0.0), 1.0) if math.isfinite(fraction) else (1.0 if fraction > 0 else 0.0)
