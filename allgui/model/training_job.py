@@ -9,6 +9,7 @@ from typing import Any
 from trainer.config import TrainConfig
 from trainer.util.errors import Cancelled
 from trainer.util.plain import to_plain
+from trainer.util.progress import Stages
 
 #: share of the progress bar the comparison with the current model takes at the end
 COMPARE_SHARE = 0.1
@@ -27,8 +28,8 @@ def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
 
     cfg = TrainConfig.from_dict(config)
     t0 = time.perf_counter()
-    share = 1.0 - COMPARE_SHARE
-    result = train(cfg, progress=lambda f, m="": progress(share * f, m), cancel=cancel)
+    stages = Stages(progress, [("training", 1.0 - COMPARE_SHARE), ("comparison", COMPARE_SHARE)])
+    result = train(cfg, progress=stages.start("training"), cancel=cancel)
     model = getattr(result, "model", None)
     threshold = getattr(model, "threshold_", None)
     out = {"bundle_path": str(result.bundle_path), "metrics": _plain(getattr(result, "metrics", {})),
@@ -38,7 +39,7 @@ def run_training(config: dict[str, Any], progress: Callable[[float, str], None],
         from allgui.model.comparison import comparison_job  # with the training: in the child process only
 
         out["comparison"] = _plain(comparison_job(compare_with, str(result.bundle_path), list(compare_cases),
-                                                  lambda f, m="": progress(share + COMPARE_SHARE * f, m)))
+                                                  stages.start("comparison")))
     except Cancelled:
         raise
     except Exception as exc:  # the new model is written: a comparison that fails must not lose it
