@@ -383,9 +383,47 @@ class FeatureExtractor:
         out = {name: np.zeros((n, BLOCKS[name]), dtype=np.float32) for name in self.backbones}
         if n == 0:
             return out
+        missing, keys = self._known_blocks(items, out, given, cancel)
+        todo = np.flatnonzero(np.any(np.stack([missing[nm] for nm in self.backbones]), axis=0))
+        cached = n - len(todo)
+        if progress is not None:
+            progress(cached / n, f"Features: {cached}/{n} images from the cache")
+        if len(todo) == 0:
+            return out
 
-        # 1. cache look-up (hashing only, no decoding)
-        missing = {name: np.ones(n, dtype=bool) for name in self.backbones}
+        # one decode per image, one batch through every backbone that still needs it
+        check_cancel(cancel, "Feature extraction was cancelled.")
+        models = self.models()
+        loader = self._loader(items, todo, missing, segs)
+        self._amp_dtype()  # an unknown precision is refused before any image is read (forward() applies it)
+        done = 0
+        many = self.release_memory and len(todo) > int(self.batch_size)
+        iterator = iter(loader)
+        try:
+            with torch.inference_mode():
+                for idx, x, hand, err in iterator:
+                    check_cancel(cancel, "Feature extraction was cancelled.")
+                    if err is not None:
+                        raise ImageReadError(err)
+                    self._store_batch(idx.numpy(), x, hand, models, out, missing, keys)
+                    done += len(idx)
+                    if progress is not None:
+                        progress((cached + done) / n, f"Features: {cached + done}/{n} images")
+                    if many:  # each lane's allocator keeps a batch's activations: give them back
+                        release_freed_memory()
+        finally:
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:  # stop DataLoader workers now, also on errors / cancel
+                shutdown()
+            del iterator
+        return out
+
+    def _known_blocks(self, items: list, out: dict[str, np.ndarray], given, cancel) -> tuple[dict, dict]:
+        """Fill ``out`` with cached and ``given`` blocks (hashing only, no decoding).
+
+        Returns ``({block: (N,) bool still to compute}, {block: [cache key per item]})`` (no keys without a cache).
+        """
+        missing = {name: np.ones(len(items), dtype=bool) for name in self.backbones}
         keys: dict[str, list[str]] = {}
         if self.cache_dir is not None:
             keys = {name: [] for name in self.backbones}
@@ -405,72 +443,45 @@ class FeatureExtractor:
                 if name in missing:
                     out[name][i] = vec
                     missing[name][i] = False
-        todo = np.flatnonzero(np.any(np.stack([missing[nm] for nm in self.backbones]), axis=0))
-        cached = n - len(todo)
-        if progress is not None:
-            progress(cached / n, f"Features: {cached}/{n} images from the cache")
-        if len(todo) == 0:
-            return out
+        return missing, keys
 
-        # 2. one decode per image, one batch through every backbone that still needs it
-        check_cancel(cancel, "Feature extraction was cancelled.")
-        models = self.models()
-        need_tensor = any(missing[name][todo].any() for name in self.networks)
-        need_nucleus = NUCLEUS in self.backbones and bool(missing[NUCLEUS][todo].any())
-        device = self.torch_device
+    def _loader(self, items: list, todo: np.ndarray, missing: dict, segs) -> DataLoader:
+        """Batches of the ``todo`` items, each decoded once for the blocks it still needs."""
         workers = self.num_workers
         if workers is None:
-            workers = auto_workers(device, len(todo), int(self.batch_size))
-        loader = DataLoader(
-            _Images(items, todo, self.image_size, self.gamma, self.stain_reference,
-                    tensor=need_tensor, nucleus=need_nucleus,
-                    segs=None if segs is None else list(segs)),
-            batch_size=int(self.batch_size),
-            shuffle=False,
-            num_workers=int(workers),
-            collate_fn=_collate,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=_worker_init if workers else None,
-        )
-        self._amp_dtype()  # an unknown precision is refused before any image is read (forward() applies it)
-        done = 0
-        many = self.release_memory and len(todo) > int(self.batch_size)
-        iterator = iter(loader)
-        try:
-            with torch.inference_mode():
-                for idx, x, hand, err in iterator:
-                    check_cancel(cancel, "Feature extraction was cancelled.")
-                    if err is not None:
-                        raise ImageReadError(err)
-                    rows = idx.numpy()
-                    if hand is not None:
-                        need = missing[NUCLEUS][rows]
-                        vecs = hand.numpy()[need]
-                        out[NUCLEUS][rows[need]] = vecs
-                        if self.cache_dir is not None:
-                            for r, vec in zip(rows[need], vecs):
-                                self._cache_save(NUCLEUS, keys[NUCLEUS][r], vec)
-                    if x is not None:
-                        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    jobs = {}
-                    for name in models:
-                        need = missing[name][rows]
-                        if need.any():
-                            jobs[name] = (need, x if need.all() else x[torch.from_numpy(need).to(device)])
-                    found = self.forward({name: xb for name, (_, xb) in jobs.items()})
-                    for name, (need, _) in jobs.items():
-                        out[name][rows[need]] = found[name]
-                        if self.cache_dir is not None:
-                            for r, vec in zip(rows[need], found[name]):
-                                self._cache_save(name, keys[name][r], vec)
-                    done += len(rows)
-                    if progress is not None:
-                        progress((cached + done) / n, f"Features: {cached + done}/{n} images")
-                    if many:  # each lane's allocator keeps a batch's activations: give them back
-                        release_freed_memory()
-        finally:
-            shutdown = getattr(iterator, "_shutdown_workers", None)
-            if shutdown is not None:  # stop DataLoader workers now, also on errors / cancel
-                shutdown()
-            del iterator
-        return out
+            workers = auto_workers(self.torch_device, len(todo), int(self.batch_size))
+        images = _Images(items, todo, self.image_size, self.gamma, self.stain_reference,
+                         tensor=any(missing[name][todo].any() for name in self.networks),
+                         nucleus=NUCLEUS in self.backbones and bool(missing[NUCLEUS][todo].any()),
+                         segs=None if segs is None else list(segs))
+        return DataLoader(images, batch_size=int(self.batch_size), shuffle=False, num_workers=int(workers),
+                          collate_fn=_collate, pin_memory=self.torch_device.type == "cuda",
+                          worker_init_fn=_worker_init if workers else None)
+
+    def _store_batch(self, rows: np.ndarray, x, hand, models, out: dict[str, np.ndarray], missing: dict,
+                     keys: dict) -> None:
+        """One batch's missing blocks into ``out`` rows ``rows`` (and the cache).
+
+        ``hand``: the nucleus block as the loader's workers computed it; ``x``: the networks' input batch.
+        """
+        device = self.torch_device
+        if hand is not None:
+            need = missing[NUCLEUS][rows]
+            vecs = hand.numpy()[need]
+            out[NUCLEUS][rows[need]] = vecs
+            if self.cache_dir is not None:
+                for r, vec in zip(rows[need], vecs):
+                    self._cache_save(NUCLEUS, keys[NUCLEUS][r], vec)
+        if x is not None:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        jobs = {}
+        for name in models:
+            need = missing[name][rows]
+            if need.any():
+                jobs[name] = (need, x if need.all() else x[torch.from_numpy(need).to(device)])
+        found = self.forward({name: xb for name, (_, xb) in jobs.items()})
+        for name, (need, _) in jobs.items():
+            out[name][rows[need]] = found[name]
+            if self.cache_dir is not None:
+                for r, vec in zip(rows[need], found[name]):
+                    self._cache_save(name, keys[name][r], vec)
