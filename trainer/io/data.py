@@ -112,46 +112,8 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
 
     skipped: list[tuple[Path, str]] = []
     warnings: list[str] = []
-    if layout == "cnmc":
-        # the folders give the labels unless a labels.csv is named (or a column of it): then the csv
-        # does, as in every layout
-        csv_path = None
-        if labels_csv is not None and labels_csv is not False:
-            csv_path = find_labels_csv(root, labels_csv)
-        elif group_column is not None and labels_csv is None:
-            csv_path = find_labels_csv(root, None)
-        if csv_path is not None:
-            samples = _cnmc_from_csv(root, csv_path, positive, group_column, skipped, warnings)
-        elif group_column is not None:
-            raise DataError(f"A group column ('{group_column}') is read from a labels.csv; there is none in "
-                            f"{root}, whose C-NMC layout takes each subject from the file name.")
-        else:
-            if positive is not None and positive_set(positive) != {"all"}:
-                raise DataError(f"{root} has the C-NMC layout, where all/ holds the ALL images and hem/ the "
-                                "normal ones; positive classes apply to one folder per class or a labels.csv.")
-            samples = _load_cnmc(root, skipped, warnings)
-    else:
-        csv_path = find_labels_csv(root, labels_csv)
-        if csv_path is not None:
-            samples = load_labels_csv(root, csv_path, positive, group_column, skipped, warnings)
-        else:
-            if group_column is not None:
-                raise DataError(f"A group column ('{group_column}') needs a labels.csv; "
-                                f"none found in {root}.")
-            samples = _load_class_folders(root, positive, skipped, warnings)
-
-    kept = []
-    for s in samples:
-        try:
-            size = s.path.stat().st_size
-        except OSError:
-            skipped.append((s.path, "file not found"))
-            continue
-        if size == 0:
-            skipped.append((s.path, "empty file (0 bytes)"))
-        else:
-            kept.append(s)
-    samples = kept
+    samples = _listed_samples(root, layout, positive, labels_csv, group_column, skipped, warnings)
+    samples = _non_empty_files(samples, skipped)
     if check_readable:
         samples = _readable(samples, skipped, progress, cancel)
         samples = _drop_pixel_duplicates(samples, skipped, warnings)
@@ -163,6 +125,50 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto",
     _log_skipped(ds)
     _check_dataset(ds)
     return ds
+
+
+def _listed_samples(root: Path, layout: str, positive, labels_csv, group_column: str | None, skipped: list,
+                    warnings: list) -> list[Sample]:
+    """The samples a ``"cnmc"`` or ``"folders"`` layout names, by its folders or by a labels csv (see load_dataset)."""
+    if layout != "cnmc":
+        csv_path = find_labels_csv(root, labels_csv)
+        if csv_path is not None:
+            return load_labels_csv(root, csv_path, positive, group_column, skipped, warnings)
+        if group_column is not None:
+            raise DataError(f"A group column ('{group_column}') needs a labels.csv; none found in {root}.")
+        return _load_class_folders(root, positive, skipped, warnings)
+    # the folders give the labels unless a labels.csv is named (or a column of it): then the csv
+    # does, as in every layout
+    csv_path = None
+    if labels_csv is not None and labels_csv is not False:
+        csv_path = find_labels_csv(root, labels_csv)
+    elif group_column is not None and labels_csv is None:
+        csv_path = find_labels_csv(root, None)
+    if csv_path is not None:
+        return _cnmc_from_csv(root, csv_path, positive, group_column, skipped, warnings)
+    if group_column is not None:
+        raise DataError(f"A group column ('{group_column}') is read from a labels.csv; there is none in "
+                        f"{root}, whose C-NMC layout takes each subject from the file name.")
+    if positive is not None and positive_set(positive) != {"all"}:
+        raise DataError(f"{root} has the C-NMC layout, where all/ holds the ALL images and hem/ the "
+                        "normal ones; positive classes apply to one folder per class or a labels.csv.")
+    return _load_cnmc(root, skipped, warnings)
+
+
+def _non_empty_files(samples: list[Sample], skipped: list) -> list[Sample]:
+    """``samples`` whose files exist and are not empty; the others go to ``skipped`` with the reason."""
+    kept = []
+    for s in samples:
+        try:
+            size = s.path.stat().st_size
+        except OSError:
+            skipped.append((s.path, "file not found"))
+            continue
+        if size == 0:
+            skipped.append((s.path, "empty file (0 bytes)"))
+        else:
+            kept.append(s)
+    return kept
 
 
 def _log_skipped(ds: Dataset) -> None:

@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from trainer.io.imageio import is_image_file
 from trainer.io.samples import Sample
@@ -113,8 +114,17 @@ def _label_from_value(value: str, pos: set[str] | None) -> int | None:
     return None
 
 
-def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | None,
-              skipped: list, warnings: list) -> list[Sample]:
+class _Columns(NamedTuple):
+    """Which labels.csv column holds what (the csv's own spelling)."""
+
+    path: str
+    value: str                 # the label: class names with a positive-class mapping, else 0/1
+    name: str                  # the source class name stored with each sample
+    group: str | None
+
+
+def _read_rows(csv_path: Path) -> tuple[list[dict], list]:
+    """(rows as dicts, header) of a labels csv; DataError when it cannot be read or has no rows."""
     reader = None
     try:  # bytes that are not UTF-8 kept as they are: a path column then names the very file on disk
         with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
@@ -126,6 +136,11 @@ def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | No
         raise DataError(f"Cannot read labels file {csv_path.name}{where}: {exc}") from exc
     if not rows:
         raise DataError(f"Labels file {csv_path.name} has no rows.")
+    return rows, header
+
+
+def _columns(csv_path: Path, header, positive, group_column: str | None) -> _Columns:
+    """The path, label, class-name and group columns of a labels csv; DataError naming what is missing."""
     columns = {str(c).strip().lower(): c for c in header if c is not None}
     shown = ", ".join(str(c) for c in header if c is not None)
     path_col = _pick_column(columns, _PATH_COLUMNS)
@@ -150,7 +165,18 @@ def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | No
     if value_col is None:
         raise DataError(f"Labels file {csv_path.name} has no label or class column; "
                         f"columns: {shown}.")
-    name_col = class_col or value_col
+    return _Columns(path_col, value_col, class_col or value_col, group_col)
+
+
+def load_labels_csv(root: Path, csv_path: Path, positive, group_column: str | None,
+                    skipped: list, warnings: list) -> list[Sample]:
+    """The samples a labels csv lists under ``root``; refused rows go to ``skipped``, notes to ``warnings``.
+
+    Raises DataError for a csv without the needed columns or with labels that cannot be told apart.
+    """
+    rows, header = _read_rows(csv_path)
+    path_col, value_col, name_col, group_col = _columns(csv_path, header, positive, group_column)
+    pos = positive_set(positive)
     if pos is not None:
         class_mapping({(r.get(value_col) or "").strip() for r in rows} - {""}, positive)
 
