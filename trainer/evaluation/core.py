@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -311,6 +311,17 @@ def _primary(config: TrainConfig, has_groups: bool) -> str:
     return "subject" if has_groups else "image"
 
 
+class _Data(NamedTuple):
+    """One dataset's features and what every protocol reads of it."""
+
+    feats: dict[str, np.ndarray]      # block -> (N, D), rows aligned with samples
+    samples: Sequence
+    y: np.ndarray                     # (N,) 0/1
+    groups: np.ndarray | None         # (N,) subject/group ids
+    strata: np.ndarray | None         # (N,) source strata (source_strata)
+    backbones: Sequence[str]          # the feature blocks the model uses
+
+
 def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: TrainConfig,
                       protocols: Sequence[str] = PROTOCOLS, n_boot: int = 2000, n_folds: int = 5,
                       ablation: bool = True, progress: Progress | None = None,
@@ -331,6 +342,48 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
     sets with fewer than 3 subjects of a class; each protocol entry has its own ``"warnings"``.
     With subject/group ids, every interval and paired AUC test is a group bootstrap.
     """
+    data = _checked_data(feats, samples, config, backbones)
+    primary = _primary(config, data.groups is not None)
+    protocols = [p for p in protocols if p in PROTOCOLS]
+    if primary not in protocols:
+        protocols = [primary] + protocols
+    steps = _Steps(len(protocols) * (1 + n_folds) + (_ablation_fits(config, feats) if ablation else 0),
+                   progress, cancel)
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {"protocols": {}, "ablation": None}
+    timings: dict[str, float] = {}
+    primary_split = None
+    for proto in protocols:
+        if proto == "subject" and data.groups is None:
+            res["protocols"][proto] = _entry(proto, available=False, reason="the images carry no subject/group ids")
+            continue
+        t = time.perf_counter()
+        res["protocols"][proto], held_out = _evaluate_protocol(proto, data, config, n_boot, n_folds, steps,
+                                                               (splits or {}).get(proto))
+        timings[proto] = time.perf_counter() - t
+        if proto == primary and held_out is not None:
+            primary_split = held_out
+    if ablation and primary_split is not None:
+        t = time.perf_counter()
+        res["ablation"] = {"protocol": primary,
+                           "rows": evaluate_ablation(feats, data.y, primary_split, config, n_boot, steps,
+                                                     data.groups)}
+        timings["ablation"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    res["warnings"] = _all_warnings(res["protocols"])
+    res["meta"] = {"n": int(data.y.size), "n_positive": int(data.y.sum()),
+                   "n_groups": len(set(data.groups.tolist())) if data.groups is not None else 0,
+                   "primary_protocol": primary, "n_boot": int(n_boot), "n_folds": int(n_folds),
+                   "seed": int(config.seed), "backbones": list(data.backbones),
+                   "feature_dims": {b: int(np.asarray(f).shape[1]) for b, f in feats.items()},
+                   "config": config.to_dict(), "timings_s": timings}
+    if progress is not None:
+        progress(1.0, "evaluation finished")
+    return res
+
+
+def _checked_data(feats: dict[str, np.ndarray], samples: Sequence, config: TrainConfig, backbones) -> _Data:
+    """:class:`_Data` of ``feats`` and ``samples``; DataError for one class or rows that do not match."""
     y = np.array([int(s.label) for s in samples], dtype=int)
     groups = sample_groups(samples)
     if not _both(y):
@@ -340,64 +393,55 @@ def evaluate_features(feats: dict[str, np.ndarray], samples: Sequence, config: T
             raise DataError(f"{b} features have {len(f)} rows for {len(samples)} images.")
     if backbones is None:
         backbones = [b for b in feature_blocks(config) if b in feats] or list(feats)
-    primary = _primary(config, groups is not None)
-    strata = source_strata(samples)
-    protocols = [p for p in protocols if p in PROTOCOLS]
-    if primary not in protocols:
-        protocols = [primary] + protocols
-    n_ab = 0
-    if ablation:
-        nb = len([b for b in config.backbones if b in feats])
-        n_ab = 2 * (nb + (1 if nb > 1 else 0))
-    steps = _Steps(len(protocols) * (1 + n_folds) + n_ab, progress, cancel)
-    t0 = time.perf_counter()
-    res: dict[str, Any] = {"protocols": {}, "ablation": None}
-    timings: dict[str, float] = {}
-    primary_split = None
-    for proto in protocols:
-        entry: dict[str, Any] = {"label": PROTOCOL_LABELS[proto], "available": True, "reason": "",
-                                 "holdout": None, "cv": None, "warnings": []}
-        res["protocols"][proto] = entry
-        if proto == "subject" and groups is None:
-            entry.update(available=False, reason="the images carry no subject/group ids")
-            continue
-        t = time.perf_counter()
-        try:
-            steps.step(f"{proto} split: held-out test set")
-            split = (splits or {}).get(proto) or split_dataset(samples, proto, config)  # as `train` splits
-            if strata is not None:
-                for w in split_warnings(strata, f"{proto} held-out split", *split):
-                    log.warning(w)
-                    entry["warnings"].append(w)
-            entry["holdout"] = evaluate_holdout(feats, y, groups, split, config, n_boot, backbones=backbones)
-            if proto == primary:
-                primary_split = split
-            entry["cv"] = evaluate_cv(feats, samples, y, proto, config, n_folds, steps, backbones=backbones)
-            entry["warnings"] += entry["cv"]["warnings"]
-        except Cancelled:
-            raise
-        except (AllguiError, ValueError) as exc:
-            entry.update(available=entry["holdout"] is not None, reason=str(exc))
-        timings[proto] = time.perf_counter() - t
-    if ablation and primary_split is not None:
-        t = time.perf_counter()
-        res["ablation"] = {"protocol": primary,
-                           "rows": evaluate_ablation(feats, y, primary_split, config, n_boot, steps,
-                                                     groups)}
-        timings["ablation"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    res["warnings"] = [w for e in res["protocols"].values() for w in e["warnings"]]
-    for p, e in res["protocols"].items():
+    return _Data(feats, samples, y, groups, source_strata(samples), backbones)
+
+
+def _ablation_fits(config: TrainConfig, feats: dict[str, np.ndarray]) -> int:
+    """How many model fits :func:`evaluate_ablation` makes (for the progress steps)."""
+    nb = len([b for b in config.backbones if b in feats])
+    return 2 * (nb + (1 if nb > 1 else 0))
+
+
+def _evaluate_protocol(proto: str, data: _Data, config: TrainConfig, n_boot: int, n_folds: int, steps: _Steps,
+                       split=None) -> tuple[dict[str, Any], tuple | None]:
+    """(protocol ``proto``'s entry of the results, its held-out split or None when no held-out test was scored).
+
+    ``split``: the (train, validation, test) rows to use; None splits as `train` does.
+    """
+    entry = _entry(proto)
+    held_out = None
+    try:
+        steps.step(f"{proto} split: held-out test set")
+        split = split or split_dataset(data.samples, proto, config)  # as `train` splits
+        if data.strata is not None:
+            for w in split_warnings(data.strata, f"{proto} held-out split", *split):
+                log.warning(w)
+                entry["warnings"].append(w)
+        entry["holdout"] = evaluate_holdout(data.feats, data.y, data.groups, split, config, n_boot,
+                                            backbones=data.backbones)
+        held_out = split
+        entry["cv"] = evaluate_cv(data.feats, data.samples, data.y, proto, config, n_folds, steps,
+                                  backbones=data.backbones)
+        entry["warnings"] += entry["cv"]["warnings"]
+    except Cancelled:
+        raise
+    except (AllguiError, ValueError) as exc:
+        entry.update(available=entry["holdout"] is not None, reason=str(exc))
+    return entry, held_out
+
+
+def _entry(proto: str, **kw) -> dict[str, Any]:
+    """A protocol's entry of the results before it is evaluated (``kw`` overrides)."""
+    return {"label": PROTOCOL_LABELS[proto], "available": True, "reason": "", "holdout": None, "cv": None,
+            "warnings": [], **kw}
+
+
+def _all_warnings(protocols: dict[str, dict[str, Any]]) -> list[str]:
+    """Every protocol's warnings, then each held-out test set's interval warnings."""
+    out = [w for e in protocols.values() for w in e["warnings"]]
+    for p, e in protocols.items():
         h = e.get("holdout")
         if h:
-            res["warnings"] += sorted({f"{p} held-out test set: {r['ci_warning']}"
-                                       for r in h["rows"].values() if r.get("ci_warning")})
-    n_groups = len(set(groups.tolist())) if groups is not None else 0
-    res["meta"] = {"n": int(y.size), "n_positive": int(y.sum()), "n_groups": n_groups,
-                   "primary_protocol": primary, "n_boot": int(n_boot), "n_folds": int(n_folds),
-                   "seed": int(config.seed), "backbones": list(backbones),
-                   "feature_dims": {b: int(np.asarray(f).shape[1]) for b, f in feats.items()},
-                   "config": config.to_dict(), "timings_s": timings}
-    if progress is not None:
-        progress(1.0, "evaluation finished")
-    return res
+            out += sorted({f"{p} held-out test set: {r['ci_warning']}" for r in h["rows"].values()
+                           if r.get("ci_warning")})
+    return out
