@@ -56,6 +56,14 @@ class ReviewBar(QWidget):
         v = QVBoxLayout(self)
         v.setContentsMargins(6, 4, 6, 4)
         v.setSpacing(4)
+        v.addLayout(self._status_row())
+        v.addLayout(self._decision_row())
+        for w in (self.prev_btn, self.next_btn, self.confirm_btn, self.undo_btn, self.redo_btn, self.order_btn,
+                  *self.buttons.values()):
+            w.setFocusPolicy(Qt.NoFocus)    # keys stay with the window's shortcuts
+
+    def _status_row(self) -> QHBoxLayout:
+        """What is under review, the model, its status, the review progress and the case."""
         top = QHBoxLayout()
         self.target = QLabel("\u2014")
         self.target.setObjectName("reviewTarget")
@@ -73,8 +81,10 @@ class ReviewBar(QWidget):
         top.addWidget(self.progress)
         top.addSpacing(10)
         top.addWidget(self.case)
-        v.addLayout(top)
+        return top
 
+    def _decision_row(self) -> QHBoxLayout:
+        """The decision buttons, the comment, undo / redo, stepping and the table filter."""
         row = QHBoxLayout()
         self.prev_btn = QPushButton("\u25c0 Previous (K)")
         self.prev_btn.clicked.connect(lambda: self.stepRequested.emit(-1))
@@ -126,10 +136,7 @@ class ReviewBar(QWidget):
         row.addWidget(QLabel("Show"))
         row.addWidget(self.filter)
         row.addWidget(self.order_btn)
-        v.addLayout(row)
-        for w in (self.prev_btn, self.next_btn, self.confirm_btn, self.undo_btn, self.redo_btn, self.order_btn,
-                  *self.buttons.values()):
-            w.setFocusPolicy(Qt.NoFocus)    # keys stay with the window's shortcuts
+        return row
 
     def set_filter(self, key: str) -> None:
         i = self.filter.findData(key)

@@ -196,13 +196,8 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
                                hashes=[s.pixel_hash for s in dataset.samples])
     t = time.perf_counter()
     models = _per_model(dataset, config, protocols, n_boot, n_folds, ablation, stages.start("models"), cancel)
-    first = next(iter(models.values()))
-    results = {**first, "models": models, "meta": dict(first["meta"]),
-               "warnings": [w for m in models.values() for w in m["warnings"]]}
+    results = combined_results(models, dataset)
     meta = results["meta"]
-    y, groups = dataset.labels, dataset.groups
-    meta.update(n=int(len(y)), n_positive=int(y.sum()),
-                n_groups=0 if groups is None else len(set(groups.tolist())))
     meta["timings_s"] = {"models": time.perf_counter() - t}
     if ablation:
         t = time.perf_counter()
@@ -225,6 +220,20 @@ def run_evaluation(config: TrainConfig, out_dir: str | Path,
     stages.done(f"Report written in {seconds:.0f} s")
     return EvaluationOutput(Path(out_dir), paths["json"], paths["markdown"], paths["figures"],
                             results, seconds)
+
+
+def combined_results(models: dict[str, dict[str, Any]], dataset) -> dict[str, Any]:
+    """The report's results: every model's under ``"models"``, the first model's at the top level.
+
+    The top-level ``meta`` counts the whole dataset and ``warnings`` gathers every model's.
+    """
+    first = next(iter(models.values()))
+    results = {**first, "models": models, "meta": dict(first["meta"]),
+               "warnings": [w for m in models.values() for w in m["warnings"]]}
+    y, groups = dataset.labels, dataset.groups
+    results["meta"].update(n=int(len(y)), n_positive=int(y.sum()),
+                           n_groups=0 if groups is None else len(set(groups.tolist())))
+    return results
 
 
 def evaluation_stages(ablation: bool, finetune_ablation: bool) -> list[tuple[str, float]]:

@@ -305,7 +305,7 @@ class Predictor:
         paths = list(paths) if paths is not None else [None] * len(items)
         t0 = time.perf_counter()
         stages = Stages(progress, PREDICT_STAGES)
-        prepared, crops, owners = self._crops(items, paths, prepared, stages.start("segmentation"), cancel)
+        prepared, crops, owners = _crops(items, paths, prepared, self.prepare, stages.start("segmentation"), cancel)
         # one pass per model: each image (and its cells) through the model of its kind
         keys = [self.route("single_cell" if prep.single else "field") for prep in prepared]
         where: list[tuple[str, int]] = []          # crop row -> (model key, row in that model's batch)
@@ -335,30 +335,6 @@ class Predictor:
             r.seconds = elapsed / max(len(results), 1)
         stages.done(f"Classified {len(results)} images")
         return results
-
-    def _crops(self, items: list, paths: list, given: list | None, progress, cancel) -> tuple[list, list, list]:
-        """(Prepared per item, crops, crop owners): each image whole, then each of its cells.
-
-        ``owners[r]`` is ``(item index, cell index)`` of crop ``r``, the cell index -1 for the whole image.
-        """
-        prepared, crops, owners = [], [], []
-        for i, (item, p) in enumerate(zip(items, paths)):
-            check_cancel(cancel)
-            if given is not None:
-                if isinstance(given[i], BaseException):
-                    raise given[i]
-                prep = given[i]
-            else:
-                prep = self.prepare(item, p)
-            prepared.append(prep)
-            crops.append(prep.image)
-            owners.append((i, -1))
-            for k, cell in enumerate(prep.cells):
-                x, y, w, h = cell.bbox
-                crops.append(prep.image[y:y + h, x:x + w])
-                owners.append((i, k))
-            progress((i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
-        return prepared, crops, owners
 
     def _image_prediction(self, prep: Prepared, key: str, det: dict, rows: list[int]) -> ImagePrediction:
         """One image's result from model ``key``'s details ``det``; ``rows``: its crops' rows there, whole first."""
@@ -414,6 +390,32 @@ class Predictor:
             out.novelty = float(det["novelty"][row])
             out.domain_checks = self.models[key].domain_.fired(det["domain_flags"][row])
         return out
+
+
+def _crops(items: list, paths: list, given: list | None, prepare, progress, cancel) -> tuple[list, list, list]:
+    """(Prepared per item, crops, crop owners): each image whole, then each of its cells.
+
+    ``given``: what ``prepare(item, path)`` made of each item already (or the exception it raised, raised
+    here), else None. ``owners[r]`` is ``(item index, cell index)`` of crop ``r``, -1 for the whole image.
+    """
+    prepared, crops, owners = [], [], []
+    for i, (item, p) in enumerate(zip(items, paths)):
+        check_cancel(cancel)
+        if given is not None:
+            if isinstance(given[i], BaseException):
+                raise given[i]
+            prep = given[i]
+        else:
+            prep = prepare(item, p)
+        prepared.append(prep)
+        crops.append(prep.image)
+        owners.append((i, -1))
+        for k, cell in enumerate(prep.cells):
+            x, y, w, h = cell.bbox
+            crops.append(prep.image[y:y + h, x:x + w])
+            owners.append((i, k))
+        progress((i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
+    return prepared, crops, owners
 
 
 def _outside_note(whole: CellPrediction, cells: list[CellPrediction], by_cells: bool) -> str:
