@@ -31,7 +31,7 @@ def check_cancel(cancel: CancelCheck | None, message: str = "Cancelled by the us
 
 
 def _unit(fraction: float) -> float:
-    """``fraction`` clamped to [0, 1]; NaN counts as 0 (no progress)."""
+    """``fraction`` clamped to [0, 1]; NaN counts as 0 (no progress), an infinity as the nearer end."""
     return min(max(fraction, 0.0), 1.0) if math.isfinite(fraction) else (1.0 if fraction > 0 else 0.0)
 
 
