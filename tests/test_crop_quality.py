@@ -110,3 +110,20 @@ def test_the_window_flags_the_crop_in_the_table_and_the_side_panel(qtbot, tiny_b
     qtbot.waitUntil(lambda: win.side.decision.text() == DECISION_UNCERTAIN, timeout=10_000)
     assert "Check this crop: the crop holds more than one cell" in win.side.caution.text()
     win.close()
+
+
+@pytest.mark.parametrize("colour,shape", [((60, 60, 200), (450, 450)), ((80, 30, 120), (90, 120)),
+                                          ((128, 0, 128), (64, 64))])
+def test_a_flat_colour_gets_no_class_even_from_a_model_without_the_domain_check(tiny_predictor, tmp_path, colour,
+                                                                                shape):
+    from trainer.inference.results import DECISION_NOT_ASSESSABLE
+    img = np.zeros((*shape, 3), np.uint8)
+    img[:] = colour
+    rng = np.random.default_rng(0)
+    noisy = np.clip(img.astype(int) + rng.integers(-2, 3, img.shape), 0, 255).astype(np.uint8)  # JPEG-like noise
+    for i, im in enumerate((img, noisy)):
+        path = tmp_path / f"flat{i}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+        r = tiny_predictor.predict(str(path))
+        assert not tiny_predictor.has_domain_check(r.model)
+        assert r.decision(0.5, 0.05) == DECISION_NOT_ASSESSABLE and not r.cells

@@ -7,6 +7,7 @@ the same for every white cell found.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -35,7 +36,7 @@ from trainer.util.errors import AllguiError, BundleError, ImageReadError
 from trainer.util.progress import Stages, check_cancel
 from trainer.vision import fingerprint, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
-from trainer.vision.crop_quality import QUALITY_TEXT, crop_quality_flags
+from trainer.vision.crop_quality import QUALITY_TEXT, crop_quality_flags, featureless
 from trainer.vision.features import NUCLEUS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
 
 # Rebuilding a model imports skops, which looks up each of SciPy's ~450 ufuncs by walking every module
@@ -368,6 +369,9 @@ class Predictor:
     def _segment(self, img: np.ndarray):
         """(is_single_cell, cells to classify separately, Segmentation)."""
         seg = segmentation.segment_nuclei(img, gamma=self.config.gamma)
+        if featureless(img):      # one flat colour: whatever was segmented, there is no cell to judge
+            none = np.zeros(img.shape[:2], bool)
+            seg = dataclasses.replace(seg, mask=none, labels=none.astype(np.int32), nuclei=[])
         if seg.kind == segmentation.KIND_SINGLE:
             return True, [], seg
         return False, segmentation.cells_from_segmentation(seg, img.shape), seg

@@ -11,6 +11,10 @@ read from the crop's non-black objects, not from the classifiers:
 
 Such a crop gets "uncertain, review" whatever its probability (see
 :meth:`trainer.inference.results.CellPrediction.decision`).
+
+Before any of that, :func:`featureless` tells an image with nothing in it (one flat colour, as a solid
+blue or purple test image) from one with cells: such an image gets no class at all ("not assessable"),
+whatever the model would make of it.
 """
 from __future__ import annotations
 
@@ -40,6 +44,16 @@ WAIST_SHARE = 0.75
 CONVEX_SOLIDITY = 0.97
 #: share of the image border the object may cover before it counts as cut (anti-aliased corners aside)
 EDGE_SHARE = 0.02
+
+
+#: standard deviation of the grey level (0..255) under which an image counts as one flat colour
+FLAT_STD = 3.0
+
+
+def featureless(img: np.ndarray) -> bool:
+    """True for an RGB uint8 image (H, W, 3) of one flat colour: no cell, nothing to judge."""
+    grey = cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2GRAY)
+    return float(grey.std()) < FLAT_STD
 
 
 def _objects(img: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
