@@ -1,13 +1,10 @@
 """The paper's five base classifiers, with class imbalance handled for each."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.svm import SVC
@@ -90,27 +87,28 @@ def fit_balanced(name: str, estimator, X: np.ndarray, y: np.ndarray, seed: int =
 
 def fit_mlp_by_subject(estimator: MLPClassifier, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                        seed: int = 0) -> MLPClassifier:
-    """Fit the MLP for as many epochs as serve subjects it did not see; returns ``estimator``, fitted.
+    """An MLP like ``estimator`` fitted for as many epochs as serve subjects it did not see.
 
     scikit-learn's own early stopping holds out random images, so a subject's other images sit on both
     sides and the held-out score rewards recognising subjects. Here one grouped, stratified fold of
     whole subjects (:func:`~trainer.classical.stacking.inner_folds`, about a fifth) is held out; the
     network trains on the rest one epoch at a time (``partial_fit``, balanced sample weights) until
-    the held-out balanced accuracy has not improved by ``tol`` for ``n_iter_no_change`` epochs; then
-    ``estimator`` is fitted on every row for the best epoch count, without early stopping. Where no
-    grouped fold with both classes on each side exists, it is fitted without early stopping.
+    the held-out balanced accuracy has not improved by ``tol`` for ``n_iter_no_change`` epochs; then a
+    copy of ``estimator`` is trained the same way on every row for the best epoch count (``estimator``
+    itself is left unfitted, as scikit-learn's conventions ask). Where no grouped fold with both
+    classes on each side exists, the copy is fitted without early stopping.
     """
     folds = inner_folds(y, groups, 5, seed)
     weights = compute_sample_weight("balanced", y)
-    estimator.set_params(early_stopping=False)
     if not folds:
-        return estimator.fit(X, y, sample_weight=weights)
+        return clone(estimator).set_params(early_stopping=False).fit(X, y, sample_weight=weights)
     tr, va = folds[0]
-    probe = clone(estimator)
+    classes = np.unique(y)
+    probe = clone(estimator).set_params(early_stopping=False)
     fit_w, val_w = compute_sample_weight("balanced", y[tr]), compute_sample_weight("balanced", y[va])
     best, best_epoch, stale = -np.inf, 1, 0
     for epoch in range(1, estimator.max_iter + 1):
-        probe.partial_fit(X[tr], y[tr], sample_weight=fit_w, classes=np.unique(y))
+        probe.partial_fit(X[tr], y[tr], sample_weight=fit_w, classes=classes)
         score = probe.score(X[va], y[va], sample_weight=val_w)
         if score > best + estimator.tol:
             best, best_epoch, stale = score, epoch, 0
@@ -118,10 +116,12 @@ def fit_mlp_by_subject(estimator: MLPClassifier, X: np.ndarray, y: np.ndarray, g
             stale += 1
             if stale >= estimator.n_iter_no_change:
                 break
-    with warnings.catch_warnings():
-        # stopping at the chosen epoch count is the point, not a failure to converge
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return estimator.set_params(max_iter=best_epoch).fit(X, y, sample_weight=weights)
+    # the kept model trains the same way, on every row, for the best number of epochs (partial_fit: one
+    # epoch a call, Adam's state kept between calls, and no convergence warning for stopping on purpose)
+    final = clone(estimator).set_params(early_stopping=False)
+    for _ in range(best_epoch):
+        final.partial_fit(X, y, sample_weight=weights, classes=classes)
+    return final
 
 
 def oversample(X: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
