@@ -181,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         by_class: dict[str, list] = {}
         for r in rows:
             by_class.setdefault(r["cls"], []).append(r["dice"])
-        print("      by class: " + ", ".join(f"{c} {len(v)}: med {np.median(v):.3f}, <0.7 {np.mean(np.array(v) < 0.7):.0%}"
-                                             for c, v in sorted(by_class.items())))
+        print("      by class: " + ", ".join(
+            f"{c} {len(v)}: med {np.median(v):.3f}, <0.7 {np.mean(np.array(v) < 0.7):.0%}"
+            for c, v in sorted(by_class.items())))
         if out:
             worst = sorted(rows, key=lambda r: r["dice"])[:10]
             _draw(worst, out / f"worst_{path_kind}.png")

@@ -1,0 +1,167 @@
+"""Nucleus segmentation by Otsu thresholds on a stain contrast (nucleus-v2, the default).
+
+Chromatin stained by haematoxylin or by the azure dyes of Romanowsky stains (May-Grünwald-Giemsa,
+Wright) absorbs green light far more than blue, so the nucleus is where blue exceeds green most; red
+cells, eosin-stained granules and a yellowish background absorb blue at least as much as green. The
+contrast is ``B - G`` (integers in [-255, 255]); where it splits is not fixed but measured on each
+image by Otsu's method:
+
+* a single-cell crop on black: two classes inside the cell (less its cut edge): nucleus and cytoplasm;
+* a smear field: three classes over the image (background and red cells, cytoplasm, nucleus); the
+  pixels above the upper threshold that are also clearly above the image's median contrast are nuclei,
+  and the nucleus parts that lie in one connected cell (above the lower threshold) are one nucleus.
+
+The confidence of a nucleus is how little its outline moves when the threshold moves by a tenth of the
+gap between the two classes' mean contrasts (Dice of the two outlines): near 1 where a deep valley in
+the histogram separates nucleus and cytoplasm, lower where their colours blend.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_multiotsu
+
+from trainer.vision.nuclei import (
+    KIND_FIELD,
+    KIND_SINGLE,
+    Segmentation,
+    cell_region,
+    clean,
+    disk,
+    group_nuclei,
+    label_sizes,
+    measure,
+)
+
+METHOD = "stain"
+OFFSET = 256              # B - G + OFFSET indexes a histogram of 512 bins
+# a field's nucleus pixels lie at least this far (B - G, 8-bit units) above the image's median, which is
+# background or red cells: without it a field of red cells alone would have its reddest parts as nuclei
+MIN_FIELD_CONTRAST = 20
+SHIFT = 0.1               # threshold moved by this share of the class-mean gap for the confidence
+# below this share of the cell (less its cut edge) outside the nucleus, a crop shows no cytoplasm: the
+# ring left is the width of the outline itself
+CYTOPLASM_MIN = 0.05
+MIN_LOBE = 0.15           # parts of a crop's nucleus below this share of the largest part are specks
+
+
+def stain_contrast(img: np.ndarray) -> np.ndarray:
+    """(H, W) int16 ``B - G`` of an RGB uint8 image (H, W, 3): high on stained chromatin."""
+    return img[..., 2].astype(np.int16) - img[..., 1].astype(np.int16)
+
+
+def otsu(values: np.ndarray) -> tuple[float, float, float, float]:
+    """Otsu's threshold of integer contrasts ``values`` (N,) in [-255, 255].
+
+    Returns (threshold t: class 0 is ``<= t``, separability eta = between-class / total variance in
+    [0, 1], mean of class 0, mean of class 1).
+    """
+    hist = np.bincount((values.astype(np.int32) + OFFSET).ravel(), minlength=2 * OFFSET).astype(np.float64)
+    p = hist / max(hist.sum(), 1.0)
+    i = np.arange(len(p), dtype=np.float64)
+    w0 = np.cumsum(p)
+    m = np.cumsum(p * i)
+    mt = m[-1]
+    w1 = 1.0 - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.nan_to_num((mt * w0 - m) ** 2 / (w0 * w1), posinf=0.0)
+    t = int(np.argmax(between))
+    var = float((p * (i - mt) ** 2).sum())
+    eta = float(between[t] / var) if var > 0 else 0.0
+    mean0 = m[t] / max(w0[t], 1e-12) - OFFSET
+    mean1 = (mt - m[t]) / max(w1[t], 1e-12) - OFFSET
+    return float(t - OFFSET), eta, float(mean0), float(mean1)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / s if s else 1.0
+
+
+def _crop_nucleus(contrast: np.ndarray, cell: np.ndarray, t: float, side: int) -> np.ndarray:
+    nuc = clean((contrast > t) & cell, side) & cell
+    lab, n = ndi.label(nuc)
+    if n <= 1:
+        return nuc
+    sizes = label_sizes(lab, n)
+    return np.isin(lab, np.flatnonzero(sizes >= MIN_LOBE * sizes.max()) + 1)  # main nucleus and real lobes
+
+
+def segment_crop(img: np.ndarray) -> Segmentation:
+    """Nucleus of a single-cell crop on black (H, W, 3) uint8: one Nucleus with N:C and confidence."""
+    h, w = img.shape[:2]
+    side = min(h, w)
+    cell = cell_region(img)
+    empty = Segmentation(np.zeros((h, w), bool), np.zeros((h, w), np.int32), [], KIND_SINGLE, cell, method=METHOD)
+    if cell.sum() < 20:
+        return empty
+    # the cut edge blends cell and black: it is left out of the threshold and of the cytoplasm
+    rim = max(1, round(side / 100))
+    inner = cv2.erode(cell.astype(np.uint8), disk(rim)).astype(bool)
+    if inner.sum() < 20:
+        inner = cell
+    contrast = stain_contrast(img)
+    t, _, mean0, mean1 = otsu(contrast[inner])
+    nuc = _crop_nucleus(contrast, cell, t, side)
+    if not nuc.any():
+        return empty
+    shift = SHIFT * max(mean1 - mean0, 1.0)
+    wider, narrower = (_crop_nucleus(contrast, cell, t + d, side) for d in (-shift, shift))
+    nucleus = measure(nuc, cell_area=float(cell.sum()))
+    nucleus.confidence = _dice(wider, narrower)
+    nucleus.cytoplasm_visible = bool((inner & ~nuc).sum() >= CYTOPLASM_MIN * cell.sum())
+    return Segmentation(nuc, nuc.astype(np.int32), [nucleus], KIND_SINGLE, cell, method=METHOD)
+
+
+def _field_nuclei(contrast: np.ndarray, t: float, min_area: float) -> np.ndarray:
+    h, w = contrast.shape
+    nuc = clean(contrast > t, min(h, w))
+    lab, n = ndi.label(nuc)
+    if n == 0:
+        return nuc
+    sizes = label_sizes(lab, n)
+    return np.isin(lab, np.flatnonzero(sizes >= min_area) + 1)
+
+
+def _thresholds(contrast: np.ndarray) -> tuple[float, float, float]:
+    """(lower, upper threshold, class-mean gap at the upper one) of a field's three Otsu classes."""
+    lo_v, hi_v = int(contrast.min()), int(contrast.max())
+    if hi_v - lo_v < 2:
+        return float(hi_v), float(hi_v), 1.0
+    counts = np.bincount((contrast - lo_v).ravel(), minlength=hi_v - lo_v + 1)
+    centres = np.arange(lo_v, hi_v + 1, dtype=np.float64)
+    t_low, t_high = threshold_multiotsu(hist=(counts, centres), classes=3)
+    mid = (centres > t_low) & (centres <= t_high)
+    top = centres > t_high
+    mean_mid = np.average(centres[mid], weights=counts[mid]) if counts[mid].sum() else t_low
+    mean_top = np.average(centres[top], weights=counts[top]) if counts[top].sum() else t_high
+    return float(t_low), float(t_high), float(max(mean_top - mean_mid, 1.0))
+
+
+def segment_field(img: np.ndarray, min_area: float | None = None) -> Segmentation:
+    """White-cell nuclei of a smear field (H, W, 3) uint8, each with its confidence.
+
+    ``min_area``: smaller nuclei (pixels) are dropped; default 0.2 % of the image.
+    """
+    h, w = img.shape[:2]
+    contrast = stain_contrast(img)
+    t_low, t_high, gap = _thresholds(contrast)
+    t = max(t_high, float(np.median(contrast)) + MIN_FIELD_CONTRAST)
+    min_area = max(12.0, 0.002 * h * w) if min_area is None else float(min_area)
+    nuc = _field_nuclei(contrast, t, min_area)
+    if not nuc.any():
+        return Segmentation(nuc, np.zeros((h, w), np.int32), [], KIND_FIELD, method=METHOD)
+    # lobes of one nucleus share one cell: the connected region of cytoplasm and nucleus around them
+    cells = clean(contrast > min(t_low, t), min(h, w))
+    groups = np.where(nuc, ndi.label(cells | nuc)[0], 0).astype(np.int32)
+    lab, n = ndi.label(nuc)
+    nuclei, labels = group_nuclei(nuc, groups, float(np.median(label_sizes(lab, n))))
+    shift = SHIFT * gap
+    wider, narrower = (_field_nuclei(contrast, t + d, min_area) for d in (-shift, shift))
+    for nucleus in nuclei:
+        x, y, bw, bh = nucleus.bbox
+        m = max(bw, bh) // 4 + 1
+        box = (slice(max(0, y - m), y + bh + m), slice(max(0, x - m), x + bw + m))
+        nucleus.confidence = _dice(wider[box], narrower[box])
+    return Segmentation(labels > 0, labels, nuclei, KIND_FIELD, method=METHOD)
