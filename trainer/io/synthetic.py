@@ -178,12 +178,13 @@ def make_smear_field(size: int = 224, n_wbc: int = 3, rng=None, malignant: bool 
 
 def make_stained_cell(size: int = 120, rng=None, background: str = "yellowish", cytoplasm: str = "pale",
                       cell_share: float = 0.5, lobes: int = 1, nucleus_colour=_STAINED_NUCLEUS,
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      mottle: float = 0.08) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One white cell whose diameter is ``cell_share`` of a small field, among a few red cells.
 
     ``background`` and ``cytoplasm`` name colours of :data:`STAINED_BACKGROUNDS` and
     :data:`STAINED_CYTOPLASMS`; ``lobes``: 1 (round nucleus) or 2-4 (a neutrophil's lobes, apart);
-    ``nucleus_colour``: RGB of the chromatin (closer to the cytoplasm's: a cell hard to segment).
+    ``nucleus_colour``: RGB of the chromatin; ``mottle``: relative amplitude of its texture (a colour closer to
+    the cytoplasm's and a stronger mottle: nucleus and cytoplasm blend, a cell hard to segment).
     Returns ``(img (size, size, 3) uint8 RGB, nucleus mask, cell mask)`` (masks (size, size) bool).
     """
     g = _rng(rng)
@@ -208,7 +209,7 @@ def make_stained_cell(size: int = 120, rng=None, background: str = "yellowish", 
     else:
         nuc = _blob(shape, c[0] + g.uniform(-0.1, 0.1) * r, c[1], r * g.uniform(0.6, 0.7), g, irregularity=0.05)
     nuc &= cell
-    _paint(img, nuc, nucleus_colour, _texture(shape, g, 1.0), 0.08)
+    _paint(img, nuc, nucleus_colour, _texture(shape, g, 1.0), mottle)
     return _finish(img, g), nuc, cell
 
 
