@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     for version in a.versions.split(","):
         x, cpu = _blocks(samples, version, cache)
         cv = cv_headline({"nucleus": x}, y, groups, config, backbones=("nucleus",))
-        keep = {k: cv[k]["mean"] if isinstance(cv.get(k), dict) else cv.get(k)
-                for k in ("auc", "balanced_accuracy", "sensitivity", "specificity", "folds", "n_groups")}
+        metrics = ("auc", "balanced_accuracy", "sensitivity", "specificity", "coverage", "accuracy_decided")
+        keep = {k: round(float(cv[k]["mean"]), 4) for k in metrics if isinstance(cv.get(k), dict) and "mean" in cv[k]}
+        keep.update(folds=cv.get("folds"), n_groups=cv.get("n_groups"), notes=cv.get("notes"))
         ci = {k: cv[k].get("ci") for k in ("auc", "balanced_accuracy") if isinstance(cv.get(k), dict)}
         print(f"{version}: CPU {1000 * cpu / len(samples):.1f} ms/img; " + json.dumps(keep) + " CI " + json.dumps(ci),
               flush=True)

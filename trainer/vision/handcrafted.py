@@ -89,8 +89,11 @@ def _colour(planes: np.ndarray, nucleus: np.ndarray, cytoplasm: np.ndarray) -> n
     return np.asarray(out, dtype=np.float64)
 
 
-def _texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """GLCM and LBP features of ``grey`` (uint8) inside ``mask`` (both cropped to the nucleus)."""
+def _texture(grey: np.ndarray, mask: np.ndarray, props_of=None) -> np.ndarray:
+    """GLCM and LBP features of ``grey`` (uint8) inside ``mask`` (both cropped to the nucleus).
+
+    ``props_of(glcm, names)``: computes the GLCM properties (default: skimage's ``graycoprops``, one by one).
+    """
     side = max(grey.shape)
     if side > MAX_SIDE:
         scale = MAX_SIDE / side
@@ -106,7 +109,10 @@ def _texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     total = glcm.sum(axis=(0, 1), keepdims=True)
     glcm = np.divide(glcm, total, out=np.zeros_like(glcm), where=total > 0)
     with np.errstate(invalid="ignore", divide="ignore"):  # every distance at once: (distances, angles)
-        props = {prop: np.nan_to_num(graycoprops(glcm, prop)) for prop in GLCM_PROPS}
+        if props_of is None:
+            props = {prop: np.nan_to_num(graycoprops(glcm, prop)) for prop in GLCM_PROPS}
+        else:
+            props = {k: np.nan_to_num(v) for k, v in props_of(glcm, GLCM_PROPS).items()}
     for d in range(len(GLCM_DISTANCES)):
         out.extend(float(props[prop][d].mean()) for prop in GLCM_PROPS)
     for p, r in LBP_SETTINGS:
@@ -201,7 +207,8 @@ def _one_v2(img: np.ndarray, nucleus: np.ndarray, cell: np.ndarray, nucleus_obj,
         small, nuc_s, cel_s = img[ys, xs], nuc, cel
     colour = _colour(_colour_planes(small), nuc_s, cel_s & ~nuc_s)
     grey = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
-    texture = _texture(grey[v2.box_of(nuc_s)], nuc_s[v2.box_of(nuc_s)])
+    box = v2.box_of(nuc_s)
+    texture = _texture(grey[box], nuc_s[box], v2.glcm_props)
     return np.concatenate([np.asarray(morph, dtype=np.float64), colour, texture])
 
 
@@ -212,9 +219,17 @@ def _features_v2(img: np.ndarray, seg: Segmentation) -> np.ndarray:
         vec = _one_v2(img, seg.mask, cell | seg.mask, seg.nuclei[0], 1)
     else:
         fg = brightest_channel(img) > 0
-        vecs = [_one_v2(img, seg.labels == i + 1, _ring(seg.labels == i + 1, fg) | (seg.labels == i + 1), n,
-                        len(seg.nuclei))
-                for i, n in enumerate(seg.nuclei) if n.area_px >= 4]
+        h, w = seg.labels.shape
+        vecs = []
+        for i, n in enumerate(seg.nuclei):
+            if n.area_px < 4:
+                continue
+            # the nucleus and its ring lie within the nucleus box grown by the ring's reach
+            reach = max(2, int(round(np.sqrt(n.area_px / np.pi) * 2 / 3))) + 1
+            x, y, bw, bh = n.bbox
+            box = (slice(max(0, y - reach), min(h, y + bh + reach)), slice(max(0, x - reach), min(w, x + bw + reach)))
+            mask = seg.labels[box] == i + 1
+            vecs.append(_one_v2(img[box], mask, _ring(mask, fg[box]) | mask, n, len(seg.nuclei)))
         if not vecs:
             return np.zeros(NUCLEUS_DIM, np.float32)
         vec = np.mean(vecs, axis=0)
