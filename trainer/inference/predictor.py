@@ -93,9 +93,8 @@ class Predictor:
         self.precision = _precision(cfg, precision, device)
         networks = tuple(dict.fromkeys(b for _, blocks in summary.values() for b in blocks if b in BACKBONES))
 
-        def extractor(blocks, reference=None, version=handcrafted.VERSION) -> FeatureExtractor:
-            return _extractor(cfg, blocks, device, cache_dir, self.precision, bundle.backbone_state, reference,
-                              version)
+        def extractor(blocks, ref=None, version=handcrafted.VERSION) -> FeatureExtractor:
+            return _extractor(cfg, blocks, device, cache_dir, self.precision, bundle.backbone_state, ref, version)
 
         # ``prebuilt``: (base extractor, its fingerprint) made by ``from_bundle`` while the bundle loaded
         if prebuilt is not None and tuple(prebuilt[0].backbones) == networks and bundle.backbone_state is None:
@@ -118,8 +117,7 @@ class Predictor:
             ex.use_networks_of(base)
             self.extractors[key] = ex
         self.extractor = self.extractors[self.keys[0]]
-        #: how images are segmented: the method of the nucleus block the (first) model was trained with, so
-        #: that a model sees the nuclei it learnt and the whole image is segmented once
+        #: the segmentation of the nucleus block the (first) model learnt: images are segmented once, as it saw them
         self.segmentation_method = handcrafted.segmentation_method(self.extractor.nucleus_version)
         #: the networks alone, for :meth:`predict`'s whole-image pass beside segmentation; that pass is the
         #: same for every model unless a model normalises stain (its networks then see other colours)
