@@ -48,8 +48,8 @@ SHIFT = 0.1               # threshold moved by this share of the class-mean gap 
 # ring left is the width of the outline itself
 CYTOPLASM_MIN = 0.05
 # the stained pixels of a nucleus inside cytoplasm lie deeper in the cell than the rest; at under this
-# share of the rest's mean depth they are the darker band along a crop's cut edge (the least a nucleus reached
-# among another laboratory's 300 cut-out cells was 0.86)
+# share of the rest's mean depth they are the darker band along a crop's cut edge (set below what nuclei
+# inside cytoplasm reached on expert-outlined cells, see benchmarks/README.md)
 RING_DEPTH = 0.8
 MIN_LOBE = 0.15           # parts of a crop's nucleus below this share of the largest part are specks
 
