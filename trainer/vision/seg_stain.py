@@ -11,6 +11,10 @@ image by Otsu's method:
   pixels above the upper threshold that are also clearly above the image's median contrast are nuclei,
   and the nucleus parts that lie in one connected cell (above the lower threshold) are one nucleus.
 
+A crop cut along its nucleus (as C-NMC's are) has no cytoplasm to split off: where a crop's two classes
+are a band along the cut edge, or shades of one colour, the whole cell is the nucleus and the result says
+that no cytoplasm is visible (its N:C ratio is then no measurement).
+
 The confidence of a nucleus is how little its outline moves when the threshold moves by a tenth of the
 gap between the two classes' mean contrasts (Dice of the two outlines): near 1 where a deep valley in
 the histogram separates nucleus and cytoplasm, lower where their colours blend.
