@@ -81,6 +81,14 @@ def test_the_confidence_drops_where_nucleus_and_cytoplasm_blend():
     assert sum(c < LOW_SEGMENTATION_CONFIDENCE for c in blended_crop) >= 2
 
 
+def test_a_nucleus_that_covers_most_of_the_field_is_still_found():
+    for seed in range(3):
+        img, nucleus, _ = make_stained_cell(size=80, rng=seed, cell_share=1.4)
+        assert nucleus.mean() > 0.5
+        seg = segment_nuclei(img)
+        assert len(seg.nuclei) == 1 and dice(seg.mask, nucleus) > 0.9, seed
+
+
 def test_the_paper_method_stays_available_and_differs_on_such_slides():
     img, nucleus, _ = make_stained_cell(rng=0, **CASES["yellowish background"])
     new, old = segment_nuclei(img), segment_nuclei(img, method="kmeans")

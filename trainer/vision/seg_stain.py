@@ -8,7 +8,7 @@ image by Otsu's method:
 
 * a single-cell crop on black: two classes inside the cell (less its cut edge): nucleus and cytoplasm;
 * a smear field: three classes over the image (background and red cells, cytoplasm, nucleus); the
-  pixels above the upper threshold that are also clearly above the image's median contrast are nuclei,
+  pixels above the upper threshold that are also clearly above the lowest class are nuclei,
   and the nucleus parts that lie in one connected cell (above the lower threshold) are one nucleus.
 
 A crop cut along its nucleus (as C-NMC's are) has no cytoplasm to split off: where a crop's two classes
@@ -44,7 +44,7 @@ from trainer.vision.seg_kmeans import CROP_COLOUR_GAP, CROP_L_WEIGHT, purple_sco
 
 METHOD = "stain"
 OFFSET = 256              # B - G + OFFSET indexes a histogram of 512 bins
-# a field's nucleus pixels lie at least this far (B - G, 8-bit units) above the image's median, which is
+# a field's nucleus pixels lie at least this far (B - G, 8-bit units) above the mean of its lowest class, which is
 # background or red cells: without it a field of red cells alone would have its reddest parts as nuclei
 MIN_FIELD_CONTRAST = 20
 SHIFT = 0.1               # threshold moved by this share of the class-mean gap for the confidence
@@ -192,22 +192,25 @@ def _field_nuclei(contrast: np.ndarray, t: float, min_area: float) -> np.ndarray
     return np.isin(lab, np.flatnonzero(sizes >= min_area) + 1)
 
 
-def _thresholds(contrast: np.ndarray) -> tuple[float, float, float]:
-    """(lower, upper threshold, class-mean gap at the upper one) of a field's three Otsu classes."""
+def _thresholds(contrast: np.ndarray) -> tuple[float, float, float, float]:
+    """A field's three Otsu classes of contrast.
+
+    Returns (lower threshold, upper threshold, class-mean gap at the upper one, mean of the lowest class).
+    """
     lo_v, hi_v = int(contrast.min()), int(contrast.max())
     if hi_v - lo_v < 2:
-        return float(hi_v), float(hi_v), 1.0
+        return float(hi_v), float(hi_v), 1.0, float(lo_v)
     counts = np.bincount((contrast - lo_v).ravel(), minlength=hi_v - lo_v + 1)
     centres = np.arange(lo_v, hi_v + 1, dtype=np.float64)
     if np.count_nonzero(counts) < 3:  # two colours at most: two classes
         t, _, mean0, mean1 = otsu(contrast)
-        return t, t, max(mean1 - mean0, 1.0)
+        return t, t, max(mean1 - mean0, 1.0), mean0
     t_low, t_high = threshold_multiotsu(hist=(counts, centres), classes=3)
-    mid = (centres > t_low) & (centres <= t_high)
-    top = centres > t_high
+    low, mid, top = centres <= t_low, (centres > t_low) & (centres <= t_high), centres > t_high
+    mean_low = np.average(centres[low], weights=counts[low]) if counts[low].sum() else t_low
     mean_mid = np.average(centres[mid], weights=counts[mid]) if counts[mid].sum() else t_low
     mean_top = np.average(centres[top], weights=counts[top]) if counts[top].sum() else t_high
-    return float(t_low), float(t_high), float(max(mean_top - mean_mid, 1.0))
+    return float(t_low), float(t_high), float(max(mean_top - mean_mid, 1.0)), float(mean_low)
 
 
 def segment_field(img: np.ndarray, min_area: float | None = None) -> Segmentation:
@@ -217,8 +220,8 @@ def segment_field(img: np.ndarray, min_area: float | None = None) -> Segmentatio
     """
     h, w = img.shape[:2]
     contrast = stain_contrast(img)
-    t_low, t_high, gap = _thresholds(contrast)
-    t = max(t_high, float(np.median(contrast)) + MIN_FIELD_CONTRAST)
+    t_low, t_high, gap, background = _thresholds(contrast)
+    t = max(t_high, background + MIN_FIELD_CONTRAST)
     min_area = max(12.0, 0.002 * h * w) if min_area is None else float(min_area)
     nuc = _field_nuclei(contrast, t, min_area)
     if not nuc.any():
