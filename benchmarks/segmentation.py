@@ -3,8 +3,9 @@
     python benchmarks/segmentation.py                             # synthetic 450x450 crops, 224x224 fields
     python benchmarks/segmentation.py --crops DIR --fields DIR --n 40 [--code OLD_CHECKOUT]
 
-For each kind, the median time per image of ``segment_nuclei`` + ``nucleus_features`` (what prediction
-runs in its side thread). With ``--code`` the same images also go through the trainer package in that
+For each kind, the median time per image (wall and CPU time of the process: on a shared machine the
+CPU time is the steadier figure) of ``segment_nuclei`` + ``nucleus_features`` (what prediction runs in its
+side thread). With ``--code`` the same images also go through the trainer package in that
 folder (a baseline commit), in a separate process, alternately with this checkout's, and the script
 prints the time ratio, the share of images whose segmentations (label images) are identical and the
 share of identical nucleus-feature vectors with the largest difference.
@@ -53,14 +54,15 @@ def _worker(files: list[str], out: str) -> None:
 
     imgs = [read_image(f) for f in files]
     nucleus_features(imgs[0], segment_nuclei(imgs[0]))  # warm-up
-    feats, labels, times = [], [], []
+    feats, labels, times, cpu = [], [], [], []
     for img in imgs:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         seg = segment_nuclei(img)
         feats.append(nucleus_features(img, seg))
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         labels.append(seg.labels)
-    np.savez(out, feats=np.array(feats), times=np.array(times),
+    np.savez(out, feats=np.array(feats), times=np.array(times), cpu=np.array(cpu),
              **{f"labels_{i}": lab for i, lab in enumerate(labels)})
 
 
@@ -91,18 +93,23 @@ def main(argv: list[str] | None = None) -> None:
         files = _images(folder, a.n, kind)
         codes = {"this": ROOT} | ({"baseline": Path(a.code).resolve()} if a.code else {})
         times: dict[str, list[float]] = {k: [] for k in codes}
+        cpu: dict[str, list[float]] = {k: [] for k in codes}
         last: dict[str, dict] = {}
         for r in range(a.rounds):
             for tag, code in codes.items():
                 last[tag] = _run(code, files, tmp, f"{kind}_{tag}_{r}")
                 times[tag].append(float(np.median(last[tag]["times"])))
-        line = f"{kind:5s} {len(files)} images: this {1000 * min(times['this']):.1f} ms/img"
+                cpu[tag].append(float(np.median(last[tag]["cpu"])) if "cpu" in last[tag] else np.nan)
+        line = (f"{kind:5s} {len(files)} images: this {1000 * min(times['this']):.1f} ms/img "
+                f"(CPU {1000 * min(cpu['this']):.1f} ms)")
         if a.code:
             new, old = last["this"], last["baseline"]
             ratio = min(times["this"]) / min(times["baseline"])
             same_seg = np.mean([np.array_equal(new[f"labels_{i}"], old[f"labels_{i}"]) for i in range(len(files))])
             same = (new["feats"] == old["feats"]).all(axis=1)
-            line += (f", baseline {1000 * min(times['baseline']):.1f} ms/img, ratio {ratio:.2f}; identical "
+            cpu_ratio = min(cpu["this"]) / min(cpu["baseline"])
+            line += (f", baseline {1000 * min(times['baseline']):.1f} ms/img (CPU {1000 * min(cpu['baseline']):.1f} "
+                     f"ms), ratio {ratio:.2f}, CPU-time ratio {cpu_ratio:.2f}; identical "
                      f"segmentations {same_seg:.1%}, identical nucleus vectors {same.mean():.1%} "
                      f"(largest difference {np.abs(new['feats'] - old['feats']).max():.2g})")
         print(line, flush=True)

@@ -477,3 +477,21 @@ def test_overlay_names_do_not_collide():
     used: set[str] = set()
     names = [_overlay_name(p, used) for p in ("a/1.png", "b/1.png", "c/2.png", "d/1.png")]
     assert names == ["1_overlay.png", "1_2_overlay.png", "2_overlay.png", "1_3_overlay.png"]
+
+
+def test_the_nucleus_line_says_no_cytoplasm_instead_of_an_nc_of_one(qtbot, window, tmp_path):
+    from trainer.inference.results import NO_CYTOPLASM
+    from trainer.io.synthetic import cut_out, make_stained_cell
+
+    img, nucleus, cell = make_stained_cell(rng=2)
+    with_cytoplasm = _png(tmp_path / "with.png", cut_out(img, cell)[0])
+    without = _png(tmp_path / "without.png", cut_out(img, nucleus)[0])
+    _open_and_wait(qtbot, window, [with_cytoplasm, without])
+    shown = {}
+    for path in (with_cytoplasm, without):
+        window.state.set_current(path)
+        qtbot.waitUntil(lambda p=path: window.state.prediction is window.state.predictions[p], timeout=10_000)
+        shown[path] = window.side.morph.text()
+    nc = window.state.predictions[with_cytoplasm].whole.nc_ratio
+    assert f"N:C {nc:.2f}" in shown[with_cytoplasm] and NO_CYTOPLASM not in shown[with_cytoplasm]
+    assert NO_CYTOPLASM in shown[without] and "N:C 1.00" not in shown[without]

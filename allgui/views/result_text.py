@@ -6,7 +6,14 @@ or not validated (a cell's score from a model that judges whole fields) is small
 from __future__ import annotations
 
 from allgui.imaging import DECISION_COLOURS, probability_colour
-from trainer.inference.results import DECISION_OUTSIDE, DOMAIN_CHECK_TEXT, CellPrediction, ImagePrediction
+from trainer.inference.results import (
+    DECISION_OUTSIDE,
+    DOMAIN_CHECK_TEXT,
+    NO_CYTOPLASM,
+    OUTLINE_UNCERTAIN,
+    CellPrediction,
+    ImagePrediction,
+)
 
 GREY = "#8c8c8c"        # what is shown but not meaningful or not validated
 NO_DOMAIN_CHECK = "this model cannot tell images unlike its training (saved before the check); retrain it"
@@ -55,3 +62,17 @@ def cell_text(pred: ImagePrediction, cell: CellPrediction, threshold: float, ban
                 f"<span style='color:{GREY}'>P(ALL) {cell.probability:.3f}, {NOT_MEANINGFUL}</span>")
     return (f"<b style='color:{colour}'>{decision}</b>, P(ALL) {cell.probability:.3f} "
             f"\u2014 threshold {threshold:.3f}")
+
+
+def morphology_text(cell: CellPrediction) -> str:
+    """The nucleus measurements of a cell in words, with a note where the outline or the N:C is not reliable.
+
+    E.g. "area 1520 px, circularity 0.84, N:C 0.52", "..., N:C — (no cytoplasm visible)", and
+    "; nucleus outline uncertain (confidence 0.71)" where the segmentation confidence is low.
+    """
+    text = f"area {cell.area_px:.0f} px, circularity {cell.circularity:.2f}"
+    if cell.nc_ratio is not None:
+        text += f", N:C {cell.nc_ratio:.2f}" if cell.nc_measured else f", N:C — ({NO_CYTOPLASM})"
+    if cell.outline_uncertain:
+        text += f"; {OUTLINE_UNCERTAIN} (confidence {cell.segmentation_confidence:.2f})"
+    return text

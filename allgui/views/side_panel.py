@@ -29,7 +29,7 @@ from allgui.imaging import DECISION_COLOURS, counts_text
 from allgui.qtutil import signals_blocked
 from allgui.state import MAX_BAND, AppState, Topic
 from allgui.views.heatmap import HeatmapBox
-from allgui.views.result_text import cell_text, domain_text, probability_text, rgb
+from allgui.views.result_text import cell_text, domain_text, morphology_text, probability_text, rgb
 from allgui.views.threshold_slider import ThresholdSlider
 from trainer.inference.card_text import calibration_source
 from trainer.inference.results import (
@@ -365,8 +365,7 @@ class SidePanel(QWidget):
         self.raw.setText(f"{shown.raw_probability:.3f}")
         self.vote_share.setText(f"{shown.vote_share:.0%} of the weight votes ALL")
         if shown.area_px:
-            nc = f", N:C {shown.nc_ratio:.2f}" if shown.nc_ratio is not None else ""
-            self.morph.setText(f"area {shown.area_px:.0f} px, circularity {shown.circularity:.2f}{nc}")
+            self.morph.setText(morphology_text(shown))
         else:
             self.morph.setText("\u2014")
         self.chart.set_votes(shown.votes, greyed=shown.in_domain is False)

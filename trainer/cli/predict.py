@@ -52,7 +52,8 @@ def register(sub) -> argparse.ArgumentParser:
     return r
 
 
-CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "circularity", "nc_ratio"]
+CSV_FIELDS = ["file", "kind", "cell", "x", "y", "w", "h", "nucleus_area_px", "circularity", "nc_ratio",
+              "segmentation_confidence"]
 
 
 def _input_files(inputs: list[str]) -> list[Path]:
@@ -75,6 +76,15 @@ def _input_files(inputs: list[str]) -> list[Path]:
 
 
 
+def _nc_text(c) -> str | float:
+    """The N:C column: the ratio, "no cytoplasm visible" where a crop shows none, empty where not measured."""
+    from trainer.inference.results import NO_CYTOPLASM  # the inference package loads only for this command
+
+    if c.nc_ratio is None:
+        return ""
+    return round(c.nc_ratio, 4) if c.nc_measured else NO_CYTOPLASM
+
+
 def _rows_for(r, f: Path, threshold: float, band: float) -> list[dict]:
     """CSV rows of one image's result (image row, then one per cell) at ``threshold`` with uncertain ``band``."""
     rows = []
@@ -92,7 +102,9 @@ def _rows_for(r, f: Path, threshold: float, band: float) -> list[dict]:
         row = {"file": str(f), "kind": r.kind, "cell": "image" if image_row else c.index,
                "x": c.bbox[0], "y": c.bbox[1], "w": c.bbox[2], "h": c.bbox[3],
                "nucleus_area_px": round(c.area_px, 1), "circularity": round(c.circularity, 4),
-               "nc_ratio": "" if c.nc_ratio is None else round(c.nc_ratio, 4),
+               "nc_ratio": _nc_text(c),
+               "segmentation_confidence": ("" if c.segmentation_confidence is None
+                                           else round(c.segmentation_confidence, 3)),
                "vote_share": round(c.vote_share, 4), "raw_probability": round(c.raw_probability, 4),
                "probability": round(p_img, 4),
                "decision": decision if image_row else c.decision(threshold, band),

@@ -34,7 +34,7 @@ from trainer.inference.results import (
 from trainer.io.imageio import as_rgb_uint8, read_image
 from trainer.util.errors import AllguiError, BundleError, ImageReadError
 from trainer.util.progress import Stages, check_cancel
-from trainer.vision import fingerprint, initcache, segmentation
+from trainer.vision import fingerprint, handcrafted, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
 from trainer.vision.crop_quality import QUALITY_TEXT, crop_quality_flags, featureless
 from trainer.vision.features import NUCLEUS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
@@ -97,8 +97,8 @@ class Predictor:
         self.precision = _precision(cfg, precision, device)
         networks = tuple(dict.fromkeys(b for _, blocks in summary.values() for b in blocks if b in BACKBONES))
 
-        def extractor(blocks, reference=None) -> FeatureExtractor:
-            return _extractor(cfg, blocks, device, cache_dir, self.precision, bundle.backbone_state, reference)
+        def extractor(blocks, ref=None, version=handcrafted.VERSION) -> FeatureExtractor:
+            return _extractor(cfg, blocks, device, cache_dir, self.precision, bundle.backbone_state, ref, version)
 
         # ``prebuilt``: (base extractor, its fingerprint) made by ``from_bundle`` while the bundle loaded
         if prebuilt is not None and tuple(prebuilt[0].backbones) == networks and bundle.backbone_state is None:
@@ -116,10 +116,13 @@ class Predictor:
                 fingerprint.verify(base, bundle.arrays)
         self.extractors: dict[str, FeatureExtractor] = {}
         for key, (_, blocks) in summary.items():
-            ex = extractor(tuple(blocks), bundle.arrays.get(f"{key}/stain_reference"))
+            ex = extractor(tuple(blocks), bundle.arrays.get(f"{key}/stain_reference"),
+                           nucleus_version(bundle.card, key))
             ex.use_networks_of(base)
             self.extractors[key] = ex
         self.extractor = self.extractors[self.keys[0]]
+        #: the segmentation of the nucleus block the (first) model learnt: images are segmented once, as it saw them
+        self.segmentation_method = handcrafted.segmentation_method(self.extractor.nucleus_version)
         #: the networks alone, for :meth:`predict`'s whole-image pass beside segmentation; that pass is the
         #: same for every model unless a model normalises stain (its networks then see other colours)
         self._networks = base
@@ -271,7 +274,7 @@ class Predictor:
         prep = self.prepare(img, path)
         key = self.route("single_cell" if prep.single else "field")
         ex = self.extractors[key]
-        return prep, (nucleus_block(img, ex.gamma, prep.seg) if NUCLEUS in ex.backbones else None)
+        return prep, (nucleus_block(img, ex.gamma, prep.seg, ex.nucleus_version) if NUCLEUS in ex.backbones else None)
 
     @staticmethod
     def _decode(item, path: str | None) -> tuple[np.ndarray, str | None]:
@@ -368,7 +371,7 @@ class Predictor:
 
     def _segment(self, img: np.ndarray):
         """(is_single_cell, cells to classify separately, Segmentation)."""
-        seg = segmentation.segment_nuclei(img, gamma=self.config.gamma)
+        seg = segmentation.segment_nuclei(img, gamma=self.config.gamma, method=self.segmentation_method)
         if featureless(img):      # one flat colour: whatever was segmented, there is no cell to judge
             none = np.zeros(img.shape[:2], bool)
             seg = dataclasses.replace(seg, mask=none, labels=none.astype(np.int32), nuclei=[])
@@ -390,6 +393,8 @@ class Predictor:
             out.perimeter_px = float(nucleus.perimeter_px)
             out.circularity = float(nucleus.circularity)
             out.nc_ratio = None if nucleus.nc_ratio is None else float(nucleus.nc_ratio)
+            out.cytoplasm_visible = nucleus.cytoplasm_visible
+            out.segmentation_confidence = None if nucleus.confidence is None else float(nucleus.confidence)
         if "novelty" in det:
             out.novelty = float(det["novelty"][row])
             out.domain_checks = self.models[key].domain_.fired(det["domain_flags"][row])
@@ -438,14 +443,32 @@ def _precision(cfg, requested: str | None, device: str) -> str:
                                device)
 
 
-def _extractor(cfg, blocks, device, cache_dir, precision, state_dicts, reference=None) -> FeatureExtractor:
-    """A FeatureExtractor of ``blocks`` as the bundle's config ``cfg`` describes it."""
+def nucleus_version(card: dict, key: str) -> str:
+    """The nucleus-block version model ``key`` of a bundle was trained with, from its card.
+
+    Models that recorded none computed nucleus-v1. Raises BundleError for a version this code does not know.
+    """
+    version = handcrafted.LEGACY_VERSION
+    for section in (((card.get("models") or {}).get(key) or {}), card):
+        blocks = (section.get("method") or {}).get("feature_blocks") or {}
+        if NUCLEUS in blocks:
+            version = str(blocks[NUCLEUS])
+            break
+    if version not in handcrafted.SEGMENTATION_OF:
+        raise BundleError(f"This model was trained with nucleus features '{version}', which this version of "
+                          "allgui does not know: update allgui to use it.")
+    return version
+
+
+def _extractor(cfg, blocks, device, cache_dir, precision, state_dicts, reference=None,
+               version=handcrafted.VERSION) -> FeatureExtractor:
+    """A FeatureExtractor of ``blocks`` (nucleus block ``version``) as the bundle's config ``cfg`` describes it."""
     batch = cfg.batch_size if resolve_device(device).type == "cuda" else min(cfg.batch_size, CPU_FORWARD_BATCH)
     return FeatureExtractor(
         backbones=tuple(blocks), weights=cfg.weights, image_size=cfg.image_size, gamma=cfg.gamma,
         batch_size=batch, num_workers=0, device=device, cache_dir=cache_dir, state_dicts=state_dicts,
         seed=cfg.seed, precision=precision, stain_reference=reference,
-        release_memory=True)
+        release_memory=True, nucleus_version=version)
 
 
 def _networks_ready(cfg, device, cache_dir, precision, legacy=False) -> tuple[FeatureExtractor, dict[str, np.ndarray]]:

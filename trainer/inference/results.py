@@ -42,6 +42,13 @@ def decide(probability: float, threshold: float, band: float = DEFAULT_UNCERTAIN
     return DECISION_ALL if probability >= threshold else DECISION_NORMAL
 
 
+#: below this segmentation confidence the nucleus outline is called uncertain: the outlines below it agreed
+#: clearly less with experts' than the rest (see benchmarks/README.md), and few clear ones fall below it
+LOW_SEGMENTATION_CONFIDENCE = 0.85
+NO_CYTOPLASM = "no cytoplasm visible"
+OUTLINE_UNCERTAIN = "nucleus outline uncertain"
+
+
 @dataclass
 class ClassifierVote:
     """One base classifier's output for one cell or image."""
@@ -63,6 +70,10 @@ class CellPrediction:
     perimeter_px: float = 0.0
     circularity: float = 0.0          # 4*pi*area/perimeter^2, 1 = perfect circle
     nc_ratio: float | None = None     # nucleus area / cell area, None where the cell edge is unknown
+    cytoplasm_visible: bool | None = None   # False: a crop with no cytoplasm beside the nucleus, so nc_ratio
+                                            # is not a measurement; None where the cell edge is unknown
+    segmentation_confidence: float | None = None  # in [0, 1]: how little the nucleus outline moves under a
+                                                  # small change of the segmentation threshold; None: not given
     votes: list[ClassifierVote] = field(default_factory=list)
     vote_share: float = 0.0           # weighted hard vote for ALL (eq. 8), in [0, 1]
     raw_probability: float = 0.0      # weighted mean of the classifiers' probabilities
@@ -73,6 +84,16 @@ class CellPrediction:
     #: what makes a crop's one-cell result unsafe (trainer.vision.crop_quality): several or touching cells,
     #: a cell cut by the image edge; such a unit gets "uncertain, review" whatever its probability
     quality_flags: list[str] = field(default_factory=list)
+
+    @property
+    def nc_measured(self) -> bool:
+        """True when ``nc_ratio`` is a measurement: the cell edge is known and cytoplasm is visible."""
+        return self.nc_ratio is not None and self.cytoplasm_visible is not False
+
+    @property
+    def outline_uncertain(self) -> bool:
+        """True when the nucleus outline is uncertain (confidence below :data:`LOW_SEGMENTATION_CONFIDENCE`)."""
+        return self.segmentation_confidence is not None and self.segmentation_confidence < LOW_SEGMENTATION_CONFIDENCE
 
     @property
     def in_domain(self) -> bool | None:

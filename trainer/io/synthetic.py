@@ -5,6 +5,10 @@
   nucleoli filling most of the cell; normal cells a small, round, dense dark nucleus.
 * :func:`make_smear_field`: a smear field: pinkish background, many red blood cells (pale red discs
   with a lighter centre) and ``n_wbc`` white cells with purple nuclei (some multi-lobed).
+* :func:`make_stained_cell`: one white cell filling much of a small field, as another laboratory's camera
+  frames it: a yellowish or pinkish background, a few red cells, pale or purple cytoplasm (monocyte- or
+  basophil-like), a round or lobed nucleus; with its nucleus and cell masks. :func:`cut_out` puts a cell
+  onto black as a crop.
 * :func:`write_dataset`: a small labelled image folder in the C-NMC naming or one folder per class.
 
 All images are RGB uint8 ``(size, size, 3)``; masks are bool ``(size, size)``. The same ``rng``
@@ -26,6 +30,11 @@ _FIELD_BACKGROUND = (242, 229, 232)
 _RBC = (222, 160, 166)
 _RBC_CENTRE = (238, 204, 206)
 _WBC_CYTOPLASM = (198, 188, 228)
+#: backgrounds and cytoplasms of :func:`make_stained_cell` (RGB)
+STAINED_BACKGROUNDS = {"yellowish": (255, 250, 178), "white": (248, 246, 246)}
+STAINED_CYTOPLASMS = {"pale": (212, 188, 142), "purple": (196, 137, 166)}
+_STAINED_RBC = (226, 170, 160)
+_STAINED_NUCLEUS = (145, 66, 108)   # magenta chromatin, as such a stain shows it
 
 
 def _rng(rng) -> np.random.Generator:
@@ -165,6 +174,59 @@ def make_smear_field(size: int = 224, n_wbc: int = 3, rng=None, malignant: bool 
         _paint(img, nuc, colour, _texture(shape, g, 1.0), amount)
         masks.append(nuc)
     return _finish(img, g), masks
+
+
+def make_stained_cell(size: int = 120, rng=None, background: str = "yellowish", cytoplasm: str = "pale",
+                      cell_share: float = 0.5, lobes: int = 1, nucleus_colour=_STAINED_NUCLEUS,
+                      mottle: float = 0.08) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One white cell whose diameter is ``cell_share`` of a small field, among a few red cells.
+
+    ``background`` and ``cytoplasm`` name colours of :data:`STAINED_BACKGROUNDS` and
+    :data:`STAINED_CYTOPLASMS`; ``lobes``: 1 (round nucleus) or 2-4 (a neutrophil's lobes, apart);
+    ``nucleus_colour``: RGB of the chromatin; ``mottle``: relative amplitude of its texture (a colour closer to
+    the cytoplasm's and a stronger mottle: nucleus and cytoplasm blend, a cell hard to segment).
+    Returns ``(img (size, size, 3) uint8 RGB, nucleus mask, cell mask)`` (masks (size, size) bool).
+    """
+    g = _rng(rng)
+    shape = (size, size)
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = STAINED_BACKGROUNDS[background]
+    c = size / 2 + g.uniform(-0.05, 0.05, 2) * size
+    r = size * cell_share / 2
+    r_rbc = r * 0.6
+    for a in g.uniform(0, 2 * np.pi, 6):  # red cells around the white cell, partly outside the field
+        d = r + r_rbc * g.uniform(1.1, 1.6)
+        disc = _blob(shape, c[0] + d * np.cos(a), c[1] + d * np.sin(a), r_rbc, g, irregularity=0.03)
+        _paint(img, disc, _STAINED_RBC, _texture(shape, g, size / 40), 0.03)
+    cell = _blob(shape, c[0], c[1], r, g, irregularity=0.03)
+    _paint(img, cell, STAINED_CYTOPLASMS[cytoplasm], _texture(shape, g, size / 30), 0.04)
+    if lobes > 1:
+        nuc = np.zeros(shape, bool)
+        a0 = g.uniform(0, 2 * np.pi)
+        for j in range(lobes):
+            a = a0 + 2 * np.pi * j / lobes
+            nuc |= _blob(shape, c[0] + 0.42 * r * np.cos(a), c[1] + 0.42 * r * np.sin(a), 0.27 * r, g)
+    else:
+        nuc = _blob(shape, c[0] + g.uniform(-0.1, 0.1) * r, c[1], r * g.uniform(0.6, 0.7), g, irregularity=0.05)
+    nuc &= cell
+    _paint(img, nuc, nucleus_colour, _texture(shape, g, 1.0), mottle)
+    return _finish(img, g), nuc, cell
+
+
+def cut_out(img: np.ndarray, cell: np.ndarray, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The cell ``cell`` (H, W) bool of ``img`` (H, W, 3) on black, unscaled, centred in a square crop.
+
+    ``size``: the crop's side (default 2.2 x the cell's longer side). Returns (crop (size, size, 3) uint8,
+    offset (x, y) of ``img``'s pixels in the crop).
+    """
+    ys, xs = np.nonzero(cell)
+    y0, x0 = ys.min(), xs.min()
+    h, w = ys.max() + 1 - y0, xs.max() + 1 - x0
+    size = int(size or round(2.2 * max(h, w)))
+    out = np.zeros((size, size, 3), np.uint8)
+    oy, ox = (size - h) // 2, (size - w) // 2
+    out[oy:oy + h, ox:ox + w] = np.where(cell[y0:y0 + h, x0:x0 + w, None], img[y0:y0 + h, x0:x0 + w], 0)
+    return out, np.array([ox - x0, oy - y0])
 
 
 def write_dataset(root, layout: str = "cnmc", n_per_class: int = 8, size: int = 64, seed: int = 0,

@@ -81,13 +81,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise AllguiError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.")
 
 
-def nucleus_block(img: np.ndarray, gamma: float, seg=None) -> np.ndarray:
+def nucleus_block(img: np.ndarray, gamma: float, seg=None, version: str = handcrafted.VERSION) -> np.ndarray:
     """The hand-crafted nucleus block (NUCLEUS_DIM,) float32 of an RGB uint8 image, as ``extract`` makes it.
 
     ``seg``: the image's :func:`trainer.vision.segmentation.segment_nuclei` result with this gamma, if
-    made already (then not segmented again).
+    made already (then not segmented again where made by ``version``'s method).
     """
-    return handcrafted.nucleus_features(img if gamma == 1.0 else gamma_correct(img, gamma), seg=seg)
+    img = img if gamma == 1.0 else gamma_correct(img, gamma)
+    return handcrafted.nucleus_features(img, seg=seg, version=version)
 
 
 class _Images(Dataset):
@@ -100,7 +101,7 @@ class _Images(Dataset):
 
     def __init__(self, items: Sequence, indices: Sequence[int], image_size: int, gamma: float,
                  stain_reference=None, tensor: bool = True, nucleus: bool = False,
-                 segs: Sequence | None = None) -> None:
+                 segs: Sequence | None = None, nucleus_version: str = handcrafted.VERSION) -> None:
 
         self.items = items
         self.indices = list(indices)
@@ -109,6 +110,7 @@ class _Images(Dataset):
         self.stain_reference = None if stain_reference is None else np.asarray(stain_reference, float)
         self.tensor = tensor
         self.nucleus = nucleus
+        self.nucleus_version = nucleus_version
         # segmentations made already (of the gamma-corrected image): the nucleus block reuses them;
         # only valid without stain normalisation, which changes the colours it segments
         self.segs = segs if stain_reference is None else None
@@ -128,7 +130,7 @@ class _Images(Dataset):
             hand = None
             if self.nucleus:
                 seg = self.segs[i] if self.segs is not None else None
-                hand = torch.from_numpy(nucleus_block(img, self.gamma, seg))
+                hand = torch.from_numpy(nucleus_block(img, self.gamma, seg, self.nucleus_version))
             return i, x, hand, None
         except AllguiError as exc:
             return i, None, None, str(exc)
@@ -188,6 +190,8 @@ class FeatureExtractor:
     release_memory: give freed memory back to the system after each batch of an extraction of
         several (each lane's allocator keeps a batch's activations); costs a few per cent of the speed,
         so it is for prediction, whose resident size is bounded, not for training.
+    nucleus_version: the nucleus block's version (:data:`trainer.vision.handcrafted.SEGMENTATION_OF`):
+        new trainings the current one, prediction the one its model was trained with. Part of the cache key.
     """
 
     def __init__(
@@ -205,6 +209,7 @@ class FeatureExtractor:
         precision: str = "auto",
         stain_reference: Sequence[float] | None = None,
         release_memory: bool = False,
+        nucleus_version: str = handcrafted.VERSION,
     ) -> None:
         self.backbones = tuple(backbones)
         self.weights = weights
@@ -220,6 +225,8 @@ class FeatureExtractor:
         self.stain_reference = (None if stain_reference is None
                                 else tuple(float(v) for v in np.asarray(stain_reference).ravel()))
         self.release_memory = release_memory
+        handcrafted.segmentation_method(nucleus_version)  # an unknown version fails here, not mid-extraction
+        self.nucleus_version = nucleus_version
         self._models: dict[str, torch.nn.Module] | None = None
         self._identities: dict[str, str] | None = None
         self._device: torch.device | None = None
@@ -272,7 +279,7 @@ class FeatureExtractor:
             sds = self.state_dicts or {}
             ids = {name: weights_identity(name, self.weights, sds.get(name)) for name in self.networks}
             if NUCLEUS in self.backbones:
-                ids[NUCLEUS] = handcrafted.VERSION
+                ids[NUCLEUS] = self.nucleus_version
             # random weights differ by seed
             self._identities = {k: f"none:seed={self.seed}" if v == "none" else v for k, v in ids.items()}
         return dict(self._identities)
@@ -453,7 +460,7 @@ class FeatureExtractor:
         images = _Images(items, todo, self.image_size, self.gamma, self.stain_reference,
                          tensor=any(missing[name][todo].any() for name in self.networks),
                          nucleus=NUCLEUS in self.backbones and bool(missing[NUCLEUS][todo].any()),
-                         segs=None if segs is None else list(segs))
+                         segs=None if segs is None else list(segs), nucleus_version=self.nucleus_version)
         return DataLoader(images, batch_size=int(self.batch_size), shuffle=False, num_workers=int(workers),
                           collate_fn=_collate, pin_memory=self.torch_device.type == "cuda",
                           worker_init_fn=_worker_init if workers else None)

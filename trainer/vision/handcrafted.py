@@ -15,6 +15,10 @@
 
 On a single-cell crop the features describe its nucleus; on a smear field they are the mean over
 its nuclei. An image without a nucleus gives zeros (and ``n_nuclei`` 0).
+
+The block's version names the segmentation it is computed on (:data:`SEGMENTATION_OF`): nucleus-v2
+(the default, new trainings) on the stain-contrast thresholds, nucleus-v1 on the paper's k-means. A
+model predicts with the version it was trained with, so an older model sees the nuclei it learnt.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 from skimage.measure import regionprops
 
+from trainer.vision import handcrafted_v2 as v2
 from trainer.vision.segmentation import KIND_SINGLE, Segmentation, brightest_channel, segment_nuclei
 
 GLCM_LEVELS = 32
@@ -44,8 +49,21 @@ TEXTURE_NAMES = tuple(f"glcm_{p}_d{d}" for d in GLCM_DISTANCES for p in GLCM_PRO
     f"lbp{p}r{r}_{b}" for p, r in LBP_SETTINGS for b in range(p + 2))
 FEATURE_NAMES = MORPHOLOGY_NAMES + COLOUR_NAMES + TEXTURE_NAMES
 NUCLEUS_DIM = len(FEATURE_NAMES)
-#: bump when the features change: part of the feature-cache key
-VERSION = "nucleus-v1"
+#: bump when the features change: part of the feature-cache key and recorded in each trained model
+VERSION = "nucleus-v2"
+#: the segmentation method (see :func:`trainer.vision.segmentation.segment_nuclei`) of each version
+SEGMENTATION_OF = {"nucleus-v1": "kmeans", "nucleus-v2": "stain"}
+#: the version of models that recorded none (all of them computed nucleus-v1)
+LEGACY_VERSION = "nucleus-v1"
+
+
+def segmentation_method(version: str) -> str:
+    """The segmentation method of a nucleus-block version; raises ValueError for an unknown one."""
+    try:
+        return SEGMENTATION_OF[version]
+    except KeyError:
+        raise ValueError(f"unknown nucleus feature version {version!r}; this allgui knows "
+                         f"{', '.join(SEGMENTATION_OF)}") from None
 
 
 def _colour_planes(img: np.ndarray) -> np.ndarray:
@@ -71,8 +89,11 @@ def _colour(planes: np.ndarray, nucleus: np.ndarray, cytoplasm: np.ndarray) -> n
     return np.asarray(out, dtype=np.float64)
 
 
-def _texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """GLCM and LBP features of ``grey`` (uint8) inside ``mask`` (both cropped to the nucleus)."""
+def _texture(grey: np.ndarray, mask: np.ndarray, props_of=None) -> np.ndarray:
+    """GLCM and LBP features of ``grey`` (uint8) inside ``mask`` (both cropped to the nucleus).
+
+    ``props_of(glcm, names)``: computes the GLCM properties (default: skimage's ``graycoprops``, one by one).
+    """
     side = max(grey.shape)
     if side > MAX_SIDE:
         scale = MAX_SIDE / side
@@ -88,7 +109,10 @@ def _texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     total = glcm.sum(axis=(0, 1), keepdims=True)
     glcm = np.divide(glcm, total, out=np.zeros_like(glcm), where=total > 0)
     with np.errstate(invalid="ignore", divide="ignore"):  # every distance at once: (distances, angles)
-        props = {prop: np.nan_to_num(graycoprops(glcm, prop)) for prop in GLCM_PROPS}
+        if props_of is None:
+            props = {prop: np.nan_to_num(graycoprops(glcm, prop)) for prop in GLCM_PROPS}
+        else:
+            props = {k: np.nan_to_num(v) for k, v in props_of(glcm, GLCM_PROPS).items()}
     for d in range(len(GLCM_DISTANCES)):
         out.extend(float(props[prop][d].mean()) for prop in GLCM_PROPS)
     for p, r in LBP_SETTINGS:
@@ -134,16 +158,20 @@ def _ring(nucleus: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return grown.astype(bool) & fg
 
 
-def nucleus_features(img: np.ndarray, seg: Segmentation | None = None) -> np.ndarray:
+def nucleus_features(img: np.ndarray, seg: Segmentation | None = None, version: str = VERSION) -> np.ndarray:
     """(NUCLEUS_DIM,) float32 hand-crafted features of an RGB uint8 image (H, W, 3).
 
-    ``seg`` may pass a segmentation of ``img`` already made; otherwise one is made here.
+    ``seg`` may pass a segmentation of ``img`` already made; it is used if made by ``version``'s method,
+    otherwise (or without one) the image is segmented here.
     """
     img = np.ascontiguousarray(img)
-    if seg is None:
-        seg = segment_nuclei(img)
+    method = segmentation_method(version)
+    if seg is None or seg.method != method:
+        seg = segment_nuclei(img, method=method)
     if not seg.nuclei:
         return np.zeros(NUCLEUS_DIM, np.float32)
+    if version != LEGACY_VERSION:
+        return _features_v2(img, seg)
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     if seg.kind == KIND_SINGLE:
         cell = seg.cell_mask if seg.cell_mask is not None and seg.cell_mask.any() else np.ones(seg.mask.shape, bool)
@@ -163,6 +191,45 @@ def nucleus_features(img: np.ndarray, seg: Segmentation | None = None) -> np.nda
             if mask.sum() < 4:
                 continue
             vecs.append(_one(planes, grey, mask, _ring(mask, fg), n.n_lobes, len(seg.nuclei)))
+        if not vecs:
+            return np.zeros(NUCLEUS_DIM, np.float32)
+        vec = np.mean(vecs, axis=0)
+    return np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def _one_v2(img: np.ndarray, nucleus: np.ndarray, cell: np.ndarray, nucleus_obj, n_nuclei: int) -> np.ndarray:
+    """nucleus-v2 feature vector (NUCLEUS_DIM,) of one nucleus mask within ``cell`` (both (H, W) bool)."""
+    ys, xs = v2.box_of(nucleus, cell)
+    nuc, cel = nucleus[ys, xs], cell[ys, xs]
+    morph = v2.morphology(nuc, nucleus_obj, float(cel.sum()), n_nuclei, nucleus_obj.n_lobes)
+    small, (nuc_s, cel_s) = v2.shrink(img[ys, xs], [nuc, cel])
+    if not nuc_s.any():  # a sliver of a nucleus lost in the shrinking: measured at full size
+        small, nuc_s, cel_s = img[ys, xs], nuc, cel
+    colour = _colour(_colour_planes(small), nuc_s, cel_s & ~nuc_s)
+    grey = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+    box = v2.box_of(nuc_s)
+    texture = _texture(grey[box], nuc_s[box], v2.glcm_props)
+    return np.concatenate([np.asarray(morph, dtype=np.float64), colour, texture])
+
+
+def _features_v2(img: np.ndarray, seg: Segmentation) -> np.ndarray:
+    """The nucleus-v2 block (see :mod:`trainer.vision.handcrafted_v2`) of an image with nuclei."""
+    if seg.kind == KIND_SINGLE:
+        cell = seg.cell_mask if seg.cell_mask is not None and seg.cell_mask.any() else np.ones(seg.mask.shape, bool)
+        vec = _one_v2(img, seg.mask, cell | seg.mask, seg.nuclei[0], 1)
+    else:
+        fg = brightest_channel(img) > 0
+        h, w = seg.labels.shape
+        vecs = []
+        for i, n in enumerate(seg.nuclei):
+            if n.area_px < 4:
+                continue
+            # the nucleus and its ring lie within the nucleus box grown by the ring's reach
+            reach = max(2, int(round(np.sqrt(n.area_px / np.pi) * 2 / 3))) + 1
+            x, y, bw, bh = n.bbox
+            box = (slice(max(0, y - reach), min(h, y + bh + reach)), slice(max(0, x - reach), min(w, x + bw + reach)))
+            mask = seg.labels[box] == i + 1
+            vecs.append(_one_v2(img[box], mask, _ring(mask, fg[box]) | mask, n, len(seg.nuclei)))
         if not vecs:
             return np.zeros(NUCLEUS_DIM, np.float32)
         vec = np.mean(vecs, axis=0)
