@@ -23,10 +23,9 @@ import torch
 from trainer.classical.kinds import operating_point
 from trainer.config import PRECISIONS, TrainConfig
 from trainer.inference.bundle import LazyModels, ModelBundle, load_bundle, model_summary, read_manifest
+from trainer.inference.notes import image_notes
 from trainer.inference.results import (
     DEFAULT_UNCERTAINTY_BAND,
-    DOMAIN_CHECK_TEXT,
-    MODEL_NAMES,
     CellPrediction,
     ClassifierVote,
     ImagePrediction,
@@ -36,7 +35,7 @@ from trainer.util.errors import AllguiError, BundleError, ImageReadError
 from trainer.util.progress import Stages, check_cancel
 from trainer.vision import fingerprint, handcrafted, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
-from trainer.vision.crop_quality import QUALITY_TEXT, crop_quality_flags, featureless
+from trainer.vision.crop_quality import crop_quality_flags, featureless
 from trainer.vision.features import NUCLEUS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
 
 # Rebuilding a model imports skops, which looks up each of SciPy's ~450 ufuncs by walking every module
@@ -347,24 +346,11 @@ class Predictor:
         whole = self._cell_prediction(det, rows[0], -1, (0, 0, img.shape[1], img.shape[0]), main, key)
         cell_preds = [self._cell_prediction(det, r, k, cells[k].bbox, cells[k].nucleus, key)
                       for k, r in enumerate(rows[1:])]
-        notes = []
+        kind = "single_cell" if single else "field"
         if single:
             whole.quality_flags = crop_quality_flags(img)
-            if whole.quality_flags:
-                notes.append("Check this crop: " + "; ".join(QUALITY_TEXT[f] for f in whole.quality_flags)
-                             + ". It gets no class without review.")
-        if not seg.nuclei:
-            notes.append("No nucleus was found in this crop: the result is not meaningful." if single else
-                         "No white cell was found in this image: the result is not meaningful.")
-        kind = "single_cell" if single else "field"
-        if not self.has_domain_check(key):
-            notes.append(f"The {MODEL_NAMES[key]} was saved before allgui checked whether an image is like its "
-                         "training images: it cannot say so; retrain it for that check.")
-        elif any(c.in_domain is False for c in [whole, *cell_preds]):
-            notes.append(_outside_note(whole, cell_preds, self.field_units[key] == "cells" and not single))
-        if not self.has_model_for(kind):
-            notes.append(f"This bundle has no model for {'single-cell crops' if single else 'smear fields'}: "
-                         f"the {MODEL_NAMES[key]} judged it, outside what it was trained on.")
+        notes = image_notes(whole, cell_preds, single, bool(seg.nuclei), key, self.has_domain_check(key),
+                            self.field_units[key] == "cells" and not single, self.has_model_for(kind))
         return ImagePrediction(path=p, shape=(int(img.shape[0]), int(img.shape[1])), kind=kind,
                                nucleus_mask=seg.mask, whole=whole, cells=cell_preds, unit=self.field_units[key],
                                notes=notes, model=key)
@@ -425,16 +411,6 @@ def _crops(items: list, paths: list, given: list | None, prepare, progress, canc
             owners.append((i, k))
         progress((i + 1) / len(items), f"Segmented {i + 1}/{len(items)} images")
     return prepared, crops, owners
-
-
-def _outside_note(whole: CellPrediction, cells: list[CellPrediction], by_cells: bool) -> str:
-    """The note on an image of which the whole or some cells lie outside the model's domain."""
-    units = [c for c in cells if c.in_domain is False] if by_cells else [whole]
-    fired = [c for c in DOMAIN_CHECK_TEXT if any(c in u.domain_checks for u in units)]
-    what = "; ".join(DOMAIN_CHECK_TEXT.get(f, f) for f in fired)
-    if by_cells and units:
-        return (f"{len(units)} of {len(cells)} white cells are outside training ({what}): they get no class.")
-    return f"This image is outside the model's training ({what}): its probability is not meaningful."
 
 
 def _precision(cfg, requested: str | None, device: str) -> str:
