@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 
-from trainer.vision.segmentation import BLACK_LEVEL, brightest_channel
+from trainer.vision.nuclei import crop_objects, hull_area
 
 QUALITY_SEVERAL = "more than one cell"
 QUALITY_TOUCHING = "touching cells"
@@ -56,17 +56,6 @@ def featureless(img: np.ndarray) -> bool:
     return float(grey.std()) < FLAT_STD
 
 
-def _objects(img: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """(labels (H, W) int32, count, areas (count,)) of the non-black objects, specks opened away."""
-    fg = brightest_channel(img) >= BLACK_LEVEL
-    r = max(1, round(min(img.shape[:2]) / 150))
-    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN,
-                          cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-    labels, n = ndi.label(fg)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    return labels, n, areas
-
-
 def _saddle(dist: np.ndarray, a: tuple[int, int], b: tuple[int, int]) -> float:
     """Height of the lowest point on the best path between ``a`` and ``b`` over the relief ``dist``.
 
@@ -87,11 +76,9 @@ def _touching(obj: np.ndarray) -> bool:
     largest radius), joined at best through a point narrower than ``WAIST_SHARE`` of the smaller body's
     radius. A long oval or a bean has one ridge with no such waist.
     """
-    u8 = np.pad(obj, 2).astype(np.uint8)
-    contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
-    if obj.sum() / max(hull, 1.0) >= CONVEX_SOLIDITY:
+    if obj.sum() / hull_area(obj) >= CONVEX_SOLIDITY:
         return False
+    u8 = np.pad(obj, 2).astype(np.uint8)
     dist = cv2.distanceTransform(u8, cv2.DIST_L2, 5)
     top = float(dist.max())
     peaks = [tuple(p) for p in peak_local_max(dist, min_distance=max(1, int(top)),
@@ -102,7 +89,7 @@ def _touching(obj: np.ndarray) -> bool:
 
 def crop_quality_flags(img: np.ndarray) -> list[str]:
     """The quality flags of a single-cell crop on black (RGB uint8 (H, W, 3)); [] where none applies."""
-    labels, n, areas = _objects(np.asarray(img))
+    labels, n, areas = crop_objects(np.asarray(img))
     if n == 0:
         return []
     main = int(np.argmax(areas)) + 1

@@ -208,15 +208,20 @@ def is_single_cell_crop(img: np.ndarray) -> bool:
     return bool(border.mean() >= 0.9 and 0.10 <= frac <= 0.98)
 
 
-def cell_region(img: np.ndarray) -> np.ndarray:
-    """Non-black region of a crop: largest connected object, holes filled."""
+def crop_objects(img: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """The non-black objects of a crop, specks opened away: (labels (H, W) int32, count, areas (count,) px)."""
     fg = brightest_channel(img) >= BLACK_LEVEL
     r = max(1, round(min(img.shape[:2]) / 150))
-    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, disk(r)).astype(bool)
+    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, disk(r))
     lab, n = ndi.label(fg)
+    return lab, n, label_sizes(lab, n)
+
+
+def cell_region(img: np.ndarray) -> np.ndarray:
+    """Non-black region of a crop: largest connected object, holes filled."""
+    lab, n, sizes = crop_objects(img)
     if n == 0:
-        return fg
-    sizes = label_sizes(lab, n)
+        return lab > 0
     return fill_holes(lab == (1 + int(np.argmax(sizes))))
 
 
