@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         win.resize(1440, 900)
     win.show()
     win.repaint()              # the window paints now, before the model's imports occupy the interpreter
-    win.load_initial_model()
     targets = args.open or ([] if args.case else [str(samples_dir())] if samples_dir().is_dir() else [])
     dirs = [t for t in targets if Path(t).is_dir()]
     files = [t for t in targets if not Path(t).is_dir()]
@@ -69,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         win.files.open_files(files)
     if args.case:
         win.cases.open_case(args.case)
+    # after the images: a model loading for images waiting rebuilds only what they need and skips the warm-up
+    win.load_initial_model()
 
     if args.screenshot:
         out = args.screenshot

@@ -10,7 +10,8 @@ import pytest
 
 from trainer.inference.results import DECISION_UNCERTAIN
 from trainer.io.synthetic import make_cell_image
-from trainer.vision.crop_quality import QUALITY_EDGE, QUALITY_SEVERAL, QUALITY_TOUCHING, crop_quality_flags
+from trainer.vision.crop_flags import QUALITY_EDGE, QUALITY_SEVERAL, QUALITY_TOUCHING
+from trainer.vision.crop_quality import crop_quality_flags
 
 
 def _cell(seed: int, malignant: bool = True) -> np.ndarray:

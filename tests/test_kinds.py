@@ -93,6 +93,10 @@ def test_a_lazy_load_rebuilds_a_model_only_when_an_image_of_its_kind_arrives(mix
     assert lazy.thresholds == eager.thresholds  # from the manifest, before the field model exists
     assert lazy.models.loaded("single_cell") and not lazy.models.loaded("field")
     assert isinstance(lazy.models["single_cell"], AllModel)
+    # the app's session takes the field model's band from the card: opening a crop never builds that model
+    from allgui.model.session import ModelSession
+    assert ModelSession.open(lazy, str(path)).bands == pytest.approx(ModelSession.open(eager, str(path)).bands)
+    assert not lazy.models.loaded("field")
     rng = np.random.default_rng(77)
     crop = make_cell_image(64, malignant=True, rng=rng)[0]
     field = make_smear_field(160, 2, rng, malignant=False)[0]

@@ -13,7 +13,6 @@ A band the user sets is kept, like a threshold, per model key under the model's 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,11 +40,21 @@ def model_identity(path: str | None, card: dict) -> str:
 
 def fitted_band(model: Any, report: dict | None = None) -> float:
     """The uncertainty band a fitted model carries (``band_``, else its card's ``report``), else the default band."""
-    # looked up statically: a model read-out answers unknown attributes by rebuilding the whole estimator
-    band = inspect.getattr_static(model, "band_", None)
+    band = getattr(model, "band_", None)
     if not isinstance(band, (int, float)) and report:
         band = report.get("band")
     return float(band) if isinstance(band, (int, float)) else DEFAULT_UNCERTAINTY_BAND
+
+
+def _band_of(models: Any, key: str, report: dict | None) -> float:
+    """Model ``key``'s band; a model not rebuilt yet (of a lazily loaded bundle) is not rebuilt for it.
+
+    The card's report, checksummed with the bundle, was written from the same fitted band.
+    """
+    loaded = getattr(models, "loaded", None)
+    if loaded is not None and not loaded(key) and report and isinstance(report.get("band"), (int, float)):
+        return float(report["band"])
+    return fitted_band(models[key], report)
 
 
 def band_report(card: dict, key: str) -> dict | None:
@@ -130,7 +139,7 @@ class ModelSession:
         card = dict(getattr(predictor, "model_card", None) or {})
         models = getattr(predictor, "models", None) or {}
         return cls(predictor, path, model_identity(path, card),
-                   {k: fitted_band(m, band_report(card, k)) for k, m in models.items()})
+                   {k: _band_of(models, k, band_report(card, k)) for k in models})
 
     @property
     def keys(self) -> list[str]:

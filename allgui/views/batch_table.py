@@ -25,7 +25,7 @@ from allgui.views.result_text import checks_text
 from trainer.inference.results import DECISION_OUTSIDE
 from trainer.util.atomic import atomic_write
 from trainer.util.csvsafe import safe_row
-from trainer.vision.crop_quality import QUALITY_TEXT
+from trainer.vision.crop_flags import QUALITY_TEXT
 
 COLUMNS = ("", "File", "Cells", "P(ALL)", "Decision", "Review", "Flagged", "Model", "Domain", "Queue")
 REVIEW_COLUMN = 5

@@ -6,7 +6,7 @@ them as cautions and ``allgui-train predict`` writes them in its ``notes`` colum
 from __future__ import annotations
 
 from trainer.inference.results import DOMAIN_CHECK_TEXT, MODEL_NAMES, CellPrediction
-from trainer.vision.crop_quality import QUALITY_TEXT
+from trainer.vision.crop_flags import QUALITY_TEXT
 
 
 def outside_note(whole: CellPrediction, cells: list[CellPrediction], by_cells: bool) -> str:

@@ -23,17 +23,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 
+from trainer.vision.crop_flags import QUALITY_EDGE, QUALITY_SEVERAL, QUALITY_TOUCHING
 from trainer.vision.nuclei import crop_objects, hull_area
 
-QUALITY_SEVERAL = "more than one cell"
-QUALITY_TOUCHING = "touching cells"
-QUALITY_EDGE = "cell cut by the image edge"
-#: what each flag means, for the reader
-QUALITY_TEXT = {
-    QUALITY_SEVERAL: "the crop holds more than one cell",
-    QUALITY_TOUCHING: "the cell touches another cell",
-    QUALITY_EDGE: "the cell is cut by the image edge",
-}
 #: a second object counts as a cell from this share of the largest object's area (smaller ones are debris)
 SECOND_CELL_SHARE = 0.25
 #: a body counts from this share of the largest inscribed radius (smaller bulges are lobes or pseudopods)
