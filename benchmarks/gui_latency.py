@@ -8,9 +8,11 @@ Measures, in a real window (offscreen by default; run under an X server for on-s
   slider    median time from a threshold-slider move to the repainted window (goal < 16 ms)
   stall     longest event-loop stall while a retrain runs in the background (goal < 100 ms)
   startup   (``--startup K``) ``allgui --open CROP`` in a fresh process, median of K runs after one
-            warm-up: process start -> window painted (goal <= 2 s) and -> first result painted
+            warm-up: process start -> window painted (goal <= 2 s) and -> first result painted; with
+            ``--baseline`` another checkout starts in turn with this one (per-round ratio and difference)
 
   python benchmarks/gui_latency.py [--model BUNDLE] [--image CROP.png] [--repeats 15] [--startup 3]
+         [--startup-only] [--baseline OLD_CHECKOUT --baseline-model OLD.allmodel]
 
 Without --model the bundled default model is used; if there is none, a model with the same
 architecture (two backbones, 224 px input, random weights: same cost as ImageNet weights) is
@@ -79,22 +81,39 @@ sys.exit(code)
 """
 
 
-def startup_times(model: str, image: str, runs: int) -> dict[str, float]:
-    """Medians over ``runs`` fresh processes (after one warm-up) of window painted and first result painted."""
+def startup_times(model: str, image: str, runs: int, baseline: str | None = None,
+                  baseline_model: str | None = None) -> dict[str, float]:
+    """Medians over ``runs`` fresh processes (after one warm-up) of window painted and first result painted.
+
+    With ``baseline`` (another checkout's folder) and its ``baseline_model``, that code starts in turn with
+    this one in every round; ``startup_first_result_ratio_to_baseline`` and ``..._minus_baseline_s`` are
+    medians of the per-round ratios and differences (a host whose speed drifts slows both alike).
+    """
     import subprocess
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: byte code cached
-    marks: list[dict] = []
+    codes = {"": (ROOT, model)}
+    if baseline:
+        codes["baseline_"] = (Path(baseline).resolve(), baseline_model or model)
+    marks: dict[str, list[dict]] = {k: [] for k in codes}
     for i in range(runs + 1):
-        spawned = time.time()
-        run = subprocess.run([sys.executable, "-c", _STARTUP_CHILD, repr(spawned), model, image],
-                             capture_output=True, text=True, env=env, timeout=180)
-        if run.returncode != 0:
-            raise SystemExit(f"allgui did not start: {run.stderr[-2000:]}")
-        if i:
-            marks.append(json.loads(run.stdout.strip().splitlines()[-1]))
-    return {f"startup_{k}_median": round(statistics.median(m[k] for m in marks), 2) for k in marks[0]}
+        for name, (code, bundle) in codes.items():
+            env = dict(os.environ, PYTHONPATH=str(code))
+            env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: byte code cached
+            spawned = time.time()
+            run = subprocess.run([sys.executable, "-c", _STARTUP_CHILD, repr(spawned), str(bundle), image],
+                                 capture_output=True, text=True, env=env, cwd=code, timeout=180)
+            if run.returncode != 0:
+                raise SystemExit(f"allgui did not start: {run.stderr[-2000:]}")
+            if i:
+                marks[name].append(json.loads(run.stdout.strip().splitlines()[-1]))
+    out = {f"startup_{name}{k}_median": round(statistics.median(m[k] for m in ms), 2)
+           for name, ms in marks.items() for k in ms[0]}
+    if baseline:
+        pairs = list(zip(marks[""], marks["baseline_"]))
+        key = "first_result_painted_s"
+        out["startup_first_result_ratio_to_baseline"] = round(statistics.median(a[key] / b[key] for a, b in pairs), 2)
+        out["startup_first_result_minus_baseline_s"] = round(statistics.median(a[key] - b[key] for a, b in pairs), 2)
+    return out
 
 
 def _default_image() -> str:
@@ -113,8 +132,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--image-size", type=int, default=224, help="input size of the stand-in model")
     ap.add_argument("--no-retrain", action="store_true")
     ap.add_argument("--startup", type=int, default=0, metavar="K", help="measure start-up over K fresh runs")
+    ap.add_argument("--startup-only", action="store_true", help="with --startup: only the start-up measure")
+    ap.add_argument("--baseline", help="with --startup: another checkout, started in turn with this one")
+    ap.add_argument("--baseline-model", help="the bundle the baseline loads (default: --model)")
     args = ap.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if args.startup and args.startup_only:
+        from allgui.resources import default_model_path
+        out = startup_times(args.model or str(default_model_path()), args.image or _default_image(), args.startup,
+                            args.baseline, args.baseline_model)
+        print(json.dumps(out, indent=2))
+        return out
 
     from PySide6.QtCore import QSettings, QTimer
     from PySide6.QtWidgets import QApplication, QMessageBox
@@ -210,7 +238,7 @@ def main(argv=None) -> dict:
             out["retrain_p99_stall_ms"] = round(1000 * sorted(gaps)[int(0.99 * (len(gaps) - 1))], 1)
         win.close()
         if args.startup:
-            out.update(startup_times(model, image, args.startup))
+            out.update(startup_times(model, image, args.startup, args.baseline, args.baseline_model))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=2))
