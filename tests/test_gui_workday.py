@@ -288,6 +288,8 @@ def test_a_case_is_described_and_signed_in_the_app(qtbot, window, folder, tmp_pa
     boxes.answer = QMessageBox.Yes
     dlg.sign_btn.click()
     assert win.review.store.status == "preliminary" and "specimen id" in boxes[-1][2]   # refused without one
+    asked = [text for kind, _, text in boxes if kind == "question"][-1]   # the signer is told what was not reviewed
+    assert f"{len(order) - 3} of {len(order)} images were not reviewed" in asked, asked
     for key, value in (("specimen_id", "S25-0042"), ("specimen_type", "peripheral blood"),
                        ("stain", "May-Gruenwald-Giemsa"), ("magnification", "100x oil")):
         dlg.fields[key].setText(value)

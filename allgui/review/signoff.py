@@ -149,10 +149,14 @@ class CaseSignOffDialog(QDialog):
     def sign(self) -> bool:
         """Sign the case off, once the signer has confirmed it."""
         name = self.signer.text().strip()
+        n = case_numbers(self.store.current_reviews(), self.store.latest_predictions())
+        todo = n["images"] - n["images_reviewed"]
+        unreviewed = (f"\n\n{todo} of {n['images']} images {'was' if todo == 1 else 'were'} not reviewed: the "
+                      "report lists them as not reviewed, with the model's result alone." if todo else "")
         ans = QMessageBox.question(
             self, "Sign the case off?",
-            f"Sign case {self.store.name} as {name or '(no name)'}?\n\nThe report then reads \u201cFinal\u201d with "
-            "your name and local time; anything recorded afterwards is shown as an addendum.",
+            f"Sign case {self.store.name} as {name or '(no name)'}?{unreviewed}\n\nThe report then reads "
+            "\u201cFinal\u201d with your name and local time; anything recorded afterwards is shown as an addendum.",
             QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         if ans != QMessageBox.Yes:
             return False
