@@ -51,7 +51,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.neighbors import NearestNeighbors
 
-from trainer.classical.domain import MIN_DECIDED_ROWS, fit_band
+from trainer.classical.domain import fit_band, fit_two_sided_band
 from trainer.classical.model import fit_model, subset
 from trainer.classical.stacking import inner_folds
 from trainer.config import TrainConfig
@@ -65,49 +65,6 @@ BAND_TARGETS = (0.95, 0.97)
 
 #: C-NMC subjects whose crops are the app's samples: left out, as the default model leaves them out
 SAMPLE_SUBJECTS = ("1", "11", "13", "H1", "H11", "H12")
-
-
-def _confident_first(y: np.ndarray, dist: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distances, right counts, row counts) of the rows on one side, most confident first, cut only at ties' ends.
-
-    Index 0 is "no row decided" (distance inf); index i decides the i most confident rows.
-    """
-    order = np.argsort(-dist, kind="stable")
-    d, right = dist[order], np.cumsum(y[order] == label)
-    ends = np.flatnonzero(np.r_[d[1:] < d[:-1], True]) if len(d) else np.zeros(0, int)
-    return np.r_[np.inf, d[ends]], np.r_[0, right[ends]], np.r_[0, ends + 1]
-
-
-def fit_two_sided_band(y: np.ndarray, p: np.ndarray, threshold: float, target: float = 0.95) -> dict:
-    """The band below and above ``threshold`` that decides the most rows at ``target`` accuracy.
-
-    As :func:`fit_band`, but the two sides' half-widths are chosen separately: a row is decided *normal*
-    when ``p <= threshold - below`` and *ALL* when ``p >= threshold + above``. Where one class is far
-    commoner, or the model is surer of one, a band of one width on both sides gives up decisions it could
-    make. Returns ``{"below", "above", "target", "coverage", "accuracy_decided", "n_rows", "reached"}``.
-    """
-    y = np.asarray(y).astype(int)
-    p = np.asarray(p, dtype=float)
-    lo = p < threshold
-    dn, rn, nn = _confident_first(y[lo], threshold - p[lo], 0)     # decided normal, most confident first
-    da, ra, na = _confident_first(y[~lo], p[~lo] - threshold, 1)   # decided ALL
-    n = nn[:, None] + na[None, :]                                  # (i, j): i normal and j ALL rows decided
-    ok = (rn[:, None] + ra[None, :] >= target * n) & (n >= min(MIN_DECIDED_ROWS, len(y))) & (n > 0)
-    if not ok.any():
-        width = float(np.abs(p - threshold).max() + 1e-9) if len(y) else 0.5
-        return {"below": width, "above": width, "target": float(target), "coverage": 0.0,
-                "accuracy_decided": None, "n_rows": int(len(y)), "reached": False}
-    i, j = np.unravel_index(np.argmax(np.where(ok, n, -1)), n.shape)
-
-    def half_width(d: np.ndarray, k: int) -> float:
-        # half-way to the next less confident row, so the band does not sit on a row's own score
-        if k == 0:
-            return float(d[1] + 1e-9) if len(d) > 1 else 0.0    # nothing decided on this side
-        return float((d[k] + d[k + 1]) / 2) if k + 1 < len(d) else 0.0
-
-    return {"below": half_width(dn, i), "above": half_width(da, j), "target": float(target),
-            "coverage": float(n[i, j] / len(y)), "accuracy_decided": float((rn[i] + ra[j]) / n[i, j]),
-            "n_rows": int(len(y)), "reached": True}
 
 
 def features(config: TrainConfig, paths, reference=None) -> dict[str, np.ndarray]:
@@ -138,6 +95,7 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
     cols = input_check_columns(feature_blocks(config))
     pooled = {k: [] for k in ("y", "p", "inside", "t", "band", "fold")}
     shapes = {f"{shape}@{tg}": [] for shape in ("symmetric", "two_sided") for tg in BAND_TARGETS}
+    pooled_ty: list[np.ndarray] = []
     per_fold, other_rows, methods = [], [], []
     for f, (tr, te) in enumerate(cv.split(np.zeros(len(y)), y, groups)):
         fit_i, val_i = inner_folds(y[tr], groups[tr], 5, config.seed)[0]  # one fifth of the subjects validates
@@ -146,9 +104,10 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
         det = model.predict_details(subset(feats, te))
         p, inside = det["calibrated"], det["novelty"] <= 1
         t, band = model.threshold_, model.band_
+        ty = model.band_report_.get("youden_threshold", t)  # "before": the Youden threshold, +-0.05, no check
         n_sub = {c: len(set(groups[te][y[te] == c])) for c in (0, 1)}
         cov, acc, _ = decided(y[te], p, t, band, inside)
-        cov0, acc0, _ = decided(y[te], p, t, DEFAULT_UNCERTAINTY_BAND)
+        cov0, acc0, _ = decided(y[te], p, ty, DEFAULT_UNCERTAINTY_BAND)
         per_fold.append({"fold": f, "n_images": int(len(te)), "subjects": n_sub, "flagged": float(1 - inside.mean()),
                          "auc": float(roc_auc_score(y[te], p)) if len(set(y[te])) == 2 else None,
                          "band": band, "coverage": cov, "accuracy_decided": acc,
@@ -156,11 +115,12 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
         print(json.dumps(per_fold[-1]), flush=True)
         # both band shapes fitted on the fold model's own cross-fit pool, judged on the held-out subjects
         pool_y, pool_p = model.validation_["y"], model.validation_["calibrated"]
+        pooled_ty.append(np.full(len(te), ty))
         for tg in BAND_TARGETS:
-            sym = fit_band(pool_y, pool_p, t, tg)["band"]
-            two = fit_two_sided_band(pool_y, pool_p, t, tg)
-            shapes[f"symmetric@{tg}"].append(((p <= t - sym) | (p >= t + sym)) & inside)
-            shapes[f"two_sided@{tg}"].append(((p <= t - two["below"]) | (p >= t + two["above"])) & inside)
+            sym = fit_band(pool_y, pool_p, ty, tg)["band"]
+            two = fit_two_sided_band(pool_y, pool_p, ty, tg)
+            shapes[f"symmetric@{tg}"].append(((p <= ty - sym) | (p >= ty + sym)) & inside)
+            shapes[f"two_sided@{tg}"].append(((p <= ty - two["below"]) | (p >= ty + two["above"])) & inside)
         for k, v in (("y", y[te]), ("p", p), ("inside", inside), ("t", np.full(len(te), t)),
                      ("band", np.full(len(te), band)), ("fold", np.full(len(te), f))):
             pooled[k].append(v)
@@ -173,8 +133,8 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
                 called_normal = (po[m] <= t - band) & oin[m]
                 other_rows.append({"fold": f, "kind": kind, "n": int(m.sum()), "flagged": float(1 - oin[m].mean()),
                                    "called_normal": float(called_normal.mean()), "called_all": float(called_all.mean()),
-                                   "called_all_before": float(np.mean(po[m] >= t + DEFAULT_UNCERTAINTY_BAND)),
-                                   "called_normal_before": float(np.mean(po[m] <= t - DEFAULT_UNCERTAINTY_BAND))})
+                                   "called_all_before": float(np.mean(po[m] >= ty + DEFAULT_UNCERTAINTY_BAND)),
+                                   "called_normal_before": float(np.mean(po[m] <= ty - DEFAULT_UNCERTAINTY_BAND))})
             X_tr = model.fusion_.transform(model._stack(subset(feats, tr)))
             X_te = model.fusion_.transform(model._stack(subset(feats, te)))
             X_o = model.fusion_.transform(model._stack(other))
@@ -187,7 +147,8 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
     P = {k: np.concatenate(v) for k, v in pooled.items()}
     n_sub = {c: len(set(groups[y == c])) for c in (0, 1)}
     keep = (np.abs(P["p"] - P["t"]) >= P["band"]) & P["inside"]
-    keep0 = np.abs(P["p"] - P["t"]) >= DEFAULT_UNCERTAINTY_BAND
+    T0 = np.concatenate(pooled_ty)
+    keep0 = np.abs(P["p"] - T0) >= DEFAULT_UNCERTAINTY_BAND
     summary = {
         "kind": name, "images": int(len(y)), "subjects": n_sub, "folds": folds,
         "flagged_held_out": float(1 - P["inside"].mean()),
@@ -195,9 +156,10 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
         "after": {"coverage": float(keep.mean()),
                   "accuracy_decided": float(np.mean((P["p"][keep] >= P["t"][keep]) == P["y"][keep]))},
         "before": {"coverage": float(keep0.mean()),
-                   "accuracy_decided": float(np.mean((P["p"][keep0] >= P["t"][keep0]) == P["y"][keep0]))},
+                   "accuracy_decided": float(np.mean((P["p"][keep0] >= T0[keep0]) == P["y"][keep0]))},
         "per_fold": per_fold,
-        "band_shapes": {name: _decided_share(np.concatenate(keeps), P) for name, keeps in shapes.items()},
+        "band_shapes": {name: _decided_share(np.concatenate(keeps), P, T0)
+                        for name, keeps in shapes.items()},
     }
     if other_rows:
         summary["other_lab"] = _pool_other(other_rows)
@@ -208,9 +170,9 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
     return summary
 
 
-def _decided_share(keep, P) -> dict:
-    """Coverage and accuracy of the decided held-out rows ``keep`` of the pooled folds ``P``."""
-    acc = float(np.mean((P["p"][keep] >= P["t"][keep]) == P["y"][keep])) if keep.any() else None
+def _decided_share(keep, P, t) -> dict:
+    """Coverage and accuracy of the decided held-out rows ``keep`` of the pooled folds ``P``, decided at ``t``."""
+    acc = float(np.mean((P["p"][keep] >= t[keep]) == P["y"][keep])) if keep.any() else None
     return {"coverage": float(keep.mean()), "accuracy_decided": acc}
 
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.classical.domain import DomainCheck, fit_band
+from trainer.classical.domain import DomainCheck, centred_band, fit_band, fit_two_sided_band
 from trainer.classical.fusion import FeatureFusion
 from trainer.inference.results import (
     DECISION_ALL,
@@ -73,6 +73,25 @@ def test_a_band_that_cannot_reach_its_target_decides_nothing():
     out = fit_band(y, p, 0.5, target=0.99)
     assert not out["reached"] and out["coverage"] == 0.0
     assert np.all(np.abs(p - 0.5) < out["band"])
+
+
+def test_a_band_with_two_sides_decides_more_where_the_model_is_surer_of_one_class():
+    rng = np.random.default_rng(5)
+    y = (rng.uniform(size=3000) < 0.8).astype(int)       # ALL four times as common, as on smear fields
+    p = np.clip(np.where(y == 1, rng.beta(6, 2, len(y)), rng.beta(2, 3, len(y))), 0, 1)
+    t = 0.6
+    one, two = fit_band(y, p, t, target=0.97), fit_two_sided_band(y, p, t, target=0.97)
+    assert two["reached"] and two["coverage"] > one["coverage"] + 0.1
+    assert two["below"] != pytest.approx(two["above"], abs=0.02)
+    decided = (p <= t - two["below"]) | (p >= t + two["above"])
+    assert np.mean(decided) == pytest.approx(two["coverage"])
+    assert np.mean((p[decided] >= t) == y[decided]) >= 0.97
+    # one threshold and one width, at the band's centre, decide every image as the two sides do
+    centre, report = centred_band(y, p, t, target=0.97)
+    as_shipped = np.where(np.abs(p - centre) < report["band"], -1, (p >= centre).astype(int))
+    two_sided = np.where(decided, (p >= t).astype(int), -1)
+    assert np.array_equal(as_shipped, two_sided)
+    assert report["youden_threshold"] == t and report["coverage"] == two["coverage"]
 
 
 def test_an_outside_cell_gets_no_class_and_a_field_is_decided_by_its_cells_inside():

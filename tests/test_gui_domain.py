@@ -201,6 +201,10 @@ def test_the_band_says_what_it_rests_on(qtbot, tmp_path, exact_predictor, tiny_d
             f"of images of held-out subjects, right in {report['accuracy_decided']:.0%} of them (target "
             f"{report['target']:.0%}; {report['n_rows']} images of the cross-fit pool") in text
     assert f"{groups['0']} normal and {groups['1']} ALL subjects" in text
+    youden = report["youden_threshold"]             # the band's two sides, fitted apart around Youden's threshold
+    lo, hi = max(youden - report["below"], 0.0), min(youden + report["above"], 1.0)
+    assert f"uncertain from {lo:.3f} to {hi:.3f}" in text and f"Youden's J threshold: {youden:.3f}" in text
+    assert win.state.threshold == pytest.approx((lo + hi) / 2 if 0 < lo and hi < 1 else win.state.threshold)
     assert win.state.band == pytest.approx(report["band"]) == win.analysis.session.band(key)
     win.state.set_band(report["band"] + 0.1)        # the user's own band: its accuracy is not known
     assert "that band's accuracy is not known" in win.side.band_text.text()

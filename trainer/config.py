@@ -186,8 +186,8 @@ class TrainConfig:
                               help="share of held-out subjects' images the domain check flags as outside "
                                    "training (thresholds fitted on out-of-fold training rows)")
     decided_accuracy: float = _opt(0.95, bounds=(0.5, 0.999),
-                                   help="accuracy the uncertain band is fitted to: the narrowest band "
-                                        "around the threshold whose decided held-out images reach it")
+                                   help="accuracy the uncertain band is fitted to: the band around the "
+                                        "threshold that decides the most held-out images at it")
     cv_repeats: int = _opt(3, bounds=(0, 100),
                            help="repeats of the subject-grouped cross-validation that is each model's headline "
                                 "(the whole pipeline refitted in every fold); 0 = none")

@@ -97,6 +97,11 @@ def band_summary(name: str, report: dict | None, band: float) -> str:
         text = (f"Uncertain band \u00b1{own:.3f} (the {name}'s own): no band reached the target of {target:.0%} "
                 f"right on images of held-out {units}, so it decides none of them: treat every result as "
                 f"uncertain ({rests}).")
+    youden = report.get("youden_threshold")
+    if report.get("reached") and isinstance(youden, (int, float)) and {"below", "above"} <= set(report):
+        lo, hi = max(youden - report["below"], 0.0), min(youden + report["above"], 1.0)
+        text += (f" Its two sides were fitted apart: uncertain from {lo:.3f} to {hi:.3f}, and the default "
+                 f"threshold is the band's centre (Youden's J threshold: {youden:.3f}).")
     if abs(band - own) > 5e-4:
         text += f" You set \u00b1{band:.3f}: that band's accuracy is not known (Model default restores the own one)."
     return text

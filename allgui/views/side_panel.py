@@ -310,7 +310,7 @@ class SidePanel(QWidget):
         name = MODEL_NAMES.get(key, key)
         several = len(st.thresholds) > 1
         self.threshold_box.setTitle(f"Decision threshold \u2014 {name}" if several else "Decision threshold")
-        self.reset.setToolTip(f"Back to the {name}'s validation (Youden) threshold {st.default_threshold:.3f} "
+        self.reset.setToolTip(f"Back to the {name}'s own threshold {st.default_threshold:.3f} "
                               f"and its own uncertain band \u00b1{st.default_band:.3f}")
         self.band_text.setText(self.session.band_text(key, st.band) if self.session is not None
                                else f"Uncertain band \u00b1{st.band:.3f}")

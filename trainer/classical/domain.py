@@ -185,3 +185,62 @@ def fit_band(y: np.ndarray, p: np.ndarray, threshold: float, target: float = 0.9
     band = float((m[j] + m[j + 1]) / 2) if j + 1 < len(m) else 0.0
     return {"band": band, "target": float(target), "coverage": float(n[j] / len(y)),
             "accuracy_decided": float(accuracy[j]), "n_rows": int(len(y)), "reached": True}
+
+
+def _confident_first(y: np.ndarray, dist: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distances, right counts, row counts) of the rows on one side, most confident first, cut only at ties' ends.
+
+    Index 0 is "no row decided" (distance inf); index i decides the i most confident rows.
+    """
+    order = np.argsort(-dist, kind="stable")
+    d, right = dist[order], np.cumsum(y[order] == label)
+    ends = np.flatnonzero(np.r_[d[1:] < d[:-1], True]) if len(d) else np.zeros(0, int)
+    return np.r_[np.inf, d[ends]], np.r_[0, right[ends]], np.r_[0, ends + 1]
+
+
+def fit_two_sided_band(y: np.ndarray, p: np.ndarray, threshold: float, target: float = 0.95) -> dict:
+    """The band below and above ``threshold`` that decides the most rows at ``target`` accuracy.
+
+    As :func:`fit_band`, but the two sides' half-widths are chosen separately: a row is decided *normal*
+    when ``p <= threshold - below`` and *ALL* when ``p >= threshold + above``. Where one class is far
+    commoner, or the model is surer of one, a band of one width on both sides gives up decisions it could
+    make. Returns ``{"below", "above", "target", "coverage", "accuracy_decided", "n_rows", "reached"}``.
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    lo = p < threshold
+    dn, rn, nn = _confident_first(y[lo], threshold - p[lo], 0)     # decided normal, most confident first
+    da, ra, na = _confident_first(y[~lo], p[~lo] - threshold, 1)   # decided ALL
+    n = nn[:, None] + na[None, :]                                  # (i, j): i normal and j ALL rows decided
+    ok = (rn[:, None] + ra[None, :] >= target * n) & (n >= min(MIN_DECIDED_ROWS, len(y))) & (n > 0)
+    if not ok.any():
+        width = float(np.abs(p - threshold).max() + 1e-9) if len(y) else 0.5
+        return {"below": width, "above": width, "target": float(target), "coverage": 0.0,
+                "accuracy_decided": None, "n_rows": int(len(y)), "reached": False}
+    i, j = np.unravel_index(np.argmax(np.where(ok, n, -1)), n.shape)
+
+    def half_width(d: np.ndarray, k: int) -> float:
+        # half-way to the next less confident row, so the band does not sit on a row's own score
+        if k == 0:
+            return float(d[1] + 1e-9) if len(d) > 1 else 0.0    # nothing decided on this side
+        return float((d[k] + d[k + 1]) / 2) if k + 1 < len(d) else 0.0
+
+    return {"below": half_width(dn, i), "above": half_width(da, j), "target": float(target),
+            "coverage": float(n[i, j] / len(y)), "accuracy_decided": float((rn[i] + ra[j]) / n[i, j]),
+            "n_rows": int(len(y)), "reached": True}
+
+
+def centred_band(y: np.ndarray, p: np.ndarray, youden: float, target: float = 0.95) -> tuple[float, dict]:
+    """(decision threshold, band report): :func:`fit_two_sided_band` around ``youden``, as one width around its centre.
+
+    The threshold is the centre of the two-sided band and ``band`` its half-width, so deciding
+    ``|p - threshold| >= band`` by ``p >= threshold`` decides every row exactly as the two-sided band
+    around ``youden`` does (normal up to ``youden - below``, ALL from ``youden + above``), and everything
+    downstream (the app's slider and band, the CSV, the case file) keeps one threshold and one width.
+    Where no band reaches the target, the threshold stays ``youden`` and the band spans every row.
+    The report adds ``youden_threshold``, ``below`` and ``above`` to :func:`fit_two_sided_band`'s.
+    """
+    two = fit_two_sided_band(y, p, youden, target)
+    report = {"band": (two["below"] + two["above"]) / 2, **{k: v for k, v in two.items()},
+              "youden_threshold": float(youden)}
+    return float(youden + (two["above"] - two["below"]) / 2), report

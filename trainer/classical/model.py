@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from trainer.classical.calibration import ScoreCalibrator
-from trainer.classical.domain import DomainCheck, fit_band
+from trainer.classical.domain import DomainCheck, centred_band
 from trainer.classical.ensemble import WeightedVotingEnsemble
 from trainer.classical.fusion import FeatureFusion
 
@@ -30,7 +30,7 @@ class AllModel(BaseEstimator):
     ``fit(feats, y, val_feats, y_val, groups, val_groups)`` where ``feats`` maps feature block
     name (a backbone or ``"nucleus"``) -> (N, D) array and the optional ``groups`` are subject
     ids. The fusion and classifiers are fitted on the training split; ensemble weights, the
-    calibrator and the Youden threshold on the validation split.
+    calibrator, the threshold and the uncertain band on the validation split.
 
     ``calibrate_on="cross-fit"`` fits the calibrator and the threshold on the out-of-fold scores of
     the training rows together with the validation split (as scikit-learn's CalibratedClassifierCV
@@ -50,13 +50,16 @@ class AllModel(BaseEstimator):
     eight times slower.
 
     Learned: ``fusion_``, ``ensemble_``, ``stacker_`` (StackedCombiner or None), ``calibrator_``,
-    ``threshold_`` (on calibrated probability), ``classifier_names_``, ``calibrated_on_``,
+    ``threshold_`` (on calibrated probability: the centre of the uncertain band, whose two sides are
+    fitted apart around the Youden threshold, see :func:`~trainer.classical.domain.centred_band`),
+    ``classifier_names_``, ``calibrated_on_``,
     ``validation_`` (dict of the arrays that set the calibration and threshold: ``y``, ``raw``,
     ``calibrated``, ``probabilities``; used for the ROC and operating points), ``domain_`` (a
     :class:`trainer.classical.domain.DomainCheck` fitted on the training rows, ``domain_rate`` of
     held-out subjects' rows flagged), ``band_`` (half-width of the uncertain band around
-    ``threshold_``: the narrowest whose decided rows of the cross-fit pool reach ``decided_accuracy``)
-    and ``band_report_`` (its target, coverage and accuracy, see :func:`~trainer.classical.domain.fit_band`).
+    ``threshold_``: the band that decides the most rows of the cross-fit pool at ``decided_accuracy``)
+    and ``band_report_`` (its target, coverage and accuracy, the Youden threshold and the band's two
+    sides around it, see :func:`~trainer.classical.domain.centred_band`).
     Models saved before the domain check have neither ``domain_`` nor ``band_``.
     """
 
@@ -131,11 +134,12 @@ class AllModel(BaseEstimator):
             self.calibrated_on_ = "cross-fit"
         self.calibrator_ = ScoreCalibrator(self.calibration, seed=self.seed).fit(s_cal, y_cal, groups=g_cal)
         calibrated = self.calibrator_.transform(s_cal)
-        self.threshold_ = _margin_threshold(calibrated, youden_threshold(y_cal, calibrated)[0])
+        youden = _margin_threshold(calibrated, youden_threshold(y_cal, calibrated)[0])
         self.validation_ = {"y": y_cal, "raw": s_cal, "calibrated": calibrated, "probabilities": P_cal}
         oof_folds = (folds or []) if need_oof else None  # the realised folds and any fallback go to the card
         self.inner_folds_, self.calibration_note_ = fold_provenance(self, y, groups, oof_folds)
-        self.band_report_ = fit_band(y_cal, calibrated, self.threshold_, self.decided_accuracy)
+        # the band's two sides are fitted apart around the Youden threshold; the model decides at its centre
+        self.threshold_, self.band_report_ = centred_band(y_cal, calibrated, youden, self.decided_accuracy)
         self.band_report_["rows"] = self.calibrated_on_
         self.band_report_["risk_coverage"] = risk_coverage(y_cal, calibrated, self.threshold_, g_cal, n_boot=500,
                                                            seed=self.seed)

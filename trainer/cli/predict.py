@@ -39,7 +39,7 @@ def register(sub) -> argparse.ArgumentParser:
     r.add_argument("-m", "--model", required=True, help="model bundle (.allmodel)")
     r.add_argument("-o", "--output", default="predictions.csv", help="CSV to write, '-' for stdout")
     r.add_argument("--threshold", type=probability, default=None,
-                   help="decision threshold for every model (default: each model's own Youden threshold)")
+                   help="decision threshold for every model (default: each model's own threshold)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="forward-pass arithmetic: auto (default) = bfloat16 on CPUs that compute it natively "

@@ -42,7 +42,7 @@ def run(a) -> int:
         section = result.card["models"][key]
         data = section["data"]
         print(f"\n{section['name'].capitalize()}: {data['n_train']}/{data['n_validation']}/{data['n_test']} images, "
-              f"test subjects/groups: {data['n_groups']['test']}; threshold (Youden, {calibration_source(section)}) "
+              f"test subjects/groups: {data['n_groups']['test']}; threshold ({calibration_source(section)}) "
               f"{model.threshold_:.3f}; combiner {model.combiner_}; calibration {model.calibrator_.method_}")
         print("\n".join(headline_lines(section)))  # cross-validation first, then the test split, as the card says
         test = result.per_model.get(key) or {}

@@ -73,8 +73,9 @@ class Predictor:
         Model key -> fitted AllModel (a LazyModels after ``from_bundle(lazy=True)``: each model is loaded
         when first asked for).
     thresholds : dict of str to float
-        Model key -> default decision threshold on the calibrated probability (Youden's J
-        optimum on that model's validation split); ``threshold`` is the first model's.
+        Model key -> default decision threshold on the calibrated probability (the centre of the model's
+        uncertain band, fitted around Youden's J optimum on the data that set the calibration; Youden's
+        threshold itself for models saved before); ``threshold`` is the first model's.
     classifier_names, classifier_weights
         The base classifiers and the first model's ensemble weight of each.
     model_card : dict

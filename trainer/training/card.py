@@ -91,9 +91,7 @@ def model_section(key: str, config: TrainConfig, splits, dataset: Dataset, model
             "calibration": model.calibrator_.method_,
             "calibration_cv_brier": model.calibrator_.cv_brier_,
             "threshold": float(model.threshold_),
-            "threshold_rule": ("Youden J on the out-of-fold training scores and the validation split"
-                               if getattr(model, "calibrated_on_", "validation") == "cross-fit"
-                               else "Youden J on the validation split"),
+            "threshold_rule": threshold_rule(model),
             "uncertain_band": band_section(model, group_kind(key, config)),
             "domain_check": domain_section(model, group_kind(key, config)),
         },
@@ -143,3 +141,13 @@ def model_card(config: TrainConfig, dataset: Dataset, protocol: str, splits, ext
     if finetune_history is not None:
         card["finetune"] = finetune_history
     return card
+
+
+def threshold_rule(model) -> str:
+    """How a model's default threshold was set, in words."""
+    data = ("the out-of-fold training scores and the validation split"
+            if getattr(model, "calibrated_on_", "validation") == "cross-fit" else "the validation split")
+    if "youden_threshold" in (getattr(model, "band_report_", None) or {}):
+        return (f"the centre of the uncertain band, whose two sides were fitted apart around the Youden J "
+                f"threshold on {data}")
+    return f"Youden J on {data}"
