@@ -92,6 +92,11 @@ def test_a_band_with_two_sides_decides_more_where_the_model_is_surer_of_one_clas
     two_sided = np.where(decided, (p >= t).astype(int), -1)
     assert np.array_equal(as_shipped, two_sided)
     assert report["youden_threshold"] == t and report["coverage"] == two["coverage"]
+    # 40 confident rows all right are not yet 95 % with confidence: such a band decides nothing
+    few_y = np.r_[np.ones(40, int), rng.integers(0, 2, 60)]
+    few_p = np.r_[np.full(40, 0.99), rng.uniform(0.45, 0.75, 60)]
+    assert not fit_two_sided_band(few_y, few_p, t, target=0.95)["reached"]
+    assert fit_two_sided_band(np.r_[few_y, np.ones(60, int)], np.r_[few_p, np.full(60, 0.98)], t, 0.95)["reached"]
 
 
 def test_an_outside_cell_gets_no_class_and_a_field_is_decided_by_its_cells_inside():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from trainer.stats.intervals import wilson_lower
 from trainer.stats.significance import compare_folds, nadeau_bengio_test, paired_t_test, wilcoxon_test
 from trainer.util.errors import DataError
 
@@ -82,3 +83,10 @@ def test_holm_known_answer():
     assert holm([]) == []
     with pytest.raises(DataError):
         holm([1.5])
+
+
+def test_wilson_lower_bound_is_scipys():
+    right, n = np.array([0, 3, 46, 95, 683]), np.array([10, 3, 48, 100, 720])
+    want = [sps.binomtest(int(k), int(m)).proportion_ci(0.90, method="wilson").low for k, m in zip(right, n)]
+    assert wilson_lower(right, n) == pytest.approx(want, abs=1e-3)
+    assert wilson_lower(0, 0) == 0.0                       # no rows: no confidence
