@@ -74,6 +74,9 @@ def test_the_card_headline_is_repeated_grouped_cross_validation_with_subject_cou
     assert cv["fits"] == 6 and cv["fits_failed"] == 0
     for key in ("auc", "sensitivity", "specificity", "balanced_accuracy", "coverage", "accuracy_decided"):
         m = cv[key]
+        if key == "accuracy_decided" and cv["coverage"]["mean"] == 0:  # on 36 images no band reaches 95 %
+            assert m["mean"] is None and m["ci"] is None
+            continue
         assert 0.0 <= m["mean"] <= 1.0 and m["ci"][0] <= m["mean"] <= m["ci"][1], key
     assert len(ds) == 36
     lines = headline_lines(sec)
