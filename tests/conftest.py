@@ -156,3 +156,27 @@ def boxes(monkeypatch):
     for kind in ("warning", "critical", "information", "question"):
         monkeypatch.setattr(QMessageBox, kind, fake(kind))
     return calls
+
+
+@pytest.fixture(autouse=True)
+def _background_work_ends_with_its_test(request):
+    """After a GUI test, its windows' background tasks finish before the next test starts.
+
+    Closed windows do not stop their pool tasks (a model loading, images being hashed); left running,
+    they took the two threads of Qt's global pool from the next test's model load. Waited for with the
+    event loop running (their last messages are delivered), for at most 30 s; never a failure here.
+    """
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    qtbot = request.getfixturevalue("qtbot")
+    yield
+    from PySide6.QtCore import QThreadPool
+
+    from allgui import workers
+
+    pools = [QThreadPool.globalInstance()] + ([workers._POOL] if workers._POOL is not None else [])
+    try:
+        qtbot.waitUntil(lambda: all(p.activeThreadCount() == 0 for p in pools), timeout=30_000)
+    except Exception:  # a test that leaves a long task running is judged by its own assertions, not here
+        pass
