@@ -175,7 +175,7 @@ def _background_work_ends_with_its_test(request):
 
     from allgui import workers
 
-    pools = [QThreadPool.globalInstance()] + ([workers._POOL] if workers._POOL is not None else [])
+    pools = [QThreadPool.globalInstance(), workers.inference_pool()]
     try:
         qtbot.waitUntil(lambda: all(p.activeThreadCount() == 0 for p in pools), timeout=30_000)
     except Exception:  # a test that leaves a long task running is judged by its own assertions, not here

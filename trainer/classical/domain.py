@@ -171,25 +171,31 @@ def fit_band(y: np.ndarray, p: np.ndarray, threshold: float, target: float = 0.9
     """
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
-    margin = np.abs(p - threshold)
-    correct = (p >= threshold).astype(int) == y
-    order = np.argsort(-margin)                    # most confident first
-    right = np.cumsum(correct[order])
-    n = np.arange(1, len(y) + 1)
-    accuracy = right / n
-    # a band of width margin[order[i]] decides rows order[:j] with margin >= it; candidate cuts are
-    # where the margin changes, so ties stay on one side
-    m = margin[order]
-    last_of_tie = np.r_[m[1:] < m[:-1], True]
-    ok = np.flatnonzero((accuracy >= target) & last_of_tie & (n >= min(MIN_DECIDED_ROWS, len(y))))
+    correct = ((p >= threshold).astype(int) == y).astype(int)
+    d, right, n = _confident_first(correct, np.abs(p - threshold), 1)
+    accuracy = right / np.maximum(n, 1)
+    ok = np.flatnonzero((accuracy >= target) & (n >= min(MIN_DECIDED_ROWS, len(y))) & (n > 0))
     if not len(ok):
-        return {"band": float(margin.max() + 1e-9) if len(y) else 0.5, "target": float(target), "coverage": 0.0,
+        return {"band": _deciding_nothing(p, threshold), "target": float(target), "coverage": 0.0,
                 "accuracy_decided": None, "n_rows": int(len(y)), "reached": False}
     j = int(ok.max())                              # the widest coverage that still reaches the target
-    # half-way to the next less confident row, so the band does not sit on a row's own score
-    band = float((m[j] + m[j + 1]) / 2) if j + 1 < len(m) else 0.0
-    return {"band": band, "target": float(target), "coverage": float(n[j] / len(y)),
+    return {"band": _half_width(d, j), "target": float(target), "coverage": float(n[j] / len(y)),
             "accuracy_decided": float(accuracy[j]), "n_rows": int(len(y)), "reached": True}
+
+
+def _deciding_nothing(p: np.ndarray, threshold: float) -> float:
+    """A half-width that leaves every row of ``p`` inside the band."""
+    return float(np.abs(p - threshold).max() + 1e-9) if len(p) else 0.5
+
+
+def _half_width(d: np.ndarray, k: int) -> float:
+    """The half-width that decides the ``k`` first cuts of :func:`_confident_first`'s distances ``d``.
+
+    Half-way to the next less confident row, so the band does not sit on a row's own score.
+    """
+    if k == 0:
+        return float(d[1] + 1e-9) if len(d) > 1 else 0.0    # nothing decided on this side
+    return float((d[k] + d[k + 1]) / 2) if k + 1 < len(d) else 0.0
 
 
 def _confident_first(y: np.ndarray, dist: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,18 +229,11 @@ def fit_two_sided_band(y: np.ndarray, p: np.ndarray, threshold: float, target: f
     right = rn[:, None] + ra[None, :]
     ok = (wilson_lower(right, n, BAND_CONFIDENCE_Z) >= target) & (n >= min(MIN_DECIDED_ROWS, len(y)))
     if not ok.any():
-        width = float(np.abs(p - threshold).max() + 1e-9) if len(y) else 0.5
+        width = _deciding_nothing(p, threshold)
         return {"below": width, "above": width, "target": float(target), "coverage": 0.0,
                 "accuracy_decided": None, "n_rows": int(len(y)), "reached": False}
     i, j = np.unravel_index(np.argmax(np.where(ok, n, -1)), n.shape)
-
-    def half_width(d: np.ndarray, k: int) -> float:
-        # half-way to the next less confident row, so the band does not sit on a row's own score
-        if k == 0:
-            return float(d[1] + 1e-9) if len(d) > 1 else 0.0    # nothing decided on this side
-        return float((d[k] + d[k + 1]) / 2) if k + 1 < len(d) else 0.0
-
-    return {"below": half_width(dn, i), "above": half_width(da, j), "target": float(target),
+    return {"below": _half_width(dn, i), "above": _half_width(da, j), "target": float(target),
             "coverage": float(n[i, j] / len(y)), "accuracy_decided": float((rn[i] + ra[j]) / n[i, j]),
             "n_rows": int(len(y)), "reached": True}
 
@@ -250,6 +249,5 @@ def centred_band(y: np.ndarray, p: np.ndarray, youden: float, target: float = 0.
     The report adds ``youden_threshold``, ``below`` and ``above`` to :func:`fit_two_sided_band`'s.
     """
     two = fit_two_sided_band(y, p, youden, target)
-    report = {"band": (two["below"] + two["above"]) / 2, **{k: v for k, v in two.items()},
-              "youden_threshold": float(youden)}
+    report = {"band": (two["below"] + two["above"]) / 2, **two, "youden_threshold": float(youden)}
     return float(youden + (two["above"] - two["below"]) / 2), report
