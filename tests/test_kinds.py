@@ -124,6 +124,15 @@ def test_a_lazy_load_rebuilds_a_model_only_when_an_image_of_its_kind_arrives(mix
     assert p.predict(crop).model == "single_cell"
     with pytest.raises(BundleError, match="has been altered"):
         p.predict(field)
+    # so is a card that gives the field model another band than its own (the app shows and uses the card's
+    # band until that model is rebuilt)
+    narrow = altered(lambda m: m["card"]["models"]["field"]["method"]["uncertain_band"].update(band=0.001))
+    with pytest.raises(BundleError, match="has been altered"):
+        load_bundle(narrow)
+    p = Predictor.from_bundle(narrow, lazy=True)
+    assert p.predict(crop).model == "single_cell"
+    with pytest.raises(BundleError, match="has been altered"):
+        p.predict(field)
     with pytest.raises(BundleError, match="names no member"):
         load_bundle(altered(lambda m: m["models"]["field"].update(member="model-x.skops")))
     # the CLI stops on such a bundle instead of writing error rows; no CSV is left

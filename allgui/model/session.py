@@ -49,7 +49,8 @@ def fitted_band(model: Any, report: dict | None = None) -> float:
 def _band_of(models: Any, key: str, report: dict | None) -> float:
     """Model ``key``'s band; a model not rebuilt yet (of a lazily loaded bundle) is not rebuilt for it.
 
-    The card's report, checksummed with the bundle, was written from the same fitted band.
+    The card's report was written from the same fitted band, and a model whose band differs from its
+    card's is refused when it is rebuilt, before it judges an image (:class:`trainer.inference.bundle.LazyModels`).
     """
     loaded = getattr(models, "loaded", None)
     if loaded is not None and not loaded(key) and report and isinstance(report.get("band"), (int, float)):

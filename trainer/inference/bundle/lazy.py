@@ -21,6 +21,19 @@ def manifest_entry(m: Any, member: str) -> dict[str, Any]:
     return {"member": member, "threshold": threshold, "blocks": blocks}
 
 
+def card_bands(card: dict) -> dict[str, float]:
+    """Model key -> the uncertain band the card says that model fitted (``method.uncertain_band.band``).
+
+    Models whose card section names no band (saved before bands were fitted) are left out.
+    """
+    out = {}
+    for key, section in ((card or {}).get("models") or {}).items():
+        band = (((section or {}).get("method") or {}).get("uncertain_band") or {}).get("band")
+        if isinstance(band, (int, float)):
+            out[key] = float(band)
+    return out
+
+
 def model_summary(models, key: str) -> tuple[float, list[str]]:
     """(threshold, feature blocks) of model ``key`` of a dict or :class:`LazyModels`, without rebuilding it."""
     if isinstance(models, LazyModels):
@@ -33,14 +46,17 @@ class LazyModels(Mapping):
 
     The members' bytes were read and checksummed with the bundle; rebuilding one runs skops' audited load
     and the same checks as an eager load (:func:`trust.rebuild_model`), and refuses a model whose threshold
-    or feature blocks differ from the manifest's (which :func:`model_summary` gives before it is rebuilt).
-    Thread-safe.
+    or feature blocks differ from the manifest's (which :func:`model_summary` gives before it is rebuilt),
+    or whose band differs from ``bands`` (the card's, :func:`card_bands`, which the app shows and uses
+    before the model is rebuilt). Thread-safe.
     """
 
-    def __init__(self, payloads: dict[str, bytes], table: dict[str, dict[str, Any]], path: Path):
+    def __init__(self, payloads: dict[str, bytes], table: dict[str, dict[str, Any]], path: Path,
+                 bands: dict[str, float] | None = None):
         self._payloads = dict(payloads)
         self._table = table
         self._path = path
+        self._bands = dict(bands or {})
         self._models: dict[str, Any] = {}     # key -> AllModel
         self._lock = threading.RLock()
 
@@ -50,7 +66,9 @@ class LazyModels(Mapping):
                 if key not in self._table:
                     raise KeyError(key)
                 m = rebuild_model(self._payloads[key], self._path)
-                if describe(m) != self.summary(key):
+                band = getattr(m, "band_", None)
+                if describe(m) != self.summary(key) or (
+                        key in self._bands and (band is None or float(band) != self._bands[key])):
                     raise BundleError(f"{self._path.name} has been altered: the manifest does not describe "
                                       f"its {key} model.")
                 self._models[key] = m

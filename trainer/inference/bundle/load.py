@@ -13,7 +13,7 @@ from trainer.classical.kinds import KindModels
 from trainer.config import TrainConfig
 from trainer.inference.bundle.archive import checked_manifest, open_zip, verified
 from trainer.inference.bundle.format import ARRAYS, BACKBONES, SINGLE_MODEL, ModelBundle
-from trainer.inference.bundle.lazy import LazyModels
+from trainer.inference.bundle.lazy import LazyModels, card_bands
 from trainer.inference.bundle.legacy import as_kind_models
 from trainer.inference.bundle.trust import check_model, rebuild
 from trainer.util.errors import BundleError
@@ -32,7 +32,7 @@ def load_bundle(path: str | os.PathLike, lazy: bool = False) -> ModelBundle:
         table = manifest.get("models")
         if table:
             pending = LazyModels({key: verified(zf, manifest, entry["member"], path) for key, entry in table.items()},
-                                 table, path)
+                                 table, path, card_bands(manifest.get("card") or {}))
             if lazy:
                 pending[next(iter(pending))]  # the first model now, the others when asked for
                 model = KindModels(models=pending)
