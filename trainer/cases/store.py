@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer import __version__
-from trainer.cases.chain import BUSY_TIMEOUT_MS, ChainedFile, snapshot
+from trainer.cases import signoff as rules
+from trainer.cases.chain import BUSY_TIMEOUT_MS, SIGNED_TABLES, ChainedFile, snapshot
 from trainer.cases.events import CaseRecord, Event
 from trainer.cases.reviews import Prediction, Review, ReviewState
 from trainer.cases.schema import (
@@ -58,6 +59,7 @@ from trainer.cases.schema import (
     SQLITE_MAGIC,
     dumps,
     genesis,
+    local_now,
     meta_digest,
     now,
     plain,
@@ -65,16 +67,17 @@ from trainer.cases.schema import (
     statements,
     tables,
 )
-from trainer.cases.signoff import SignOffMixin
+from trainer.cases.summary import case_numbers
 from trainer.util.errors import CaseError
 
 
-class CaseStore(ChainedFile, SignOffMixin):
+class CaseStore(ChainedFile):
     """An open case file. Use :meth:`create` or :meth:`open`; :meth:`close` when done.
 
     Writes happen on the thread that opened the store. A store opened with ``readonly=True``
     (reports, retraining) can be used next to a writer in another thread or process. Metadata,
-    sign-off and addenda: see :class:`~trainer.cases.signoff.SignOffMixin`.
+    sign-off and addenda: :meth:`set_metadata`, :meth:`sign`, :meth:`add_addendum` (their rules:
+    :mod:`trainer.cases.signoff`).
     """
 
     def __init__(self, path: Path, con: sqlite3.Connection, readonly: bool, version: int,
@@ -279,7 +282,78 @@ class CaseStore(ChainedFile, SignOffMixin):
         self._write(build)
         return done[-1] if done else None
 
+    # ---- metadata, sign-off and addenda (their rules: trainer.cases.signoff) ---------------------
+    def set_metadata(self, values: dict[str, str], author: str) -> list[Event]:
+        """Set metadata fields (one event per changed value, all in one transaction).
+
+        Unknown fields and over-long values are refused with :class:`CaseError`; unchanged values
+        are not written again. After the sign-off a change is recorded and shown as an addendum.
+        Returns the events written.
+        """
+        author = rules.checked_name(author, "Case metadata")
+        clean = rules.checked_metadata(values)
+        return self._append_events(lambda: rules.metadata_rows(self._record, clean, author, now(), local_now()))
+
+    def sign(self, signer: str, conclusion: str | None = None, metadata: dict[str, str] | None = None) -> Event:
+        """Sign the case off: it becomes *final*. Returns the sign-off event.
+
+        ``metadata`` (as for :meth:`set_metadata`) and ``conclusion`` (the reviewer's conclusion in
+        words) are entered first, in the same transaction, by the signer. Refused, with nothing
+        written, without a specimen id or a conclusion (given or entered before), and when the case is
+        already signed (add an addendum instead).
+        """
+        signer = rules.checked_name(signer, "A sign-off")
+        clean = rules.checked_metadata(dict(metadata or {}, **({} if conclusion is None else
+                                                                {"conclusion": conclusion})))
+
+        def build():  # inside the write: other writers' rows are in, the chain heads are current
+            signed = {t: [self._chain[t][0], self._chain[t][1]] for t in SIGNED_TABLES}
+            return rules.signoff_rows(self._record, clean, signer, now(), local_now(), signed,
+                                      case_numbers(self._state.current, self.latest_predictions()))
+        self._append_events(build)
+        return self._record.signoff
+
+    def add_addendum(self, text: str, author: str) -> Event:
+        """Add a free-text addendum to a signed case (refused before the sign-off: edit the case instead)."""
+        author = rules.checked_name(author, "An addendum")
+        text = rules.checked_addendum(text)
+        self._append_events(lambda: rules.addendum_rows(self._record, text, author, now(), local_now()))
+        return self._record.events[-1]
+
+    def _append_events(self, build) -> list[Event]:
+        """Write ``build()``'s event rows, upgrading a format-1 file first; returns the new events."""
+        def with_upgrade():
+            rows = build()
+            if rows:
+                self._upgrade()
+            return rows
+        ids = set(self._write(with_upgrade))
+        return [e for e in self._record.events if e.id in ids]
+
     # ---- reading ------------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The metadata values in effect (field -> value; fields never set are absent)."""
+        return dict(self._record.metadata)
+
+    @property
+    def signoff(self) -> Event | None:
+        """The sign-off, None while the case is preliminary."""
+        return self._record.signoff
+
+    @property
+    def status(self) -> str:
+        """``"final"`` once signed, else ``"preliminary"``."""
+        return "final" if self._record.signoff is not None else "preliminary"
+
+    def events(self) -> list[Event]:
+        """Every metadata, sign-off and addendum Event, oldest first."""
+        return list(self._record.events)
+
+    def metadata_before(self, event_id: int) -> dict[str, str]:
+        """The metadata in effect just before event ``event_id`` (the sign-off's: what was signed)."""
+        return self._record.metadata_before(event_id)
+
     @property
     def state(self) -> ReviewState:
         """The current review state (replay of every action)."""
