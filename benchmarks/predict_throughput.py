@@ -251,7 +251,7 @@ def main(argv=None) -> dict:
         return {}
 
     from trainer.cli import predict as cli
-    from trainer.vision.features import cpu_has_bf16
+    from trainer.vision.devices import cpu_has_bf16
     out: dict = {"cpu_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads()}
     tmp = Path(tempfile.mkdtemp(prefix="predict_bench_"))
     model = a.model or stand_in_bundle(tmp)

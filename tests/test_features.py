@@ -8,6 +8,7 @@ import torch
 
 from trainer.io.synthetic import make_cell_image
 from trainer.util.errors import AllguiError, Cancelled, ImageReadError
+from trainer.vision import devices
 from trainer.vision import features as feats_mod
 from trainer.vision.backbones import build_backbone
 from trainer.vision.features import FeatureExtractor
@@ -211,7 +212,7 @@ def test_precision_modes(images):
     fp32 = make(precision="fp32").extract(images)
     assert make().preprocessing_tag().endswith("fp32")  # auto is float32 on the CPU
     fast = make(precision="bf16")
-    if not feats_mod.cpu_has_bf16():
+    if not devices.cpu_has_bf16():
         assert fast.preprocessing_tag().endswith("fp32")  # no native bfloat16: stays exact
         return
     assert fast.preprocessing_tag().endswith("amp-bfloat16")  # its own cache entries

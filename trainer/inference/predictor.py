@@ -36,7 +36,8 @@ from trainer.util.progress import Stages, check_cancel
 from trainer.vision import fingerprint, handcrafted, initcache, segmentation
 from trainer.vision.backbones import BACKBONES
 from trainer.vision.crop_quality import crop_quality_flags, featureless
-from trainer.vision.features import NUCLEUS, FeatureExtractor, cpu_has_bf16, nucleus_block, resolve_device
+from trainer.vision.devices import cpu_has_bf16, resolve_device
+from trainer.vision.features import NUCLEUS, FeatureExtractor, nucleus_block
 
 # Rebuilding a model imports skops, which looks up each of SciPy's ~450 ufuncs by walking every module
 # loaded before ``scipy.special`` (in import order): with torch's thousands of modules ahead of it, that
@@ -461,7 +462,7 @@ def inference_precision(requested: str | None = None, device: str = "auto") -> s
     """Precision of prediction's forward passes: ``"fp32"`` or ``"bf16"`` as asked; ``None`` or ``"auto"``.
 
     Bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX, see
-    :func:`trainer.vision.features.cpu_has_bf16`), else float32 (on CUDA ``"auto"`` keeps autocast).
+    :func:`trainer.vision.devices.cpu_has_bf16`), else float32 (on CUDA ``"auto"`` keeps autocast).
     """
     req = (requested or "auto").lower()
     if req not in PRECISIONS:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from trainer.training.distributed import DistInfo
-from trainer.vision.features import resolve_device
+from trainer.vision.devices import resolve_device
 
 
 @dataclass(frozen=True)

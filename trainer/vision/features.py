@@ -31,6 +31,7 @@ from trainer.util.threads import network_lanes
 from trainer.util.versions import torchvision_version
 from trainer.vision import handcrafted
 from trainer.vision.backbones import BACKBONES, build_backbone, weights_identity
+from trainer.vision.devices import cpu_has_bf16, extraction_workers, resolve_device
 from trainer.vision.preprocess import eval_transform, gamma_correct
 from trainer.vision.stain import reinhard
 
@@ -38,47 +39,10 @@ from trainer.vision.stain import reinhard
 #: then stop matching.
 PREPROCESS_VERSION = "eval-v1-imagenet-norm"
 
-
-
 #: the hand-crafted nucleus block (see :mod:`trainer.vision.handcrafted`), extracted beside the networks
 NUCLEUS = "nucleus"
 #: every feature block an extractor can produce: block name -> dimension D
 BLOCKS: dict[str, int] = {**BACKBONES, NUCLEUS: handcrafted.NUCLEUS_DIM}
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX), so autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def auto_workers(device: torch.device, n_images: int, batch_size: int) -> int:
-    """DataLoader workers: none for a single batch.
-
-    On the CPU only where cores are left over after the forward pass (decoding in workers on 2 cores slows
-    the convolutions it competes with); on CUDA enough to keep the GPU fed.
-    """
-    if n_images <= batch_size:
-        return 0
-    cores = os.cpu_count() or 1
-    return min(8, cores) if device.type == "cuda" else min(2, cores // 4)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``'auto'`` -> CUDA when available else CPU; ``'cpu'``; ``'cuda'``/``'cuda:N'`` (must exist)."""
-    dev = (device or "auto").lower()
-    if dev == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise AllguiError("Device 'cuda' was asked for but no CUDA GPU is available; use 'cpu' or 'auto'.")
-        return torch.device(dev)
-    if dev == "cpu":
-        return torch.device("cpu")
-    raise AllguiError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.")
 
 
 def nucleus_block(img: np.ndarray, gamma: float, seg=None, version: str = handcrafted.VERSION) -> np.ndarray:
@@ -175,7 +139,7 @@ class FeatureExtractor:
     image_size: network input side, pixels (images are resized to image_size x image_size).
     gamma: gamma correction (eq. 1) in [0.8, 1.2], applied before resizing; 1.0 = none.
     batch_size: images per forward pass.
-    num_workers: DataLoader worker processes; None = automatic (see ``auto_workers``).
+    num_workers: DataLoader worker processes; None = automatic (see :func:`trainer.vision.devices.extraction_workers`).
     device: ``'auto'``, ``'cpu'`` or ``'cuda'``; on CUDA the forward runs under autocast
         (bfloat16 when supported, else float16); outputs are always float32.
     cache_dir: folder for the feature cache; None = no disk cache.
@@ -456,7 +420,7 @@ class FeatureExtractor:
         """Batches of the ``todo`` items, each decoded once for the blocks it still needs."""
         workers = self.num_workers
         if workers is None:
-            workers = auto_workers(self.torch_device, len(todo), int(self.batch_size))
+            workers = extraction_workers(self.torch_device, len(todo), int(self.batch_size))
         images = _Images(items, todo, self.image_size, self.gamma, self.stain_reference,
                          tensor=any(missing[name][todo].any() for name in self.networks),
                          nucleus=NUCLEUS in self.backbones and bool(missing[NUCLEUS][todo].any()),
