@@ -8,6 +8,7 @@ from trainer.io.synthetic import make_cell_image
 from trainer.vision.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    StainJitter,
     eval_transform,
     gamma_correct,
     to_tensor_batch,
@@ -89,3 +90,39 @@ def test_to_tensor_batch():
     assert batch.shape == (3, 3, 16, 16)
     with pytest.raises(ValueError):
         to_tensor_batch([])
+
+
+def test_stain_jitter_redraws_the_stains_but_keeps_the_cell_and_its_black_background():
+    img, _ = make_cell_image(64, malignant=True, rng=3)
+    background = img.max(axis=2) == 0
+    assert background.any() and not background.all()
+    jitter = StainJitter(0.1)
+    torch.manual_seed(1)
+    a = jitter(img)
+    assert a.shape == img.shape and a.dtype == np.uint8
+    assert (a[background] == 0).all()                      # the cut-out stays on black
+    cell = ~background
+    shift = np.abs(a[cell].astype(int) - img[cell].astype(int)).mean()
+    assert 0.5 < shift < 60                                 # colours move, the cell is still the cell
+    torch.manual_seed(1)
+    assert np.array_equal(jitter(img), a)                   # torch's generator fixes the draw
+    assert not np.array_equal(jitter(img), a)
+    assert StainJitter(0.0)(img) is img
+    with pytest.raises(ValueError):
+        StainJitter(0.9)
+
+
+def test_fine_tuning_with_stain_jitter_augments_colour_only_when_asked():
+    from trainer.config import ConfigError, FinetuneConfig, TrainConfig
+    from trainer.training.finetune_data import FinetuneDataset
+
+    img, _ = make_cell_image(32, malignant=True, rng=4)
+    plain = FinetuneDataset([img], [1], 32, train=True, seed=0)
+    jittered = FinetuneDataset([img], [1], 32, train=True, seed=0, stain_jitter=0.2)
+    assert "StainJitter" in repr(jittered.transform) and "StainJitter" not in repr(plain.transform)
+    assert not torch.equal(plain[(0, 0)][0], jittered[(0, 0)][0])   # same seed, same geometry: colour differs
+    assert torch.equal(jittered[(0, 3)][0], jittered[(0, 3)][0])
+    cfg = TrainConfig(finetuning=FinetuneConfig(stain_jitter=0.05))
+    assert cfg.finetune_summary()["stain_jitter"] == 0.05
+    with pytest.raises(ConfigError):
+        TrainConfig(finetuning=FinetuneConfig(stain_jitter=0.9)).validate()

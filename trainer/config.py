@@ -39,6 +39,7 @@ CALIBRATIONS = ("auto", "platt", "isotonic")
 WEIGHTS = ("none", "imagenet")               # or the path of a state_dict file
 FINETUNE_CHOICES = ("auto", "on", "off")     # the tri-state the command line and the app offer
 GAMMA_RANGE = (0.8, 1.2)                     # eq. 1
+STAIN_JITTER_MAX = 0.5                       # the largest stain jitter (trainer.vision.preprocess.StainJitter)
 IMAGE_KINDS = ("single_cell", "field", "any")  # model keys (trainer.classical.model.KindModels)
 MIN_IMAGE_SIZE = 32                          # the smallest input both backbones accept
 #: the largest network input: an image is resized to size x size before both networks, whose activations
@@ -106,6 +107,9 @@ class FinetuneConfig:
     weight_decay: float = _opt(1e-3, bounds=(0.0, 1.0), help="Adam weight decay for fine-tuning")
     batch_size: int | None = _opt(None, bounds=(1, MAX_BATCH),
                                   help="batch per process when fine-tuning (default: the batch size)")
+    stain_jitter: float = _opt(0.0, bounds=(0.0, STAIN_JITTER_MAX),
+                               help="colour augmentation in stain space while fine-tuning: each stain's "
+                                    "strength drawn within +-this (0 = off; 0.05 is common)")
     amp: bool = _opt(True, help="mixed precision on CUDA (bf16 where supported, else fp16)")
     deterministic: bool = _opt(False, help="deterministic fine-tuning (slower)")
     channels_last: bool | None = _opt(None, help="channels_last memory format (default: on CUDA only)")
@@ -265,7 +269,7 @@ class TrainConfig:
                 "image_size": int(self.image_size), "gamma": float(self.gamma), "weights": str(self.weights),
                 "seed": int(self.seed), "num_workers": self.num_workers, "amp": bool(ft.amp),
                 "deterministic": bool(ft.deterministic), "channels_last": ft.channels_last,
-                "sync_bn": bool(ft.sync_bn)}
+                "sync_bn": bool(ft.sync_bn), "stain_jitter": float(ft.stain_jitter)}
 
 
 def _field(cls: type, name: str) -> dataclasses.Field:

@@ -38,6 +38,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     setting(g, "--patience", "finetuning.patience", type=int)
     setting(g, "--lr", "finetuning.lr", type=float)
     setting(g, "--weight-decay", "finetuning.weight_decay", type=float)
+    setting(g, "--stain-jitter", "finetuning.stain_jitter", type=float)
     setting(g, "--batch-size", "batch_size", type=int, help="images per batch and process")
     setting(g, "--num-workers", "num_workers", type=int)
     setting(g, "--device", "device", choices=None)  # also a device such as cuda:1
@@ -59,7 +60,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gamma=args.gamma, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),
         finetuning=FinetuneConfig(epochs=args.epochs, patience=args.patience, lr=args.lr,
-                                  weight_decay=args.weight_decay, amp=not args.no_amp,
+                                  weight_decay=args.weight_decay, stain_jitter=args.stain_jitter,
+                                  amp=not args.no_amp,
                                   deterministic=args.deterministic, sync_bn=args.sync_bn,
                                   checkpoint_dir=args.checkpoint_dir))
 

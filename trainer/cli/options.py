@@ -95,6 +95,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     setting(g, "--epochs", "finetuning.epochs", type=positive_int)
     setting(g, "--patience", "finetuning.patience", type=int)
     setting(g, "--finetune-lr", "finetuning.lr", type=float)
+    setting(g, "--stain-jitter", "finetuning.stain_jitter", type=float)
     setting(g, "--checkpoint-dir", "finetuning.checkpoint_dir")
     g.add_argument("--deterministic", action="store_true", help=describe("finetuning.deterministic"))
     g.add_argument("--no-amp", action="store_true", help="no mixed precision when fine-tuning on CUDA")
@@ -117,8 +118,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         cv_repeats=a.cv_repeats, cv_folds=a.cv_folds, block_groups=tuple(csv_list(a.block_groups) or ()),
         output=str(getattr(a, "output", default("output"))), finetune=finetune_wanted(a.finetune, a.device),
         finetuning=FinetuneConfig(epochs=a.epochs, patience=a.patience, lr=a.finetune_lr,
-                                  checkpoint_dir=a.checkpoint_dir, deterministic=a.deterministic,
-                                  amp=not a.no_amp))
+                                  stain_jitter=a.stain_jitter, checkpoint_dir=a.checkpoint_dir,
+                                  deterministic=a.deterministic, amp=not a.no_amp))
 
 
 def check_model_args(a) -> None:

@@ -28,7 +28,7 @@ CHECKPOINT_FORMAT = "allgui-finetune-checkpoint/1"
 # Settings that change what a run computes; a checkpoint is resumed only when they are unchanged.
 # (epochs, patience and min_delta may change: a finished run can be extended.)
 RUN_FIELDS = ("weights", "lr", "weight_decay", "batch_size", "image_size", "gamma", "seed", "amp",
-               "deterministic", "channels_last", "sync_bn")
+               "deterministic", "channels_last", "sync_bn", "stain_jitter")
 
 
 class EarlyStopping:

@@ -3,8 +3,10 @@
 The paper's training setup: Adam (lr 1e-4, weight decay 1e-3), batch 32, up to 50 epochs, early
 stopping with patience 10 on the validation loss (best weights kept), the paper's training
 augmentations (``trainer.vision.preprocess.train_transform``: rotation +-20 deg, flips, contrast, Gaussian
-noise, normalisation). Each backbone gets a ``Linear(D, 1)`` head and is trained with
-``BCEWithLogitsLoss(pos_weight = n_normal / n_ALL)`` of the training split (class imbalance).
+noise, normalisation), and with ``finetuning.stain_jitter`` a colour augmentation in stain space for
+robustness to another laboratory's staining (off by default, as in the paper). Each backbone gets a
+``Linear(D, 1)`` head and is trained with ``BCEWithLogitsLoss(pos_weight = n_normal / n_ALL)`` of the
+training split (class imbalance).
 The head is dropped afterwards: the returned backbone state_dict is what
 ``build_backbone(name, state_dict=...)`` and ``FeatureExtractor(state_dicts=...)`` load.
 
@@ -303,7 +305,8 @@ def _setup(name: str, settings: dict[str, Any], device, progress: Progress | Non
 def _loaders(setup: _Setup, train: tuple, val: tuple) -> _Loaders:
     """Training and validation loaders of ``(items, labels)`` pairs, sharded over the processes."""
     cfg, info, dev = setup.cfg, setup.info, setup.precision.device
-    train_ds = FinetuneDataset(*train, cfg.image_size, cfg.gamma, train=True, seed=cfg.seed)
+    train_ds = FinetuneDataset(*train, cfg.image_size, cfg.gamma, train=True, seed=cfg.seed,
+                               stain_jitter=cfg.stain_jitter)
     val_ds = FinetuneDataset(*val, cfg.image_size, cfg.gamma, train=False)
     train_sampler = EpochShardSampler(len(train_ds), True, cfg.seed, info.rank, info.world_size, pad=True)
     val_sampler = EpochShardSampler(len(val_ds), False, cfg.seed, info.rank, info.world_size, pad=False)

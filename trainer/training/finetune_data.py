@@ -32,15 +32,15 @@ class FinetuneDataset(Dataset):
     """
 
     def __init__(self, items: Sequence, labels: Sequence[int], image_size: int, gamma: float = 1.0,
-                 train: bool = True, seed: int = 0) -> None:
+                 train: bool = True, seed: int = 0, stain_jitter: float = 0.0) -> None:
         if len(items) != len(labels):
             raise DataError(f"{len(items)} images but {len(labels)} labels.")
         self.items = list(items)
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))
         self.train = train
         self.seed = int(seed)
-        make = train_transform if train else eval_transform
-        self.transform = make(int(image_size), float(gamma))
+        self.transform = (train_transform(int(image_size), float(gamma), float(stain_jitter)) if train
+                          else eval_transform(int(image_size), float(gamma)))
 
     def __len__(self) -> int:
         return len(self.items)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from trainer.config import GAMMA_RANGE
+from trainer.config import GAMMA_RANGE, STAIN_JITTER_MAX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,16 +114,50 @@ def eval_transform(size: int = 224, gamma: float = 1.0) -> EvalTransform:
     return EvalTransform(size, gamma)
 
 
-def train_transform(size: int = 224, gamma: float = 1.0):
+class StainJitter:
+    """Colour augmentation in stain space (Tellez et al., 2018): each image's stains drawn a little stronger or weaker.
+
+    The RGB uint8 image (H, W, 3) is split by colour deconvolution (:func:`skimage.color.rgb2hed`) into three
+    optical-density channels; each is scaled by a factor drawn from [1 - sigma, 1 + sigma] and shifted by one
+    drawn from [-sigma, sigma], and the image recomposed. skimage's basis is haematoxylin, eosin and DAB:
+    for a Romanowsky-stained smear it is a basis of stain-like colour directions, not the stains' own
+    vectors, which is what an augmentation needs. Black pixels (a crop's cut-out background) stay black.
+    Draws come from torch's generator, so the fine-tuning dataset's per-sample seed fixes them.
+    """
+
+    def __init__(self, sigma: float) -> None:
+        if not 0.0 <= float(sigma) <= STAIN_JITTER_MAX:
+            raise ValueError(f"stain jitter must lie in [0, {STAIN_JITTER_MAX}], got {sigma!r}")
+        self.sigma = float(sigma)
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        if self.sigma == 0.0:
+            return img
+        from skimage.color import hed2rgb, rgb2hed  # training only
+
+        alpha = 1.0 + (torch.rand(3).numpy() * 2.0 - 1.0) * self.sigma
+        beta = (torch.rand(3).numpy() * 2.0 - 1.0) * self.sigma
+        hed = rgb2hed(img)
+        out = np.clip(hed2rgb(hed * alpha + beta), 0.0, 1.0)
+        out = np.rint(out * 255.0).astype(np.uint8)
+        out[np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2]) == 0] = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"StainJitter(sigma={self.sigma:g})"
+
+
+def train_transform(size: int = 224, gamma: float = 1.0, stain_jitter: float = 0.0):
     """Eval pipeline plus the paper's augmentations (a torchvision ``v2.Compose``).
 
     Rotation +-20 deg, horizontal and vertical flips (p = 0.5 each), contrast jitter and additive Gaussian
-    noise, before normalisation.
+    noise, before normalisation; with ``stain_jitter`` > 0 first a :class:`StainJitter` of that sigma.
     """
     from torchvision.transforms import v2  # training only: keeps torchvision out of prediction start-up
 
     return v2.Compose(
-        [GammaCorrect(gamma), v2.ToImage(), v2.Resize((size, size), antialias=True)]
+        [GammaCorrect(gamma)] + ([StainJitter(stain_jitter)] if stain_jitter else [])
+        + [v2.ToImage(), v2.Resize((size, size), antialias=True)]
         + [
             v2.RandomRotation(ROTATION_DEGREES, interpolation=v2.InterpolationMode.BILINEAR, fill=0),
             v2.RandomHorizontalFlip(FLIP_P),
