@@ -72,6 +72,21 @@ def test_retrain_dialog_offers_the_configs_choices(qtbot):
         assert box.toolTip() == describe(name)
 
 
+def test_retrain_dialog_passes_the_stain_jitter_to_fine_tuning(qtbot):
+    pytest.importorskip("pytestqt")
+    from allgui.model.retrain import RetrainDialog
+
+    d = RetrainDialog(settings=None)
+    qtbot.addWidget(d)
+    assert d.stain_jitter.value() == FinetuneConfig().stain_jitter == 0.0
+    assert d.stain_jitter.text() == "off"
+    assert d.stain_jitter.maximum() == 0.5 and d.stain_jitter.toolTip().startswith(describe("finetuning.stain_jitter"))
+    d.stain_jitter.setValue(0.05)
+    cfg = d.config()
+    assert cfg.finetuning.stain_jitter == 0.05
+    cfg.validate()
+
+
 def test_a_manifest_with_mistyped_finetuning_settings_is_refused():
     from trainer.inference.manifest_schema import check_config
     from trainer.util.errors import BundleError

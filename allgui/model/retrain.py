@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -41,7 +42,15 @@ from allgui.model.comparison_view import ComparisonView
 from allgui.model.evaluation_view import EvaluationView
 from allgui.model.training_job import run_training
 from allgui.workers import ProcessTask
-from trainer.config import FINETUNE_CHOICES, MIN_IMAGE_SIZE, TrainConfig, choices, describe, finetune_wanted
+from trainer.config import (
+    FINETUNE_CHOICES,
+    MIN_IMAGE_SIZE,
+    STAIN_JITTER_MAX,
+    TrainConfig,
+    choices,
+    describe,
+    finetune_wanted,
+)
 
 
 def models_dir() -> Path:
@@ -173,6 +182,14 @@ class RetrainDialog(QDialog):
                                  f"Adam {ft.lr:g}, at most {ft.epochs} epochs, early stopping after {ft.patience}). "
                                  "auto = on when training on a CUDA GPU; slow on a CPU.")
         form.addRow("Fine-tune backbones", self.finetune)
+        self.stain_jitter = QDoubleSpinBox()
+        self.stain_jitter.setRange(0.0, STAIN_JITTER_MAX)
+        self.stain_jitter.setSingleStep(0.01)
+        self.stain_jitter.setDecimals(2)
+        self.stain_jitter.setSpecialValueText("off")
+        self.stain_jitter.setValue(self.settings.value("retrain/stain_jitter", float(ft.stain_jitter), float))
+        self.stain_jitter.setToolTip(describe("finetuning.stain_jitter") + "; only when the backbones are fine-tuned")
+        form.addRow("Stain jitter (fine-tuning)", self.stain_jitter)
         self.cases = CasePicker(self.settings.value("retrain/cases", "", str))
         form.addRow("Reviewed cases", self.cases)
         for box, key in ((self.layout_box, "layout"), (self.split, "split"), (self.weights, "weights"),
@@ -199,6 +216,7 @@ class RetrainDialog(QDialog):
         cfg.device = self.device.currentText()
         cfg.image_size = int(self.size_box.value())
         cfg.finetune = finetune_wanted(self.finetune.currentText(), cfg.device)
+        cfg.finetuning.stain_jitter = float(self.stain_jitter.value())
         cfg.cases = tuple(self.cases.paths())
         self.output = new_model_path(self.output_dir, avoid=self.current_model)
         cfg.output = str(self.output)
@@ -206,7 +224,7 @@ class RetrainDialog(QDialog):
 
     def _set_editable(self, on: bool) -> None:
         for w in (self.data, self.layout_box, self.positive, self.split, self.weights, self.device, self.size_box,
-                  self.finetune, self.cases):
+                  self.finetune, self.stain_jitter, self.cases):
             w.setEnabled(on)
 
     # ---- run ----------------------------------------------------------------------------------
@@ -221,7 +239,8 @@ class RetrainDialog(QDialog):
             return
         for key, val in (("data", cfg.data), ("layout", cfg.layout), ("positive", self.positive.text()),
                          ("split", cfg.split), ("weights", cfg.weights), ("device", cfg.device),
-                         ("finetune", self.finetune.currentText()), ("cases", self.cases.edit.text())):
+                         ("finetune", self.finetune.currentText()), ("stain_jitter", cfg.finetuning.stain_jitter),
+                         ("cases", self.cases.edit.text())):
             self.settings.setValue(f"retrain/{key}", val)
         self._clear_evaluation()
         self.result = None
