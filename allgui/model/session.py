@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainer.cases import file_sha256
-from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND, MODEL_NAMES
+from trainer.inference.results import DEFAULT_UNCERTAINTY_BAND, MODEL_NAMES, band_report
 
 
 class Settings(Protocol):
@@ -56,13 +56,6 @@ def _band_of(models: Any, key: str, report: dict | None) -> float:
     if loaded is not None and not loaded(key) and report and isinstance(report.get("band"), (int, float)):
         return float(report["band"])
     return fitted_band(models[key], report)
-
-
-def band_report(card: dict, key: str) -> dict | None:
-    """The card's account of model ``key``'s fitted band (``method.uncertain_band``); None for an older model."""
-    section = (card.get("models") or {}).get(key) or {}
-    report = (section.get("method") or {}).get("uncertain_band")
-    return dict(report) if isinstance(report, dict) else None
 
 
 def _units(report: dict | None) -> str:

@@ -31,6 +31,13 @@ DEFAULT_UNCERTAINTY_BAND = 0.05
 MODEL_NAMES = {"single_cell": "crop model", "field": "field model", "any": "model"}
 
 
+def band_report(card: dict, key: str) -> dict | None:
+    """The model card's account of model ``key``'s fitted band (``method.uncertain_band``); None for an older model."""
+    section = ((card or {}).get("models") or {}).get(key) or {}
+    report = (section.get("method") or {}).get("uncertain_band") if isinstance(section, dict) else None
+    return dict(report) if isinstance(report, dict) else None
+
+
 def decide(probability: float, threshold: float, band: float = DEFAULT_UNCERTAINTY_BAND) -> str:
     """Decision in words for a calibrated probability at a threshold.
 

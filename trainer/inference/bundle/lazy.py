@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.inference.bundle.trust import rebuild_model
+from trainer.inference.results import band_report
 from trainer.util.errors import BundleError
 
 
@@ -26,12 +27,8 @@ def card_bands(card: dict) -> dict[str, float]:
 
     Models whose card section names no band (saved before bands were fitted) are left out.
     """
-    out = {}
-    for key, section in ((card or {}).get("models") or {}).items():
-        band = (((section or {}).get("method") or {}).get("uncertain_band") or {}).get("band")
-        if isinstance(band, (int, float)):
-            out[key] = float(band)
-    return out
+    reports = {key: band_report(card, key) for key in ((card or {}).get("models") or {})}
+    return {key: float(r["band"]) for key, r in reports.items() if r and isinstance(r.get("band"), (int, float))}
 
 
 def model_summary(models, key: str) -> tuple[float, list[str]]:
