@@ -135,12 +135,14 @@ class StainJitter:
             return img
         from skimage.color import hed2rgb, rgb2hed  # training only
 
+        from trainer.vision.nuclei import brightest_channel
+
         alpha = 1.0 + (torch.rand(3).numpy() * 2.0 - 1.0) * self.sigma
         beta = (torch.rand(3).numpy() * 2.0 - 1.0) * self.sigma
         hed = rgb2hed(img)
         out = np.clip(hed2rgb(hed * alpha + beta), 0.0, 1.0)
         out = np.rint(out * 255.0).astype(np.uint8)
-        out[np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2]) == 0] = 0
+        out[brightest_channel(img) == 0] = 0
         return out
 
     def __repr__(self) -> str:
