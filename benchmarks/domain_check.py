@@ -155,10 +155,8 @@ def cross_validate(name, feats, y, groups, config, folds, other=None, other_kind
         "kind": name, "images": int(len(y)), "subjects": n_sub, "folds": folds,
         "flagged_held_out": float(1 - P["inside"].mean()),
         "auc_pooled": float(roc_auc_score(P["y"], P["p"])),
-        "after": {"coverage": float(keep.mean()),
-                  "accuracy_decided": float(np.mean((P["p"][keep] >= P["t"][keep]) == P["y"][keep]))},
-        "before": {"coverage": float(keep0.mean()),
-                   "accuracy_decided": float(np.mean((P["p"][keep0] >= T0[keep0]) == P["y"][keep0]))},
+        "after": _decided_share(keep, P, P["t"]),
+        "before": _decided_share(keep0, P, T0),
         "per_fold": per_fold,
         "band_shapes": {name: _decided_share(np.concatenate(keeps), P, T0)
                         for name, keeps in shapes.items()},
