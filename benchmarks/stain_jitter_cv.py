@@ -31,13 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from domain_check import SAMPLE_SUBJECTS
-from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
 
+from trainer.classical.fusion import FeatureFusion
 from trainer.classical.stacking import inner_folds
 from trainer.config import FinetuneConfig, TrainConfig
 from trainer.io.data import load_dataset, merge_datasets
@@ -45,9 +44,9 @@ from trainer.training.finetune import finetune_backbone
 from trainer.vision.features import FeatureExtractor
 
 
-def chain():
-    return make_pipeline(StandardScaler(), Normalizer(), PCA(0.98, random_state=0),
-                         LogisticRegression(C=1.0, max_iter=2000))
+def chain(dim: int):
+    """The paper's fusion of one ``dim``-wide block (standardise, L2, PCA 98 %), then logistic regression."""
+    return make_pipeline(FeatureFusion(dims=(dim,)), LogisticRegression(C=1.0, max_iter=2000))
 
 
 def one_fold(paths, y, groups, tr, te, other, config: TrainConfig, backbone: str) -> dict:
@@ -61,11 +60,11 @@ def one_fold(paths, y, groups, tr, te, other, config: TrainConfig, backbone: str
     f_tr = ex.extract([paths[i] for i in tr])[backbone]
     f_te = ex.extract([paths[i] for i in te])[backbone]
     f_o = ex.extract(other)[backbone]
-    oof = cross_val_predict(chain(), f_tr, y[tr], groups=groups[tr], method="predict_proba",
+    oof = cross_val_predict(chain(f_tr.shape[1]), f_tr, y[tr], groups=groups[tr], method="predict_proba",
                             cv=StratifiedGroupKFold(5, shuffle=True, random_state=config.seed))[:, 1]
     fpr, tpr, thr = roc_curve(y[tr], oof)
     youden = float(thr[np.argmax(tpr - fpr)])
-    model = chain().fit(f_tr, y[tr])
+    model = chain(f_tr.shape[1]).fit(f_tr, y[tr])
     return {"p_test": model.predict_proba(f_te)[:, 1], "p_other": model.predict_proba(f_o)[:, 1],
             "threshold": youden, "epochs": len(history["epoch"]), "best_epoch": history["best_epoch"]}
 
