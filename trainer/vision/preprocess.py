@@ -135,7 +135,7 @@ class StainJitter:
             return img
         from skimage.color import hed2rgb, rgb2hed  # training only
 
-        from trainer.vision.nuclei import brightest_channel
+        from trainer.vision.nuclei import brightest_channel  # with skimage: training only
 
         alpha = 1.0 + (torch.rand(3).numpy() * 2.0 - 1.0) * self.sigma
         beta = (torch.rand(3).numpy() * 2.0 - 1.0) * self.sigma
